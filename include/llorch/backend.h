@@ -1,0 +1,103 @@
+/*
+ * The compute backend interface: what the CPU engine and the CUDA backend
+ * both implement (ggml's backend idea: a table of function pointers and a
+ * void *ctx; no CUDA type ever appears here).
+ *
+ * A backend owns the weights it needs (the CPU backend uses the mmapped GGUF
+ * in place; CUDA copies them to VRAM) and the KV cache: n_seq sequence slots
+ * of n_ctx positions each. One forward call runs a batch of (sequence,
+ * position, token) entries from any mix of sequences - prefill chunks and
+ * decode steps together - and returns logits for the entries that ask.
+ *
+ * Contract for a batch:
+ *   - entries of one sequence appear in increasing position order, and the
+ *     first entry of a sequence in the batch has position == that sequence's
+ *     current length (positions are contiguous; the cache for positions >= pos
+ *     is overwritten);
+ *   - each entry attends to its own sequence's positions 0..pos inclusive;
+ *   - logits are written for entries with logits[i] != 0, in entry order,
+ *     n_vocab floats each.
+ * The result for a sequence must not depend on which other sequences share
+ * the batch (batch invariance): greedy outputs are identical alone or batched.
+ */
+#ifndef LLORCH_BACKEND_H
+#define LLORCH_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "llorch/error.h"
+#include "llorch/model.h"
+
+typedef struct llorch_batch {
+  int32_t n_tokens;
+  const int32_t *token;  /* (n_tokens) token ids */
+  const int32_t *pos;    /* (n_tokens) position within its sequence */
+  const int32_t *seq;    /* (n_tokens) sequence slot in [0, n_seq) */
+  const int8_t *logits;  /* (n_tokens) nonzero: return logits for this entry */
+} llorch_batch;
+
+typedef struct llorch_backend_params {
+  uint32_t n_ctx;        /* positions per sequence slot */
+  uint32_t n_seq;        /* sequence slots */
+  uint32_t n_batch_max;  /* most entries in one forward call */
+  int n_threads;         /* CPU threads (CPU backend; host work of others) */
+  int n_devices;         /* CUDA: number of entries in devices */
+  int devices[8];        /* CUDA ordinals: layers are split across them */
+} llorch_backend_params;
+
+#define LLORCH_MAX_ALLOCS 8
+typedef struct llorch_backend_memory {
+  uint64_t weights_bytes;   /* bytes of weights held by the backend */
+  uint64_t kv_bytes;        /* bytes of KV cache */
+  uint64_t scratch_bytes;   /* bytes of activations/workspace */
+  char weights_location[32];/* "host-mmap", "cuda:0", "cuda:0,1" */
+  char kv_location[32];     /* "host", "cuda:0", ... */
+  /* VRAM-only verification (CUDA): every allocation checked to be device
+   * memory (cudaPointerGetAttributes). CPU backend: false, n_checked 0. */
+  bool residency_verified;
+  uint32_t allocations_checked;
+  uint32_t allocations_not_device;
+  int64_t verified_at_ms;   /* wall clock of the last check, 0 if never */
+} llorch_backend_memory;
+
+typedef struct llorch_backend_ops {
+  const char *name; /* "cpu", "cuda" */
+  int (*init)(void **ctx, const llorch_model *m, const char *device,
+              const llorch_backend_params *p, llorch_errmsg *em);
+  void (*free)(void *ctx);
+  /* logits: (number of entries with logits != 0, n_vocab) floats, caller-owned */
+  int (*forward)(void *ctx, const llorch_batch *b, float *logits, llorch_errmsg *em);
+  /* Forgets a sequence slot's cache; its next entry starts at position 0. */
+  void (*seq_reset)(void *ctx, int32_t seq);
+  void (*memory)(void *ctx, llorch_backend_memory *out);
+  /* Re-checks residency (CUDA); NULL for backends that hold nothing remote. */
+  int (*verify_residency)(void *ctx, llorch_errmsg *em);
+} llorch_backend_ops;
+
+typedef struct llorch_backend {
+  const llorch_backend_ops *ops;
+  void *ctx;
+  const llorch_model *model;
+  llorch_backend_params params;
+} llorch_backend;
+
+/*
+ * device: "cpu", "cuda:N" or "cuda:N,M,...". CUDA devices when the binary was
+ * built without CUDA give LLORCH_EUNSUPPORTED with a message saying so.
+ */
+int llorch_backend_open(llorch_backend *out, const llorch_model *m, const char *device,
+                        const llorch_backend_params *p, llorch_errmsg *em);
+void llorch_backend_close(llorch_backend *b);
+
+/* Parses "cuda:0,1" into ordinals; returns 0, or LLORCH_EINVAL with em. */
+int llorch_device_parse(const char *device, bool *is_cuda, int *devices, int *n_devices,
+                        llorch_errmsg *em);
+
+/* The built-in backends. The CUDA table exists only when LLORCH_HAVE_CUDA. */
+extern const llorch_backend_ops llorch_backend_cpu_ops;
+#ifdef LLORCH_HAVE_CUDA
+extern const llorch_backend_ops llorch_backend_cuda_ops;
+#endif
+
+#endif /* LLORCH_BACKEND_H */

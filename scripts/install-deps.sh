@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything llorch needs to build and test on Debian 12.
+# Idempotent: packages already present are not reinstalled; npm packages for the
+# end-to-end tests go into tests/e2e/node_modules.
+set -euo pipefail
+
+pkgs=(build-essential cmake pkg-config git curl ca-certificates
+      libuv1-dev libcjson-dev libyaml-dev node-llhttp libpcre2-dev libcmocka-dev
+      clang libclang-rt-14-dev iproute2 nodejs npm)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# node/npm may come from outside Debian (nodesource, nvm): accept any working node >= 18.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -f "$here/tests/e2e/package.json" ] && [ ! -d "$here/tests/e2e/node_modules/openai" ]; then
+  (cd "$here/tests/e2e" && npm install --no-audit --no-fund --loglevel=error)
+fi
