@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything llorch needs to build and test on Debian 12.
-# Idempotent: packages already present are not reinstalled; npm packages for the
-# end-to-end tests go into tests/e2e/node_modules.
+# Idempotent: packages already present are not reinstalled. With --with-npm it
+# also installs the npm packages of the end-to-end tests (tests/e2e/node_modules).
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config git curl ca-certificates
@@ -25,6 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# The npm packages are only for the end-to-end tests: scripts/test.sh asks for them.
+[ "${1:-}" = "--with-npm" ] || exit 0
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -f "$here/tests/e2e/package.json" ] && [ ! -d "$here/tests/e2e/node_modules/openai" ]; then
   (cd "$here/tests/e2e" && npm install --no-audit --no-fund --loglevel=error)

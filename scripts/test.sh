@@ -19,7 +19,7 @@ export LLORCH_FUZZ_SECONDS=${LLORCH_FUZZ_SECONDS:-30}
 step() { printf '\n==== %s ====\n' "$*"; }
 
 step "dependencies"
-scripts/install-deps.sh
+scripts/install-deps.sh --with-npm
 
 for stage in $stages; do
   case "$stage" in
