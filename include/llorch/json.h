@@ -1,0 +1,133 @@
+/*
+ * JSON helpers over cJSON.
+ *
+ * The getters check one field of a request object and, when it is wrong,
+ * return LLORCH_EINVAL with em holding the sentence a client sees in its 400:
+ *   'max_tokens' must be an integer >= 1, got "abc"
+ *   'messages[2].role' must be one of system, user, assistant, got "robot"
+ *   'model' is required
+ * `where` is the path of the object holding the field ("" or NULL at top
+ * level, "messages[2]" inside an array element); the name in the message is
+ * where + "." + key. An optional field that is absent or JSON null leaves *out
+ * untouched (set the default first) and returns 0. The field name that was
+ * wrong can be read back with llorch_json_errparam (the "param" of an OpenAI
+ * error envelope).
+ *
+ * The builder (llorch_jbuf) writes JSON text directly, for hot paths such as
+ * one SSE chunk per token where building a cJSON tree would be wasteful.
+ */
+#ifndef LLORCH_JSON_H
+#define LLORCH_JSON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "llorch/error.h"
+
+/* ---- parsing ---- */
+
+/*
+ * Parses text[0..len) (need not be NUL-terminated). Returns 0 with *out (free
+ * with cJSON_Delete), or LLORCH_EINVAL with em: "request body is not valid
+ * JSON (error near byte N)" or "request body is empty". When require_object
+ * is true, anything but an object is refused: "request body must be a JSON
+ * object, got an array".
+ */
+int llorch_json_parse(const char *text, size_t len, bool require_object, cJSON **out,
+                      llorch_errmsg *em);
+
+/* ---- field getters (see the top of this file) ---- */
+
+/* A string. *out points into obj. */
+int llorch_json_get_string(const cJSON *obj, const char *where, const char *key,
+                           bool required, const char **out, llorch_errmsg *em);
+
+/* An integer (a JSON number with no fraction) in [min, max]. */
+int llorch_json_get_int(const cJSON *obj, const char *where, const char *key,
+                        bool required, int64_t min, int64_t max, int64_t *out,
+                        llorch_errmsg *em);
+
+/* A finite number in [min, max]. */
+int llorch_json_get_number(const cJSON *obj, const char *where, const char *key,
+                           bool required, double min, double max, double *out,
+                           llorch_errmsg *em);
+
+/* true or false. */
+int llorch_json_get_bool(const cJSON *obj, const char *where, const char *key,
+                         bool required, bool *out, llorch_errmsg *em);
+
+/* An array; when min_items > 0 an empty array is refused ("must have at least 1 item"). */
+int llorch_json_get_array(const cJSON *obj, const char *where, const char *key,
+                          bool required, size_t min_items, const cJSON **out,
+                          llorch_errmsg *em);
+
+/* An object. */
+int llorch_json_get_object(const cJSON *obj, const char *where, const char *key,
+                           bool required, const cJSON **out, llorch_errmsg *em);
+
+/*
+ * A string from a fixed set (allowed is NULL-terminated); *index gets its
+ * position in allowed.
+ */
+int llorch_json_get_enum(const cJSON *obj, const char *where, const char *key,
+                         bool required, const char *const *allowed, int *index,
+                         llorch_errmsg *em);
+
+/*
+ * The field path of the last getter failure on this thread
+ * ("messages[2].role"), "" if none. Valid until the next failing getter.
+ */
+const char *llorch_json_errparam(void);
+
+/* Writes "<where>[<i>]" into buf, for the where of array elements. */
+const char *llorch_json_path_index(char *buf, size_t size, const char *where,
+                                   const char *key, size_t i);
+
+/*
+ * Describes a value for messages: "abc" in quotes (cut at 40 characters),
+ * numbers as written, "null", "true", "an array", "an object". Writes into buf.
+ */
+const char *llorch_json_describe(const cJSON *v, char *buf, size_t size);
+
+/* cJSON_PrintUnformatted; returns a malloc'd string or NULL. */
+char *llorch_json_print(const cJSON *v);
+
+/* ---- builder ---- */
+
+typedef struct llorch_jbuf {
+  char *data;  /* NUL-terminated text; NULL until something is appended */
+  size_t len;  /* bytes, without the NUL */
+  size_t cap;  /* bytes allocated */
+  int err;     /* LLORCH_ENOMEM once an append failed (later appends do nothing) */
+} llorch_jbuf;
+
+void llorch_jbuf_init(llorch_jbuf *b);
+void llorch_jbuf_free(llorch_jbuf *b);
+/* Empties b, keeping its memory. */
+void llorch_jbuf_reset(llorch_jbuf *b);
+/* Appends raw text (punctuation, pre-built JSON). */
+void llorch_jbuf_raw(llorch_jbuf *b, const char *s, size_t n);
+void llorch_jbuf_cstr(llorch_jbuf *b, const char *s);
+/* Appends s as a quoted, escaped JSON string (invalid UTF-8 becomes U+FFFD). NULL -> null. */
+void llorch_jbuf_str(llorch_jbuf *b, const char *s);
+void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n);
+void llorch_jbuf_int(llorch_jbuf *b, int64_t v);
+/* A finite double (shortest round-trip form); NaN/inf become null. */
+void llorch_jbuf_num(llorch_jbuf *b, double v);
+void llorch_jbuf_bool(llorch_jbuf *b, bool v);
+/* Appends a "key": prefix (escaped key and a colon). */
+void llorch_jbuf_key(llorch_jbuf *b, const char *key);
+/* 0 or LLORCH_ENOMEM. */
+int llorch_jbuf_error(const llorch_jbuf *b);
+
+/*
+ * Builds {"error":{"message":...,"type":...,"param":...,"code":...}} (param
+ * and code NULL -> null) as a malloc'd string, or NULL when out of memory.
+ */
+char *llorch_json_error_envelope(const char *message, const char *type,
+                                 const char *param, const char *code);
+
+#endif /* LLORCH_JSON_H */
