@@ -154,9 +154,12 @@ int llorch_gguf_get_arr(const llorch_gguf *g, const char *key, llorch_gguf_vtype
                         const llorch_gguf_kv **out, llorch_errmsg *em);
 
 /*
- * Iterates the strings of a string array: *cursor starts at 0 and is advanced.
+ * Iterates the strings of a string array: *cursor starts at 0 and is advanced
+ * past the returned element (index is then only range-checked). With a NULL
+ * cursor, element index is found by walking from the start (O(index)).
  * Validation at open guarantees every element is inside the file, so this
- * cannot fail for an array returned by the reader.
+ * cannot fail for an array returned by the reader; a non-string kv or an
+ * index out of range gives {NULL, 0}.
  */
 llorch_gguf_str llorch_gguf_arr_str(const llorch_gguf_kv *kv, uint64_t index, uint64_t *cursor);
 /* Numeric array element i widened (u32/i32/f32 arrays etc.). */
@@ -180,6 +183,10 @@ int llorch_gguf_writer_set_u64(llorch_gguf_writer *w, const char *key, uint64_t 
 int llorch_gguf_writer_set_f32(llorch_gguf_writer *w, const char *key, float v);
 int llorch_gguf_writer_set_bool(llorch_gguf_writer *w, const char *key, bool v);
 int llorch_gguf_writer_set_str(llorch_gguf_writer *w, const char *key, const char *v);
+/* Any fixed-size scalar type (UINT8..FLOAT64, BOOL as one byte); v points at
+ * a value of that type's C size. Setting a key that exists replaces it. */
+int llorch_gguf_writer_set_value(llorch_gguf_writer *w, const char *key, llorch_gguf_vtype t,
+                                 const void *v);
 /* Arrays of numbers: elem_type one of the fixed-size vtypes; data is n elements. */
 int llorch_gguf_writer_set_arr(llorch_gguf_writer *w, const char *key, llorch_gguf_vtype elem_type,
                                const void *data, uint64_t n);
@@ -187,14 +194,21 @@ int llorch_gguf_writer_set_arr_str(llorch_gguf_writer *w, const char *key,
                                    const char *const *strs, uint64_t n);
 /* Copies one kv (any type, arrays included) from a reader: --vocab-from. */
 int llorch_gguf_writer_copy_kv(llorch_gguf_writer *w, const llorch_gguf_kv *kv);
-/* Adds a tensor; data (nbytes per the type geometry) is copied into the writer. */
+/*
+ * Adds a tensor; data (nbytes per the type geometry) is copied into the writer.
+ * Tensor adders return LLORCH_EINVAL for a bad name (empty or over 63 bytes),
+ * type, n_dims (1..4) or ne (0, overflow, ne[0] not a block multiple), and
+ * LLORCH_EEXIST for a duplicate name. Tensors are written in the order added,
+ * each padded to the alignment (as llama.cpp's reader requires).
+ */
 int llorch_gguf_writer_add_tensor(llorch_gguf_writer *w, const char *name, llorch_ggml_type type,
                                   uint32_t n_dims, const uint64_t *ne, const void *data);
 /*
  * Adds a tensor whose bytes are produced at write time by fill(ctx, dst,
  * nbytes), so a multi-gigabyte synthesized model never sits in memory whole.
- * fill may be called several times with consecutive chunks; it returns 0 or
- * a negative code that aborts the write.
+ * fill may be called several times with consecutive chunks, each a whole
+ * number of rows (ne[0] elements); it returns 0 or a negative code that
+ * aborts the write.
  */
 typedef int (*llorch_gguf_fill_fn)(void *ctx, const char *tensor_name, uint64_t offset,
                                    void *dst, uint64_t nbytes);
@@ -202,6 +216,11 @@ int llorch_gguf_writer_add_tensor_fill(llorch_gguf_writer *w, const char *name,
                                        llorch_ggml_type type, uint32_t n_dims,
                                        const uint64_t *ne, llorch_gguf_fill_fn fill,
                                        void *ctx);
+/*
+ * Writes GGUF v3 to "<path>.tmp.<pid>", fsyncs it and renames it to path (a
+ * reader never sees a partial file; on failure the temporary is removed).
+ * Adds general.alignment when the alignment is not the default 32.
+ */
 int llorch_gguf_writer_write_file(llorch_gguf_writer *w, const char *path, llorch_errmsg *em);
 
 #endif /* LLORCH_GGUF_H */
