@@ -1,0 +1,645 @@
+/*
+ * Continuous batching over the backend's sequence slots. See sched.h.
+ */
+#include "sched.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llorch/log.h"
+
+struct worker_sched {
+  worker_sched_config cfg;
+  llorch_backend *be;
+  const llorch_tokenizer *tok;
+  uint32_t n_vocab;
+  void (*notify)(void *);
+  void *notify_arg;
+
+  /* ---- shared under mu ---- */
+  uv_mutex_t mu;
+  uv_cond_t cv;               /* signalled on submit, cancel, drain, stop */
+  worker_job *queue_head, *queue_tail;
+  uint32_t n_queued;
+  worker_job **slots;         /* (n_slots) running job or NULL */
+  uint32_t n_busy;
+  worker_event *ev_head, *ev_tail;
+  bool draining, aborting, stopping;
+  worker_sched_stats stats;
+
+  /* ---- inference thread only ---- */
+  uv_thread_t thread;
+  bool thread_running;
+  int32_t *b_token, *b_pos, *b_seq; /* (n_batch_max) the batch being built */
+  int8_t *b_logits;
+  worker_job **b_job;         /* (n_batch_max) job of each logits row */
+  float *logits;              /* (n_slots, n_vocab) */
+  worker_event **tok_ev, **fin_ev; /* (n_slots) events of each logits row */
+  char *piece;                /* token piece scratch */
+  size_t piece_cap;
+};
+
+static double ns_to_ms(uint64_t ns) { return (double)ns / 1e6; }
+
+/* ---- jobs and events ---- */
+
+worker_job *worker_job_new(const char *id, const int32_t *prompt, uint32_t n_prompt) {
+  worker_job *j = calloc(1, sizeof *j);
+  if (!j) return NULL;
+  snprintf(j->id, sizeof j->id, "%s", id ? id : "");
+  j->prompt = malloc((n_prompt ? n_prompt : 1) * sizeof *j->prompt);
+  if (!j->prompt) {
+    free(j);
+    return NULL;
+  }
+  if (n_prompt) memcpy(j->prompt, prompt, n_prompt * sizeof *prompt);
+  j->n_prompt = n_prompt;
+  j->slot = -1;
+  llorch_sampler_params_default(&j->sp);
+  return j;
+}
+
+void worker_job_free(worker_job *j) {
+  if (!j) return;
+  free(j->prompt);
+  for (int k = 0; k < j->n_stop; k++) free(j->stop[k]);
+  llorch_sampler_free(j->sampler);
+  free(j->history);
+  worker_textout_free(&j->text);
+  free(j);
+}
+
+int worker_job_add_stop(worker_job *j, const char *s, size_t len) {
+  if (j->n_stop >= WORKER_MAX_STOP) return LLORCH_ELIMIT;
+  char *c = malloc(len + 1);
+  if (!c) return LLORCH_ENOMEM;
+  memcpy(c, s, len);
+  c[len] = 0;
+  j->stop[j->n_stop++] = c;
+  return 0;
+}
+
+void worker_event_free(worker_event *e) {
+  if (!e) return;
+  free(e->text);
+  free(e);
+}
+
+static worker_event *sched_event_new(worker_event_kind kind, worker_job *j) {
+  worker_event *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  e->kind = kind;
+  e->job = j;
+  return e;
+}
+
+/* Caller holds mu. */
+static void sched_event_push(worker_sched *s, worker_event *e) {
+  e->next = NULL;
+  if (s->ev_tail) s->ev_tail->next = e;
+  else s->ev_head = e;
+  s->ev_tail = e;
+}
+
+/*
+ * The final event of a job. Allocation failure here would leave the HTTP side
+ * waiting forever, so the event is preallocated where possible; when even that
+ * fails we log and retry on the next step (the job stays DONE-pending).
+ * Caller holds mu.
+ */
+static void sched_job_finish(worker_sched *s, worker_job *j, worker_event *final) {
+  uint64_t now = uv_hrtime();
+  if (final->kind == WORKER_EV_END || final->kind == WORKER_EV_ERROR) {
+    final->prompt_tokens = j->n_prompt;
+    final->completion_tokens = j->n_gen;
+    uint64_t start = j->t_start_ns ? j->t_start_ns : now;
+    final->queue_ms = ns_to_ms(start - j->t_submit_ns);
+    final->ttft_ms = j->t_first_ns ? ns_to_ms(j->t_first_ns - j->t_submit_ns) : 0;
+    final->prefill_ms = j->t_prefill_done_ns ? ns_to_ms(j->t_prefill_done_ns - start) : 0;
+    final->decode_ms = j->t_prefill_done_ns ? ns_to_ms(now - j->t_prefill_done_ns) : 0;
+    final->total_ms = ns_to_ms(now - j->t_submit_ns);
+  }
+  if (j->slot >= 0) {
+    s->slots[j->slot] = NULL;
+    s->n_busy--;
+    /* The slot's cache is forgotten now, not at the next assignment, so a
+     * backend that tracks lengths never sees a stale sequence. */
+    s->be->ops->seq_reset(s->be->ctx, j->slot);
+    j->slot = -1;
+  }
+  j->state = WORKER_JOB_DONE;
+  sched_event_push(s, final);
+}
+
+static worker_event *sched_end_event(worker_job *j, worker_finish f) {
+  worker_event *e = sched_event_new(WORKER_EV_END, j);
+  if (e) e->finish = f;
+  return e;
+}
+
+static worker_event *sched_error_event(worker_job *j, const char *code, bool retriable,
+                                       const char *msg) {
+  worker_event *e = sched_event_new(WORKER_EV_ERROR, j);
+  if (!e) return NULL;
+  e->code = code;
+  e->retriable = retriable;
+  snprintf(e->message, sizeof e->message, "%s", msg);
+  return e;
+}
+
+/* ---- init / free ---- */
+
+int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch_backend *be,
+                      const llorch_tokenizer *tok, void (*notify)(void *), void *notify_arg,
+                      llorch_errmsg *em) {
+  *out = NULL;
+  if (!cfg->n_slots || !cfg->n_ctx || cfg->n_batch_max < cfg->n_slots)
+    return llorch_errmsg_set(em, LLORCH_EINVAL,
+                             "scheduler: slots %u, ctx %u, batch %u: need slots >= 1, ctx >= 1, "
+                             "batch >= slots", cfg->n_slots, cfg->n_ctx, cfg->n_batch_max);
+  worker_sched *s = calloc(1, sizeof *s);
+  if (!s) return llorch_errmsg_set(em, LLORCH_ENOMEM, "scheduler: out of memory");
+  s->cfg = *cfg;
+  if (!s->cfg.prefill_chunk) s->cfg.prefill_chunk = cfg->n_batch_max;
+  s->be = be;
+  s->tok = tok;
+  s->n_vocab = be->model->hp.n_vocab;
+  s->notify = notify;
+  s->notify_arg = notify_arg;
+  uint32_t nb = cfg->n_batch_max;
+  s->slots = calloc(cfg->n_slots, sizeof *s->slots);
+  s->b_token = malloc(nb * sizeof *s->b_token);
+  s->b_pos = malloc(nb * sizeof *s->b_pos);
+  s->b_seq = malloc(nb * sizeof *s->b_seq);
+  s->b_logits = malloc(nb * sizeof *s->b_logits);
+  s->b_job = malloc(nb * sizeof *s->b_job);
+  /* At most one logits row per slot per step: prefill asks only for the last
+   * prompt token, decode for its one token. */
+  s->logits = malloc((size_t)cfg->n_slots * s->n_vocab * sizeof *s->logits);
+  s->tok_ev = calloc(cfg->n_slots, sizeof *s->tok_ev);
+  s->fin_ev = calloc(cfg->n_slots, sizeof *s->fin_ev);
+  s->piece_cap = 256;
+  s->piece = malloc(s->piece_cap);
+  if (!s->slots || !s->b_token || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_job ||
+      !s->logits || !s->piece || !s->tok_ev || !s->fin_ev)
+    goto fail_alloc;
+  if (uv_mutex_init(&s->mu)) goto fail_alloc;
+  if (uv_cond_init(&s->cv)) goto fail_mutex;
+  *out = s;
+  return 0;
+
+fail_mutex:
+  uv_mutex_destroy(&s->mu);
+fail_alloc:
+  free(s->slots);
+  free(s->b_token);
+  free(s->b_pos);
+  free(s->b_seq);
+  free(s->b_logits);
+  free(s->b_job);
+  free(s->logits);
+  free(s->tok_ev);
+  free(s->fin_ev);
+  free(s->piece);
+  free(s);
+  return llorch_errmsg_set(em, LLORCH_ENOMEM, "scheduler: out of memory (%u slots x %u vocab)",
+                           cfg->n_slots, be->model->hp.n_vocab);
+}
+
+void worker_sched_free(worker_sched *s) {
+  if (!s) return;
+  worker_sched_stop(s);
+  for (worker_event *e = s->ev_head, *n; e; e = n) {
+    n = e->next;
+    worker_event_free(e);
+  }
+  uv_cond_destroy(&s->cv);
+  uv_mutex_destroy(&s->mu);
+  free(s->slots);
+  free(s->b_token);
+  free(s->b_pos);
+  free(s->b_seq);
+  free(s->b_logits);
+  free(s->b_job);
+  free(s->logits);
+  free(s->tok_ev);
+  free(s->fin_ev);
+  free(s->piece);
+  free(s);
+}
+
+/* ---- loop side ---- */
+
+int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
+  if (!j->n_prompt) return llorch_errmsg_set(em, LLORCH_EINVAL, "the prompt is empty (0 tokens)");
+  /* Generating k tokens feeds k-1 of them back, so a prompt of n tokens can
+   * produce ctx - n + 1; we keep one position spare and allow ctx - n. */
+  if (j->n_prompt >= s->cfg.n_ctx)
+    return llorch_errmsg_set(em, LLORCH_ERANGE,
+                             "the prompt has %u tokens but the context is %u tokens per request "
+                             "(at least 1 must remain for the completion)",
+                             j->n_prompt, s->cfg.n_ctx);
+  uint32_t room = s->cfg.n_ctx - j->n_prompt;
+  if (!j->max_tokens || j->max_tokens > room) j->max_tokens = room;
+
+  int rc = llorch_sampler_init(&j->sampler, &j->sp, s->n_vocab, em);
+  if (rc < 0) return rc;
+  j->history = malloc(((size_t)j->n_prompt + j->max_tokens) * sizeof *j->history);
+  if (!j->history) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for the history");
+  memcpy(j->history, j->prompt, j->n_prompt * sizeof *j->history);
+  worker_textout_init(&j->text, j->stop, j->n_stop);
+
+  uv_mutex_lock(&s->mu);
+  if (s->draining || s->stopping) {
+    uv_mutex_unlock(&s->mu);
+    return llorch_errmsg_set(em, LLORCH_ESTATE, "the worker is shutting down");
+  }
+  /* Free slots take jobs at the next step, so only jobs beyond them count
+   * against the queue bound. */
+  uint32_t free_slots = s->cfg.n_slots - s->n_busy;
+  if (s->n_queued >= free_slots + s->cfg.queue_max) {
+    uv_mutex_unlock(&s->mu);
+    return llorch_errmsg_set(em, LLORCH_EBUSY,
+                             "all %u slots are busy and %u requests are waiting (queue_max %u)",
+                             s->cfg.n_slots, s->n_queued, s->cfg.queue_max);
+  }
+  j->t_submit_ns = uv_hrtime();
+  j->state = WORKER_JOB_QUEUED;
+  j->next = NULL;
+  if (s->queue_tail) s->queue_tail->next = j;
+  else s->queue_head = j;
+  s->queue_tail = j;
+  s->n_queued++;
+  uv_cond_signal(&s->cv);
+  uv_mutex_unlock(&s->mu);
+  return 0;
+}
+
+void worker_sched_cancel(worker_sched *s, worker_job *j) {
+  uv_mutex_lock(&s->mu);
+  if (j->state != WORKER_JOB_DONE) {
+    j->cancel_requested = true;
+    uv_cond_signal(&s->cv);
+  }
+  uv_mutex_unlock(&s->mu);
+}
+
+worker_event *worker_sched_events_take(worker_sched *s) {
+  uv_mutex_lock(&s->mu);
+  worker_event *e = s->ev_head;
+  s->ev_head = s->ev_tail = NULL;
+  uv_mutex_unlock(&s->mu);
+  return e;
+}
+
+void worker_sched_stats_get(worker_sched *s, worker_sched_stats *out) {
+  uv_mutex_lock(&s->mu);
+  *out = s->stats;
+  out->slots_busy = s->n_busy;
+  out->queued = s->n_queued;
+  uv_mutex_unlock(&s->mu);
+}
+
+void worker_sched_drain(worker_sched *s) {
+  uv_mutex_lock(&s->mu);
+  s->draining = true;
+  uv_cond_signal(&s->cv);
+  uv_mutex_unlock(&s->mu);
+}
+
+void worker_sched_abort_running(worker_sched *s) {
+  uv_mutex_lock(&s->mu);
+  s->aborting = true;
+  uv_cond_signal(&s->cv);
+  uv_mutex_unlock(&s->mu);
+}
+
+/* ---- the engine step ---- */
+
+/* Unlinks j from the wait queue. Caller holds mu. */
+static void sched_queue_remove(worker_sched *s, worker_job *j) {
+  worker_job **pp = &s->queue_head, *prev = NULL;
+  while (*pp && *pp != j) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  if (!*pp) return;
+  *pp = j->next;
+  if (s->queue_tail == j) s->queue_tail = prev;
+  j->next = NULL;
+  s->n_queued--;
+}
+
+/*
+ * Housekeeping before a batch is built, under mu: cancels, shutdown, queue
+ * timeouts, and moving waiting jobs into free slots. Returns true when events
+ * were queued (so the loop must be notified).
+ */
+static bool sched_admit_locked(worker_sched *s) {
+  bool emitted = false;
+  uint64_t now = uv_hrtime();
+  for (uint32_t k = 0; k < s->cfg.n_slots; k++) {
+    worker_job *j = s->slots[k];
+    if (!j) continue;
+    worker_event *e = NULL;
+    if (j->cancel_requested) e = sched_end_event(j, WORKER_FINISH_CANCELLED);
+    else if (s->aborting)
+      e = sched_error_event(j, "shutting_down", true,
+                            "the worker is shutting down and the grace period ended");
+    else continue;
+    if (!e) continue; /* out of memory: try again next step */
+    sched_job_finish(s, j, e);
+    emitted = true;
+  }
+  for (worker_job *j = s->queue_head, *n; j; j = n) {
+    n = j->next;
+    worker_event *e = NULL;
+    if (j->cancel_requested) e = sched_end_event(j, WORKER_FINISH_CANCELLED);
+    else if (s->draining || s->aborting)
+      e = sched_error_event(j, "shutting_down", true, "the worker is shutting down");
+    else if (s->cfg.queue_timeout_s > 0 &&
+             (double)(now - j->t_submit_ns) / 1e9 > s->cfg.queue_timeout_s) {
+      char msg[128];
+      snprintf(msg, sizeof msg, "waited %.1f s for a free slot (queue_timeout %.1f s)",
+               (double)(now - j->t_submit_ns) / 1e9, s->cfg.queue_timeout_s);
+      e = sched_error_event(j, "queue_timeout", true, msg);
+    } else continue;
+    if (!e) continue;
+    sched_queue_remove(s, j);
+    sched_job_finish(s, j, e);
+    emitted = true;
+  }
+  for (uint32_t k = 0; k < s->cfg.n_slots && s->queue_head; k++) {
+    if (s->slots[k]) continue;
+    worker_job *j = s->queue_head;
+    worker_event *e = sched_event_new(WORKER_EV_STARTED, j);
+    if (!e) break;
+    sched_queue_remove(s, j);
+    j->slot = (int32_t)k;
+    j->state = WORKER_JOB_PREFILL;
+    j->t_start_ns = now;
+    s->slots[k] = j;
+    s->n_busy++;
+    e->slot = j->slot;
+    e->max_tokens = j->max_tokens;
+    e->queue_ms = ns_to_ms(now - j->t_submit_ns);
+    sched_event_push(s, e);
+    emitted = true;
+  }
+  return emitted;
+}
+
+/*
+ * Builds the batch: decode tokens of every running slot, then prompt chunks
+ * in slot order. Only reads job fields the inference thread owns, plus the
+ * slot table (which changes only in sched_admit_locked, on this thread).
+ * Returns the number of entries; *n_rows gets the logits rows asked for.
+ */
+static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
+  uint32_t n = 0, rows = 0, budget = s->cfg.n_batch_max;
+  for (uint32_t k = 0; k < s->cfg.n_slots; k++) {
+    worker_job *j = s->slots[k];
+    if (!j || j->state != WORKER_JOB_DECODE) continue;
+    s->b_token[n] = j->next_token;
+    s->b_pos[n] = (int32_t)(j->n_prompt + j->n_gen - 1);
+    s->b_seq[n] = (int32_t)k;
+    s->b_logits[n] = 1;
+    s->b_job[rows++] = j;
+    n++;
+  }
+  for (uint32_t k = 0; k < s->cfg.n_slots && n < budget; k++) {
+    worker_job *j = s->slots[k];
+    if (!j || j->state != WORKER_JOB_PREFILL) continue;
+    uint32_t chunk = j->n_prompt - j->n_fed;
+    if (chunk > s->cfg.prefill_chunk) chunk = s->cfg.prefill_chunk;
+    if (chunk > budget - n) chunk = budget - n;
+    for (uint32_t i = 0; i < chunk; i++) {
+      uint32_t p = j->n_fed + i;
+      s->b_token[n] = j->prompt[p];
+      s->b_pos[n] = (int32_t)p;
+      s->b_seq[n] = (int32_t)k;
+      s->b_logits[n] = (p + 1 == j->n_prompt);
+      if (s->b_logits[n]) s->b_job[rows++] = j;
+      n++;
+    }
+    j->n_fed += chunk;
+  }
+  *n_rows = rows;
+  return n;
+}
+
+/* Turns a sampled token into a TOKEN event (and maybe the final event).
+ * Called without mu; the events are pushed by the caller under mu. */
+static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample_result *res,
+                             worker_event **tok_ev, worker_event **final_ev) {
+  int32_t tok = res->token;
+  *tok_ev = *final_ev = NULL;
+  uint64_t now = uv_hrtime();
+  if (!j->t_first_ns) j->t_first_ns = now;
+  j->t_last_tok_ns = now;
+  j->history[j->n_prompt + j->n_gen] = tok;
+  j->n_gen++;
+  bool eog = !j->ignore_eos && s->tok && llorch_tokenizer_is_eog(s->tok, tok);
+  char *text = NULL;
+  size_t text_len = 0;
+  int rc = 0;
+  if (s->tok && !eog) {
+    int len = llorch_token_piece(s->tok, tok, 0, s->piece, s->piece_cap);
+    if (len > (int)s->piece_cap) {
+      char *p = realloc(s->piece, (size_t)len);
+      if (p) {
+        s->piece = p;
+        s->piece_cap = (size_t)len;
+        len = llorch_token_piece(s->tok, tok, 0, s->piece, s->piece_cap);
+      } else {
+        len = LLORCH_ENOMEM;
+      }
+    }
+    if (len < 0) rc = len;
+    else rc = worker_textout_push(&j->text, s->piece, (size_t)len, &text, &text_len);
+  }
+  worker_finish fin = WORKER_FINISH_NONE;
+  if (eog || j->text.stopped) fin = WORKER_FINISH_STOP;
+  else if (j->n_gen >= j->max_tokens) fin = WORKER_FINISH_LENGTH;
+  if (fin != WORKER_FINISH_NONE && s->tok && rc == 0) {
+    /* Release the held tail (a partial stop-string prefix that never
+     * completed, an incomplete UTF-8 sequence) with this last token. */
+    char *rest = NULL;
+    size_t rest_len = 0;
+    if (!j->text.stopped) rc = worker_textout_flush(&j->text, &rest, &rest_len);
+    if (rest_len) {
+      char *m = realloc(text, text_len + rest_len + 1);
+      if (m) {
+        memcpy(m + text_len, rest, rest_len + 1);
+        text = m;
+        text_len += rest_len;
+      } else {
+        rc = LLORCH_ENOMEM;
+      }
+    }
+    free(rest);
+  }
+  if (rc < 0) {
+    free(text);
+    *final_ev = sched_error_event(j, "internal_error", false, llorch_strerror(rc));
+    return;
+  }
+  /* An end-of-generation token is not part of the completion's text, but it
+   * is a generated token: it counts in usage and gets a token event so that
+   * logprobs callers see it. */
+  worker_event *e = sched_event_new(WORKER_EV_TOKEN, j);
+  if (e) {
+    e->index = j->n_gen - 1;
+    e->token_id = tok;
+    e->text = text;
+    e->text_len = text_len;
+    if (j->want_logprobs) {
+      e->has_logprob = true;
+      e->lp.id = tok;
+      e->lp.logprob = res->logprob;
+      e->lp.n_top = res->n_top;
+      for (int q = 0; q < res->n_top; q++) {
+        e->lp.top_id[q] = res->top[q].id;
+        e->lp.top_logprob[q] = res->top[q].logprob;
+      }
+    }
+    *tok_ev = e;
+  } else {
+    free(text);
+  }
+  if (fin != WORKER_FINISH_NONE) *final_ev = sched_end_event(j, fin);
+}
+
+int worker_sched_step(worker_sched *s) {
+  uv_mutex_lock(&s->mu);
+  bool emitted = sched_admit_locked(s);
+  uv_mutex_unlock(&s->mu);
+
+  uint32_t n_rows = 0;
+  uint32_t n = sched_build_batch(s, &n_rows);
+  if (!n) {
+    if (emitted && s->notify) s->notify(s->notify_arg);
+    return 0;
+  }
+  llorch_batch b = {.n_tokens = (int32_t)n, .token = s->b_token, .pos = s->b_pos,
+                    .seq = s->b_seq, .logits = s->b_logits};
+  llorch_errmsg em = {{0}};
+  int rc = s->be->ops->forward(s->be->ctx, &b, s->logits, &em);
+
+  uint32_t n_prompt_fed = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    worker_job *j = s->slots[s->b_seq[i]];
+    if (j && j->state == WORKER_JOB_PREFILL) n_prompt_fed++;
+  }
+
+  if (rc < 0) {
+    LOG_ERROR("worker", NULL, "forward of %u entries failed: %s: %s", n, llorch_strerror(rc),
+              em.text);
+    uv_mutex_lock(&s->mu);
+    /* Every job that was in the batch has a cache in an unknown state. */
+    for (uint32_t i = 0; i < n; i++) {
+      worker_job *j = s->slots[s->b_seq[i]];
+      if (!j) continue;
+      worker_event *e = sched_error_event(j, "internal_error", false,
+                                          em.text[0] ? em.text : llorch_strerror(rc));
+      if (e) sched_job_finish(s, j, e);
+    }
+    uv_mutex_unlock(&s->mu);
+    if (s->notify) s->notify(s->notify_arg);
+    return rc;
+  }
+
+  /* Sample outside the lock: the loop must not wait for vocabulary scans. */
+  worker_event **tok_ev = s->tok_ev, **fin_ev = s->fin_ev;
+  for (uint32_t r = 0; r < n_rows; r++) {
+    worker_job *j = s->b_job[r];
+    float *row = s->logits + (size_t)r * s->n_vocab;
+    llorch_sample_result res;
+    llorch_errmsg sem = {{0}};
+    tok_ev[r] = fin_ev[r] = NULL;
+    int src = llorch_sampler_sample(j->sampler, row, j->history, j->n_prompt + j->n_gen, &res,
+                                    &sem);
+    if (src < 0) {
+      /* NaN/inf logits: the model or backend misbehaved for this sequence. */
+      fin_ev[r] = sched_error_event(j, "internal_error", false, sem.text);
+      continue;
+    }
+    if (j->state == WORKER_JOB_PREFILL) {
+      j->state = WORKER_JOB_DECODE;
+      j->t_prefill_done_ns = uv_hrtime();
+    }
+    j->next_token = res.token;
+    sched_emit_token(s, j, &res, &tok_ev[r], &fin_ev[r]);
+  }
+
+  uv_mutex_lock(&s->mu);
+  s->stats.steps++;
+  s->stats.prompt_tokens += n_prompt_fed;
+  for (uint32_t r = 0; r < n_rows; r++) {
+    worker_job *j = s->b_job[r];
+    /* A cancel that arrived during the forward wins: no token goes out after
+     * it, and the job ends as cancelled at the next admit (this step). */
+    if (j->cancel_requested) {
+      worker_event_free(tok_ev[r]);
+      worker_event_free(fin_ev[r]);
+      continue;
+    }
+    if (tok_ev[r]) {
+      s->stats.generated_tokens++;
+      sched_event_push(s, tok_ev[r]);
+    }
+    if (fin_ev[r]) sched_job_finish(s, j, fin_ev[r]);
+  }
+  /* Cancelled jobs end now rather than a step later. */
+  sched_admit_locked(s);
+  uv_mutex_unlock(&s->mu);
+  if (s->notify) s->notify(s->notify_arg);
+  return (int)n;
+}
+
+/* ---- the inference thread ---- */
+
+static bool sched_has_work_locked(worker_sched *s) {
+  if (s->n_queued || s->n_busy) return true;
+  return false;
+}
+
+static void sched_thread_main(void *arg) {
+  worker_sched *s = arg;
+  for (;;) {
+    uv_mutex_lock(&s->mu);
+    while (!s->stopping && !sched_has_work_locked(s))
+      uv_cond_wait(&s->cv, &s->mu);
+    bool stop = s->stopping;
+    uv_mutex_unlock(&s->mu);
+    if (stop) break;
+    int n = worker_sched_step(s);
+    if (n == 0) {
+      /* Nothing to forward (e.g. every event of a finishing job was just
+       * queued): wait briefly instead of spinning; queue timeouts are still
+       * checked on the next pass. */
+      uv_mutex_lock(&s->mu);
+      if (!s->stopping) uv_cond_timedwait(&s->cv, &s->mu, 50 * 1000 * 1000ull);
+      uv_mutex_unlock(&s->mu);
+    }
+  }
+}
+
+int worker_sched_start(worker_sched *s, llorch_errmsg *em) {
+  int rc = uv_thread_create(&s->thread, sched_thread_main, s);
+  if (rc) return llorch_errmsg_set(em, LLORCH_ENOMEM, "inference thread: %s", uv_strerror(rc));
+  s->thread_running = true;
+  return 0;
+}
+
+void worker_sched_stop(worker_sched *s) {
+  if (!s->thread_running) return;
+  uv_mutex_lock(&s->mu);
+  s->stopping = true;
+  uv_cond_signal(&s->cv);
+  uv_mutex_unlock(&s->mu);
+  uv_thread_join(&s->thread);
+  s->thread_running = false;
+}

@@ -1,0 +1,196 @@
+/*
+ * The worker's continuous-batching scheduler (internal to src/roles/worker).
+ *
+ * N slots, each one backend sequence (its own KV region). Jobs wait in a
+ * bounded FIFO until a slot is free. Every engine step builds ONE batch: the
+ * decode token of every running slot first (so decode latency does not grow
+ * with waiting prompts), then chunks of prompts still being prefilled, up to
+ * the batch budget; runs one forward; samples per slot; turns tokens into
+ * text (complete UTF-8 only, stop strings held back) and queues events.
+ *
+ * Threads: the HTTP loop calls submit/cancel/events_take; the engine step runs
+ * on a dedicated inference thread (worker_sched_start) or, in unit tests,
+ * synchronously through worker_sched_step. Everything shared between the two
+ * lives under one mutex; the notify callback (uv_async_send in the worker) is
+ * called from the inference thread after events were queued.
+ *
+ * Job ownership: the caller allocates a job and fills its input; after a
+ * successful submit the scheduler reads it until it has queued the job's final
+ * event (END or ERROR). After taking that event the caller frees the job. The
+ * caller never frees a job whose final event it has not taken.
+ */
+#ifndef LLORCH_WORKER_SCHED_H
+#define LLORCH_WORKER_SCHED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "llorch/backend.h"
+#include "llorch/error.h"
+#include "llorch/sampler.h"
+#include "llorch/tokenizer.h"
+
+#include "textout.h"
+
+#define WORKER_MAX_STOP 4
+#define WORKER_MAX_TOP_LOGPROBS LLORCH_SAMPLER_MAX_LOGPROBS
+
+/* ---- jobs ---- */
+
+typedef enum worker_finish {
+  WORKER_FINISH_NONE = 0,
+  WORKER_FINISH_STOP = 1,      /* EOS/EOT or a stop string */
+  WORKER_FINISH_LENGTH = 2,    /* max_tokens or the context */
+  WORKER_FINISH_CANCELLED = 3, /* cancel call or client gone */
+} worker_finish;
+
+typedef enum worker_job_state {
+  WORKER_JOB_NEW = 0,
+  WORKER_JOB_QUEUED = 1,
+  WORKER_JOB_PREFILL = 2,
+  WORKER_JOB_DECODE = 3,
+  WORKER_JOB_DONE = 4,
+} worker_job_state;
+
+typedef struct worker_job {
+  /* ---- input: set before submit, read-only afterwards ---- */
+  char id[72];                   /* job id (NUL-terminated) */
+  char request_id[72];           /* for log lines, may be "" */
+  int32_t *prompt;               /* (n_prompt) token ids, owned by the job */
+  uint32_t n_prompt;
+  uint32_t max_tokens;           /* 0: all that fits; clamped at submit */
+  llorch_sampler_params sp;      /* sampling (sp.n_logprobs: alternatives per token) */
+  bool want_logprobs;            /* report the chosen token's logprob (+ sp.n_logprobs top) */
+  char *stop[WORKER_MAX_STOP];   /* stop strings, owned by the job */
+  int n_stop;
+  bool ignore_eos;
+  void *owner;                   /* the caller's (the HTTP side's) pointer */
+
+  /* ---- inference-thread state ---- */
+  int32_t slot;                  /* backend sequence, -1 while queued */
+  uint32_t n_fed;                /* prompt tokens already in the KV cache */
+  uint32_t n_gen;                /* tokens generated */
+  int32_t next_token;            /* sampled token to feed next step */
+  llorch_sampler *sampler;
+  int32_t *history;              /* (n_prompt + max_tokens) prompt then generated ids: penalties */
+  worker_textout text;
+  uint64_t t_submit_ns, t_start_ns, t_first_ns, t_prefill_done_ns, t_last_tok_ns;
+
+  /* ---- shared under the scheduler mutex ---- */
+  worker_job_state state;
+  bool cancel_requested;
+  struct worker_job *next;       /* wait-queue link */
+} worker_job;
+
+/* Creates a job with its own copy of the prompt; NULL when out of memory. */
+worker_job *worker_job_new(const char *id, const int32_t *prompt, uint32_t n_prompt);
+/* Frees the job (prompt, stop strings, sampler, text state). */
+void worker_job_free(worker_job *j);
+/* Adds a stop string (copied); LLORCH_ELIMIT after WORKER_MAX_STOP. */
+int worker_job_add_stop(worker_job *j, const char *s, size_t len);
+
+/* ---- events (inference thread -> loop) ---- */
+
+typedef enum worker_event_kind {
+  WORKER_EV_STARTED = 0,
+  WORKER_EV_TOKEN = 1,
+  WORKER_EV_END = 2,
+  WORKER_EV_ERROR = 3,
+} worker_event_kind;
+
+typedef struct worker_token_logprob {
+  int32_t id;
+  float logprob;                      /* natural log of the probability */
+  int n_top;
+  int32_t top_id[WORKER_MAX_TOP_LOGPROBS];
+  float top_logprob[WORKER_MAX_TOP_LOGPROBS];
+} worker_token_logprob;
+
+typedef struct worker_event {
+  worker_event_kind kind;
+  worker_job *job;
+  /* STARTED */
+  int32_t slot;
+  uint32_t max_tokens;            /* effective */
+  /* TOKEN */
+  uint32_t index;                 /* token events of this job, from 0 */
+  int32_t token_id;
+  char *text;                     /* malloc'ed, text_len bytes (may be 0), complete UTF-8 */
+  size_t text_len;
+  bool has_logprob;
+  worker_token_logprob lp;
+  /* END */
+  worker_finish finish;
+  uint32_t prompt_tokens, completion_tokens;
+  double queue_ms, ttft_ms, prefill_ms, decode_ms, total_ms;
+  /* ERROR */
+  const char *code;               /* static: "internal_error", "queue_timeout", "shutting_down" */
+  char message[256];
+  bool retriable;
+  struct worker_event *next;
+} worker_event;
+
+void worker_event_free(worker_event *e);
+
+/* ---- the scheduler ---- */
+
+typedef struct worker_sched_config {
+  uint32_t n_slots;
+  uint32_t n_ctx;          /* positions per slot */
+  uint32_t n_batch_max;    /* entries per forward (backend's n_batch_max) */
+  uint32_t prefill_chunk;  /* most prompt tokens of ONE job per step */
+  uint32_t queue_max;      /* waiting jobs beyond the slots */
+  double queue_timeout_s;  /* longest wait for a slot; 0 = forever */
+} worker_sched_config;
+
+typedef struct worker_sched_stats {
+  uint32_t slots_busy;
+  uint32_t queued;
+  uint64_t steps;
+  uint64_t prompt_tokens;      /* fed to the backend */
+  uint64_t generated_tokens;
+} worker_sched_stats;
+
+typedef struct worker_sched worker_sched;
+
+/*
+ * be must stay open while the scheduler lives; tok may be NULL (then no text
+ * and no stop strings: tests). notify(arg) is called after events are queued.
+ */
+int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch_backend *be,
+                      const llorch_tokenizer *tok, void (*notify)(void *), void *notify_arg,
+                      llorch_errmsg *em);
+/* Stops the thread if running; frees queued events. Jobs still inside are
+ * the caller's to free (none are after a drained shutdown). */
+void worker_sched_free(worker_sched *s);
+
+/*
+ * Queues a job. Clamps max_tokens to what fits. Errors (job not taken, em set):
+ *   LLORCH_ERANGE  prompt does not fit the context (em has both numbers)
+ *   LLORCH_EINVAL  empty prompt, or sampling parameters out of range
+ *   LLORCH_EBUSY   queue full
+ *   LLORCH_ESTATE  shutting down
+ */
+int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em);
+/* Asks to cancel (idempotent); the final END(cancelled) comes as an event. */
+void worker_sched_cancel(worker_sched *s, worker_job *j);
+/* Takes every queued event (a list, oldest first, caller frees each). */
+worker_event *worker_sched_events_take(worker_sched *s);
+
+/* Runs one engine step now (unit tests). Returns entries forwarded (0 idle) or
+ * a negative code when the backend failed (jobs in the batch got ERROR). */
+int worker_sched_step(worker_sched *s);
+
+/* Starts the inference thread. */
+int worker_sched_start(worker_sched *s, llorch_errmsg *em);
+/* Stops taking jobs; queued jobs end with ERROR shutting_down. */
+void worker_sched_drain(worker_sched *s);
+/* Ends running jobs with ERROR shutting_down (grace period over). */
+void worker_sched_abort_running(worker_sched *s);
+/* Stops and joins the inference thread. */
+void worker_sched_stop(worker_sched *s);
+
+void worker_sched_stats_get(worker_sched *s, worker_sched_stats *out);
+
+#endif /* LLORCH_WORKER_SCHED_H */

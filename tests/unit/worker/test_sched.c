@@ -1,0 +1,482 @@
+/*
+ * The worker's scheduler against a fake backend: a backend_ops table whose
+ * logits are a hash of the sequence's tokens so far (so they depend on the KV
+ * "cache" being right and on nothing else), and which rejects any batch that
+ * breaks the backend contract (positions not contiguous, unknown slot, too
+ * many entries).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "roles/worker/sched.h"
+
+/* ---- fake backend ---- */
+
+#define FAKE_VOCAB 64
+#define FAKE_MAX_SEQ 16
+#define FAKE_MAX_CTX 512
+
+typedef struct fake_ctx {
+  uint32_t n_seq, n_ctx, n_batch_max;
+  uint32_t len[FAKE_MAX_SEQ];
+  uint64_t h[FAKE_MAX_SEQ][FAKE_MAX_CTX];
+  int calls;
+  int fail_at_call;            /* forward fails on this call number (1-based), 0 never */
+  int max_seqs_in_batch;       /* most distinct sequences seen in one batch */
+  int mixed_batches;           /* batches with a decode entry and a prefill chunk together */
+  int violations;
+} fake_ctx;
+
+static uint64_t fake_mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static int fake_forward(void *vctx, const llorch_batch *b, float *logits, llorch_errmsg *em) {
+  fake_ctx *c = vctx;
+  c->calls++;
+  if (c->fail_at_call && c->calls == c->fail_at_call)
+    return llorch_errmsg_set(em, LLORCH_EDEVICE, "fake device error");
+  if (b->n_tokens <= 0 || (uint32_t)b->n_tokens > c->n_batch_max) {
+    c->violations++;
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "batch of %d", b->n_tokens);
+  }
+  int seen[FAKE_MAX_SEQ] = {0}, n_seen = 0, n_multi = 0, n_single = 0;
+  int per_seq[FAKE_MAX_SEQ] = {0};
+  for (int i = 0; i < b->n_tokens; i++) per_seq[b->seq[i]]++;
+  for (int i = 0; i < b->n_tokens; i++) {
+    int32_t s = b->seq[i], p = b->pos[i];
+    if (s < 0 || (uint32_t)s >= c->n_seq || p < 0 || (uint32_t)p >= c->n_ctx ||
+        (uint32_t)p != c->len[s]) {
+      c->violations++;
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "entry %d: seq %d pos %d len %u", i, s, p,
+                               s >= 0 && s < FAKE_MAX_SEQ ? c->len[s] : 0);
+    }
+    if (!seen[s]++) {
+      n_seen++;
+      if (per_seq[s] > 1) n_multi++;
+      else n_single++;
+    }
+    uint64_t prev = p ? c->h[s][p - 1] : 0x1234;
+    c->h[s][p] = fake_mix(prev ^ ((uint64_t)b->token[i] * 0x9E3779B97F4A7C15ull) ^ (uint64_t)p);
+    c->len[s] = (uint32_t)p + 1;
+    if (b->logits[i]) {
+      for (int v = 0; v < FAKE_VOCAB; v++)
+        logits[v] = (float)(fake_mix(c->h[s][p] + (uint64_t)v) >> 40) / 16777216.0f * 8.0f;
+      logits += FAKE_VOCAB;
+    }
+  }
+  if (n_seen > c->max_seqs_in_batch) c->max_seqs_in_batch = n_seen;
+  if (n_multi && n_single) c->mixed_batches++;
+  return 0;
+}
+
+static void fake_seq_reset(void *vctx, int32_t seq) {
+  fake_ctx *c = vctx;
+  c->len[seq] = 0;
+}
+
+static void fake_memory(void *vctx, llorch_backend_memory *out) { memset(out, 0, sizeof *out); }
+
+static const llorch_backend_ops fake_ops = {
+    .name = "fake", .forward = fake_forward, .seq_reset = fake_seq_reset, .memory = fake_memory};
+
+typedef struct fixture {
+  llorch_model model;
+  llorch_backend be;
+  fake_ctx ctx;
+  worker_sched *s;
+  int notified;
+} fixture;
+
+static void fixture_notify(void *arg) { ((fixture *)arg)->notified++; }
+
+static fixture *fixture_new(uint32_t slots, uint32_t ctx, uint32_t batch, uint32_t chunk,
+                            uint32_t queue_max, double queue_timeout) {
+  fixture *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  f->model.hp.n_vocab = FAKE_VOCAB;
+  f->ctx.n_seq = slots;
+  f->ctx.n_ctx = ctx;
+  f->ctx.n_batch_max = batch;
+  f->be.ops = &fake_ops;
+  f->be.ctx = &f->ctx;
+  f->be.model = &f->model;
+  worker_sched_config cfg = {.n_slots = slots, .n_ctx = ctx, .n_batch_max = batch,
+                             .prefill_chunk = chunk, .queue_max = queue_max,
+                             .queue_timeout_s = queue_timeout};
+  llorch_errmsg em = {{0}};
+  assert_int_equal(worker_sched_init(&f->s, &cfg, &f->be, NULL, fixture_notify, f, &em), 0);
+  return f;
+}
+
+static void fixture_free(fixture *f) {
+  worker_sched_free(f->s);
+  free(f);
+}
+
+/* ---- collecting results ---- */
+
+typedef struct result {
+  int32_t tokens[FAKE_MAX_CTX];
+  int n_tokens;
+  bool started, ended, errored;
+  worker_finish finish;
+  const char *err_code;
+  int events_after_end;
+  int32_t slot;
+  uint32_t max_tokens;
+  float first_logprob;
+  int first_n_top;
+  float first_top0;
+} result;
+
+/* Drains the scheduler's events into results[] (indexed by job->owner). */
+static void drain_events(fixture *f, result *results) {
+  for (worker_event *e = worker_sched_events_take(f->s), *n; e; e = n) {
+    n = e->next;
+    result *r = &results[(intptr_t)e->job->owner];
+    if (r->ended || r->errored) r->events_after_end++;
+    switch (e->kind) {
+    case WORKER_EV_STARTED:
+      r->started = true;
+      r->slot = e->slot;
+      r->max_tokens = e->max_tokens;
+      break;
+    case WORKER_EV_TOKEN:
+      if (r->n_tokens == 0 && e->has_logprob) {
+        r->first_logprob = e->lp.logprob;
+        r->first_n_top = e->lp.n_top;
+        r->first_top0 = e->lp.n_top ? e->lp.top_logprob[0] : 0;
+      }
+      r->tokens[r->n_tokens++] = e->token_id;
+      break;
+    case WORKER_EV_END:
+      r->ended = true;
+      r->finish = e->finish;
+      break;
+    case WORKER_EV_ERROR:
+      r->errored = true;
+      r->err_code = e->code;
+      break;
+    }
+    worker_event_free(e);
+  }
+}
+
+static worker_job *make_job(int idx, uint32_t n_prompt, uint32_t max_tokens) {
+  int32_t prompt[FAKE_MAX_CTX];
+  for (uint32_t i = 0; i < n_prompt; i++) prompt[i] = (int32_t)((idx * 7 + i * 3 + 1) % FAKE_VOCAB);
+  char id[32];
+  snprintf(id, sizeof id, "job-%d", idx);
+  worker_job *j = worker_job_new(id, prompt, n_prompt);
+  assert_non_null(j);
+  j->max_tokens = max_tokens;
+  j->owner = (void *)(intptr_t)idx;
+  return j;
+}
+
+/* True when results[lo..lo+n) all ended. */
+static bool all_done(result *r, int lo, int n) {
+  for (int i = lo; i < lo + n; i++)
+    if (!r[i].ended && !r[i].errored) return false;
+  return true;
+}
+
+static void run_until_done(fixture *f, result *r, int lo, int n) {
+  for (int step = 0; step < 10000 && !all_done(r, lo, n); step++) {
+    worker_sched_step(f->s);
+    drain_events(f, r);
+  }
+  assert_true(all_done(r, lo, n));
+}
+
+/* ---- tests ---- */
+
+/* Greedy outputs of 8 jobs sharing 4 slots (queue, prefill chunks, decode
+ * batched together) are token-identical to each job run alone. */
+static void test_batched_equals_alone(void **state) {
+  enum { N = 8 };
+  uint32_t plen[N] = {5, 40, 3, 17, 64, 9, 1, 30};
+  result alone[N], batched[N];
+  memset(alone, 0, sizeof alone);
+  memset(batched, 0, sizeof batched);
+  worker_job *jobs[N];
+
+  for (int i = 0; i < N; i++) {
+    fixture *f = fixture_new(1, 256, 64, 64, 8, 0);
+    jobs[i] = make_job(i, plen[i], 12);
+    llorch_errmsg em = {{0}};
+    assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+    run_until_done(f, alone, i, 1);
+    assert_int_equal(f->ctx.violations, 0);
+    worker_job_free(jobs[i]);
+    fixture_free(f);
+  }
+
+  fixture *f = fixture_new(4, 256, 24, 8, 8, 0);
+  for (int i = 0; i < N; i++) {
+    jobs[i] = make_job(i, plen[i], 12);
+    llorch_errmsg em = {{0}};
+    assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+  }
+  run_until_done(f, batched, 0, N);
+  assert_int_equal(f->ctx.violations, 0);
+  assert_true(f->ctx.max_seqs_in_batch >= 3);
+  assert_true(f->ctx.mixed_batches > 0); /* decode and prefill in one forward */
+  for (int i = 0; i < N; i++) {
+    assert_true(batched[i].ended);
+    assert_int_equal(batched[i].finish, WORKER_FINISH_LENGTH);
+    assert_int_equal(batched[i].n_tokens, 12);
+    assert_int_equal(alone[i].n_tokens, 12);
+    assert_memory_equal(batched[i].tokens, alone[i].tokens, 12 * sizeof(int32_t));
+    assert_int_equal(batched[i].events_after_end, 0);
+    worker_job_free(jobs[i]);
+  }
+  assert_true(f->notified > 0);
+  fixture_free(f);
+}
+
+static void test_prompt_too_long_and_clamp(void **state) {
+  fixture *f = fixture_new(1, 32, 32, 32, 4, 0);
+  llorch_errmsg em = {{0}};
+  worker_job *j = make_job(0, 32, 0);
+  assert_int_equal(worker_sched_submit(f->s, j, &em), LLORCH_ERANGE);
+  assert_non_null(strstr(em.text, "32 tokens"));
+  assert_non_null(strstr(em.text, "context is 32"));
+  worker_job_free(j);
+
+  result r[1];
+  memset(r, 0, sizeof r);
+  j = make_job(0, 20, 1000);
+  assert_int_equal(worker_sched_submit(f->s, j, &em), 0);
+  assert_int_equal(j->max_tokens, 12);
+  run_until_done(f, r, 0, 1);
+  assert_int_equal(r[0].max_tokens, 12);
+  assert_int_equal(r[0].n_tokens, 12);
+  assert_int_equal(r[0].finish, WORKER_FINISH_LENGTH);
+  assert_int_equal(f->ctx.violations, 0);
+  worker_job_free(j);
+
+  j = make_job(0, 0, 1);
+  assert_int_equal(worker_sched_submit(f->s, j, &em), LLORCH_EINVAL);
+  worker_job_free(j);
+  fixture_free(f);
+}
+
+static void test_queue_full(void **state) {
+  fixture *f = fixture_new(2, 64, 16, 16, 1, 0);
+  llorch_errmsg em = {{0}};
+  worker_job *j[4];
+  for (int i = 0; i < 4; i++) j[i] = make_job(i, 4, 3);
+  /* 2 free slots + queue_max 1: three are taken, the fourth refused. */
+  for (int i = 0; i < 3; i++) assert_int_equal(worker_sched_submit(f->s, j[i], &em), 0);
+  assert_int_equal(worker_sched_submit(f->s, j[3], &em), LLORCH_EBUSY);
+  assert_non_null(strstr(em.text, "queue_max 1"));
+  result r[4];
+  memset(r, 0, sizeof r);
+  run_until_done(f, r, 0, 3);
+  for (int i = 0; i < 3; i++) assert_int_equal(r[i].n_tokens, 3);
+  worker_sched_stats st;
+  worker_sched_stats_get(f->s, &st);
+  assert_int_equal(st.slots_busy, 0);
+  assert_int_equal(st.queued, 0);
+  assert_int_equal(st.generated_tokens, 9);
+  for (int i = 0; i < 4; i++) worker_job_free(j[i]);
+  fixture_free(f);
+}
+
+static void test_cancel_running_frees_slot(void **state) {
+  fixture *f = fixture_new(2, 128, 32, 32, 4, 0);
+  llorch_errmsg em = {{0}};
+  worker_job *a = make_job(0, 4, 100), *b = make_job(1, 4, 5);
+  assert_int_equal(worker_sched_submit(f->s, a, &em), 0);
+  result r[3];
+  memset(r, 0, sizeof r);
+  for (int i = 0; i < 4; i++) {
+    worker_sched_step(f->s);
+    drain_events(f, r);
+  }
+  assert_int_equal(r[0].n_tokens, 4);
+  worker_sched_cancel(f->s, a);
+  worker_sched_cancel(f->s, a); /* idempotent */
+  worker_sched_step(f->s);
+  drain_events(f, r);
+  assert_true(r[0].ended);
+  assert_int_equal(r[0].finish, WORKER_FINISH_CANCELLED);
+  assert_int_equal(r[0].n_tokens, 4); /* nothing after the cancel */
+  worker_sched_stats st;
+  worker_sched_stats_get(f->s, &st);
+  assert_int_equal(st.slots_busy, 0);
+  worker_sched_cancel(f->s, a); /* after the end: no-op */
+  worker_sched_step(f->s);
+  drain_events(f, r);
+  assert_int_equal(r[0].events_after_end, 0);
+
+  /* The freed slot serves the next job from position 0. */
+  assert_int_equal(worker_sched_submit(f->s, b, &em), 0);
+  run_until_done(f, r, 1, 1);
+  assert_int_equal(r[1].n_tokens, 5);
+  assert_int_equal(f->ctx.violations, 0);
+  worker_job_free(a);
+  worker_job_free(b);
+  fixture_free(f);
+}
+
+static void test_cancel_queued_and_timeout(void **state) {
+  fixture *f = fixture_new(1, 64, 16, 16, 4, 0.05);
+  llorch_errmsg em = {{0}};
+  worker_job *a = make_job(0, 4, 60), *b = make_job(1, 4, 3), *c = make_job(2, 4, 3);
+  assert_int_equal(worker_sched_submit(f->s, a, &em), 0);
+  assert_int_equal(worker_sched_submit(f->s, b, &em), 0);
+  assert_int_equal(worker_sched_submit(f->s, c, &em), 0);
+  result r[3];
+  memset(r, 0, sizeof r);
+  worker_sched_step(f->s);
+  drain_events(f, r);
+  assert_true(r[0].started);
+  assert_false(r[1].started);
+  worker_sched_cancel(f->s, b);
+  worker_sched_step(f->s);
+  drain_events(f, r);
+  assert_true(r[1].ended);
+  assert_false(r[1].started);
+  assert_int_equal(r[1].finish, WORKER_FINISH_CANCELLED);
+  /* c waits behind a (60 tokens) longer than 50 ms. */
+  struct timespec ts = {0, 80 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  worker_sched_step(f->s);
+  drain_events(f, r);
+  assert_true(r[2].errored);
+  assert_string_equal(r[2].err_code, "queue_timeout");
+  worker_sched_cancel(f->s, a);
+  run_until_done(f, r, 0, 3);
+  worker_job_free(a);
+  worker_job_free(b);
+  worker_job_free(c);
+  fixture_free(f);
+}
+
+static void test_drain_and_abort(void **state) {
+  fixture *f = fixture_new(1, 64, 16, 16, 4, 0);
+  llorch_errmsg em = {{0}};
+  worker_job *a = make_job(0, 4, 50), *b = make_job(1, 4, 3), *c = make_job(2, 4, 3);
+  assert_int_equal(worker_sched_submit(f->s, a, &em), 0);
+  assert_int_equal(worker_sched_submit(f->s, b, &em), 0);
+  result r[2];
+  memset(r, 0, sizeof r);
+  worker_sched_step(f->s);
+  worker_sched_drain(f->s);
+  assert_int_equal(worker_sched_submit(f->s, c, &em), LLORCH_ESTATE);
+  worker_sched_step(f->s);
+  drain_events(f, r);
+  assert_true(r[1].errored);
+  assert_string_equal(r[1].err_code, "shutting_down");
+  assert_false(r[0].ended || r[0].errored); /* running one goes on */
+  worker_sched_abort_running(f->s);
+  worker_sched_step(f->s);
+  drain_events(f, r);
+  assert_true(r[0].errored);
+  assert_string_equal(r[0].err_code, "shutting_down");
+  worker_job_free(a);
+  worker_job_free(b);
+  worker_job_free(c);
+  fixture_free(f);
+}
+
+static void test_backend_failure(void **state) {
+  fixture *f = fixture_new(2, 64, 16, 16, 4, 0);
+  f->ctx.fail_at_call = 3;
+  llorch_errmsg em = {{0}};
+  worker_job *a = make_job(0, 4, 10), *b = make_job(1, 4, 10);
+  assert_int_equal(worker_sched_submit(f->s, a, &em), 0);
+  assert_int_equal(worker_sched_submit(f->s, b, &em), 0);
+  result r[2];
+  memset(r, 0, sizeof r);
+  run_until_done(f, r, 0, 2);
+  assert_true(r[0].errored && r[1].errored);
+  assert_string_equal(r[0].err_code, "internal_error");
+  worker_sched_stats st;
+  worker_sched_stats_get(f->s, &st);
+  assert_int_equal(st.slots_busy, 0);
+  worker_job_free(a);
+  worker_job_free(b);
+  fixture_free(f);
+}
+
+static void test_logprobs_and_seeded_sampling(void **state) {
+  result r[3];
+  memset(r, 0, sizeof r);
+  fixture *f = fixture_new(3, 64, 16, 16, 4, 0);
+  llorch_errmsg em = {{0}};
+  worker_job *j[3];
+  for (int i = 0; i < 3; i++) {
+    j[i] = make_job(i, 4, 8);
+    /* same prompt for all three */
+    for (int k = 0; k < 4; k++) j[i]->prompt[k] = k + 1;
+  }
+  j[0]->want_logprobs = true;
+  j[0]->sp.n_logprobs = 3;
+  for (int i = 1; i < 3; i++) {
+    j[i]->sp.temperature = 1.0f;
+    j[i]->sp.seed = 42;
+  }
+  for (int i = 0; i < 3; i++) assert_int_equal(worker_sched_submit(f->s, j[i], &em), 0);
+  run_until_done(f, r, 0, 3);
+  assert_int_equal(r[0].first_n_top, 3);
+  assert_true(r[0].first_logprob < 0.0f);
+  /* greedy: the chosen token is the most likely one */
+  assert_float_equal(r[0].first_logprob, r[0].first_top0, 1e-6);
+  /* same seed, same prompt: same tokens */
+  assert_memory_equal(r[1].tokens, r[2].tokens, 8 * sizeof(int32_t));
+  for (int i = 0; i < 3; i++) worker_job_free(j[i]);
+  fixture_free(f);
+}
+
+/* The inference thread: jobs submitted from this thread complete and the
+ * notify callback fires. */
+static void test_thread(void **state) {
+  fixture *f = fixture_new(2, 64, 16, 16, 4, 0);
+  llorch_errmsg em = {{0}};
+  assert_int_equal(worker_sched_start(f->s, &em), 0);
+  worker_job *a = make_job(0, 4, 10), *b = make_job(1, 6, 10);
+  assert_int_equal(worker_sched_submit(f->s, a, &em), 0);
+  assert_int_equal(worker_sched_submit(f->s, b, &em), 0);
+  result r[2];
+  memset(r, 0, sizeof r);
+  for (int i = 0; i < 2000 && !all_done(r, 0, 2); i++) {
+    struct timespec ts = {0, 1000 * 1000};
+    nanosleep(&ts, NULL);
+    drain_events(f, r);
+  }
+  assert_true(all_done(r, 0, 2));
+  assert_int_equal(r[0].n_tokens, 10);
+  assert_int_equal(r[1].n_tokens, 10);
+  worker_sched_stop(f->s);
+  worker_job_free(a);
+  worker_job_free(b);
+  fixture_free(f);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_batched_equals_alone),
+      cmocka_unit_test(test_prompt_too_long_and_clamp),
+      cmocka_unit_test(test_queue_full),
+      cmocka_unit_test(test_cancel_running_frees_slot),
+      cmocka_unit_test(test_cancel_queued_and_timeout),
+      cmocka_unit_test(test_drain_and_abort),
+      cmocka_unit_test(test_backend_failure),
+      cmocka_unit_test(test_logprobs_and_seeded_sampling),
+      cmocka_unit_test(test_thread),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
