@@ -1,0 +1,195 @@
+#!/usr/bin/env node
+/*
+ * llama.cpp as a reference for llorch, through the prebuilt CPU binaries that
+ * node-llama-cpp 3.22.1 ships (@node-llama-cpp/linux-x64). Nothing is built
+ * or downloaded: getLlama() is called with build "never", skipDownload and
+ * gpu false, and NODE_LLAMA_CPP_SKIP_DOWNLOAD is set for install scripts.
+ *
+ *   node llamacpp.mjs info     MODEL
+ *   node llamacpp.mjs tokenize MODEL TEXT          -> ids on one line (BOS per the model)
+ *   node llamacpp.mjs greedy   MODEL N ID [ID...]  -> one line per step:
+ *        "step token top1_id top1_logit top2_id top2_logit"
+ *     greedy decoding of N tokens from the prompt ids; the top-2 raw logits
+ *     show near-ties where a different implementation may pick the other.
+ *   node llamacpp.mjs bench    MODEL [--threads N] [--pp 512] [--tg 128] [--reps 1]
+ *     llama-bench style: pp = one prompt of N tokens in batches of 512
+ *     (n_batch = n_ubatch = 512), tg = N single-token decode steps; prints
+ *     JSON {pp_tps, tg_tps, ...}.
+ */
+import process from "node:process";
+
+process.env.NODE_LLAMA_CPP_SKIP_DOWNLOAD = "true";
+const { getLlama, LlamaLogLevel } = await import("node-llama-cpp");
+
+function usage(msg) {
+  if (msg) console.error(`llamacpp.mjs: ${msg}`);
+  console.error("usage: llamacpp.mjs info|tokenize|greedy|bench MODEL ...");
+  process.exit(2);
+}
+
+function parseIntArg(name, s) {
+  const v = Number(s);
+  if (!Number.isInteger(v) || v < 0) usage(`${name}: expected a non-negative integer, got '${s}'`);
+  return v;
+}
+
+async function openLlama(threads) {
+  return getLlama({
+    gpu: false,
+    build: "never",
+    skipDownload: true,
+    usePrebuiltBinaries: true,
+    progressLogs: false,
+    logLevel: LlamaLogLevel.error,
+    // maxThreads 0: the context's `threads` is taken as is, never lowered.
+    maxThreads: 0,
+    ...(threads ? {} : {}),
+  });
+}
+
+async function openModel(llama, path, vocabOnly = false) {
+  return llama.loadModel({ modelPath: path, gpuLayers: 0, vocabOnly, useMmap: true });
+}
+
+/* ---- commands ---- */
+
+async function cmdInfo(path) {
+  const llama = await openLlama();
+  const model = await openModel(llama, path, true);
+  console.log(JSON.stringify({
+    gpu: llama.gpu,
+    buildType: llama.buildType,
+    cpuMathCores: llama.cpuMathCores,
+    systemInfo: llama.systemInfo,
+    llamaCppRelease: llama.llamaCppRelease,
+    bos: model.tokens.bos,
+    eos: model.tokens.eos,
+    shouldPrependBos: model.tokens.shouldPrependBosToken,
+  }, null, 1));
+  await model.dispose();
+  await llama.dispose();
+}
+
+async function cmdTokenize(path, text) {
+  const llama = await openLlama();
+  const model = await openModel(llama, path, true);
+  // Plain text: special-token text is not parsed (specialTokens false).
+  const ids = model.tokenize(text, false);
+  if (model.tokens.shouldPrependBosToken && model.tokens.bos != null) ids.unshift(model.tokens.bos);
+  console.log(ids.join(" "));
+  await model.dispose();
+  await llama.dispose();
+}
+
+async function cmdGreedy(path, n, prompt, threads) {
+  const llama = await openLlama();
+  const model = await openModel(llama, path);
+  const ctx = await model.createContext({
+    contextSize: Math.max(256, prompt.length + n + 8),
+    batchSize: 512,
+    threads,
+    sequences: 1,
+    flashAttention: false,
+  });
+  const seq = ctx.getSequence();
+  const want = { logits: { filter: { tokens: [], includeTop: 2 } }, token: true, options: { temperature: 0 } };
+  let input = prompt.map((t, i) => (i === prompt.length - 1 ? [t, { generateNext: want }] : t));
+  for (let step = 0; step < n; step++) {
+    const res = await seq.controlledEvaluate(input);
+    const next = res[input.length - 1]?.next;
+    if (!next || next.token == null || !next.logits) throw new Error(`step ${step}: no result from llama.cpp`);
+    const top = [...next.logits.entries()].slice(0, 2);
+    if (top.length < 2) top.push([-1, -Infinity]);
+    console.log(`${step} ${next.token} ${top[0][0]} ${top[0][1]} ${top[1][0]} ${top[1][1]}`);
+    if (model.isEogToken(next.token)) break;
+    input = [[next.token, { generateNext: want }]];
+  }
+  await ctx.dispose();
+  await model.dispose();
+  await llama.dispose();
+}
+
+async function cmdBench(path, threads, pp, tg, reps) {
+  const llama = await openLlama();
+  const t0 = performance.now();
+  const model = await openModel(llama, path);
+  const loadMs = performance.now() - t0;
+  const ctx = await model.createContext({
+    contextSize: pp + tg + 16,
+    batchSize: 512,
+    threads,
+    sequences: 1,
+    flashAttention: false,
+  });
+  const seq = ctx.getSequence();
+  const nv = model.tokens.bos != null ? model.tokens.bos + 1 : 1000;
+  // Prompt of ordinary token ids; what they are does not matter for speed.
+  const prompt = Array.from({ length: pp }, (_, i) => 100 + ((i * 7919) % Math.max(1, Math.min(nv, 10000) - 100)));
+  const ppT = [], tgT = [];
+  // Warm-up (llama-bench does one too): page the weights in.
+  await seq.evaluateWithoutGeneratingNewTokens(prompt.slice(0, 16));
+  await seq.clearHistory();
+  for (let r = 0; r < reps; r++) {
+    if (pp > 0) {
+      const a = performance.now();
+      await seq.evaluateWithoutGeneratingNewTokens(prompt);
+      ppT.push(performance.now() - a);
+      await seq.clearHistory();
+    }
+    if (tg > 0) {
+      // llama-bench's tg starts from an empty context with one token and
+      // decodes tg tokens one at a time.
+      let tok = prompt[0];
+      const a = performance.now();
+      for (let i = 0; i < tg; i++) {
+        await seq.evaluateWithoutGeneratingNewTokens([tok]);
+        tok = prompt[(i + 1) % prompt.length];
+      }
+      tgT.push(performance.now() - a);
+      await seq.clearHistory();
+    }
+  }
+  const med = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+  console.log(JSON.stringify({
+    engine: "llama.cpp",
+    release: llama.llamaCppRelease,
+    threads,
+    load_ms: +loadMs.toFixed(1),
+    pp_tokens: pp,
+    tg_tokens: tg,
+    pp_tps: pp > 0 ? +(pp / (med(ppT) / 1000)).toFixed(2) : null,
+    tg_tps: tg > 0 ? +(tg / (med(tgT) / 1000)).toFixed(2) : null,
+  }));
+  await ctx.dispose();
+  await model.dispose();
+  await llama.dispose();
+}
+
+/* ---- main ---- */
+
+const [cmd, path, ...rest] = process.argv.slice(2);
+if (!cmd || !path) usage();
+let threads = 2;
+const ti = rest.indexOf("--threads");
+if (ti >= 0) { threads = parseIntArg("--threads", rest[ti + 1]); rest.splice(ti, 2); }
+try {
+  if (cmd === "info") await cmdInfo(path);
+  else if (cmd === "tokenize") {
+    if (rest.length !== 1) usage("tokenize: expected MODEL TEXT");
+    await cmdTokenize(path, rest[0]);
+  } else if (cmd === "greedy") {
+    if (rest.length < 2) usage("greedy: expected MODEL N ID [ID...]");
+    const n = parseIntArg("N", rest[0]);
+    const ids = rest.slice(1).flatMap((s) => s.trim().split(/\s+/)).map((s) => parseIntArg("token id", s));
+    await cmdGreedy(path, n, ids, threads);
+  } else if (cmd === "bench") {
+    const opt = (name, def) => {
+      const i = rest.indexOf(name);
+      return i >= 0 ? parseIntArg(name, rest[i + 1]) : def;
+    };
+    await cmdBench(path, threads, opt("--pp", 512), opt("--tg", 128), Math.max(1, opt("--reps", 1)));
+  } else usage(`unknown command '${cmd}'`);
+} catch (e) {
+  console.error(`llamacpp.mjs: ${e && e.message ? e.message : e}`);
+  process.exit(1);
+}
