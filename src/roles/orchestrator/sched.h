@@ -1,0 +1,360 @@
+/*
+ * The orchestrator's scheduler: catalog, cluster view, admission, placement,
+ * eviction, retries and pool liveness, as pure data structures with no
+ * sockets and no clock of their own (every entry point takes `now_ms`), so
+ * every decision is unit-tested with made-up clusters.
+ *
+ * Decisions leave through the sched_ops callbacks (assign a request to a
+ * worker, ask a pool to start or stop a worker, fail a request); the I/O
+ * layer (orchestrator.c) carries them out and reports back
+ * (sched_start_done/failed, sched_request_done/retry, sched_pool_apply).
+ *
+ * Ownership: the scheduler owns pools, workers, pending starts and the
+ * catalog copy. Requests (sched_req) are owned by the caller, usually
+ * embedded in its own request struct; the scheduler only links them into its
+ * queues, so a request must be removed (done / cancel / fail) before the
+ * caller frees it.
+ */
+#ifndef LLORCH_ORCH_SCHED_H
+#define LLORCH_ORCH_SCHED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llorch/config.h"
+#include "llorch/error.h"
+
+#define SCHED_NAME_MAX 64   /* pool names, worker ids, model names (with NUL) */
+#define SCHED_URL_MAX 256
+#define SCHED_FILE_MAX 256
+#define SCHED_DEV_ID_MAX 16
+#define SCHED_MAX_DEVICES 16         /* per pool */
+#define SCHED_MAX_WORKER_DEVICES 8
+#define SCHED_REASON_MAX 256
+#define SCHED_N_PRIO 2               /* interactive, batch (llorch_priority) */
+
+typedef enum sched_dev_kind {
+  SCHED_DEV_CPU = 0,
+  SCHED_DEV_CUDA = 1,
+} sched_dev_kind;
+
+typedef enum sched_worker_state {
+  SCHED_WORKER_STARTING = 0,
+  SCHED_WORKER_READY = 1,
+  SCHED_WORKER_STOPPING = 2,
+  SCHED_WORKER_FAILED = 3,
+  SCHED_WORKER_EXITED = 4,
+} sched_worker_state;
+#define SCHED_WORKER_N_STATES 5
+
+/* "starting" ... ; parse returns 0 or LLORCH_EINVAL. */
+const char *sched_worker_state_name(sched_worker_state st);
+int sched_worker_state_parse(const char *s, sched_worker_state *out);
+
+/* ---- the catalog ---- */
+
+typedef struct sched_model {
+  char name[SCHED_NAME_MAX];
+  char file[SCHED_FILE_MAX];
+  int ctx;                     /* tokens per slot; 0 = the file's training context */
+  int slots;
+  char (*pins)[2 * SCHED_NAME_MAX]; /* (n_pins) "pool" or "pool/device" */
+  int n_pins;
+  int min_replicas;
+  int max_replicas;            /* 0 = no bound */
+  int64_t keep_alive_ms;       /* -1 = never evicted */
+  int priority;                /* llorch_priority */
+  /* runtime */
+  int queued;                  /* requests of this model in the queues */
+  int running;                 /* requests of this model on workers */
+  bool unloaded;               /* operator unloaded it: min_replicas not kept up */
+  bool pass_blocked;           /* dispatch: no slot this pass, skip its other requests */
+  int64_t last_used_ms;
+  char pending[SCHED_REASON_MAX]; /* why requests wait, "" when they do not */
+} sched_model;
+
+/* ---- the cluster view (from the pools' state documents) ---- */
+
+typedef struct sched_estimate {
+  bool valid;
+  uint64_t fixed_bytes;        /* weights + scratch + per-process overhead */
+  uint64_t per_token_bytes;    /* KV bytes per token of context */
+} sched_estimate;
+
+typedef struct sched_pool_model {
+  char name[SCHED_NAME_MAX];
+  char file[SCHED_FILE_MAX];
+  char arch[16];
+  char quant[16];
+  uint64_t params;
+  int ctx;                     /* training context, tokens */
+  uint64_t file_bytes;
+  uint64_t tensor_bytes;
+  sched_estimate est[2];       /* by sched_dev_kind */
+} sched_pool_model;
+
+typedef struct sched_device {
+  char id[SCHED_DEV_ID_MAX];   /* "cpu", "gpu1" */
+  sched_dev_kind kind;
+  int index;
+  char uuid[96];
+  char name[96];
+  uint64_t memory_total;       /* bytes */
+  uint64_t memory_used;        /* bytes */
+  uint64_t memory_free;        /* bytes, as the pool last reported */
+  int utilization;             /* percent, -1 unknown */
+  int temperature;             /* deg C, -1 unknown */
+} sched_device;
+
+typedef struct sched_pool {
+  char name[SCHED_NAME_MAX];
+  char url[SCHED_URL_MAX];
+  char boot_id[SCHED_NAME_MAX];
+  uint64_t seq;                /* last applied document's seq */
+  int64_t interval_ms;         /* its heartbeat interval */
+  int64_t last_seen_ms;        /* last accepted register/heartbeat */
+  int64_t registered_ms;
+  bool up;
+  sched_device devices[SCHED_MAX_DEVICES];
+  int n_devices;
+  sched_pool_model *models;    /* (n_models) */
+  int n_models;
+} sched_pool;
+
+typedef struct sched_worker {
+  sched_pool *pool;
+  char id[SCHED_NAME_MAX];
+  int model;                   /* catalog index, -1 when the catalog has no such model */
+  char model_name[SCHED_NAME_MAX];
+  char file[SCHED_FILE_MAX];
+  char devices[SCHED_MAX_WORKER_DEVICES][SCHED_DEV_ID_MAX];
+  int n_devices;
+  sched_worker_state state;
+  char url[SCHED_URL_MAX];
+  char token[128];
+  int ctx;
+  int slots;                   /* total */
+  int busy;                    /* requests the orchestrator has running on it */
+  uint64_t memory_bytes;
+  int pid;
+  int64_t started_at_ms;
+  int64_t last_used_ms;        /* last request finished (or adoption time) */
+  bool broken;                 /* a stream to it failed: not routed to again */
+  bool stop_sent;              /* we asked its pool to stop it */
+  bool adopted;                /* came from a registration, not from our start */
+  int exit_code;               /* -1 unknown */
+  char exit_signal[16];
+  char exit_reason[SCHED_REASON_MAX];
+} sched_worker;
+
+/* A start we asked a pool for and have not yet seen in its state. */
+typedef struct sched_pending_start {
+  uint64_t id;                 /* the I/O layer names it by id: it may be dropped meanwhile */
+  int model;
+  sched_pool *pool;
+  char device[SCHED_DEV_ID_MAX];
+  int ctx, slots;
+  uint64_t need_bytes;
+  int64_t asked_ms;
+  char worker_id[SCHED_NAME_MAX]; /* "" until the pool answered 201 */
+  bool answered;
+} sched_pending_start;
+
+/* ---- requests (caller-owned) ---- */
+
+typedef enum sched_req_state {
+  SCHED_REQ_NEW = 0,
+  SCHED_REQ_QUEUED = 1,
+  SCHED_REQ_RUNNING = 2,
+  SCHED_REQ_DONE = 3,
+} sched_req_state;
+
+typedef struct sched_req {
+  struct sched_req *prev, *next; /* queue links while QUEUED */
+  int model;                   /* catalog index */
+  int priority;                /* llorch_priority */
+  sched_req_state state;
+  int64_t enqueued_ms;         /* first admission; kept across retries */
+  int attempts;                /* assignments so far */
+  sched_worker *worker;        /* while RUNNING */
+  void *user;                  /* the caller's request */
+} sched_req;
+
+/* ---- decisions out ---- */
+
+typedef struct sched_start {
+  const sched_model *model;
+  const sched_pool *pool;
+  const char *device;
+  const char *file;            /* as the pool names it */
+  int ctx, slots;
+  uint64_t need_bytes;
+  uint64_t start_id;           /* pass back to sched_start_done / _failed */
+} sched_start;
+
+typedef struct sched_ops {
+  void *ud;
+  /* r is RUNNING on w (slot taken); the caller executes it. */
+  void (*assign)(void *ud, sched_req *r, sched_worker *w);
+  /* Ask st->pool for a worker; later sched_start_done/_failed (not from inside). */
+  void (*start)(void *ud, const sched_start *st);
+  /* Ask w's pool to stop it; why is "evicted", "unloaded", ... */
+  void (*stop)(void *ud, sched_worker *w, const char *why);
+  /* r is DONE without a worker: answer status (503, ...) with code and message. */
+  void (*fail)(void *ud, sched_req *r, int status, const char *code, const char *msg);
+} sched_ops;
+
+typedef struct sched_limits {
+  int max_total;               /* queued requests over all classes */
+  int max_per_prio[SCHED_N_PRIO]; /* 0 = only max_total */
+  int64_t queue_timeout_ms;
+  int heartbeat_miss_limit;
+  int retry_max;
+  int64_t start_timeout_ms;    /* a start not seen in the pool's state after this is dropped */
+} sched_limits;
+
+typedef struct sched_stats {
+  uint64_t admitted, rejected, timed_out, retries, evictions, starts, start_failures;
+  uint64_t decisions;          /* assignments + starts + stops + fails */
+} sched_stats;
+
+typedef struct sched {
+  sched_limits lim;
+  sched_ops ops;
+  sched_model *models;         /* (n_models) the catalog */
+  int n_models;
+  sched_pool **pools;          /* (n_pools) */
+  int n_pools;
+  sched_worker **workers;      /* (n_workers) */
+  int n_workers, cap_workers;
+  sched_pending_start **starts; /* (n_starts) */
+  int n_starts, cap_starts;
+  uint64_t next_start_id;
+  sched_req queues[SCHED_N_PRIO]; /* sentinels of circular lists */
+  int queued[SCHED_N_PRIO];
+  int total_queued;
+  double done_rate;            /* completions per second, EWMA, for Retry-After */
+  int64_t rate_window_ms;
+  int rate_count;
+  sched_stats stats;
+  bool in_dispatch;
+} sched;
+
+/* ---- lifecycle ---- */
+
+int sched_init(sched *s, const sched_limits *lim, const sched_ops *ops);
+void sched_free(sched *s);
+/* Limits from the orchestrator config (queue, heartbeat_miss_limit, retry_max). */
+void sched_limits_from_config(sched_limits *lim, const llorch_config *cfg);
+
+/* Copies one catalog entry; returns its index or a negative error. */
+int sched_model_add(sched *s, const llorch_model_entry *e, llorch_errmsg *em);
+/* Catalog index of name, or -1. */
+int sched_model_find(const sched *s, const char *name);
+
+/* ---- pools ---- */
+
+typedef struct sched_worker_report {
+  char id[SCHED_NAME_MAX];
+  char model[SCHED_NAME_MAX];
+  char file[SCHED_FILE_MAX];
+  char devices[SCHED_MAX_WORKER_DEVICES][SCHED_DEV_ID_MAX];
+  int n_devices;
+  int ctx, slots;
+  sched_worker_state state;
+  char url[SCHED_URL_MAX];
+  char token[128];
+  int pid;
+  uint64_t memory_bytes;
+  int64_t started_at_ms;
+  int exit_code;               /* -1 unknown */
+  char exit_signal[16];
+  char exit_reason[SCHED_REASON_MAX];
+} sched_worker_report;
+
+/* One pool state document (cluster-protocol.md section 2), parsed. */
+typedef struct sched_pool_report {
+  char pool[SCHED_NAME_MAX];
+  char url[SCHED_URL_MAX];
+  char boot_id[SCHED_NAME_MAX];
+  uint64_t seq;
+  int64_t interval_ms;
+  sched_device devices[SCHED_MAX_DEVICES];
+  int n_devices;
+  sched_pool_model *models;    /* (n_models) */
+  int n_models;
+  sched_worker_report *workers; /* (n_workers) */
+  int n_workers;
+} sched_pool_report;
+
+void sched_pool_report_free(sched_pool_report *r);
+
+/*
+ * Applies a register (is_register) or heartbeat document. A heartbeat of a
+ * pool the scheduler does not know returns LLORCH_ENOTFOUND (-> 404
+ * POOL_UNKNOWN). A document older than the last applied one is ignored and
+ * returns 0. adopted (may be NULL) receives the number of workers taken
+ * over from a registration. Runs a dispatch pass.
+ */
+int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, int64_t now_ms,
+                     int *adopted);
+/* Applies one worker event of pool (cluster-protocol.md 3.3). */
+int sched_pool_event(sched *s, const char *pool, const char *boot_id, uint64_t seq,
+                     const sched_worker_report *w, int64_t now_ms);
+sched_pool *sched_pool_find(const sched *s, const char *name);
+
+/* ---- starts ---- */
+
+/* The pool answered 201 with worker_id. */
+void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, int64_t now_ms);
+/* The pool refused (507, 404, unreachable): reason goes into the pending reason. */
+void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t now_ms);
+
+/* ---- requests ---- */
+
+/*
+ * Admission: queues r (r->model and r->priority set by the caller) or
+ * returns LLORCH_ELIMIT with *retry_after_s when the queue is full; nothing
+ * else is done for a refused request. Does not dispatch: call
+ * sched_dispatch() after.
+ */
+int sched_submit(sched *s, sched_req *r, int64_t now_ms, int *retry_after_s);
+/* r finished on its worker (any outcome that is not a retry). */
+void sched_request_done(sched *s, sched_req *r, int64_t now_ms);
+/*
+ * r's worker failed before the first token: the worker leaves routing and r
+ * goes back to the head of its queue. Returns 1 when requeued, 0 when
+ * retry_max is exhausted (r is then DONE and the caller answers the error).
+ */
+int sched_request_retry(sched *s, sched_req *r, int64_t now_ms);
+/* The client went away: r leaves its queue or frees its slot. */
+void sched_request_cancel(sched *s, sched_req *r, int64_t now_ms);
+
+/* ---- the loop ---- */
+
+/* Assigns queued requests to free slots, starts / evicts workers. */
+void sched_dispatch(sched *s, int64_t now_ms);
+/* Periodic: pools down, queue timeouts, stale starts, min_replicas, dispatch. */
+void sched_tick(sched *s, int64_t now_ms);
+
+/* ---- operators ---- */
+
+/* Starts a worker of model if it has none (returns 0), or explains why not. */
+int sched_model_load(sched *s, int model, int64_t now_ms, llorch_errmsg *em);
+/* Stops every worker of model once idle; min_replicas is not kept up. */
+int sched_model_unload(sched *s, int model, int64_t now_ms);
+
+/* ---- queries ---- */
+
+/* Workers of model that are ready/starting on up pools, plus pending starts. */
+int sched_model_replicas(const sched *s, int model);
+/* "ready" if it has a routable worker, "starting", "pending" (requests wait) or "unloaded". */
+const char *sched_model_state(const sched *s, int model);
+bool sched_worker_routable(const sched_worker *w);
+int sched_pools_up(const sched *s);
+
+/* "5.1 GiB", "512 MiB", "12 KiB", "17 B" */
+void sched_format_bytes(char *out, size_t n, uint64_t bytes);
+
+#endif /* LLORCH_ORCH_SCHED_H */
