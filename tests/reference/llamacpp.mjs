@@ -9,14 +9,16 @@
  *   node llamacpp.mjs tokenize MODEL TEXT          -> ids on one line (BOS per the model)
  *   node llamacpp.mjs greedy   MODEL N ID [ID...]  -> one line per step:
  *        "step token top1_id top1_logit top2_id top2_logit"
- *     greedy decoding of N tokens from the prompt ids; the top-2 raw logits
- *     show near-ties where a different implementation may pick the other.
+ *     greedy decoding of N tokens from the prompt ids (EOS does not stop it);
+ *     the top-2 raw logits show near-ties where a different implementation
+ *     may pick the other.
  *   node llamacpp.mjs bench    MODEL [--threads N] [--pp 512] [--tg 128] [--reps 1]
  *     llama-bench style: pp = one prompt of N tokens in batches of 512
  *     (n_batch = n_ubatch = 512), tg = N single-token decode steps; prints
  *     JSON {pp_tps, tg_tps, ...}.
  */
 import process from "node:process";
+import { pathToFileURL } from "node:url";
 
 process.env.NODE_LLAMA_CPP_SKIP_DOWNLOAD = "true";
 const { getLlama, LlamaLogLevel } = await import("node-llama-cpp");
@@ -33,7 +35,7 @@ function parseIntArg(name, s) {
   return v;
 }
 
-async function openLlama(threads) {
+export async function openLlama() {
   return getLlama({
     gpu: false,
     build: "never",
@@ -43,11 +45,10 @@ async function openLlama(threads) {
     logLevel: LlamaLogLevel.error,
     // maxThreads 0: the context's `threads` is taken as is, never lowered.
     maxThreads: 0,
-    ...(threads ? {} : {}),
   });
 }
 
-async function openModel(llama, path, vocabOnly = false) {
+export async function openModel(llama, path, vocabOnly = false) {
   return llama.loadModel({ modelPath: path, gpuLayers: 0, vocabOnly, useMmap: true });
 }
 
@@ -70,20 +71,27 @@ async function cmdInfo(path) {
   await llama.dispose();
 }
 
+/* Plain text (special-token text not parsed), BOS when the model says so. */
+export function tokenizeText(model, text) {
+  const ids = model.tokenize(text, false);
+  if (model.tokens.shouldPrependBosToken && model.tokens.bos != null) ids.unshift(model.tokens.bos);
+  return ids;
+}
+
 async function cmdTokenize(path, text) {
   const llama = await openLlama();
   const model = await openModel(llama, path, true);
-  // Plain text: special-token text is not parsed (specialTokens false).
-  const ids = model.tokenize(text, false);
-  if (model.tokens.shouldPrependBosToken && model.tokens.bos != null) ids.unshift(model.tokens.bos);
-  console.log(ids.join(" "));
+  console.log(tokenizeText(model, text).join(" "));
   await model.dispose();
   await llama.dispose();
 }
 
-async function cmdGreedy(path, n, prompt, threads) {
-  const llama = await openLlama();
-  const model = await openModel(llama, path);
+/*
+ * Greedy decoding of n tokens after prompt (ids) on an open model; EOS/EOT do
+ * not stop it (the comparison wants n steps). Returns one {token, top:
+ * [[id, logit], [id, logit]]} per step.
+ */
+export async function greedySteps(model, prompt, n, threads) {
   const ctx = await model.createContext({
     contextSize: Math.max(256, prompt.length + n + 8),
     batchSize: 512,
@@ -92,6 +100,7 @@ async function cmdGreedy(path, n, prompt, threads) {
     flashAttention: false,
   });
   const seq = ctx.getSequence();
+  const steps = [];
   const want = { logits: { filter: { tokens: [], includeTop: 2 } }, token: true, options: { temperature: 0 } };
   let input = prompt.map((t, i) => (i === prompt.length - 1 ? [t, { generateNext: want }] : t));
   for (let step = 0; step < n; step++) {
@@ -100,11 +109,18 @@ async function cmdGreedy(path, n, prompt, threads) {
     if (!next || next.token == null || !next.logits) throw new Error(`step ${step}: no result from llama.cpp`);
     const top = [...next.logits.entries()].slice(0, 2);
     if (top.length < 2) top.push([-1, -Infinity]);
-    console.log(`${step} ${next.token} ${top[0][0]} ${top[0][1]} ${top[1][0]} ${top[1][1]}`);
-    if (model.isEogToken(next.token)) break;
+    steps.push({ token: next.token, top });
     input = [[next.token, { generateNext: want }]];
   }
   await ctx.dispose();
+  return steps;
+}
+
+async function cmdGreedy(path, n, prompt, threads) {
+  const llama = await openLlama();
+  const model = await openModel(llama, path);
+  const steps = await greedySteps(model, prompt, n, threads);
+  steps.forEach((s, i) => console.log(`${i} ${s.token} ${s.top[0][0]} ${s.top[0][1]} ${s.top[1][0]} ${s.top[1][1]}`));
   await model.dispose();
   await llama.dispose();
 }
@@ -165,8 +181,9 @@ async function cmdBench(path, threads, pp, tg, reps) {
   await llama.dispose();
 }
 
-/* ---- main ---- */
+/* ---- main (when run as a script) ---- */
 
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
 const [cmd, path, ...rest] = process.argv.slice(2);
 if (!cmd || !path) usage();
 let threads = 2;
@@ -192,4 +209,5 @@ try {
 } catch (e) {
   console.error(`llamacpp.mjs: ${e && e.message ? e.message : e}`);
   process.exit(1);
+}
 }
