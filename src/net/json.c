@@ -1,0 +1,431 @@
+/*
+ * JSON helpers: request-field getters with client-facing error sentences,
+ * and a small JSON text builder.
+ */
+#include "llorch/json.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "netbuf.h"
+
+/* The failing field of the last getter error on this thread (llorch_json_errparam). */
+static _Thread_local char json_errparam[256];
+
+/* ---- parsing ---- */
+
+static const char *json_kind(const cJSON *v) {
+  if (cJSON_IsArray(v)) return "an array";
+  if (cJSON_IsObject(v)) return "an object";
+  if (cJSON_IsString(v)) return "a string";
+  if (cJSON_IsNumber(v)) return "a number";
+  if (cJSON_IsBool(v)) return "a boolean";
+  if (cJSON_IsNull(v)) return "null";
+  return "an invalid value";
+}
+
+int llorch_json_parse(const char *text, size_t len, bool require_object, cJSON **out,
+                      llorch_errmsg *em) {
+  *out = NULL;
+  size_t i = 0;
+  while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
+    i++;
+  if (i == len) return llorch_errmsg_set(em, LLORCH_EINVAL, "request body is empty");
+  const char *end = NULL;
+  cJSON *v = cJSON_ParseWithLengthOpts(text, len, &end, false);
+  if (v == NULL) {
+    size_t pos = end != NULL && end >= text ? (size_t)(end - text) : 0;
+    return llorch_errmsg_set(em, LLORCH_EINVAL,
+                             "request body is not valid JSON (error near byte %zu)", pos);
+  }
+  /* Only whitespace may follow the value. */
+  size_t pos = (size_t)(end - text);
+  while (pos < len && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\r' ||
+                       text[pos] == '\n' || text[pos] == '\0'))
+    pos++;
+  if (pos < len) {
+    cJSON_Delete(v);
+    return llorch_errmsg_set(em, LLORCH_EINVAL,
+                             "request body is not valid JSON (unexpected data at byte %zu)", pos);
+  }
+  if (require_object && !cJSON_IsObject(v)) {
+    const char *kind = json_kind(v);
+    cJSON_Delete(v);
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "request body must be a JSON object, got %s",
+                             kind);
+  }
+  *out = v;
+  return 0;
+}
+
+/* ---- describing values for messages ---- */
+
+const char *llorch_json_describe(const cJSON *v, char *buf, size_t size) {
+  if (size == 0) return buf;
+  if (v == NULL) {
+    snprintf(buf, size, "nothing");
+  } else if (cJSON_IsString(v)) {
+    const char *s = v->valuestring ? v->valuestring : "";
+    size_t n = strlen(s);
+    llorch_jbuf b;
+    llorch_jbuf_init(&b);
+    llorch_jbuf_strn(&b, s, n > 40 ? 40 : n);
+    if (b.err == 0 && b.data != NULL) {
+      if (n > 40 && b.len > 0) {
+        b.data[b.len - 1] = '\0'; /* drop the closing quote, say it was cut */
+        snprintf(buf, size, "%s...\"", b.data);
+      } else {
+        snprintf(buf, size, "%s", b.data);
+      }
+    } else {
+      snprintf(buf, size, "a string");
+    }
+    llorch_jbuf_free(&b);
+  } else if (cJSON_IsNumber(v)) {
+    llorch_jbuf b;
+    llorch_jbuf_init(&b);
+    llorch_jbuf_num(&b, v->valuedouble);
+    snprintf(buf, size, "%s", b.data ? b.data : "a number");
+    llorch_jbuf_free(&b);
+  } else if (cJSON_IsTrue(v)) {
+    snprintf(buf, size, "true");
+  } else if (cJSON_IsFalse(v)) {
+    snprintf(buf, size, "false");
+  } else {
+    snprintf(buf, size, "%s", json_kind(v));
+  }
+  return buf;
+}
+
+const char *llorch_json_path_index(char *buf, size_t size, const char *where,
+                                   const char *key, size_t i) {
+  if (where != NULL && where[0] != '\0')
+    snprintf(buf, size, "%s.%s[%zu]", where, key, i);
+  else
+    snprintf(buf, size, "%s[%zu]", key, i);
+  return buf;
+}
+
+const char *llorch_json_errparam(void) { return json_errparam; }
+
+/* ---- getters ---- */
+
+static const char *field_name(char *buf, size_t size, const char *where, const char *key) {
+  if (where != NULL && where[0] != '\0') snprintf(buf, size, "%s.%s", where, key);
+  else snprintf(buf, size, "%s", key);
+  return buf;
+}
+
+/*
+ * Looks the field up. Returns 1 when present (not null), 0 when absent or
+ * null and optional, or the error for a missing required field.
+ */
+static int field_lookup(const cJSON *obj, const char *where, const char *key, bool required,
+                        const cJSON **v, llorch_errmsg *em) {
+  *v = cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+  if (*v != NULL && !cJSON_IsNull(*v)) return 1;
+  if (!required) return 0;
+  char name[256];
+  field_name(name, sizeof name, where, key);
+  snprintf(json_errparam, sizeof json_errparam, "%s", name);
+  return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' is required", name);
+}
+
+/* "'<field>' must be <what>, got <value>" */
+static int field_error(const char *where, const char *key, const char *what, const cJSON *v,
+                       llorch_errmsg *em) {
+  char name[256], got[96];
+  field_name(name, sizeof name, where, key);
+  snprintf(json_errparam, sizeof json_errparam, "%s", name);
+  return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' must be %s, got %s", name, what,
+                           llorch_json_describe(v, got, sizeof got));
+}
+
+int llorch_json_get_string(const cJSON *obj, const char *where, const char *key,
+                           bool required, const char **out, llorch_errmsg *em) {
+  const cJSON *v;
+  int rc = field_lookup(obj, where, key, required, &v, em);
+  if (rc <= 0) return rc;
+  if (!cJSON_IsString(v) || v->valuestring == NULL)
+    return field_error(where, key, "a string", v, em);
+  *out = v->valuestring;
+  return 0;
+}
+
+/* Range wording: "an integer >= 1", "an integer between 0 and 2", ... */
+static void range_text_int(char *buf, size_t size, const char *kind, int64_t min, int64_t max) {
+  if (min == INT64_MIN && max == INT64_MAX) snprintf(buf, size, "%s", kind);
+  else if (max == INT64_MAX) snprintf(buf, size, "%s >= %" PRId64, kind, min);
+  else if (min == INT64_MIN) snprintf(buf, size, "%s <= %" PRId64, kind, max);
+  else snprintf(buf, size, "%s between %" PRId64 " and %" PRId64, kind, min, max);
+}
+
+int llorch_json_get_int(const cJSON *obj, const char *where, const char *key,
+                        bool required, int64_t min, int64_t max, int64_t *out,
+                        llorch_errmsg *em) {
+  const cJSON *v;
+  int rc = field_lookup(obj, where, key, required, &v, em);
+  if (rc <= 0) return rc;
+  char what[96];
+  range_text_int(what, sizeof what, "an integer", min, max);
+  if (!cJSON_IsNumber(v)) return field_error(where, key, what, v, em);
+  double d = v->valuedouble;
+  /* 2^63 is the first double past INT64_MAX. */
+  if (!isfinite(d) || d != floor(d) || d < -9223372036854775808.0 ||
+      d >= 9223372036854775808.0)
+    return field_error(where, key, what, v, em);
+  int64_t i = (int64_t)d;
+  if (i < min || i > max) return field_error(where, key, what, v, em);
+  *out = i;
+  return 0;
+}
+
+static void range_text_num(char *buf, size_t size, double min, double max) {
+  bool lo = isfinite(min), hi = isfinite(max);
+  if (!lo && !hi) snprintf(buf, size, "a number");
+  else if (!hi) snprintf(buf, size, "a number >= %g", min);
+  else if (!lo) snprintf(buf, size, "a number <= %g", max);
+  else snprintf(buf, size, "a number between %g and %g", min, max);
+}
+
+int llorch_json_get_number(const cJSON *obj, const char *where, const char *key,
+                           bool required, double min, double max, double *out,
+                           llorch_errmsg *em) {
+  const cJSON *v;
+  int rc = field_lookup(obj, where, key, required, &v, em);
+  if (rc <= 0) return rc;
+  char what[96];
+  range_text_num(what, sizeof what, min, max);
+  if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < min ||
+      v->valuedouble > max)
+    return field_error(where, key, what, v, em);
+  *out = v->valuedouble;
+  return 0;
+}
+
+int llorch_json_get_bool(const cJSON *obj, const char *where, const char *key,
+                         bool required, bool *out, llorch_errmsg *em) {
+  const cJSON *v;
+  int rc = field_lookup(obj, where, key, required, &v, em);
+  if (rc <= 0) return rc;
+  if (!cJSON_IsBool(v)) return field_error(where, key, "true or false", v, em);
+  *out = cJSON_IsTrue(v);
+  return 0;
+}
+
+int llorch_json_get_array(const cJSON *obj, const char *where, const char *key,
+                          bool required, size_t min_items, const cJSON **out,
+                          llorch_errmsg *em) {
+  const cJSON *v;
+  int rc = field_lookup(obj, where, key, required, &v, em);
+  if (rc <= 0) return rc;
+  if (!cJSON_IsArray(v)) return field_error(where, key, "an array", v, em);
+  if ((size_t)cJSON_GetArraySize(v) < min_items) {
+    char name[256];
+    field_name(name, sizeof name, where, key);
+    snprintf(json_errparam, sizeof json_errparam, "%s", name);
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' must have at least %zu item%s, got %d",
+                             name, min_items, min_items == 1 ? "" : "s",
+                             cJSON_GetArraySize(v));
+  }
+  *out = v;
+  return 0;
+}
+
+int llorch_json_get_object(const cJSON *obj, const char *where, const char *key,
+                           bool required, const cJSON **out, llorch_errmsg *em) {
+  const cJSON *v;
+  int rc = field_lookup(obj, where, key, required, &v, em);
+  if (rc <= 0) return rc;
+  if (!cJSON_IsObject(v)) return field_error(where, key, "an object", v, em);
+  *out = v;
+  return 0;
+}
+
+int llorch_json_get_enum(const cJSON *obj, const char *where, const char *key,
+                         bool required, const char *const *allowed, int *index,
+                         llorch_errmsg *em) {
+  const cJSON *v;
+  int rc = field_lookup(obj, where, key, required, &v, em);
+  if (rc <= 0) return rc;
+  if (cJSON_IsString(v) && v->valuestring != NULL) {
+    for (int i = 0; allowed[i] != NULL; i++) {
+      if (strcmp(allowed[i], v->valuestring) == 0) {
+        *index = i;
+        return 0;
+      }
+    }
+  }
+  char what[256] = "one of ";
+  size_t n = strlen(what);
+  for (int i = 0; allowed[i] != NULL && n < sizeof what; i++)
+    n += (size_t)snprintf(what + n, sizeof what - n, "%s%s", i ? ", " : "", allowed[i]);
+  return field_error(where, key, what, v, em);
+}
+
+char *llorch_json_print(const cJSON *v) { return cJSON_PrintUnformatted(v); }
+
+/* ---- builder ---- */
+
+void llorch_jbuf_init(llorch_jbuf *b) { memset(b, 0, sizeof *b); }
+
+void llorch_jbuf_free(llorch_jbuf *b) {
+  free(b->data);
+  memset(b, 0, sizeof *b);
+}
+
+void llorch_jbuf_reset(llorch_jbuf *b) {
+  b->len = 0;
+  b->err = 0;
+  if (b->data) b->data[0] = '\0';
+}
+
+static bool jbuf_reserve(llorch_jbuf *b, size_t extra) {
+  if (b->err) return false;
+  net_buf nb = {b->data, b->len, b->cap};
+  if (net_buf_reserve(&nb, extra) < 0) {
+    b->err = LLORCH_ENOMEM;
+    return false;
+  }
+  b->data = nb.data;
+  b->cap = nb.cap;
+  return true;
+}
+
+void llorch_jbuf_raw(llorch_jbuf *b, const char *s, size_t n) {
+  if (!jbuf_reserve(b, n)) return;
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+}
+
+void llorch_jbuf_cstr(llorch_jbuf *b, const char *s) { llorch_jbuf_raw(b, s, strlen(s)); }
+
+/* Length of a valid UTF-8 sequence at s (of at most n bytes), or 0 if invalid. */
+static size_t utf8_seq_len(const unsigned char *s, size_t n) {
+  unsigned c = s[0];
+  size_t len;
+  unsigned min;
+  if (c < 0x80) return 1;
+  if ((c & 0xE0) == 0xC0) { len = 2; min = 0x80; c &= 0x1F; }
+  else if ((c & 0xF0) == 0xE0) { len = 3; min = 0x800; c &= 0x0F; }
+  else if ((c & 0xF8) == 0xF0) { len = 4; min = 0x10000; c &= 0x07; }
+  else return 0;
+  if (len > n) return 0;
+  for (size_t i = 1; i < len; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    c = (c << 6) | (s[i] & 0x3F);
+  }
+  if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+  return len;
+}
+
+void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n) {
+  /* Worst case: every byte becomes \u00XX (6) or U+FFFD (3). */
+  if (!jbuf_reserve(b, n * 6 + 2)) return;
+  char *o = b->data + b->len;
+  *o++ = '"';
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0;
+  while (i < n) {
+    unsigned char c = p[i];
+    if (c == '"' || c == '\\') {
+      *o++ = '\\';
+      *o++ = (char)c;
+      i++;
+    } else if (c < 0x20) {
+      switch (c) {
+        case '\n': *o++ = '\\'; *o++ = 'n'; break;
+        case '\r': *o++ = '\\'; *o++ = 'r'; break;
+        case '\t': *o++ = '\\'; *o++ = 't'; break;
+        case '\b': *o++ = '\\'; *o++ = 'b'; break;
+        case '\f': *o++ = '\\'; *o++ = 'f'; break;
+        default: o += sprintf(o, "\\u%04x", c); break;
+      }
+      i++;
+    } else if (c < 0x80) {
+      *o++ = (char)c;
+      i++;
+    } else {
+      size_t len = utf8_seq_len(p + i, n - i);
+      if (len == 0) {
+        /* Invalid UTF-8 would make the whole document invalid: replace it. */
+        memcpy(o, "\xEF\xBF\xBD", 3);
+        o += 3;
+        i++;
+      } else {
+        memcpy(o, p + i, len);
+        o += len;
+        i += len;
+      }
+    }
+  }
+  *o++ = '"';
+  *o = '\0';
+  b->len = (size_t)(o - b->data);
+}
+
+void llorch_jbuf_str(llorch_jbuf *b, const char *s) {
+  if (s == NULL) llorch_jbuf_raw(b, "null", 4);
+  else llorch_jbuf_strn(b, s, strlen(s));
+}
+
+void llorch_jbuf_int(llorch_jbuf *b, int64_t v) {
+  char tmp[32];
+  int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
+  llorch_jbuf_raw(b, tmp, (size_t)n);
+}
+
+void llorch_jbuf_num(llorch_jbuf *b, double v) {
+  if (!isfinite(v)) {
+    llorch_jbuf_raw(b, "null", 4);
+    return;
+  }
+  char tmp[40];
+  int n = 0;
+  /* The shortest of %.15g / %.17g that reads back as the same double. */
+  for (int prec = 15; prec <= 17; prec++) {
+    n = snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+    if (strtod(tmp, NULL) == v) break;
+  }
+  llorch_jbuf_raw(b, tmp, (size_t)n);
+}
+
+void llorch_jbuf_bool(llorch_jbuf *b, bool v) {
+  if (v) llorch_jbuf_raw(b, "true", 4);
+  else llorch_jbuf_raw(b, "false", 5);
+}
+
+void llorch_jbuf_key(llorch_jbuf *b, const char *key) {
+  llorch_jbuf_str(b, key);
+  llorch_jbuf_raw(b, ":", 1);
+}
+
+int llorch_jbuf_error(const llorch_jbuf *b) { return b->err; }
+
+char *llorch_json_error_envelope(const char *message, const char *type,
+                                 const char *param, const char *code) {
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"error\":{");
+  llorch_jbuf_key(&b, "message");
+  llorch_jbuf_str(&b, message ? message : "");
+  llorch_jbuf_cstr(&b, ",");
+  llorch_jbuf_key(&b, "type");
+  llorch_jbuf_str(&b, type ? type : "server_error");
+  llorch_jbuf_cstr(&b, ",");
+  llorch_jbuf_key(&b, "param");
+  llorch_jbuf_str(&b, param);
+  llorch_jbuf_cstr(&b, ",");
+  llorch_jbuf_key(&b, "code");
+  llorch_jbuf_str(&b, code);
+  llorch_jbuf_cstr(&b, "}}");
+  if (b.err) {
+    llorch_jbuf_free(&b);
+    return NULL;
+  }
+  return b.data;
+}
