@@ -5,4 +5,8 @@
 #ifndef LLORCH_COMMANDS_H
 #define LLORCH_COMMANDS_H
 
+/* `llorch synth --preset NAME | --arch A --layers N ... -o OUT.gguf`: writes a
+ * random-weight model of a real shape (src/tools/synth.c). argv[0] is "synth". */
+int llorch_cmd_synth(int argc, char **argv);
+
 #endif /* LLORCH_COMMANDS_H */
