@@ -191,30 +191,30 @@ async function cmdBench(path, threads, pp, tg, reps) {
 /* ---- main (when run as a script) ---- */
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-const [cmd, path, ...rest] = process.argv.slice(2);
-if (!cmd || !path) usage();
-let threads = 2;
-const ti = rest.indexOf("--threads");
-if (ti >= 0) { threads = parseIntArg("--threads", rest[ti + 1]); rest.splice(ti, 2); }
-try {
-  if (cmd === "info") await cmdInfo(path);
-  else if (cmd === "tokenize") {
-    if (rest.length !== 1) usage("tokenize: expected MODEL TEXT");
-    await cmdTokenize(path, rest[0]);
-  } else if (cmd === "greedy") {
-    if (rest.length < 2) usage("greedy: expected MODEL N ID [ID...]");
-    const n = parseIntArg("N", rest[0]);
-    const ids = rest.slice(1).flatMap((s) => s.trim().split(/\s+/)).map((s) => parseIntArg("token id", s));
-    await cmdGreedy(path, n, ids, threads);
-  } else if (cmd === "bench") {
-    const opt = (name, def) => {
-      const i = rest.indexOf(name);
-      return i >= 0 ? parseIntArg(name, rest[i + 1]) : def;
-    };
-    await cmdBench(path, threads, opt("--pp", 512), opt("--tg", 128), Math.max(1, opt("--reps", 1)));
-  } else usage(`unknown command '${cmd}'`);
-} catch (e) {
-  console.error(`llamacpp.mjs: ${e && e.message ? e.message : e}`);
-  process.exit(1);
-}
+  const [cmd, path, ...rest] = process.argv.slice(2);
+  if (!cmd || !path) usage();
+  let threads = 2;
+  const ti = rest.indexOf("--threads");
+  if (ti >= 0) { threads = parseIntArg("--threads", rest[ti + 1]); rest.splice(ti, 2); }
+  try {
+    if (cmd === "info") await cmdInfo(path);
+    else if (cmd === "tokenize") {
+      if (rest.length !== 1) usage("tokenize: expected MODEL TEXT");
+      await cmdTokenize(path, rest[0]);
+    } else if (cmd === "greedy") {
+      if (rest.length < 2) usage("greedy: expected MODEL N ID [ID...]");
+      const n = parseIntArg("N", rest[0]);
+      const ids = rest.slice(1).flatMap((s) => s.trim().split(/\s+/)).map((s) => parseIntArg("token id", s));
+      await cmdGreedy(path, n, ids, threads);
+    } else if (cmd === "bench") {
+      const opt = (name, def) => {
+        const i = rest.indexOf(name);
+        return i >= 0 ? parseIntArg(name, rest[i + 1]) : def;
+      };
+      await cmdBench(path, threads, opt("--pp", 512), opt("--tg", 128), Math.max(1, opt("--reps", 1)));
+    } else usage(`unknown command '${cmd}'`);
+  } catch (e) {
+    console.error(`llamacpp.mjs: ${e && e.message ? e.message : e}`);
+    process.exit(1);
+  }
 }

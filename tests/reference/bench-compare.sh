@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Side-by-side speed: llama.cpp (node-llama-cpp 3.22.1's prebuilt CPU build)
+# and `llorch bench` on the same Qwen2.5-0.5B-shaped files, alternating runs
+# so that both see the same machine load. Not a test: it prints figures.
+#
+#   tests/reference/bench-compare.sh LLORCH_BIN [--reps N] [--threads N]
+#                                    [--types "f16 q8_0"] [--dir DIR]
+#                                    [--pp 512] [--tg 128]
+#
+# Models are made once with `llorch synth --preset qwen2.5-0.5b --type T` in
+# DIR (default /tmp/llorch-bench) and kept for the next run. Each rep runs
+# llama.cpp then llorch (pp = one prompt of --pp tokens, batch 512; tg =
+# --tg single-token steps with logits); the medians over the reps and the
+# ratios llorch / llama.cpp are printed last.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${1:?usage: bench-compare.sh LLORCH_BIN [--reps N] [--threads N] [--types \"f16 q8_0\"] [--dir DIR]}
+shift
+reps=3 threads=2 types="f16 q8_0" dir=/tmp/llorch-bench pp=512 tg=128
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) reps=$2 ;;
+    --threads) threads=$2 ;;
+    --types) types=$2 ;;
+    --dir) dir=$2 ;;
+    --pp) pp=$2 ;;
+    --tg) tg=$2 ;;
+    *) echo "bench-compare.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+
+export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
+if [ ! -d "$here/node_modules/@node-llama-cpp/linux-x64" ]; then
+  (cd "$here" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund >&2)
+fi
+mkdir -p "$dir"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; threads $threads; pp $pp, tg $tg; $reps reps"
+for type in $types; do
+  f="$dir/qwen2.5-0.5b-$type.gguf"
+  [ -f "$f" ] || "$bin" synth --preset qwen2.5-0.5b --type "$type" -o "$f" >&2
+  for r in $(seq 1 "$reps"); do
+    echo "# $type rep $r: load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    ref=$(node "$here/llamacpp.mjs" bench "$f" --threads "$threads" --pp "$pp" --tg "$tg")
+    echo "$type llama.cpp $ref" >> "$results"
+    echo "  llama.cpp $ref" >&2
+    mine=$("$bin" bench --model "$f" --threads "$threads" --prompt-tokens "$pp" --gen-tokens "$tg" --json)
+    echo "$type llorch $mine" >> "$results"
+    echo "  llorch    $mine" >&2
+  done
+done
+
+# Medians and ratios. llorch bench --json and llamacpp.mjs bench both print
+# one JSON object with pp_tps and tg_tps (tokens/s).
+python3 - "$results" <<'EOF'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    t, eng, js = line.split(" ", 2)
+    o = json.loads(js[js.index("{"):])
+    rows.setdefault((t, eng), []).append((o["pp_tps"], o["tg_tps"]))
+print(f"{'type':6} {'engine':10} {'pp tok/s':>9} {'tg tok/s':>9}   (median of reps)")
+for t in dict.fromkeys(k[0] for k in rows):
+    med = {}
+    for eng in ("llama.cpp", "llorch"):
+        v = rows.get((t, eng), [])
+        if not v: continue
+        med[eng] = (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+        print(f"{t:6} {eng:10} {med[eng][0]:9.1f} {med[eng][1]:9.2f}   runs: " +
+              ", ".join(f"{a:.1f}/{b:.2f}" for a, b in v))
+    if len(med) == 2:
+        print(f"{t:6} {'ratio':10} {med['llorch'][0] / med['llama.cpp'][0]:9.2f} "
+              f"{med['llorch'][1] / med['llama.cpp'][1]:9.2f}   (llorch / llama.cpp)")
+EOF
