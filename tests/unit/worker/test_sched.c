@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "roles/worker/sched.h"
+#include "roles/worker/scheduler.h"
 
 /* ---- fake backend ---- */
 

@@ -19,8 +19,8 @@
  * event (END or ERROR). After taking that event the caller frees the job. The
  * caller never frees a job whose final event it has not taken.
  */
-#ifndef LLORCH_WORKER_SCHED_H
-#define LLORCH_WORKER_SCHED_H
+#ifndef LLORCH_WORKER_SCHEDULER_H
+#define LLORCH_WORKER_SCHEDULER_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -126,7 +126,7 @@ typedef struct worker_event {
   double queue_ms, ttft_ms, prefill_ms, decode_ms, total_ms;
   /* ERROR */
   const char *code;               /* static: "internal_error", "queue_timeout", "shutting_down" */
-  char message[256];
+  char message[512];
   bool retriable;
   struct worker_event *next;
 } worker_event;
@@ -142,6 +142,9 @@ typedef struct worker_sched_config {
   uint32_t prefill_chunk;  /* most prompt tokens of ONE job per step */
   uint32_t queue_max;      /* waiting jobs beyond the slots */
   double queue_timeout_s;  /* longest wait for a slot; 0 = forever */
+  /* Called on the inference thread after each forward (metrics); may be NULL. */
+  void (*on_step)(void *arg, uint32_t n_entries);
+  void *on_step_arg;
 } worker_sched_config;
 
 typedef struct worker_sched_stats {
@@ -193,4 +196,4 @@ void worker_sched_stop(worker_sched *s);
 
 void worker_sched_stats_get(worker_sched *s, worker_sched_stats *out);
 
-#endif /* LLORCH_WORKER_SCHED_H */
+#endif /* LLORCH_WORKER_SCHEDULER_H */

@@ -1,7 +1,7 @@
 /*
- * Continuous batching over the backend's sequence slots. See sched.h.
+ * Continuous batching over the backend's sequence slots. See scheduler.h.
  */
-#include "sched.h"
+#include "scheduler.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -527,6 +527,7 @@ int worker_sched_step(worker_sched *s) {
                     .seq = s->b_seq, .logits = s->b_logits};
   llorch_errmsg em = {{0}};
   int rc = s->be->ops->forward(s->be->ctx, &b, s->logits, &em);
+  if (s->cfg.on_step) s->cfg.on_step(s->cfg.on_step_arg, n);
 
   uint32_t n_prompt_fed = 0;
   for (uint32_t i = 0; i < n; i++) {

@@ -1,0 +1,310 @@
+/*
+ * The worker's endpoints (docs/worker-api.md): health, metrics, the OpenAI
+ * API, the native API. Authentication first, then the route.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "llorch/log.h"
+#include "worker-impl.h"
+
+/* ---- finished ids (idempotent cancel) ---- */
+
+void worker_remember_finished(worker *w, const char *id) {
+  snprintf(w->finished_ids[w->finished_next], sizeof w->finished_ids[0], "%s", id);
+  w->finished_next = (w->finished_next + 1) % WORKER_FINISHED_IDS;
+}
+
+static bool routes_was_finished(const worker *w, const char *id) {
+  for (unsigned i = 0; i < WORKER_FINISHED_IDS; i++)
+    if (w->finished_ids[i][0] && strcmp(w->finished_ids[i], id) == 0) return true;
+  return false;
+}
+
+static worker_stream *routes_find_stream(worker *w, const char *id) {
+  for (worker_stream *st = w->streams; st; st = st->next)
+    if (strcmp(st->job->id, id) == 0) return st;
+  return NULL;
+}
+
+static const char *routes_state_name(worker_state s) {
+  switch (s) {
+  case WORKER_STATE_LOADING: return "loading";
+  case WORKER_STATE_READY: return "ready";
+  case WORKER_STATE_DRAINING: return "draining";
+  default: return "failed";
+  }
+}
+
+/* ---- generation endpoints ---- */
+
+static void routes_not_ready(worker *w, llorch_http_request *req) {
+  worker_error err = {.status = 503, .type = "server_error", .code = "not_ready",
+                      .retry_after_s = 1};
+  snprintf(err.message, sizeof err.message, "the worker is %s and takes no requests now",
+           routes_state_name(w->state));
+  worker_respond_error(req, &err);
+}
+
+static void routes_generate(worker *w, llorch_http_request *req, worker_api api) {
+  if (w->state != WORKER_STATE_READY) {
+    routes_not_ready(w, req);
+    return;
+  }
+  size_t len;
+  const char *body = llorch_http_request_body(req, &len);
+  cJSON *json = NULL;
+  llorch_errmsg em = {{0}};
+  if (llorch_json_parse(body, len, true, &json, &em) < 0) {
+    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
+    return;
+  }
+  worker_stream *st = calloc(1, sizeof *st);
+  if (!st) {
+    cJSON_Delete(json);
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+    return;
+  }
+  st->w = w;
+  st->api = api;
+  st->req = req;
+  st->created = (int64_t)time(NULL);
+  snprintf(st->request_id, sizeof st->request_id, "%s", llorch_http_request_id(req));
+  llorch_jbuf_init(&st->text);
+  for (int k = 0; k < 4; k++) llorch_jbuf_init(&st->lp[k]);
+
+  worker_error err = {0};
+  worker_job *job = NULL;
+  int rc = worker_request_build(w, api, json, st, &job, &err);
+  cJSON_Delete(json);
+  if (rc < 0) goto fail;
+  if (api == WORKER_API_NATIVE && routes_find_stream(w, job->id)) {
+    err = (worker_error){.status = 409, .type = "invalid_request_error", .code = "duplicate_job"};
+    snprintf(err.param, sizeof err.param, "job_id");
+    snprintf(err.message, sizeof err.message, "job '%s' is already queued or running", job->id);
+    goto fail;
+  }
+  snprintf(st->resp_id, sizeof st->resp_id, "%s-%llu%04x",
+           api == WORKER_API_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)++w->next_id,
+           (unsigned)(uv_hrtime() & 0xffff));
+  job->owner = st;
+  st->job = job;
+  rc = worker_sched_submit(w->sched, job, &em);
+  if (rc < 0) {
+    if (rc == LLORCH_EBUSY) {
+      err = (worker_error){.status = 503, .type = "server_error", .code = "overloaded",
+                           .retry_after_s = 1};
+      w->n_rejected++;
+      llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
+    } else if (rc == LLORCH_ESTATE) {
+      err = (worker_error){.status = 503, .type = "server_error", .code = "not_ready",
+                           .retry_after_s = 1};
+    } else if (rc == LLORCH_ERANGE) {
+      err = (worker_error){.status = 400, .type = "invalid_request_error",
+                           .code = "context_length_exceeded"};
+    } else {
+      err = (worker_error){.status = 400, .type = "invalid_request_error",
+                           .code = "invalid_value"};
+    }
+    snprintf(err.message, sizeof err.message, "%s", em.text);
+    goto fail;
+  }
+  LOG_DEBUG("worker", st->request_id, "job %s queued: %u prompt tokens, max_tokens %u", job->id,
+            job->n_prompt, job->max_tokens);
+  worker_stream_attach(w, st);
+  worker_metrics_refresh(w);
+  return;
+
+fail:
+  if (err.status >= 400 && err.status < 500)
+    llorch_metric_inc(w->m.requests, (const char *[]){"invalid"}, 1);
+  worker_respond_error(req, &err);
+  worker_job_free(job);
+  llorch_jbuf_free(&st->text);
+  free(st);
+}
+
+/* ---- cancel ---- */
+
+static void routes_cancel(worker *w, llorch_http_request *req, const char *id) {
+  const char *state = "unknown";
+  worker_stream *st = routes_find_stream(w, id);
+  if (st) {
+    worker_sched_cancel(w->sched, st->job);
+    state = "cancelled";
+  } else if (routes_was_finished(w, id)) {
+    state = "finished";
+  }
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"job_id\":");
+  llorch_jbuf_str(&b, id);
+  llorch_jbuf_cstr(&b, ",\"state\":");
+  llorch_jbuf_str(&b, state);
+  llorch_jbuf_raw(&b, "}", 1);
+  llorch_http_respond_json(req, 200, b.data ? b.data : "{}");
+  llorch_jbuf_free(&b);
+}
+
+/* ---- info and models ---- */
+
+static void routes_kv_str(llorch_jbuf *b, const char *key, const char *v, bool comma) {
+  if (comma) llorch_jbuf_raw(b, ",", 1);
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_str(b, v);
+}
+
+static void routes_kv_int(llorch_jbuf *b, const char *key, int64_t v, bool comma) {
+  if (comma) llorch_jbuf_raw(b, ",", 1);
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_int(b, v);
+}
+
+static void routes_info(worker *w, llorch_http_request *req) {
+  bool loaded = w->state == WORKER_STATE_READY || w->state == WORKER_STATE_DRAINING;
+  worker_sched_stats ss = {0};
+  if (w->sched) worker_sched_stats_get(w->sched, &ss);
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_raw(&b, "{", 1);
+  routes_kv_str(&b, "worker_id", w->cfg->worker.id, false);
+  routes_kv_str(&b, "state", routes_state_name(w->state), true);
+  routes_kv_str(&b, "version", LLORCH_VERSION, true);
+  llorch_jbuf_cstr(&b, ",\"model\":{");
+  routes_kv_str(&b, "name", loaded ? w->model_name : NULL, false);
+  routes_kv_str(&b, "file", w->cfg->worker.model, true);
+  routes_kv_str(&b, "arch", loaded ? w->model->arch_name : NULL, true);
+  routes_kv_str(&b, "quant", loaded ? llorch_type_name(w->model->main_type) : NULL, true);
+  routes_kv_int(&b, "n_params", loaded ? (int64_t)w->model->n_params : 0, true);
+  routes_kv_int(&b, "n_vocab", loaded ? w->model->hp.n_vocab : 0, true);
+  routes_kv_int(&b, "n_ctx_train", loaded ? w->model->hp.n_ctx_train : 0, true);
+  llorch_jbuf_raw(&b, "}", 1);
+  routes_kv_int(&b, "context_length", w->n_ctx, true);
+  llorch_jbuf_cstr(&b, ",\"slots\":{");
+  routes_kv_int(&b, "total", w->n_slots, false);
+  routes_kv_int(&b, "busy", ss.slots_busy, true);
+  routes_kv_int(&b, "queued", ss.queued, true);
+  routes_kv_int(&b, "queue_max", w->cfg->worker.queue_max, true);
+  llorch_jbuf_raw(&b, "}", 1);
+  routes_kv_str(&b, "device", w->cfg->worker.device, true);
+  routes_kv_int(&b, "threads", w->cfg->worker.threads, true);
+  llorch_jbuf_cstr(&b, ",\"memory\":{");
+  routes_kv_int(&b, "weights_bytes", (int64_t)w->mem.weights_bytes, false);
+  routes_kv_str(&b, "weights_location", loaded ? w->mem.weights_location : NULL, true);
+  routes_kv_int(&b, "kv_bytes", (int64_t)w->mem.kv_bytes, true);
+  routes_kv_str(&b, "kv_location", loaded ? w->mem.kv_location : NULL, true);
+  routes_kv_int(&b, "scratch_bytes", (int64_t)w->mem.scratch_bytes, true);
+  routes_kv_int(&b, "total_bytes",
+                (int64_t)(w->mem.weights_bytes + w->mem.kv_bytes + w->mem.scratch_bytes), true);
+  llorch_jbuf_raw(&b, "}", 1);
+  llorch_jbuf_cstr(&b, ",\"requests\":{");
+  int64_t running = 0;
+  for (worker_stream *st = w->streams; st; st = st->next) running++;
+  routes_kv_int(&b, "running", running, false);
+  routes_kv_int(&b, "completed", (int64_t)w->n_completed, true);
+  routes_kv_int(&b, "cancelled", (int64_t)w->n_cancelled, true);
+  routes_kv_int(&b, "failed", (int64_t)w->n_failed, true);
+  routes_kv_int(&b, "rejected", (int64_t)w->n_rejected, true);
+  llorch_jbuf_cstr(&b, "},\"steps\":");
+  llorch_jbuf_int(&b, (int64_t)ss.steps);
+  llorch_jbuf_raw(&b, "}", 1);
+  if (llorch_jbuf_error(&b) < 0)
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+  else
+    llorch_http_respond_json(req, 200, b.data);
+  llorch_jbuf_free(&b);
+}
+
+static void routes_models(worker *w, llorch_http_request *req) {
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"object\":\"list\",\"data\":[");
+  if (w->state == WORKER_STATE_READY || w->state == WORKER_STATE_DRAINING) {
+    llorch_jbuf_cstr(&b, "{\"id\":");
+    llorch_jbuf_str(&b, w->model_name);
+    llorch_jbuf_cstr(&b, ",\"object\":\"model\",\"created\":");
+    llorch_jbuf_int(&b, (int64_t)time(NULL));
+    llorch_jbuf_cstr(&b, ",\"owned_by\":\"llorch\"}");
+  }
+  llorch_jbuf_cstr(&b, "]}");
+  llorch_http_respond_json(req, 200, b.data ? b.data : "{}");
+  llorch_jbuf_free(&b);
+}
+
+static void routes_metrics(worker *w, llorch_http_request *req) {
+  worker_metrics_refresh(w);
+  size_t len = 0;
+  char *text = llorch_metrics_render(w->metrics, &len);
+  if (!text) {
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+    return;
+  }
+  llorch_http_respond(req, 200, LLORCH_METRICS_CONTENT_TYPE, text, len);
+  free(text);
+}
+
+/* ---- the router ---- */
+
+static bool routes_method(llorch_http_request *req, const char *want) {
+  if (strcmp(llorch_http_request_method(req), want) == 0) return true;
+  llorch_http_response_header(req, "Allow", want);
+  char msg[96];
+  snprintf(msg, sizeof msg, "%s is not allowed here; use %s", llorch_http_request_method(req),
+           want);
+  llorch_http_respond_error(req, 405, "invalid_request_error", msg, NULL, "method_not_allowed");
+  return false;
+}
+
+void worker_route(llorch_http_request *req, void *user) {
+  worker *w = user;
+  const char *path = llorch_http_request_path(req);
+
+  if (strcmp(path, "/health/live") == 0) {
+    llorch_http_respond_json(req, 200, "{\"status\":\"ok\"}");
+    return;
+  }
+  if (strcmp(path, "/health/ready") == 0) {
+    char body[64];
+    snprintf(body, sizeof body, "{\"status\":\"%s\"}", routes_state_name(w->state));
+    llorch_http_respond_json(req, w->state == WORKER_STATE_READY ? 200 : 503, body);
+    return;
+  }
+  if (w->cfg->worker.token) {
+    const char *tokens[1] = {w->cfg->worker.token};
+    if (llorch_http_require_bearer(req, tokens, 1) < 0) return; /* 401 answered */
+  }
+  if (strcmp(path, "/metrics") == 0) {
+    if (routes_method(req, "GET")) routes_metrics(w, req);
+  } else if (strcmp(path, "/v1/chat/completions") == 0) {
+    if (routes_method(req, "POST")) routes_generate(w, req, WORKER_API_CHAT);
+  } else if (strcmp(path, "/v1/completions") == 0) {
+    if (routes_method(req, "POST")) routes_generate(w, req, WORKER_API_COMPLETION);
+  } else if (strcmp(path, "/v2/execute") == 0) {
+    if (routes_method(req, "POST")) routes_generate(w, req, WORKER_API_NATIVE);
+  } else if (strcmp(path, "/v1/models") == 0) {
+    if (routes_method(req, "GET")) routes_models(w, req);
+  } else if (strcmp(path, "/v2/info") == 0) {
+    if (routes_method(req, "GET")) routes_info(w, req);
+  } else if (strncmp(path, "/v2/jobs/", 9) == 0 && strlen(path) > 16 &&
+             strcmp(path + strlen(path) - 7, "/cancel") == 0) {
+    char id[72];
+    size_t n = strlen(path) - 9 - 7;
+    if (n == 0 || n >= sizeof id) {
+      llorch_http_respond_error(req, 404, "invalid_request_error", "no such job id", NULL,
+                                "not_found");
+      return;
+    }
+    memcpy(id, path + 9, n);
+    id[n] = 0;
+    if (routes_method(req, "POST")) {
+      if (!w->sched) routes_not_ready(w, req);
+      else routes_cancel(w, req, id);
+    }
+  } else {
+    char msg[160];
+    snprintf(msg, sizeof msg, "no route for %s %.100s", llorch_http_request_method(req), path);
+    llorch_http_respond_error(req, 404, "invalid_request_error", msg, NULL, "not_found");
+  }
+}

@@ -1,0 +1,185 @@
+/*
+ * The worker role's internals, shared by its files:
+ *   worker.c     life cycle: load, serve, pool callback, shutdown
+ *   request.c    request bodies -> jobs (validation, tokenization)
+ *   stream.c     scheduler events -> SSE / JSON responses (native and OpenAI)
+ *   routes.c     the endpoints
+ *   callback.c   ready/failed POSTs to the pool
+ * Everything here runs on the loop thread, except what scheduler.h says.
+ */
+#ifndef LLORCH_WORKER_IMPL_H
+#define LLORCH_WORKER_IMPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <uv.h>
+
+#include "llorch/backend.h"
+#include "llorch/config.h"
+#include "llorch/http.h"
+#include "llorch/http_client.h"
+#include "llorch/json.h"
+#include "llorch/metrics.h"
+#include "llorch/model.h"
+#include "llorch/tokenizer.h"
+
+#include "scheduler.h"
+
+typedef enum worker_state {
+  WORKER_STATE_LOADING = 0,
+  WORKER_STATE_READY = 1,
+  WORKER_STATE_DRAINING = 2,
+  WORKER_STATE_FAILED = 3,
+} worker_state;
+
+typedef enum worker_api {
+  WORKER_API_NATIVE = 0,     /* POST /v2/execute */
+  WORKER_API_CHAT = 1,       /* POST /v1/chat/completions */
+  WORKER_API_COMPLETION = 2, /* POST /v1/completions */
+} worker_api;
+
+/* An error answer before a stream started: status + OpenAI envelope fields. */
+typedef struct worker_error {
+  int status;
+  const char *type;        /* "invalid_request_error", "server_error", ... */
+  const char *code;        /* "invalid_value", "model_not_found", ... */
+  char param[96];          /* "" = null */
+  char message[512];
+  int retry_after_s;       /* > 0: Retry-After header */
+} worker_error;
+
+/* The finished-id memory of /v2/jobs/{id}/cancel. */
+#define WORKER_FINISHED_IDS 1024
+
+typedef struct worker_metrics {
+  llorch_metric *requests;        /* {outcome} */
+  llorch_metric *prompt_tokens;
+  llorch_metric *generated_tokens;
+  llorch_metric *ttft;            /* seconds */
+  llorch_metric *inter_token;     /* seconds */
+  llorch_metric *queue_wait;      /* seconds */
+  llorch_metric *slots_busy;
+  llorch_metric *slots_total;
+  llorch_metric *queue_depth;
+  llorch_metric *batch_tokens;    /* entries per step */
+  llorch_metric *memory;          /* {kind} bytes */
+} worker_metrics;
+
+typedef struct worker_stream worker_stream;
+
+typedef struct worker {
+  const llorch_config *cfg;
+  struct llorch_service *svc;     /* the role runtime: loop, HTTP server, signals */
+  uv_loop_t *loop;
+  llorch_http_client *client;     /* pool callback, or NULL */
+  llorch_metrics *metrics;        /* the runtime's registry */
+  worker_metrics m;
+  char listen_host[256];
+  int port;                       /* bound port */
+
+  /* ---- model (written by the load thread before state turns READY) ---- */
+  worker_state state;
+  llorch_model *model;
+  llorch_backend backend;
+  bool backend_open;
+  llorch_tokenizer *tok;
+  worker_sched *sched;
+  uint32_t n_ctx, n_slots;
+  char model_name[128];           /* general.name or the file base name */
+  char file_base[256];            /* file name without directories */
+  llorch_backend_memory mem;
+  char load_error[1024];         /* why loading failed (reported to the pool) */
+
+  uv_thread_t load_thread;
+  bool load_thread_started;
+  uv_async_t load_done;           /* load thread -> loop */
+  uv_async_t events;              /* inference thread -> loop */
+  uv_timer_t grace_timer;         /* ends running streams just before the grace period */
+
+  /* ---- requests ---- */
+  worker_stream *streams;         /* live streams (doubly linked) */
+  uint64_t next_id;               /* for generated job and completion ids */
+  char finished_ids[WORKER_FINISHED_IDS][72];
+  unsigned finished_next;
+  uint64_t n_completed, n_cancelled, n_failed, n_rejected;
+
+  /* ---- pool callback ---- */
+  int cb_attempt;
+  bool cb_failed_event;           /* reporting a load failure (exit afterwards) */
+  uv_timer_t cb_timer;
+  uint64_t cb_deadline_ns;        /* give up after this (failed only) */
+  char *cb_body;
+
+  int exit_code;
+  bool stopping;
+} worker;
+
+/* One request being answered from scheduler events. */
+struct worker_stream {
+  worker *w;
+  worker_api api;
+  llorch_http_request *req;       /* NULL once the client went away */
+  worker_job *job;
+  bool stream;                    /* SSE (always for native) */
+  bool include_usage;
+  bool headers_sent;              /* SSE started */
+  bool started;                   /* STARTED event seen */
+  char resp_id[48];               /* chatcmpl-N / cmpl-N */
+  int64_t created;                /* unix seconds */
+  char model_echo[128];
+  char request_id[72];
+  uint64_t t_last_token_ns;
+  uint32_t n_tokens;              /* token events seen */
+  llorch_jbuf text;               /* non-streaming: the text so far */
+  /* non-streaming logprobs so far, as JSON array items: chat uses lp[0]
+   * (content entries); completions tokens, token_logprobs, top_logprobs,
+   * text_offset in lp[0..3] */
+  llorch_jbuf lp[4];
+  size_t text_offset;             /* completions logprobs text_offset */
+  worker_stream *prev, *next;
+};
+
+/* ---- request.c ---- */
+
+/*
+ * Validates body for api and builds a job (tokenized prompt, sampling, stop,
+ * limits) and the stream options. On failure fills err and returns a
+ * negative code.
+ */
+int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_stream *st,
+                         worker_job **out, worker_error *err);
+/* True when name is the model's name or its file name (with or without .gguf). */
+bool worker_model_name_matches(const worker *w, const char *name);
+
+/* ---- stream.c ---- */
+
+/* Answers err on req (JSON envelope, Retry-After when set). */
+void worker_respond_error(llorch_http_request *req, const worker_error *err);
+/* Takes and dispatches every scheduler event (the events async callback). */
+void worker_events_dispatch(worker *w);
+/* Registers the client-gone callback and links st into w->streams. */
+void worker_stream_attach(worker *w, worker_stream *st);
+/* The job's text for one token id (for logprobs), sanitized; malloc'ed. */
+char *worker_token_text(const worker *w, int32_t id, size_t *len, llorch_jbuf *bytes);
+
+/* ---- routes.c ---- */
+
+void worker_route(llorch_http_request *req, void *user);
+/* Remembers a finished job id (for idempotent cancel). */
+void worker_remember_finished(worker *w, const char *id);
+
+/* ---- callback.c ---- */
+
+/* Starts the ready (failed == false) or failed report to cfg->worker.pool_callback. */
+void worker_callback_start(worker *w, bool failed);
+
+/* ---- worker.c ---- */
+
+/* Called when the failed report finished (or gave up): stops the loop. */
+void worker_exit_after_callback(worker *w);
+/* Updates the slots/queue gauges from the scheduler. */
+void worker_metrics_refresh(worker *w);
+
+#endif /* LLORCH_WORKER_IMPL_H */

@@ -1,0 +1,303 @@
+/*
+ * The worker role's life: HTTP up first, the model loaded on a thread (so
+ * /health/ready answers 503 meanwhile), the scheduler's inference thread
+ * started, the pool told; on SIGTERM new work is refused, running streams
+ * get the grace period, and the process exits 0.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "llorch/log.h"
+#include "llorch/roles.h"
+#include "llorch/service.h"
+#include "worker-impl.h"
+
+/* Most prompt tokens of one job in one step: bounds how long a decode step
+ * of the other slots can be delayed by a newcomer's prefill. */
+#define WORKER_PREFILL_CHUNK 128u
+
+/* ---- metrics ---- */
+
+static int worker_metrics_register(worker *w) {
+  static const char *const outcome[] = {"outcome", NULL};
+  static const char *const kind[] = {"kind", NULL};
+  static const double latency[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                   0.25,  0.5,    1,     2.5,  5,     10,   30};
+  static const double batch[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+  llorch_metrics *m = w->metrics;
+  w->m.requests = llorch_metrics_counter(m, "llorch_worker_requests_total",
+                                         "Requests by outcome (completed, cancelled, failed, "
+                                         "rejected, invalid).", outcome);
+  w->m.prompt_tokens = llorch_metrics_counter(m, "llorch_worker_prompt_tokens_total",
+                                              "Prompt tokens of finished requests.", NULL);
+  w->m.generated_tokens = llorch_metrics_counter(m, "llorch_worker_generated_tokens_total",
+                                                 "Tokens generated.", NULL);
+  w->m.ttft = llorch_metrics_histogram(m, "llorch_worker_ttft_seconds",
+                                       "Time from arrival to the first token.", NULL, latency,
+                                       sizeof latency / sizeof *latency);
+  w->m.inter_token = llorch_metrics_histogram(m, "llorch_worker_inter_token_seconds",
+                                              "Time between tokens of one stream.", NULL, latency,
+                                              sizeof latency / sizeof *latency);
+  w->m.queue_wait = llorch_metrics_histogram(m, "llorch_worker_queue_wait_seconds",
+                                             "Time waiting for a free slot.", NULL, latency,
+                                             sizeof latency / sizeof *latency);
+  w->m.slots_busy = llorch_metrics_gauge(m, "llorch_worker_slots_busy", "Slots running a request.",
+                                         NULL);
+  w->m.slots_total = llorch_metrics_gauge(m, "llorch_worker_slots_total", "Slots.", NULL);
+  w->m.queue_depth = llorch_metrics_gauge(m, "llorch_worker_queue_depth",
+                                          "Requests waiting for a slot.", NULL);
+  w->m.batch_tokens = llorch_metrics_histogram(m, "llorch_worker_batch_tokens",
+                                               "Entries (tokens) per engine step.", NULL, batch,
+                                               sizeof batch / sizeof *batch);
+  w->m.memory = llorch_metrics_gauge(m, "llorch_worker_memory_bytes",
+                                     "Backend memory by kind (weights, kv, scratch).", kind);
+  if (!w->m.requests || !w->m.prompt_tokens || !w->m.generated_tokens || !w->m.ttft ||
+      !w->m.inter_token || !w->m.queue_wait || !w->m.slots_busy || !w->m.slots_total ||
+      !w->m.queue_depth || !w->m.batch_tokens || !w->m.memory)
+    return LLORCH_ENOMEM;
+  return 0;
+}
+
+void worker_metrics_refresh(worker *w) {
+  if (!w->sched) return;
+  worker_sched_stats ss;
+  worker_sched_stats_get(w->sched, &ss);
+  llorch_metric_set(w->m.slots_busy, NULL, ss.slots_busy);
+  llorch_metric_set(w->m.queue_depth, NULL, ss.queued);
+}
+
+/* The scheduler calls this on the inference thread (metrics are thread-safe). */
+static void worker_on_step(void *arg, uint32_t n_entries) {
+  worker *w = arg;
+  llorch_metric_observe(w->m.batch_tokens, NULL, n_entries);
+}
+
+/* ---- loading (on its own thread) ---- */
+
+static void worker_load_thread(void *arg) {
+  worker *w = arg;
+  const llorch_config *cfg = w->cfg;
+  llorch_errmsg em = {{0}};
+  int rc = llorch_model_load(&w->model, cfg->worker.model, &em);
+  if (rc < 0) {
+    snprintf(w->load_error, sizeof w->load_error, "model %s: %s", cfg->worker.model,
+             em.text[0] ? em.text : llorch_strerror(rc));
+    goto done;
+  }
+  rc = llorch_tokenizer_load(&w->tok, w->model->gguf, &em);
+  if (rc < 0) {
+    snprintf(w->load_error, sizeof w->load_error, "tokenizer of %s: %s", cfg->worker.model,
+             em.text[0] ? em.text : llorch_strerror(rc));
+    goto done;
+  }
+  uint32_t n_ctx = cfg->worker.ctx > 0 ? (uint32_t)cfg->worker.ctx : w->model->hp.n_ctx_train;
+  if (!n_ctx) n_ctx = 2048;
+  w->n_ctx = n_ctx;
+  w->n_slots = (uint32_t)cfg->worker.slots;
+  llorch_backend_params p = {0};
+  p.n_ctx = n_ctx;
+  p.n_seq = w->n_slots;
+  /* One decode token per slot plus one prefill chunk per step. */
+  p.n_batch_max = w->n_slots + WORKER_PREFILL_CHUNK;
+  p.n_threads = cfg->worker.threads > 0 ? cfg->worker.threads : (int)uv_available_parallelism();
+  rc = llorch_backend_open(&w->backend, w->model, cfg->worker.device, &p, &em);
+  if (rc < 0) {
+    snprintf(w->load_error, sizeof w->load_error, "backend %s for %s: %s", cfg->worker.device,
+             cfg->worker.model, em.text[0] ? em.text : llorch_strerror(rc));
+    goto done;
+  }
+  w->backend_open = true;
+  w->backend.ops->memory(w->backend.ctx, &w->mem);
+done:
+  uv_async_send(&w->load_done);
+}
+
+static void worker_on_events(uv_async_t *a) { worker_events_dispatch(a->data); }
+
+static void worker_notify(void *arg) { uv_async_send(arg); }
+
+static void worker_on_loaded(uv_async_t *a) {
+  worker *w = a->data;
+  uv_thread_join(&w->load_thread);
+  w->load_thread_started = false;
+  uv_close((uv_handle_t *)&w->load_done, NULL);
+  if (w->stopping) return; /* SIGTERM while loading: the shutdown hook cleans up */
+  if (!w->backend_open) {
+    w->state = WORKER_STATE_FAILED;
+    LOG_ERROR("worker", NULL, "loading failed: %s", w->load_error);
+    w->exit_code = 1;
+    worker_callback_start(w, true); /* exits when the report is done */
+    return;
+  }
+  worker_sched_config sc = {.n_slots = w->n_slots,
+                            .n_ctx = w->n_ctx,
+                            .n_batch_max = w->backend.params.n_batch_max,
+                            .prefill_chunk = WORKER_PREFILL_CHUNK,
+                            .queue_max = (uint32_t)w->cfg->worker.queue_max,
+                            .queue_timeout_s = (double)w->cfg->worker.queue_timeout_ms / 1000.0,
+                            .on_step = worker_on_step,
+                            .on_step_arg = w};
+  llorch_errmsg em = {{0}};
+  if (worker_sched_init(&w->sched, &sc, &w->backend, w->tok, worker_notify, &w->events, &em) < 0 ||
+      worker_sched_start(w->sched, &em) < 0) {
+    snprintf(w->load_error, sizeof w->load_error, "%s", em.text);
+    w->state = WORKER_STATE_FAILED;
+    LOG_ERROR("worker", NULL, "starting the scheduler failed: %s", em.text);
+    w->exit_code = 1;
+    worker_callback_start(w, true);
+    return;
+  }
+  llorch_metric_set(w->m.slots_total, NULL, w->n_slots);
+  llorch_metric_set(w->m.memory, (const char *[]){"weights"}, (double)w->mem.weights_bytes);
+  llorch_metric_set(w->m.memory, (const char *[]){"kv"}, (double)w->mem.kv_bytes);
+  llorch_metric_set(w->m.memory, (const char *[]){"scratch"}, (double)w->mem.scratch_bytes);
+  snprintf(w->model_name, sizeof w->model_name, "%s", w->model->name);
+  w->state = WORKER_STATE_READY;
+  LOG_INFO("worker", NULL,
+           "ready: model %s (%s, %s, %llu params), ctx %u x %u slots on %s, weights %llu bytes "
+           "(%s), KV %llu bytes (%s)",
+           w->model_name, w->model->arch_name, llorch_type_name(w->model->main_type),
+           (unsigned long long)w->model->n_params, w->n_ctx, w->n_slots, w->cfg->worker.device,
+           (unsigned long long)w->mem.weights_bytes, w->mem.weights_location,
+           (unsigned long long)w->mem.kv_bytes, w->mem.kv_location);
+  worker_callback_start(w, false);
+}
+
+/* ---- shutdown ---- */
+
+void worker_exit_after_callback(worker *w) { llorch_service_stop(w->svc, w->exit_code); }
+
+static void worker_on_grace(uv_timer_t *t) {
+  worker *w = t->data;
+  /* Just before the HTTP server closes what is left: end the streams
+   * ourselves, so clients get an error event rather than a cut connection. */
+  if (w->sched) worker_sched_abort_running(w->sched);
+}
+
+static void worker_on_stop(llorch_service *svc, void *user) {
+  worker *w = user;
+  w->stopping = true;
+  if (w->state == WORKER_STATE_READY) w->state = WORKER_STATE_DRAINING;
+  if (w->sched) worker_sched_drain(w->sched);
+  int64_t grace = w->cfg->shutdown_grace_ms;
+  uv_timer_start(&w->grace_timer, worker_on_grace,
+                 (uint64_t)(grace > 500 ? grace - 250 : grace / 2), 0);
+}
+
+static void worker_on_shutdown(llorch_service *svc, void *user) {
+  worker *w = user;
+  if (w->sched) {
+    /* The inference thread stops after its current step; one more step here
+     * ends whatever is left (draining + aborting), and dispatching frees
+     * every stream and job. */
+    worker_sched_abort_running(w->sched);
+    worker_sched_stop(w->sched);
+    worker_sched_step(w->sched);
+    worker_events_dispatch(w);
+  }
+  if (w->load_thread_started) {
+    /* A load in progress cannot be interrupted; wait for it. */
+    uv_thread_join(&w->load_thread);
+    w->load_thread_started = false;
+    if (!uv_is_closing((uv_handle_t *)&w->load_done)) uv_close((uv_handle_t *)&w->load_done, NULL);
+  }
+  uv_close((uv_handle_t *)&w->events, NULL);
+  uv_close((uv_handle_t *)&w->grace_timer, NULL);
+  uv_close((uv_handle_t *)&w->cb_timer, NULL);
+  if (w->client) {
+    llorch_http_client_free(w->client);
+    w->client = NULL;
+  }
+}
+
+/* ---- entry point ---- */
+
+static void worker_free_model(worker *w) {
+  worker_sched_free(w->sched);
+  w->sched = NULL;
+  if (w->backend_open) llorch_backend_close(&w->backend);
+  w->backend_open = false;
+  llorch_tokenizer_free(w->tok);
+  w->tok = NULL;
+  llorch_model_free(w->model);
+  w->model = NULL;
+}
+
+int llorch_worker_main(const llorch_config *cfg) {
+  llorch_errmsg em = {{0}};
+  if (!cfg->worker.model) {
+    LOG_ERROR("worker", NULL, "no model: give --model FILE (or worker.model in the config)");
+    return 2;
+  }
+  worker *w = calloc(1, sizeof *w);
+  if (!w) return 1;
+  w->cfg = cfg;
+  w->state = WORKER_STATE_LOADING;
+  const char *slash = strrchr(cfg->worker.model, '/');
+  snprintf(w->file_base, sizeof w->file_base, "%s", slash ? slash + 1 : cfg->worker.model);
+  w->n_slots = (uint32_t)cfg->worker.slots;
+  w->n_ctx = cfg->worker.ctx > 0 ? (uint32_t)cfg->worker.ctx : 0;
+
+  int status = 1;
+  if (llorch_service_init(&w->svc, cfg, "worker", &em) < 0) {
+    LOG_ERROR("worker", NULL, "%s", em.text);
+    free(w);
+    return 1;
+  }
+  w->loop = llorch_service_loop(w->svc);
+  w->metrics = llorch_service_metrics(w->svc);
+  if (worker_metrics_register(w) < 0 ||
+      llorch_service_route(w->svc, "GET", "/health/ready", worker_route, w) < 0 ||
+      llorch_service_route(w->svc, NULL, "/v1/*", worker_route, w) < 0 ||
+      llorch_service_route(w->svc, NULL, "/v2/*", worker_route, w) < 0 ||
+      llorch_service_on_stop(w->svc, worker_on_stop, w) < 0 ||
+      llorch_service_on_shutdown(w->svc, worker_on_shutdown, w) < 0) {
+    LOG_ERROR("worker", NULL, "out of memory setting up");
+    goto out;
+  }
+  if (cfg->worker.pool_callback && llorch_http_client_init(&w->client, w->loop, NULL) < 0) {
+    LOG_ERROR("worker", NULL, "out of memory for the HTTP client");
+    goto out;
+  }
+  /* The pool waits for our URL, so the port must be known before loading. */
+  if (llorch_service_listen(w->svc, &em) < 0) {
+    LOG_ERROR("worker", NULL, "%s", em.text);
+    goto out;
+  }
+  int port_unused;
+  llorch_service_parse_listen(cfg->listen, w->listen_host, sizeof w->listen_host, &port_unused);
+  w->port = llorch_service_port(w->svc);
+  LOG_INFO("worker", NULL, "listening on %s:%d; loading %s on %s", w->listen_host, w->port,
+           cfg->worker.model, cfg->worker.device);
+
+  uv_async_init(w->loop, &w->load_done, worker_on_loaded);
+  w->load_done.data = w;
+  uv_async_init(w->loop, &w->events, worker_on_events);
+  w->events.data = w;
+  uv_timer_init(w->loop, &w->grace_timer);
+  w->grace_timer.data = w;
+  uv_timer_init(w->loop, &w->cb_timer);
+  w->cb_timer.data = w;
+  if (uv_thread_create(&w->load_thread, worker_load_thread, w) != 0) {
+    LOG_ERROR("worker", NULL, "cannot start the loading thread");
+    uv_close((uv_handle_t *)&w->load_done, NULL);
+    uv_close((uv_handle_t *)&w->events, NULL);
+    uv_close((uv_handle_t *)&w->grace_timer, NULL);
+    uv_close((uv_handle_t *)&w->cb_timer, NULL);
+    goto out;
+  }
+  w->load_thread_started = true;
+
+  status = llorch_service_run(w->svc, &em);
+  if (status != 0 && em.text[0]) LOG_ERROR("worker", NULL, "%s", em.text);
+  if (w->exit_code) status = w->exit_code;
+
+out:
+  llorch_service_free(w->svc);
+  worker_free_model(w);
+  free(w->cb_body);
+  free(w);
+  return status;
+}
