@@ -1,0 +1,171 @@
+/* JSON helpers: the sentences a client sees in its 400, and the builder. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "llorch/json.h"
+
+static cJSON *parse(const char *s) {
+  cJSON *v = NULL;
+  llorch_errmsg em;
+  assert_int_equal(llorch_json_parse(s, strlen(s), true, &v, &em), 0);
+  return v;
+}
+
+static void test_parse_errors(void **state) {
+  cJSON *v;
+  llorch_errmsg em;
+  assert_int_equal(llorch_json_parse("", 0, true, &v, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "request body is empty");
+  assert_int_equal(llorch_json_parse("{\"a\":", 5, true, &v, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "not valid JSON"));
+  assert_int_equal(llorch_json_parse("[1,2]", 5, true, &v, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "request body must be a JSON object, got an array");
+  assert_int_equal(llorch_json_parse("{} x", 4, true, &v, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "unexpected data at byte 3"));
+  /* Not NUL-terminated input is fine: only len bytes are read. */
+  assert_int_equal(llorch_json_parse("{\"a\":1}garbage", 7, true, &v, &em), 0);
+  cJSON_Delete(v);
+}
+
+static void test_int_messages(void **state) {
+  cJSON *o = parse("{\"max_tokens\":\"abc\",\"n\":2.5,\"big\":5000,\"ok\":7}");
+  llorch_errmsg em;
+  int64_t x = -1;
+  assert_int_equal(llorch_json_get_int(o, NULL, "max_tokens", false, 1, INT64_MAX, &x, &em),
+                   LLORCH_EINVAL);
+  assert_string_equal(em.text, "'max_tokens' must be an integer >= 1, got \"abc\"");
+  assert_string_equal(llorch_json_errparam(), "max_tokens");
+  assert_int_equal(llorch_json_get_int(o, "", "n", true, 1, 8, &x, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "'n' must be an integer between 1 and 8, got 2.5");
+  assert_int_equal(llorch_json_get_int(o, NULL, "big", true, INT64_MIN, 4096, &x, &em),
+                   LLORCH_EINVAL);
+  assert_string_equal(em.text, "'big' must be an integer <= 4096, got 5000");
+  assert_int_equal(llorch_json_get_int(o, NULL, "ok", true, 1, 8, &x, &em), 0);
+  assert_int_equal(x, 7);
+  /* Optional and absent: untouched. Required and absent: named. */
+  x = 42;
+  assert_int_equal(llorch_json_get_int(o, NULL, "absent", false, 1, 8, &x, &em), 0);
+  assert_int_equal(x, 42);
+  assert_int_equal(llorch_json_get_int(o, "req", "absent", true, 1, 8, &x, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "'req.absent' is required");
+  cJSON_Delete(o);
+}
+
+static void test_null_is_absent_for_optional(void **state) {
+  cJSON *o = parse("{\"temperature\":null}");
+  llorch_errmsg em;
+  double t = 1.0;
+  assert_int_equal(llorch_json_get_number(o, NULL, "temperature", false, 0, 2, &t, &em), 0);
+  assert_true(t == 1.0);
+  assert_int_equal(llorch_json_get_number(o, NULL, "temperature", true, 0, 2, &t, &em),
+                   LLORCH_EINVAL);
+  assert_string_equal(em.text, "'temperature' is required");
+  cJSON_Delete(o);
+}
+
+static void test_number_bool_string_messages(void **state) {
+  cJSON *o = parse("{\"temperature\":3.5,\"stream\":\"yes\",\"model\":12,\"top_p\":[1]}");
+  llorch_errmsg em;
+  double d;
+  bool b;
+  const char *s;
+  assert_int_equal(llorch_json_get_number(o, NULL, "temperature", true, 0, 2, &d, &em),
+                   LLORCH_EINVAL);
+  assert_string_equal(em.text, "'temperature' must be a number between 0 and 2, got 3.5");
+  assert_int_equal(llorch_json_get_number(o, NULL, "top_p", true, 0, 1, &d, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "'top_p' must be a number between 0 and 1, got an array");
+  assert_int_equal(llorch_json_get_bool(o, NULL, "stream", true, &b, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "'stream' must be true or false, got \"yes\"");
+  assert_int_equal(llorch_json_get_string(o, NULL, "model", true, &s, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "'model' must be a string, got 12");
+  cJSON_Delete(o);
+}
+
+static void test_nested_enum_and_arrays(void **state) {
+  static const char *const roles[] = {"system", "user", "assistant", NULL};
+  cJSON *o = parse("{\"messages\":[{\"role\":\"user\"},{\"role\":\"system\"},{\"role\":\"robot\"}],"
+                   "\"empty\":[],\"obj\":5}");
+  llorch_errmsg em;
+  const cJSON *arr = NULL, *obj;
+  assert_int_equal(llorch_json_get_array(o, NULL, "messages", true, 1, &arr, &em), 0);
+  char where[64];
+  int idx = -1;
+  llorch_json_path_index(where, sizeof where, NULL, "messages", 1);
+  assert_string_equal(where, "messages[1]");
+  assert_int_equal(llorch_json_get_enum(cJSON_GetArrayItem(arr, 1), where, "role", true, roles,
+                                        &idx, &em), 0);
+  assert_int_equal(idx, 0);
+  llorch_json_path_index(where, sizeof where, NULL, "messages", 2);
+  assert_int_equal(llorch_json_get_enum(cJSON_GetArrayItem(arr, 2), where, "role", true, roles,
+                                        &idx, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text,
+                      "'messages[2].role' must be one of system, user, assistant, got \"robot\"");
+  assert_string_equal(llorch_json_errparam(), "messages[2].role");
+  assert_int_equal(llorch_json_get_array(o, NULL, "empty", true, 1, &arr, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "'empty' must have at least 1 item, got 0");
+  assert_int_equal(llorch_json_get_object(o, NULL, "obj", true, &obj, &em), LLORCH_EINVAL);
+  assert_string_equal(em.text, "'obj' must be an object, got 5");
+  cJSON_Delete(o);
+}
+
+static void test_long_string_is_cut(void **state) {
+  cJSON *o = parse("{\"x\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}");
+  llorch_errmsg em;
+  int64_t v;
+  assert_int_equal(llorch_json_get_int(o, NULL, "x", true, 0, 1, &v, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "got \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\""));
+  cJSON_Delete(o);
+}
+
+static void test_builder_escapes(void **state) {
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{");
+  llorch_jbuf_key(&b, "t");
+  llorch_jbuf_str(&b, "a\"b\\c\n\x01\xff\xc3\xa9");
+  llorch_jbuf_cstr(&b, ",");
+  llorch_jbuf_key(&b, "n");
+  llorch_jbuf_num(&b, 0.1);
+  llorch_jbuf_cstr(&b, ",");
+  llorch_jbuf_key(&b, "i");
+  llorch_jbuf_int(&b, -7);
+  llorch_jbuf_cstr(&b, ",");
+  llorch_jbuf_key(&b, "z");
+  llorch_jbuf_str(&b, NULL);
+  llorch_jbuf_cstr(&b, "}");
+  assert_int_equal(llorch_jbuf_error(&b), 0);
+  assert_string_equal(b.data,
+                      "{\"t\":\"a\\\"b\\\\c\\n\\u0001\xef\xbf\xbd\xc3\xa9\",\"n\":0.1,\"i\":-7,\"z\":null}");
+  /* The text parses back. */
+  cJSON *v = cJSON_Parse(b.data);
+  assert_non_null(v);
+  cJSON_Delete(v);
+  llorch_jbuf_free(&b);
+}
+
+static void test_error_envelope(void **state) {
+  char *s = llorch_json_error_envelope("bad \"x\"", "invalid_request_error", "x", NULL);
+  assert_string_equal(s, "{\"error\":{\"message\":\"bad \\\"x\\\"\",\"type\":\"invalid_request_error\","
+                         "\"param\":\"x\",\"code\":null}}");
+  free(s);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_parse_errors),
+      cmocka_unit_test(test_int_messages),
+      cmocka_unit_test(test_null_is_absent_for_optional),
+      cmocka_unit_test(test_number_bool_string_messages),
+      cmocka_unit_test(test_nested_enum_and_arrays),
+      cmocka_unit_test(test_long_string_is_cut),
+      cmocka_unit_test(test_builder_escapes),
+      cmocka_unit_test(test_error_envelope),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
