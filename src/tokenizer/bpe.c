@@ -46,10 +46,11 @@ static const char re_numbers[] = "\\p{N}+";
 static const char re_ascii3[] = "[0-9][0-9][0-9]";
 static const char re_digit[] = "\\p{N}";
 
-int tok_bpe_init(llorch_tokenizer *t, llorch_errmsg *em) {
+int tok_pre_compile(tok_pre pre, void **re_out, int *n_out, llorch_errmsg *em) {
   const char *pats[TOK_MAX_REGEX];
   int n = 0;
-  switch (t->pre) {
+  *n_out = 0;
+  switch (pre) {
   case TOK_PRE_DEFAULT:
     pats[n++] = re_default_punct;
     pats[n++] = re_gpt2;
@@ -72,43 +73,46 @@ int tok_bpe_init(llorch_tokenizer *t, llorch_errmsg *em) {
     if (!re) {
       char msg[160];
       pcre2_get_error_message(err, (PCRE2_UCHAR *)msg, sizeof(msg));
+      tok_pre_free(re_out, *n_out);
       /* our own constant pattern: a programming error, but reported, not asserted */
       return llorch_errmsg_set(em, LLORCH_EINVAL, "pre-tokenizer regex %d does not compile at %zu: %s", i,
                                (size_t)erroff, msg);
     }
     /* JIT is a speed-up only: without it (unsupported CPU) pcre2_match interprets */
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
-    t->re[i] = re;
-    t->n_re = i + 1;
+    re_out[i] = re;
+    *n_out = i + 1;
   }
   return 0;
 }
 
+void tok_pre_free(void **re, int n) {
+  for (int i = 0; i < n; i++) pcre2_code_free((pcre2_code *)re[i]);
+}
+
+int tok_bpe_init(llorch_tokenizer *t, llorch_errmsg *em) { return tok_pre_compile(t->pre, t->re, &t->n_re, em); }
+
 void tok_bpe_free(llorch_tokenizer *t) {
-  for (int i = 0; i < t->n_re; i++) pcre2_code_free((pcre2_code *)t->re[i]);
+  tok_pre_free(t->re, t->n_re);
   t->n_re = 0;
 }
 
 /* ---- per-call scratch ---- */
 
-typedef struct span {
-  uint32_t off, len; /* bytes of the normalised text */
-} span;
-
 typedef struct span_list {
-  span *v;
+  tok_word *v;
   size_t n, cap;
 } span_list;
 
 static int span_push(span_list *l, size_t off, size_t len) {
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 64;
-    span *v = realloc(l->v, cap * sizeof(*v));
+    tok_word *v = realloc(l->v, cap * sizeof(*v));
     if (!v) return LLORCH_ENOMEM;
     l->v = v;
     l->cap = cap;
   }
-  l->v[l->n++] = (span){(uint32_t)off, (uint32_t)len};
+  l->v[l->n++] = (tok_word){(uint32_t)off, (uint32_t)len};
   return 0;
 }
 
@@ -262,15 +266,17 @@ static int bpe_split(const pcre2_code *re, const char *subj, const span_list *in
   return 0;
 }
 
-int tok_bpe_encode(const llorch_tokenizer *t, const char *text, size_t len, llorch_tokens *out) {
+int tok_pre_split(void *const *re, int n_re, const char *text, size_t len, char **norm_out,
+                  tok_word **words_out, size_t *n_words) {
   int rc = 0;
   char *norm = NULL, *subj = NULL;
   span_list a = {0}, b = {0};
-  bpe_scratch s = {0};
   pcre2_match_data *md = NULL;
   pcre2_match_context *mctx = NULL;
   pcre2_jit_stack *jstack = NULL;
-  if (len == 0) return 0;
+  *norm_out = NULL;
+  *words_out = NULL;
+  *n_words = 0;
   if (len > UINT32_MAX / 4) return LLORCH_ELIMIT;
 
   /*
@@ -294,6 +300,7 @@ int tok_bpe_encode(const llorch_tokenizer *t, const char *text, size_t len, llor
     else memcpy(subj + nlen, norm + nlen, k);
     nlen += k;
   }
+  if (nlen == 0) goto out;
 
   md = pcre2_match_data_create(4, NULL);
   mctx = pcre2_match_context_create(NULL);
@@ -306,15 +313,40 @@ int tok_bpe_encode(const llorch_tokenizer *t, const char *text, size_t len, llor
   pcre2_jit_stack_assign(mctx, NULL, jstack);
 
   if ((rc = span_push(&a, 0, nlen)) != 0) goto out;
-  for (int i = 0; i < t->n_re; i++) {
-    if ((rc = bpe_split((const pcre2_code *)t->re[i], subj, &a, &b, md, mctx)) != 0) goto out;
+  for (int i = 0; i < n_re; i++) {
+    if ((rc = bpe_split((const pcre2_code *)re[i], subj, &a, &b, md, mctx)) != 0) goto out;
     span_list tmp = a;
     a = b;
     b = tmp;
   }
+  *words_out = a.v;
+  *n_words = a.n;
+  a.v = NULL;
+  *norm_out = norm;
+  norm = NULL;
 
-  for (size_t w = 0; w < a.n; w++) {
-    size_t need = (size_t)a.v[w].len * 2;
+out:
+  pcre2_jit_stack_free(jstack);
+  pcre2_match_context_free(mctx);
+  pcre2_match_data_free(md);
+  free(a.v);
+  free(b.v);
+  free(norm);
+  free(subj);
+  return rc;
+}
+
+int tok_bpe_encode(const llorch_tokenizer *t, const char *text, size_t len, llorch_tokens *out) {
+  char *norm = NULL;
+  tok_word *words = NULL;
+  size_t n_words = 0;
+  bpe_scratch s = {0};
+  if (len == 0) return 0;
+  int rc = tok_pre_split(t->re, t->n_re, text, len, &norm, &words, &n_words);
+  if (rc != 0) return rc;
+
+  for (size_t w = 0; w < n_words; w++) {
+    size_t need = (size_t)words[w].len * 2;
     if (need > s.word_cap) {
       char *nw = realloc(s.word, need);
       if (!nw) {
@@ -325,21 +357,16 @@ int tok_bpe_encode(const llorch_tokenizer *t, const char *text, size_t len, llor
       s.word_cap = need;
     }
     size_t wl = 0;
-    for (uint32_t k = 0; k < a.v[w].len; k++)
-      wl += tok_utf8_encode(tok_byte_to_cpt((uint8_t)norm[a.v[w].off + k]), s.word + wl);
+    for (uint32_t k = 0; k < words[w].len; k++)
+      wl += tok_utf8_encode(tok_byte_to_cpt((uint8_t)norm[words[w].off + k]), s.word + wl);
     if ((rc = bpe_merge_word(t, &s, wl, out)) != 0) goto out;
   }
 
 out:
-  pcre2_jit_stack_free(jstack);
-  pcre2_match_context_free(mctx);
-  pcre2_match_data_free(md);
-  free(a.v);
-  free(b.v);
+  free(words);
   free(s.word);
   free(s.sym);
   free(s.heap);
   free(norm);
-  free(subj);
   return rc;
 }

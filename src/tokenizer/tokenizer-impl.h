@@ -102,6 +102,22 @@ struct llorch_tokenizer {
 
 /* ---- per-algorithm entry points (text is one fragment without special tokens) ---- */
 
+/* A pre-tokenized word: bytes [off, off + len) of the normalised text. */
+typedef struct tok_word {
+  uint32_t off, len;
+} tok_word;
+
+/* Compiles the split regexes of a pre-tokenizer (pcre2 codes into re[]). */
+int tok_pre_compile(tok_pre pre, void **re, int *n_re, llorch_errmsg *em);
+void tok_pre_free(void **re, int n_re);
+/*
+ * Splits text into words with the regexes in turn. *norm gets the text as
+ * llama.cpp normalises it (invalid UTF-8 -> U+FFFD, malloc'ed), *words the
+ * word spans into it (malloc'ed). Returns 0, LLORCH_ENOMEM or LLORCH_ELIMIT.
+ */
+int tok_pre_split(void *const *re, int n_re, const char *text, size_t len, char **norm,
+                  tok_word **words, size_t *n_words);
+
 /* Byte-level BPE: pre-tokenize with the regexes, map bytes to unicode, merge. */
 int tok_bpe_init(llorch_tokenizer *t, llorch_errmsg *em);
 void tok_bpe_free(llorch_tokenizer *t);
