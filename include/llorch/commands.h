@@ -5,6 +5,10 @@
 #ifndef LLORCH_COMMANDS_H
 #define LLORCH_COMMANDS_H
 
+/* `llorch config --check FILE | --dump [--config FILE] [--role R] [flags]`
+ * (src/tools/config_cmd.c). argv[0] is "config". */
+int llorch_cmd_config(int argc, char **argv);
+
 /* `llorch synth --preset NAME | --arch A --layers N ... -o OUT.gguf`: writes a
  * random-weight model of a real shape (src/tools/synth.c). argv[0] is "synth". */
 int llorch_cmd_synth(int argc, char **argv);

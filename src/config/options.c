@@ -1,0 +1,302 @@
+/*
+ * The option table: every setting llorch reads, in one place. Parsing,
+ * defaults, validation, flags, --help and the dump all walk this table, so
+ * adding an option is one entry here plus one field in llorch_config.
+ *
+ * Options of one YAML section must stay next to each other: the dump writes
+ * nested mappings by walking the table in order.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config-impl.h"
+
+/* ---- syntax checks for string values ---- */
+
+static int check_port(const char *s) {
+  if (*s == '\0' || strlen(s) > 5) return -1;
+  for (const char *p = s; *p; p++)
+    if (!isdigit((unsigned char)*p)) return -1;
+  return atoi(s) <= 65535 ? 0 : -1;
+}
+
+/* "HOST:PORT", "[v6]:PORT" or ":PORT"; port 0 asks the kernel for a free port. */
+static int check_listen(const char *s) {
+  const char *colon;
+  if (s[0] == '[') {
+    const char *close = strchr(s, ']');
+    if (!close || close == s + 1 || close[1] != ':') return -1;
+    colon = close + 1;
+  } else {
+    colon = strrchr(s, ':');
+    if (!colon || memchr(s, ':', (size_t)(colon - s))) return -1;
+    for (const char *p = s; p < colon; p++)
+      if (isspace((unsigned char)*p) || *p == '/') return -1;
+  }
+  return check_port(colon + 1);
+}
+
+/* "cpu" or "cuda:N[,M...]" */
+static int check_device(const char *s) {
+  if (strcmp(s, "cpu") == 0) return 0;
+  if (strncmp(s, "cuda:", 5) != 0) return -1;
+  const char *p = s + 5;
+  for (;;) {
+    if (!isdigit((unsigned char)*p)) return -1;
+    while (isdigit((unsigned char)*p)) p++;
+    if (*p == '\0') return 0;
+    if (*p++ != ',') return -1;
+  }
+}
+
+static int check_url(const char *s) {
+  const char *rest;
+  if (strncmp(s, "http://", 7) == 0) rest = s + 7;
+  else if (strncmp(s, "https://", 8) == 0) rest = s + 8;
+  else return -1;
+  if (*rest == '\0' || *rest == '/' || *rest == ':') return -1;
+  for (const char *p = rest; *p; p++)
+    if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p)) return -1;
+  return 0;
+}
+
+static int check_gpu_index(const char *s) {
+  if (*s == '\0' || strlen(s) > 4) return -1;
+  for (const char *p = s; *p; p++)
+    if (!isdigit((unsigned char)*p)) return -1;
+  return 0;
+}
+
+/* Model names appear in URLs and JSON: keep them printable and slash-free. */
+static int check_model_name(const char *s) {
+  if (*s == '\0' || strlen(s) > 128) return -1;
+  for (const char *p = s; *p; p++)
+    if (!isgraph((unsigned char)*p) || *p == '/') return -1;
+  return 0;
+}
+
+/* "pool" or "pool/device" */
+static int check_pin(const char *s) {
+  const char *slash = strchr(s, '/');
+  if (*s == '\0' || s[0] == '/') return -1;
+  if (slash && (slash[1] == '\0' || strchr(slash + 1, '/'))) return -1;
+  for (const char *p = s; *p; p++)
+    if (!isgraph((unsigned char)*p)) return -1;
+  return 0;
+}
+
+/* A path relative to a pool's model directory: never absolute, never "..",
+ * so a catalog entry cannot escape the pools' model_dirs. */
+static int check_model_file(const char *s) {
+  if (*s == '\0' || s[0] == '/') return -1;
+  for (const char *p = s; *p;) {
+    size_t len = strcspn(p, "/");
+    if (len == 0 || (len == 2 && p[0] == '.' && p[1] == '.')) return -1;
+    p += len;
+    if (*p == '/') p++;
+  }
+  return 0;
+}
+
+/* Pool names go into URLs, metrics labels and device ids: [A-Za-z0-9._-]{1,63}. */
+static int check_pool_name(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 63) return -1;
+  for (const char *p = s; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-') return -1;
+  return 0;
+}
+
+/* ---- the table ---- */
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const log_formats[] = {"auto", "text", "json", NULL};
+static const char *const priorities[] = {"interactive", "batch", NULL};
+
+#define OFF(field) offsetof(llorch_config, field)
+#define POOL (LLORCH_ROLE_POOL | LLORCH_ROLE_ALL)
+#define ORCH (LLORCH_ROLE_ORCHESTRATOR | LLORCH_ROLE_ALL)
+#define WORKER LLORCH_ROLE_WORKER
+#define KiB (INT64_C(1) << 10)
+#define MiB (INT64_C(1) << 20)
+#define GiB (INT64_C(1) << 30)
+#define SEC INT64_C(1000)
+#define MIN (60 * SEC)
+#define HOUR (60 * MIN)
+#define DAY (24 * HOUR)
+
+const config_option config_options[] = {
+    /* ---- common ---- */
+    {.name = "listen", .flag = "listen", .type = CONFIG_TYPE_STRING, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(listen), .def = "0.0.0.0:8080",
+     .def_role = {[CONFIG_ROLE_IX_POOL] = "0.0.0.0:8081", [CONFIG_ROLE_IX_WORKER] = "127.0.0.1:8090"},
+     .check = check_listen, .expect = "HOST:PORT (port 0..65535)", .meta = "HOST:PORT",
+     .help = "address the HTTP server listens on (orchestrator/all 0.0.0.0:8080, pool 0.0.0.0:8081, "
+             "worker 127.0.0.1:8090)"},
+    {.name = "log.level", .flag = "log-level", .type = CONFIG_TYPE_ENUM, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(log.level), .def = "info", .enum_names = log_levels, .meta = "LEVEL",
+     .help = "lowest level logged"},
+    {.name = "log.format", .flag = "log-format", .type = CONFIG_TYPE_ENUM, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(log.format), .def = "auto", .enum_names = log_formats, .meta = "FORMAT",
+     .help = "text on a terminal and JSON lines otherwise (auto), or forced"},
+    {.name = "http.max_header_bytes", .type = CONFIG_TYPE_BYTES, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.max_header_bytes), .def = "16KiB", .min = 1 * KiB, .max = 1 * MiB,
+     .help = "request line + headers larger than this get 431"},
+    {.name = "http.max_headers", .type = CONFIG_TYPE_INT, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.max_headers), .def = "100", .min = 1, .max = 10000,
+     .help = "requests with more headers get 431"},
+    {.name = "http.max_body_bytes", .type = CONFIG_TYPE_BYTES, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.max_body_bytes), .def = "8MiB", .min = 1 * KiB, .max = 1 * GiB,
+     .help = "request bodies larger than this get 413"},
+    {.name = "http.header_timeout", .type = CONFIG_TYPE_DURATION, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.header_timeout_ms), .def = "10s", .min = 100, .max = HOUR,
+     .help = "a request's headers must arrive within this"},
+    {.name = "http.body_timeout", .type = CONFIG_TYPE_DURATION, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.body_timeout_ms), .def = "30s", .min = 100, .max = HOUR,
+     .help = "longest gap between body bytes of a request"},
+    {.name = "http.idle_timeout", .type = CONFIG_TYPE_DURATION, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.idle_timeout_ms), .def = "60s", .min = 100, .max = DAY,
+     .help = "idle keep-alive connections are closed after this"},
+    {.name = "http.sse_keepalive", .type = CONFIG_TYPE_DURATION, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.sse_keepalive_ms), .def = "15s", .min = 100, .max = HOUR,
+     .help = "interval of ': keep-alive' lines on event streams"},
+    {.name = "http.max_connections", .type = CONFIG_TYPE_INT, .roles = CONFIG_ROLES_ANY,
+     .offset = OFF(http.max_connections), .def = "0", .min = 0, .max = 1000000,
+     .help = "open connections accepted at once; 0 = unlimited"},
+    {.name = "shutdown_grace", .flag = "shutdown-grace", .type = CONFIG_TYPE_DURATION,
+     .roles = CONFIG_ROLES_ANY, .offset = OFF(shutdown_grace_ms), .def = "30s", .min = 0,
+     .max = HOUR, .meta = "DURATION",
+     .help = "on SIGTERM/SIGINT, in-flight requests get this long to finish"},
+
+    /* ---- worker ---- */
+    {.name = "worker.model", .flag = "model", .type = CONFIG_TYPE_STRING, .roles = WORKER,
+     .offset = OFF(worker.model), .meta = "FILE", .help = "GGUF model file to serve (required)"},
+    {.name = "worker.device", .flag = "device", .type = CONFIG_TYPE_STRING, .roles = WORKER,
+     .offset = OFF(worker.device), .def = "cpu", .check = check_device,
+     .expect = "cpu or cuda:N[,M...]", .meta = "DEV", .help = "cpu or cuda:N[,M] (layers split over GPUs)"},
+    {.name = "worker.ctx", .flag = "ctx", .type = CONFIG_TYPE_INT, .roles = WORKER,
+     .offset = OFF(worker.ctx), .def = "0", .min = 0, .max = 1 << 20, .meta = "N",
+     .help = "context tokens per slot; 0 = the model's context length"},
+    {.name = "worker.slots", .flag = "slots", .type = CONFIG_TYPE_INT, .roles = WORKER,
+     .offset = OFF(worker.slots), .def = "4", .min = 1, .max = 256, .meta = "N",
+     .help = "sequences decoded together (continuous batching)"},
+    {.name = "worker.threads", .flag = "threads", .type = CONFIG_TYPE_INT, .roles = WORKER,
+     .offset = OFF(worker.threads), .def = "0", .min = 0, .max = 1024, .meta = "N",
+     .help = "CPU threads; 0 = online CPUs"},
+    {.name = "worker.token", .flag = "token", .type = CONFIG_TYPE_STRING, .roles = WORKER,
+     .offset = OFF(worker.token), .flags = CONFIG_OPT_SECRET, .meta = "TOKEN",
+     .help = "bearer token required on every endpoint but /health/*"},
+    {.name = "worker.queue_max", .flag = "queue-max", .type = CONFIG_TYPE_INT, .roles = WORKER,
+     .offset = OFF(worker.queue_max), .def = "16", .min = 0, .max = 100000, .meta = "N",
+     .help = "requests waiting for a free slot before 503"},
+    {.name = "worker.queue_timeout", .flag = "queue-timeout", .type = CONFIG_TYPE_DURATION,
+     .roles = WORKER, .offset = OFF(worker.queue_timeout_ms), .def = "30s", .min = 0, .max = HOUR,
+     .meta = "DURATION", .help = "longest wait for a free slot before 503"},
+    {.name = "worker.id", .flag = "worker-id", .type = CONFIG_TYPE_STRING, .roles = WORKER,
+     .offset = OFF(worker.id), .meta = "ID", .help = "id given by the pool that started it"},
+    {.name = "worker.pool_callback", .flag = "pool-callback", .type = CONFIG_TYPE_STRING,
+     .roles = WORKER, .offset = OFF(worker.pool_callback), .check = check_url,
+     .expect = "an http:// or https:// URL", .meta = "URL",
+     .help = "where to POST ready/failed after loading"},
+    {.name = "worker.spawn_token", .flag = "spawn-token", .type = CONFIG_TYPE_STRING,
+     .roles = WORKER, .offset = OFF(worker.spawn_token), .flags = CONFIG_OPT_SECRET,
+     .meta = "TOKEN", .help = "token sent back to the pool with the ready/failed report"},
+
+    /* ---- pool manager ---- */
+    {.name = "pool.name", .flag = "name", .type = CONFIG_TYPE_STRING, .roles = POOL,
+     .offset = OFF(pool.name), .check = check_pool_name, .expect = "a name of [A-Za-z0-9._-]{1,63}",
+     .meta = "NAME", .help = "pool name in the cluster (default: host name)"},
+    {.name = "pool.gpus", .flag = "gpus", .type = CONFIG_TYPE_STRLIST, .roles = POOL,
+     .offset = OFF(pool.gpus), .check = check_gpu_index, .expect = "a GPU index (0, 1, ...)",
+     .meta = "0,1", .help = "GPUs offered to the cluster; empty = all"},
+    {.name = "pool.orchestrator", .flag = "orchestrator", .type = CONFIG_TYPE_STRING,
+     .roles = LLORCH_ROLE_POOL, .offset = OFF(pool.orchestrator), .check = check_url,
+     .expect = "an http:// or https:// URL", .meta = "URL",
+     .help = "orchestrator to register with"},
+    {.name = "pool.cluster_token", .flag = "cluster-token", .type = CONFIG_TYPE_STRING,
+     .roles = LLORCH_ROLE_POOL, .offset = OFF(pool.cluster_token), .flags = CONFIG_OPT_SECRET,
+     .meta = "TOKEN", .help = "shared secret presented to the orchestrator"},
+    {.name = "pool.model_dirs", .flag = "model-dir", .type = CONFIG_TYPE_STRLIST, .roles = POOL,
+     .offset = OFF(pool.model_dirs), .meta = "DIR",
+     .help = "directories scanned for .gguf files (repeatable)"},
+    {.name = "pool.advertise_url", .flag = "advertise-url", .type = CONFIG_TYPE_STRING,
+     .roles = POOL, .offset = OFF(pool.advertise_url), .check = check_url,
+     .expect = "an http:// or https:// URL", .meta = "URL",
+     .help = "how others reach this pool (default: from listen)"},
+    {.name = "pool.heartbeat_interval", .flag = "heartbeat-interval", .type = CONFIG_TYPE_DURATION,
+     .roles = POOL, .offset = OFF(pool.heartbeat_interval_ms), .def = "2s", .min = 100,
+     .max = MIN, .meta = "DURATION", .help = "interval between state reports to the orchestrator"},
+    {.name = "pool.stop_grace", .type = CONFIG_TYPE_DURATION, .roles = POOL,
+     .offset = OFF(pool.stop_grace_ms), .def = "10s", .min = 0, .max = HOUR,
+     .help = "a worker told to stop gets SIGTERM, then SIGKILL after this"},
+    {.name = "pool.cpu_memory", .flag = "cpu-memory", .type = CONFIG_TYPE_BYTES, .roles = POOL,
+     .offset = OFF(pool.cpu_memory), .def = "0", .min = 0, .max = INT64_MAX, .meta = "BYTES",
+     .help = "memory the CPU device offers when there is no GPU; 0 = from RAM"},
+    {.name = "pool.worker_port_base", .flag = "worker-port-base", .type = CONFIG_TYPE_INT,
+     .roles = POOL, .offset = OFF(pool.worker_port_base), .def = "0", .min = 0, .max = 65535,
+     .meta = "PORT", .help = "first port for spawned workers; 0 = any free port"},
+
+    /* ---- orchestrator ---- */
+    {.name = "orchestrator.api_keys", .flag = "api-key", .type = CONFIG_TYPE_STRLIST, .roles = ORCH,
+     .offset = OFF(orchestrator.api_keys), .flags = CONFIG_OPT_SECRET, .meta = "KEY",
+     .help = "client API keys (repeatable); empty = no authentication"},
+    {.name = "orchestrator.cluster_token", .flag = "cluster-token", .type = CONFIG_TYPE_STRING,
+     .roles = ORCH, .offset = OFF(orchestrator.cluster_token), .flags = CONFIG_OPT_SECRET,
+     .meta = "TOKEN", .help = "shared secret pools must present"},
+    {.name = "orchestrator.queue.max_total", .flag = "queue-max-total", .type = CONFIG_TYPE_INT,
+     .roles = ORCH, .offset = OFF(orchestrator.queue.max_total), .def = "256", .min = 1,
+     .max = 1000000, .meta = "N", .help = "queued requests over all classes before 429"},
+    {.name = "orchestrator.queue.timeout", .type = CONFIG_TYPE_DURATION, .roles = ORCH,
+     .offset = OFF(orchestrator.queue.timeout_ms), .def = "60s", .min = 100, .max = DAY,
+     .help = "a request queued longer than this gets 503"},
+    {.name = "orchestrator.queue.max_interactive", .type = CONFIG_TYPE_INT, .roles = ORCH,
+     .offset = OFF(orchestrator.queue.max_interactive), .def = "0", .min = 0, .max = 1000000,
+     .help = "bound on queued interactive requests; 0 = only max_total"},
+    {.name = "orchestrator.queue.max_batch", .type = CONFIG_TYPE_INT, .roles = ORCH,
+     .offset = OFF(orchestrator.queue.max_batch), .def = "0", .min = 0, .max = 1000000,
+     .help = "bound on queued batch requests; 0 = only max_total"},
+    {.name = "orchestrator.heartbeat_miss_limit", .type = CONFIG_TYPE_INT, .roles = ORCH,
+     .offset = OFF(orchestrator.heartbeat_miss_limit), .def = "3", .min = 1, .max = 100,
+     .help = "missed heartbeats before a pool is marked down"},
+    {.name = "orchestrator.retry_max", .type = CONFIG_TYPE_INT, .roles = ORCH,
+     .offset = OFF(orchestrator.retry_max), .def = "2", .min = 0, .max = 10,
+     .help = "retries of a request whose worker died before its first token"},
+    {.name = "orchestrator.models", .type = CONFIG_TYPE_MODELS, .roles = ORCH,
+     .offset = OFF(orchestrator.models),
+     .help = "model catalog: list of {name, file, ctx, slots, pins, min_replicas, max_replicas, "
+             "keep_alive, priority}"},
+};
+const size_t config_options_count = sizeof config_options / sizeof config_options[0];
+
+#undef OFF
+#define OFF(field) offsetof(llorch_model_entry, field)
+
+const config_option config_model_fields[] = {
+    {.name = "name", .type = CONFIG_TYPE_STRING, .offset = OFF(name), .flags = CONFIG_OPT_REQUIRED,
+     .check = check_model_name, .expect = "a model name without spaces or '/'",
+     .help = "name clients ask for"},
+    {.name = "file", .type = CONFIG_TYPE_STRING, .offset = OFF(file), .flags = CONFIG_OPT_REQUIRED,
+     .check = check_model_file, .expect = "a path relative to the model directory, without '..'",
+     .help = "GGUF file name in the pools' model_dirs"},
+    {.name = "ctx", .type = CONFIG_TYPE_INT, .offset = OFF(ctx), .def = "0", .min = 0,
+     .max = 1 << 20, .help = "context tokens per slot; 0 = the model's"},
+    {.name = "slots", .type = CONFIG_TYPE_INT, .offset = OFF(slots), .def = "4", .min = 1,
+     .max = 256, .help = "slots per worker"},
+    {.name = "pins", .type = CONFIG_TYPE_STRLIST, .offset = OFF(pins), .check = check_pin,
+     .expect = "\"pool\" or \"pool/device\"", .help = "where it may run; empty = anywhere"},
+    {.name = "min_replicas", .type = CONFIG_TYPE_INT, .offset = OFF(min_replicas), .def = "0",
+     .min = 0, .max = 1024, .help = "workers kept even when idle"},
+    {.name = "max_replicas", .type = CONFIG_TYPE_INT, .offset = OFF(max_replicas), .def = "1",
+     .min = 1, .max = 1024, .help = "most workers"},
+    {.name = "keep_alive", .type = CONFIG_TYPE_DURATION, .offset = OFF(keep_alive_ms), .def = "5m",
+     .min = 0, .max = 30 * DAY, .flags = CONFIG_OPT_NEVER,
+     .help = "idle time before it may be evicted; -1 = never"},
+    {.name = "priority", .type = CONFIG_TYPE_ENUM, .offset = OFF(priority), .def = "interactive",
+     .enum_names = priorities, .help = "queue class"},
+};
+const size_t config_model_fields_count = sizeof config_model_fields / sizeof config_model_fields[0];
+
+_Static_assert(sizeof(llorch_log_level) == sizeof(int), "enums are stored through int");
+_Static_assert(sizeof(llorch_log_format) == sizeof(int), "enums are stored through int");
+_Static_assert(sizeof(llorch_priority) == sizeof(int), "enums are stored through int");
