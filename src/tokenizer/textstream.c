@@ -1,0 +1,212 @@
+/*
+ * Streaming detokenizer: complete UTF-8 only, stop strings across tokens.
+ * See include/llorch/textstream.h for the contract.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "llorch/textstream.h"
+
+struct llorch_textstream {
+  const llorch_tokenizer *tok;
+  unsigned detok_flags;
+  char **stops;     /* (n_stops) copies */
+  size_t *stop_len; /* (n_stops) bytes */
+  size_t n_stops;
+  char *pend;       /* bytes fed but not released */
+  size_t pend_len, pend_cap;
+  char *outb;       /* what the last call released (sanitised) */
+  size_t out_cap;
+  bool stopped;
+};
+
+static int buf_reserve(char **buf, size_t *cap, size_t need) {
+  if (need <= *cap) return 0;
+  size_t c = *cap ? *cap : 64;
+  while (c < need) c *= 2;
+  char *b = realloc(*buf, c);
+  if (!b) return LLORCH_ENOMEM;
+  *buf = b;
+  *cap = c;
+  return 0;
+}
+
+int llorch_textstream_init(llorch_textstream **out, const llorch_tokenizer *t, unsigned detok_flags,
+                           const char *const *stops, size_t n_stops, llorch_errmsg *em) {
+  *out = NULL;
+  for (size_t i = 0; i < n_stops; i++)
+    if (!stops[i] || !stops[i][0]) return llorch_errmsg_set(em, LLORCH_EINVAL, "stop string %zu is empty", i);
+  llorch_textstream *ts = calloc(1, sizeof(*ts));
+  if (!ts) return LLORCH_ENOMEM;
+  ts->tok = t;
+  ts->detok_flags = detok_flags;
+  if (n_stops) {
+    ts->stops = calloc(n_stops, sizeof(*ts->stops));
+    ts->stop_len = calloc(n_stops, sizeof(*ts->stop_len));
+    if (!ts->stops || !ts->stop_len) goto fail;
+    for (size_t i = 0; i < n_stops; i++) {
+      ts->stop_len[i] = strlen(stops[i]);
+      ts->stops[i] = malloc(ts->stop_len[i] + 1);
+      if (!ts->stops[i]) goto fail;
+      memcpy(ts->stops[i], stops[i], ts->stop_len[i] + 1);
+      ts->n_stops = i + 1;
+    }
+  }
+  *out = ts;
+  return 0;
+fail:
+  llorch_textstream_free(ts);
+  return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for %zu stop strings", n_stops);
+}
+
+void llorch_textstream_free(llorch_textstream *ts) {
+  if (!ts) return;
+  for (size_t i = 0; i < ts->n_stops; i++) free(ts->stops[i]);
+  free(ts->stops);
+  free(ts->stop_len);
+  free(ts->pend);
+  free(ts->outb);
+  free(ts);
+}
+
+bool llorch_textstream_stopped(const llorch_textstream *ts) { return ts->stopped; }
+size_t llorch_textstream_pending(const llorch_textstream *ts) { return ts->pend_len; }
+
+/* ---- UTF-8 ---- */
+
+/* Length of a valid UTF-8 sequence at s (strict: no overlongs, surrogates or
+ * code points past U+10FFFF), 0 if invalid, or -(bytes so far) if s is a
+ * valid but incomplete beginning. */
+static int utf8_valid_len(const uint8_t *s, size_t avail) {
+  uint8_t c = s[0];
+  int n;
+  uint8_t lo = 0x80, hi = 0xbf;
+  if (c < 0x80) return 1;
+  if (c >= 0xc2 && c <= 0xdf) n = 2;
+  else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c == 0xe0) lo = 0xa0;
+    if (c == 0xed) hi = 0x9f;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c == 0xf0) lo = 0x90;
+    if (c == 0xf4) hi = 0x8f;
+  } else {
+    return 0;
+  }
+  for (int i = 1; i < n; i++) {
+    if ((size_t)i >= avail) return -i;
+    uint8_t b = s[i];
+    if (i == 1 ? (b < lo || b > hi) : (b & 0xc0) != 0x80) return 0;
+  }
+  return n;
+}
+
+/* Bytes at the end of s[0..len) that begin a UTF-8 sequence still missing bytes. */
+static size_t utf8_incomplete_tail(const char *s, size_t len) {
+  for (size_t back = 1; back <= 3 && back <= len; back++) {
+    uint8_t c = (uint8_t)s[len - back];
+    if ((c & 0xc0) == 0x80) continue; /* continuation: keep looking for the lead */
+    int v = utf8_valid_len((const uint8_t *)s + len - back, back);
+    return v < 0 ? back : 0;
+  }
+  return 0;
+}
+
+/* Copies s[0..len) into the output buffer, invalid sequences as U+FFFD. */
+static int stream_release(llorch_textstream *ts, const char *s, size_t len, llorch_textstream_out *out) {
+  if (buf_reserve(&ts->outb, &ts->out_cap, 3 * len + 1) != 0) return LLORCH_ENOMEM;
+  size_t o = 0;
+  for (size_t i = 0; i < len;) {
+    int v = utf8_valid_len((const uint8_t *)s + i, len - i);
+    if (v > 0) {
+      memcpy(ts->outb + o, s + i, (size_t)v);
+      o += (size_t)v;
+      i += (size_t)v;
+    } else {
+      memcpy(ts->outb + o, "\xef\xbf\xbd", 3);
+      o += 3;
+      i += v < 0 ? (size_t)-v : 1; /* an incomplete sequence counts as one bad character */
+    }
+  }
+  ts->outb[o] = 0;
+  out->text = ts->outb;
+  out->len = o;
+  return 0;
+}
+
+/* ---- feeding ---- */
+
+int llorch_textstream_feed_text(llorch_textstream *ts, const char *bytes, size_t len, llorch_textstream_out *out) {
+  out->text = "";
+  out->len = 0;
+  out->stop = -1;
+  if (ts->stopped || ts->pend_len + len == 0) return 0;
+  if (buf_reserve(&ts->pend, &ts->pend_cap, ts->pend_len + len) != 0) return LLORCH_ENOMEM;
+  if (len) memcpy(ts->pend + ts->pend_len, bytes, len);
+  ts->pend_len += len;
+
+  /* the earliest stop string wholly present ends the stream */
+  size_t best_at = SIZE_MAX;
+  int best = -1;
+  for (size_t i = 0; i < ts->n_stops; i++) {
+    const char *m = memmem(ts->pend, ts->pend_len, ts->stops[i], ts->stop_len[i]);
+    if (m && (size_t)(m - ts->pend) < best_at) {
+      best_at = (size_t)(m - ts->pend);
+      best = (int)i;
+    }
+  }
+  if (best >= 0) {
+    int rc = stream_release(ts, ts->pend, best_at, out);
+    if (rc != 0) return rc;
+    out->stop = best;
+    ts->stopped = true;
+    ts->pend_len = 0;
+    return 0;
+  }
+
+  /* hold back the longest tail that a stop string could still start with */
+  size_t hold = utf8_incomplete_tail(ts->pend, ts->pend_len);
+  for (size_t i = 0; i < ts->n_stops; i++) {
+    size_t k = ts->stop_len[i] - 1 < ts->pend_len ? ts->stop_len[i] - 1 : ts->pend_len;
+    for (; k > hold; k--) {
+      if (memcmp(ts->pend + ts->pend_len - k, ts->stops[i], k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  size_t rel = ts->pend_len - hold;
+  int rc = stream_release(ts, ts->pend, rel, out);
+  if (rc != 0) return rc;
+  if (hold) memmove(ts->pend, ts->pend + rel, hold);
+  ts->pend_len = hold;
+  return 0;
+}
+
+int llorch_textstream_feed(llorch_textstream *ts, int32_t id, llorch_textstream_out *out) {
+  char piece[256];
+  out->text = "";
+  out->len = 0;
+  out->stop = -1;
+  if (!ts->tok) return LLORCH_EINVAL;
+  int n = llorch_token_piece(ts->tok, id, ts->detok_flags, piece, sizeof(piece));
+  if (n < 0) return n;
+  if ((size_t)n <= sizeof(piece)) return llorch_textstream_feed_text(ts, piece, (size_t)n, out);
+  char *big = malloc((size_t)n);
+  if (!big) return LLORCH_ENOMEM;
+  llorch_token_piece(ts->tok, id, ts->detok_flags, big, (size_t)n);
+  int rc = llorch_textstream_feed_text(ts, big, (size_t)n, out);
+  free(big);
+  return rc;
+}
+
+int llorch_textstream_flush(llorch_textstream *ts, llorch_textstream_out *out) {
+  out->text = "";
+  out->len = 0;
+  out->stop = -1;
+  if (ts->stopped || ts->pend_len == 0) return 0;
+  int rc = stream_release(ts, ts->pend, ts->pend_len, out);
+  ts->pend_len = 0;
+  return rc;
+}
