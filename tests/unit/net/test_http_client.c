@@ -1,0 +1,353 @@
+/*
+ * HTTP client against the llorch server (both on one loop, as in the
+ * orchestrator): buffered bodies, connection reuse, POST bodies, SSE
+ * streaming, refused/timeout/resolve errors, cancellation from inside a
+ * callback, and a peer that closes mid-body.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "llorch/http.h"
+#include "llorch/http_client.h"
+
+typedef struct env {
+  uv_loop_t loop;
+  llorch_http_server *srv;
+  llorch_http_client *cl;
+  int port;
+  int server_aborts;
+  uv_timer_t sse_timer;
+  llorch_http_request *sse_req;
+  int sse_sent;
+} env;
+
+static env E;
+
+/* ---- server side ---- */
+
+static void sse_tick(uv_timer_t *t) {
+  if (E.sse_req == NULL) return;
+  char data[64];
+  snprintf(data, sizeof data, "event %d\nsecond line", E.sse_sent++);
+  llorch_http_sse_send(E.sse_req, "tick", data, strlen(data));
+}
+
+static void on_server_abort(llorch_http_request *req, void *data) {
+  E.server_aborts++;
+  E.sse_req = NULL;
+  uv_timer_stop(&E.sse_timer);
+}
+
+static void handler(llorch_http_request *req, void *user) {
+  const char *p = llorch_http_request_path(req);
+  if (strcmp(p, "/hello") == 0) {
+    llorch_http_response_header(req, "X-Test", "yes");
+    llorch_http_respond(req, 200, "text/plain", "hello", 5);
+  } else if (strcmp(p, "/echo") == 0) {
+    size_t len;
+    const char *b = llorch_http_request_body(req, &len);
+    llorch_http_respond(req, 201, "application/json", b, len);
+  } else if (strcmp(p, "/sse3") == 0) {
+    llorch_http_sse_start(req);
+    llorch_http_sse_send(req, NULL, "one", 3);
+    llorch_http_sse_send(req, "two", "a\nb", 3);
+    llorch_http_sse_comment(req, "ignored");
+    llorch_http_sse_send(req, NULL, "[DONE]", 6);
+    llorch_http_sse_end(req);
+  } else if (strcmp(p, "/sse-forever") == 0) {
+    llorch_http_request_set_data(req, NULL, on_server_abort);
+    llorch_http_sse_start(req);
+    E.sse_req = req;
+    uv_timer_start(&E.sse_timer, sse_tick, 1, 10);
+  } else if (strcmp(p, "/never") == 0) {
+    llorch_http_request_set_data(req, NULL, on_server_abort);
+  } else if (strcmp(p, "/chunked") == 0) {
+    llorch_http_response_start(req, 200, "text/plain");
+    llorch_http_response_write(req, "ab", 2);
+    llorch_http_response_write(req, "cd", 2);
+    llorch_http_response_end(req);
+  } else {
+    llorch_http_respond_error(req, 404, "not_found_error", "no route", NULL, NULL);
+  }
+}
+
+static int setup(void **state) {
+  memset(&E, 0, sizeof E);
+  uv_loop_init(&E.loop);
+  uv_timer_init(&E.loop, &E.sse_timer);
+  llorch_errmsg em;
+  if (llorch_http_server_init(&E.srv, &E.loop, NULL, handler, NULL, &em) < 0) return -1;
+  if (llorch_http_server_listen(E.srv, "127.0.0.1", 0, &em) < 0) return -1;
+  E.port = llorch_http_server_port(E.srv);
+  llorch_http_client_config cfg;
+  llorch_http_client_config_default(&cfg);
+  cfg.read_timeout_ms = 2000;
+  cfg.connect_timeout_ms = 2000;
+  return llorch_http_client_init(&E.cl, &E.loop, &cfg);
+}
+
+static int teardown(void **state) {
+  llorch_http_client_free(E.cl);
+  llorch_http_server_free(E.srv);
+  uv_close((uv_handle_t *)&E.sse_timer, NULL);
+  uv_run(&E.loop, UV_RUN_DEFAULT);
+  return uv_loop_close(&E.loop) == 0 ? 0 : -1;
+}
+
+/* ---- client side ---- */
+
+typedef struct result {
+  int done;
+  int err;
+  char errmsg[512];
+  int status;
+  char body[4096];
+  char header[64];
+  int n_events;
+  char events[16][64];
+  char data[16][64];
+  int cancel_after;          /* cancel from inside on_sse after this many events */
+  llorch_http_call *call;
+  size_t streamed;
+} result;
+
+static void on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  result *r = user;
+  r->done++;
+  r->err = err;
+  snprintf(r->errmsg, sizeof r->errmsg, "%s", errmsg ? errmsg : "");
+  r->status = llorch_http_call_status(call);
+  size_t len;
+  const char *b = llorch_http_call_body(call, &len);
+  snprintf(r->body, sizeof r->body, "%.*s", (int)len, b);
+  const char *h = llorch_http_call_header(call, "x-test");
+  snprintf(r->header, sizeof r->header, "%s", h ? h : "");
+}
+
+static void on_sse(llorch_http_call *call, const llorch_sse_event *ev, void *user) {
+  result *r = user;
+  if (r->n_events < 16) {
+    snprintf(r->events[r->n_events], 64, "%s", ev->event);
+    snprintf(r->data[r->n_events], 64, "%s", ev->data);
+  }
+  r->n_events++;
+  if (r->cancel_after && r->n_events == r->cancel_after) llorch_http_call_cancel(call);
+}
+
+static void on_data(llorch_http_call *call, const char *data, size_t len, void *user) {
+  result *r = user;
+  r->streamed += len;
+}
+
+static void guard_cb(uv_timer_t *t) { *(int *)t->data = 1; }
+
+/* Runs the loop until *flag or 5 s pass. */
+static void run_until(int *flag) {
+  uv_timer_t guard;
+  int expired = 0;
+  uv_timer_init(&E.loop, &guard);
+  guard.data = &expired;
+  uv_timer_start(&guard, guard_cb, 5000, 0);
+  while (!*flag && !expired) uv_run(&E.loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&guard, NULL);
+  uv_run(&E.loop, UV_RUN_NOWAIT);
+  assert_false(expired);
+}
+
+static void start(result *r, const char *method, const char *path, const char *body,
+                  bool sse) {
+  char url[256];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d%s", E.port, path);
+  llorch_http_call_opts o = {.method = method, .url = url, .body = body,
+                             .body_len = body ? strlen(body) : 0, .on_done = on_done,
+                             .on_sse = sse ? on_sse : NULL, .user = r};
+  llorch_errmsg em;
+  assert_int_equal(llorch_http_call_start(E.cl, &o, &r->call, &em), 0);
+}
+
+static void test_get_and_reuse(void **state) {
+  for (int i = 0; i < 3; i++) {
+    result r = {0};
+    start(&r, NULL, "/hello", NULL, false);
+    run_until(&r.done);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "hello");
+    assert_string_equal(r.header, "yes");
+  }
+  assert_int_equal(llorch_http_client_connects(E.cl), 1);
+  assert_int_equal(llorch_http_client_idle_count(E.cl), 1);
+}
+
+static void test_post_and_status(void **state) {
+  result r = {0};
+  start(&r, "POST", "/echo", "{\"x\":1}", false);
+  run_until(&r.done);
+  assert_int_equal(r.err, 0);
+  assert_int_equal(r.status, 201);
+  assert_string_equal(r.body, "{\"x\":1}");
+  result n = {0};
+  start(&n, "DELETE", "/missing", NULL, false);
+  run_until(&n.done);
+  assert_int_equal(n.err, 0); /* a 404 is an answer, not an error */
+  assert_int_equal(n.status, 404);
+  assert_non_null(strstr(n.body, "no route"));
+}
+
+static void test_chunked_streamed(void **state) {
+  result r = {0};
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/chunked", E.port);
+  llorch_http_call_opts o = {.url = url, .on_data = on_data, .on_done = on_done, .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&r.done);
+  assert_int_equal(r.err, 0);
+  assert_int_equal(r.streamed, 4);
+  assert_string_equal(r.body, ""); /* streamed, not buffered */
+}
+
+static void test_sse_events(void **state) {
+  result r = {0};
+  start(&r, NULL, "/sse3", NULL, true);
+  run_until(&r.done);
+  assert_int_equal(r.err, 0);
+  assert_int_equal(r.n_events, 3);
+  assert_string_equal(r.events[0], "message");
+  assert_string_equal(r.data[0], "one");
+  assert_string_equal(r.events[1], "two");
+  assert_string_equal(r.data[1], "a\nb");
+  assert_string_equal(r.data[2], "[DONE]");
+}
+
+static void test_cancel_inside_callback(void **state) {
+  result r = {.cancel_after = 3};
+  start(&r, NULL, "/sse-forever", NULL, true);
+  run_until(&r.done);
+  assert_int_equal(r.done, 1);
+  assert_int_equal(r.err, LLORCH_ECANCELED);
+  assert_int_equal(r.n_events, 3);
+  assert_string_equal(r.data[0], "event 0\nsecond line");
+  /* The server notices the relay went away. */
+  while (E.server_aborts == 0) uv_run(&E.loop, UV_RUN_ONCE);
+  assert_int_equal(E.server_aborts, 1);
+}
+
+static void test_refused(void **state) {
+  /* A port nobody listens on: bind one, note it, close it. */
+  uv_tcp_t t;
+  uv_tcp_init(&E.loop, &t);
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_bind(&t, (struct sockaddr *)&a, 0);
+  struct sockaddr_in b;
+  int len = sizeof b;
+  uv_tcp_getsockname(&t, (struct sockaddr *)&b, &len);
+  int port = ntohs(b.sin_port);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&E.loop, UV_RUN_NOWAIT);
+  result r = {0};
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/x", port);
+  llorch_http_call_opts o = {.url = url, .on_done = on_done, .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&r.done);
+  assert_int_equal(r.err, LLORCH_ECONNREFUSED);
+  char want[64];
+  snprintf(want, sizeof want, "connection refused by 127.0.0.1:%d", port);
+  assert_string_equal(r.errmsg, want);
+}
+
+static void test_read_timeout(void **state) {
+  result r = {0};
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/never", E.port);
+  llorch_http_call_opts o = {.url = url, .read_timeout_ms = 150, .on_done = on_done, .user = &r};
+  uint64_t t0 = uv_now(&E.loop);
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&r.done);
+  uv_update_time(&E.loop);
+  assert_int_equal(r.err, LLORCH_ETIMEDOUT);
+  assert_true(uv_now(&E.loop) - t0 >= 140);
+  assert_non_null(strstr(r.errmsg, "no response data from 127.0.0.1:"));
+  assert_non_null(strstr(r.errmsg, "for 150 ms"));
+}
+
+static void test_resolve_failure_and_bad_url(void **state) {
+  result r = {0};
+  llorch_http_call_opts o = {.url = "http://no-such-host.invalid:8080/", .on_done = on_done,
+                             .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&r.done);
+  assert_int_equal(r.err, LLORCH_ERESOLVE);
+  assert_non_null(strstr(r.errmsg, "no-such-host.invalid:8080"));
+  llorch_errmsg em;
+  o.url = "https://x/";
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "must start with http://"));
+  o.url = "http://x:99999/";
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, &em), LLORCH_EINVAL);
+  o.url = "http://x/";
+  const char *const bad_headers[] = {"X-A", "line\r\nbreak", NULL};
+  o.headers = bad_headers;
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, &em), LLORCH_EINVAL);
+}
+
+/* A raw peer that promises 100 bytes, sends 10 and closes. */
+static uv_tcp_t raw_listener;
+static void raw_on_close(uv_handle_t *h) { free(h); }
+static void raw_on_write(uv_write_t *w, int status) {
+  uv_close((uv_handle_t *)w->handle, raw_on_close);
+  free(w);
+}
+static void raw_on_conn(uv_stream_t *l, int status) {
+  uv_tcp_t *c = malloc(sizeof *c);
+  uv_tcp_init(l->loop, c);
+  uv_accept(l, (uv_stream_t *)c);
+  static char resp[] = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+  uv_buf_t b = uv_buf_init(resp, sizeof resp - 1);
+  uv_write_t *w = malloc(sizeof *w);
+  uv_write(w, (uv_stream_t *)c, &b, 1, raw_on_write);
+}
+
+static void test_closed_mid_body(void **state) {
+  uv_tcp_init(&E.loop, &raw_listener);
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_bind(&raw_listener, (struct sockaddr *)&a, 0);
+  uv_listen((uv_stream_t *)&raw_listener, 8, raw_on_conn);
+  struct sockaddr_in b;
+  int len = sizeof b;
+  uv_tcp_getsockname(&raw_listener, (struct sockaddr *)&b, &len);
+  result r = {0};
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/", ntohs(b.sin_port));
+  llorch_http_call_opts o = {.url = url, .on_done = on_done, .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&r.done);
+  uv_close((uv_handle_t *)&raw_listener, NULL);
+  assert_int_equal(r.err, LLORCH_ECLOSED);
+  assert_non_null(strstr(r.errmsg, "closed the connection mid-response"));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_get_and_reuse, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_post_and_status, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_chunked_streamed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_sse_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_inside_callback, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_read_timeout, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_resolve_failure_and_bad_url, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_closed_mid_body, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
