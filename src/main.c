@@ -151,7 +151,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (!role_text) {
-    main_usage_error(argc < 2 ? "%s--role is required" : "--role is required%s", "");
+    main_usage_error("%s", "--role is required");
     free(rest);
     return 2;
   }
