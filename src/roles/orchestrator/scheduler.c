@@ -1,5 +1,5 @@
 /*
- * The orchestrator's scheduler (see sched.h): pure decisions over an
+ * The orchestrator's scheduler (see scheduler.h): pure decisions over an
  * in-memory view of the cluster.
  *
  * Dispatch walks the queues in priority order (interactive before batch),
@@ -8,7 +8,7 @@
  * of a busy model costs 1000 cheap skips, not 1000 placement searches; and a
  * blocked model never holds up requests of other models behind it.
  */
-#include "sched.h"
+#include "scheduler.h"
 
 #include <inttypes.h>
 #include <limits.h>
@@ -67,6 +67,13 @@ static void reason_set(char *dst, size_t n, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(dst, n, fmt, ap);
   va_end(ap);
+}
+
+/* After a failed start, the next one for this model waits 0.5 s, 1 s, ... 30 s. */
+static void model_start_backoff(sched_model *m, int64_t now) {
+  m->start_backoff_ms = m->start_backoff_ms ? m->start_backoff_ms * 2 : 500;
+  if (m->start_backoff_ms > 30000) m->start_backoff_ms = 30000;
+  m->no_start_before_ms = now + m->start_backoff_ms;
 }
 
 static bool worker_terminal(const sched_worker *w) {
@@ -527,6 +534,8 @@ static void start_worker(sched *s, int model, const placement *c, int64_t now) {
  */
 static bool place_model(sched *s, int model, int64_t now, bool may_evict) {
   sched_model *m = &s->models[model];
+  /* After a failed start, wait before spawning again (the pending reason stays). */
+  if (now < m->no_start_before_ms) return false;
   best_fit b;
   memset(&b, 0, sizeof b);
   int n = candidates_each(s, m, collect_best, &b);
@@ -658,20 +667,26 @@ void sched_dispatch(sched *s, int64_t now) {
 
 /* ---- admission and request lifecycle ---- */
 
+int sched_retry_after_s(const sched *s) {
+  /* Time for the queue ahead to drain at the recent completion rate. */
+  double rate = s->done_rate > 0.1 ? s->done_rate : 1.0;
+  int ra = (int)((double)s->total_queued / rate + 0.999);
+  return ra < 1 ? 1 : (ra > 60 ? 60 : ra);
+}
+
+bool sched_queue_full(sched *s, int priority, int *retry_after_s) {
+  int p = priority == LLORCH_PRIORITY_BATCH ? LLORCH_PRIORITY_BATCH : LLORCH_PRIORITY_INTERACTIVE;
+  int cls_max = s->lim.max_per_prio[p];
+  if (s->total_queued < s->lim.max_total && (cls_max <= 0 || s->queued[p] < cls_max)) return false;
+  s->stats.rejected++;
+  if (retry_after_s) *retry_after_s = sched_retry_after_s(s);
+  return true;
+}
+
 int sched_submit(sched *s, sched_req *r, int64_t now, int *retry_after_s) {
   int p = r->priority == LLORCH_PRIORITY_BATCH ? LLORCH_PRIORITY_BATCH : LLORCH_PRIORITY_INTERACTIVE;
   r->priority = p;
-  int cls_max = s->lim.max_per_prio[p];
-  if (s->total_queued >= s->lim.max_total || (cls_max > 0 && s->queued[p] >= cls_max)) {
-    s->stats.rejected++;
-    if (retry_after_s) {
-      /* Time for the queue ahead to drain at the recent completion rate. */
-      double rate = s->done_rate > 0.1 ? s->done_rate : 1.0;
-      int ra = (int)((double)s->total_queued / rate + 0.999);
-      *retry_after_s = ra < 1 ? 1 : (ra > 60 ? 60 : ra);
-    }
-    return LLORCH_ELIMIT;
-  }
+  if (sched_queue_full(s, p, retry_after_s)) return LLORCH_ELIMIT;
   r->state = SCHED_REQ_QUEUED;
   r->enqueued_ms = now;
   r->attempts = 0;
@@ -717,9 +732,9 @@ void sched_request_done(sched *s, sched_req *r, int64_t now) {
   r->state = SCHED_REQ_DONE;
 }
 
-int sched_request_retry(sched *s, sched_req *r, int64_t now) {
+int sched_request_retry(sched *s, sched_req *r, bool worker_broken, int64_t now) {
   if (r->state != SCHED_REQ_RUNNING) return 0;
-  if (r->worker) {
+  if (r->worker && worker_broken) {
     r->worker->broken = true;
     LOG_WARN("sched", NULL, "worker %s/%s failed a request before its first token; out of routing",
              r->worker->pool ? r->worker->pool->name : "?", r->worker->id);
@@ -818,8 +833,22 @@ static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_re
     w->last_used_ms = now;
     *created = true;
   }
+  sched_worker_state before = w->state;
   worker_update(s, w, r);
   starts_settle(s, p, r->id);
+  if (w->model >= 0) {
+    sched_model *m = &s->models[w->model];
+    if (w->state == SCHED_WORKER_FAILED && (*created || before != SCHED_WORKER_FAILED)) {
+      /* A worker that could not load: say why, and do not respawn at once. */
+      s->stats.start_failures++;
+      model_start_backoff(m, now);
+      reason_set(m->pending, sizeof m->pending, "worker %s/%s failed: %s", p->name, w->id,
+                 w->exit_reason[0] ? w->exit_reason : "no reason given");
+    } else if (w->state == SCHED_WORKER_READY) {
+      m->start_backoff_ms = 0;
+      m->no_start_before_ms = 0;
+    }
+  }
   return w;
 }
 
@@ -935,6 +964,7 @@ void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t
   if (!ps) return;
   sched_model *m = &s->models[ps->model];
   s->stats.start_failures++;
+  model_start_backoff(m, now);
   snprintf(m->pending, sizeof m->pending, "start on %s %s failed: %s", ps->pool->name, ps->device,
            reason);
   start_remove(s, ps);

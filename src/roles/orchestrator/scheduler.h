@@ -25,7 +25,7 @@
 #include "llorch/config.h"
 #include "llorch/error.h"
 
-#define SCHED_NAME_MAX 64   /* pool names, worker ids, model names (with NUL) */
+#define SCHED_NAME_MAX 132  /* pool names, worker ids, model names (config allows 128) */
 #define SCHED_URL_MAX 256
 #define SCHED_FILE_MAX 256
 #define SCHED_DEV_ID_MAX 16
@@ -71,6 +71,8 @@ typedef struct sched_model {
   bool unloaded;               /* operator unloaded it: min_replicas not kept up */
   bool pass_blocked;           /* dispatch: no slot this pass, skip its other requests */
   int64_t last_used_ms;
+  int64_t start_backoff_ms;    /* doubles with each failed start, reset when one is ready */
+  int64_t no_start_before_ms;
   char pending[SCHED_REASON_MAX]; /* why requests wait, "" when they do not */
 } sched_model;
 
@@ -320,14 +322,21 @@ void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t
  * sched_dispatch() after.
  */
 int sched_submit(sched *s, sched_req *r, int64_t now_ms, int *retry_after_s);
+/* True (and counted as rejected) when a request of priority would not be
+ * admitted now; cheap, for refusing before any parsing. */
+bool sched_queue_full(sched *s, int priority, int *retry_after_s);
+/* Seconds a refused client should wait, from the recent completion rate. */
+int sched_retry_after_s(const sched *s);
 /* r finished on its worker (any outcome that is not a retry). */
 void sched_request_done(sched *s, sched_req *r, int64_t now_ms);
 /*
- * r's worker failed before the first token: the worker leaves routing and r
- * goes back to the head of its queue. Returns 1 when requeued, 0 when
- * retry_max is exhausted (r is then DONE and the caller answers the error).
+ * r's worker failed before the first token: r goes back to the head of its
+ * queue, and with worker_broken (it died, or answered garbage) the worker
+ * leaves routing; without (it said "overloaded") it stays. Returns 1 when
+ * requeued, 0 when retry_max is exhausted (r is then DONE and the caller
+ * answers the error).
  */
-int sched_request_retry(sched *s, sched_req *r, int64_t now_ms);
+int sched_request_retry(sched *s, sched_req *r, bool worker_broken, int64_t now_ms);
 /* The client went away: r leaves its queue or frees its slot. */
 void sched_request_cancel(sched *s, sched_req *r, int64_t now_ms);
 

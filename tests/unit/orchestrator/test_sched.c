@@ -1,5 +1,5 @@
 /*
- * Unit tests of the orchestrator's scheduler (src/roles/orchestrator/sched.c):
+ * Unit tests of the orchestrator's scheduler (src/roles/orchestrator/scheduler.c):
  * made-up clusters, a fake clock, and the decisions recorded from the ops.
  *
  * `test_sched --bench` instead measures scheduling decisions per second with
@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "llorch/log.h"
-#include "roles/orchestrator/sched.h"
+#include "roles/orchestrator/scheduler.h"
 
 #define GiB (1024ull * 1024 * 1024)
 #define MiB (1024ull * 1024)
@@ -539,7 +539,7 @@ static void test_retry_bounded(void **state) {
   sched_worker *first = r->worker;
   assert_non_null(first);
   /* Dies before the first token: requeued at the head, runs on the other worker. */
-  assert_int_equal(sched_request_retry(&f->s, r, f->now), 1);
+  assert_int_equal(sched_request_retry(&f->s, r, true, f->now), 1);
   assert_true(first->broken);
   assert_false(sched_worker_routable(first));
   sched_dispatch(&f->s, f->now);
@@ -547,7 +547,7 @@ static void test_retry_bounded(void **state) {
   assert_ptr_not_equal(r->worker, first);
   assert_int_equal(f->s.stats.retries, 1);
   /* Second failure: retry_max (1) exhausted. */
-  assert_int_equal(sched_request_retry(&f->s, r, f->now), 0);
+  assert_int_equal(sched_request_retry(&f->s, r, true, f->now), 0);
   assert_int_equal(r->state, SCHED_REQ_DONE);
   assert_int_equal(f->s.total_queued, 0);
   free(r);
@@ -630,7 +630,7 @@ static void test_adopt_and_seq(void **state) {
   assert_int_equal(w1->state, SCHED_WORKER_EXITED);
   assert_string_equal(w1->exit_signal, "SIGKILL");
   assert_false(sched_worker_routable(w1));
-  assert_int_equal(sched_request_retry(&f->s, r, f->now), 1);
+  assert_int_equal(sched_request_retry(&f->s, r, true, f->now), 1);
   sched_dispatch(&f->s, f->now);
   assert_int_equal(f->s.n_workers, 1); /* w1 reaped */
   /* A new boot under the same name: w2 from the old boot is gone. */

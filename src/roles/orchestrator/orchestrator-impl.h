@@ -1,0 +1,149 @@
+/*
+ * Internals of the orchestrator role, shared by its files:
+ *   orchestrator.c  entry point, routes, tick timer, metrics, /v2/cluster, load/unload
+ *   client_api.c    OpenAI endpoints: validate, admit, execute on a worker, relay
+ *   pool_api.c      the pool protocol: register/heartbeat/events, start/stop calls
+ *   pool_report.c   parsing a pool state document (pure, unit-tested)
+ *   scheduler.c     decisions (pure, unit-tested)
+ * Everything runs on the service's loop thread.
+ */
+#ifndef LLORCH_ORCH_IMPL_H
+#define LLORCH_ORCH_IMPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <uv.h>
+
+#include "llorch/config.h"
+#include "llorch/http.h"
+#include "llorch/http_client.h"
+#include "llorch/json.h"
+#include "llorch/metrics.h"
+#include "llorch/reqid.h"
+#include "llorch/service.h"
+#include "scheduler.h"
+
+#define ORCH_TICK_MS 100          /* liveness, queue timeouts, gauges */
+#define ORCH_JOB_ID_MAX 72
+
+typedef struct llorch_orchestrator orch;
+
+/* One client request (chat or completion) from admission to its last byte. */
+typedef struct orch_req {
+  sched_req sr;                 /* scheduler links; sr.user == this */
+  orch *o;
+  llorch_http_request *http;    /* NULL once the client went away */
+  char rid[LLORCH_REQID_MAX + 1];
+  bool chat;                    /* /v1/chat/completions, else /v1/completions */
+  bool stream;
+  bool include_usage;
+  int logprobs;                 /* completions: top-n; chat: 1 when requested */
+  int top_logprobs;
+  char *exec_body;              /* the /v2/execute body without job_id (JSON) */
+  char *model_name;             /* as the client named it */
+  char id[48];                  /* chatcmpl-... / cmpl-... */
+  int64_t created;              /* unix seconds */
+  /* the current attempt */
+  llorch_http_call *call;       /* the /v2/execute stream, NULL when none */
+  char job_id[ORCH_JOB_ID_MAX];
+  char worker_url[SCHED_URL_MAX];
+  char worker_token[128];
+  char worker_name[2 * SCHED_NAME_MAX];
+  int exec_status;              /* HTTP status of /v2/execute */
+  bool got_token;               /* a token event arrived on this attempt */
+  bool got_end;                 /* end or error event arrived */
+  bool retriable_error;         /* the worker's error event said retriable */
+  /* what the client has been sent */
+  bool sse_started;
+  bool sent_tokens;             /* a content chunk went to the client: no retry now */
+  bool finished;                /* the response is complete */
+  /* results */
+  llorch_jbuf text;             /* non-streaming: generated text */
+  llorch_jbuf lp;               /* non-streaming chat: logprobs content entries */
+  int n_lp;
+  int prompt_tokens;
+  int completion_tokens;
+  char finish_reason[16];
+  char err_code[48];
+  char err_msg[512];
+  uint64_t t_admit_ns;
+  uint64_t t_first_ns;
+  uint64_t t_last_ns;
+  struct orch_req *next_deferred;
+} orch_req;
+
+struct llorch_orchestrator {
+  const llorch_config *cfg;
+  llorch_service *svc;
+  uv_loop_t *loop;
+  llorch_http_client *client;
+  sched s;
+  uv_timer_t tick;
+  uv_timer_t kick;              /* runs deferred work after a dispatch pass */
+  orch_req *deferred;           /* requests whose execute could not even start */
+  char id[LLORCH_REQID_MAX + 1]; /* orchestrator_id, random per process */
+  int64_t started_unix;
+  bool stopping;
+  int n_active;                 /* client requests alive */
+  const char **api_keys;        /* (n_api_keys) */
+  size_t n_api_keys;
+  /* metrics */
+  llorch_metrics *m;
+  llorch_metric *m_queue;       /* gauge {priority} */
+  llorch_metric *m_requests;    /* counter {outcome} */
+  llorch_metric *m_ttft;        /* histogram seconds */
+  llorch_metric *m_itl;         /* histogram seconds between tokens */
+  llorch_metric *m_tokens;      /* counter {kind=prompt|generated} */
+  llorch_metric *m_workers;     /* gauge {state} */
+  llorch_metric *m_pools_up;    /* gauge */
+  llorch_metric *m_pools;       /* gauge, known pools */
+  llorch_metric *m_evictions;   /* counter */
+  llorch_metric *m_retries;     /* counter */
+  llorch_metric *m_starts;      /* counter {outcome} */
+  uint64_t last_evictions, last_retries, last_starts, last_start_failures;
+};
+
+/* ---- orchestrator.c ---- */
+int64_t orch_now_ms(orch *o);
+uint64_t orch_now_ns(void);
+/* 401 unless the client's bearer key is accepted (answers the request). */
+bool orch_check_api_key(orch *o, llorch_http_request *req);
+/* Counts an outcome: admitted, rejected, completed, cancelled, failed, timed_out. */
+void orch_count(orch *o, const char *outcome);
+/* Schedules the deferred-work timer. */
+void orch_kick(orch *o);
+
+/* ---- client_api.c ---- */
+void orch_on_chat(llorch_http_request *req, void *user);
+void orch_on_completions(llorch_http_request *req, void *user);
+void orch_on_models(llorch_http_request *req, void *user);
+/* sched_ops.assign / .fail */
+void orch_req_assign(void *ud, sched_req *r, sched_worker *w);
+void orch_req_fail(void *ud, sched_req *r, int status, const char *code, const char *msg);
+/* Handles requests whose execute call could not start (see orch_kick). */
+void orch_run_deferred(orch *o);
+/* Shutdown: ends every request still queued or running. */
+void orch_req_abort_all(orch *o);
+
+/* ---- pool_api.c ---- */
+/* POST /v2/pools/{register, POOL/heartbeat, POOL/events} */
+void orch_on_pools(llorch_http_request *req, void *user);
+/* sched_ops.start / .stop */
+void orch_pool_start(void *ud, const sched_start *st);
+void orch_pool_stop(void *ud, sched_worker *w, const char *why);
+
+/* ---- pool_report.c ---- */
+/*
+ * Parses a pool state document (cluster-protocol.md section 2) into out.
+ * Returns 0, or LLORCH_EINVAL with em naming the field, the value and what
+ * was expected (and out freed). require_full: register/heartbeat documents
+ * need every field; an events body only needs boot_id and seq.
+ */
+int orch_pool_report_parse(const cJSON *doc, sched_pool_report *out, llorch_errmsg *em);
+/* One worker object (section 2) at path where. */
+int orch_worker_report_parse(const cJSON *w, const char *where, sched_worker_report *out,
+                             llorch_errmsg *em);
+
+#endif /* LLORCH_ORCH_IMPL_H */

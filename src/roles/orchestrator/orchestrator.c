@@ -1,0 +1,515 @@
+/*
+ * The orchestrator role: wiring the scheduler (scheduler.c) to the service
+ * runtime: routes, the tick timer (pool liveness, queue timeouts,
+ * min_replicas, gauges), metrics, GET /v2/cluster, model load/unload and
+ * readiness. The client and pool protocols live in client_api.c and
+ * pool_api.c.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "llorch/log.h"
+#include "llorch/orchestrator.h"
+#include "llorch/roles.h"
+#include "orchestrator-impl.h"
+
+/* ---- shared helpers ---- */
+
+uint64_t orch_now_ns(void) { return uv_hrtime(); }
+
+int64_t orch_now_ms(orch *o) {
+  (void)o;
+  return (int64_t)(uv_hrtime() / 1000000u);
+}
+
+bool orch_check_api_key(orch *o, llorch_http_request *req) {
+  return llorch_http_require_bearer(req, o->api_keys, o->n_api_keys) == 0;
+}
+
+void orch_count(orch *o, const char *outcome) {
+  llorch_metric_inc(o->m_requests, (const char *[]){outcome}, 1);
+}
+
+static void on_kick(uv_timer_t *t) {
+  orch *o = t->data;
+  orch_run_deferred(o);
+}
+
+void orch_kick(orch *o) { uv_timer_start(&o->kick, on_kick, 0, 0); }
+
+/* ---- metrics ---- */
+
+static int metrics_register(orch *o) {
+  static const char *const prio[] = {"priority", NULL};
+  static const char *const outcome[] = {"outcome", NULL};
+  static const char *const state[] = {"state", NULL};
+  static const char *const kind[] = {"kind", NULL};
+  static const double ttft_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+  static const double itl_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1};
+  llorch_metrics *m = o->m;
+  o->m_queue = llorch_metrics_gauge(m, "llorch_orch_queue_depth", "Requests waiting in the queue.", prio);
+  o->m_requests = llorch_metrics_counter(m, "llorch_orch_requests_total",
+                                         "Client requests by outcome (admitted, rejected, completed, "
+                                         "cancelled, failed, timed_out).", outcome);
+  o->m_ttft = llorch_metrics_histogram(m, "llorch_orch_time_to_first_token_seconds",
+                                       "From admission to the first token relayed.", NULL,
+                                       ttft_buckets, sizeof ttft_buckets / sizeof ttft_buckets[0]);
+  o->m_itl = llorch_metrics_histogram(m, "llorch_orch_inter_token_seconds",
+                                      "Time between relayed tokens.", NULL, itl_buckets,
+                                      sizeof itl_buckets / sizeof itl_buckets[0]);
+  o->m_tokens = llorch_metrics_counter(m, "llorch_orch_tokens_total",
+                                       "Tokens of completed requests.", kind);
+  o->m_workers = llorch_metrics_gauge(m, "llorch_orch_workers", "Workers known, by state.", state);
+  o->m_pools_up = llorch_metrics_gauge(m, "llorch_orch_pools_up", "Pools up (heartbeating).", NULL);
+  o->m_pools = llorch_metrics_gauge(m, "llorch_orch_pools", "Pools known.", NULL);
+  o->m_evictions = llorch_metrics_counter(m, "llorch_orch_evictions_total",
+                                          "Idle workers stopped to make room.", NULL);
+  o->m_retries = llorch_metrics_counter(m, "llorch_orch_retries_total",
+                                        "Requests retried after their worker failed before "
+                                        "the first token.", NULL);
+  o->m_starts = llorch_metrics_counter(m, "llorch_orch_worker_starts_total",
+                                       "Worker starts asked of pools, by outcome.", outcome);
+  if (!o->m_queue || !o->m_requests || !o->m_ttft || !o->m_itl || !o->m_tokens || !o->m_workers ||
+      !o->m_pools_up || !o->m_pools || !o->m_evictions || !o->m_retries || !o->m_starts)
+    return LLORCH_ENOMEM;
+  /* Series that exist from the start, so dashboards see zeros, not gaps. */
+  static const char *const outcomes[] = {"admitted", "rejected", "completed", "cancelled", "failed", "timed_out"};
+  for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
+    llorch_metric_inc(o->m_requests, (const char *[]){outcomes[i]}, 0);
+  return 0;
+}
+
+static void metrics_update(orch *o) {
+  sched *s = &o->s;
+  llorch_metric_set(o->m_queue, (const char *[]){"interactive"}, s->queued[LLORCH_PRIORITY_INTERACTIVE]);
+  llorch_metric_set(o->m_queue, (const char *[]){"batch"}, s->queued[LLORCH_PRIORITY_BATCH]);
+  int per_state[SCHED_WORKER_N_STATES] = {0};
+  for (int i = 0; i < s->n_workers; i++) per_state[s->workers[i]->state]++;
+  for (int i = 0; i < SCHED_WORKER_N_STATES; i++)
+    llorch_metric_set(o->m_workers, (const char *[]){sched_worker_state_name((sched_worker_state)i)},
+                      per_state[i]);
+  llorch_metric_set(o->m_pools_up, NULL, sched_pools_up(s));
+  llorch_metric_set(o->m_pools, NULL, s->n_pools);
+  llorch_metric_inc(o->m_evictions, NULL, (double)(s->stats.evictions - o->last_evictions));
+  llorch_metric_inc(o->m_retries, NULL, (double)(s->stats.retries - o->last_retries));
+  uint64_t ok = s->stats.starts - s->stats.start_failures;
+  (void)ok;
+  llorch_metric_inc(o->m_starts, (const char *[]){"asked"}, (double)(s->stats.starts - o->last_starts));
+  llorch_metric_inc(o->m_starts, (const char *[]){"failed"},
+                    (double)(s->stats.start_failures - o->last_start_failures));
+  o->last_evictions = s->stats.evictions;
+  o->last_retries = s->stats.retries;
+  o->last_starts = s->stats.starts;
+  o->last_start_failures = s->stats.start_failures;
+}
+
+static void on_tick(uv_timer_t *t) {
+  orch *o = t->data;
+  sched_tick(&o->s, orch_now_ms(o));
+  metrics_update(o);
+}
+
+/* ---- GET /v2/cluster ---- */
+
+static void json_device(llorch_jbuf *b, const sched *s, const sched_pool *p, const sched_device *d) {
+  (void)s;
+  (void)p;
+  llorch_jbuf_cstr(b, "{\"id\":");
+  llorch_jbuf_str(b, d->id);
+  llorch_jbuf_cstr(b, ",\"kind\":");
+  llorch_jbuf_str(b, d->kind == SCHED_DEV_CUDA ? "cuda" : "cpu");
+  llorch_jbuf_cstr(b, ",\"index\":");
+  llorch_jbuf_int(b, d->index);
+  llorch_jbuf_cstr(b, ",\"name\":");
+  llorch_jbuf_str(b, d->name);
+  llorch_jbuf_cstr(b, ",\"uuid\":");
+  llorch_jbuf_str(b, d->uuid);
+  llorch_jbuf_cstr(b, ",\"memory_total\":");
+  llorch_jbuf_int(b, (int64_t)d->memory_total);
+  llorch_jbuf_cstr(b, ",\"memory_used\":");
+  llorch_jbuf_int(b, (int64_t)d->memory_used);
+  llorch_jbuf_cstr(b, ",\"memory_free\":");
+  llorch_jbuf_int(b, (int64_t)d->memory_free);
+  llorch_jbuf_cstr(b, ",\"utilization\":");
+  if (d->utilization >= 0) llorch_jbuf_int(b, d->utilization);
+  else llorch_jbuf_cstr(b, "null");
+  llorch_jbuf_cstr(b, ",\"temperature\":");
+  if (d->temperature >= 0) llorch_jbuf_int(b, d->temperature);
+  else llorch_jbuf_cstr(b, "null");
+  llorch_jbuf_cstr(b, "}");
+}
+
+static void json_worker(llorch_jbuf *b, const sched_worker *w, int64_t now) {
+  llorch_jbuf_cstr(b, "{\"pool\":");
+  llorch_jbuf_str(b, w->pool->name);
+  llorch_jbuf_cstr(b, ",\"id\":");
+  llorch_jbuf_str(b, w->id);
+  llorch_jbuf_cstr(b, ",\"model\":");
+  llorch_jbuf_str(b, w->model_name);
+  llorch_jbuf_cstr(b, ",\"file\":");
+  llorch_jbuf_str(b, w->file);
+  llorch_jbuf_cstr(b, ",\"devices\":[");
+  for (int i = 0; i < w->n_devices; i++) {
+    if (i) llorch_jbuf_cstr(b, ",");
+    llorch_jbuf_str(b, w->devices[i]);
+  }
+  llorch_jbuf_cstr(b, "],\"state\":");
+  llorch_jbuf_str(b, sched_worker_state_name(w->state));
+  llorch_jbuf_cstr(b, ",\"routable\":");
+  llorch_jbuf_bool(b, sched_worker_routable(w));
+  llorch_jbuf_cstr(b, ",\"broken\":");
+  llorch_jbuf_bool(b, w->broken);
+  llorch_jbuf_cstr(b, ",\"stopping\":");
+  llorch_jbuf_bool(b, w->stop_sent);
+  llorch_jbuf_cstr(b, ",\"adopted\":");
+  llorch_jbuf_bool(b, w->adopted);
+  llorch_jbuf_cstr(b, ",\"url\":");
+  llorch_jbuf_str(b, w->url[0] ? w->url : NULL);
+  llorch_jbuf_cstr(b, ",\"pid\":");
+  llorch_jbuf_int(b, w->pid);
+  llorch_jbuf_cstr(b, ",\"ctx\":");
+  llorch_jbuf_int(b, w->ctx);
+  llorch_jbuf_cstr(b, ",\"slots\":");
+  llorch_jbuf_int(b, w->slots);
+  llorch_jbuf_cstr(b, ",\"busy\":");
+  llorch_jbuf_int(b, w->busy);
+  llorch_jbuf_cstr(b, ",\"memory_bytes\":");
+  llorch_jbuf_int(b, (int64_t)w->memory_bytes);
+  llorch_jbuf_cstr(b, ",\"idle_ms\":");
+  llorch_jbuf_int(b, w->busy ? 0 : now - w->last_used_ms);
+  llorch_jbuf_cstr(b, ",\"exit\":");
+  if (w->state == SCHED_WORKER_FAILED || w->state == SCHED_WORKER_EXITED) {
+    llorch_jbuf_cstr(b, "{\"code\":");
+    if (w->exit_code >= 0) llorch_jbuf_int(b, w->exit_code);
+    else llorch_jbuf_cstr(b, "null");
+    llorch_jbuf_cstr(b, ",\"signal\":");
+    llorch_jbuf_str(b, w->exit_signal[0] ? w->exit_signal : NULL);
+    llorch_jbuf_cstr(b, ",\"reason\":");
+    llorch_jbuf_str(b, w->exit_reason);
+    llorch_jbuf_cstr(b, "}");
+  } else {
+    llorch_jbuf_cstr(b, "null");
+  }
+  llorch_jbuf_cstr(b, "}");
+}
+
+static void cluster_json(orch *o, llorch_jbuf *b) {
+  sched *s = &o->s;
+  int64_t now = orch_now_ms(o);
+  llorch_jbuf_cstr(b, "{\"orchestrator_id\":");
+  llorch_jbuf_str(b, o->id);
+  llorch_jbuf_cstr(b, ",\"pools\":[");
+  for (int i = 0; i < s->n_pools; i++) {
+    const sched_pool *p = s->pools[i];
+    if (i) llorch_jbuf_cstr(b, ",");
+    llorch_jbuf_cstr(b, "{\"name\":");
+    llorch_jbuf_str(b, p->name);
+    llorch_jbuf_cstr(b, ",\"url\":");
+    llorch_jbuf_str(b, p->url);
+    llorch_jbuf_cstr(b, ",\"up\":");
+    llorch_jbuf_bool(b, p->up);
+    llorch_jbuf_cstr(b, ",\"boot_id\":");
+    llorch_jbuf_str(b, p->boot_id);
+    llorch_jbuf_cstr(b, ",\"heartbeat_interval_ms\":");
+    llorch_jbuf_int(b, p->interval_ms);
+    llorch_jbuf_cstr(b, ",\"last_heartbeat_ms_ago\":");
+    llorch_jbuf_int(b, now - p->last_seen_ms);
+    llorch_jbuf_cstr(b, ",\"devices\":[");
+    for (int d = 0; d < p->n_devices; d++) {
+      if (d) llorch_jbuf_cstr(b, ",");
+      json_device(b, s, p, &p->devices[d]);
+    }
+    llorch_jbuf_cstr(b, "],\"models\":[");
+    for (int k = 0; k < p->n_models; k++) {
+      const sched_pool_model *pm = &p->models[k];
+      if (k) llorch_jbuf_cstr(b, ",");
+      llorch_jbuf_cstr(b, "{\"name\":");
+      llorch_jbuf_str(b, pm->name);
+      llorch_jbuf_cstr(b, ",\"file\":");
+      llorch_jbuf_str(b, pm->file);
+      llorch_jbuf_cstr(b, ",\"arch\":");
+      llorch_jbuf_str(b, pm->arch);
+      llorch_jbuf_cstr(b, ",\"quant\":");
+      llorch_jbuf_str(b, pm->quant);
+      llorch_jbuf_cstr(b, ",\"params\":");
+      llorch_jbuf_int(b, (int64_t)pm->params);
+      llorch_jbuf_cstr(b, ",\"ctx\":");
+      llorch_jbuf_int(b, pm->ctx);
+      llorch_jbuf_cstr(b, ",\"file_bytes\":");
+      llorch_jbuf_int(b, (int64_t)pm->file_bytes);
+      llorch_jbuf_cstr(b, "}");
+    }
+    llorch_jbuf_cstr(b, "]}");
+  }
+  llorch_jbuf_cstr(b, "],\"workers\":[");
+  for (int i = 0; i < s->n_workers; i++) {
+    if (i) llorch_jbuf_cstr(b, ",");
+    json_worker(b, s->workers[i], now);
+  }
+  llorch_jbuf_cstr(b, "],\"pending_starts\":[");
+  for (int i = 0; i < s->n_starts; i++) {
+    const sched_pending_start *ps = s->starts[i];
+    if (i) llorch_jbuf_cstr(b, ",");
+    llorch_jbuf_cstr(b, "{\"model\":");
+    llorch_jbuf_str(b, s->models[ps->model].name);
+    llorch_jbuf_cstr(b, ",\"pool\":");
+    llorch_jbuf_str(b, ps->pool->name);
+    llorch_jbuf_cstr(b, ",\"device\":");
+    llorch_jbuf_str(b, ps->device);
+    llorch_jbuf_cstr(b, ",\"need_bytes\":");
+    llorch_jbuf_int(b, (int64_t)ps->need_bytes);
+    llorch_jbuf_cstr(b, ",\"worker_id\":");
+    llorch_jbuf_str(b, ps->answered ? ps->worker_id : NULL);
+    llorch_jbuf_cstr(b, ",\"age_ms\":");
+    llorch_jbuf_int(b, now - ps->asked_ms);
+    llorch_jbuf_cstr(b, "}");
+  }
+  llorch_jbuf_cstr(b, "],\"models\":[");
+  for (int i = 0; i < s->n_models; i++) {
+    const sched_model *m = &s->models[i];
+    if (i) llorch_jbuf_cstr(b, ",");
+    llorch_jbuf_cstr(b, "{\"name\":");
+    llorch_jbuf_str(b, m->name);
+    llorch_jbuf_cstr(b, ",\"file\":");
+    llorch_jbuf_str(b, m->file);
+    llorch_jbuf_cstr(b, ",\"state\":");
+    llorch_jbuf_str(b, sched_model_state(s, i));
+    llorch_jbuf_cstr(b, ",\"replicas\":");
+    llorch_jbuf_int(b, sched_model_replicas(s, i));
+    llorch_jbuf_cstr(b, ",\"min_replicas\":");
+    llorch_jbuf_int(b, m->min_replicas);
+    llorch_jbuf_cstr(b, ",\"max_replicas\":");
+    llorch_jbuf_int(b, m->max_replicas);
+    llorch_jbuf_cstr(b, ",\"ctx\":");
+    llorch_jbuf_int(b, m->ctx);
+    llorch_jbuf_cstr(b, ",\"slots\":");
+    llorch_jbuf_int(b, m->slots);
+    llorch_jbuf_cstr(b, ",\"keep_alive_ms\":");
+    llorch_jbuf_int(b, m->keep_alive_ms);
+    llorch_jbuf_cstr(b, ",\"priority\":");
+    llorch_jbuf_str(b, m->priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive");
+    llorch_jbuf_cstr(b, ",\"pins\":[");
+    for (int k = 0; k < m->n_pins; k++) {
+      if (k) llorch_jbuf_cstr(b, ",");
+      llorch_jbuf_str(b, m->pins[k]);
+    }
+    llorch_jbuf_cstr(b, "],\"queued\":");
+    llorch_jbuf_int(b, m->queued);
+    llorch_jbuf_cstr(b, ",\"running\":");
+    llorch_jbuf_int(b, m->running);
+    llorch_jbuf_cstr(b, ",\"unloaded\":");
+    llorch_jbuf_bool(b, m->unloaded);
+    llorch_jbuf_cstr(b, ",\"pending_reason\":");
+    llorch_jbuf_str(b, m->pending[0] ? m->pending : NULL);
+    llorch_jbuf_cstr(b, "}");
+  }
+  llorch_jbuf_cstr(b, "],\"queue\":{\"interactive\":");
+  llorch_jbuf_int(b, s->queued[LLORCH_PRIORITY_INTERACTIVE]);
+  llorch_jbuf_cstr(b, ",\"batch\":");
+  llorch_jbuf_int(b, s->queued[LLORCH_PRIORITY_BATCH]);
+  llorch_jbuf_cstr(b, ",\"total\":");
+  llorch_jbuf_int(b, s->total_queued);
+  llorch_jbuf_cstr(b, ",\"max_total\":");
+  llorch_jbuf_int(b, s->lim.max_total);
+  llorch_jbuf_cstr(b, ",\"timeout_ms\":");
+  llorch_jbuf_int(b, s->lim.queue_timeout_ms);
+  llorch_jbuf_cstr(b, "},\"stats\":{\"admitted\":");
+  llorch_jbuf_int(b, (int64_t)s->stats.admitted);
+  llorch_jbuf_cstr(b, ",\"rejected\":");
+  llorch_jbuf_int(b, (int64_t)s->stats.rejected);
+  llorch_jbuf_cstr(b, ",\"timed_out\":");
+  llorch_jbuf_int(b, (int64_t)s->stats.timed_out);
+  llorch_jbuf_cstr(b, ",\"retries\":");
+  llorch_jbuf_int(b, (int64_t)s->stats.retries);
+  llorch_jbuf_cstr(b, ",\"evictions\":");
+  llorch_jbuf_int(b, (int64_t)s->stats.evictions);
+  llorch_jbuf_cstr(b, ",\"starts\":");
+  llorch_jbuf_int(b, (int64_t)s->stats.starts);
+  llorch_jbuf_cstr(b, ",\"start_failures\":");
+  llorch_jbuf_int(b, (int64_t)s->stats.start_failures);
+  llorch_jbuf_cstr(b, ",\"active_requests\":");
+  llorch_jbuf_int(b, o->n_active);
+  llorch_jbuf_cstr(b, "}}");
+}
+
+static void on_cluster(llorch_http_request *req, void *user) {
+  orch *o = user;
+  if (!orch_check_api_key(o, req)) return;
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  cluster_json(o, &b);
+  if (llorch_jbuf_error(&b))
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+  else
+    llorch_http_respond_json(req, 200, b.data);
+  llorch_jbuf_free(&b);
+}
+
+/* ---- POST /v2/models/{name}/load | /unload ---- */
+
+static void on_model_op(llorch_http_request *req, void *user) {
+  orch *o = user;
+  if (!orch_check_api_key(o, req)) return;
+  const char *path = llorch_http_request_path(req) + strlen("/v2/models/");
+  const char *slash = strrchr(path, '/');
+  char name[SCHED_NAME_MAX];
+  size_t n = slash ? (size_t)(slash - path) : 0;
+  if (!slash || n == 0 || n >= sizeof name || (strcmp(slash, "/load") && strcmp(slash, "/unload"))) {
+    llorch_http_respond_error(req, 404, "invalid_request_error",
+                              "expected POST /v2/models/{name}/load or /unload", NULL, "not_found");
+    return;
+  }
+  memcpy(name, path, n);
+  name[n] = '\0';
+  int mi = sched_model_find(&o->s, name);
+  if (mi < 0) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "The model '%.100s' does not exist", name);
+    llorch_http_respond_error(req, 404, "invalid_request_error", msg, "model", "model_not_found");
+    return;
+  }
+  int64_t now = orch_now_ms(o);
+  char body[600];
+  if (strcmp(slash, "/load") == 0) {
+    llorch_errmsg em = {{0}};
+    if (sched_model_load(&o->s, mi, now, &em) < 0) {
+      llorch_http_respond_error(req, 507, "server_error", em.text, NULL, "INSUFFICIENT_MEMORY");
+      return;
+    }
+    LOG_INFO("orch", llorch_http_request_id(req), "operator: load %s", name);
+    snprintf(body, sizeof body, "{\"model\":\"%s\",\"state\":\"%s\",\"replicas\":%d}", name,
+             sched_model_state(&o->s, mi), sched_model_replicas(&o->s, mi));
+  } else {
+    int stopped = sched_model_unload(&o->s, mi, now);
+    LOG_INFO("orch", llorch_http_request_id(req), "operator: unload %s (%d workers stopping)", name, stopped);
+    snprintf(body, sizeof body, "{\"model\":\"%s\",\"stopping\":%d,\"busy_workers_left\":%d}", name,
+             stopped, o->s.models[mi].running > 0 ? 1 : 0);
+  }
+  llorch_http_respond_json(req, 202, body);
+}
+
+static void on_ready(llorch_http_request *req, void *user) {
+  orch *o = user;
+  int up = sched_pools_up(&o->s);
+  char body[160];
+  if (o->stopping) {
+    llorch_http_respond_json(req, 503, "{\"status\":\"stopping\"}");
+  } else if (up == 0) {
+    snprintf(body, sizeof body, "{\"status\":\"no pool is up\",\"pools\":%d,\"pools_up\":0}", o->s.n_pools);
+    llorch_http_respond_json(req, 503, body);
+  } else {
+    snprintf(body, sizeof body, "{\"status\":\"ready\",\"pools\":%d,\"pools_up\":%d}", o->s.n_pools, up);
+    llorch_http_respond_json(req, 200, body);
+  }
+}
+
+/* ---- lifecycle ---- */
+
+static void orch_on_stop(llorch_service *svc, void *user) {
+  (void)svc;
+  orch *o = user;
+  o->stopping = true;
+  uv_timer_stop(&o->tick);
+  orch_req_abort_all(o);
+}
+
+static void orch_on_shutdown(llorch_service *svc, void *user) {
+  (void)svc;
+  orch *o = user;
+  uv_close((uv_handle_t *)&o->tick, NULL);
+  uv_close((uv_handle_t *)&o->kick, NULL);
+  if (o->client) {
+    llorch_http_client_free(o->client);
+    o->client = NULL;
+  }
+}
+
+int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc, llorch_errmsg *em) {
+  const llorch_config *cfg = llorch_service_config(svc);
+  orch *o = calloc(1, sizeof *o);
+  if (!o) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
+  o->cfg = cfg;
+  o->svc = svc;
+  o->loop = llorch_service_loop(svc);
+  o->m = llorch_service_metrics(svc);
+  o->started_unix = (int64_t)time(NULL);
+  llorch_reqid_generate(o->id);
+  int rc;
+  sched_limits lim;
+  sched_limits_from_config(&lim, cfg);
+  sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail};
+  sched_init(&o->s, &lim, &ops);
+  for (size_t i = 0; i < cfg->orchestrator.models.count; i++) {
+    if ((rc = sched_model_add(&o->s, &cfg->orchestrator.models.items[i], em)) < 0) goto fail_sched;
+  }
+  o->n_api_keys = cfg->orchestrator.api_keys.count;
+  o->api_keys = (const char **)cfg->orchestrator.api_keys.items;
+  if ((rc = metrics_register(o)) < 0) {
+    llorch_errmsg_set(em, rc, "out of memory registering metrics");
+    goto fail_sched;
+  }
+  if ((rc = llorch_http_client_init(&o->client, o->loop, NULL)) < 0) {
+    llorch_errmsg_set(em, rc, "out of memory for the HTTP client");
+    goto fail_sched;
+  }
+  if (llorch_service_route(svc, "POST", "/v1/chat/completions", orch_on_chat, o) < 0 ||
+      llorch_service_route(svc, "POST", "/v1/completions", orch_on_completions, o) < 0 ||
+      llorch_service_route(svc, "GET", "/v1/models", orch_on_models, o) < 0 ||
+      llorch_service_route(svc, "POST", "/v2/pools/*", orch_on_pools, o) < 0 ||
+      llorch_service_route(svc, "GET", "/v2/cluster", on_cluster, o) < 0 ||
+      llorch_service_route(svc, "POST", "/v2/models/*", on_model_op, o) < 0 ||
+      llorch_service_route(svc, "GET", "/health/ready", on_ready, o) < 0 ||
+      llorch_service_on_stop(svc, orch_on_stop, o) < 0 ||
+      llorch_service_on_shutdown(svc, orch_on_shutdown, o) < 0) {
+    rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "cannot add the orchestrator's routes (out of memory or a route clash)");
+    goto fail_client;
+  }
+  uv_timer_init(o->loop, &o->tick);
+  o->tick.data = o;
+  uv_timer_init(o->loop, &o->kick);
+  o->kick.data = o;
+  uv_timer_start(&o->tick, on_tick, ORCH_TICK_MS, ORCH_TICK_MS);
+  if (!cfg->orchestrator.cluster_token)
+    LOG_WARN("orch", NULL, "no orchestrator.cluster_token: any host that reaches this port can register as a pool");
+  LOG_INFO("orch", NULL, "orchestrator %s: %d models in the catalog, queue max %d, timeout %" PRId64
+           " ms, retry_max %d, heartbeat_miss_limit %d", o->id, o->s.n_models, lim.max_total,
+           lim.queue_timeout_ms, lim.retry_max, lim.heartbeat_miss_limit);
+  *out = o;
+  return 0;
+
+fail_client:
+  llorch_http_client_free(o->client);
+fail_sched:
+  sched_free(&o->s);
+  free(o);
+  return rc;
+}
+
+void llorch_orchestrator_free(llorch_orchestrator *o) {
+  if (!o) return;
+  sched_free(&o->s);
+  free(o);
+}
+
+int llorch_orchestrator_main(const llorch_config *cfg) {
+  llorch_errmsg em = {{0}};
+  llorch_service *svc = NULL;
+  llorch_orchestrator *o = NULL;
+  if (llorch_service_init(&svc, cfg, "orchestrator", &em) < 0) {
+    LOG_ERROR("orch", NULL, "%s", em.text);
+    return 1;
+  }
+  if (llorch_orchestrator_attach(&o, svc, &em) < 0) {
+    LOG_ERROR("orch", NULL, "%s", em.text);
+    llorch_service_free(svc);
+    return 1;
+  }
+  int status = llorch_service_run(svc, &em);
+  if (status != 0 && em.text[0]) LOG_ERROR("orch", NULL, "%s", em.text);
+  llorch_service_free(svc);
+  llorch_orchestrator_free(o);
+  return status;
+}

@@ -1,0 +1,343 @@
+/*
+ * The pool protocol, orchestrator side (docs/cluster-protocol.md):
+ *   server: POST /v2/pools/register, /v2/pools/{pool}/heartbeat,
+ *           /v2/pools/{pool}/events (cluster token)
+ *   client: POST {pool}/v2/workers (start), DELETE {pool}/v2/workers/{id} (stop)
+ * Documents go through orch_pool_report_parse and then the scheduler, which
+ * decides; this file only moves bytes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llorch/log.h"
+#include "orchestrator-impl.h"
+
+/* ---- server side ---- */
+
+static bool check_cluster_token(orch *o, llorch_http_request *req) {
+  const char *tok = o->cfg->orchestrator.cluster_token;
+  if (!tok) return true;
+  return llorch_http_require_bearer(req, &tok, 1) == 0;
+}
+
+static void respond_pool_unknown(llorch_http_request *req, const char *pool) {
+  char msg[200];
+  snprintf(msg, sizeof msg, "pool '%.100s' is not registered here; POST /v2/pools/register first", pool);
+  llorch_http_respond_error(req, 404, "invalid_request_error", msg, NULL, "POOL_UNKNOWN");
+}
+
+static void respond_ack(orch *o, llorch_http_request *req, const sched_pool *p, bool list_workers) {
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"orchestrator_id\":");
+  llorch_jbuf_str(&b, o->id);
+  if (p) {
+    llorch_jbuf_cstr(&b, ",\"pool\":");
+    llorch_jbuf_str(&b, p->name);
+  }
+  if (list_workers && p) {
+    /* The workers the orchestrator now routes to or waits for: adopted, not restarted. */
+    llorch_jbuf_cstr(&b, ",\"adopted\":[");
+    int n = 0;
+    for (int i = 0; i < o->s.n_workers; i++) {
+      const sched_worker *w = o->s.workers[i];
+      if (w->pool != p) continue;
+      if (w->state != SCHED_WORKER_READY && w->state != SCHED_WORKER_STARTING) continue;
+      if (n++) llorch_jbuf_cstr(&b, ",");
+      llorch_jbuf_str(&b, w->id);
+    }
+    llorch_jbuf_cstr(&b, "]");
+  }
+  llorch_jbuf_cstr(&b, "}");
+  if (llorch_jbuf_error(&b))
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+  else
+    llorch_http_respond_json(req, 200, b.data);
+  llorch_jbuf_free(&b);
+}
+
+static void on_state_doc(orch *o, llorch_http_request *req, const char *path_pool, bool is_register) {
+  size_t len = 0;
+  const char *text = llorch_http_request_body(req, &len);
+  cJSON *doc = NULL;
+  llorch_errmsg em = {{0}};
+  if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
+    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
+    return;
+  }
+  sched_pool_report rep;
+  int rc = orch_pool_report_parse(doc, &rep, &em);
+  cJSON_Delete(doc);
+  if (rc < 0) {
+    LOG_WARN("pools", llorch_http_request_id(req), "bad pool state from %s: %s",
+             llorch_http_request_peer(req), em.text);
+    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(),
+                              "INVALID_REQUEST");
+    return;
+  }
+  if (path_pool && strcmp(path_pool, rep.pool) != 0) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "'pool' is \"%s\" but the path names pool \"%.100s\"", rep.pool, path_pool);
+    llorch_http_respond_error(req, 400, "invalid_request_error", msg, "pool", "INVALID_REQUEST");
+    sched_pool_report_free(&rep);
+    return;
+  }
+  bool known = sched_pool_find(&o->s, rep.pool) != NULL;
+  int adopted = 0;
+  rc = sched_pool_apply(&o->s, &rep, is_register, orch_now_ms(o), &adopted);
+  if (rc == LLORCH_ENOTFOUND) {
+    respond_pool_unknown(req, rep.pool);
+  } else if (rc < 0) {
+    llorch_http_respond_error(req, 500, "server_error", llorch_strerror(rc), NULL, "internal_error");
+  } else {
+    if (is_register)
+      LOG_INFO("pools", NULL, "pool %s %sregistered from %s (%s): %d devices, %d models, %d workers, %d adopted",
+               rep.pool, known ? "re-" : "", llorch_http_request_peer(req), rep.url, rep.n_devices,
+               rep.n_models, rep.n_workers, adopted);
+    respond_ack(o, req, sched_pool_find(&o->s, rep.pool), is_register);
+  }
+  sched_pool_report_free(&rep);
+}
+
+static void on_events(orch *o, llorch_http_request *req, const char *pool) {
+  size_t len = 0;
+  const char *text = llorch_http_request_body(req, &len);
+  cJSON *doc = NULL;
+  llorch_errmsg em = {{0}};
+  if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
+    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
+    return;
+  }
+  const char *boot = NULL;
+  int64_t seq = 0;
+  const cJSON *events = NULL;
+  int rc;
+  if ((rc = llorch_json_get_string(doc, "", "boot_id", true, &boot, &em)) < 0 ||
+      (rc = llorch_json_get_int(doc, "", "seq", true, 0, INT64_MAX, &seq, &em)) < 0 ||
+      (rc = llorch_json_get_array(doc, "", "events", true, 0, &events, &em)) < 0) {
+    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(),
+                              "INVALID_REQUEST");
+    cJSON_Delete(doc);
+    return;
+  }
+  static const char *const types[] = {"worker_started", "worker_ready", "worker_failed",
+                                      "worker_exited", NULL};
+  /* Validate everything first: a bad event must not leave half the batch applied. */
+  int n = cJSON_GetArraySize(events);
+  sched_worker_report *ws = n ? calloc((size_t)n, sizeof *ws) : NULL;
+  if (n && !ws) {
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+    cJSON_Delete(doc);
+    return;
+  }
+  char where[48], wwhere[64];
+  for (int i = 0; i < n; i++) {
+    const cJSON *ev = cJSON_GetArrayItem(events, i);
+    const cJSON *w = NULL;
+    int type;
+    snprintf(where, sizeof where, "events[%d]", i);
+    snprintf(wwhere, sizeof wwhere, "events[%d].worker", i);
+    if (!cJSON_IsObject(ev)) rc = llorch_errmsg_set(&em, LLORCH_EINVAL, "'%s' must be an object", where);
+    else if ((rc = llorch_json_get_enum(ev, where, "type", true, types, &type, &em)) >= 0 &&
+             (rc = llorch_json_get_object(ev, where, "worker", true, &w, &em)) >= 0)
+      rc = orch_worker_report_parse(w, wwhere, &ws[i], &em);
+    if (rc < 0) {
+      llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
+      free(ws);
+      cJSON_Delete(doc);
+      return;
+    }
+  }
+  int64_t now = orch_now_ms(o);
+  rc = 0;
+  for (int i = 0; i < n && rc == 0; i++) {
+    const sched_worker_report *w = &ws[i];
+    LOG_INFO("pools", NULL, "pool %s: worker %s (%s) is %s%s%s", pool, w->id, w->model,
+             sched_worker_state_name(w->state), w->exit_reason[0] ? ": " : "", w->exit_reason);
+    /* One seq for the batch: only its first event is checked against it. */
+    rc = sched_pool_event(&o->s, pool, boot, i == 0 ? (uint64_t)seq : 0, w, now);
+  }
+  if (rc == LLORCH_ENOTFOUND) respond_pool_unknown(req, pool);
+  else respond_ack(o, req, NULL, false);
+  free(ws);
+  cJSON_Delete(doc);
+}
+
+void orch_on_pools(llorch_http_request *req, void *user) {
+  orch *o = user;
+  if (!check_cluster_token(o, req)) return;
+  const char *path = llorch_http_request_path(req) + strlen("/v2/pools/");
+  if (strcmp(path, "register") == 0) {
+    on_state_doc(o, req, NULL, true);
+    return;
+  }
+  const char *slash = strchr(path, '/');
+  char pool[SCHED_NAME_MAX];
+  size_t plen = slash ? (size_t)(slash - path) : 0;
+  if (!slash || plen == 0 || plen >= sizeof pool) {
+    llorch_http_respond_error(req, 404, "invalid_request_error", "no such route", NULL, "not_found");
+    return;
+  }
+  memcpy(pool, path, plen);
+  pool[plen] = '\0';
+  if (strcmp(slash, "/heartbeat") == 0) on_state_doc(o, req, pool, false);
+  else if (strcmp(slash, "/events") == 0) on_events(o, req, pool);
+  else llorch_http_respond_error(req, 404, "invalid_request_error", "no such route", NULL, "not_found");
+}
+
+/* ---- client side: start and stop workers ---- */
+
+typedef struct pool_call {
+  orch *o;
+  uint64_t start_id;
+  char what[2 * SCHED_NAME_MAX + 64];
+} pool_call;
+
+static void pool_headers(orch *o, const char **hdr, char *auth, size_t n) {
+  const char *tok = o->cfg->orchestrator.cluster_token;
+  int k = 0;
+  hdr[k++] = "Content-Type";
+  hdr[k++] = "application/json";
+  if (tok) {
+    snprintf(auth, n, "Bearer %s", tok);
+    hdr[k++] = "Authorization";
+    hdr[k++] = auth;
+  }
+  hdr[k] = NULL;
+}
+
+/* The pool's error message from its envelope, else the raw body. */
+static void pool_error_text(llorch_http_call *call, char *out, size_t n) {
+  size_t len = 0;
+  const char *body = llorch_http_call_body(call, &len);
+  cJSON *doc = cJSON_ParseWithLength(body, len);
+  const cJSON *err = cJSON_GetObjectItemCaseSensitive(doc, "error");
+  const cJSON *msg = cJSON_GetObjectItemCaseSensitive(err, "message");
+  const cJSON *code = cJSON_GetObjectItemCaseSensitive(err, "code");
+  if (cJSON_IsString(msg))
+    snprintf(out, n, "%d %s: %s", llorch_http_call_status(call), cJSON_IsString(code) ? code->valuestring : "",
+             msg->valuestring);
+  else
+    snprintf(out, n, "HTTP %d: %.200s", llorch_http_call_status(call), body);
+  cJSON_Delete(doc);
+}
+
+static void start_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  pool_call *pc = user;
+  orch *o = pc->o;
+  int64_t now = orch_now_ms(o);
+  char reason[400];
+  if (err) {
+    snprintf(reason, sizeof reason, "%s", errmsg ? errmsg : llorch_strerror(err));
+  } else {
+    int status = llorch_http_call_status(call);
+    if (status == 201 || status == 200) {
+      size_t len = 0;
+      const char *body = llorch_http_call_body(call, &len);
+      cJSON *doc = cJSON_ParseWithLength(body, len);
+      const cJSON *w = cJSON_GetObjectItemCaseSensitive(doc, "worker");
+      const cJSON *id = cJSON_GetObjectItemCaseSensitive(w, "id");
+      if (cJSON_IsString(id) && strlen(id->valuestring) < SCHED_NAME_MAX) {
+        LOG_INFO("pools", NULL, "%s: worker %s starting", pc->what, id->valuestring);
+        sched_start_done(&o->s, pc->start_id, id->valuestring, now);
+        cJSON_Delete(doc);
+        free(pc);
+        return;
+      }
+      cJSON_Delete(doc);
+      snprintf(reason, sizeof reason, "answer %d without worker.id", status);
+    } else {
+      pool_error_text(call, reason, sizeof reason);
+    }
+  }
+  LOG_WARN("pools", NULL, "%s failed: %s", pc->what, reason);
+  sched_start_failed(&o->s, pc->start_id, reason, now);
+  free(pc);
+}
+
+void orch_pool_start(void *ud, const sched_start *st) {
+  orch *o = ud;
+  pool_call *pc = calloc(1, sizeof *pc);
+  if (!pc) {
+    sched_start_failed(&o->s, st->start_id, "out of memory", orch_now_ms(o));
+    return;
+  }
+  pc->o = o;
+  pc->start_id = st->start_id;
+  snprintf(pc->what, sizeof pc->what, "start %s on %s %s", st->model->name, st->pool->name, st->device);
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"model\":");
+  llorch_jbuf_str(&b, st->model->name);
+  llorch_jbuf_cstr(&b, ",\"file\":");
+  llorch_jbuf_str(&b, st->file);
+  llorch_jbuf_cstr(&b, ",\"devices\":[");
+  llorch_jbuf_str(&b, st->device);
+  llorch_jbuf_cstr(&b, "],\"ctx\":");
+  llorch_jbuf_int(&b, st->ctx);
+  llorch_jbuf_cstr(&b, ",\"slots\":");
+  llorch_jbuf_int(&b, st->slots);
+  llorch_jbuf_cstr(&b, "}");
+  char url[SCHED_URL_MAX + 16], auth[300];
+  snprintf(url, sizeof url, "%s/v2/workers", st->pool->url);
+  const char *hdr[8];
+  pool_headers(o, hdr, auth, sizeof auth);
+  llorch_http_call_opts opts = {0};
+  opts.method = "POST";
+  opts.url = url;
+  opts.headers = hdr;
+  opts.body = b.data;
+  opts.body_len = b.len;
+  opts.connect_timeout_ms = 2000;
+  opts.read_timeout_ms = 10000;
+  opts.on_done = start_on_done;
+  opts.user = pc;
+  llorch_errmsg em = {{0}};
+  LOG_INFO("pools", NULL, "%s (ctx %d x %d slots, needs ~%.1f MiB)", pc->what, st->ctx, st->slots,
+           (double)st->need_bytes / (1024.0 * 1024.0));
+  int rc = llorch_jbuf_error(&b) ? LLORCH_ENOMEM : llorch_http_call_start(o->client, &opts, NULL, &em);
+  llorch_jbuf_free(&b);
+  if (rc < 0) {
+    LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
+    sched_start_failed(&o->s, st->start_id, em.text[0] ? em.text : llorch_strerror(rc), orch_now_ms(o));
+    free(pc);
+  }
+}
+
+static void stop_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  pool_call *pc = user;
+  if (err) LOG_WARN("pools", NULL, "%s failed: %s", pc->what, errmsg ? errmsg : llorch_strerror(err));
+  else if (llorch_http_call_status(call) >= 300 && llorch_http_call_status(call) != 404) {
+    char reason[400];
+    pool_error_text(call, reason, sizeof reason);
+    LOG_WARN("pools", NULL, "%s failed: %s", pc->what, reason);
+  }
+  free(pc);
+}
+
+void orch_pool_stop(void *ud, sched_worker *w, const char *why) {
+  orch *o = ud;
+  pool_call *pc = calloc(1, sizeof *pc);
+  if (!pc) return;
+  pc->o = o;
+  snprintf(pc->what, sizeof pc->what, "stop %s/%s (%s)", w->pool->name, w->id, why);
+  LOG_INFO("pools", NULL, "%s", pc->what);
+  char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16], auth[300];
+  snprintf(url, sizeof url, "%s/v2/workers/%s", w->pool->url, w->id);
+  const char *hdr[8];
+  pool_headers(o, hdr, auth, sizeof auth);
+  llorch_http_call_opts opts = {0};
+  opts.method = "DELETE";
+  opts.url = url;
+  opts.headers = hdr + 2; /* no body, no Content-Type */
+  opts.connect_timeout_ms = 2000;
+  opts.read_timeout_ms = 10000;
+  opts.on_done = stop_on_done;
+  opts.user = pc;
+  llorch_errmsg em = {{0}};
+  if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+    LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
+    free(pc);
+  }
+}
