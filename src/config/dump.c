@@ -118,5 +118,6 @@ void llorch_config_usage(FILE *out, llorch_role role) {
   fprintf(out,
           "\nValues: durations 500ms, 10s, 5m (plain numbers are seconds); sizes 512MiB, 8GiB;\n"
           "lists comma-separated (--gpus=0,1) or repeated. Flags override the config file,\n"
-          "which overrides the defaults; `llorch config --dump` prints the result.\n");
+          "which overrides the defaults. Options without a flag (http.*, orchestrator.models,\n"
+          "...) are set in the file; `llorch config --dump [--role R]` prints them all.\n");
 }
