@@ -13,4 +13,8 @@ int llorch_cmd_config(int argc, char **argv);
  * random-weight model of a real shape (src/tools/synth.c). argv[0] is "synth". */
 int llorch_cmd_synth(int argc, char **argv);
 
+/* `llorch tokenize --model FILE [--text T | --file F] [--special] [--bos] [--verbose]`:
+ * prints the token ids of a text (src/tools/tokenize.c). argv[0] is "tokenize". */
+int llorch_cmd_tokenize(int argc, char **argv);
+
 #endif /* LLORCH_COMMANDS_H */
