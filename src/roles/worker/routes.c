@@ -130,9 +130,14 @@ fail:
 
 static void routes_cancel(worker *w, llorch_http_request *req, const char *id) {
   const char *state = "unknown";
+  int64_t sent = -1;
   worker_stream *st = routes_find_stream(w, id);
   if (st) {
     worker_sched_cancel(w->sched, st->job);
+    /* Token events the inference thread queued before it saw the cancel
+     * are dropped too: the client gets exactly `tokens_sent` of them. */
+    st->cancelled = true;
+    sent = st->n_tokens;
     state = "cancelled";
   } else if (routes_was_finished(w, id)) {
     state = "finished";
@@ -143,6 +148,10 @@ static void routes_cancel(worker *w, llorch_http_request *req, const char *id) {
   llorch_jbuf_str(&b, id);
   llorch_jbuf_cstr(&b, ",\"state\":");
   llorch_jbuf_str(&b, state);
+  if (sent >= 0) {
+    llorch_jbuf_cstr(&b, ",\"tokens_sent\":");
+    llorch_jbuf_int(&b, sent);
+  }
   llorch_jbuf_raw(&b, "}", 1);
   llorch_http_respond_json(req, 200, b.data ? b.data : "{}");
   llorch_jbuf_free(&b);
@@ -189,7 +198,7 @@ static void routes_info(worker *w, llorch_http_request *req) {
   routes_kv_int(&b, "queue_max", w->cfg->worker.queue_max, true);
   llorch_jbuf_raw(&b, "}", 1);
   routes_kv_str(&b, "device", w->cfg->worker.device, true);
-  routes_kv_int(&b, "threads", w->cfg->worker.threads, true);
+  routes_kv_int(&b, "threads", w->n_threads, true);
   llorch_jbuf_cstr(&b, ",\"memory\":{");
   routes_kv_int(&b, "weights_bytes", (int64_t)w->mem.weights_bytes, false);
   routes_kv_str(&b, "weights_location", loaded ? w->mem.weights_location : NULL, true);

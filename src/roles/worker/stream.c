@@ -490,6 +490,10 @@ void worker_events_dispatch(worker *w) {
   for (worker_event *e = worker_sched_events_take(w->sched), *n; e; e = n) {
     n = e->next;
     worker_stream *st = e->job->owner;
+    if (e->kind == WORKER_EV_TOKEN && st->cancelled) {
+      worker_event_free(e);
+      continue;
+    }
     stream_observe(w, st, e);
     if (e->kind == WORKER_EV_STARTED) st->started = true;
     if (st->api == WORKER_API_NATIVE) stream_native_event(st, e);

@@ -87,6 +87,7 @@ typedef struct worker {
   llorch_tokenizer *tok;
   worker_sched *sched;
   uint32_t n_ctx, n_slots;
+  int n_threads;                  /* CPU threads the backend uses */
   char model_name[128];           /* general.name or the file base name */
   char file_base[256];            /* file name without directories */
   llorch_backend_memory mem;
@@ -126,6 +127,7 @@ struct worker_stream {
   bool include_usage;
   bool headers_sent;              /* SSE started */
   bool started;                   /* STARTED event seen */
+  bool cancelled;                 /* cancel call answered: no token goes out any more */
   char resp_id[48];               /* chatcmpl-N / cmpl-N */
   int64_t created;                /* unix seconds */
   char model_echo[128];

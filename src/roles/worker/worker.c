@@ -102,6 +102,7 @@ static void worker_load_thread(void *arg) {
   /* One decode token per slot plus one prefill chunk per step. */
   p.n_batch_max = w->n_slots + WORKER_PREFILL_CHUNK;
   p.n_threads = cfg->worker.threads > 0 ? cfg->worker.threads : (int)uv_available_parallelism();
+  w->n_threads = p.n_threads;
   rc = llorch_backend_open(&w->backend, w->model, cfg->worker.device, &p, &em);
   if (rc < 0) {
     snprintf(w->load_error, sizeof w->load_error, "backend %s for %s: %s", cfg->worker.device,
