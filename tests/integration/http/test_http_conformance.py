@@ -107,6 +107,11 @@ def main():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    llorch = os.environ.get("LLORCH_BIN")
+    if llorch and os.access(llorch, os.X_OK):
+        real_binary_checks(llorch)
+    else:
+        print("skip real llorch binary checks (LLORCH_BIN not built)")
     if failures:
         print(f"\n{len(failures)} check(s) failed; server log: {logname}")
         with open(logname) as f:
@@ -299,6 +304,84 @@ def drain_check(proc, port):
     except OSError:
         refused = True
     check(refused, "after shutdown: no longer accepting")
+
+
+def real_binary_checks(llorch):
+    """The same limits through the real `llorch --role=orchestrator` (its HTTP
+    server comes from src/net, its limits from the config file)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as cfg:
+        cfg.write("http:\n  max_body_bytes: 1KiB\n  max_headers: 20\n  max_header_bytes: 2KiB\n"
+                  f"  header_timeout: {HEADER_TIMEOUT_MS}ms\nshutdown_grace: 5s\n")
+    log = tempfile.NamedTemporaryFile(prefix="llorch-", suffix=".log", delete=False)
+    proc = subprocess.Popen([llorch, "--role=orchestrator", "--config", cfg.name,
+                             "--listen=127.0.0.1:0", "--log-format=json"],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    port = None
+
+    def find_port():
+        nonlocal port
+        with open(log.name) as f:
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", f.read())
+        if m:
+            port = int(m.group(1))
+        return port is not None or proc.poll() is not None
+
+    try:
+        wait_until(find_port, timeout=10)
+        check(port is not None, "llorch --role=orchestrator started on an ephemeral port")
+        if port is None:
+            return
+        st, head, body = curl(port, "/health/live", "-H", "X-Request-Id: real-1")
+        check(st == 200 and "X-Request-Id: real-1" in head, "llorch: GET /health/live -> 200, id echoed")
+        resp = raw(port, b"NOT HTTP AT ALL\r\n\r\n")
+        check(resp.startswith(b"HTTP/1.1 400 ") and b'"error"' in resp, "llorch: malformed request line -> 400")
+        resp = raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 50000\r\n\r\n")
+        check(resp.startswith(b"HTTP/1.1 413 "), "llorch: declared oversized body -> 413 before the body")
+        args = []
+        for i in range(30):
+            args += ["-H", f"X-H{i}: v"]
+        st, _, _ = curl(port, "/health/live", *args)
+        check(st == 431, "llorch: too many headers -> 431")
+        t0 = time.monotonic()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(5)
+        s.sendall(b"GET /health/live HTTP/1.1\r\nX-A: 1\r\n")
+        got = b""
+        try:
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                got += b
+        except OSError:
+            pass
+        dt = time.monotonic() - t0
+        s.close()
+        check(got.startswith(b"HTTP/1.1 408 ") and HEADER_TIMEOUT_MS / 1000 * 0.8 <= dt < 4,
+              f"llorch: incomplete headers -> 408 and closed after the header timeout ({dt:.2f}s)")
+        resp = raw(port, b"GET /health/live HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n"
+                         b"GET /no/such/thing HTTP/1.1\r\nConnection: close\r\n\r\n")
+        codes = re.findall(rb"HTTP/1\.1 (\d{3})", resp)
+        check(codes == [b"200", b"200", b"404"] and resp.find(b'"status"') < resp.find(b"# TYPE"),
+              f"llorch: pipelined requests answered in order ({codes})")
+        st, _, body = curl(port, "/metrics")
+        check(st == 200 and re.search(r'^llorch_http_requests_total\{code="431"\} 1$', body, re.M),
+              "llorch: /metrics counts responses by code")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            rc = None
+        check(rc == 0, f"llorch: SIGTERM -> exit 0 (rc={rc})")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.unlink(cfg.name)
+        if not failures:
+            os.unlink(log.name)
+        else:
+            print(f"llorch log: {log.name}")
 
 
 if __name__ == "__main__":
