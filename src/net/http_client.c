@@ -571,7 +571,10 @@ static void conn_on_timer(uv_timer_t *t) {
     conn_close(c);
     return;
   }
-  if (mode == CONN_TIMER_CONNECT)
+  if (mode == CONN_TIMER_CONNECT && call->resolving)
+    call_fail(call, LLORCH_ETIMEDOUT, "resolving '%s' (for %s) timed out after %u ms",
+              call->host, call->target, call->connect_timeout_ms);
+  else if (mode == CONN_TIMER_CONNECT)
     call_fail(call, LLORCH_ETIMEDOUT, "connecting to %s timed out after %u ms", call->target,
               call->connect_timeout_ms);
   else if (mode == CONN_TIMER_READ)
@@ -610,22 +613,30 @@ static void conn_on_connect(uv_connect_t *req, int status) {
   call_send(call);
 }
 
-/* Connects to call->next_addr on a new connection. */
+/* A fresh connection for the call, its timer set to what is left of the connect deadline. */
+static client_conn *call_attach_new_conn(llorch_http_call *call) {
+  llorch_http_client *cl = call->client;
+  client_conn *c = conn_new(cl, call->target);
+  if (c == NULL) {
+    call_fail(call, LLORCH_ENOMEM, "out of memory connecting to %s", call->target);
+    return NULL;
+  }
+  call->conn = c;
+  c->call = call;
+  uint64_t now = uv_now(cl->loop);
+  conn_set_timer(c, CONN_TIMER_CONNECT,
+                 call->connect_deadline > now ? call->connect_deadline - now : 1);
+  return c;
+}
+
+/* Connects to call->next_addr, on the call's unused connection or a new one. */
 static void call_connect_next(llorch_http_call *call) {
   llorch_http_client *cl = call->client;
   struct addrinfo *ai = call->next_addr;
   call->next_addr = ai->ai_next;
-  client_conn *c = conn_new(cl, call->target);
-  if (c == NULL) {
-    call_fail(call, LLORCH_ENOMEM, "out of memory connecting to %s", call->target);
-    return;
-  }
-  call->conn = c;
-  c->call = call;
+  client_conn *c = call->conn != NULL ? call->conn : call_attach_new_conn(call);
+  if (c == NULL) return;
   cl->connects++;
-  uint64_t now = uv_now(cl->loop);
-  conn_set_timer(c, CONN_TIMER_CONNECT,
-                 call->connect_deadline > now ? call->connect_deadline - now : 1);
   c->connect_req.data = c;
   int rc = uv_tcp_connect(&c->connect_req, &c->tcp, ai->ai_addr, conn_on_connect);
   if (rc < 0) {
@@ -681,6 +692,8 @@ static void call_begin_connect(llorch_http_call *call) {
     call->addrs = call->next_addr = NULL;
   }
   call->connect_deadline = uv_now(cl->loop) + call->connect_timeout_ms;
+  /* The connection (and its timer) exists from here, so the deadline covers the lookup too. */
+  if (call_attach_new_conn(call) == NULL) return;
   char port[8];
   snprintf(port, sizeof port, "%d", call->port);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -692,10 +705,6 @@ static void call_begin_connect(llorch_http_call *call) {
     call_fail(call, LLORCH_ERESOLVE, "cannot resolve '%s' (for %s): %s", call->host,
               call->target, uv_strerror(rc));
   }
-  /*
-   * The connect deadline for the lookup itself is enforced once a connection
-   * exists; a lookup that hangs is bounded by the resolver's own timeouts.
-   */
 }
 
 /* ---- starting and cancelling ---- */

@@ -4,6 +4,7 @@
  * streaming, refused/timeout/resolve errors, cancellation from inside a
  * callback, and a peer that closes mid-body.
  */
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <uv.h>
@@ -280,6 +283,33 @@ static void test_read_timeout(void **state) {
   assert_non_null(strstr(r.errmsg, "for 150 ms"));
 }
 
+static void test_connect_timeout(void **state) {
+  /* A listener whose accept queue is full (backlog 0, one pending connection
+   * never accepted): Linux drops further SYNs, so connect() hangs. */
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(listen(l, 0), 0);
+  socklen_t alen = sizeof a;
+  getsockname(l, (struct sockaddr *)&a, &alen);
+  int filler = socket(AF_INET, SOCK_STREAM, 0);
+  assert_int_equal(connect(filler, (struct sockaddr *)&a, sizeof a), 0);
+  result r = {0};
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/", ntohs(a.sin_port));
+  llorch_http_call_opts o = {.url = url, .connect_timeout_ms = 150, .on_done = on_done,
+                             .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&r.done);
+  close(filler);
+  close(l);
+  assert_int_equal(r.err, LLORCH_ETIMEDOUT);
+  char want[96];
+  snprintf(want, sizeof want, "connecting to 127.0.0.1:%d timed out after 150 ms", ntohs(a.sin_port));
+  assert_string_equal(r.errmsg, want);
+}
+
 static void test_resolve_failure_and_bad_url(void **state) {
   result r = {0};
   llorch_http_call_opts o = {.url = "http://no-such-host.invalid:8080/", .on_done = on_done,
@@ -346,6 +376,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cancel_inside_callback, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_read_timeout, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
       cmocka_unit_test_setup_teardown(test_resolve_failure_and_bad_url, setup, teardown),
       cmocka_unit_test_setup_teardown(test_closed_mid_body, setup, teardown),
   };
