@@ -290,7 +290,7 @@ int sched_model_replicas(const sched *s, int model) {
   for (int i = 0; i < s->n_workers; i++)
     if (s->workers[i]->model == model && worker_counts(s->workers[i])) n++;
   for (int i = 0; i < s->n_starts; i++)
-    if (s->starts[i]->model == model && s->starts[i]->pool->up) n++;
+    if (s->starts[i]->model == model && s->starts[i]->pool->up && !s->starts[i]->seen) n++;
   return n;
 }
 
@@ -302,7 +302,8 @@ static int model_pending_slots(const sched *s, int model) {
     if (w->model == model && w->state == SCHED_WORKER_STARTING && worker_counts(w)) n += w->slots;
   }
   for (int i = 0; i < s->n_starts; i++)
-    if (s->starts[i]->model == model && s->starts[i]->pool->up) n += s->starts[i]->slots;
+    if (s->starts[i]->model == model && s->starts[i]->pool->up && !s->starts[i]->seen)
+      n += s->starts[i]->slots;
   return n;
 }
 
@@ -810,19 +811,26 @@ static void worker_update(sched *s, sched_worker *w, const sched_worker_report *
   }
 }
 
-/* The pool now lists worker id: a start we asked for is no longer pending. */
-static void starts_settle(sched *s, const sched_pool *p, const char *id) {
+/*
+ * The pool now reports worker id. From a full state document, the start is
+ * settled: the document's memory figures count the worker. From an event,
+ * the worker exists (it counts as a replica, so the start must not count
+ * twice) but the device memory we hold is still the last document's, so the
+ * start keeps its reservation until the next document.
+ */
+static void starts_settle(sched *s, const sched_pool *p, const char *id, bool full_doc) {
   for (int i = 0; i < s->n_starts; i++) {
     sched_pending_start *ps = s->starts[i];
     if (ps->pool == p && ps->answered && strcmp(ps->worker_id, id) == 0) {
-      start_remove(s, ps);
+      if (full_doc) start_remove(s, ps);
+      else ps->seen = true;
       return;
     }
   }
 }
 
 static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_report *r, int64_t now,
-                                  bool *created) {
+                                  bool full_doc, bool *created) {
   sched_worker *w = worker_find(s, p, r->id);
   *created = false;
   if (!w) {
@@ -835,7 +843,7 @@ static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_re
   }
   sched_worker_state before = w->state;
   worker_update(s, w, r);
-  starts_settle(s, p, r->id);
+  starts_settle(s, p, r->id, full_doc);
   if (w->model >= 0) {
     sched_model *m = &s->models[w->model];
     if (w->state == SCHED_WORKER_FAILED && (*created || before != SCHED_WORKER_FAILED)) {
@@ -904,7 +912,7 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
   /* Workers: listed ones are updated or adopted; unlisted ones are gone. */
   for (int i = 0; i < rep->n_workers; i++) {
     bool created;
-    sched_worker *w = worker_apply(s, p, &rep->workers[i], now, &created);
+    sched_worker *w = worker_apply(s, p, &rep->workers[i], now, true, &created);
     if (!w) return LLORCH_ENOMEM;
     if (created && (w->state == SCHED_WORKER_READY || w->state == SCHED_WORKER_STARTING)) {
       w->adopted = true;
@@ -932,7 +940,7 @@ int sched_pool_event(sched *s, const char *pool, const char *boot_id, uint64_t s
   if (seq != 0 && seq <= p->seq) return 0;
   if (seq) p->seq = seq;
   bool created;
-  sched_worker *w = worker_apply(s, p, r, now, &created);
+  sched_worker *w = worker_apply(s, p, r, now, false, &created);
   if (!w) return LLORCH_ENOMEM;
   sched_dispatch(s, now);
   return 0;
@@ -949,13 +957,10 @@ static sched_pending_start *start_find(const sched *s, uint64_t id) {
 void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, int64_t now) {
   sched_pending_start *ps = start_find(s, start_id);
   if (!ps) return; /* dropped meanwhile; the pool's state will list the worker */
-  /* The pool's state may already list it (event raced the 201 answer). */
-  if (worker_find(s, ps->pool, worker_id)) {
-    start_remove(s, ps);
-  } else {
-    copy_str(ps->worker_id, sizeof ps->worker_id, worker_id);
-    ps->answered = true;
-  }
+  copy_str(ps->worker_id, sizeof ps->worker_id, worker_id);
+  ps->answered = true;
+  /* An event may already have reported it (it raced the 201 answer). */
+  if (worker_find(s, ps->pool, worker_id)) ps->seen = true;
   sched_dispatch(s, now);
 }
 

@@ -161,6 +161,8 @@ typedef struct sched_pending_start {
   int64_t asked_ms;
   char worker_id[SCHED_NAME_MAX]; /* "" until the pool answered 201 */
   bool answered;
+  bool seen;                   /* an event reported the worker: it is a replica now, but
+                                * the reservation holds until a full state document */
 } sched_pending_start;
 
 /* ---- requests (caller-owned) ---- */

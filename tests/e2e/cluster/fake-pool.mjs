@@ -127,7 +127,7 @@ export class FakeWorker {
 
 export class FakePool {
   // devices: [{ id: 'cpu', kind: 'cpu', free: bytes }]; files: ['tiny.gguf']
-  constructor({ name, orchestrator, intervalMs = 200, devices, files, workerBytes = GiB,
+  constructor({ name, orchestrator, intervalMs = 400, devices, files, workerBytes = GiB,
     estimate = { fixed_bytes: GiB, per_token_bytes: 0 }, behavior = {} }) {
     Object.assign(this, { name, orchestrator, intervalMs, files, workerBytes, estimate });
     this.devices = devices || [{ id: 'cpu', kind: 'cpu', free: 8 * GiB }];

@@ -121,8 +121,8 @@ test('a model that does not fit evicts the idle one', async () => {
   assert.equal(r.choices[0].message.content, 't0 t1 t2 t3 t4 ');
   assert.equal(pa.stops.length, 1, 'the idle worker of a was stopped');
   assert.equal(pa.stops[0], before.workers.find((w) => w.model === 'a').id);
-  assert.equal(pa.starts.length, 2);
-  assert.equal(pa.starts[1].model, 'b');
+  assert.equal(pa.starts.filter((st) => st.model === 'b').length, 1, 'b started once, after the eviction');
+  assert.ok(pa.starts.find((st) => st.model === 'b').at > pa.starts[0].at);
   const c = await cluster(orch);
   assert.equal(c.stats.evictions, 1);
 });

@@ -676,6 +676,52 @@ static void test_min_replicas_and_unload(void **state) {
   fx_free(f);
 }
 
+/* A worker reported by an event counts as a replica at once, but its memory
+ * stays reserved until a full state document shows the pool's new figures. */
+static void test_event_keeps_reservation(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  int a = add_model(f, "a", "a.gguf", 1, 60000, NULL);
+  int b = add_model(f, "b", "b.gguf", 1, 60000, NULL);
+  sched_pool_report rep;
+  pool_spec pa = {"pa", NULL, 1, {3 * GiB / 2}, {"a.gguf", "b.gguf"}, GiB, 0};
+  report_init(&rep, &pa, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *ra = req_new(a, 0);
+  assert_int_equal(submit(f, ra), 0);
+  assert_int_equal(count_kind(&f->rec, 's'), 1);
+  sched_start_done(&f->s, f->rec.a[0].start_id, "w1", f->now);
+  sched_worker_report ev;
+  memset(&ev, 0, sizeof ev);
+  snprintf(ev.id, sizeof ev.id, "w1");
+  snprintf(ev.model, sizeof ev.model, "a");
+  snprintf(ev.file, sizeof ev.file, "a.gguf");
+  snprintf(ev.devices[0], sizeof ev.devices[0], "gpu0");
+  ev.n_devices = 1;
+  ev.state = SCHED_WORKER_READY;
+  ev.slots = 1;
+  snprintf(ev.url, sizeof ev.url, "http://w1");
+  assert_int_equal(sched_pool_event(&f->s, "pa", "b1", ++f->seq, &ev, f->now), 0);
+  assert_int_equal(sched_model_replicas(&f->s, a), 1); /* not 2 */
+  assert_int_equal(ra->state, SCHED_REQ_RUNNING);
+  /* b needs 1 GiB; the last document said 1.5 GiB free, but 1 GiB is a's. */
+  sched_req *rb = req_new(b, 0);
+  assert_int_equal(submit(f, rb), 0);
+  assert_int_equal(count_kind(&f->rec, 's'), 1);
+  assert_non_null(strstr(f->s.models[b].pending, "largest free is 512.0 MiB"));
+  /* The next document carries the pool's own figures; the reservation ends. */
+  report_init(&rep, &pa, ++f->seq);
+  rep.devices[0].memory_free = GiB / 2;
+  report_add_worker(&rep, "w1", "a", "a.gguf", "gpu0", SCHED_WORKER_READY, 1, GiB);
+  apply(f, &rep, false);
+  assert_int_equal(f->s.n_starts, 0);
+  sched_request_done(&f->s, ra, f->now);
+  sched_request_cancel(&f->s, rb, f->now);
+  free(ra);
+  free(rb);
+  fx_free(f);
+}
+
 static void test_priority_and_blocking(void **state) {
   (void)state;
   fx *f = fx_new(100, 1);
@@ -821,6 +867,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pool_down_and_back),
       cmocka_unit_test(test_adopt_and_seq),
       cmocka_unit_test(test_min_replicas_and_unload),
+      cmocka_unit_test(test_event_keeps_reservation),
       cmocka_unit_test(test_priority_and_blocking),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
