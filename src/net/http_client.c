@@ -15,8 +15,8 @@
  * makes cancelling from inside on_data safe.
  *
  * A request on a reused connection that the server had already closed (the
- * classic keep-alive race) fails with no response byte received; it is
- * retried once on a fresh connection.
+ * classic keep-alive race) fails with no response byte received; when its
+ * method is idempotent it is retried once on a fresh connection.
  */
 #include "llorch/http_client.h"
 
@@ -459,7 +459,14 @@ static void call_complete(llorch_http_call *call) {
 /* The connection failed for its call (read/write error or EOF before the end). */
 static void call_conn_failed(llorch_http_call *call, int uverr) {
   client_conn *c = call->conn;
-  if (c->reused && !call->got_bytes && call->retries == 0 &&
+  /*
+   * Only idempotent methods: a POST the server read before dying might have
+   * been acted on, so that failure goes back to the caller to decide.
+   */
+  bool idempotent = strcmp(call->method, "GET") == 0 || strcmp(call->method, "HEAD") == 0 ||
+                    strcmp(call->method, "DELETE") == 0 || strcmp(call->method, "PUT") == 0 ||
+                    strcmp(call->method, "OPTIONS") == 0;
+  if (c->reused && !call->got_bytes && call->retries == 0 && idempotent &&
       (uverr == UV_EOF || uverr == UV_ECONNRESET || uverr == UV_EPIPE)) {
     /* The pooled connection was already dead: try once more on a new one. */
     call->retries++;

@@ -367,6 +367,86 @@ static void test_closed_mid_body(void **state) {
   assert_non_null(strstr(r.errmsg, "closed the connection mid-response"));
 }
 
+/* A raw peer that answers the first request on each connection and drops the
+ * connection on the second without answering: a pooled connection that died. */
+typedef struct flaky_conn {
+  uv_tcp_t tcp;
+  int requests;
+  char buf[4096];
+  size_t len;
+} flaky_conn;
+static int flaky_connections;
+static void flaky_on_close(uv_handle_t *h) { free(h->data); }
+static void flaky_on_write(uv_write_t *w, int status) { free(w); }
+static void flaky_alloc(uv_handle_t *h, size_t s, uv_buf_t *b) {
+  flaky_conn *fc = h->data;
+  *b = uv_buf_init(fc->buf + fc->len, (unsigned)(sizeof fc->buf - 1 - fc->len));
+}
+static void flaky_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  flaky_conn *fc = s->data;
+  if (n < 0) {
+    uv_close((uv_handle_t *)s, flaky_on_close);
+    return;
+  }
+  fc->len += (size_t)n;
+  fc->buf[fc->len] = '\0';
+  char *end;
+  while ((end = strstr(fc->buf, "\r\n\r\n")) != NULL) {
+    size_t used = (size_t)(end + 4 - fc->buf);
+    memmove(fc->buf, fc->buf + used, fc->len - used + 1);
+    fc->len -= used;
+    if (++fc->requests >= 2) {
+      uv_close((uv_handle_t *)s, flaky_on_close);
+      return;
+    }
+    static char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    uv_buf_t wb = uv_buf_init(ok, sizeof ok - 1);
+    uv_write_t *w = malloc(sizeof *w);
+    uv_write(w, s, &wb, 1, flaky_on_write);
+  }
+}
+static void flaky_on_conn(uv_stream_t *l, int status) {
+  flaky_conn *fc = calloc(1, sizeof *fc);
+  uv_tcp_init(l->loop, &fc->tcp);
+  fc->tcp.data = fc;
+  uv_accept(l, (uv_stream_t *)&fc->tcp);
+  flaky_connections++;
+  uv_read_start((uv_stream_t *)&fc->tcp, flaky_alloc, flaky_read);
+}
+
+static void test_dead_pooled_connection_retried(void **state) {
+  uv_tcp_t l;
+  uv_tcp_init(&E.loop, &l);
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_bind(&l, (struct sockaddr *)&a, 0);
+  uv_listen((uv_stream_t *)&l, 8, flaky_on_conn);
+  int len = sizeof a;
+  uv_tcp_getsockname(&l, (struct sockaddr *)&a, &len);
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/", ntohs(a.sin_port));
+  flaky_connections = 0;
+  for (int i = 0; i < 2; i++) {
+    result r = {0};
+    llorch_http_call_opts o = {.url = url, .on_done = on_done, .user = &r};
+    assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+    run_until(&r.done);
+    assert_int_equal(r.err, 0);
+    assert_string_equal(r.body, "ok");
+  }
+  /* The second call went to the pooled connection, found it dead, and retried. */
+  assert_int_equal(flaky_connections, 2);
+  assert_int_equal(llorch_http_client_connects(E.cl), 2);
+  /* A POST is not retried: the caller hears that the connection closed. */
+  result r = {0};
+  llorch_http_call_opts o = {.method = "POST", .url = url, .body = "x", .body_len = 1,
+                             .on_done = on_done, .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&r.done);
+  assert_int_equal(r.err, LLORCH_ECLOSED);
+  uv_close((uv_handle_t *)&l, NULL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_get_and_reuse, setup, teardown),
@@ -379,6 +459,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
       cmocka_unit_test_setup_teardown(test_resolve_failure_and_bad_url, setup, teardown),
       cmocka_unit_test_setup_teardown(test_closed_mid_body, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dead_pooled_connection_retried, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
