@@ -258,6 +258,13 @@ int llorch_http_sse_end(llorch_http_request *req);
 int llorch_http_require_bearer(llorch_http_request *req, const char *const *tokens,
                                size_t n);
 
+/*
+ * Sets SIGPIPE to SIG_IGN unless the program installed a handler, so that a
+ * peer that went away shows up as EPIPE on the write instead of killing the
+ * process. Called by llorch_http_server_init and llorch_http_client_init.
+ */
+void llorch_net_ignore_sigpipe(void);
+
 /* "Not Found" for 404, "" for unknown codes. */
 const char *llorch_http_status_text(int status);
 

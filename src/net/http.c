@@ -21,6 +21,7 @@
 #include "llorch/http.h"
 
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1153,6 +1154,16 @@ static void srv_on_connection(uv_stream_t *listener, int status) {
 
 /* ---- server ---- */
 
+void llorch_net_ignore_sigpipe(void) {
+  /*
+   * libuv writes with write(2), so a client that has gone away would kill
+   * the process with SIGPIPE instead of giving us EPIPE. Only the default
+   * disposition is replaced: a program that installed its own handler keeps it.
+   */
+  struct sigaction old;
+  if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+}
+
 int llorch_http_server_init(llorch_http_server **out, uv_loop_t *loop,
                             const llorch_http_config *cfg,
                             llorch_http_handler_fn handler, void *user,
@@ -1169,6 +1180,7 @@ int llorch_http_server_init(llorch_http_server **out, uv_loop_t *loop,
   srv->grace_timer.data = srv;
   srv->handles_open = 1;
   http_settings_init();
+  llorch_net_ignore_sigpipe();
   *out = srv;
   return 0;
 }

@@ -29,6 +29,7 @@
 
 #include <llhttp.h>
 
+#include "llorch/http.h"
 #include "llorch/log.h"
 #include "netbuf.h"
 
@@ -139,6 +140,7 @@ int llorch_http_client_init(llorch_http_client **out, uv_loop_t *loop,
   llorch_http_client *c = calloc(1, sizeof *c);
   if (c == NULL) return LLORCH_ENOMEM;
   c->loop = loop;
+  llorch_net_ignore_sigpipe();
   if (cfg) c->cfg = *cfg;
   else llorch_http_client_config_default(&c->cfg);
   *out = c;
