@@ -88,8 +88,9 @@ int llorch_service_on_shutdown(llorch_service *svc, llorch_service_hook_fn fn, v
 int llorch_service_listen(llorch_service *svc, llorch_errmsg *em);
 
 /* Listens (if not yet) and runs the loop until shutdown is complete. Returns
- * the exit status: 0 after a signal, or what llorch_service_stop() asked for;
- * 1 when listening failed (em says why). */
+ * the exit status: 0 after a signal, or what llorch_service_stop() asked for.
+ * When listening fails, em says why (the caller logs it) and the whole
+ * shutdown sequence runs at once (hooks included), returning 1. */
 int llorch_service_run(llorch_service *svc, llorch_errmsg *em);
 
 /* Starts the shutdown sequence from code (e.g. a worker whose model failed to
@@ -99,8 +100,10 @@ void llorch_service_stop(llorch_service *svc, int exit_status);
 /* True once shutdown has begun: roles refuse new work from then on. */
 bool llorch_service_stopping(const llorch_service *svc);
 
-/* Frees the service after llorch_service_run() returned (or instead of it,
- * right after init). Closes whatever is still open and closes the loop. */
+/* Frees the service after llorch_service_run() returned, or instead of it
+ * (a role whose set-up failed): then every handle still open on the loop,
+ * the role's included, is closed without its close callback, so the role
+ * must not touch its handles afterwards. Closes the loop. */
 void llorch_service_free(llorch_service *svc);
 
 /* ---- accessors ---- */

@@ -356,7 +356,12 @@ fail_loop:
 }
 
 int llorch_service_run(llorch_service *svc, llorch_errmsg *em) {
-  if (!svc->listening && !svc->stopping && llorch_service_listen(svc, em) != 0) return 1;
+  if (!svc->listening && !svc->stopping && llorch_service_listen(svc, em) != 0) {
+    /* Nothing can reach us, but the role is set up: take it down through
+     * its own hooks so its handles close the way it expects. The caller
+     * logs em. */
+    llorch_service_stop(svc, 1);
+  }
   uv_run(&svc->loop, UV_RUN_DEFAULT);
   LOG_INFO(svc->component, NULL, "stopped (exit status %d)", svc->exit_status);
   return svc->exit_status;
@@ -373,9 +378,10 @@ void llorch_service_free(llorch_service *svc) {
     llorch_http_server_free(svc->http);
     svc->http = NULL;
   }
-  uv_run(&svc->loop, UV_RUN_DEFAULT);
-  /* Handles a role forgot to close would keep uv_loop_close() from working;
-   * close them rather than leak the loop. Their owners must not touch them. */
+  /* After llorch_service_run() nothing is left open. Freed without running
+   * (a role's set-up failed), the role's handles may still be open: close
+   * them here rather than run a loop they would keep alive forever. The
+   * server's handles are all closing by now, so they are skipped. */
   uv_walk(&svc->loop, service_close_walk, NULL);
   uv_run(&svc->loop, UV_RUN_DEFAULT);
   uv_loop_close(&svc->loop);

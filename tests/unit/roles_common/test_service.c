@@ -110,6 +110,12 @@ static void hook_second(llorch_service *svc, void *user) {
   }
 }
 
+static void noop_timer(uv_timer_t *t) {}
+
+static void hook_close_keepalive(llorch_service *svc, void *user) {
+  uv_close(user, NULL);
+}
+
 static void fixture_start(fixture *f) {
   memset(f, 0, sizeof *f);
   assert_int_equal(llorch_config_init(&f->cfg, LLORCH_ROLE_ORCHESTRATOR), 0);
@@ -268,8 +274,18 @@ static void test_listen_failure(void **state) {
   llorch_service *svc;
   llorch_errmsg em = {{0}};
   assert_int_equal(llorch_service_init(&svc, &cfg, "test", &em), 0);
+  /* The role's hooks still run, so its handles close and run() returns. */
+  fixture b;
+  memset(&b, 0, sizeof b);
+  assert_int_equal(llorch_service_on_stop(svc, hook_stop, &b), 0);
+  assert_int_equal(llorch_service_on_shutdown(svc, hook_first, &b), 0);
+  uv_timer_t keepalive;
+  uv_timer_init(llorch_service_loop(svc), &keepalive);
+  assert_int_equal(uv_timer_start(&keepalive, noop_timer, 60000, 60000), 0);
+  assert_int_equal(llorch_service_on_shutdown(svc, hook_close_keepalive, &keepalive), 0);
   assert_int_equal(llorch_service_run(svc, &em), 1);
   assert_non_null(strstr(em.text, listen));
+  assert_string_equal(b.events, "stop,shutdown-first");
   llorch_service_free(svc);
   llorch_config_free(&cfg);
   fixture_end(&a);
