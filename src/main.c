@@ -29,6 +29,7 @@ static const struct {
   const char *help;
 } tools[] = {
     {"config", llorch_cmd_config, "check a config file or print the effective configuration"},
+    {"synth", llorch_cmd_synth, "write a random-weight GGUF model of a real shape"},
     {"tokenize", llorch_cmd_tokenize, "print the token ids of a text (vocab-only GGUF files work)"},
 };
 
