@@ -158,6 +158,7 @@ typedef struct fixture {
   atomic_int late_rc;               /* rc of a late answer to a gone client */
   atomic_int late_done;
   atomic_int bad_header_rc;
+  atomic_long queued;               /* queued bytes after writing /big */
   uv_timer_t timer;
   llorch_http_request *held;
 } fixture;
@@ -197,6 +198,14 @@ static void handler(llorch_http_request *req, void *user) {
     if (strcmp(p, "/slow") == 0) llorch_http_request_set_data(req, f, on_abort);
     f->held = req;
     uv_timer_start(&f->timer, on_timer, 300, 0);
+  } else if (strcmp(p, "/big") == 0) {
+    /* 32 MiB at once to a client that is not reading: most of it must queue. */
+    static char chunk[65536];
+    memset(chunk, 'z', sizeof chunk);
+    llorch_http_response_start(req, 200, "application/octet-stream");
+    for (int i = 0; i < 512; i++) llorch_http_response_write(req, chunk, sizeof chunk);
+    atomic_store(&f->queued, (long)llorch_http_request_queued_bytes(req));
+    llorch_http_response_end(req);
   } else if (strcmp(p, "/never") == 0) {
     llorch_http_request_set_data(req, f, on_abort);
   } else {
@@ -395,6 +404,25 @@ static void test_detached_late_answer(void **state) {
   assert_int_equal(atomic_load(&F.late_rc), LLORCH_ECLOSED);
 }
 
+static void test_backpressure_visible(void **state) {
+  atomic_store(&F.queued, -1);
+  int fd = tcp_connect(F.port);
+  send_str(fd, "GET /big HTTP/1.1\r\nConnection: close\r\n\r\n");
+  for (int i = 0; i < 5000 && atomic_load(&F.queued) < 0; i++) usleep(1000);
+  long queued = atomic_load(&F.queued);
+  assert_true(queued > 16L * 1024 * 1024);
+  /* Now drain it: every byte arrives, and the queue empties. */
+  static char buf[1 << 16];
+  size_t total = 0;
+  for (;;) {
+    ssize_t r = recv(fd, buf, sizeof buf, 0);
+    if (r <= 0) break;
+    total += (size_t)r;
+  }
+  assert_true(total > 32u * 1024 * 1024);
+  close(fd);
+}
+
 static void on_drained(llorch_http_server *srv, unsigned forced, void *user) {
   fixture *f = user;
   atomic_store(&f->drained, 1 + (int)forced);
@@ -458,6 +486,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_header_timeout, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_413_before_body, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_detached_late_answer, fixture_setup, fixture_teardown),
+      cmocka_unit_test_setup_teardown(test_backpressure_visible, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_shutdown_drains_in_flight, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_shutdown_grace_expires, fixture_setup, fixture_teardown),
   };
