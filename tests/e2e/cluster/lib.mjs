@@ -105,6 +105,10 @@ export async function startRole(role, config, { dir, name = role, env = {}, args
     const t = setTimeout(() => { try { proc.kill('SIGKILL'); } catch { /* gone */ } }, 10000);
     const e = await p.exitedPromise;
     clearTimeout(t);
+    // An ASan/UBSan build reports on stderr (and LeakSanitizer at exit): a
+    // report fails the test that stops the process.
+    const bad = p.logs.filter((l) => /Sanitizer|runtime error:/.test(l));
+    if (bad.length) throw new Error(`${name}: sanitizer report:\n${p.logs.join('\n')}`);
     return e;
   };
   return p;
