@@ -97,7 +97,9 @@ static void usage_section(FILE *out, const char *title, unsigned roles, llorch_r
     if (o->def && !(o->flags & CONFIG_OPT_SECRET) && o->type != CONFIG_TYPE_STRLIST &&
         !o->def_role[CONFIG_ROLE_IX_POOL])
       snprintf(def, sizeof def, " (default %s)", o->def);
-    fprintf(out, "  %-28s %s%s [%s]\n", left, o->help, def, o->name);
+    if (strlen(left) > 28) fprintf(out, "  %s\n  %-28s", left, ""); /* too wide: own line */
+    else fprintf(out, "  %-28s", left);
+    fprintf(out, " %s%s [%s]\n", o->help, def, o->name);
     if (o->type == CONFIG_TYPE_ENUM) {
       char expected[128];
       config_value_expected(o, expected, sizeof expected);
