@@ -330,6 +330,39 @@ static void test_resolve_failure_and_bad_url(void **state) {
   assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, &em), LLORCH_EINVAL);
 }
 
+static void test_ipv6_and_names(void **state) {
+  /* A second server on [::1]; skipped where the host has no IPv6 loopback. */
+  llorch_http_server *srv6;
+  llorch_errmsg em;
+  assert_int_equal(llorch_http_server_init(&srv6, &E.loop, NULL, handler, NULL, &em), 0);
+  if (llorch_http_server_listen(srv6, "::1", 0, &em) < 0) {
+    llorch_http_server_free(srv6);
+    skip();
+  }
+  int port6 = llorch_http_server_port(srv6);
+  result r = {0};
+  char url[128];
+  snprintf(url, sizeof url, "http://[::1]:%d/hello", port6);
+  llorch_http_call_opts o = {.url = url, .on_done = on_done, .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, &r.call, NULL), 0);
+  char target[64];
+  snprintf(target, sizeof target, "[::1]:%d", port6);
+  assert_string_equal(llorch_http_call_target(r.call), target);
+  run_until(&r.done);
+  assert_int_equal(r.err, 0);
+  assert_string_equal(r.body, "hello");
+  llorch_http_server_free(srv6);
+  /* "localhost" goes through the resolver. */
+  result n = {0};
+  snprintf(url, sizeof url, "http://localhost:%d/hello", E.port);
+  o.url = url;
+  o.user = &n;
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  run_until(&n.done);
+  assert_int_equal(n.err, 0);
+  assert_string_equal(n.body, "hello");
+}
+
 /* A raw peer that promises 100 bytes, sends 10 and closes. */
 static uv_tcp_t raw_listener;
 static void raw_on_close(uv_handle_t *h) { free(h); }
@@ -459,6 +492,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
       cmocka_unit_test_setup_teardown(test_resolve_failure_and_bad_url, setup, teardown),
       cmocka_unit_test_setup_teardown(test_closed_mid_body, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ipv6_and_names, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_pooled_connection_retried, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
