@@ -1,0 +1,120 @@
+/*
+ * The CPU engine's numeric kernels (internal to src/engine).
+ *
+ * Every kernel reproduces the operation order of ggml's CPU backend on an
+ * AVX2/FMA/F16C machine, because "correct" means the same greedy tokens as
+ * llama.cpp on the same file, and a logit that ties within rounding flips
+ * if the rounding differs. Two reduction orders exist for the same weight
+ * type, depending on how many tokens llama.cpp's matmul sees:
+ *
+ *   KERN_ORDER_GEMM  llamafile's tinyBLAS (used by ggml when a matmul has two
+ *                    or more columns): one 8-lane FMA accumulator per output
+ *                    walks k in steps of 8, then a horizontal sum.
+ *   KERN_ORDER_GEMV  ggml_vec_dot_* (one column): for F16/F32 four 8-lane
+ *                    accumulators over steps of 32, a tree reduction, then
+ *                    the leftover tail added in double.
+ *
+ * Quantized types (Q8_0, Q4_0, Q4_K, Q6_K) have one order either way: an
+ * exact integer dot per block or super-block, spread over 8 lanes of 4
+ * consecutive elements, times the block scales with an FMA per lane, and a
+ * horizontal sum at the end.
+ *
+ * Each output element's order depends only on its own row, its own column
+ * and the order flag - never on which other rows or columns are computed in
+ * the same call, nor on the blocking of the SIMD micro-kernels. That is what
+ * makes the engine batch-invariant, and it is why the scalar kernels below
+ * can be compared bit for bit with the SIMD ones.
+ */
+#ifndef LLORCH_ENGINE_KERNELS_H
+#define LLORCH_ENGINE_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llorch/gguf.h"
+#include "llorch/quant.h"
+
+typedef enum kern_order {
+  KERN_ORDER_GEMM = 0,
+  KERN_ORDER_GEMV = 1,
+} kern_order;
+
+/*
+ * How the activations of a matmul are prepared for a weight type (ggml's
+ * vec_dot_type): F16 weights see activations rounded to F16, Q8_0/Q4_0 see
+ * them quantized to Q8_0 blocks, Q4_K/Q6_K to Q8_K super-blocks, BF16 to
+ * BF16, F32 as they are. F16- and BF16-rounded activations are kept as
+ * floats (exactly representable) so kernels need no conversion of them.
+ */
+typedef enum kern_act {
+  KERN_ACT_F32 = 0,  /* float, unchanged */
+  KERN_ACT_F16 = 1,  /* float, each value rounded through binary16 */
+  KERN_ACT_BF16 = 2, /* float, each value rounded through bfloat16 */
+  KERN_ACT_Q8_0 = 3, /* llorch_block_q8_0 */
+  KERN_ACT_Q8_K = 4, /* llorch_block_q8_K */
+} kern_act;
+
+/* Activation format a weight type needs; false for unsupported types. */
+bool kern_act_for_type(llorch_ggml_type t, kern_act *out);
+/* Bytes one prepared activation row of n values takes. */
+size_t kern_act_row_bytes(kern_act a, int n);
+/* Prepares one row (n values) as a weight type's matmul wants it. */
+void kern_act_prepare(kern_act a, const float *x, void *dst, int n);
+
+/*
+ * A tile of a matmul: Y[c * ldy + r] = dot(W row r, X col c) for r in
+ * [0, nr), c in [0, nc). W rows are w_stride bytes apart, X columns
+ * x_stride bytes apart (prepared activations), n values per dot.
+ */
+typedef void (*kern_tile_fn)(int n, const void *w, size_t w_stride, int nr, const void *x,
+                             size_t x_stride, int nc, float *y, size_t ldy, kern_order order);
+
+typedef struct kern_table {
+  const char *name;               /* "scalar", "avx2" */
+  kern_tile_fn tile[LLORCH_TYPE_COUNT]; /* by weight type; NULL: unsupported */
+  /* y[i] = silu(g[i]) * u[i] (ggml_vec_swiglu_f32) */
+  void (*swiglu)(int n, float *y, const float *g, const float *u);
+  /* y[i] = x[i] rounded through binary16 (F16C where available) */
+  void (*round_f16)(int n, float *y, const float *x);
+  /* y[i] = exp(x[i] - max); returns the sum as ggml_vec_soft_max_f32 does */
+  double (*softmax_exp)(int n, float *y, const float *x, float max);
+} kern_table;
+
+/* The portable reference (bit-identical results to the SIMD table). */
+extern const kern_table kern_scalar;
+/* NULL when this binary was built without the AVX2 kernels. */
+const kern_table *kern_avx2_table(void);
+/* Best table this CPU can run (AVX2+FMA+F16C checked at run time), unless
+ * LLORCH_KERNELS=scalar is set in the environment. */
+const kern_table *kern_select(void);
+
+/* ---- pieces shared by the scalar and SIMD files ---- */
+
+/* Scalar emulation of ggml_v_expf (AVX2 variant), bit-exact per lane. */
+float kern_expf_ggml(float x);
+/* Scalar silu as ggml_v_silu: x / (1 + ggml_v_expf(-x)). */
+float kern_silu_ggml(float x);
+
+/* Rounds through binary16 / bfloat16 and back. */
+float kern_round_f16(float x);
+float kern_round_bf16(float x);
+
+/* Quantizers for activations, as ggml-cpu's quantize_row_q8_0 (AVX2 path:
+ * id = 127/amax, round half to even) and quantize_row_q8_K (reference). */
+void kern_quantize_q8_0(const float *x, llorch_block_q8_0 *y, int n);
+void kern_quantize_q8_K(const float *x, llorch_block_q8_K *y, int n);
+
+/* Reductions of 8 lanes: tinyBLAS's hsum / hsum_float_8 ((l+h) then
+ * (0+2, 1+3) then sum) and GGML_F32x8_REDUCE's final step (hadd twice). */
+static inline float kern_hsum8(const float v[8]) {
+  float a0 = v[4] + v[0], a1 = v[5] + v[1], a2 = v[6] + v[2], a3 = v[7] + v[3];
+  float b0 = a0 + a2, b1 = a1 + a3;
+  return b0 + b1;
+}
+static inline float kern_hadd8(const float v[8]) {
+  float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+  return (a0 + a1) + (a2 + a3);
+}
+
+#endif /* LLORCH_ENGINE_KERNELS_H */

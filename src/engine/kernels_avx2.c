@@ -1,0 +1,472 @@
+/*
+ * AVX2 + FMA + F16C kernels, compiled with per-function target attributes
+ * so the binary still starts on CPUs without them (kern_select checks
+ * __builtin_cpu_supports before handing this table out).
+ *
+ * Each kernel performs, per output element, exactly the operations of its
+ * scalar twin in kernels.c (same lanes, same FMAs, same horizontal sums);
+ * the SIMD only computes several lanes, rows and columns at once. The unit
+ * tests compare the two bit for bit. No AVX-512 path: this machine has no
+ * AVX-512 to test one on.
+ */
+#include "kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx2,fma,f16c")))
+/* exact, like llorch_fp16_to_fp32, but one instruction */
+#define H2F(h) _cvtsh_ss(h)
+
+/* ---- reductions (same orders as kern_hsum8 / kern_hadd8) ---- */
+
+TARGET static inline float hsum8(__m256 x) {
+  __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+
+TARGET static inline float hadd8(__m256 x) {
+  __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  __m128 t1 = _mm_hadd_ps(t0, t0);
+  return _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+}
+
+TARGET static inline __m256 load_f16x8(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+TARGET static inline __m256 load_bf16x8(const uint16_t *p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+/* ---- F16 ---- */
+
+/* GEMV order for one row: 4 x 8 lanes, (0+2)+(1+3), hadd, tail in double. */
+TARGET static float dot_f16_gemv(int n, const uint16_t *w, const float *x) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  const int np = n & ~31;
+  for (int i = 0; i < np; i += 32) {
+    s0 = _mm256_fmadd_ps(load_f16x8(w + i), _mm256_loadu_ps(x + i), s0);
+    s1 = _mm256_fmadd_ps(load_f16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), s1);
+    s2 = _mm256_fmadd_ps(load_f16x8(w + i + 16), _mm256_loadu_ps(x + i + 16), s2);
+    s3 = _mm256_fmadd_ps(load_f16x8(w + i + 24), _mm256_loadu_ps(x + i + 24), s3);
+  }
+  __m256 v = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
+  double s = hadd8(v);
+  for (int i = np; i < n; i++) s += (double)(llorch_fp16_to_fp32(w[i]) * x[i]);
+  return (float)s;
+}
+
+/* GEMM order, RM rows x RN columns at once: each weight vector converted
+ * once serves RN columns. */
+#define F16_GEMM_TILE(RM, RN)                                                              \
+  TARGET static void f16_gemm_##RM##x##RN(int n, const char *w, size_t ws, const char *x,  \
+                                          size_t xs, float *y, size_t ldy) {               \
+    __m256 acc[RN][RM];                                                                    \
+    for (int j = 0; j < RN; j++)                                                           \
+      for (int i = 0; i < RM; i++) acc[j][i] = _mm256_setzero_ps();                        \
+    for (int l = 0; l < n; l += 8) {                                                       \
+      __m256 a[RM];                                                                        \
+      for (int i = 0; i < RM; i++) a[i] = load_f16x8((const uint16_t *)(w + i * ws) + l);  \
+      for (int j = 0; j < RN; j++) {                                                       \
+        __m256 b = _mm256_loadu_ps((const float *)(x + j * xs) + l);                       \
+        for (int i = 0; i < RM; i++) acc[j][i] = _mm256_fmadd_ps(a[i], b, acc[j][i]);      \
+      }                                                                                    \
+    }                                                                                      \
+    for (int j = 0; j < RN; j++)                                                           \
+      for (int i = 0; i < RM; i++) y[j * ldy + i] = hsum8(acc[j][i]);                      \
+  }
+
+F16_GEMM_TILE(4, 3)
+F16_GEMM_TILE(1, 3)
+F16_GEMM_TILE(4, 1)
+F16_GEMM_TILE(1, 1)
+
+TARGET static void tile_f16(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
+                            int nc, float *y, size_t ldy, kern_order order) {
+  const char *wb = w, *xb = x;
+  if (order == KERN_ORDER_GEMV || n % 8 != 0) {
+    for (int c = 0; c < nc; c++)
+      for (int r = 0; r < nr; r++)
+        y[(size_t)c * ldy + r] = dot_f16_gemv(n, (const uint16_t *)(wb + (size_t)r * ws),
+                                              (const float *)(xb + (size_t)c * xs));
+    return;
+  }
+  int c = 0;
+  for (; c + 3 <= nc; c += 3) {
+    int r = 0;
+    for (; r + 4 <= nr; r += 4)
+      f16_gemm_4x3(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+    for (; r < nr; r++)
+      f16_gemm_1x3(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+  }
+  for (; c < nc; c++) {
+    int r = 0;
+    for (; r + 4 <= nr; r += 4)
+      f16_gemm_4x1(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+    for (; r < nr; r++)
+      f16_gemm_1x1(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+  }
+}
+
+/* ---- F32 and BF16 weights (rare in practice: plain, unblocked) ---- */
+
+TARGET static void tile_f32(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
+                            int nc, float *y, size_t ldy, kern_order order) {
+  for (int c = 0; c < nc; c++) {
+    const float *xc = (const float *)((const char *)x + (size_t)c * xs);
+    for (int r = 0; r < nr; r++) {
+      const float *wr = (const float *)((const char *)w + (size_t)r * ws);
+      float v;
+      if (order == KERN_ORDER_GEMM && n % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int l = 0; l < n; l += 8)
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(wr + l), _mm256_loadu_ps(xc + l), acc);
+        v = hsum8(acc);
+      } else {
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        const int np = n & ~31;
+        for (int i = 0; i < np; i += 32) {
+          s0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i), _mm256_loadu_ps(xc + i), s0);
+          s1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i + 8), _mm256_loadu_ps(xc + i + 8), s1);
+          s2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i + 16), _mm256_loadu_ps(xc + i + 16), s2);
+          s3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i + 24), _mm256_loadu_ps(xc + i + 24), s3);
+        }
+        float s = hadd8(_mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3)));
+        for (int i = np; i < n; i++) s += wr[i] * xc[i];
+        v = s;
+      }
+      y[(size_t)c * ldy + r] = v;
+    }
+  }
+}
+
+TARGET static void tile_bf16(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
+                             int nc, float *y, size_t ldy, kern_order order) {
+  for (int c = 0; c < nc; c++) {
+    const float *xc = (const float *)((const char *)x + (size_t)c * xs);
+    for (int r = 0; r < nr; r++) {
+      const uint16_t *wr = (const uint16_t *)((const char *)w + (size_t)r * ws);
+      float v;
+      if (order == KERN_ORDER_GEMM && n % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int l = 0; l < n; l += 8)
+          acc = _mm256_fmadd_ps(load_bf16x8(wr + l), _mm256_loadu_ps(xc + l), acc);
+        v = hsum8(acc);
+      } else {
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+        int i = 0;
+        for (; i + 32 <= n; i += 32) {
+          c0 = _mm256_add_ps(_mm256_mul_ps(load_bf16x8(wr + i), _mm256_loadu_ps(xc + i)), c0);
+          c1 = _mm256_add_ps(_mm256_mul_ps(load_bf16x8(wr + i + 8), _mm256_loadu_ps(xc + i + 8)), c1);
+          c2 = _mm256_add_ps(_mm256_mul_ps(load_bf16x8(wr + i + 16), _mm256_loadu_ps(xc + i + 16)), c2);
+          c3 = _mm256_add_ps(_mm256_mul_ps(load_bf16x8(wr + i + 24), _mm256_loadu_ps(xc + i + 24)), c3);
+        }
+        double s = hsum8(_mm256_add_ps(_mm256_add_ps(c0, c2), _mm256_add_ps(c1, c3)));
+        for (; i < n; i++) s += (double)(llorch_bf16_to_fp32(wr[i]) * xc[i]);
+        v = (float)s;
+      }
+      y[(size_t)c * ldy + r] = v;
+    }
+  }
+}
+
+/* ---- Q8_0 / Q4_0 ---- */
+
+/* 8 lanes of exact int32 dots of 4 consecutive int8 products, as floats
+ * (ggml's mul_sum_i8_pairs_float). */
+TARGET static inline __m256 mul_sum_i8_pairs(__m256i x, __m256i y) {
+  const __m256i ax = _mm256_sign_epi8(x, x);
+  const __m256i sy = _mm256_sign_epi8(y, x);
+  const __m256i dot = _mm256_maddubs_epi16(ax, sy);
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)));
+}
+
+TARGET static inline __m256i q4_0_unpack(const uint8_t *qs) {
+  const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+  __m256i v = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+  v = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+  return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+}
+
+/* 2 rows x 2 columns per pass: each weight block loaded once for 2
+ * columns, each activation block once for 2 rows. */
+#define Q0_TILE(name, wtype, UNPACK)                                                        \
+  TARGET static void name(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, \
+                          int nc, float *y, size_t ldy, kern_order order) {                  \
+    (void)order;                                                                            \
+    const int nb = n / 32;                                                                  \
+    const char *wb = w, *xb = x;                                                            \
+    int c = 0;                                                                              \
+    for (; c + 2 <= nc; c += 2) {                                                           \
+      const llorch_block_q8_0 *x0 = (const void *)(xb + (size_t)c * xs);                    \
+      const llorch_block_q8_0 *x1 = (const void *)(xb + (size_t)(c + 1) * xs);              \
+      int r = 0;                                                                            \
+      for (; r + 2 <= nr; r += 2) {                                                         \
+        const wtype *w0 = (const void *)(wb + (size_t)r * ws);                              \
+        const wtype *w1 = (const void *)(wb + (size_t)(r + 1) * ws);                        \
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;                  \
+        for (int b = 0; b < nb; b++) {                                                      \
+          const __m256i q0 = UNPACK(w0[b]), q1 = UNPACK(w1[b]);                             \
+          const __m256i p0 = _mm256_loadu_si256((const __m256i *)x0[b].qs);                 \
+          const __m256i p1 = _mm256_loadu_si256((const __m256i *)x1[b].qs);                 \
+          const float dw0 = H2F(w0[b].d), dw1 = H2F(w1[b].d); \
+          const float dx0 = H2F(x0[b].d), dx1 = H2F(x1[b].d); \
+          a00 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * dx0), mul_sum_i8_pairs(q0, p0), a00);  \
+          a01 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * dx1), mul_sum_i8_pairs(q0, p1), a01);  \
+          a10 = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * dx0), mul_sum_i8_pairs(q1, p0), a10);  \
+          a11 = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * dx1), mul_sum_i8_pairs(q1, p1), a11);  \
+        }                                                                                   \
+        y[(size_t)c * ldy + r] = hsum8(a00);                                                \
+        y[(size_t)(c + 1) * ldy + r] = hsum8(a01);                                          \
+        y[(size_t)c * ldy + r + 1] = hsum8(a10);                                            \
+        y[(size_t)(c + 1) * ldy + r + 1] = hsum8(a11);                                      \
+      }                                                                                     \
+      for (; r < nr; r++) {                                                                 \
+        const wtype *w0 = (const void *)(wb + (size_t)r * ws);                              \
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00;                                        \
+        for (int b = 0; b < nb; b++) {                                                      \
+          const __m256i q0 = UNPACK(w0[b]);                                                 \
+          const float dw0 = H2F(w0[b].d);                                   \
+          a00 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * H2F(x0[b].d)),         \
+                                mul_sum_i8_pairs(q0, _mm256_loadu_si256((const __m256i *)x0[b].qs)), a00); \
+          a01 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * H2F(x1[b].d)),         \
+                                mul_sum_i8_pairs(q0, _mm256_loadu_si256((const __m256i *)x1[b].qs)), a01); \
+        }                                                                                   \
+        y[(size_t)c * ldy + r] = hsum8(a00);                                                \
+        y[(size_t)(c + 1) * ldy + r] = hsum8(a01);                                          \
+      }                                                                                     \
+    }                                                                                       \
+    for (; c < nc; c++) {                                                                   \
+      const llorch_block_q8_0 *x0 = (const void *)(xb + (size_t)c * xs);                    \
+      int r = 0;                                                                            \
+      for (; r + 2 <= nr; r += 2) {                                                         \
+        const wtype *w0 = (const void *)(wb + (size_t)r * ws);                              \
+        const wtype *w1 = (const void *)(wb + (size_t)(r + 1) * ws);                        \
+        __m256 a00 = _mm256_setzero_ps(), a10 = a00;                                        \
+        for (int b = 0; b < nb; b++) {                                                      \
+          const __m256i p0 = _mm256_loadu_si256((const __m256i *)x0[b].qs);                 \
+          const float dx0 = H2F(x0[b].d);                                   \
+          a00 = _mm256_fmadd_ps(_mm256_set1_ps(H2F(w0[b].d) * dx0),         \
+                                mul_sum_i8_pairs(UNPACK(w0[b]), p0), a00);                  \
+          a10 = _mm256_fmadd_ps(_mm256_set1_ps(H2F(w1[b].d) * dx0),         \
+                                mul_sum_i8_pairs(UNPACK(w1[b]), p0), a10);                  \
+        }                                                                                   \
+        y[(size_t)c * ldy + r] = hsum8(a00);                                                \
+        y[(size_t)c * ldy + r + 1] = hsum8(a10);                                            \
+      }                                                                                     \
+      for (; r < nr; r++) {                                                                 \
+        const wtype *w0 = (const void *)(wb + (size_t)r * ws);                              \
+        __m256 a00 = _mm256_setzero_ps();                                                   \
+        for (int b = 0; b < nb; b++)                                                        \
+          a00 = _mm256_fmadd_ps(                                                            \
+              _mm256_set1_ps(H2F(w0[b].d) * H2F(x0[b].d)),  \
+              mul_sum_i8_pairs(UNPACK(w0[b]), _mm256_loadu_si256((const __m256i *)x0[b].qs)), a00); \
+        y[(size_t)c * ldy + r] = hsum8(a00);                                                \
+      }                                                                                     \
+    }                                                                                       \
+  }
+
+#define UNPACK_Q8_0(blk) _mm256_loadu_si256((const __m256i *)(blk).qs)
+#define UNPACK_Q4_0(blk) q4_0_unpack((blk).qs)
+
+Q0_TILE(tile_q8_0, llorch_block_q8_0, UNPACK_Q8_0)
+Q0_TILE(tile_q4_0, llorch_block_q4_0, UNPACK_Q4_0)
+
+/* ---- Q4_K / Q6_K (one dot at a time, as ggml's vec_dot) ---- */
+
+TARGET static float dot_q4_K(int n, const llorch_block_q4_K *x, const llorch_block_q8_K *y) {
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  __m256 acc = _mm256_setzero_ps();
+  __m128 acc_m = _mm_setzero_ps();
+  for (int i = 0; i < n / LLORCH_QK_K; i++) {
+    const float d = y[i].d * H2F(x[i].d);
+    const float dmin = -y[i].d * H2F(x[i].dmin);
+    uint8_t sc[8], mn[8];
+    for (int j = 0; j < 8; j++) llorch_q4_K_scale_min(j, x[i].scales, &sc[j], &mn[j]);
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
+    const __m256i q8sums = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+    const __m128i q8s = _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0),
+                                       _mm256_extracti128_si256(q8sums, 1));
+    const __m128i prod = _mm_madd_epi16(mins, q8s);
+    acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+    const uint8_t *q4 = x[i].qs;
+    const int8_t *q8 = y[i].qs;
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+      const __m256i scale_l = _mm256_set1_epi16(sc[2 * j]);
+      const __m256i scale_h = _mm256_set1_epi16(sc[2 * j + 1]);
+      const __m256i q4bits = _mm256_loadu_si256((const __m256i *)q4);
+      q4 += 32;
+      const __m256i q4l = _mm256_and_si256(q4bits, m4);
+      const __m256i q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+      const __m256i q8l = _mm256_loadu_si256((const __m256i *)q8);
+      q8 += 32;
+      const __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
+      const __m256i q8h = _mm256_loadu_si256((const __m256i *)q8);
+      q8 += 32;
+      const __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
+      sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+  acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+  return hsum8(acc) + _mm_cvtss_f32(acc_m);
+}
+
+TARGET static float dot_q6_K(int n, const llorch_block_q6_K *x, const llorch_block_q8_K *y) {
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  const __m256i m2 = _mm256_set1_epi8(3);
+  const __m256i m32s = _mm256_set1_epi8(32);
+  __m256 acc = _mm256_setzero_ps();
+  for (int i = 0; i < n / LLORCH_QK_K; i++) {
+    const float d = y[i].d * H2F(x[i].d);
+    const uint8_t *q4 = x[i].ql;
+    const uint8_t *qh = x[i].qh;
+    const int8_t *q8 = y[i].qs;
+    const int8_t *scs = x[i].scales;
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 2; j++) {
+      const __m256i q4bits1 = _mm256_loadu_si256((const __m256i *)q4);
+      const __m256i q4bits2 = _mm256_loadu_si256((const __m256i *)(q4 + 32));
+      q4 += 64;
+      const __m256i q4bitsH = _mm256_loadu_si256((const __m256i *)qh);
+      qh += 32;
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m2), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4);
+      const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4);
+      const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4);
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(q4bits1, m4), h0),
+          _mm256_or_si256(_mm256_and_si256(q4bits2, m4), h1),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), h2),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), h3),
+      };
+      for (int k = 0; k < 4; k++) {
+        const __m256i q8v = _mm256_loadu_si256((const __m256i *)q8);
+        q8 += 32;
+        const __m256i q8s = _mm256_maddubs_epi16(m32s, q8v);
+        __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8v), q8s);
+        const __m256i scale = _mm256_setr_m128i(_mm_set1_epi16(scs[2 * k]),
+                                                _mm_set1_epi16(scs[2 * k + 1]));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
+      }
+      scs += 8;
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum8(acc);
+}
+
+#define K_TILE(name, wtype, dotfn)                                                          \
+  TARGET static void name(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, \
+                          int nc, float *y, size_t ldy, kern_order order) {                  \
+    (void)order;                                                                            \
+    for (int c = 0; c < nc; c++) {                                                          \
+      const llorch_block_q8_K *xc = (const void *)((const char *)x + (size_t)c * xs);       \
+      for (int r = 0; r < nr; r++)                                                          \
+        y[(size_t)c * ldy + r] = dotfn(n, (const wtype *)((const char *)w + (size_t)r * ws), xc); \
+    }                                                                                       \
+  }
+
+K_TILE(tile_q4_K, llorch_block_q4_K, dot_q4_K)
+K_TILE(tile_q6_K, llorch_block_q6_K, dot_q6_K)
+
+/* ---- elementwise: ggml_v_expf / ggml_v_silu ---- */
+
+TARGET static inline __m256 v_expf(__m256 x) {
+  const __m256 r = _mm256_set1_ps(0x1.8p23f);
+  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+  const __m256 n = _mm256_sub_ps(z, r);
+  const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+  const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+  const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+  const __m256i c = _mm256_castps_si256(
+      _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(126), _CMP_GT_OQ));
+  const __m256 u = _mm256_mul_ps(b, b);
+  const __m256 j = _mm256_fmadd_ps(
+      _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)),
+                      u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+      u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+  if (!_mm256_movemask_ps(_mm256_castsi256_ps(c))) return _mm256_fmadd_ps(j, k, k);
+  /* rare lanes with |n| > 126: fall back to the scalar twin lane by lane */
+  float xs[8], out[8];
+  _mm256_storeu_ps(xs, x);
+  for (int l = 0; l < 8; l++) out[l] = kern_expf_ggml(xs[l]);
+  return _mm256_loadu_ps(out);
+}
+
+TARGET static void swiglu_avx2(int n, float *y, const float *g, const float *u) {
+  int i = 0;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 7 < n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 e = v_expf(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; i++) y[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i];
+}
+
+TARGET static double softmax_exp_avx2(int n, float *y, const float *x, float max) {
+  int i = 0;
+  double sum = 0;
+  for (; i + 7 < n; i += 8) {
+    const __m256 v = v_expf(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(max)));
+    _mm256_storeu_ps(y + i, v);
+    sum += (double)hsum8(v);
+  }
+  for (; i < n; i++) {
+    float v = expf(x[i] - max);
+    sum += (double)v;
+    y[i] = v;
+  }
+  return sum;
+}
+
+TARGET static void round_f16_avx2(int n, float *y, const float *x) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i),
+                                                            _MM_FROUND_TO_NEAREST_INT)));
+  for (; i < n; i++) y[i] = kern_round_f16(x[i]);
+}
+
+static const kern_table kern_avx2 = {
+    .name = "avx2",
+    .tile =
+        {
+            [LLORCH_TYPE_F32] = tile_f32,
+            [LLORCH_TYPE_F16] = tile_f16,
+            [LLORCH_TYPE_BF16] = tile_bf16,
+            [LLORCH_TYPE_Q8_0] = tile_q8_0,
+            [LLORCH_TYPE_Q4_0] = tile_q4_0,
+            [LLORCH_TYPE_Q4_K] = tile_q4_K,
+            [LLORCH_TYPE_Q6_K] = tile_q6_K,
+        },
+    .swiglu = swiglu_avx2,
+    .round_f16 = round_f16_avx2,
+    .softmax_exp = softmax_exp_avx2,
+};
+
+const kern_table *kern_avx2_table(void) {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return &kern_avx2;
+  return NULL;
+}
+
+#else /* not x86-64 GCC/Clang */
+
+const kern_table *kern_avx2_table(void) { return NULL; }
+
+#endif
