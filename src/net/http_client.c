@@ -31,6 +31,7 @@
 
 #include "llorch/http.h"
 #include "llorch/log.h"
+#include "http_client-impl.h"
 #include "netbuf.h"
 
 #define CLIENT_READ_CHUNK 65536
@@ -869,4 +870,63 @@ void llorch_http_client_free(llorch_http_client *cl) {
   while (cl->calls != NULL) llorch_http_call_cancel(cl->calls);
   for (client_conn *c = cl->conns; c != NULL; c = c->next) conn_close(c);
   if (cl->n_conns == 0) free(cl);
+}
+
+/* ---- parsing without sockets (tests, fuzzing) ---- */
+
+typedef struct parse_only {
+  void (*on_event)(const llorch_sse_event *ev, void *user);
+  void *user;
+} parse_only;
+
+static void parse_only_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void *user) {
+  parse_only *po = user;
+  if (po->on_event) po->on_event(ev, po->user);
+}
+
+int llorch_http_client_parse_response(const void *data, size_t len, bool sse, bool head,
+                                      void (*on_event)(const llorch_sse_event *ev, void *user),
+                                      void *user) {
+  llorch_http_client cl;
+  memset(&cl, 0, sizeof cl);
+  llorch_http_client_config_default(&cl.cfg);
+  cl.cfg.max_header_bytes = 8192;
+  cl.cfg.max_body_bytes = 1u << 20;
+  client_conn *c = calloc(1, sizeof *c);
+  llorch_http_call *call = calloc(1, sizeof *call);
+  int result = LLORCH_ENOMEM;
+  if (c == NULL || call == NULL) goto done;
+  parse_only po = {on_event, user};
+  call->client = &cl;
+  call->head = head;
+  snprintf(call->target, sizeof call->target, "buffer:0");
+  if (sse) call->opts.on_sse = parse_only_on_sse;
+  call->opts.user = &po;
+  c->call = call;
+  call->conn = c;
+  client_settings_init();
+  llhttp_init(&c->parser, HTTP_RESPONSE, &client_settings);
+  c->parser.data = c;
+  llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+  bool cut = false;
+  if (err == HPE_OK && !call->complete && call->status >= 200) {
+    /* The peer closed: a close-delimited body ends here, anything else was cut short. */
+    err = llhttp_finish(&c->parser);
+    cut = err != HPE_OK && err != HPE_PAUSED;
+  }
+  if (call->complete) result = call->status;
+  else if (call->fail_err) result = call->fail_err;
+  else if (cut) result = LLORCH_ECLOSED;
+  else if (err != HPE_OK && err != HPE_PAUSED) result = LLORCH_EPROTO;
+  else result = 0;
+done:
+  if (call != NULL) {
+    llorch_sse_parser_free(call->sse);
+    net_buf_free(&call->hdr);
+    net_buf_free(&call->body);
+    free(call->hoff);
+    free(call);
+  }
+  free(c);
+  return result;
 }

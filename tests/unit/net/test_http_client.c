@@ -20,6 +20,7 @@
 
 #include "llorch/http.h"
 #include "llorch/http_client.h"
+#include "net/http_client-impl.h"
 
 typedef struct env {
   uv_loop_t loop;
@@ -480,6 +481,28 @@ static void test_dead_pooled_connection_retried(void **state) {
   uv_close((uv_handle_t *)&l, NULL);
 }
 
+static void count_event(const llorch_sse_event *ev, void *user) { (*(int *)user)++; }
+
+static void test_parse_response_buffers(void **state) {
+  int n = 0;
+  const char *sse = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "11\r\ndata: a\n\ndata: b\n\r\n1\r\n\n\r\n0\r\n\r\n";
+  assert_int_equal(llorch_http_client_parse_response(sse, strlen(sse), true, false, count_event, &n), 200);
+  assert_int_equal(n, 2);
+  const char *closed = "HTTP/1.0 200 OK\r\n\r\nbody until close";
+  assert_int_equal(llorch_http_client_parse_response(closed, strlen(closed), false, false, NULL, NULL), 200);
+  const char *cut = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+  assert_int_equal(llorch_http_client_parse_response(cut, strlen(cut), false, false, NULL, NULL),
+                   LLORCH_ECLOSED);
+  const char *head = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+  assert_int_equal(llorch_http_client_parse_response(head, strlen(head), false, true, NULL, NULL), 200);
+  const char *interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+  assert_int_equal(llorch_http_client_parse_response(interim, strlen(interim), false, false, NULL, NULL), 204);
+  assert_int_equal(llorch_http_client_parse_response("HTTP/1.1 2", 10, false, false, NULL, NULL), 0);
+  assert_int_equal(llorch_http_client_parse_response("SMTP ready\r\n", 12, false, false, NULL, NULL),
+                   LLORCH_EPROTO);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_get_and_reuse, setup, teardown),
@@ -494,6 +517,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_closed_mid_body, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ipv6_and_names, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_pooled_connection_retried, setup, teardown),
+      cmocka_unit_test(test_parse_response_buffers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
