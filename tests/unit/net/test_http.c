@@ -247,6 +247,7 @@ static int fixture_setup(void **state) {
   llorch_http_config cfg;
   llorch_http_config_default(&cfg);
   cfg.header_timeout_ms = 300;
+  cfg.idle_timeout_ms = 400;
   cfg.sse_keepalive_ms = 50;
   cfg.max_body_bytes = 1000;
   llorch_errmsg em;
@@ -382,6 +383,19 @@ static void test_header_timeout(void **state) {
   close(fd);
 }
 
+static void test_idle_keepalive_closed(void **state) {
+  int fd = tcp_connect(F.port);
+  char buf[4096];
+  send_str(fd, "GET /hello HTTP/1.1\r\n\r\n");
+  recv_until(fd, buf, sizeof buf, "hello");
+  double t0 = now_s();
+  /* Silently closed (no 408: the client sent nothing) after the idle timeout. */
+  assert_int_equal(recv_until(fd, buf, sizeof buf, NULL), 0);
+  double dt = now_s() - t0;
+  assert_true(dt >= 0.35 && dt < 3.0);
+  close(fd);
+}
+
 static void test_413_before_body(void **state) {
   int fd = tcp_connect(F.port);
   char buf[4096];
@@ -484,6 +498,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_pipelined_on_socket, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_sse_stream_and_disconnect, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_header_timeout, fixture_setup, fixture_teardown),
+      cmocka_unit_test_setup_teardown(test_idle_keepalive_closed, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_413_before_body, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_detached_late_answer, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_backpressure_visible, fixture_setup, fixture_teardown),
