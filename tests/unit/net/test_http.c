@@ -248,6 +248,7 @@ static int fixture_setup(void **state) {
   llorch_http_config_default(&cfg);
   cfg.header_timeout_ms = 300;
   cfg.idle_timeout_ms = 400;
+  cfg.body_timeout_ms = 300;
   cfg.sse_keepalive_ms = 50;
   cfg.max_body_bytes = 1000;
   llorch_errmsg em;
@@ -383,6 +384,19 @@ static void test_header_timeout(void **state) {
   close(fd);
 }
 
+static void test_body_timeout(void **state) {
+  int fd = tcp_connect(F.port);
+  char buf[4096];
+  double t0 = now_s();
+  send_str(fd, "POST /hello HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+  recv_until(fd, buf, sizeof buf, NULL);
+  double dt = now_s() - t0;
+  assert_non_null(strstr(buf, "HTTP/1.1 408 Request Timeout\r\n"));
+  assert_non_null(strstr(buf, "request body not received in time"));
+  assert_true(dt >= 0.25 && dt < 3.0);
+  close(fd);
+}
+
 static void test_idle_keepalive_closed(void **state) {
   int fd = tcp_connect(F.port);
   char buf[4096];
@@ -499,6 +513,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_sse_stream_and_disconnect, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_header_timeout, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_idle_keepalive_closed, fixture_setup, fixture_teardown),
+      cmocka_unit_test_setup_teardown(test_body_timeout, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_413_before_body, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_detached_late_answer, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_backpressure_visible, fixture_setup, fixture_teardown),
