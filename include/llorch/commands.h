@@ -17,4 +17,9 @@ int llorch_cmd_synth(int argc, char **argv);
  * prints the token ids of a text (src/tools/tokenize.c). argv[0] is "tokenize". */
 int llorch_cmd_tokenize(int argc, char **argv);
 
+/* `llorch bench --model FILE [--threads N] [--prompt-tokens N] [--gen-tokens N]
+ * [--batch N] [--json]`: load time, prompt-processing and generation tok/s and
+ * RSS of one model (src/tools/bench.c). argv[0] is "bench". */
+int llorch_cmd_bench(int argc, char **argv);
+
 #endif /* LLORCH_COMMANDS_H */
