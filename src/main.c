@@ -16,6 +16,7 @@
 
 #include "llorch/commands.h"
 #include "llorch/config.h"
+#include "llorch/log.h"
 #include "llorch/roles.h"
 
 #define USAGE_LINE "usage: llorch --role=orchestrator|pool|worker|all [--config FILE] [flags]"
@@ -173,6 +174,8 @@ int main(int argc, char **argv) {
     else fprintf(stderr, "%s\n", em.text);
     return 2;
   }
+  /* Before the role starts, so its first lines already follow the config. */
+  llorch_log_init(cfg.log.level, cfg.log.format, stderr);
   int status = main_run_role(&cfg);
   llorch_config_free(&cfg);
   return status;
