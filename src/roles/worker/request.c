@@ -84,48 +84,67 @@ static int request_message_content(const cJSON *msg, const char *where, llorch_j
 }
 
 /*
- * Renders messages for the model: ChatML (<|im_start|>role\ncontent<|im_end|>\n
- * ... <|im_start|>assistant\n) when the vocabulary has <|im_start|> (the
- * synthesized vocabulary, Qwen), Llama 3 headers when it has
- * <|start_header_id|>, ChatML otherwise. The GGUF's Jinja template itself is
- * not interpreted here.
+ * Renders messages with the model's chat template family (chat.h: llorch
+ * recognises the family of tokenizer.chat_template rather than running
+ * Jinja). "developer" is OpenAI's newer name for "system".
  */
 static int request_render_chat(worker *w, const cJSON *messages, llorch_jbuf *out,
                                worker_error *err) {
-  static const char *const roles[] = {"system", "user", "assistant", "tool", "developer", NULL};
-  bool chatml = llorch_tokenizer_find(w->tok, "<|im_start|>", 12) >= 0;
-  bool llama3 = llorch_tokenizer_find(w->tok, "<|start_header_id|>", 19) >= 0;
-  int i = 0;
-  if (llama3 && !chatml) llorch_jbuf_cstr(out, "<|begin_of_text|>");
+  static const char *const roles[] = {"system", "user", "assistant", "developer", "tool", NULL};
+  size_t n = (size_t)cJSON_GetArraySize(messages);
+  llorch_chat_message *msgs = calloc(n, sizeof *msgs);
+  llorch_jbuf *contents = calloc(n, sizeof *contents);
+  char *text = NULL;
+  size_t text_len = 0;
+  int rc = 0;
+  if (!msgs || !contents) {
+    rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+    goto out;
+  }
+  size_t i = 0;
   for (const cJSON *m = messages->child; m; m = m->next, i++) {
     char where[48];
-    snprintf(where, sizeof where, "messages[%d]", i);
-    if (!cJSON_IsObject(m))
-      return request_fail(err, 400, "invalid_request_error", "invalid_value", where,
-                          "'%s' must be an object with role and content", where);
+    snprintf(where, sizeof where, "messages[%zu]", i);
+    llorch_jbuf_init(&contents[i]);
+    if (!cJSON_IsObject(m)) {
+      rc = request_fail(err, 400, "invalid_request_error", "invalid_value", where,
+                        "'%s' must be an object with role and content", where);
+      goto out;
+    }
     llorch_errmsg em = {{0}};
     int role = 0;
-    if (llorch_json_get_enum(m, where, "role", true, roles, &role, &em) < 0)
-      return request_fail_field(err, &em);
-    const char *rname = role == 4 ? "system" : roles[role];
-    if (chatml || !llama3) {
-      llorch_jbuf_cstr(out, "<|im_start|>");
-      llorch_jbuf_cstr(out, rname);
-      llorch_jbuf_cstr(out, "\n");
-    } else {
-      llorch_jbuf_cstr(out, "<|start_header_id|>");
-      llorch_jbuf_cstr(out, role == 3 ? "ipython" : rname);
-      llorch_jbuf_cstr(out, "<|end_header_id|>\n\n");
+    if (llorch_json_get_enum(m, where, "role", true, roles, &role, &em) < 0) {
+      rc = request_fail_field(err, &em);
+      goto out;
     }
-    int rc = request_message_content(m, where, out, err);
-    if (rc < 0) return rc;
-    llorch_jbuf_cstr(out, chatml || !llama3 ? "<|im_end|>\n" : "<|eot_id|>");
+    if (role == 4) {
+      char p[64];
+      snprintf(p, sizeof p, "%s.role", where);
+      rc = request_fail(err, 400, "invalid_request_error", "unsupported_value", p,
+                        "'%s' is \"tool\": tool calls are not supported by this worker", p);
+      goto out;
+    }
+    msgs[i].role = role == 3 ? "system" : roles[role];
+    if ((rc = request_message_content(m, where, &contents[i], err)) < 0) goto out;
+    msgs[i].content = contents[i].data ? contents[i].data : "";
   }
-  llorch_jbuf_cstr(out, chatml || !llama3 ? "<|im_start|>assistant\n"
-                                          : "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  llorch_errmsg em = {{0}};
+  if (llorch_chat_render(w->chat, msgs, n, true, &text, &text_len, &em) < 0) {
+    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "messages", "%s",
+                      em.text);
+    goto out;
+  }
+  llorch_jbuf_raw(out, text, text_len);
   if (llorch_jbuf_error(out) < 0)
-    return request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
-  return 0;
+    rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+
+out:
+  if (contents)
+    for (size_t k = 0; k < n; k++) llorch_jbuf_free(&contents[k]);
+  free(contents);
+  free(msgs);
+  free(text);
+  return rc;
 }
 
 /* ---- fields ---- */
@@ -332,7 +351,7 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
     }
     if ((rc = request_render_chat(w, arr, &text, err)) < 0) goto fail;
     /* The rendered template holds special-token text that must become the
-     * special tokens; user text inside it is rendered as is (as llama.cpp). */
+     * special tokens (chat.h: ADD_SPECIAL | PARSE_SPECIAL, as llama.cpp). */
     flags |= LLORCH_TOKENIZE_PARSE_SPECIAL;
   } else {
     if (!prompt) {

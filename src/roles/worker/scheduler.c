@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llorch/json.h"
 #include "llorch/log.h"
 
 struct worker_sched {
@@ -37,8 +38,6 @@ struct worker_sched {
   worker_job **b_job;         /* (n_batch_max) job of each logits row */
   float *logits;              /* (n_slots, n_vocab) */
   worker_event **tok_ev, **fin_ev; /* (n_slots) events of each logits row */
-  char *piece;                /* token piece scratch */
-  size_t piece_cap;
 };
 
 static double ns_to_ms(uint64_t ns) { return (double)ns / 1e6; }
@@ -67,7 +66,7 @@ void worker_job_free(worker_job *j) {
   for (int k = 0; k < j->n_stop; k++) free(j->stop[k]);
   llorch_sampler_free(j->sampler);
   free(j->history);
-  worker_textout_free(&j->text);
+  llorch_textstream_free(j->text);
   free(j);
 }
 
@@ -180,10 +179,8 @@ int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch
   s->logits = malloc((size_t)cfg->n_slots * s->n_vocab * sizeof *s->logits);
   s->tok_ev = calloc(cfg->n_slots, sizeof *s->tok_ev);
   s->fin_ev = calloc(cfg->n_slots, sizeof *s->fin_ev);
-  s->piece_cap = 256;
-  s->piece = malloc(s->piece_cap);
   if (!s->slots || !s->b_token || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_job ||
-      !s->logits || !s->piece || !s->tok_ev || !s->fin_ev)
+      !s->logits || !s->tok_ev || !s->fin_ev)
     goto fail_alloc;
   if (uv_mutex_init(&s->mu)) goto fail_alloc;
   if (uv_cond_init(&s->cv)) goto fail_mutex;
@@ -202,7 +199,6 @@ fail_alloc:
   free(s->logits);
   free(s->tok_ev);
   free(s->fin_ev);
-  free(s->piece);
   free(s);
   return llorch_errmsg_set(em, LLORCH_ENOMEM, "scheduler: out of memory (%u slots x %u vocab)",
                            cfg->n_slots, be->model->hp.n_vocab);
@@ -226,7 +222,6 @@ void worker_sched_free(worker_sched *s) {
   free(s->logits);
   free(s->tok_ev);
   free(s->fin_ev);
-  free(s->piece);
   free(s);
 }
 
@@ -249,7 +244,11 @@ int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   j->history = malloc(((size_t)j->n_prompt + j->max_tokens) * sizeof *j->history);
   if (!j->history) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for the history");
   memcpy(j->history, j->prompt, j->n_prompt * sizeof *j->history);
-  worker_textout_init(&j->text, j->stop, j->n_stop);
+  if (s->tok) {
+    rc = llorch_textstream_init(&j->text, s->tok, 0, (const char *const *)j->stop,
+                                (size_t)j->n_stop, em);
+    if (rc < 0) return rc;
+  }
 
   uv_mutex_lock(&s->mu);
   if (s->draining || s->stopping) {
@@ -442,47 +441,29 @@ static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample
   j->history[j->n_prompt + j->n_gen] = tok;
   j->n_gen++;
   bool eog = !j->ignore_eos && s->tok && llorch_tokenizer_is_eog(s->tok, tok);
-  char *text = NULL;
-  size_t text_len = 0;
+  /* The released text of this token (and, at the end, of whatever was
+   * still held back), copied out of the textstream's buffer. */
+  llorch_jbuf text;
+  llorch_jbuf_init(&text);
   int rc = 0;
-  if (s->tok && !eog) {
-    int len = llorch_token_piece(s->tok, tok, 0, s->piece, s->piece_cap);
-    if (len > (int)s->piece_cap) {
-      char *p = realloc(s->piece, (size_t)len);
-      if (p) {
-        s->piece = p;
-        s->piece_cap = (size_t)len;
-        len = llorch_token_piece(s->tok, tok, 0, s->piece, s->piece_cap);
-      } else {
-        len = LLORCH_ENOMEM;
-      }
-    }
-    if (len < 0) rc = len;
-    else rc = worker_textout_push(&j->text, s->piece, (size_t)len, &text, &text_len);
+  llorch_textstream_out out = {0};
+  if (j->text && !eog) {
+    rc = llorch_textstream_feed(j->text, tok, &out);
+    if (rc == 0 && out.len) llorch_jbuf_raw(&text, out.text, out.len);
   }
+  bool stopped = j->text && llorch_textstream_stopped(j->text);
   worker_finish fin = WORKER_FINISH_NONE;
-  if (eog || j->text.stopped) fin = WORKER_FINISH_STOP;
+  if (eog || stopped) fin = WORKER_FINISH_STOP;
   else if (j->n_gen >= j->max_tokens) fin = WORKER_FINISH_LENGTH;
-  if (fin != WORKER_FINISH_NONE && s->tok && rc == 0) {
+  if (fin != WORKER_FINISH_NONE && j->text && !stopped && rc == 0) {
     /* Release the held tail (a partial stop-string prefix that never
      * completed, an incomplete UTF-8 sequence) with this last token. */
-    char *rest = NULL;
-    size_t rest_len = 0;
-    if (!j->text.stopped) rc = worker_textout_flush(&j->text, &rest, &rest_len);
-    if (rest_len) {
-      char *m = realloc(text, text_len + rest_len + 1);
-      if (m) {
-        memcpy(m + text_len, rest, rest_len + 1);
-        text = m;
-        text_len += rest_len;
-      } else {
-        rc = LLORCH_ENOMEM;
-      }
-    }
-    free(rest);
+    rc = llorch_textstream_flush(j->text, &out);
+    if (rc == 0 && out.len) llorch_jbuf_raw(&text, out.text, out.len);
   }
+  if (rc == 0) rc = llorch_jbuf_error(&text);
   if (rc < 0) {
-    free(text);
+    llorch_jbuf_free(&text);
     *final_ev = sched_error_event(j, "internal_error", false, llorch_strerror(rc));
     return;
   }
@@ -493,8 +474,8 @@ static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample
   if (e) {
     e->index = j->n_gen - 1;
     e->token_id = tok;
-    e->text = text;
-    e->text_len = text_len;
+    e->text = text.data; /* ownership moves to the event */
+    e->text_len = text.len;
     if (j->want_logprobs) {
       e->has_logprob = true;
       e->lp.id = tok;
@@ -507,7 +488,7 @@ static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample
     }
     *tok_ev = e;
   } else {
-    free(text);
+    llorch_jbuf_free(&text);
   }
   if (fin != WORKER_FINISH_NONE) *final_ev = sched_end_event(j, fin);
 }

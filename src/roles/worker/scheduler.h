@@ -29,9 +29,8 @@
 #include "llorch/backend.h"
 #include "llorch/error.h"
 #include "llorch/sampler.h"
+#include "llorch/textstream.h"
 #include "llorch/tokenizer.h"
-
-#include "textout.h"
 
 #define WORKER_MAX_STOP 4
 #define WORKER_MAX_TOP_LOGPROBS LLORCH_SAMPLER_MAX_LOGPROBS
@@ -74,7 +73,7 @@ typedef struct worker_job {
   int32_t next_token;            /* sampled token to feed next step */
   llorch_sampler *sampler;
   int32_t *history;              /* (n_prompt + max_tokens) prompt then generated ids: penalties */
-  worker_textout text;
+  llorch_textstream *text;       /* detokenizer + stop strings; NULL without a tokenizer */
   uint64_t t_submit_ns, t_start_ns, t_first_ns, t_prefill_done_ns, t_last_tok_ns;
 
   /* ---- shared under the scheduler mutex ---- */
@@ -171,7 +170,7 @@ void worker_sched_free(worker_sched *s);
 /*
  * Queues a job. Clamps max_tokens to what fits. Errors (job not taken, em set):
  *   LLORCH_ERANGE  prompt does not fit the context (em has both numbers)
- *   LLORCH_EINVAL  empty prompt, or sampling parameters out of range
+ *   LLORCH_EINVAL  empty prompt, sampling parameters out of range, empty stop string
  *   LLORCH_EBUSY   queue full
  *   LLORCH_ESTATE  shutting down
  */

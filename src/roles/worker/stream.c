@@ -46,7 +46,14 @@ char *worker_token_text(const worker *w, int32_t id, size_t *len, llorch_jbuf *b
     }
     llorch_jbuf_raw(bytes, "]", 1);
   }
-  return worker_utf8_sanitize(buf, (size_t)n, len);
+  /* Raw bytes: llorch_jbuf_strn turns invalid UTF-8 into U+FFFD when the
+   * text is written out; `bytes` above keeps the exact values. */
+  char *t = malloc((size_t)n + 1);
+  if (!t) return NULL;
+  memcpy(t, buf, (size_t)n);
+  t[n] = 0;
+  *len = (size_t)n;
+  return t;
 }
 
 /* {"token":..,"logprob":..,"bytes":[..]} plus "top_logprobs":[...] when top. */

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "llorch/backend.h"
+#include "llorch/chat.h"
 #include "llorch/config.h"
 #include "llorch/http.h"
 #include "llorch/http_client.h"
@@ -85,6 +86,7 @@ typedef struct worker {
   llorch_backend backend;
   bool backend_open;
   llorch_tokenizer *tok;
+  llorch_chat *chat;              /* the model's chat template family */
   worker_sched *sched;
   uint32_t n_ctx, n_slots;
   int n_threads;                  /* CPU threads the backend uses */
@@ -163,7 +165,9 @@ void worker_respond_error(llorch_http_request *req, const worker_error *err);
 void worker_events_dispatch(worker *w);
 /* Registers the client-gone callback and links st into w->streams. */
 void worker_stream_attach(worker *w, worker_stream *st);
-/* The job's text for one token id (for logprobs), sanitized; malloc'ed. */
+/* The bytes of one token id (for logprobs), malloc'ed and NUL-terminated
+ * (*len without the NUL); appends them as a JSON array of numbers to bytes
+ * when bytes is not NULL. NULL when out of memory. */
 char *worker_token_text(const worker *w, int32_t id, size_t *len, llorch_jbuf *bytes);
 
 /* ---- routes.c ---- */

@@ -82,8 +82,10 @@ static void worker_load_thread(void *arg) {
   llorch_errmsg em = {{0}};
   int rc = llorch_model_load(&w->model, cfg->worker.model, &em);
   if (rc < 0) {
-    snprintf(w->load_error, sizeof w->load_error, "model %s: %s", cfg->worker.model,
-             em.text[0] ? em.text : llorch_strerror(rc));
+    /* The loader's message already names the file. */
+    if (em.text[0]) snprintf(w->load_error, sizeof w->load_error, "%s", em.text);
+    else snprintf(w->load_error, sizeof w->load_error, "model %s: %s", cfg->worker.model,
+                  llorch_strerror(rc));
     goto done;
   }
   rc = llorch_tokenizer_load(&w->tok, w->model->gguf, &em);
@@ -91,6 +93,17 @@ static void worker_load_thread(void *arg) {
     snprintf(w->load_error, sizeof w->load_error, "tokenizer of %s: %s", cfg->worker.model,
              em.text[0] ? em.text : llorch_strerror(rc));
     goto done;
+  }
+  rc = llorch_chat_init_tokenizer(&w->chat, w->tok, NULL, &em);
+  if (rc < 0) {
+    /* No template, or one of a family llorch does not know: chat requests
+     * use ChatML (llama.cpp's fallback too); completions are unaffected. */
+    LOG_WARN("worker", NULL, "chat template of %s: %s; using chatml", cfg->worker.model, em.text);
+    rc = llorch_chat_init(&w->chat, NULL, "chatml", NULL, &em);
+    if (rc < 0) {
+      snprintf(w->load_error, sizeof w->load_error, "chat template: %s", em.text);
+      goto done;
+    }
   }
   uint32_t n_ctx = cfg->worker.ctx > 0 ? (uint32_t)cfg->worker.ctx : w->model->hp.n_ctx_train;
   if (!n_ctx) n_ctx = 2048;
@@ -220,6 +233,8 @@ static void worker_free_model(worker *w) {
   w->sched = NULL;
   if (w->backend_open) llorch_backend_close(&w->backend);
   w->backend_open = false;
+  llorch_chat_free(w->chat);
+  w->chat = NULL;
   llorch_tokenizer_free(w->tok);
   w->tok = NULL;
   llorch_model_free(w->model);
