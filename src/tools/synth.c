@@ -367,16 +367,24 @@ static void synth_llama3_rope_factors(const synth_params *p, float *out) {
 }
 
 /*
- * Scales. The residual stream starts at the token embedding (std 1) and each
- * layer adds attention (wo gain 2) and FFN (w_down gain 3) outputs of larger
- * size, so the final hidden state is a mix of many layers, not an echo of the
- * input token (with tied embeddings an echo would make every token predict
- * itself). The final norm's weight sets the logit scale: logits get a
- * standard deviation of about LOGIT_STD, so the gap between the two top
- * logits of ~1e5 Gaussian draws is typically ~1, and ties within float
- * rounding are rare.
+ * Scales, tuned with llama.cpp's greedy decoding of the result (40 steps:
+ * distinct tokens, repeats, top-1/top-2 gaps). Every matrix sees
+ * RMS-normalized input, so projections use std 1/sqrt(n_in) (unit-variance
+ * outputs); the FFN's w_down has gain 3 and attention's wo gain 0.5: a larger
+ * attention share makes the state follow the context more than the current
+ * token and greedy decoding of tied-embedding models then locks onto one
+ * token. The token embedding is small (std 0.02, as real models at init), so
+ * tied models do not echo the input token (its logit bonus is about
+ * LOGIT_STD * embd_std * sqrt(n_embd) / rms(h); at std 1 every token
+ * predicted itself). The final norm's weight sets the logit scale: logits
+ * get a standard deviation of about LOGIT_STD, so the gap between the two
+ * top logits of ~1e5 draws is typically ~1.5 and ties within float rounding
+ * are rare.
  */
-#define SYNTH_LOGIT_STD 6.0f
+#define SYNTH_LOGIT_STD 8.0f
+#define SYNTH_ATTN_OUT_GAIN 0.5f
+#define SYNTH_FFN_OUT_GAIN 3.0f
+#define SYNTH_EMBD_STD 0.02f
 
 static int synth_add_tensors(synth_state *s, llorch_gguf_writer *w, uint32_t n_vocab,
                              float *rope_factors) {
@@ -387,7 +395,7 @@ static int synth_add_tensors(synth_state *s, llorch_gguf_writer *w, uint32_t n_v
   const llorch_ggml_type T = p->type;
   /* llama.cpp's q4_k files keep output.weight (and tied embeddings) at q6_k */
   const llorch_ggml_type T_out = T == LLORCH_TYPE_Q4_K ? LLORCH_TYPE_Q6_K : T;
-  const float emb_std = 1.0f;
+  const float emb_std = SYNTH_EMBD_STD;
   const float out_std = p->tie_embeddings ? emb_std : 1.0f / sqrtf((float)E);
   /* logits = output . (norm(h) * w_norm): std = out_std * sqrt(E) * w_norm */
   const float out_norm = SYNTH_LOGIT_STD / (out_std * sqrtf((float)E));
@@ -429,14 +437,14 @@ static int synth_add_tensors(synth_state *s, llorch_gguf_writer *w, uint32_t n_v
                           0.1f))) return rc;
     }
     if ((rc = synth_add(s, w, LAYER("attn_output.weight"), synth_matrix_type(T, Q), 2, Q, E, 0.0f,
-                        2.0f / sqrtf((float)Q)))) return rc;
+                        SYNTH_ATTN_OUT_GAIN / sqrtf((float)Q)))) return rc;
     if ((rc = synth_add(s, w, LAYER("ffn_norm.weight"), LLORCH_TYPE_F32, 1, E, 1, 1.0f, 0.1f))) return rc;
     if ((rc = synth_add(s, w, LAYER("ffn_gate.weight"), synth_matrix_type(T, E), 2, E, F, 0.0f,
                         1.0f / sqrtf((float)E)))) return rc;
     if ((rc = synth_add(s, w, LAYER("ffn_up.weight"), synth_matrix_type(T, E), 2, E, F, 0.0f,
                         1.0f / sqrtf((float)E)))) return rc;
     if ((rc = synth_add(s, w, LAYER("ffn_down.weight"), synth_matrix_type(T, F), 2, F, E, 0.0f,
-                        3.0f / sqrtf((float)F)))) return rc;
+                        SYNTH_FFN_OUT_GAIN / sqrtf((float)F)))) return rc;
 #undef LAYER
   }
   if ((rc = synth_add(s, w, "output_norm.weight", LLORCH_TYPE_F32, 1, E, 1, out_norm, 0.05f * out_norm)))
