@@ -191,6 +191,54 @@ static void test_get_and_reuse(void **state) {
   assert_int_equal(llorch_http_client_idle_count(E.cl), 1);
 }
 
+static void test_connection_close_not_pooled(void **state) {
+  static const char *const hdrs[] = {"Connection", "close", "X-Extra", "1", NULL};
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", E.port);
+  for (int i = 0; i < 2; i++) {
+    result r = {0};
+    llorch_http_call_opts o = {.url = url, .headers = hdrs, .on_done = on_done, .user = &r};
+    assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+    run_until(&r.done);
+    assert_int_equal(r.err, 0);
+    assert_string_equal(r.body, "hello");
+    assert_int_equal(llorch_http_client_idle_count(E.cl), 0);
+  }
+  assert_int_equal(llorch_http_client_connects(E.cl), 2);
+}
+
+/* on_done starting the next call (as a relay retrying elsewhere does). */
+typedef struct chain {
+  int left;
+  int done;
+  int errors;
+} chain;
+
+static void chain_on_done(llorch_http_call *call, int err, const char *errmsg, void *user);
+
+static void chain_next(chain *c) {
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/hello", E.port);
+  llorch_http_call_opts o = {.url = url, .on_done = chain_on_done, .user = c};
+  if (llorch_http_call_start(E.cl, &o, NULL, NULL) < 0) c->errors++;
+}
+
+static void chain_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  chain *c = user;
+  if (err != 0 || strcmp(llorch_http_call_body(call, NULL), "hello") != 0) c->errors++;
+  if (--c->left > 0) chain_next(c);
+  else c->done = 1;
+}
+
+static void test_call_from_on_done(void **state) {
+  chain c = {.left = 5};
+  chain_next(&c);
+  run_until(&c.done);
+  assert_int_equal(c.errors, 0);
+  /* Each call found the previous one's connection back in the pool. */
+  assert_int_equal(llorch_http_client_connects(E.cl), 1);
+}
+
 static void test_post_and_status(void **state) {
   result r = {0};
   start(&r, "POST", "/echo", "{\"x\":1}", false);
@@ -507,6 +555,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_get_and_reuse, setup, teardown),
       cmocka_unit_test_setup_teardown(test_post_and_status, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_connection_close_not_pooled, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_call_from_on_done, setup, teardown),
       cmocka_unit_test_setup_teardown(test_chunked_streamed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sse_events, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_inside_callback, setup, teardown),
