@@ -119,21 +119,56 @@ static bool str_eq(const char *a, size_t alen, const char *b) {
   return strlen(b) == alen && memcmp(a, b, alen) == 0;
 }
 
-/* Texts llama.cpp treats as end-of-generation whatever the metadata says. */
+/*
+ * llama.cpp recognises some special tokens by their text, whatever their
+ * token_type says: it forces them to CONTROL, and some of them end
+ * generation. The lists are llama.cpp's (llama-vocab.cpp, load()).
+ */
+/* end of generation */
 static const char *const eog_texts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
-    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\xef\xbd\x9c" "end\xe2\x96\x81" "of\xe2\x96\x81" "sentence\xef\xbd\x9c>", "[e~[",
 };
-/* EOT candidates when tokenizer.ggml.eot_token_id is absent, in priority order. */
+/* EOT candidates when tokenizer.ggml.eot_token_id is absent, in priority order */
 static const char *const eot_texts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "<|end_of_text|>", "<EOT>", "_<EOT>",
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+    "<EOT>", "_<EOT>", "[EOT]", "<\xef\xbd\x9c" "end\xe2\x96\x81" "of\xe2\x96\x81" "sentence\xef\xbd\x9c>",
+    "<end_of_utterance>",
 };
-/* FIM pad / repo / file-separator tokens are EOG in llama.cpp too. */
+/* fill-in-the-middle pad / repo / file separator: CONTROL and end of generation */
 static const char *const fim_eog_texts[] = {
-    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "<|fim_repo|>", "<|repo_name|>",
+    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>", "<|repo_name|>",
     "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>",
 };
+/* fill-in-the-middle prefix / suffix / middle: CONTROL only */
+static const char *const fim_texts[] = {
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+    "<PRE>", "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>",
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "hole\xef\xbd\x9c>",
+    "<SUF>", "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>",
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
+    "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>",
+};
+/* gpt-oss: always rendered (llama.cpp makes them USER_DEFINED) */
+static const char *const user_defined_texts[] = {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"};
+
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static int32_t vocab_find_str(const llorch_tokenizer *t, const char *s) {
+  return tok_map_get(&t->token_map, s, (uint32_t)strlen(s));
+}
+
+/* Marks the texts of a list as CONTROL, and as end of generation when eog. */
+static void vocab_mark(llorch_tokenizer *t, const char *const *texts, size_t n, bool eog) {
+  for (size_t k = 0; k < n; k++) {
+    int32_t id = vocab_find_str(t, texts[k]);
+    if (id < 0) continue;
+    t->tokens[id].attr |= TOK_ATTR_CONTROL;
+    if (eog) t->eog[id] = 1;
+  }
+}
 
 /* Longest text first, then lowest id (llama.cpp's sort leaves ties unordered;
  * a fixed order keeps llorch deterministic). */
@@ -389,26 +424,37 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
 
   /* -- end of generation: by id from metadata, and by text as llama.cpp does -- */
   if (t->eot < 0) {
-    for (size_t k = 0; k < sizeof(eot_texts) / sizeof(eot_texts[0]) && t->eot < 0; k++)
-      t->eot = tok_map_get(&t->token_map, eot_texts[k], (uint32_t)strlen(eot_texts[k]));
+    for (size_t k = 0; k < N_OF(eot_texts) && t->eot < 0; k++) t->eot = vocab_find_str(t, eot_texts[k]);
   }
-  for (size_t k = 0; k < sizeof(eog_texts) / sizeof(eog_texts[0]); k++) {
-    int32_t id = tok_map_get(&t->token_map, eog_texts[k], (uint32_t)strlen(eog_texts[k]));
-    if (id >= 0) {
-      t->eog[id] = 1;
-      t->tokens[id].attr |= TOK_ATTR_CONTROL; /* llama.cpp forces these to CONTROL */
-    }
-  }
-  for (size_t k = 0; k < sizeof(fim_eog_texts) / sizeof(fim_eog_texts[0]); k++) {
-    int32_t id = tok_map_get(&t->token_map, fim_eog_texts[k], (uint32_t)strlen(fim_eog_texts[k]));
-    if (id >= 0) {
-      t->eog[id] = 1;
-      t->tokens[id].attr |= TOK_ATTR_CONTROL;
-    }
+  if (t->eot >= 0) t->tokens[t->eot].attr |= TOK_ATTR_CONTROL;
+  vocab_mark(t, fim_texts, N_OF(fim_texts), false);
+  vocab_mark(t, fim_eog_texts, N_OF(fim_eog_texts), true);
+  vocab_mark(t, eog_texts, N_OF(eog_texts), true);
+  for (size_t k = 0; k < N_OF(user_defined_texts); k++) {
+    int32_t id = vocab_find_str(t, user_defined_texts[k]);
+    if (id >= 0) t->tokens[id].attr = TOK_ATTR_USER_DEFINED;
   }
   if (t->eos >= 0) t->eog[t->eos] = 1;
   if (t->eot >= 0) t->eog[t->eot] = 1;
   if (t->eom >= 0) t->eog[t->eom] = 1;
+  {
+    /* llama.cpp's two exceptions: with <|return|> and <|call|> (gpt-oss) or
+     * <|calls|> and <|flush|> (solar-open), <|end|> is not EOG but
+     * USER_DEFINED; with <|tool_response> (gemma4), </s> is a normal token */
+    int32_t ret = vocab_find_str(t, "<|return|>"), call = vocab_find_str(t, "<|call|>");
+    int32_t calls = vocab_find_str(t, "<|calls|>"), flush = vocab_find_str(t, "<|flush|>");
+    int32_t end = vocab_find_str(t, "<|end|>");
+    if (calls < 0) calls = call;
+    if (end >= 0 && t->eog[end] && ((ret >= 0 && call >= 0) || (calls >= 0 && flush >= 0))) {
+      t->eog[end] = 0;
+      t->tokens[end].attr = TOK_ATTR_USER_DEFINED;
+    }
+    int32_t tool = vocab_find_str(t, "<|tool_response>"), s_end = vocab_find_str(t, "</s>");
+    if (tool >= 0 && s_end >= 0 && t->eog[s_end]) {
+      t->eog[s_end] = 0;
+      t->tokens[s_end].attr = TOK_ATTR_NORMAL;
+    }
+  }
 
   /* -- special tokens, longest first (the order the partition tries them) -- */
   for (int32_t i = 0; i < n; i++)

@@ -181,6 +181,12 @@ static void test_qwen2_special(void **state) {
   assert_true(llorch_tokenizer_is_eog(t, im_end));
   assert_false(llorch_tokenizer_is_eog(t, im_start));
   assert_false(llorch_tokenizer_is_eog(t, 9707));
+  /* "</s>" is a NORMAL token in Qwen2's file, but llama.cpp makes it CONTROL
+   * and end-of-generation by its text (found by the differential check) */
+  int32_t s_end = llorch_tokenizer_find(t, "</s>", 4);
+  assert_int_equal(s_end, 128247);
+  assert_true(llorch_tokenizer_is_eog(t, s_end));
+  assert_int_equal(llorch_tokenizer_token_attr(t, s_end), LLORCH_TOKEN_CONTROL);
 
   const char *s = "<|im_start|>user\nHello<|im_end|>\n";
   assert_int_equal(llorch_tokenize(t, s, strlen(s), LLORCH_TOKENIZE_PARSE_SPECIAL | LLORCH_TOKENIZE_ADD_SPECIAL,
