@@ -27,6 +27,18 @@ export function synthModel(dir, name = 'tiny') {
   return file;
 }
 
+// A model slow enough (~100-200 tok/s on one core) that a long generation
+// outlasts a short grace period or queue timeout.
+export function synthSlowModel(dir) {
+  const file = path.join(dir, 'slow.gguf');
+  if (!existsSync(file)) {
+    execFileSync(BIN, ['synth', '--arch', 'llama', '--layers', '8', '--embd', '512', '--ff', '1408',
+      '--heads', '8', '--kv-heads', '4', '--vocab', '1024', '--ctx', '1024', '--type', 'q8_0',
+      '-o', file], { stdio: 'pipe' });
+  }
+  return file;
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Starts a worker; resolves once it listens (and, unless waitReady is false,

@@ -5,7 +5,7 @@ import http from 'node:http';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 
-import { tempDir, synthModel, startWorker, execute, sleep } from './helpers.mjs';
+import { tempDir, synthModel, synthSlowModel, startWorker, execute, sleep } from './helpers.mjs';
 
 const tmp = tempDir();
 after(() => tmp.cleanup());
@@ -134,4 +134,52 @@ test('SIGTERM: the running stream finishes, new work is refused, exit 0', async 
   assert.equal(end.data.completion_tokens, 500);
   const exit = await w.exitedPromise;
   assert.equal(exit.code, 0);
+});
+
+test('SIGTERM with a short grace period ends a long stream with a retriable error, exit 0', async () => {
+  const model = synthSlowModel(tmp.dir);
+  const w = await startWorker({ model, args: ['--ctx', '1024', '--slots', '1', '--shutdown-grace', '1s'] });
+  let n = 0;
+  const t0 = Date.now();
+  let tSignal = 0;
+  const { events } = await execute(w, { prompt: 'long', max_tokens: 1000, temperature: 0, ignore_eos: true }, {
+    onEvent: (ev) => {
+      if (ev.event === 'token' && ++n === 3) {
+        tSignal = Date.now();
+        w.proc.kill('SIGTERM');
+      }
+      return false;
+    },
+  });
+  const last = events.at(-1);
+  assert.equal(last.event, 'error', `last event ${JSON.stringify(last)} after ${Date.now() - t0} ms`);
+  assert.equal(last.data.code, 'shutting_down');
+  assert.equal(last.data.retriable, true);
+  assert.ok(Date.now() - tSignal < 3000);
+  assert.equal((await w.exitedPromise).code, 0);
+});
+
+test('a request that waits longer than queue_timeout gets 503', async () => {
+  const model = synthSlowModel(tmp.dir);
+  const w = await startWorker({ model, args: ['--ctx', '1024', '--slots', '1', '--queue-timeout', '200ms'] });
+  try {
+    const ctrl = new AbortController();
+    const long = execute(w, { prompt: 'hold the slot', max_tokens: 1000, temperature: 0, ignore_eos: true },
+      { signal: ctrl.signal }).catch(() => null);
+    await sleep(50);
+    const t0 = Date.now();
+    const r = await fetch(`${w.url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'waiting', max_tokens: 2 }),
+    });
+    const waited = Date.now() - t0;
+    assert.equal(r.status, 503);
+    assert.ok(r.headers.get('retry-after'));
+    assert.equal((await r.json()).error.code, 'queue_timeout');
+    assert.ok(waited >= 150 && waited < 3000, `waited ${waited} ms`);
+    ctrl.abort();
+    await long;
+  } finally {
+    assert.equal((await w.stop()).code, 0);
+  }
 });
