@@ -8,9 +8,17 @@
  *   tokenizer.ggml.model = "llama"  SentencePiece: merge by score, byte
  *                                   fallback <0xXX>, space -> U+2581
  *
- * Plain text is plain text: special-token text such as "<|im_end|>" in the
- * input is only turned into the special token when LLORCH_TOKENIZE_PARSE_SPECIAL
- * is given (chat templates render text that must be tokenized that way).
+ * Plain text is plain text: CONTROL-token text such as "<|im_end|>" in the
+ * input is only turned into its token when LLORCH_TOKENIZE_PARSE_SPECIAL is
+ * given (chat templates render text that must be tokenized that way).
+ * USER_DEFINED tokens are matched in any text, as llama.cpp and Hugging Face
+ * tokenizers do. Like llama.cpp, some tokens are made CONTROL (and end of
+ * generation) by their text whatever token_type says: "<|im_end|>",
+ * "<|eot_id|>", "<|endoftext|>", "</s>", "<end_of_turn>", FIM tokens, ...
+ *
+ * Token-exact with llama.cpp: the shared vectors, and a differential test
+ * (tests/unit/tokenizer/diff_llamacpp.sh) over several hundred awkward strings
+ * on seven vocabulary/pre-tokenizer combinations, plain and special.
  *
  * A loaded tokenizer is immutable and owns copies of everything it needs, so
  * the GGUF handle may be closed after load, and one tokenizer may be used from
@@ -66,7 +74,10 @@ llorch_tokenizer_kind llorch_tokenizer_kind_of(const llorch_tokenizer *t);
 /* "qwen2", "llama-bpe", "default", ... (tokenizer.ggml.pre, "default" if absent) */
 const char *llorch_tokenizer_pre_name(const llorch_tokenizer *t);
 int32_t llorch_tokenizer_n_vocab(const llorch_tokenizer *t);
-/* Special ids, -1 when the vocabulary has none. */
+/* Special ids, -1 when the vocabulary has none. Defaults when the keys are
+ * absent follow llama.cpp for SentencePiece (BOS 1, EOS 2); for byte-level
+ * BPE llorch reports none (llama.cpp would invent id 11). EOT, when its key
+ * is absent, is found by text (<|eot_id|>, <|im_end|>, <|end|>, ...). */
 int32_t llorch_tokenizer_bos(const llorch_tokenizer *t);
 int32_t llorch_tokenizer_eos(const llorch_tokenizer *t);
 int32_t llorch_tokenizer_eot(const llorch_tokenizer *t);
@@ -110,9 +121,12 @@ typedef enum llorch_tokenize_flags {
 
 /*
  * Tokenizes len bytes of text (need not be NUL-terminated, may hold NULs or
- * invalid UTF-8) and APPENDS the ids to out. Returns 0, LLORCH_ENOMEM, or
- * LLORCH_EFORMAT when the text cannot be represented (an SPM vocabulary
- * without byte fallback meeting an unknown character and no <unk>).
+ * invalid UTF-8) and APPENDS the ids to out. Invalid UTF-8 is treated as
+ * llama.cpp does: byte-level BPE sees each bad byte as U+FFFD, SentencePiece
+ * passes it to byte fallback. Returns 0, LLORCH_ENOMEM, LLORCH_ELIMIT (text
+ * over 1 GiB), or LLORCH_EFORMAT when the text cannot be represented (an SPM
+ * vocabulary without byte fallback meeting an unknown character and no
+ * <unk>). On failure out is left as it was.
  */
 int llorch_tokenize(const llorch_tokenizer *t, const char *text, size_t len, unsigned flags,
                     llorch_tokens *out, llorch_errmsg *em);
@@ -137,11 +151,14 @@ int llorch_token_piece(const llorch_tokenizer *t, int32_t id, unsigned flags, ch
 
 /*
  * Decodes a whole sequence into a malloc'ed NUL-terminated string (*out,
- * *out_len bytes without the NUL), as llama.cpp's detokenize: for an SPM
- * vocabulary that adds a space prefix, the first piece's leading space is
- * dropped, so decode(encode(text)) == text; a leading BOS is skipped unless
- * LLORCH_DETOK_RENDER_SPECIAL. Returns 0, LLORCH_ERANGE (id out of range) or
- * LLORCH_ENOMEM.
+ * *out_len bytes without the NUL; out_len may be NULL): the pieces joined, as
+ * llama.cpp's detokenize with remove_special = false. For an SPM vocabulary
+ * that adds a space prefix, one leading space of the first piece is dropped,
+ * so decode(encode(text)) == text. llama.cpp's clean_up_tokenization_spaces
+ * pass (on for some BPE vocabularies, e.g. Llama 3: " ." -> ".") is NOT
+ * applied: it would break decode(encode(text)) == text, and llama.cpp's
+ * streamed output (token pieces) does not apply it either. Returns 0,
+ * LLORCH_ERANGE (id out of range; em names it) or LLORCH_ENOMEM.
  */
 int llorch_detokenize(const llorch_tokenizer *t, const int32_t *ids, size_t n, unsigned flags,
                       char **out, size_t *out_len, llorch_errmsg *em);
