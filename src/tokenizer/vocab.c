@@ -715,6 +715,7 @@ fail:
   free(frags.v);
   free(buf);
   if (rc == LLORCH_ENOMEM) llorch_errmsg_set(em, rc, "out of memory while tokenizing %zu bytes", len);
+  else if (rc == LLORCH_ELIMIT) llorch_errmsg_set(em, rc, "text of %zu bytes is too long to tokenize", len);
   return rc;
 }
 
