@@ -23,7 +23,7 @@
 #include "llorch/quant.h"
 #include "llorch/threadpool.h"
 
-#define CPU_ROW_CHUNK 64   /* output rows per work item (multiple of 4) */
+#define CPU_ROW_CHUNK 48   /* output rows per work item (multiple of the 3-row tiles) */
 #define CPU_PANEL_BYTES (160u << 10) /* prepared activations per column block (L2) */
 
 typedef struct cpu_ctx {
@@ -117,7 +117,7 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   }
   /* columns in runs of one order, cut into panels that stay in L2 */
   int nb_cols = (int)(CPU_PANEL_BYTES / arow);
-  nb_cols = nb_cols < 3 ? 3 : nb_cols / 3 * 3;
+  nb_cols = nb_cols < 4 ? 4 : nb_cols / 4 * 4;
   mm_block blocks_small[64];
   mm_block *blocks = blocks_small;
   int max_blocks = n_cols + 1;

@@ -83,9 +83,11 @@ TARGET static float dot_f16_gemv(int n, const uint16_t *w, const float *x) {
       for (int i = 0; i < RM; i++) y[j * ldy + i] = hsum8(acc[j][i]);                      \
   }
 
-F16_GEMM_TILE(4, 3)
-F16_GEMM_TILE(1, 3)
-F16_GEMM_TILE(4, 1)
+/* 3 rows x 4 columns: 12 accumulators + 3 converted weight vectors + 1
+ * activation vector = the 16 ymm registers, no spills. */
+F16_GEMM_TILE(3, 4)
+F16_GEMM_TILE(1, 4)
+F16_GEMM_TILE(3, 1)
 F16_GEMM_TILE(1, 1)
 
 TARGET static void tile_f16(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
@@ -99,17 +101,17 @@ TARGET static void tile_f16(int n, const void *w, size_t ws, int nr, const void 
     return;
   }
   int c = 0;
-  for (; c + 3 <= nc; c += 3) {
+  for (; c + 4 <= nc; c += 4) {
     int r = 0;
-    for (; r + 4 <= nr; r += 4)
-      f16_gemm_4x3(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+    for (; r + 3 <= nr; r += 3)
+      f16_gemm_3x4(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
     for (; r < nr; r++)
-      f16_gemm_1x3(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+      f16_gemm_1x4(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
   }
   for (; c < nc; c++) {
     int r = 0;
-    for (; r + 4 <= nr; r += 4)
-      f16_gemm_4x1(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+    for (; r + 3 <= nr; r += 3)
+      f16_gemm_3x1(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
     for (; r < nr; r++)
       f16_gemm_1x1(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
   }

@@ -12,9 +12,12 @@
 
 #include "llorch/error.h"
 
-/* Spins before sleeping: ~50-100 us on a modern core, longer than the gap
- * between two regions of a forward pass, far shorter than a human pause. */
-#define POOL_SPIN_ITERS 20000
+/* Pause-spins before yielding, then yields before sleeping: the gap between
+ * two regions of a forward pass is a few microseconds, so a worker mostly
+ * catches the next region spinning; when the cores are oversubscribed the
+ * yields hand the CPU to whoever holds the work we wait for. */
+#define POOL_SPIN_ITERS 2000
+#define POOL_YIELD_ITERS 200
 
 struct llorch_threadpool {
   int n_threads;
@@ -53,6 +56,10 @@ static void *pool_worker_main(void *p) {
            !atomic_load_explicit(&tp->stop, memory_order_acquire)) {
       if (++spins < POOL_SPIN_ITERS) {
         pool_cpu_relax();
+        continue;
+      }
+      if (spins < POOL_SPIN_ITERS + POOL_YIELD_ITERS) {
+        sched_yield();
         continue;
       }
       pthread_mutex_lock(&tp->mu);
