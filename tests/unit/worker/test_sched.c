@@ -32,6 +32,11 @@ typedef struct fake_ctx {
   int max_seqs_in_batch;       /* most distinct sequences seen in one batch */
   int mixed_batches;           /* batches with a decode entry and a prefill chunk together */
   int violations;
+  uint32_t n_vocab;            /* logits per row */
+  /* Script mode (with a real tokenizer): the greedy choice after position p
+   * is script[p + 1 - prompt_len], so the output is a known token list. */
+  const int32_t *script;
+  uint32_t n_script, prompt_len;
 } fake_ctx;
 
 static uint64_t fake_mix(uint64_t z) {
@@ -69,9 +74,16 @@ static int fake_forward(void *vctx, const llorch_batch *b, float *logits, llorch
     c->h[s][p] = fake_mix(prev ^ ((uint64_t)b->token[i] * 0x9E3779B97F4A7C15ull) ^ (uint64_t)p);
     c->len[s] = (uint32_t)p + 1;
     if (b->logits[i]) {
-      for (int v = 0; v < FAKE_VOCAB; v++)
-        logits[v] = (float)(fake_mix(c->h[s][p] + (uint64_t)v) >> 40) / 16777216.0f * 8.0f;
-      logits += FAKE_VOCAB;
+      if (c->script) {
+        uint32_t k = (uint32_t)p + 1 - c->prompt_len;
+        if (k >= c->n_script) k = c->n_script - 1;
+        for (uint32_t v = 0; v < c->n_vocab; v++) logits[v] = 0.0f;
+        logits[c->script[k]] = 10.0f;
+      } else {
+        for (uint32_t v = 0; v < c->n_vocab; v++)
+          logits[v] = (float)(fake_mix(c->h[s][p] + (uint64_t)v) >> 40) / 16777216.0f * 8.0f;
+      }
+      logits += c->n_vocab;
     }
   }
   if (n_seen > c->max_seqs_in_batch) c->max_seqs_in_batch = n_seen;
@@ -104,6 +116,7 @@ static fixture *fixture_new(uint32_t slots, uint32_t ctx, uint32_t batch, uint32
   fixture *f = calloc(1, sizeof *f);
   assert_non_null(f);
   f->model.hp.n_vocab = FAKE_VOCAB;
+  f->ctx.n_vocab = FAKE_VOCAB;
   f->ctx.n_seq = slots;
   f->ctx.n_ctx = ctx;
   f->ctx.n_batch_max = batch;
@@ -137,6 +150,8 @@ typedef struct result {
   float first_logprob;
   int first_n_top;
   float first_top0;
+  char text[1024];
+  size_t text_len;
 } result;
 
 /* Drains the scheduler's events into results[] (indexed by job->owner). */
@@ -158,6 +173,11 @@ static void drain_events(fixture *f, result *results) {
         r->first_top0 = e->lp.n_top ? e->lp.top_logprob[0] : 0;
       }
       r->tokens[r->n_tokens++] = e->token_id;
+      if (e->text_len && r->text_len + e->text_len < sizeof r->text) {
+        memcpy(r->text + r->text_len, e->text, e->text_len);
+        r->text_len += e->text_len;
+        r->text[r->text_len] = 0;
+      }
       break;
     case WORKER_EV_END:
       r->ended = true;
@@ -466,6 +486,117 @@ static void test_thread(void **state) {
   fixture_free(f);
 }
 
+/* ---- with a real tokenizer: text, stop strings, end of generation ---- */
+
+typedef struct tok_fixture {
+  fixture f;
+  llorch_tokenizer *tok;
+  int32_t script[32];
+} tok_fixture;
+
+/* The scripted output is "Hello world, and more" then <|im_end|> (EOS/EOT of
+ * the qwen2 vocabulary), then "!!!" forever. */
+static tok_fixture *tok_fixture_new(uint32_t prompt_len) {
+  const char *shared = getenv("LLORCH_SHARED");
+  char path[1024];
+  snprintf(path, sizeof path, "%s/testdata/tokenizer/ggml-vocab-qwen2.gguf",
+           shared ? shared : "/work/shared");
+  tok_fixture *t = calloc(1, sizeof *t);
+  assert_non_null(t);
+  llorch_errmsg em = {{0}};
+  assert_int_equal(llorch_tokenizer_load_file(&t->tok, path, &em), 0);
+  llorch_tokens ids = {0};
+  const char *text = "Hello world, and more";
+  assert_int_equal(llorch_tokenize(t->tok, text, strlen(text), 0, &ids, &em), 0);
+  assert_true(ids.n >= 3 && ids.n < 24);
+  memcpy(t->script, ids.ids, ids.n * sizeof *ids.ids);
+  uint32_t n = (uint32_t)ids.n;
+  int32_t eot = llorch_tokenizer_find(t->tok, "<|im_end|>", 10);
+  assert_true(eot >= 0 && llorch_tokenizer_is_eog(t->tok, eot));
+  t->script[n++] = eot;
+  llorch_tokens_free(&ids);
+  assert_int_equal(llorch_tokenize(t->tok, "!!!", 3, 0, &ids, &em), 0);
+  t->script[n++] = ids.ids[0];
+  llorch_tokens_free(&ids);
+
+  fixture *f = &t->f;
+  f->model.hp.n_vocab = (uint32_t)llorch_tokenizer_n_vocab(t->tok);
+  f->ctx.n_vocab = f->model.hp.n_vocab;
+  f->ctx.n_seq = 1;
+  f->ctx.n_ctx = 128;
+  f->ctx.n_batch_max = 32;
+  f->ctx.script = t->script;
+  f->ctx.n_script = n;
+  f->ctx.prompt_len = prompt_len;
+  f->be.ops = &fake_ops;
+  f->be.ctx = &f->ctx;
+  f->be.model = &f->model;
+  worker_sched_config cfg = {.n_slots = 1, .n_ctx = 128, .n_batch_max = 32, .prefill_chunk = 32,
+                             .queue_max = 4};
+  assert_int_equal(worker_sched_init(&f->s, &cfg, &f->be, t->tok, fixture_notify, f, &em), 0);
+  return t;
+}
+
+static void tok_fixture_free(tok_fixture *t) {
+  worker_sched_free(t->f.s);
+  llorch_tokenizer_free(t->tok);
+  free(t);
+}
+
+static worker_job *tok_job(uint32_t prompt_len, uint32_t max_tokens) {
+  worker_job *j = make_job(0, prompt_len, max_tokens);
+  return j;
+}
+
+static void test_text_until_eog(void **state) {
+  tok_fixture *t = tok_fixture_new(5);
+  llorch_errmsg em = {{0}};
+  worker_job *j = tok_job(5, 50);
+  assert_int_equal(worker_sched_submit(t->f.s, j, &em), 0);
+  result r[1];
+  memset(r, 0, sizeof r);
+  run_until_done(&t->f, r, 0, 1);
+  assert_true(r[0].ended);
+  assert_int_equal(r[0].finish, WORKER_FINISH_STOP);
+  assert_string_equal(r[0].text, "Hello world, and more");
+  /* the end-of-generation token is counted, its text is not sent */
+  assert_int_equal(r[0].n_tokens, (int)t->f.ctx.n_script - 1);
+  worker_job_free(j);
+  tok_fixture_free(t);
+}
+
+static void test_stop_string_across_tokens(void **state) {
+  tok_fixture *t = tok_fixture_new(5);
+  llorch_errmsg em = {{0}};
+  worker_job *j = tok_job(5, 50);
+  assert_int_equal(worker_job_add_stop(j, "lo wor", 6), 0);
+  assert_int_equal(worker_sched_submit(t->f.s, j, &em), 0);
+  result r[1];
+  memset(r, 0, sizeof r);
+  run_until_done(&t->f, r, 0, 1);
+  assert_int_equal(r[0].finish, WORKER_FINISH_STOP);
+  assert_string_equal(r[0].text, "Hel");
+  worker_job_free(j);
+  tok_fixture_free(t);
+}
+
+static void test_ignore_eos_runs_to_length(void **state) {
+  tok_fixture *t = tok_fixture_new(5);
+  llorch_errmsg em = {{0}};
+  worker_job *j = tok_job(5, 20);
+  j->ignore_eos = true;
+  assert_int_equal(worker_sched_submit(t->f.s, j, &em), 0);
+  result r[1];
+  memset(r, 0, sizeof r);
+  run_until_done(&t->f, r, 0, 1);
+  assert_int_equal(r[0].finish, WORKER_FINISH_LENGTH);
+  assert_int_equal(r[0].n_tokens, 20);
+  assert_non_null(strstr(r[0].text, "Hello world, and more"));
+  assert_non_null(strstr(r[0].text, "!!!"));
+  worker_job_free(j);
+  tok_fixture_free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_batched_equals_alone),
@@ -477,6 +608,9 @@ int main(void) {
       cmocka_unit_test(test_backend_failure),
       cmocka_unit_test(test_logprobs_and_seeded_sampling),
       cmocka_unit_test(test_thread),
+      cmocka_unit_test(test_text_until_eog),
+      cmocka_unit_test(test_stop_string_across_tokens),
+      cmocka_unit_test(test_ignore_eos_runs_to_length),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
