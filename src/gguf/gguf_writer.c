@@ -55,7 +55,7 @@ typedef struct wbuf {
 } wbuf;
 
 static void wbuf_put(wbuf *b, const void *src, size_t n) {
-  if (b->oom) return;
+  if (b->oom || n == 0) return;
   if (b->cap - b->len < n) {
     size_t cap = b->cap ? b->cap : 64;
     while (cap - b->len < n) cap *= 2;
