@@ -554,10 +554,18 @@ bool llorch_tokenizer_is_special(const llorch_tokenizer *t, int32_t id) {
          (t->tokens[id].attr & (TOK_ATTR_CONTROL | TOK_ATTR_USER_DEFINED | TOK_ATTR_UNKNOWN));
 }
 
+/* The type as llorch (and llama.cpp) treat the token, after the by-text
+ * overrides applied at load. */
 llorch_token_attr llorch_tokenizer_token_attr(const llorch_tokenizer *t, int32_t id) {
   if (id < 0 || id >= t->n_vocab) return LLORCH_TOKEN_UNDEFINED;
-  if (t->tokens[id].attr & TOK_ATTR_CONTROL) return LLORCH_TOKEN_CONTROL;
-  return (llorch_token_attr)t->tokens[id].type;
+  uint16_t a = t->tokens[id].attr;
+  if (a & TOK_ATTR_CONTROL) return LLORCH_TOKEN_CONTROL;
+  if (a & TOK_ATTR_USER_DEFINED) return LLORCH_TOKEN_USER_DEFINED;
+  if (a & TOK_ATTR_UNKNOWN) return LLORCH_TOKEN_UNKNOWN;
+  if (a & TOK_ATTR_BYTE) return LLORCH_TOKEN_BYTE;
+  if (a & TOK_ATTR_UNUSED) return LLORCH_TOKEN_UNUSED;
+  if (a & TOK_ATTR_NORMAL) return LLORCH_TOKEN_NORMAL;
+  return LLORCH_TOKEN_UNDEFINED;
 }
 
 const char *llorch_tokenizer_token_text(const llorch_tokenizer *t, int32_t id, size_t *len) {
