@@ -211,9 +211,15 @@ static int cur_name(gguf_cursor *c, const char **out, uint64_t max_len, const ch
   if (len == 0) return llorch_errmsg_set(c->em, LLORCH_EFORMAT, "%s: empty %s", c->what, field);
   if (len > max_len)
     return llorch_errmsg_set(c->em, LLORCH_EFORMAT, "%s: %s of %" PRIu64 " bytes (at most %" PRIu64
-                             " allowed): '%.40s...'", c->what, field, len, max_len, (const char *)s);
-  if (memchr(s, '\0', len) != NULL)
-    return llorch_errmsg_set(c->em, LLORCH_EFORMAT, "%s: %s contains a NUL byte", c->what, field);
+                             " allowed)", c->what, field, len, max_len);
+  /* names go into C strings and error lines: no NUL, no control characters */
+  for (uint64_t i = 0; i < len; i++) {
+    if (s[i] == 0)
+      return llorch_errmsg_set(c->em, LLORCH_EFORMAT, "%s: %s contains a NUL byte", c->what, field);
+    if (s[i] < 0x20 || s[i] == 0x7f)
+      return llorch_errmsg_set(c->em, LLORCH_EFORMAT, "%s: %s contains control character 0x%02x at byte %"
+                               PRIu64, c->what, field, s[i], i);
+  }
   *out = gguf_name_copy(c->g, s, len);
   if (*out == NULL) return llorch_errmsg_set(c->em, LLORCH_ENOMEM, "out of memory copying a %s", field);
   return 0;

@@ -363,6 +363,8 @@ static void test_corruptions(void **state) {
   build(&b, &L, s);
   b.p[L.t1_name] = '\0';
   expect_error(&b, b.len, LLORCH_EFORMAT, "tensor 1: name contains a NUL byte");
+  b.p[L.t1_name] = '\n'; /* would break the one-line error messages that quote names */
+  expect_error(&b, b.len, LLORCH_EFORMAT, "tensor 1: name contains control character 0x0a at byte 0");
   s.t0_name = "a_name_that_is_sixty_four_bytes_long_which_ggml_cannot_hold_xxxx";
   assert_int_equal(strlen(s.t0_name), 64);
   build(&b, &L, s);
