@@ -505,6 +505,16 @@ void worker_events_dispatch(worker *w) {
     if (e->kind == WORKER_EV_STARTED) st->started = true;
     if (st->api == WORKER_API_NATIVE) stream_native_event(st, e);
     else stream_openai_event(st, e);
+    /* A client that stops reading would make us buffer its tokens without
+     * bound: past the limit its job is cancelled (the final event still
+     * ends the response properly). */
+    if (st->req && !st->cancelled && e->kind == WORKER_EV_TOKEN &&
+        llorch_http_request_queued_bytes(st->req) > WORKER_MAX_QUEUED_BYTES) {
+      LOG_WARN("worker", st->request_id, "client is not reading (%zu bytes queued): cancelling job %s",
+               llorch_http_request_queued_bytes(st->req), st->job->id);
+      st->cancelled = true;
+      worker_sched_cancel(w->sched, st->job);
+    }
     if (e->kind == WORKER_EV_END || e->kind == WORKER_EV_ERROR) stream_free(w, st);
     worker_event_free(e);
   }

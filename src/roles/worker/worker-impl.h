@@ -51,6 +51,10 @@ typedef struct worker_error {
   int retry_after_s;       /* > 0: Retry-After header */
 } worker_error;
 
+/* Response bytes a stream may have waiting for a slow client before the
+ * job is cancelled. */
+#define WORKER_MAX_QUEUED_BYTES (8u << 20)
+
 /* The finished-id memory of /v2/jobs/{id}/cancel. */
 #define WORKER_FINISHED_IDS 1024
 
