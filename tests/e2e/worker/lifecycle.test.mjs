@@ -138,7 +138,7 @@ test('SIGTERM: the running stream finishes, new work is refused, exit 0', async 
 
 test('SIGTERM with a short grace period ends a long stream with a retriable error, exit 0', async () => {
   const model = synthSlowModel(tmp.dir);
-  const w = await startWorker({ model, args: ['--ctx', '1024', '--slots', '1', '--shutdown-grace', '1s'] });
+  const w = await startWorker({ model, args: ['--ctx', '1024', '--slots', '1', '--shutdown-grace', '500ms'] });
   let n = 0;
   const t0 = Date.now();
   let tSignal = 0;
