@@ -17,6 +17,10 @@ int llorch_cmd_synth(int argc, char **argv);
  * prints the token ids of a text (src/tools/tokenize.c). argv[0] is "tokenize". */
 int llorch_cmd_tokenize(int argc, char **argv);
 
+/* `llorch run --model FILE --prompt TEXT [--chat] [--json] ...`: generates a
+ * continuation and streams it to stdout (src/tools/run.c). argv[0] is "run". */
+int llorch_cmd_run(int argc, char **argv);
+
 /* `llorch bench --model FILE [--threads N] [--prompt-tokens N] [--gen-tokens N]
  * [--batch N] [--json]`: load time, prompt-processing and generation tok/s and
  * RSS of one model (src/tools/bench.c). argv[0] is "bench". */
