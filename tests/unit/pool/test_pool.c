@@ -1,0 +1,459 @@
+/*
+ * Unit tests of the pool manager's pure parts (src/roles/pool/models.c and
+ * state.c): model file names from requests, the model directory scan over
+ * synthesized GGUF files, device free memory and the preflight arithmetic,
+ * the stderr tail, and the state document - which must parse with the
+ * orchestrator's own parser (tests/unit/orchestrator has its twin).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "llorch/commands.h"
+#include "llorch/model.h"
+#include "roles/pool/pool-impl.h"
+#ifdef POOL_TEST_WITH_ORCHESTRATOR
+#include "roles/orchestrator/orchestrator-impl.h"
+#endif
+
+/* ---- fixtures ---- */
+
+static char g_dir[256];
+
+static void synth(const char *name, const char *type, const char *ctx) {
+  char out[512];
+  snprintf(out, sizeof out, "%s/%s", g_dir, name);
+  char *argv[] = {"synth", "--arch", "qwen2", "--layers", "2", "--embd", "64", "--ff", "128",
+                  "--heads", "4", "--kv-heads", "2", "--vocab", "512", "--ctx", (char *)ctx,
+                  "--type", (char *)type, "-o", out, NULL};
+  assert_int_equal(llorch_cmd_synth(21, argv), 0);
+}
+
+static void write_file(const char *name, const char *text) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", g_dir, name);
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static int setup_dir(void **state) {
+  (void)state;
+  snprintf(g_dir, sizeof g_dir, "/tmp/llorch-test-pool-XXXXXX");
+  if (!mkdtemp(g_dir)) return -1;
+  synth("tiny.gguf", "f32", "512");
+  synth("small-q8.gguf", "q8_0", "1024");
+  write_file("broken.gguf", "GGUF but not really");
+  write_file("notes.txt", "not a model");
+  char sub[300];
+  snprintf(sub, sizeof sub, "%s/sub.gguf", g_dir); /* a directory named like a model */
+  mkdir(sub, 0700);
+  return 0;
+}
+
+static int teardown_dir(void **state) {
+  (void)state;
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+static const pool_model *find_model(const pool_model *ms, int n, const char *file) {
+  for (int i = 0; i < n; i++)
+    if (strcmp(ms[i].file, file) == 0) return &ms[i];
+  return NULL;
+}
+
+/* ---- names ---- */
+
+static void test_file_names(void **state) {
+  (void)state;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(pool_file_name_check("file", "tiny.gguf", &em), 0);
+  assert_int_equal(pool_file_name_check("file", "Qwen2.5-0.5B-Q8_0.gguf", &em), 0);
+
+  assert_int_equal(pool_file_name_check("file", "../etc/passwd.gguf", &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "'file'"));
+  assert_non_null(strstr(em.text, "no '/'"));
+  assert_int_equal(pool_file_name_check("file", "/abs/tiny.gguf", &em), LLORCH_EINVAL);
+  assert_int_equal(pool_file_name_check("file", "sub/tiny.gguf", &em), LLORCH_EINVAL);
+  assert_int_equal(pool_file_name_check("file", "..gguf", &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, ".."));
+  assert_int_equal(pool_file_name_check("model", "a..b.gguf", &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "'model'"));
+  assert_int_equal(pool_file_name_check("file", "", &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "empty"));
+  assert_int_equal(pool_file_name_check("file", "tiny.bin", &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, ".gguf"));
+  assert_int_equal(pool_file_name_check("file", ".gguf", &em), LLORCH_EINVAL);
+  assert_int_equal(pool_file_name_check("file", "a\nb.gguf", &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "control"));
+  assert_int_equal(pool_file_name_check("file", "back\\slash.gguf", &em), LLORCH_EINVAL);
+  char longname[400];
+  memset(longname, 'a', sizeof longname);
+  strcpy(longname + 300, ".gguf");
+  assert_int_equal(pool_file_name_check("file", longname, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "too long"));
+}
+
+/* ---- the scan ---- */
+
+static void test_scan(void **state) {
+  (void)state;
+  char *items[] = {g_dir, "/nonexistent/llorch-models"};
+  llorch_strlist dirs = {items, 2};
+  pool_model *ms = NULL;
+  int n = 0;
+  assert_int_equal(pool_models_scan(&dirs, NULL, 0, &ms, &n), 0);
+  /* tiny, small-q8 and the broken one (kept as bad); not notes.txt, not the directory */
+  assert_int_equal(n, 3);
+  const pool_model *tiny = find_model(ms, n, "tiny.gguf");
+  const pool_model *q8 = find_model(ms, n, "small-q8.gguf");
+  const pool_model *bad = find_model(ms, n, "broken.gguf");
+  assert_non_null(tiny);
+  assert_non_null(q8);
+  assert_non_null(bad);
+  assert_true(bad->bad);
+  assert_false(tiny->bad);
+  assert_string_equal(tiny->name, "tiny");
+  assert_string_equal(tiny->arch, "qwen2");
+  assert_string_equal(tiny->quant, "F32");
+  assert_int_equal(tiny->ctx, 512);
+  assert_string_equal(q8->name, "small-q8");
+  assert_string_equal(q8->quant, "Q8_0");
+  assert_int_equal(q8->ctx, 1024);
+  /* Parameters are the same shape in both; bytes follow the type. */
+  assert_int_equal(tiny->params, q8->params);
+  assert_true(tiny->params > 100000);
+  assert_int_equal(tiny->tensor_bytes, tiny->params * 4); /* all F32 */
+  assert_true(q8->tensor_bytes < tiny->tensor_bytes);
+  struct stat st;
+  char path[512];
+  snprintf(path, sizeof path, "%s/tiny.gguf", g_dir);
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(tiny->file_bytes, (uint64_t)st.st_size);
+  assert_true(tiny->tensor_bytes < tiny->file_bytes);
+
+  /* The linear estimate reproduces the exact one at its two points and is
+   * close at another size. */
+  for (int k = 0; k < 2; k++) {
+    uint64_t need = 0;
+    uint32_t ctx_train = 0;
+    llorch_errmsg em = {{0}};
+    assert_int_equal(pool_model_need(path, 1024, 1, k == 1, &need, &ctx_train, &em), 0);
+    assert_int_equal(ctx_train, 512);
+    const pool_estimate *e = &tiny->est[k];
+    assert_true(e->per_token_bytes > 0);
+    assert_int_equal(e->fixed_bytes + e->per_token_bytes * 1024, need);
+    if (k == 1) assert_true(e->fixed_bytes > tiny->est[0].fixed_bytes); /* CUDA context overhead */
+  }
+
+  /* An unchanged file is taken from the last scan, not re-read... */
+  pool_model *prev = ms;
+  strcpy(prev[0].arch, "cached");
+  const char *cached_file = prev[0].file;
+  pool_model *ms2 = NULL;
+  int n2 = 0;
+  assert_int_equal(pool_models_scan(&dirs, prev, n, &ms2, &n2), 0);
+  assert_int_equal(n2, 3);
+  assert_string_equal(find_model(ms2, n2, cached_file)->arch, "cached");
+  /* ...and a changed one is. */
+  snprintf(path, sizeof path, "%s/%s", g_dir, cached_file);
+  struct timeval tv[2] = {{1000000, 0}, {1000000, 0}};
+  assert_int_equal(utimes(path, tv), 0);
+  pool_model *ms3 = NULL;
+  int n3 = 0;
+  assert_int_equal(pool_models_scan(&dirs, ms2, n2, &ms3, &n3), 0);
+  const pool_model *again = find_model(ms3, n3, cached_file);
+  assert_true(strcmp(again->arch, "cached") != 0);
+  free(ms);
+  free(ms2);
+  free(ms3);
+
+  /* Locating a file for a request. */
+  char found[4096];
+  assert_int_equal(pool_model_locate(&dirs, "tiny.gguf", found, sizeof found), 0);
+  assert_non_null(strstr(found, "/tiny.gguf"));
+  assert_int_equal(pool_model_locate(&dirs, "missing.gguf", found, sizeof found), LLORCH_ENOENT);
+  assert_int_equal(pool_model_locate(&dirs, "sub.gguf", found, sizeof found), LLORCH_ENOENT);
+}
+
+static void test_read_errors(void **state) {
+  (void)state;
+  pool_model m;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(pool_model_read(g_dir, "missing.gguf", &m, &em), LLORCH_ENOENT);
+  assert_non_null(strstr(em.text, "missing.gguf"));
+  assert_true(pool_model_read(g_dir, "broken.gguf", &m, &em) < 0);
+  assert_non_null(strstr(em.text, "broken.gguf"));
+}
+
+/* ---- devices and preflight ---- */
+
+static pool_worker *mk_worker(const char *id, const char *dev, pool_worker_state st, uint64_t est,
+                              uint64_t mem, bool exited) {
+  pool_worker *w = calloc(1, sizeof *w);
+  snprintf(w->id, sizeof w->id, "%s", id);
+  snprintf(w->model, sizeof w->model, "tiny");
+  snprintf(w->file, sizeof w->file, "tiny.gguf");
+  snprintf(w->devices[0], sizeof w->devices[0], "%s", dev);
+  w->n_devices = 1;
+  w->ctx = 256;
+  w->slots = 2;
+  w->state = st;
+  w->estimate_bytes = est;
+  w->memory_bytes = mem;
+  w->proc_exited = exited;
+  w->exit_code = -1;
+  w->started_at_ms = 1795460000000;
+  return w;
+}
+
+static void free_workers(pool_worker *w) {
+  while (w) {
+    pool_worker *n = w->next;
+    free(w);
+    w = n;
+  }
+}
+
+static void test_device_free(void **state) {
+  (void)state;
+  llorch_device_info cpu = {.kind = LLORCH_DEVICE_CPU, .id = "cpu", .memory_total = 1000,
+                            .memory_free = 900, .utilization_pct = -1, .temperature_c = -1};
+  llorch_device_info gpu = {.kind = LLORCH_DEVICE_CUDA, .index = 1, .id = "gpu1",
+                            .memory_total = 10000, .memory_free = 6000, .utilization_pct = 5,
+                            .temperature_c = 40};
+  /* No workers: the measured free memory caps the CPU budget. */
+  assert_int_equal(pool_device_free(&cpu, NULL), 900);
+  assert_int_equal(pool_device_free(&gpu, NULL), 6000);
+
+  pool_worker *a = mk_worker("w-1", "cpu", POOL_WORKER_READY, 300, 200, false);   /* holds 300 */
+  pool_worker *b = mk_worker("w-2", "cpu", POOL_WORKER_STARTING, 100, 0, false);  /* holds 100 */
+  pool_worker *c = mk_worker("w-3", "cpu", POOL_WORKER_EXITED, 400, 400, true);   /* gone */
+  pool_worker *g1 = mk_worker("w-4", "gpu1", POOL_WORKER_READY, 2000, 2500, false);
+  pool_worker *g2 = mk_worker("w-5", "gpu1", POOL_WORKER_STARTING, 1500, 0, false);
+  a->next = b;
+  b->next = c;
+  c->next = g1;
+  g1->next = g2;
+  /* CPU: budget 1000 - 400 held = 600, below the measured 900. */
+  assert_int_equal(pool_device_free(&cpu, a), 600);
+  /* GPU: NVML already counts the ready worker; only the starting one is subtracted. */
+  assert_int_equal(pool_device_free(&gpu, a), 4500);
+  /* A worker on two GPUs holds half on each. */
+  g2->n_devices = 2;
+  snprintf(g2->devices[1], sizeof g2->devices[1], "gpu0");
+  assert_int_equal(pool_worker_device_bytes(g2), 750);
+  assert_int_equal(pool_device_free(&gpu, a), 5250);
+
+  llorch_errmsg em = {{0}};
+  assert_int_equal(pool_preflight_check("tiny", 2048, 4, "cpu", 600, 600, &em), 0);
+  assert_int_equal(pool_preflight_check("tiny", 2048, 4, "cpu", 601, 600, &em),
+                   LLORCH_EINSUFFICIENT_MEMORY);
+  assert_string_equal(em.text, "tiny ctx 2048 x 4 slots needs 601 bytes; cpu has 600 free");
+  free_workers(a);
+}
+
+/* ---- stderr tail ---- */
+
+static void test_tail(void **state) {
+  (void)state;
+  pool_worker *w = mk_worker("w-1", "cpu", POOL_WORKER_STARTING, 1, 0, false);
+  /* Lines arrive in arbitrary pieces. */
+  pool_worker_tail_feed(w, "first li", 8);
+  pool_worker_tail_feed(w, "ne\r\nsecond\nthi", 14);
+  assert_int_equal(w->tail_n, 2);
+  assert_string_equal(w->tail[0], "first line");
+  assert_string_equal(w->tail[1], "second");
+  pool_worker_tail_flush(w); /* the unterminated last line counts at the end */
+  assert_int_equal(w->tail_n, 3);
+  assert_string_equal(w->tail[2], "thi");
+  /* Only the last POOL_STDERR_LINES stay, oldest first. */
+  char line[32];
+  for (int i = 0; i < 30; i++) {
+    int n = snprintf(line, sizeof line, "line %d\n", i);
+    pool_worker_tail_feed(w, line, (size_t)n);
+  }
+  assert_int_equal(w->tail_n, POOL_STDERR_LINES);
+  assert_string_equal(w->tail[w->tail_first], "line 10");
+  assert_string_equal(w->tail[(w->tail_first + POOL_STDERR_LINES - 1) % POOL_STDERR_LINES], "line 29");
+  /* A very long line is cut, not split into many. */
+  char big[1000];
+  memset(big, 'x', sizeof big);
+  pool_worker_tail_feed(w, big, sizeof big);
+  pool_worker_tail_feed(w, "\n", 1);
+  const char *last = w->tail[(w->tail_first + POOL_STDERR_LINES - 1) % POOL_STDERR_LINES];
+  assert_int_equal(strlen(last), POOL_STDERR_LINE_MAX - 1);
+  assert_string_equal(w->tail[w->tail_first], "line 11");
+  free(w);
+}
+
+static void test_exit_describe(void **state) {
+  (void)state;
+  char buf[64];
+  pool_exit_describe(1, 0, buf, sizeof buf);
+  assert_string_equal(buf, "exit code 1");
+  pool_exit_describe(-1, 9, buf, sizeof buf);
+  assert_string_equal(buf, "killed by signal SIGKILL");
+  assert_string_equal(pool_signal_name(15, buf, sizeof buf), "SIGTERM");
+  assert_string_equal(pool_signal_name(63, buf, sizeof buf), "SIG63");
+}
+
+/* ---- the state document ---- */
+
+static char *state_doc(pool_worker *workers, const pool_model *ms, int n_models) {
+  llorch_device_info devs[2] = {
+      {.kind = LLORCH_DEVICE_CPU, .id = "cpu", .uuid = "cpu-host", .name = "CPU",
+       .memory_total = 1 << 30, .memory_free = 1 << 30, .utilization_pct = -1, .temperature_c = -1},
+      {.kind = LLORCH_DEVICE_CUDA, .index = 0, .id = "gpu0", .uuid = "GPU-1234", .name = "NVIDIA X",
+       .memory_total = 8000000000ull, .memory_free = 7000000000ull, .utilization_pct = 12,
+       .temperature_c = 41}};
+  pool_state_view v = {.pool = "pool-a", .url = "http://127.0.0.1:8101", .boot_id = "b00t",
+                       .seq = 7, .heartbeat_interval_ms = 500, .devices = devs, .n_devices = 2,
+                       .models = ms, .n_models = n_models, .workers = workers};
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  pool_state_write(&b, &v);
+  assert_int_equal(llorch_jbuf_error(&b), 0);
+  return b.data;
+}
+
+static void test_state_document(void **state) {
+  (void)state;
+  pool_model ms[2];
+  memset(ms, 0, sizeof ms);
+  snprintf(ms[0].name, sizeof ms[0].name, "tiny");
+  snprintf(ms[0].file, sizeof ms[0].file, "tiny.gguf");
+  snprintf(ms[0].arch, sizeof ms[0].arch, "qwen2");
+  snprintf(ms[0].quant, sizeof ms[0].quant, "F32");
+  ms[0].params = 139840;
+  ms[0].ctx = 512;
+  ms[0].file_bytes = 572960;
+  ms[0].tensor_bytes = 559360;
+  ms[0].est[0].fixed_bytes = 18000000;
+  ms[0].est[0].per_token_bytes = 2320;
+  ms[0].est[1].fixed_bytes = 538000000;
+  ms[0].est[1].per_token_bytes = 2320;
+  snprintf(ms[1].file, sizeof ms[1].file, "broken.gguf");
+  ms[1].bad = true;
+
+  pool_worker *ready = mk_worker("w-1", "cpu", POOL_WORKER_READY, 300000, 200000, false);
+  snprintf(ready->url, sizeof ready->url, "http://127.0.0.1:40211");
+  snprintf(ready->token, sizeof ready->token, "tok");
+  ready->pid = 31337;
+  pool_worker *starting = mk_worker("w-2", "gpu0", POOL_WORKER_STARTING, 1000000000, 0, false);
+  snprintf(starting->token, sizeof starting->token, "secret-before-ready");
+  pool_worker *dead = mk_worker("w-3", "cpu", POOL_WORKER_EXITED, 1, 1, true);
+  dead->has_exit = true;
+  dead->exit_signal = 9;
+  snprintf(dead->reason, sizeof dead->reason, "killed by signal SIGKILL");
+  pool_worker_tail_feed(dead, "loading\nlast \"words\"\n", 21);
+  pool_worker *failed = mk_worker("w-4", "cpu", POOL_WORKER_FAILED, 1, 0, true);
+  failed->has_exit = true;
+  failed->exit_code = 1;
+  snprintf(failed->reason, sizeof failed->reason, "exited before ready: exit code 1");
+  ready->next = starting;
+  starting->next = dead;
+  dead->next = failed;
+
+  char *text = state_doc(ready, ms, 2);
+  cJSON *doc = cJSON_Parse(text);
+  assert_non_null(doc);
+  assert_int_equal(cJSON_GetObjectItem(doc, "protocol")->valueint, 1);
+  assert_string_equal(cJSON_GetObjectItem(doc, "pool")->valuestring, "pool-a");
+  assert_int_equal(cJSON_GetObjectItem(doc, "seq")->valueint, 7);
+  assert_int_equal(cJSON_GetObjectItem(doc, "heartbeat_interval_ms")->valueint, 500);
+  const cJSON *devs = cJSON_GetObjectItem(doc, "devices");
+  assert_int_equal(cJSON_GetArraySize(devs), 2);
+  const cJSON *cpu = cJSON_GetArrayItem(devs, 0);
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(cpu, "utilization")));
+  /* The CPU device reports what its live workers hold as used. */
+  assert_int_equal((int64_t)cJSON_GetObjectItem(cpu, "memory_free")->valuedouble, (1 << 30) - 300000);
+  assert_int_equal((int64_t)cJSON_GetObjectItem(cpu, "memory_used")->valuedouble, 300000);
+  const cJSON *gpu = cJSON_GetArrayItem(devs, 1);
+  assert_string_equal(cJSON_GetObjectItem(gpu, "kind")->valuestring, "cuda");
+  assert_int_equal(cJSON_GetObjectItem(gpu, "temperature")->valueint, 41);
+  assert_int_equal((int64_t)cJSON_GetObjectItem(gpu, "memory_free")->valuedouble, 6000000000ll);
+
+  const cJSON *models = cJSON_GetObjectItem(doc, "models");
+  assert_int_equal(cJSON_GetArraySize(models), 1); /* the bad file is not reported */
+  const cJSON *m = cJSON_GetArrayItem(models, 0);
+  assert_string_equal(cJSON_GetObjectItem(m, "file")->valuestring, "tiny.gguf");
+  assert_int_equal(cJSON_GetObjectItem(m, "tensor_bytes")->valueint, 559360);
+  const cJSON *est = cJSON_GetObjectItem(cJSON_GetObjectItem(m, "estimate"), "cuda");
+  assert_int_equal(cJSON_GetObjectItem(est, "fixed_bytes")->valuedouble, 538000000);
+
+  const cJSON *ws = cJSON_GetObjectItem(doc, "workers");
+  assert_int_equal(cJSON_GetArraySize(ws), 4);
+  const cJSON *w1 = cJSON_GetArrayItem(ws, 0);
+  assert_string_equal(cJSON_GetObjectItem(w1, "state")->valuestring, "ready");
+  assert_string_equal(cJSON_GetObjectItem(w1, "url")->valuestring, "http://127.0.0.1:40211");
+  assert_string_equal(cJSON_GetObjectItem(w1, "token")->valuestring, "tok");
+  assert_int_equal(cJSON_GetObjectItem(w1, "memory_bytes")->valueint, 200000);
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(w1, "exit")));
+  const cJSON *w2 = cJSON_GetArrayItem(ws, 1);
+  /* No token before ready: nothing routes to a starting worker. */
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(w2, "token")));
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(w2, "url")));
+  assert_int_equal(cJSON_GetObjectItem(w2, "memory_bytes")->valueint, 1000000000);
+  const cJSON *x3 = cJSON_GetObjectItem(cJSON_GetArrayItem(ws, 2), "exit");
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(x3, "code")));
+  assert_string_equal(cJSON_GetObjectItem(x3, "signal")->valuestring, "SIGKILL");
+  const cJSON *tail = cJSON_GetObjectItem(x3, "stderr_tail");
+  assert_int_equal(cJSON_GetArraySize(tail), 2);
+  assert_string_equal(cJSON_GetArrayItem(tail, 1)->valuestring, "last \"words\"");
+  const cJSON *x4 = cJSON_GetObjectItem(cJSON_GetArrayItem(ws, 3), "exit");
+  assert_int_equal(cJSON_GetObjectItem(x4, "code")->valueint, 1);
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(x4, "signal")));
+
+#ifdef POOL_TEST_WITH_ORCHESTRATOR
+  /* The orchestrator's parser takes it as it is. */
+  sched_pool_report rep;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(orch_pool_report_parse(doc, &rep, &em), 0);
+  assert_int_equal(rep.n_devices, 2);
+  assert_int_equal(rep.n_models, 1);
+  assert_int_equal(rep.n_workers, 4);
+  assert_string_equal(rep.workers[2].exit_signal, "SIGKILL");
+  assert_int_equal(rep.workers[3].exit_code, 1);
+  sched_pool_report_free(&rep);
+
+  /* And a worker event as pool_send_event writes it. */
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  pool_worker_write(&b, dead);
+  cJSON *wj = cJSON_Parse(b.data);
+  sched_worker_report wr;
+  assert_int_equal(orch_worker_report_parse(wj, "events[0].worker", &wr, &em), 0);
+  assert_string_equal(wr.id, "w-3");
+  cJSON_Delete(wj);
+  llorch_jbuf_free(&b);
+#endif
+  cJSON_Delete(doc);
+  free(text);
+  free_workers(ready);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_file_names),
+      cmocka_unit_test(test_scan),
+      cmocka_unit_test(test_read_errors),
+      cmocka_unit_test(test_device_free),
+      cmocka_unit_test(test_tail),
+      cmocka_unit_test(test_exit_describe),
+      cmocka_unit_test(test_state_document),
+  };
+  return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
+}
