@@ -274,7 +274,6 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
   *out = NULL;
   llorch_errmsg em = {{0}};
   worker_job *j = NULL;
-  llorch_tokens toks = {0};
   llorch_jbuf text;
   llorch_jbuf_init(&text);
   int rc;
@@ -375,21 +374,8 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
                       "'prompt' is empty");
     goto fail;
   }
-  rc = llorch_tokenize(w->tok, text.data ? text.data : "", text.len, flags, &toks, &em);
-  if (rc < 0) {
-    rc = request_fail(err, 400, "invalid_request_error", "invalid_value",
-                      use_chat ? "messages" : "prompt", "the prompt cannot be tokenized: %s",
-                      em.text);
-    goto fail;
-  }
-  if (toks.n >= w->n_ctx) {
-    rc = request_fail(err, 400, "invalid_request_error", "context_length_exceeded",
-                      use_chat ? "messages" : "prompt",
-                      "This model's context is %u tokens per request, but the prompt has %zu "
-                      "tokens (at least 1 token must remain for the completion)",
-                      w->n_ctx, toks.n);
-    goto fail;
-  }
+  st->tok_flags = flags;
+  st->prompt_param = use_chat ? "messages" : "prompt";
 
   /* job id (native) */
   char idbuf[72];
@@ -410,7 +396,7 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
     job_id = idbuf;
   }
 
-  j = worker_job_new(job_id, toks.ids, (uint32_t)toks.n);
+  j = worker_job_new(job_id, NULL, 0);
   if (!j) {
     rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
     goto fail;
@@ -434,14 +420,36 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
   if ((rc = request_stop(body, j, err)) < 0) goto fail;
   if ((rc = request_sampling(api, body, &j->sp, &j->want_logprobs, err)) < 0) goto fail;
 
-  llorch_tokens_free(&toks);
-  llorch_jbuf_free(&text);
+  st->prompt_text = text; /* moves to the stream */
   *out = j;
   return 0;
 
 fail:
   worker_job_free(j);
-  llorch_tokens_free(&toks);
   llorch_jbuf_free(&text);
   return rc < 0 ? rc : LLORCH_EINVAL;
+}
+
+void worker_request_tokenize(const worker *w, worker_stream *st) {
+  const llorch_jbuf *t = &st->prompt_text;
+  st->tok_rc = llorch_tokenize(w->tok, t->data ? t->data : "", t->len, st->tok_flags, &st->toks,
+                               &st->tok_em);
+}
+
+int worker_request_finish(worker *w, worker_stream *st, worker_error *err) {
+  if (st->tok_rc < 0)
+    return request_fail(err, 400, "invalid_request_error", "invalid_value", st->prompt_param,
+                        "the prompt cannot be tokenized: %s",
+                        st->tok_em.text[0] ? st->tok_em.text : llorch_strerror(st->tok_rc));
+  if (st->toks.n >= w->n_ctx)
+    return request_fail(err, 400, "invalid_request_error", "context_length_exceeded",
+                        st->prompt_param,
+                        "This model's context is %u tokens per request, but the prompt has %zu "
+                        "tokens (at least 1 token must remain for the completion)",
+                        w->n_ctx, st->toks.n);
+  if (worker_job_set_prompt(st->job, st->toks.ids, (uint32_t)st->toks.n) < 0)
+    return request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+  llorch_tokens_free(&st->toks);
+  llorch_jbuf_free(&st->prompt_text);
+  return 0;
 }

@@ -48,50 +48,55 @@ static void routes_not_ready(worker *w, llorch_http_request *req) {
   worker_respond_error(req, &err);
 }
 
-static void routes_generate(worker *w, llorch_http_request *req, worker_api api) {
-  if (w->state != WORKER_STATE_READY) {
-    routes_not_ready(w, req);
-    return;
-  }
-  size_t len;
-  const char *body = llorch_http_request_body(req, &len);
-  cJSON *json = NULL;
-  llorch_errmsg em = {{0}};
-  if (llorch_json_parse(body, len, true, &json, &em) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
-    return;
-  }
-  worker_stream *st = calloc(1, sizeof *st);
-  if (!st) {
-    cJSON_Delete(json);
-    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    return;
-  }
-  st->w = w;
-  st->api = api;
-  st->req = req;
-  st->created = (int64_t)time(NULL);
-  snprintf(st->request_id, sizeof st->request_id, "%s", llorch_http_request_id(req));
-  llorch_jbuf_init(&st->text);
-  for (int k = 0; k < 4; k++) llorch_jbuf_init(&st->lp[k]);
+/* Frees a stream that never reached the scheduler. */
+static void routes_stream_discard(worker_stream *st) {
+  worker_job_free(st->job);
+  llorch_tokens_free(&st->toks);
+  llorch_jbuf_free(&st->prompt_text);
+  llorch_jbuf_free(&st->text);
+  for (int k = 0; k < 4; k++) llorch_jbuf_free(&st->lp[k]);
+  free(st);
+}
 
+static void routes_fail(worker *w, llorch_http_request *req, const worker_error *err) {
+  if (err->status >= 400 && err->status < 500)
+    llorch_metric_inc(w->m.requests, (const char *[]){"invalid"}, 1);
+  worker_respond_error(req, err);
+}
+
+/* The client left while its prompt was being tokenized. */
+static void routes_on_gone_early(llorch_http_request *req, void *data) {
+  worker_stream *st = data;
+  st->req = NULL;
+}
+
+static void routes_tokenize_work(uv_work_t *work) {
+  worker_stream *st = work->data;
+  worker_request_tokenize(st->w, st);
+}
+
+/* Back on the loop with the tokens: check, submit, attach. */
+static void routes_tokenize_done(uv_work_t *work, int status) {
+  worker_stream *st = work->data;
+  worker *w = st->w;
+  llorch_http_request *req = st->req;
+  if (!req) {
+    routes_stream_discard(st);
+    return;
+  }
+  llorch_http_request_set_data(req, NULL, NULL);
   worker_error err = {0};
-  worker_job *job = NULL;
-  int rc = worker_request_build(w, api, json, st, &job, &err);
-  cJSON_Delete(json);
-  if (rc < 0) goto fail;
-  if (api == WORKER_API_NATIVE && routes_find_stream(w, job->id)) {
+  llorch_errmsg em = {{0}};
+  if (worker_request_finish(w, st, &err) < 0) goto fail;
+  worker_job *job = st->job;
+  if (st->api == WORKER_API_NATIVE && routes_find_stream(w, job->id)) {
     err = (worker_error){.status = 409, .type = "invalid_request_error", .code = "duplicate_job"};
     snprintf(err.param, sizeof err.param, "job_id");
     snprintf(err.message, sizeof err.message, "job '%s' is already queued or running", job->id);
     goto fail;
   }
-  snprintf(st->resp_id, sizeof st->resp_id, "%s-%llu%04x",
-           api == WORKER_API_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)++w->next_id,
-           (unsigned)(uv_hrtime() & 0xffff));
-  job->owner = st;
-  st->job = job;
-  rc = worker_sched_submit(w->sched, job, &em);
+  int rc = w->sched ? worker_sched_submit(w->sched, job, &em)
+                    : llorch_errmsg_set(&em, LLORCH_ESTATE, "the worker is not ready");
   if (rc < 0) {
     if (rc == LLORCH_EBUSY) {
       err = (worker_error){.status = 503, .type = "server_error", .code = "overloaded",
@@ -118,12 +123,60 @@ static void routes_generate(worker *w, llorch_http_request *req, worker_api api)
   return;
 
 fail:
-  if (err.status >= 400 && err.status < 500)
-    llorch_metric_inc(w->m.requests, (const char *[]){"invalid"}, 1);
-  worker_respond_error(req, &err);
-  worker_job_free(job);
-  llorch_jbuf_free(&st->text);
-  free(st);
+  routes_fail(w, req, &err);
+  routes_stream_discard(st);
+}
+
+static void routes_generate(worker *w, llorch_http_request *req, worker_api api) {
+  if (w->state != WORKER_STATE_READY) {
+    routes_not_ready(w, req);
+    return;
+  }
+  size_t len;
+  const char *body = llorch_http_request_body(req, &len);
+  cJSON *json = NULL;
+  llorch_errmsg em = {{0}};
+  if (llorch_json_parse(body, len, true, &json, &em) < 0) {
+    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
+    return;
+  }
+  worker_stream *st = calloc(1, sizeof *st);
+  if (!st) {
+    cJSON_Delete(json);
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+    return;
+  }
+  st->w = w;
+  st->api = api;
+  st->req = req;
+  st->created = (int64_t)time(NULL);
+  snprintf(st->request_id, sizeof st->request_id, "%s", llorch_http_request_id(req));
+  llorch_jbuf_init(&st->text);
+  llorch_jbuf_init(&st->prompt_text);
+  for (int k = 0; k < 4; k++) llorch_jbuf_init(&st->lp[k]);
+  snprintf(st->resp_id, sizeof st->resp_id, "%s-%llu%04x",
+           api == WORKER_API_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)++w->next_id,
+           (unsigned)(uv_hrtime() & 0xffff));
+
+  worker_error err = {0};
+  worker_job *job = NULL;
+  int rc = worker_request_build(w, api, json, st, &job, &err);
+  cJSON_Delete(json);
+  if (rc < 0) {
+    routes_fail(w, req, &err);
+    routes_stream_discard(st);
+    return;
+  }
+  job->owner = st;
+  st->job = job;
+  llorch_http_request_set_data(req, st, routes_on_gone_early);
+  st->work.data = st;
+  if (uv_queue_work(w->loop, &st->work, routes_tokenize_work, routes_tokenize_done) != 0) {
+    llorch_http_request_set_data(req, NULL, NULL);
+    llorch_http_respond_error(req, 500, "server_error", "cannot queue the tokenization", NULL,
+                              "internal_error");
+    routes_stream_discard(st);
+  }
 }
 
 /* ---- cancel ---- */

@@ -60,6 +60,16 @@ worker_job *worker_job_new(const char *id, const int32_t *prompt, uint32_t n_pro
   return j;
 }
 
+int worker_job_set_prompt(worker_job *j, const int32_t *ids, uint32_t n) {
+  int32_t *p = malloc((n ? n : 1) * sizeof *p);
+  if (!p) return LLORCH_ENOMEM;
+  if (n) memcpy(p, ids, n * sizeof *ids);
+  free(j->prompt);
+  j->prompt = p;
+  j->n_prompt = n;
+  return 0;
+}
+
 void worker_job_free(worker_job *j) {
   if (!j) return;
   free(j->prompt);

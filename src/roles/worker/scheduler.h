@@ -84,6 +84,8 @@ typedef struct worker_job {
 
 /* Creates a job with its own copy of the prompt; NULL when out of memory. */
 worker_job *worker_job_new(const char *id, const int32_t *prompt, uint32_t n_prompt);
+/* Replaces the prompt with a copy of ids[0..n); LLORCH_ENOMEM. Before submit only. */
+int worker_job_set_prompt(worker_job *j, const int32_t *ids, uint32_t n);
 /* Frees the job (prompt, stop strings, sampler, text state). */
 void worker_job_free(worker_job *j);
 /* Adds a stop string (copied); LLORCH_ELIMIT after WORKER_MAX_STOP. */

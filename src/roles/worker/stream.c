@@ -453,6 +453,8 @@ static void stream_free(worker *w, worker_stream *st) {
   if (st->req) llorch_http_request_set_data(st->req, NULL, NULL);
   worker_job_free(st->job);
   llorch_jbuf_free(&st->text);
+  llorch_jbuf_free(&st->prompt_text);
+  llorch_tokens_free(&st->toks);
   for (int k = 0; k < 4; k++) llorch_jbuf_free(&st->lp[k]);
   free(st);
 }

@@ -146,18 +146,32 @@ struct worker_stream {
    * text_offset in lp[0..3] */
   llorch_jbuf lp[4];
   size_t text_offset;             /* completions logprobs text_offset */
+  /* ---- before submit: the prompt is tokenized on the libuv threadpool
+   * (a 4 MiB body takes over a second) so the loop never waits for it ---- */
+  llorch_jbuf prompt_text;        /* rendered chat or raw prompt */
+  unsigned tok_flags;             /* llorch_tokenize_flags */
+  const char *prompt_param;       /* "messages" or "prompt", for errors */
+  uv_work_t work;
+  llorch_tokens toks;             /* result of the work */
+  int tok_rc;
+  llorch_errmsg tok_em;
   worker_stream *prev, *next;
 };
 
 /* ---- request.c ---- */
 
 /*
- * Validates body for api and builds a job (tokenized prompt, sampling, stop,
- * limits) and the stream options. On failure fills err and returns a
- * negative code.
+ * Validates body for api and builds a job (sampling, stop, limits; the prompt
+ * still empty) and the stream options; the prompt text goes to
+ * st->prompt_text. On failure fills err and returns a negative code.
  */
 int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_stream *st,
                          worker_job **out, worker_error *err);
+/* Tokenizes st->prompt_text into st->toks (threadpool: touches nothing else). */
+void worker_request_tokenize(const worker *w, worker_stream *st);
+/* Back on the loop: checks the tokens against the context and moves them
+ * into st->job. On failure fills err and returns a negative code. */
+int worker_request_finish(worker *w, worker_stream *st, worker_error *err);
 /* True when name is the model's name or its file name (with or without .gguf). */
 bool worker_model_name_matches(const worker *w, const char *name);
 

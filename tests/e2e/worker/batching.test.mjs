@@ -128,3 +128,21 @@ test('a full queue answers 503 with Retry-After', async () => {
   const i = await waitInfo(w, (x) => x.slots.busy === 0 && x.slots.queued === 0, { timeoutMs: 10000 });
   assert.equal(i.slots.busy + i.slots.queued, 0);
 });
+
+test('a huge prompt is tokenized off the event loop: a small request is not held up', async () => {
+  const post = (body) => fetch(`${w.url}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+  });
+  const t0 = performance.now();
+  let bigDone = 0;
+  const big = post({ prompt: 'hello world this is a long text '.repeat(60000), max_tokens: 1 })
+    .then(async (r) => { bigDone = performance.now() - t0; return { status: r.status, body: await r.json() }; });
+  await sleep(30);
+  const r = await post({ prompt: 'small', max_tokens: 1, temperature: 0 });
+  const smallDone = performance.now() - t0;
+  assert.equal(r.status, 200);
+  const b = await big;
+  assert.equal(b.status, 400);
+  assert.equal(b.body.error.code, 'context_length_exceeded');
+  assert.ok(smallDone < bigDone, `small finished at ${smallDone.toFixed(0)} ms, big at ${bigDone.toFixed(0)} ms`);
+});
