@@ -134,7 +134,9 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   }
   mm_job job = {
       .c = c,
-      .tile = c->kt->tile[w->type],
+      .tile = (w != c->m->tok_embd && kern_is_repacked(w->type, w->ne[1]))
+                  ? c->kt->tile_repacked[w->type]
+                  : c->kt->tile[w->type],
       .n_in = n_in,
       .n_out = n_out,
       .w = w->data,

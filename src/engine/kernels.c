@@ -320,21 +320,26 @@ static float dot_q4_K(int n, const llorch_block_q4_K *w, const llorch_block_q8_K
   return kern_hsum8(acc) + (m0 + m1);
 }
 
-/* Q6_K x Q8_K as ggml's AVX2 vec_dot: integer lanes as above (the -32 offset
- * folded in exactly), one FMA per lane per super-block. */
+/*
+ * Q6_K x Q8_K as ggml's AVX2 vec_dot: lane l sums sc * q * q8 (q unsigned,
+ * 0..63) over elements 32G + 4l..4l+3 of every 32-group G, then the -32
+ * offset is taken out per lane as 32 * (bsums[2l] sc[2l] + bsums[2l+1]
+ * sc[2l+1]) - i.e. by 32-group, not by position - before one FMA per lane.
+ */
 static float dot_q6_K(int n, const llorch_block_q6_K *w, const llorch_block_q8_K *x) {
   float acc[8] = {0};
   for (int b = 0; b < n / LLORCH_QK_K; b++) {
     const float d = x[b].d * llorch_fp16_to_fp32(w[b].d);
+    const int8_t *sc = w[b].scales;
     int sumi[8] = {0};
     for (int h = 0; h < 2; h++) {
       const uint8_t *ql = w[b].ql + 64 * h;
       const uint8_t *qh = w[b].qh + 32 * h;
-      const int8_t *sc = w[b].scales + 8 * h;
       const int8_t *q8 = x[b].qs + 128 * h;
       for (int part = 0; part < 4; part++) {
+        const int G = 4 * h + part;
         for (int l = 0; l < 8; l++) {
-          int s0 = 0, s1 = 0; /* elements 4l..4l+3 of this 32-group: scale by 16-half */
+          int s = 0;
           for (int t = 0; t < 4; t++) {
             int e = 4 * l + t;
             int q;
@@ -344,17 +349,54 @@ static float dot_q6_K(int n, const llorch_block_q6_K *w, const llorch_block_q8_K
             case 2: q = (ql[e] >> 4) | (((qh[e] >> 4) & 3) << 4); break;
             default: q = (ql[e + 32] >> 4) | (((qh[e] >> 6) & 3) << 4); break;
             }
-            int p = (q - 32) * q8[32 * part + e];
-            if (e < 16) s0 += p;
-            else s1 += p;
+            s += q * q8[32 * part + e];
           }
-          sumi[l] += sc[2 * part] * s0 + sc[2 * part + 1] * s1;
+          sumi[l] += sc[2 * G + (l >= 4)] * s;
         }
       }
     }
-    for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)sumi[l], acc[l]);
+    for (int l = 0; l < 8; l++) {
+      const int off = 32 * (x[b].bsums[2 * l] * sc[2 * l] + x[b].bsums[2 * l + 1] * sc[2 * l + 1]);
+      acc[l] = fmaf(d, (float)(sumi[l] - off), acc[l]);
+    }
   }
   return kern_hsum8(acc);
+}
+
+/* ---- repacked orders (see kern_table.tile_repacked) ---- */
+
+static float dot_q4_0_rp(int n, const llorch_block_q4_0 *w, const llorch_block_q8_0 *x) {
+  float acc = 0.0f;
+  for (int b = 0; b < n / LLORCH_QK4_0; b++) {
+    int s = 0;
+    for (int j = 0; j < 16; j++)
+      s += ((w[b].qs[j] & 0xF) - 8) * x[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + 16];
+    acc = fmaf((float)s, llorch_fp16_to_fp32(w[b].d) * llorch_fp16_to_fp32(x[b].d), acc);
+  }
+  return acc;
+}
+
+static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_block_q8_K *x) {
+  float acc = 0.0f, accm = 0.0f;
+  for (int b = 0; b < n / LLORCH_QK_K; b++) {
+    uint8_t sc[8], m[8];
+    for (int j = 0; j < 8; j++) llorch_q4_K_scale_min(j, w[b].scales, &sc[j], &m[j]);
+    int isum = 0, imin = 0;
+    for (int g = 0; g < 4; g++) {
+      const uint8_t *q4 = w[b].qs + 32 * g;
+      const int8_t *q8 = x[b].qs + 64 * g;
+      int lo = 0, hi = 0;
+      for (int l = 0; l < 32; l++) {
+        lo += (q4[l] & 0xF) * q8[l];
+        hi += (q4[l] >> 4) * q8[32 + l];
+      }
+      isum += sc[2 * g] * lo + sc[2 * g + 1] * hi;
+    }
+    for (int j = 0; j < 8; j++) imin += m[j] * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
+    acc = fmaf((float)isum, llorch_fp16_to_fp32(w[b].d) * x[b].d, acc);
+    accm = fmaf((float)imin, llorch_fp16_to_fp32(w[b].dmin) * x[b].d, accm);
+  }
+  return acc - accm;
 }
 
 #define QUANT_TILE(name, wtype, xtype, dotfn)                                              \
@@ -372,6 +414,8 @@ QUANT_TILE(tile_q8_0, llorch_block_q8_0, llorch_block_q8_0, dot_q8_0)
 QUANT_TILE(tile_q4_0, llorch_block_q4_0, llorch_block_q8_0, dot_q4_0)
 QUANT_TILE(tile_q4_K, llorch_block_q4_K, llorch_block_q8_K, dot_q4_K)
 QUANT_TILE(tile_q6_K, llorch_block_q6_K, llorch_block_q8_K, dot_q6_K)
+QUANT_TILE(tile_q4_0_rp, llorch_block_q4_0, llorch_block_q8_0, dot_q4_0_rp)
+QUANT_TILE(tile_q4_K_rp, llorch_block_q4_K, llorch_block_q8_K, dot_q4_K_rp)
 
 /* ---- elementwise ---- */
 
@@ -416,6 +460,11 @@ const kern_table kern_scalar = {
             [LLORCH_TYPE_Q4_0] = tile_q4_0,
             [LLORCH_TYPE_Q4_K] = tile_q4_K,
             [LLORCH_TYPE_Q6_K] = tile_q6_K,
+        },
+    .tile_repacked =
+        {
+            [LLORCH_TYPE_Q4_0] = tile_q4_0_rp,
+            [LLORCH_TYPE_Q4_K] = tile_q4_K_rp,
         },
     .swiglu = swiglu_scalar,
     .round_f16 = round_f16_scalar,

@@ -73,6 +73,15 @@ typedef void (*kern_tile_fn)(int n, const void *w, size_t w_stride, int nr, cons
 typedef struct kern_table {
   const char *name;               /* "scalar", "avx2" */
   kern_tile_fn tile[LLORCH_TYPE_COUNT]; /* by weight type; NULL: unsupported */
+  /*
+   * The order of ggml's repacked ("extra buffer") kernels, which llama.cpp
+   * uses on AVX2 for Q4_0 and Q4_K matrices whose row count is a multiple
+   * of 8 (all but the token embedding, which stays plain for get_rows):
+   * per output one FMA per (super-)block of the exact integer dot times
+   * d_w * d_x, in block order, no lanes; Q4_K keeps its mins in a second
+   * accumulator subtracted at the end. NULL where a type is never repacked.
+   */
+  kern_tile_fn tile_repacked[LLORCH_TYPE_COUNT];
   /* y[i] = silu(g[i]) * u[i] (ggml_vec_swiglu_f32) */
   void (*swiglu)(int n, float *y, const float *g, const float *u);
   /* y[i] = x[i] rounded through binary16 (F16C where available) */
@@ -88,6 +97,11 @@ const kern_table *kern_avx2_table(void);
 /* Best table this CPU can run (AVX2+FMA+F16C checked at run time), unless
  * LLORCH_KERNELS=scalar is set in the environment. */
 const kern_table *kern_select(void);
+
+/* Whether llama.cpp repacks a matrix of this type and row count. */
+static inline bool kern_is_repacked(llorch_ggml_type t, uint64_t n_rows) {
+  return (t == LLORCH_TYPE_Q4_0 || t == LLORCH_TYPE_Q4_K) && n_rows % 8 == 0;
+}
 
 /* ---- pieces shared by the scalar and SIMD files ---- */
 

@@ -323,10 +323,11 @@ TARGET static float dot_q4_K(int n, const llorch_block_q4_K *x, const llorch_blo
   return hsum8(acc) + _mm_cvtss_f32(acc_m);
 }
 
+/* Q6_K as ggml's current AVX2 vec_dot: unsigned 6-bit quants against q8,
+ * the -32 offset removed per lane from the bsums (see kernels.c). */
 TARGET static float dot_q6_K(int n, const llorch_block_q6_K *x, const llorch_block_q8_K *y) {
-  const __m256i m4 = _mm256_set1_epi8(0xF);
-  const __m256i m2 = _mm256_set1_epi8(3);
-  const __m256i m32s = _mm256_set1_epi8(32);
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const __m256i m15 = _mm256_set1_epi8(15);
   __m256 acc = _mm256_setzero_ps();
   for (int i = 0; i < n / LLORCH_QK_K; i++) {
     const float d = y[i].d * H2F(x[i].d);
@@ -334,6 +335,9 @@ TARGET static float dot_q6_K(int n, const llorch_block_q6_K *x, const llorch_blo
     const uint8_t *qh = x[i].qh;
     const int8_t *q8 = y[i].qs;
     const int8_t *scs = x[i].scales;
+    const __m256i q8sums = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+    const __m256i scales_16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scs));
+    const __m256i q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, scales_16), 5);
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < 2; j++) {
       const __m256i q4bits1 = _mm256_loadu_si256((const __m256i *)q4);
@@ -341,30 +345,76 @@ TARGET static float dot_q6_K(int n, const llorch_block_q6_K *x, const llorch_blo
       q4 += 64;
       const __m256i q4bitsH = _mm256_loadu_si256((const __m256i *)qh);
       qh += 32;
-      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m2), 4);
-      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4);
-      const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4);
-      const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4);
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m3), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m3), 4);
+      const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m3), 4);
+      const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m3), 4);
       const __m256i q[4] = {
-          _mm256_or_si256(_mm256_and_si256(q4bits1, m4), h0),
-          _mm256_or_si256(_mm256_and_si256(q4bits2, m4), h1),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), h2),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), h3),
+          _mm256_or_si256(_mm256_and_si256(q4bits1, m15), h0),
+          _mm256_or_si256(_mm256_and_si256(q4bits2, m15), h1),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m15), h2),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m15), h3),
       };
       for (int k = 0; k < 4; k++) {
         const __m256i q8v = _mm256_loadu_si256((const __m256i *)q8);
         q8 += 32;
-        const __m256i q8s = _mm256_maddubs_epi16(m32s, q8v);
-        __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8v), q8s);
-        const __m256i scale = _mm256_setr_m128i(_mm_set1_epi16(scs[2 * k]),
-                                                _mm_set1_epi16(scs[2 * k + 1]));
+        const __m256i p16 = _mm256_maddubs_epi16(q[k], q8v);
+        const __m256i scale = _mm256_setr_m128i(_mm_set1_epi16(scs[2 * k]), _mm_set1_epi16(scs[2 * k + 1]));
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
       }
       scs += 8;
     }
+    sumi = _mm256_sub_epi32(sumi, q8sclsub);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
   }
   return hsum8(acc);
+}
+
+TARGET static inline int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
+/* repacked orders: the integer dot per block in SIMD (exact), the float
+ * accumulation one block at a time as ggml's repacked kernels do */
+TARGET static float dot_q4_0_rp(int n, const llorch_block_q4_0 *w, const llorch_block_q8_0 *x) {
+  float acc = 0.0f;
+  for (int b = 0; b < n / LLORCH_QK4_0; b++) {
+    const __m256i q = q4_0_unpack(w[b].qs);
+    const __m256i p = _mm256_loadu_si256((const __m256i *)x[b].qs);
+    const __m256i dot = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(p, q));
+    const int s = hsum_i32(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)));
+    acc = fmaf((float)s, H2F(w[b].d) * H2F(x[b].d), acc);
+  }
+  return acc;
+}
+
+TARGET static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_block_q8_K *x) {
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  float acc = 0.0f, accm = 0.0f;
+  for (int b = 0; b < n / LLORCH_QK_K; b++) {
+    uint8_t sc[8], m[8];
+    for (int j = 0; j < 8; j++) llorch_q4_K_scale_min(j, w[b].scales, &sc[j], &m[j]);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int g = 0; g < 4; g++) {
+      const __m256i q4bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * g));
+      const __m256i q8l = _mm256_loadu_si256((const __m256i *)(x[b].qs + 64 * g));
+      const __m256i q8h = _mm256_loadu_si256((const __m256i *)(x[b].qs + 64 * g + 32));
+      const __m256i pl = _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * g]),
+                                           _mm256_maddubs_epi16(_mm256_and_si256(q4bits, m4), q8l));
+      const __m256i ph = _mm256_madd_epi16(
+          _mm256_set1_epi16(sc[2 * g + 1]),
+          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4), q8h));
+      sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+    }
+    int imin = 0;
+    for (int j = 0; j < 8; j++) imin += m[j] * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
+    acc = fmaf((float)hsum_i32(sumi), H2F(w[b].d) * x[b].d, acc);
+    accm = fmaf((float)imin, H2F(w[b].dmin) * x[b].d, accm);
+  }
+  return acc - accm;
 }
 
 #define K_TILE(name, wtype, dotfn)                                                          \
@@ -380,6 +430,17 @@ TARGET static float dot_q6_K(int n, const llorch_block_q6_K *x, const llorch_blo
 
 K_TILE(tile_q4_K, llorch_block_q4_K, dot_q4_K)
 K_TILE(tile_q6_K, llorch_block_q6_K, dot_q6_K)
+K_TILE(tile_q4_K_rp, llorch_block_q4_K, dot_q4_K_rp)
+
+TARGET static void tile_q4_0_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
+                                int nc, float *y, size_t ldy, kern_order order) {
+  (void)order;
+  for (int c = 0; c < nc; c++) {
+    const llorch_block_q8_0 *xc = (const void *)((const char *)x + (size_t)c * xs);
+    for (int r = 0; r < nr; r++)
+      y[(size_t)c * ldy + r] = dot_q4_0_rp(n, (const llorch_block_q4_0 *)((const char *)w + (size_t)r * ws), xc);
+  }
+}
 
 /* ---- elementwise: ggml_v_expf / ggml_v_silu ---- */
 
@@ -453,6 +514,11 @@ static const kern_table kern_avx2 = {
             [LLORCH_TYPE_Q4_0] = tile_q4_0,
             [LLORCH_TYPE_Q4_K] = tile_q4_K,
             [LLORCH_TYPE_Q6_K] = tile_q6_K,
+        },
+    .tile_repacked =
+        {
+            [LLORCH_TYPE_Q4_0] = tile_q4_0_rp,
+            [LLORCH_TYPE_Q4_K] = tile_q4_K_rp,
         },
     .swiglu = swiglu_avx2,
     .round_f16 = round_f16_avx2,

@@ -53,9 +53,14 @@ static void check_type(llorch_ggml_type t, int n, int nr, int nc) {
   }
   float *y0 = calloc((size_t)nr * nc, sizeof(float));
   float *y1 = calloc((size_t)nr * nc, sizeof(float));
-  for (int o = 0; o < 2; o++) {
-    kern_scalar.tile[t](n, w, ws, nr, x, xs, nc, y0, (size_t)nr, (kern_order)o);
-    simd->tile[t](n, w, ws, nr, x, xs, nc, y1, (size_t)nr, (kern_order)o);
+  /* orders 0, 1: plain GEMM / GEMV; 2: the repacked order, where it exists */
+  const int n_orders = kern_scalar.tile_repacked[t] ? 3 : 2;
+  assert_true((kern_scalar.tile_repacked[t] != NULL) == (simd->tile_repacked[t] != NULL));
+  for (int o = n_orders - 1; o >= 0; o--) {
+    kern_tile_fn ts = o == 2 ? kern_scalar.tile_repacked[t] : kern_scalar.tile[t];
+    kern_tile_fn tv = o == 2 ? simd->tile_repacked[t] : simd->tile[t];
+    ts(n, w, ws, nr, x, xs, nc, y0, (size_t)nr, (kern_order)(o & 1));
+    tv(n, w, ws, nr, x, xs, nc, y1, (size_t)nr, (kern_order)(o & 1));
     for (int i = 0; i < nr * nc; i++) {
       if (memcmp(&y0[i], &y1[i], sizeof(float)) != 0)
         fail_msg("%s n=%d order=%d elem %d: scalar %.9g simd %.9g", llorch_type_name(t), n, o, i,
