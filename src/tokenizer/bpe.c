@@ -336,16 +336,49 @@ out:
   return rc;
 }
 
+/* Where a word's tokens already are in the output: the word cache. */
+typedef struct cached_word {
+  size_t pos; /* index into out->ids */
+  size_t n;   /* tokens */
+} cached_word;
+
 int tok_bpe_encode(const llorch_tokenizer *t, const char *text, size_t len, llorch_tokens *out) {
   char *norm = NULL;
   tok_word *words = NULL;
   size_t n_words = 0;
   bpe_scratch s = {0};
+  tok_map cache = {0};
+  cached_word *cw = NULL;
+  int32_t n_cw = 0;
   if (len == 0) return 0;
   int rc = tok_pre_split(t->re, t->n_re, text, len, &norm, &words, &n_words);
   if (rc != 0) return rc;
+  /*
+   * Natural text repeats its words (" the", ",", "\n"); a word's tokens
+   * depend on the word alone, so each distinct word is merged once per call
+   * and its tokens copied after that. The merge tables are large (hundreds
+   * of thousands of entries) and their lookups miss the cache; this is what
+   * keeps long prompts fast.
+   */
+  if (n_words > 16) {
+    cw = malloc(n_words * sizeof(*cw));
+    if (!cw || (rc = tok_map_init(&cache, (uint32_t)(n_words / 4 + 16))) != 0) {
+      rc = LLORCH_ENOMEM;
+      goto out;
+    }
+  }
 
   for (size_t w = 0; w < n_words; w++) {
+    const char *wp = norm + words[w].off;
+    if (cw) {
+      int32_t hit = tok_map_get(&cache, wp, words[w].len);
+      if (hit >= 0) {
+        for (size_t k = 0; k < cw[hit].n; k++)
+          if ((rc = llorch_tokens_push(out, out->ids[cw[hit].pos + k])) != 0) goto out;
+        continue;
+      }
+    }
+    size_t pos = out->n;
     size_t need = (size_t)words[w].len * 2;
     if (need > s.word_cap) {
       char *nw = realloc(s.word, need);
@@ -360,9 +393,15 @@ int tok_bpe_encode(const llorch_tokenizer *t, const char *text, size_t len, llor
     for (uint32_t k = 0; k < words[w].len; k++)
       wl += tok_utf8_encode(tok_byte_to_cpt((uint8_t)norm[words[w].off + k]), s.word + wl);
     if ((rc = bpe_merge_word(t, &s, wl, out)) != 0) goto out;
+    if (cw) {
+      if ((rc = tok_map_put(&cache, wp, words[w].len, words[w].len, n_cw, NULL)) != 0) goto out;
+      cw[n_cw++] = (cached_word){pos, out->n - pos};
+    }
   }
 
 out:
+  tok_map_free(&cache);
+  free(cw);
   free(words);
   free(s.word);
   free(s.sym);

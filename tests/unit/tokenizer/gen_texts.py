@@ -43,6 +43,9 @@ def main():
     for _ in range(n):
         k = rng.randint(1, 40)
         texts.append("".join(rng.choice(ALPHABET) for _ in range(k)))
+    # long texts: many repeated words (exercises the per-call word cache)
+    for _ in range(min(n, 8)):
+        texts.append(" ".join(rng.choice(texts[:len(FIXED)] + ["the", "of", "and", ","]) for _ in range(300)))
     for _ in range(n_special):
         texts.append("".join(rng.choice(SPECIALS + WORDS) for _ in range(rng.randint(1, 12))))
     with open(out, "w", encoding="utf-8", newline="") as f:
