@@ -120,6 +120,14 @@ typedef enum llorch_gguf_open_flags {
   LLORCH_GGUF_OPEN_HEADER_ONLY = 1,
 } llorch_gguf_open_flags;
 
+/*
+ * Opens and validates path (mmap, read-only, shared; HEADER_ONLY: pread of the
+ * header only). Returns 0 with *out set, or LLORCH_ENOENT / LLORCH_EIO (cannot
+ * open, stat, read or map), LLORCH_EFORMAT (anything wrong in the file) or
+ * LLORCH_ENOMEM, with *out NULL and em = "<path>: <what is wrong>". Keys and
+ * tensor names must be non-empty without NUL or control characters (tensor
+ * names at most 63 bytes, as ggml); at most 2^24 kvs and 2^24 tensors.
+ */
 int llorch_gguf_open(llorch_gguf **out, const char *path, unsigned flags,
                      llorch_errmsg *em);
 /* Same validation over a caller-owned buffer (fuzzing, tests). The buffer
