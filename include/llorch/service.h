@@ -71,6 +71,15 @@ int llorch_service_init(llorch_service **out, const llorch_config *cfg, const ch
 int llorch_service_route(llorch_service *svc, const char *method, const char *path,
                          llorch_service_route_fn fn, void *user);
 
+/*
+ * Makes GET /metrics require Authorization: Bearer with one of n tokens
+ * (n == 0: open, the default). Roles call it with the tokens that guard
+ * their own endpoints, so that only the /health/ endpoints stay open when auth
+ * is on.
+ * The tokens are copied. Returns 0 or LLORCH_ENOMEM.
+ */
+int llorch_service_protect_metrics(llorch_service *svc, const char *const *tokens, size_t n);
+
 /* Adds a hook called when shutdown begins, before the HTTP server drains
  * (newest first). Returns 0 or LLORCH_ENOMEM. */
 int llorch_service_on_stop(llorch_service *svc, llorch_service_hook_fn fn, void *user);

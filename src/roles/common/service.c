@@ -41,6 +41,8 @@ struct llorch_service {
   uv_signal_t sigint;
   service_route *routes;       /* (nroutes) */
   size_t nroutes;
+  char **metrics_tokens;       /* (n_metrics_tokens) bearer tokens for /metrics; none = open */
+  size_t n_metrics_tokens;
   service_hooks stop_hooks;
   service_hooks shutdown_hooks;
   bool listening;
@@ -131,12 +133,39 @@ int llorch_service_route(llorch_service *svc, const char *method, const char *pa
 
 /* ---- built-in endpoints ---- */
 
+static void service_free_metrics_tokens(llorch_service *svc) {
+  for (size_t i = 0; i < svc->n_metrics_tokens; i++) free(svc->metrics_tokens[i]);
+  free(svc->metrics_tokens);
+  svc->metrics_tokens = NULL;
+  svc->n_metrics_tokens = 0;
+}
+
+int llorch_service_protect_metrics(llorch_service *svc, const char *const *tokens, size_t n) {
+  service_free_metrics_tokens(svc);
+  if (n == 0) return 0;
+  char **copy = calloc(n, sizeof *copy);
+  if (!copy) return LLORCH_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    if (!(copy[i] = strdup(tokens[i]))) {
+      while (i > 0) free(copy[--i]);
+      free(copy);
+      return LLORCH_ENOMEM;
+    }
+  }
+  svc->metrics_tokens = copy;
+  svc->n_metrics_tokens = n;
+  return 0;
+}
+
 static void service_health_live(llorch_http_request *req, void *user) {
   llorch_http_respond_json(req, 200, "{\"status\":\"ok\"}");
 }
 
 static void service_metrics(llorch_http_request *req, void *user) {
   llorch_service *svc = user;
+  if (llorch_http_require_bearer(req, (const char *const *)svc->metrics_tokens,
+                                 svc->n_metrics_tokens) != 0)
+    return; /* answered 401 */
   size_t len;
   char *text = llorch_metrics_render(svc->metrics, &len);
   if (!text) {
@@ -393,6 +422,7 @@ void llorch_service_free(llorch_service *svc) {
   free(svc->routes);
   free(svc->stop_hooks.items);
   free(svc->shutdown_hooks.items);
+  service_free_metrics_tokens(svc);
   free(svc);
 }
 

@@ -269,7 +269,9 @@ int llorch_worker_main(const llorch_config *cfg) {
       llorch_service_route(w->svc, NULL, "/v1/*", worker_route, w) < 0 ||
       llorch_service_route(w->svc, NULL, "/v2/*", worker_route, w) < 0 ||
       llorch_service_on_stop(w->svc, worker_on_stop, w) < 0 ||
-      llorch_service_on_shutdown(w->svc, worker_on_shutdown, w) < 0) {
+      llorch_service_on_shutdown(w->svc, worker_on_shutdown, w) < 0 ||
+      (cfg->worker.token &&
+       llorch_service_protect_metrics(w->svc, (const char *const *)&cfg->worker.token, 1) < 0)) {
     LOG_ERROR("worker", NULL, "out of memory setting up");
     goto out;
   }

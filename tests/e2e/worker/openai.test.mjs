@@ -181,6 +181,11 @@ test('missing or wrong token: 401; health needs none', async () => {
   assert.equal(body.error.type, 'authentication_error');
   assert.equal((await fetch(`${w.url}/health/ready`)).status, 200);
   assert.equal((await fetch(`${w.url}/v2/info`)).status, 401);
+  assert.equal((await fetch(`${w.url}/health/live`)).status, 200);
+  assert.equal((await fetch(`${w.url}/metrics`)).status, 401);
+  const m = await fetch(`${w.url}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.equal(m.status, 200);
+  assert.match(await m.text(), /# TYPE /);
 });
 
 test('models list and max_tokens clamped to the context', async () => {
