@@ -3,7 +3,7 @@
 // talking to the same worker directly; the orchestrator's RSS at that load;
 // and how many concurrent streams it holds.
 //
-//   node tests/e2e/cluster/bench-latency.mjs [--levels 1,100,1000] [--tokens 16] [--hold 4000]
+//   node tests/e2e/cluster/bench-latency.mjs [--levels 1,100,1000] [--tokens 16] [--hold 4000] [--shape tiny|medium]
 //
 // Real processes: one `llorch --role=worker` (tiny synthesized model, 256
 // slots) and one `llorch --role=orchestrator`; the worker is registered with
@@ -22,6 +22,13 @@ const args = Object.fromEntries(process.argv.slice(2).map((a, i, all) => (a.star
 const LEVELS = (args.levels || '1,100,1000').split(',').map(Number);
 const TOKENS = Number(args.tokens || 16);
 const HOLD = Number(args.hold || 4000);
+// tiny: tokens come faster than the client reads them (per-token gaps ~0);
+// medium: a few ms per decode step, so inter-token latency is measurable.
+const SHAPES = {
+  tiny: [],
+  medium: ['--layers', '8', '--embd', '512', '--ff', '1408', '--heads', '8', '--kv-heads', '4'],
+};
+const SHAPE = args.shape || 'tiny';
 const WORKER_TOKEN = 'bench-worker-token';
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
@@ -109,7 +116,7 @@ async function level(base, key, n, pid) {
 
 async function main() {
   const tmp = tempDir('llorch-bench-');
-  const model = synthModel(tmp.dir);
+  const model = synthModel(tmp.dir, 'tiny', SHAPES[SHAPE]);
   const wport = await freePort();
   const worker = spawn(BIN, ['--role=worker', '--model', model, '--listen', `127.0.0.1:${wport}`, '--slots', '256', '--ctx', '64',
     '--threads', '1', '--token', WORKER_TOKEN, '--queue-max', '20000', '--queue-timeout', '600s', '--log-level', 'warn'], { stdio: 'inherit' });
@@ -135,7 +142,7 @@ async function main() {
   await pool.start();
   await sleep(300);
 
-  console.log(`bench: ${TOKENS} tokens per stream, worker 256 slots, tiny model, 2-core shared machine`);
+  console.log(`bench: ${TOKENS} tokens per stream, worker 256 slots, ${SHAPE} model, 2-core shared machine`);
   console.log('| streams | path | ok | wall ms | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms | orch peak RSS MiB |');
   console.log('|---|---|---|---|---|---|---|---|---|');
   for (const n of LEVELS) {
