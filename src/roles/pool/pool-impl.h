@@ -258,6 +258,8 @@ int64_t pool_now_ms(void);
 /* Fills out (2 * POOL_TOKEN_HEX + 1 bytes) with fresh random hex. */
 int pool_random_hex(char *out, size_t bytes);
 
+/* Fills in what is only known once the service listens (bound port). */
+void pool_resolve_urls(pool *p);
 /* Re-reads devices and models (heartbeat tick, GET /v2/state, preflight). */
 void pool_refresh(pool *p);
 /* Sends a worker_* event now (the state document follows in the next heartbeat anyway). */

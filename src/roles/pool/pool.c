@@ -276,7 +276,7 @@ static void on_doc_done(llorch_http_call *call, int err, const char *errmsg, voi
 /* Fills in what is only known once the service listens: the bound port in
  * our own URL (a listen port of 0), and the orchestrator's URL when it is
  * this very process (--role=all). */
-static void pool_resolve_urls(pool *p) {
+void pool_resolve_urls(pool *p) {
   int port = llorch_service_port(p->svc);
   if (port <= 0) return;
   snprintf(p->callback_base, sizeof p->callback_base, "http://127.0.0.1:%d", port);
@@ -525,7 +525,11 @@ int llorch_pool_attach(llorch_pool **out, llorch_service *svc, const llorch_pool
       llorch_service_route(svc, NULL, "/v2/workers/*", pool_on_workers, p) < 0 ||
       llorch_service_route(svc, "GET", "/v2/state", on_state, p) < 0 ||
       llorch_service_on_stop(svc, pool_on_stop, p) < 0 ||
-      llorch_service_on_shutdown(svc, pool_on_shutdown, p) < 0) {
+      llorch_service_on_shutdown(svc, pool_on_shutdown, p) < 0 ||
+      /* /metrics behind the cluster token too (only /health/ stays open);
+       * under --role=all the orchestrator guards the shared /metrics. */
+      (p->cluster_token[0] && !p->local_orchestrator &&
+       llorch_service_protect_metrics(svc, (const char *const[]){p->cluster_token}, 1) < 0)) {
     rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "cannot add the pool's routes (out of memory or a route clash)");
     goto fail_client;
   }

@@ -359,7 +359,7 @@ static void on_start(pool *p, llorch_http_request *req) {
     respond_invalid(req, em.text, "devices");
     goto done;
   }
-  llorch_errmsg_set(&em, 0, "%s", "");
+  pool_resolve_urls(p);
   pool_refresh(p);
   const llorch_device_info *dinfo[POOL_MAX_WORKER_DEVICES];
   bool gpu = false;

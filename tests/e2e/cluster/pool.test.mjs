@@ -204,6 +204,10 @@ test('registers, then heartbeats its devices and models with the cluster token',
   assert.equal((await poolCall(pool, 'GET', '/v2/state', null, 'wrong')).status, 401);
   assert.equal((await poolCall(pool, 'POST', '/v2/workers', startBody(), 'wrong')).status, 401);
   assert.equal((await fetch(`${pool.url}/health/live`)).status, 200);
+  assert.equal((await fetch(`${pool.url}/metrics`)).status, 401);
+  const metrics = await fetch(`${pool.url}/metrics`, { headers: { Authorization: `Bearer ${CLUSTER_TOKEN}` } });
+  assert.equal(metrics.status, 200);
+  assert.match(await metrics.text(), /llorch_pool_workers\{state="ready"\} 0/);
   const st = await poolCall(pool, 'GET', '/v2/state');
   assert.equal(st.status, 200);
   assert.equal(st.body.boot_id, reg.boot_id);
