@@ -56,9 +56,11 @@ typedef enum llorch_token_attr {
 /* ---- loading ---- */
 
 /*
- * Reads every tokenizer.* key from g and validates them: the model kind is
- * known, tokens/scores/token_type have equal lengths, every merge is two
- * tokens of the vocabulary, special ids are in range. Works on vocab-only
+ * Reads every tokenizer.* key from g and validates them: the model kind and
+ * pre-tokenizer are known, tokens/scores/token_type have equal lengths and
+ * the right element types, tokens are unique, token types are 0..6 (BYTE
+ * tokens of the form <0xXX>), every merge is "left right", special ids are in
+ * range, add_bos/add_eos have a token to add. Works on vocab-only
  * files (no tensors needed). A bad file gets LLORCH_EFORMAT (or
  * LLORCH_EUNSUPPORTED for an unknown model/pre-tokenizer) and em names the key,
  * the value and what was expected.
