@@ -216,6 +216,14 @@ pool:
             except subprocess.TimeoutExpired:
                 p.kill()
         teardown_net()
+        # An ASan/UBSan build reports on stderr (LeakSanitizer at exit).
+        for name in procs:
+            path = os.path.join(tmp, name + ".log")
+            lines = open(path).readlines() if os.path.exists(path) else []
+            bad = [l for l in lines if "Sanitizer" in l or "runtime error:" in l]
+            if bad:
+                print("FAIL: sanitizer report in %s:\n%s" % (name, "".join(lines[-40:])), flush=True)
+                ok = False
         shutil.rmtree(tmp, ignore_errors=True)
     print("PASS" if ok else "FAILED", flush=True)
     return 0 if ok else 1
