@@ -74,7 +74,6 @@ typedef struct tok_token {
   const char *text; /* NUL-terminated, in the tokenizer's arena */
   uint32_t len;     /* bytes */
   float score;      /* SentencePiece log-probability (0 for BPE) */
-  uint8_t type;     /* tokenizer.ggml.token_type as stored (llorch_token_attr) */
   uint16_t attr;    /* TOK_ATTR_* flags used by the algorithms */
 } tok_token;
 

@@ -352,7 +352,6 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
                              (long long)ty);
       goto fail;
     }
-    tk->type = (uint8_t)ty;
     if (ty == LLORCH_TOKEN_BYTE) {
       /* byte tokens are "<0xXX>": token_to_byte reads the two hex digits */
       if (tk->len != 6 || memcmp(tk->text, "<0x", 3) != 0 || !isxdigit((unsigned char)tk->text[3]) ||
