@@ -55,6 +55,9 @@ typedef struct cpu_ctx {
   float *rope_ff;        /* (n_rot/2) rope frequency factors, or NULL */
   uint8_t *order_all;    /* (B) kern_order of each entry for full-batch stages */
   uint8_t *order_out;    /* (B) kern_order of each output entry for output stages */
+  uint8_t *order_all_rp; /* (B) the same for repacked weights (groups of 4, see kernels.h) */
+  uint8_t *order_out_rp; /* (B) */
+  int32_t *seq_rank;     /* (n_seq) running count while ranking entries */
   int32_t *out_idx;      /* (B) entries that want logits, in entry order */
   int32_t *seq_count;    /* (n_seq) entries per sequence in the current batch */
   int32_t *seq_outs;     /* (n_seq) output entries per sequence */
@@ -101,12 +104,16 @@ static void mm_worker(void *arg, int ith, int nth) {
 
 /*
  * y (n_cols rows of ldy floats) = W x for the n_cols input rows of x (each
- * n_in floats, x_stride floats apart); orders[c] picks each column's
- * reduction order.
+ * n_in floats, x_stride floats apart). Each column's reduction order comes
+ * from the batch's order arrays: those of all entries, or (outputs) those
+ * of the entries that want logits.
  */
 static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, size_t x_stride,
-                       int n_cols, const uint8_t *orders, float *y, size_t ldy) {
+                       int n_cols, bool outputs, float *y, size_t ldy) {
   const int n_in = (int)w->ne[0], n_out = (int)w->ne[1];
+  const bool repacked = w != c->m->tok_embd && kern_is_repacked(w->type, w->ne[1]);
+  const uint8_t *orders = outputs ? (repacked ? c->order_out_rp : c->order_out)
+                                  : (repacked ? c->order_all_rp : c->order_all);
   kern_act a;
   if (!kern_act_for_type(w->type, &a)) LLORCH_ASSERT(!"weight type validated at load");
   const size_t arow = kern_act_row_bytes(a, n_in);
@@ -134,9 +141,7 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   }
   mm_job job = {
       .c = c,
-      .tile = (w != c->m->tok_embd && kern_is_repacked(w->type, w->ne[1]))
-                  ? c->kt->tile_repacked[w->type]
-                  : c->kt->tile[w->type],
+      .tile = repacked ? c->kt->tile_repacked[w->type] : c->kt->tile[w->type],
       .n_in = n_in,
       .n_out = n_out,
       .w = w->data,
@@ -324,6 +329,18 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
     c->order_all[i] = c->seq_count[b->seq[i]] >= 2 ? KERN_ORDER_GEMM : KERN_ORDER_GEMV;
   for (int o = 0; o < n_out; o++)
     c->order_out[o] = c->seq_outs[b->seq[c->out_idx[o]]] >= 2 ? KERN_ORDER_GEMM : KERN_ORDER_GEMV;
+  /* repacked weights: an entry is in a GEMM group when its rank within its
+   * sequence falls in the sequence's whole groups of 4 */
+  memset(c->seq_rank, 0, sizeof(int32_t) * c->n_seq);
+  for (int i = 0; i < T; i++) {
+    const int32_t s = b->seq[i];
+    c->order_all_rp[i] = c->seq_rank[s]++ < c->seq_count[s] / 4 * 4 ? KERN_ORDER_GEMM : KERN_ORDER_GEMV;
+  }
+  memset(c->seq_rank, 0, sizeof(int32_t) * c->n_seq);
+  for (int o = 0; o < n_out; o++) {
+    const int32_t s = b->seq[c->out_idx[o]];
+    c->order_out_rp[o] = c->seq_rank[s]++ < c->seq_outs[s] / 4 * 4 ? KERN_ORDER_GEMM : KERN_ORDER_GEMV;
+  }
 
   /* token embeddings (ggml_get_rows: the reference dequantizer) */
   const llorch_gguf_tensor *te = c->m->tok_embd;
@@ -338,9 +355,9 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
     const bool last = il + 1 == hp->n_layer;
     for (int i = 0; i < T; i++)
       cpu_rmsnorm(c->xn + (size_t)i * E, c->x + (size_t)i * E, L->attn_norm->data, E, hp->rms_eps);
-    cpu_matmul(c, L->wq, c->xn, E, T, c->order_all, c->q, QD);
-    cpu_matmul(c, L->wk, c->xn, E, T, c->order_all, c->k, KD);
-    cpu_matmul(c, L->wv, c->xn, E, T, c->order_all, c->v, KD);
+    cpu_matmul(c, L->wq, c->xn, E, T, false, c->q, QD);
+    cpu_matmul(c, L->wk, c->xn, E, T, false, c->k, KD);
+    cpu_matmul(c, L->wv, c->xn, E, T, false, c->v, KD);
     for (int i = 0; i < T; i++) {
       float *q = c->q + (size_t)i * QD, *k = c->k + (size_t)i * KD, *v = c->v + (size_t)i * KD;
       if (hp->has_qkv_bias) {
@@ -369,11 +386,10 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
     atomic_init(&aj.next, 0);
     llorch_threadpool_run(c->tp, att_worker, &aj);
     /* attention output (in xn) through wo, into q as scratch */
-    cpu_matmul(c, L->wo, c->xn, QD, T, c->order_all, c->q, E);
+    cpu_matmul(c, L->wo, c->xn, QD, T, false, c->q, E);
     /* llama.cpp drops the rows nobody reads before the last FFN
      * (inp_out_ids): only output entries continue from here */
     const int R = last ? n_out : T;
-    const uint8_t *ord = last ? c->order_out : c->order_all;
     for (int r = 0; r < R; r++) {
       const int i = last ? c->out_idx[r] : r;
       float *xr = c->x + (size_t)r * E;
@@ -383,11 +399,11 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
     if (R == 0) break;
     for (int r = 0; r < R; r++)
       cpu_rmsnorm(c->xn + (size_t)r * E, c->x + (size_t)r * E, L->ffn_norm->data, E, hp->rms_eps);
-    cpu_matmul(c, L->w_gate, c->xn, E, R, ord, c->gate, F);
-    cpu_matmul(c, L->w_up, c->xn, E, R, ord, c->up, F);
+    cpu_matmul(c, L->w_gate, c->xn, E, R, last, c->gate, F);
+    cpu_matmul(c, L->w_up, c->xn, E, R, last, c->up, F);
     for (int r = 0; r < R; r++)
       c->kt->swiglu(F, c->gate + (size_t)r * F, c->gate + (size_t)r * F, c->up + (size_t)r * F);
-    cpu_matmul(c, L->w_down, c->gate, F, R, ord, c->q, E);
+    cpu_matmul(c, L->w_down, c->gate, F, R, last, c->q, E);
     for (int r = 0; r < R; r++) {
       float *xr = c->x + (size_t)r * E;
       const float *fo = c->q + (size_t)r * E;
@@ -398,7 +414,7 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
   if (n_out == 0) return 0;
   for (int r = 0; r < n_out; r++)
     cpu_rmsnorm(c->xn + (size_t)r * E, c->x + (size_t)r * E, c->m->output_norm->data, E, hp->rms_eps);
-  cpu_matmul(c, c->m->output, c->xn, E, n_out, c->order_out, logits, hp->n_vocab);
+  cpu_matmul(c, c->m->output, c->xn, E, n_out, true, logits, hp->n_vocab);
   return 0;
 }
 
@@ -423,6 +439,9 @@ static void cpu_free(void *ctx) {
   free(c->rope_ff);
   free(c->order_all);
   free(c->order_out);
+  free(c->order_all_rp);
+  free(c->order_out_rp);
+  free(c->seq_rank);
   free(c->out_idx);
   free(c->seq_count);
   free(c->seq_outs);
@@ -487,11 +506,15 @@ static int cpu_init(void **out, const llorch_model *m, const char *device,
   c->att_scratch = malloc((size_t)p->n_threads * (3 * c->n_ctx_pad + hp->head_dim) * sizeof(float));
   c->order_all = malloc(B);
   c->order_out = malloc(B);
+  c->order_all_rp = malloc(B);
+  c->order_out_rp = malloc(B);
+  c->seq_rank = malloc(c->n_seq * sizeof(int32_t));
   c->out_idx = malloc(B * sizeof(int32_t));
   c->seq_count = malloc(c->n_seq * sizeof(int32_t));
   c->seq_outs = malloc(c->n_seq * sizeof(int32_t));
   if (!c->k_cache || !c->v_cache || !c->seq_len || !c->x || !c->xn || !c->q || !c->k || !c->v ||
       !c->gate || !c->up || !c->act || !c->att_scratch || !c->order_all || !c->order_out ||
+      !c->order_all_rp || !c->order_out_rp || !c->seq_rank ||
       !c->out_idx || !c->seq_count || !c->seq_outs) {
     rc = llorch_errmsg_set(em, LLORCH_EINSUFFICIENT_MEMORY,
                            "cpu backend: cannot allocate KV cache (%zu MiB) and scratch for %u x %u",

@@ -376,11 +376,16 @@ static float dot_q4_0_rp(int n, const llorch_block_q4_0 *w, const llorch_block_q
   return acc;
 }
 
-static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_block_q8_K *x) {
+/* Q4_K repacked: ggml's GEMV kernel adds one FMA per super-block; its GEMM
+ * kernel (columns in groups of 4) one per pair of sub-blocks. */
+static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_block_q8_K *x,
+                         kern_order order) {
   float acc = 0.0f, accm = 0.0f;
   for (int b = 0; b < n / LLORCH_QK_K; b++) {
     uint8_t sc[8], m[8];
     for (int j = 0; j < 8; j++) llorch_q4_K_scale_min(j, w[b].scales, &sc[j], &m[j]);
+    const float dd = llorch_fp16_to_fp32(w[b].d) * x[b].d;
+    const float dm = llorch_fp16_to_fp32(w[b].dmin) * x[b].d;
     int isum = 0, imin = 0;
     for (int g = 0; g < 4; g++) {
       const uint8_t *q4 = w[b].qs + 32 * g;
@@ -390,13 +395,32 @@ static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_block_q
         lo += (q4[l] & 0xF) * q8[l];
         hi += (q4[l] >> 4) * q8[32 + l];
       }
-      isum += sc[2 * g] * lo + sc[2 * g + 1] * hi;
+      const int is = sc[2 * g] * lo + sc[2 * g + 1] * hi;
+      const int im = m[2 * g] * (x[b].bsums[4 * g] + x[b].bsums[4 * g + 1]) +
+                     m[2 * g + 1] * (x[b].bsums[4 * g + 2] + x[b].bsums[4 * g + 3]);
+      if (order == KERN_ORDER_GEMM) {
+        acc = fmaf((float)is, dd, acc);
+        accm = fmaf((float)im, dm, accm);
+      } else {
+        isum += is;
+        imin += im;
+      }
     }
-    for (int j = 0; j < 8; j++) imin += m[j] * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
-    acc = fmaf((float)isum, llorch_fp16_to_fp32(w[b].d) * x[b].d, acc);
-    accm = fmaf((float)imin, llorch_fp16_to_fp32(w[b].dmin) * x[b].d, accm);
+    if (order != KERN_ORDER_GEMM) {
+      acc = fmaf((float)isum, dd, acc);
+      accm = fmaf((float)imin, dm, accm);
+    }
   }
   return acc - accm;
+}
+
+static void tile_q4_K_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nc,
+                         float *y, size_t ldy, kern_order o) {
+  for (int c = 0; c < nc; c++) {
+    const llorch_block_q8_K *xc = (const void *)((const char *)x + (size_t)c * xs);
+    for (int r = 0; r < nr; r++)
+      y[(size_t)c * ldy + r] = dot_q4_K_rp(n, (const void *)((const char *)w + (size_t)r * ws), xc, o);
+  }
 }
 
 #define QUANT_TILE(name, wtype, xtype, dotfn)                                              \
@@ -415,7 +439,6 @@ QUANT_TILE(tile_q4_0, llorch_block_q4_0, llorch_block_q8_0, dot_q4_0)
 QUANT_TILE(tile_q4_K, llorch_block_q4_K, llorch_block_q8_K, dot_q4_K)
 QUANT_TILE(tile_q6_K, llorch_block_q6_K, llorch_block_q8_K, dot_q6_K)
 QUANT_TILE(tile_q4_0_rp, llorch_block_q4_0, llorch_block_q8_0, dot_q4_0_rp)
-QUANT_TILE(tile_q4_K_rp, llorch_block_q4_K, llorch_block_q8_K, dot_q4_K_rp)
 
 /* ---- elementwise ---- */
 

@@ -79,7 +79,11 @@ typedef struct kern_table {
    * of 8 (all but the token embedding, which stays plain for get_rows):
    * per output one FMA per (super-)block of the exact integer dot times
    * d_w * d_x, in block order, no lanes; Q4_K keeps its mins in a second
-   * accumulator subtracted at the end. NULL where a type is never repacked.
+   * accumulator subtracted at the end. The order flag means something else
+   * here: ggml runs its GEMM kernel over the activation rows in whole groups
+   * of 4 and its GEMV kernel over the rest, and for Q4_K the two differ
+   * (GEMM: one FMA per pair of sub-blocks). KERN_ORDER_GEMM = a column in a
+   * group of 4. NULL where a type is never repacked.
    */
   kern_tile_fn tile_repacked[LLORCH_TYPE_COUNT];
   /* y[i] = silu(g[i]) * u[i] (ggml_vec_swiglu_f32) */

@@ -391,13 +391,16 @@ TARGET static float dot_q4_0_rp(int n, const llorch_block_q4_0 *w, const llorch_
   return acc;
 }
 
-TARGET static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_block_q8_K *x) {
+TARGET static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_block_q8_K *x,
+                                kern_order order) {
   const __m256i m4 = _mm256_set1_epi8(0xF);
   float acc = 0.0f, accm = 0.0f;
   for (int b = 0; b < n / LLORCH_QK_K; b++) {
     uint8_t sc[8], m[8];
     for (int j = 0; j < 8; j++) llorch_q4_K_scale_min(j, w[b].scales, &sc[j], &m[j]);
-    __m256i sumi = _mm256_setzero_si256();
+    const float dd = H2F(w[b].d) * x[b].d;
+    const float dm = H2F(w[b].dmin) * x[b].d;
+    int isum = 0, imin = 0;
     for (int g = 0; g < 4; g++) {
       const __m256i q4bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * g));
       const __m256i q8l = _mm256_loadu_si256((const __m256i *)(x[b].qs + 64 * g));
@@ -407,14 +410,32 @@ TARGET static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_
       const __m256i ph = _mm256_madd_epi16(
           _mm256_set1_epi16(sc[2 * g + 1]),
           _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4), q8h));
-      sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+      const int is = hsum_i32(_mm256_add_epi32(pl, ph));
+      const int im = m[2 * g] * (x[b].bsums[4 * g] + x[b].bsums[4 * g + 1]) +
+                     m[2 * g + 1] * (x[b].bsums[4 * g + 2] + x[b].bsums[4 * g + 3]);
+      if (order == KERN_ORDER_GEMM) {
+        acc = fmaf((float)is, dd, acc);
+        accm = fmaf((float)im, dm, accm);
+      } else {
+        isum += is;
+        imin += im;
+      }
     }
-    int imin = 0;
-    for (int j = 0; j < 8; j++) imin += m[j] * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
-    acc = fmaf((float)hsum_i32(sumi), H2F(w[b].d) * x[b].d, acc);
-    accm = fmaf((float)imin, H2F(w[b].dmin) * x[b].d, accm);
+    if (order != KERN_ORDER_GEMM) {
+      acc = fmaf((float)isum, dd, acc);
+      accm = fmaf((float)imin, dm, accm);
+    }
   }
   return acc - accm;
+}
+
+TARGET static void tile_q4_K_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
+                                int nc, float *y, size_t ldy, kern_order order) {
+  for (int c = 0; c < nc; c++) {
+    const llorch_block_q8_K *xc = (const void *)((const char *)x + (size_t)c * xs);
+    for (int r = 0; r < nr; r++)
+      y[(size_t)c * ldy + r] = dot_q4_K_rp(n, (const void *)((const char *)w + (size_t)r * ws), xc, order);
+  }
 }
 
 #define K_TILE(name, wtype, dotfn)                                                          \
@@ -430,7 +451,6 @@ TARGET static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_
 
 K_TILE(tile_q4_K, llorch_block_q4_K, dot_q4_K)
 K_TILE(tile_q6_K, llorch_block_q6_K, dot_q6_K)
-K_TILE(tile_q4_K_rp, llorch_block_q4_K, dot_q4_K_rp)
 
 TARGET static void tile_q4_0_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
                                 int nc, float *y, size_t ldy, kern_order order) {
