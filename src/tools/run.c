@@ -241,16 +241,41 @@ static int run_parse_args(int argc, char **argv, run_opts *o) {
 
 /* ---- JSON output ---- */
 
+/* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 if invalid. */
+static size_t run_utf8_seq_len(const unsigned char *s, size_t n) {
+  unsigned char c = s[0];
+  size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  if (len == 0 || len > n) return 0;
+  for (size_t i = 1; i < len; i++)
+    if ((s[i] & 0xC0) != 0x80) return 0;
+  /* overlongs, surrogates and code points past U+10FFFF */
+  if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) || (c == 0xF0 && s[1] < 0x90) ||
+      (c == 0xF4 && s[1] > 0x8F))
+    return 0;
+  return len;
+}
+
+/* A JSON string. A token's piece can be part of a character (byte tokens):
+ * bytes that are not valid UTF-8 are written as U+FFFD, so every line parses. */
 static void run_json_string(FILE *f, const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
   fputc('"', f);
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
+  for (size_t i = 0; i < n;) {
+    unsigned char c = u[i];
+    size_t len = run_utf8_seq_len(u + i, n - i);
+    if (len == 0) {
+      fputs("\\ufffd", f);
+      i++;
+      continue;
+    }
     if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
     else if (c == '\n') fputs("\\n", f);
     else if (c == '\r') fputs("\\r", f);
     else if (c == '\t') fputs("\\t", f);
     else if (c < 0x20 || c == 0x7f) fprintf(f, "\\u%04x", c);
-    else fputc(c, f);
+    else fwrite(u + i, 1, len, f);
+    i += len;
   }
   fputc('"', f);
 }

@@ -58,6 +58,18 @@ with tempfile.TemporaryDirectory() as d:
     check(all(a["logprob"] >= b["logprob"] for t in real for a, b in zip(t["top_logprobs"], t["top_logprobs"][1:])),
           "alternatives are sorted by logprob")
     greedy_ids = [t["id"] for t in real]
+
+    # ---- every line is valid UTF-8 JSON, even when alternatives are byte tokens ----
+    raw = subprocess.run([BIN, "run", "--model", model, "--prompt", prompt, "--temp", "1.2", "--seed", "1",
+                          "--max-tokens", "48", "--ignore-eos", "--json", "--logprobs", "20"],
+                         capture_output=True, timeout=300).stdout
+    try:
+        [json.loads(l) for l in raw.decode("utf-8", errors="strict").splitlines() if l.strip()]
+        ok_utf8 = True
+    except (UnicodeDecodeError, ValueError) as e:
+        ok_utf8 = False
+        print(e)
+    check(ok_utf8, "--json --logprobs 20 output is valid UTF-8 JSON")
     json_text = "".join(t["text"] for t in toks)
 
     # ---- text mode prints the same text ----
