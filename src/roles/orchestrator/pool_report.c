@@ -13,6 +13,17 @@
 
 /* ---- field helpers ---- */
 
+/* A peer's value for an error line: printable ASCII only (so the line stays
+ * one line), at most 64 characters. */
+static const char *show(const char *v, char *buf, size_t n) {
+  size_t k = 0;
+  for (const unsigned char *p = (const unsigned char *)v; *p && k + 4 < n && k < 64; p++)
+    buf[k++] = (*p >= 0x20 && *p < 0x7f) ? (char)*p : '?';
+  if (*v && k >= 64) buf[k++] = '.', buf[k++] = '.', buf[k++] = '.';
+  buf[k] = '\0';
+  return buf;
+}
+
 /* A string copied into buf[size]; NULL/absent leaves "" when not required. */
 static int get_str(const cJSON *obj, const char *where, const char *key, bool required, char *buf,
                    size_t size, llorch_errmsg *em) {
@@ -37,9 +48,11 @@ static int check_name(const char *where, const char *key, const char *v, llorch_
   for (size_t i = 0; ok && i < n; i++)
     ok = isalnum((unsigned char)v[i]) || v[i] == '.' || v[i] == '_' || v[i] == '-';
   if (ok) return 0;
+  char buf[80];
   return llorch_errmsg_set(em, LLORCH_EINVAL,
-                           "'%s%s%s' must match [A-Za-z0-9._-]{1,63}, got \"%.64s\"",
-                           where && *where ? where : "", where && *where ? "." : "", key, v);
+                           "'%s%s%s' must match [A-Za-z0-9._-]{1,63}, got \"%s\"",
+                           where && *where ? where : "", where && *where ? "." : "", key,
+                           show(v, buf, sizeof buf));
 }
 
 static int get_u64(const cJSON *obj, const char *where, const char *key, bool required,
@@ -113,10 +126,11 @@ static int parse_model(const cJSON *m, const char *where, sched_pool_model *out,
   if (!cJSON_IsObject(m)) return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' must be an object", where);
   if ((rc = get_str(m, where, "name", true, out->name, sizeof out->name, em)) < 0) return rc;
   if ((rc = get_str(m, where, "file", true, out->file, sizeof out->file, em)) < 0) return rc;
+  char buf[80];
   if (out->file[0] == '/' || strstr(out->file, ".."))
     return llorch_errmsg_set(em, LLORCH_EINVAL,
-                             "'%s.file' must be relative to a model directory, got \"%.64s\"", where,
-                             out->file);
+                             "'%s.file' must be relative to a model directory, got \"%s\"", where,
+                             show(out->file, buf, sizeof buf));
   if ((rc = get_str(m, where, "arch", false, out->arch, sizeof out->arch, em)) < 0) return rc;
   if ((rc = get_str(m, where, "quant", false, out->quant, sizeof out->quant, em)) < 0) return rc;
   if ((rc = get_u64(m, where, "params", false, &out->params, em)) < 0) return rc;
@@ -160,9 +174,10 @@ int orch_worker_report_parse(const cJSON *w, const char *where, sched_worker_rep
   if ((rc = llorch_json_get_enum(w, where, "state", true, states, &st, em)) < 0) return rc;
   out->state = (sched_worker_state)st;
   if ((rc = get_str(w, where, "url", false, out->url, sizeof out->url, em)) < 0) return rc;
+  char buf[80];
   if (out->url[0] && strncmp(out->url, "http://", 7) != 0)
-    return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s.url' must start with http://, got \"%.64s\"",
-                             where, out->url);
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s.url' must start with http://, got \"%s\"",
+                             where, show(out->url, buf, sizeof buf));
   if ((rc = get_str(w, where, "token", false, out->token, sizeof out->token, em)) < 0) return rc;
   if (out->state == SCHED_WORKER_READY && !out->url[0])
     return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s.url' is required when state is ready", where);
@@ -203,9 +218,10 @@ int orch_pool_report_parse(const cJSON *doc, sched_pool_report *out, llorch_errm
   if ((rc = get_str(doc, "", "pool", true, out->pool, sizeof out->pool, em)) < 0) return rc;
   if ((rc = check_name("", "pool", out->pool, em)) < 0) return rc;
   if ((rc = get_str(doc, "", "url", true, out->url, sizeof out->url, em)) < 0) return rc;
+  char buf[80];
   if (strncmp(out->url, "http://", 7) != 0 || !out->url[7])
-    return llorch_errmsg_set(em, LLORCH_EINVAL, "'url' must be http://HOST:PORT, got \"%.64s\"",
-                             out->url);
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "'url' must be http://HOST:PORT, got \"%s\"",
+                             show(out->url, buf, sizeof buf));
   if ((rc = get_str(doc, "", "boot_id", true, out->boot_id, sizeof out->boot_id, em)) < 0) return rc;
   if ((rc = get_u64(doc, "", "seq", true, &out->seq, em)) < 0) return rc;
   int64_t iv = 0;
