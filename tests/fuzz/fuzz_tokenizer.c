@@ -6,6 +6,10 @@
  * stop strings taken from the input. Whatever the input: no crash, leak or
  * out-of-bounds access; every id is in the vocabulary; valid UTF-8 comes back
  * unchanged from the byte-level vocabulary; streamed output is valid UTF-8.
+ *
+ * An input whose first byte is 0xFF is a GGUF file instead: its tokenizer
+ * metadata is loaded (and, if accepted, used on a short text), so broken
+ * tokenizer.* keys are fuzzed too (seeds: small vocab-only files).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +18,7 @@
 #include <string.h>
 
 #include "llorch/chat.h"
+#include "llorch/gguf.h"
 #include "llorch/textstream.h"
 #include "llorch/tokenizer.h"
 
@@ -78,6 +83,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     vocab[1] = fuzz_load("ggml-vocab-llama-spm.gguf");
   }
   if (size < 1) return 0;
+  if (data[0] == 0xff) {
+    llorch_gguf *g = NULL;
+    llorch_tokenizer *t = NULL;
+    llorch_errmsg em = {{0}};
+    if (llorch_gguf_open_memory(&g, data + 1, size - 1, LLORCH_GGUF_OPEN_HEADER_ONLY, &em) != 0) return 0;
+    int rc = llorch_tokenizer_load(&t, g, &em);
+    if (rc != 0) {
+      if (em.text[0] == 0 || strchr(em.text, '\n')) abort(); /* every refusal explains itself */
+    } else {
+      static const char sample[] = "Hello <|im_start|> w\xc3\xb6rld 123 \xf0\x9f\xa6\x99</s>";
+      llorch_tokens ids = {0};
+      if (llorch_tokenize(t, sample, sizeof(sample) - 1, LLORCH_TOKENIZE_PARSE_SPECIAL | LLORCH_TOKENIZE_ADD_SPECIAL,
+                          &ids, &em) == 0) {
+        char *dec = NULL;
+        for (size_t i = 0; i < ids.n; i++)
+          if (ids.ids[i] < 0 || ids.ids[i] >= llorch_tokenizer_n_vocab(t)) abort();
+        if (llorch_detokenize(t, ids.ids, ids.n, LLORCH_DETOK_RENDER_SPECIAL, &dec, NULL, &em) != 0) abort();
+        free(dec);
+      }
+      llorch_tokens_free(&ids);
+      llorch_tokenizer_free(t);
+    }
+    llorch_gguf_close(g);
+    return 0;
+  }
   uint8_t mode = data[0];
   const char *text = (const char *)data + 1;
   size_t len = size - 1;
