@@ -107,6 +107,7 @@ done:
 }
 
 int pool_model_locate(const llorch_strlist *dirs, const char *file, char *path, size_t size) {
+  if (!path || size == 0) return LLORCH_EINVAL;
   for (size_t i = 0; i < dirs->count; i++) {
     struct stat st;
     if ((size_t)snprintf(path, size, "%s/%s", dirs->items[i], file) >= size) continue;
