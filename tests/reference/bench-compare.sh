@@ -47,21 +47,26 @@ for type in $types; do
     ref=$(node "$here/llamacpp.mjs" bench "$f" --threads "$threads" --pp "$pp" --tg "$tg")
     echo "$type llama.cpp $ref" >> "$results"
     echo "  llama.cpp $ref" >&2
-    mine=$("$bin" bench --model "$f" --threads "$threads" --prompt-tokens "$pp" --gen-tokens "$tg" --json)
+    mine=$("$bin" bench --model "$f" --threads "$threads" --prompt-tokens "$pp" --gen-tokens "$tg" --reps 1 --json)
     echo "$type llorch $mine" >> "$results"
     echo "  llorch    $mine" >&2
   done
 done
 
-# Medians and ratios. llorch bench --json and llamacpp.mjs bench both print
-# one JSON object with pp_tps and tg_tps (tokens/s).
+# Medians and ratios. llamacpp.mjs bench prints pp_tps / tg_tps, llorch bench
+# --json pp_tok_s / tg_tok_s (tokens/s). llama.cpp's tg steps include greedy
+# sampling over the vocabulary and node-llama-cpp's per-call overhead (no
+# logits can be had from it without a sampler call), llorch bench's do not:
+# a bias of about 1-2% in llorch's favour at ~25 tok/s.
 python3 - "$results" <<'EOF'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     t, eng, js = line.split(" ", 2)
     o = json.loads(js[js.index("{"):])
-    rows.setdefault((t, eng), []).append((o["pp_tps"], o["tg_tps"]))
+    pp = o.get("pp_tps", o.get("pp_tok_s"))
+    tg = o.get("tg_tps", o.get("tg_tok_s"))
+    rows.setdefault((t, eng), []).append((pp, tg))
 print(f"{'type':6} {'engine':10} {'pp tok/s':>9} {'tg tok/s':>9}   (median of reps)")
 for t in dict.fromkeys(k[0] for k in rows):
     med = {}
