@@ -120,7 +120,7 @@ async function poolCall(pool, method, p, body, token = CLUSTER_TOKEN) {
   return { status: r.status, body: await r.json().catch(() => null) };
 }
 
-async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', modelDir } = {}) {
+async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', modelDir, gpus, env = {} } = {}) {
   const port = await freePort();
   const cfg = {
     listen: `127.0.0.1:${port}`,
@@ -134,9 +134,10 @@ async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', mod
       heartbeat_interval: '200ms',
       cpu_memory: cpuMemory,
       stop_grace: '2s',
+      ...(gpus ? { gpus } : {}),
     },
   };
-  const pool = await startRole('pool', cfg, { dir: tmp.dir, name: `${name}-${port}` });
+  const pool = await startRole('pool', cfg, { dir: tmp.dir, name: `${name}-${port}`, env });
   cleanups.push(() => pool.stop().catch(() => {}));
   return pool;
 }
@@ -447,5 +448,54 @@ test('a pool killed with -9 leaves no worker running (parent-death signal)', asy
   pool.proc.kill('SIGKILL');
   await pool.exitedPromise;
   await waitFor('worker gone after its pool', () => !alive(pid), 15000);
+  await orch.close();
+});
+
+// The GPU path without a GPU: the fake NVML of tests/unit/gpu (two "Fake
+// H100"s) stands in for the driver, as LLORCH_NVML_LIBRARY allows.
+const fakeNvml = process.env.LLORCH_FAKE_NVML;
+test('GPUs from NVML: --gpus limits what is offered; a start gets CUDA_VISIBLE_DEVICES', { skip: !fakeNvml && 'LLORCH_FAKE_NVML not set' }, async () => {
+  synthOnce();
+  const orch = new FakeOrchestrator(await freePort());
+  await orch.start();
+  cleanups.push(() => orch.close());
+  const pool = await startPool(orch.url, { modelDir, gpus: ['1'], env: { LLORCH_NVML_LIBRARY: fakeNvml } });
+  await waitFor('registration', () => orch.registers.length >= 1);
+  const devs = orch.registers[0].doc.devices;
+  assert.equal(devs.length, 1, 'only gpu1 is offered, no CPU device');
+  const g = devs[0];
+  assert.equal(g.id, 'gpu1');
+  assert.equal(g.kind, 'cuda');
+  assert.equal(g.index, 1);
+  assert.equal(g.uuid, 'GPU-fake-1');
+  assert.equal(g.name, 'Fake H100 #1');
+  assert.equal(g.memory_total, 80 * 1024 * MiB);
+  assert.equal(g.utilization, 42);
+  assert.equal(g.temperature, 55);
+  assert.equal(g.memory_free + g.memory_used, g.memory_total);
+
+  let r = await poolCall(pool, 'POST', '/v2/workers', startBody({ devices: ['gpu0'] }));
+  assert.equal(r.status, 404);
+  assert.equal(r.body.error.code, 'DEVICE_NOT_FOUND');
+  r = await poolCall(pool, 'POST', '/v2/workers', startBody({ devices: ['cpu'] }));
+  assert.equal(r.status, 404, 'no CPU device next to GPUs');
+
+  r = await poolCall(pool, 'POST', '/v2/workers', startBody({ devices: ['gpu1'] }));
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  const w = r.body.worker;
+  assert.deepEqual(w.devices, ['gpu1']);
+  // The worker sees GPU 1 as its device 0.
+  let env = null;
+  try { env = readFileSync(`/proc/${w.pid}/environ`, 'utf8').split('\0'); } catch { /* already gone */ }
+  if (env) assert.ok(env.includes('CUDA_VISIBLE_DEVICES=1'), env.filter((e) => e.startsWith('CUDA')).join());
+  await waitFor('spawn log line', () => pool.logs.some((l) => l.includes(`worker ${w.id}: pid ${w.pid}`) &&
+    l.includes('on cuda:0 CUDA_VISIBLE_DEVICES=1')));
+  // No real GPU here: the worker fails to load and says so; the pool reports it.
+  const ev = await waitFor('worker_failed or worker_ready', () => orch.event('worker_failed', w.id) || orch.event('worker_ready', w.id), 20000);
+  if (ev.type === 'worker_failed') {
+    assert.equal(ev.worker.state, 'failed');
+    assert.ok(ev.worker.exit.reason.length > 0);
+  }
+  await pool.stop();
   await orch.close();
 });
