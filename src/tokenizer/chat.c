@@ -31,6 +31,15 @@ static const struct {
 #define N_FAMILY_NAMES (sizeof(family_names) / sizeof(family_names[0]))
 #define FAMILY_LIST "chatml (qwen), llama3, llama2, mistral, phi3, gemma"
 
+/* Outside text for an error message: at most cap-1 bytes, control bytes as
+ * '?', so the message stays one printable line. */
+static const char *chat_printable(char *dst, size_t cap, const char *s) {
+  size_t k = 0;
+  for (; s[k] && k < cap - 1; k++) dst[k] = (unsigned char)s[k] < 0x20 || s[k] == 0x7f ? '?' : s[k];
+  dst[k] = 0;
+  return dst;
+}
+
 const char *llorch_chat_family_name(llorch_chat_family f) {
   for (size_t i = 0; i < N_FAMILY_NAMES; i++)
     if (family_names[i].family == f) return family_names[i].name;
@@ -44,8 +53,9 @@ int llorch_chat_family_parse(const char *name, llorch_chat_family *out, llorch_e
       return 0;
     }
   }
-  return llorch_errmsg_set(em, LLORCH_EINVAL, "chat template family '%.64s' is not known (expected one of: %s)",
-                           name, FAMILY_LIST);
+  char shown[65];
+  return llorch_errmsg_set(em, LLORCH_EINVAL, "chat template family '%s' is not known (expected one of: %s)",
+                           chat_printable(shown, sizeof(shown), name), FAMILY_LIST);
 }
 
 /*
@@ -113,10 +123,11 @@ int llorch_chat_init(llorch_chat **out, const char *tmpl, const char *family, co
     return llorch_errmsg_set(em, LLORCH_EINVAL,
                              "the model has no tokenizer.chat_template; name a template family (%s)", FAMILY_LIST);
   } else if ((f = llorch_chat_detect(tmpl)) == LLORCH_CHAT_UNKNOWN) {
+    char shown[41];
     return llorch_errmsg_set(em, LLORCH_EINVAL,
-                             "tokenizer.chat_template (%zu bytes, starting '%.40s') is of no supported family; "
+                             "tokenizer.chat_template (%zu bytes, starting '%s') is of no supported family; "
                              "name one of: %s",
-                             strlen(tmpl), tmpl, FAMILY_LIST);
+                             strlen(tmpl), chat_printable(shown, sizeof(shown), tmpl), FAMILY_LIST);
   }
   llorch_chat *c = calloc(1, sizeof(*c));
   if (!c) return LLORCH_ENOMEM;
@@ -223,9 +234,11 @@ static int roles_parse(const llorch_chat_message *msgs, size_t n, role *roles, b
     if (strcmp(r, "system") == 0) roles[i] = ROLE_SYSTEM;
     else if (strcmp(r, "user") == 0) roles[i] = ROLE_USER;
     else if (strcmp(r, "assistant") == 0) roles[i] = ROLE_ASSISTANT;
-    else
-      return llorch_errmsg_set(em, LLORCH_EINVAL,
-                               "messages[%zu].role is '%.32s' (expected system, user or assistant)", i, r);
+    else {
+      char shown[33];
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "messages[%zu].role is '%s' (expected system, user or assistant)",
+                               i, chat_printable(shown, sizeof(shown), r));
+    }
   }
   if (!strict) return 0;
   /* these templates raise 'Conversation roles must alternate user/assistant/user/assistant/...' */

@@ -179,6 +179,15 @@ static int special_cmp_len_desc(const void *pa, const void *pb, void *ctx) {
   return a < b ? -1 : a > b;
 }
 
+/* A file's string for an error message: at most cap-1 bytes, control bytes
+ * shown as '?', so the message stays one printable line. */
+static const char *vocab_printable(char *dst, size_t cap, const char *s, size_t n) {
+  size_t k = n < cap - 1 ? n : cap - 1;
+  for (size_t i = 0; i < k; i++) dst[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  dst[k] = 0;
+  return dst;
+}
+
 static void lower_ascii(char *s) {
   for (; *s; s++) *s = (char)tolower((unsigned char)*s);
 }
@@ -205,9 +214,10 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
   } else if (str_eq(model.ptr, model.len, "llama")) {
     t->kind = LLORCH_TOKENIZER_SPM;
   } else {
+    char shown[65];
     rc = llorch_errmsg_set(em, LLORCH_EUNSUPPORTED,
-                           "tokenizer.ggml.model '%.*s' is not supported (expected gpt2 or llama)",
-                           (int)(model.len > 64 ? 64 : model.len), model.ptr);
+                           "tokenizer.ggml.model '%s' is not supported (expected gpt2 or llama)",
+                           vocab_printable(shown, sizeof(shown), model.ptr, model.len));
     goto fail;
   }
 
@@ -223,11 +233,10 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
     for (i = 0; i < n_names; i++)
       if (str_eq(pre.ptr, pre.len, pre_names[i].name)) break;
     if (i == n_names) {
-      char list[512];
+      char list[512], shown[65];
       pre_names_list(list, sizeof(list));
-      rc = llorch_errmsg_set(em, LLORCH_EUNSUPPORTED,
-                             "tokenizer.ggml.pre '%.*s' is not supported (supported: %s)",
-                             (int)(pre.len > 64 ? 64 : pre.len), pre.ptr, list);
+      rc = llorch_errmsg_set(em, LLORCH_EUNSUPPORTED, "tokenizer.ggml.pre '%s' is not supported (supported: %s)",
+                             vocab_printable(shown, sizeof(shown), pre.ptr, pre.len), list);
       goto fail;
     }
     t->pre = pre_names[i].pre;
@@ -363,8 +372,9 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
     }
     int32_t prev;
     if (tok_map_put(&t->token_map, tk->text, tk->len, tk->len, i, &prev) == LLORCH_EEXIST) {
-      rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens: duplicate token '%.40s' at ids %d and %d",
-                             tk->text, prev, i);
+      char shown[41];
+      rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens: duplicate token '%s' at ids %d and %d",
+                             vocab_printable(shown, sizeof(shown), tk->text, tk->len), prev, i);
       goto fail;
     }
   }
@@ -381,9 +391,10 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
       /* "left right": llama.cpp splits at the first space after the first byte */
       const char *sp = s.len > 1 ? memchr(s.ptr + 1, ' ', s.len - 1) : NULL;
       if (!sp) {
+        char shown[41];
         rc = llorch_errmsg_set(em, LLORCH_EFORMAT,
-                               "tokenizer.ggml.merges[%u] = '%.*s' is not two tokens separated by a space", i,
-                               (int)(s.len > 40 ? 40 : s.len), s.ptr);
+                               "tokenizer.ggml.merges[%u] = '%s' is not two tokens separated by a space", i,
+                               vocab_printable(shown, sizeof(shown), s.ptr, s.len));
         goto fail;
       }
       uint32_t alen = (uint32_t)(sp - s.ptr), blen = (uint32_t)(s.len - alen - 1);

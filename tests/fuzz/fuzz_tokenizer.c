@@ -163,7 +163,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (llorch_chat_init(&c, content, (mode & 8) ? fams[(mode >> 4) % 6] : NULL, NULL, &em) == 0) {
       char *out = NULL;
       if (llorch_chat_render(c, m, 2, true, &out, NULL, &em) == 0) free(out);
+      else if (em.text[0] == 0 || strchr(em.text, '\n')) abort();
       llorch_chat_free(c);
+    } else if (em.text[0] == 0 || strchr(em.text, '\n')) {
+      abort(); /* a refused template explains itself on one line */
     }
     free(content);
   }

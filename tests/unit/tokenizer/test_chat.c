@@ -106,6 +106,9 @@ static void test_detect(void **state) {
   llorch_errmsg em = {{0}};
   assert_int_equal(llorch_chat_init(&c, "{{ messages }}", NULL, NULL, &em), LLORCH_EINVAL);
   assert_non_null(strstr(em.text, "no supported family"));
+  /* the template's text is quoted on one line */
+  assert_int_equal(llorch_chat_init(&c, "{% for m in messages %}\n{{ m }}\n", NULL, NULL, &em), LLORCH_EINVAL);
+  assert_null(strchr(em.text, '\n'));
   assert_int_equal(llorch_chat_init(&c, NULL, NULL, NULL, &em), LLORCH_EINVAL);
   assert_non_null(strstr(em.text, "no tokenizer.chat_template"));
   assert_int_equal(llorch_chat_init(&c, NULL, "vicuna", NULL, &em), LLORCH_EINVAL);

@@ -305,6 +305,7 @@ static int load_built(void (*build)(llorch_gguf_writer *), llorch_errmsg *em) {
 static void b_ok(llorch_gguf_writer *w) { write_vocab(w, "gpt2", true); }
 static void b_no_model(llorch_gguf_writer *w) { llorch_gguf_writer_set_str(w, "general.name", "x"); }
 static void b_bad_model(llorch_gguf_writer *w) { write_vocab(w, "wordpiece9", true); }
+static void b_bad_model_nl(llorch_gguf_writer *w) { write_vocab(w, "two\nlines", true); }
 static void b_bad_pre(llorch_gguf_writer *w) {
   write_vocab(w, "gpt2", true);
   llorch_gguf_writer_set_str(w, "tokenizer.ggml.pre", "klingon");
@@ -369,6 +370,7 @@ static void test_bad_metadata(void **state) {
   assert_int_equal(load_built(b_ok, &em), 0);
   expect_error(b_no_model, LLORCH_EFORMAT, "tokenizer.ggml.model is missing");
   expect_error(b_bad_model, LLORCH_EUNSUPPORTED, "'wordpiece9'");
+  expect_error(b_bad_model_nl, LLORCH_EUNSUPPORTED, "'two?lines'"); /* one printable line */
   expect_error(b_bad_pre, LLORCH_EUNSUPPORTED, "tokenizer.ggml.pre 'klingon'");
   expect_error(b_no_merges, LLORCH_EFORMAT, "tokenizer.ggml.merges is missing");
   expect_error(b_bad_merge, LLORCH_EFORMAT, "merges[0] = 'ab'");
