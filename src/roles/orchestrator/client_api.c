@@ -541,7 +541,7 @@ static void req_end(orch_req *r, const char *outcome) {
     llorch_metric_inc(o->m_tokens, (const char *[]){"prompt"}, r->prompt_tokens);
   }
   req_free(r);
-  sched_dispatch(&o->s, orch_now_ms(o));
+  orch_dispatch_soon(o);
 }
 
 /* A failure the client has not seen: back to the queue if allowed. */
@@ -557,7 +557,7 @@ static bool try_retry(orch_req *r, bool broken, const char *why) {
   LOG_WARN("orch", r->rid, "worker %s failed before the first token (%s); retrying elsewhere",
            r->worker_name, why);
   req_reset_attempt(r);
-  sched_dispatch(&o->s, now);
+  orch_dispatch_soon(o);
   return true;
 }
 

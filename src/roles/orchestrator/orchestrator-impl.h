@@ -83,6 +83,7 @@ struct llorch_orchestrator {
   uv_timer_t tick;
   uv_timer_t kick;              /* runs deferred work after a dispatch pass */
   orch_req *deferred;           /* requests whose execute could not even start */
+  bool dispatch_pending;        /* orch_dispatch_soon was called */
   char id[LLORCH_REQID_MAX + 1]; /* orchestrator_id, random per process */
   int64_t started_unix;
   bool stopping;
@@ -114,6 +115,13 @@ bool orch_check_api_key(orch *o, llorch_http_request *req);
 void orch_count(orch *o, const char *outcome);
 /* Schedules the deferred-work timer. */
 void orch_kick(orch *o);
+/*
+ * A dispatch pass on the next loop iteration. HTTP-client callbacks (a
+ * call's on_done) use this instead of sched_dispatch: a pass started inside
+ * one may reuse the keep-alive connection that call just gave back while
+ * libuv still has that connection's write request queued.
+ */
+void orch_dispatch_soon(orch *o);
 
 /* ---- client_api.c ---- */
 void orch_on_chat(llorch_http_request *req, void *user);

@@ -36,9 +36,20 @@ void orch_count(orch *o, const char *outcome) {
 static void on_kick(uv_timer_t *t) {
   orch *o = t->data;
   orch_run_deferred(o);
+  if (o->dispatch_pending) {
+    o->dispatch_pending = false;
+    sched_dispatch(&o->s, orch_now_ms(o));
+  }
 }
 
-void orch_kick(orch *o) { uv_timer_start(&o->kick, on_kick, 0, 0); }
+void orch_kick(orch *o) {
+  if (!uv_is_closing((uv_handle_t *)&o->kick)) uv_timer_start(&o->kick, on_kick, 0, 0);
+}
+
+void orch_dispatch_soon(orch *o) {
+  o->dispatch_pending = true;
+  orch_kick(o);
+}
 
 /* ---- metrics ---- */
 

@@ -241,6 +241,7 @@ static void start_on_done(llorch_http_call *call, int err, const char *errmsg, v
       if (cJSON_IsString(id) && strlen(id->valuestring) < SCHED_NAME_MAX) {
         LOG_INFO("pools", NULL, "%s: worker %s starting", pc->what, id->valuestring);
         sched_start_done(&o->s, pc->start_id, id->valuestring, now);
+        orch_dispatch_soon(o);
         cJSON_Delete(doc);
         free(pc);
         return;

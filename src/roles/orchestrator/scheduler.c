@@ -961,7 +961,7 @@ void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, int64_
   ps->answered = true;
   /* An event may already have reported it (it raced the 201 answer). */
   if (worker_find(s, ps->pool, worker_id)) ps->seen = true;
-  sched_dispatch(s, now);
+  (void)now; /* no dispatch: the caller runs one (outside its HTTP callback) */
 }
 
 void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t now) {

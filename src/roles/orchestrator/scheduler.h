@@ -310,7 +310,7 @@ sched_pool *sched_pool_find(const sched *s, const char *name);
 
 /* ---- starts ---- */
 
-/* The pool answered 201 with worker_id. */
+/* The pool answered 201 with worker_id. Does not dispatch (call sched_dispatch). */
 void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, int64_t now_ms);
 /* The pool refused (507, 404, unreachable): reason goes into the pending reason. */
 void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t now_ms);
