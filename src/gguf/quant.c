@@ -231,8 +231,23 @@ int llorch_dequantize_row(llorch_ggml_type t, const void *src, float *dst, int64
 
 /* ---- quantizers (simple schemes; only validity and closeness matter) ---- */
 
-static int quant_nearest(float v) {
-  return (int)lrintf(v);
+/* fmaxf/fminf are library calls under the project's strict float flags;
+ * plain comparisons compile to maxss/minss (inputs here are never NaN). */
+static inline float quant_maxf(float a, float b) { return a > b ? a : b; }
+static inline float quant_minf(float a, float b) { return a < b ? a : b; }
+
+/*
+ * Round to nearest even by adding 1.5 * 2^23 (ggml's nearest_int): the sum's
+ * low mantissa bits are the rounded integer. Plain SSE2 arithmetic, so the
+ * quantizer loops vectorize where lrintf would not. Inputs are clamped to
+ * the trick's range (|v| < 2^22) first.
+ */
+static inline int quant_nearest(float v) {
+  v = quant_minf(quant_maxf(v, -4194303.0f), 4194303.0f);
+  float t = v + 12582912.0f;
+  int32_t i;
+  memcpy(&i, &t, sizeof i);
+  return (i & 0x007fffff) - 0x00400000;
 }
 
 static int quant_clamp(int v, int lo, int hi) {
@@ -242,7 +257,7 @@ static int quant_clamp(int v, int lo, int hi) {
 static void quant_q8_0(const float *x, llorch_block_q8_0 *y, int64_t n) {
   for (int64_t i = 0; i < n / LLORCH_QK8_0; i++, x += LLORCH_QK8_0) {
     float amax = 0.0f;
-    for (int j = 0; j < LLORCH_QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < LLORCH_QK8_0; j++) amax = quant_maxf(amax, fabsf(x[j]));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = llorch_fp32_to_fp16(d);
@@ -284,14 +299,14 @@ static void quant_q4_K(const float *x, llorch_block_q4_K *y, int64_t n) {
     for (int j = 0; j < 8; j++) {
       float mn = x[32 * j], mx = x[32 * j];
       for (int l = 1; l < 32; l++) {
-        mn = fminf(mn, x[32 * j + l]);
-        mx = fmaxf(mx, x[32 * j + l]);
+        mn = quant_minf(mn, x[32 * j + l]);
+        mx = quant_maxf(mx, x[32 * j + l]);
       }
       if (mn > 0.0f) mn = 0.0f;
       scales[j] = (mx - mn) / 15.0f;
       mins[j] = -mn;
-      max_scale = fmaxf(max_scale, scales[j]);
-      max_min = fmaxf(max_min, mins[j]);
+      max_scale = quant_maxf(max_scale, scales[j]);
+      max_min = quant_maxf(max_min, mins[j]);
     }
     const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
     const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
@@ -319,10 +334,9 @@ static void quant_q4_K(const float *x, llorch_block_q4_K *y, int64_t n) {
       llorch_q4_K_scale_min(j, y[i].scales, &sc, &m);
       const float dd = d * sc;
       const float dm = dmin * m;
-      for (int l = 0; l < 32; l++) {
-        const int q = dd != 0.0f ? quant_nearest((x[32 * j + l] + dm) / dd) : 0;
-        L[32 * j + l] = (uint8_t)quant_clamp(q, 0, 15);
-      }
+      const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+      for (int l = 0; l < 32; l++)
+        L[32 * j + l] = (uint8_t)quant_clamp(quant_nearest((x[32 * j + l] + dm) * id), 0, 15);
     }
     uint8_t *q = y[i].qs;
     for (int j = 0; j < LLORCH_QK_K; j += 64, q += 32)
@@ -367,10 +381,9 @@ static void quant_q6_K(const float *x, llorch_block_q6_K *y, int64_t n) {
     uint8_t L[LLORCH_QK_K];
     for (int ib = 0; ib < 16; ib++) {
       const float dd = d * y[i].scales[ib];
-      for (int l = 0; l < 16; l++) {
-        const int q = dd != 0.0f ? quant_nearest(x[16 * ib + l] / dd) : 0;
-        L[16 * ib + l] = (uint8_t)(quant_clamp(q, -32, 31) + 32);
-      }
+      const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+      for (int l = 0; l < 16; l++)
+        L[16 * ib + l] = (uint8_t)(quant_clamp(quant_nearest(x[16 * ib + l] * id), -32, 31) + 32);
     }
     uint8_t *ql = y[i].ql, *qh = y[i].qh;
     for (int j = 0; j < LLORCH_QK_K; j += 128, ql += 64, qh += 32) {
