@@ -157,6 +157,17 @@ static void worker_finish(pool_worker *w) {
     event = "worker_exited";
   }
   w->has_exit = true;
+  if (w->exit_signal || w->exit_code > 0) {
+    /* An end nobody asked for: its last words go to the pool's log too. */
+    char last[3 * POOL_STDERR_LINE_MAX + 8] = "";
+    size_t n = 0;
+    int from = w->tail_n > 3 ? w->tail_n - 3 : 0;
+    for (int i = from; i < w->tail_n && n < sizeof last; i++)
+      n += (size_t)snprintf(last + n, sizeof last - n, "%s%s", i > from ? " | " : "",
+                            w->tail[(w->tail_first + i) % POOL_STDERR_LINES]);
+    LOG_WARN("pool", NULL, "worker %s (%s) %s; stderr ends: %s", w->id, w->model, w->reason,
+             last[0] ? last : "(nothing)");
+  }
   llorch_metric_inc(p->m_spawns, (const char *[]){event ? event + 7 : "failed"}, 1);
   if (event) pool_send_event(p, w, event);
 }
