@@ -212,6 +212,9 @@ static int worker_pick_port(pool *p) {
 }
 
 static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
+  /* Until the handles exist there is nothing to close: a failure before
+   * them leaves the worker reaped already. */
+  w->proc_exited = w->err_closed = w->reaped = true;
   char exe[4096];
   size_t exe_len = sizeof exe;
   int rc = uv_exepath(exe, &exe_len);
@@ -244,6 +247,7 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
   char **env = worker_env(gpu ? cuda_visible : NULL, cuda_buf, parent_buf);
   if (!env) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
 
+  w->proc_exited = w->err_closed = w->reaped = false;
   uv_pipe_init(p->loop, &w->err, 0);
   w->err.data = w;
   uv_timer_init(p->loop, &w->timer);
@@ -270,7 +274,6 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
     w->open_handles = 3;
     w->proc_exited = true;
     w->err_closed = true;
-    w->reaped = false;
     uv_close((uv_handle_t *)&w->proc, worker_on_close);
     uv_close((uv_handle_t *)&w->err, worker_on_close);
     uv_close((uv_handle_t *)&w->timer, worker_on_close);
@@ -472,6 +475,7 @@ static void on_start(pool *p, llorch_http_request *req) {
     snprintf(w->reason, sizeof w->reason, "%.300s", em.text);
     w->next = p->workers;
     p->workers = w;
+    pool_reap(p); /* at once when no handle was opened */
     llorch_metric_inc(p->m_spawns, (const char *[]){"spawn_failed"}, 1);
     llorch_http_respond_error(req, 500, "server_error", em.text, NULL, "SPAWN_FAILED");
     goto done;

@@ -445,6 +445,68 @@ static void test_state_document(void **state) {
   free_workers(ready);
 }
 
+/* ---- reporting ends: a failed/exited worker is dropped once a document
+ * carrying its end was acknowledged and its handles are closed ---- */
+
+static void test_ack_and_reap(void **state) {
+  (void)state;
+  llorch_config cfg;
+  assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_POOL), 0);
+  cfg.pool.name = strdup("pool-a");
+  pool p;
+  memset(&p, 0, sizeof p);
+  p.cfg = &cfg;
+  snprintf(p.url, sizeof p.url, "http://127.0.0.1:8101");
+  snprintf(p.boot_id, sizeof p.boot_id, "b00t");
+  llorch_gpu_inventory_options io = {.force_cpu = true, .cpu_memory = 1 << 30};
+  llorch_errmsg em = {{0}};
+  assert_int_equal(llorch_gpu_inventory_open(&p.inv, &io, &em), 0);
+
+  pool_worker *ready = mk_worker("w-1", "cpu", POOL_WORKER_READY, 10, 0, false);
+  pool_worker *gone = mk_worker("w-2", "cpu", POOL_WORKER_EXITED, 10, 0, true);
+  gone->has_exit = true;
+  gone->reaped = true;
+  pool_worker *dying = mk_worker("w-3", "cpu", POOL_WORKER_FAILED, 10, 0, false);
+  dying->has_exit = true; /* reported failed; its process has not ended yet */
+  ready->next = gone;
+  gone->next = dying;
+  p.workers = ready;
+
+  /* A document built at seq 5 carries both ends. */
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  pool_state_build(&p, &b, 5);
+  assert_non_null(strstr(b.data, "\"w-2\""));
+  llorch_jbuf_free(&b);
+  assert_int_equal(gone->final_seq, 5);
+  assert_int_equal(dying->final_seq, 5);
+  assert_int_equal(ready->final_seq, 0);
+
+  /* An older answer does not count; the answer to 5 does. */
+  pool_ack_seq(&p, 4);
+  assert_non_null(pool_worker_find(&p, "w-2"));
+  pool_ack_seq(&p, 5);
+  assert_null(pool_worker_find(&p, "w-2"));
+  /* Acknowledged but its handles still open: kept until they close. */
+  assert_non_null(pool_worker_find(&p, "w-3"));
+  assert_true(dying->final_acked);
+  dying->reaped = true;
+  pool_reap(&p);
+  assert_null(pool_worker_find(&p, "w-3"));
+  assert_non_null(pool_worker_find(&p, "w-1"));
+
+  /* The next document no longer lists them. */
+  llorch_jbuf_init(&b);
+  pool_state_build(&p, &b, 6);
+  assert_null(strstr(b.data, "\"w-2\""));
+  assert_null(strstr(b.data, "\"w-3\""));
+  llorch_jbuf_free(&b);
+
+  free_workers(p.workers);
+  llorch_gpu_inventory_close(p.inv);
+  llorch_config_free(&cfg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_file_names),
@@ -454,6 +516,7 @@ int main(void) {
       cmocka_unit_test(test_tail),
       cmocka_unit_test(test_exit_describe),
       cmocka_unit_test(test_state_document),
+      cmocka_unit_test(test_ack_and_reap),
   };
   return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
