@@ -105,7 +105,7 @@ const char *llorch_arch_supported_list(void);
  */
 typedef struct llorch_mem_estimate {
   uint64_t weights_bytes; /* tensor data */
-  uint64_t kv_bytes;      /* K and V, all layers, n_seq x n_ctx, f16 on GPU / f32 on CPU */
+  uint64_t kv_bytes;      /* K and V, all layers, n_seq x n_ctx, f16 (llama.cpp's default) */
   uint64_t scratch_bytes; /* activations and logits for the largest batch */
   uint64_t overhead_bytes;/* per-process runtime (CUDA context, allocator slack) */
   uint64_t total_bytes;

@@ -120,6 +120,7 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   for (int i = 0; i < n_cols; i++) {
     void *dst = (char *)c->act + (size_t)i * arow;
     if (a == KERN_ACT_F16) c->kt->round_f16(n_in, dst, x + (size_t)i * x_stride);
+    else if (a == KERN_ACT_Q8_0) c->kt->quantize_q8_0(x + (size_t)i * x_stride, dst, n_in);
     else kern_act_prepare(a, x + (size_t)i * x_stride, dst, n_in);
   }
   /* columns in runs of one order, cut into panels that stay in L2 */

@@ -63,6 +63,15 @@ float kern_silu_ggml(float x) { return x / (1.0f + kern_expf_ggml(0.0f - x)); }
 
 /* ---- activation quantizers ---- */
 
+/* ggml's nearest_int: round half to even through the 1.5*2^23 trick */
+static inline int nearest_int(float fval) {
+  float val = fval + 12582912.f;
+  int i;
+  memcpy(&i, &val, sizeof(int));
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+
 void kern_quantize_q8_0(const float *x, llorch_block_q8_0 *y, int n) {
   const int nb = n / LLORCH_QK8_0;
   for (int i = 0; i < nb; i++) {
@@ -77,18 +86,10 @@ void kern_quantize_q8_0(const float *x, llorch_block_q8_0 *y, int n) {
     y[i].d = llorch_fp32_to_fp16(d);
     const float id = (amax != 0.0f) ? 127.f / amax : 0.0f;
     for (int j = 0; j < LLORCH_QK8_0; j++) {
-      /* _mm256_round_ps(_MM_ROUND_NEAREST): ties to even, like nearbyintf */
-      y[i].qs[j] = (int8_t)(int)nearbyintf(xb[j] * id);
+      /* _mm256_round_ps(_MM_ROUND_NEAREST): ties to even, as nearest_int */
+      y[i].qs[j] = (int8_t)nearest_int(xb[j] * id);
     }
   }
-}
-
-/* ggml's nearest_int: round half to even through the 1.5*2^23 trick */
-static inline int nearest_int(float fval) {
-  float val = fval + 12582912.f;
-  int i;
-  memcpy(&i, &val, sizeof(int));
-  return (i & 0x007fffff) - 0x00400000;
 }
 
 void kern_quantize_q8_K(const float *x, llorch_block_q8_K *y, int n) {
@@ -490,6 +491,7 @@ const kern_table kern_scalar = {
             [LLORCH_TYPE_Q4_K] = tile_q4_K_rp,
         },
     .swiglu = swiglu_scalar,
+    .quantize_q8_0 = kern_quantize_q8_0,
     .round_f16 = round_f16_scalar,
     .softmax_exp = softmax_exp_scalar,
 };

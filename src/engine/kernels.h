@@ -88,6 +88,8 @@ typedef struct kern_table {
   kern_tile_fn tile_repacked[LLORCH_TYPE_COUNT];
   /* y[i] = silu(g[i]) * u[i] (ggml_vec_swiglu_f32) */
   void (*swiglu)(int n, float *y, const float *g, const float *u);
+  /* n floats to n/32 Q8_0 blocks, as kern_quantize_q8_0 */
+  void (*quantize_q8_0)(const float *x, llorch_block_q8_0 *y, int n);
   /* y[i] = x[i] rounded through binary16 (F16C where available) */
   void (*round_f16)(int n, float *y, const float *x);
   /* y[i] = exp(x[i] - max); returns the sum as ggml_vec_soft_max_f32 does */

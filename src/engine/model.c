@@ -341,13 +341,15 @@ int llorch_mem_estimate_compute(const llorch_gguf *g, uint32_t n_ctx, uint32_t n
     out->weights_bytes += llorch_gguf_tensor_at(g, i)->nbytes;
   /* K and V in F16 on every backend (llama.cpp's default cache type) */
   out->kv_bytes = 2ull * hp.n_layer * n_ctx * n_seq * hp.n_head_kv * hp.head_dim * 2ull;
-  /* activations: residual, normed, q/k/v, attention out, gate/up (f32), the
-   * prepared copies for the matmuls, scores over the context, and logits */
-  const uint64_t B = n_batch_max;
-  const uint64_t per_tok = (uint64_t)hp.n_embd * 4 + (uint64_t)hp.head_dim * (hp.n_head + 2ull * hp.n_head_kv) * 2 +
-                           (uint64_t)hp.n_ff * 3;
-  out->scratch_bytes = B * per_tok * sizeof(float) + B * hp.n_head * (uint64_t)n_ctx * sizeof(float) +
-                       B * (uint64_t)hp.n_vocab * sizeof(float);
+  /* activations as the CPU backend allocates them (the widest of each
+   * buffer for the largest batch), and per-thread attention rows over the
+   * context for up to 16 threads; logits are the caller's */
+  const uint64_t B = n_batch_max, E = hp.n_embd, F = hp.n_ff;
+  const uint64_t QD = (uint64_t)hp.head_dim * hp.n_head, KD = (uint64_t)hp.head_dim * hp.n_head_kv;
+  const uint64_t W = QD > E ? QD : E;
+  const uint64_t widest = F > W ? F : W;
+  out->scratch_bytes = B * (E + 2 * W + 2 * KD + 2 * F + widest) * sizeof(float) +
+                       16ull * (3ull * n_ctx + hp.head_dim) * sizeof(float);
   out->overhead_bytes = for_gpu ? 512ull << 20 : 16ull << 20;
   out->total_bytes = out->weights_bytes + out->kv_bytes + out->scratch_bytes + out->overhead_bytes;
   return 0;

@@ -174,6 +174,16 @@ static void test_elementwise_simd_matches_scalar(void **s) {
   kern_scalar.round_f16(N, y0, x);
   simd->round_f16(N, y1, x);
   assert_memory_equal(y0, y1, sizeof y0);
+  /* Q8_0 activation quantizers: ties included (x * 127/amax lands on .5) */
+  float q[128];
+  for (int i = 0; i < 128; i++) q[i] = rnd() * 5.0f;
+  q[3] = 127.0f, q[4] = 2.5f, q[5] = -3.5f; /* block 0: amax 127, exact ties */
+  llorch_block_q8_0 b0[4], b1[4];
+  kern_scalar.quantize_q8_0(q, b0, 128);
+  simd->quantize_q8_0(q, b1, 128);
+  assert_memory_equal(b0, b1, sizeof b0);
+  assert_int_equal(b0[0].qs[4], 2);
+  assert_int_equal(b0[0].qs[5], -4);
 }
 
 /* ---- activation quantizers ---- */
