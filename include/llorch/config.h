@@ -201,4 +201,9 @@ int llorch_config_dump(const llorch_config *cfg, FILE *out, unsigned flags);
  * types, defaults and help text, generated from the option table. */
 void llorch_config_usage(FILE *out, llorch_role role);
 
+/* Writes the whole option table as Markdown tables (key, flag, roles,
+ * default, meaning; then the fields of an orchestrator.models entry): the
+ * README's configuration reference is this output, checked by a test. */
+void llorch_config_reference(FILE *out);
+
 #endif /* LLORCH_CONFIG_H */

@@ -123,3 +123,78 @@ void llorch_config_usage(FILE *out, llorch_role role) {
           "which overrides the defaults. Options without a flag (http.*, orchestrator.models,\n"
           "...) are set in the file; `llorch config --dump [--role R]` prints them all.\n");
 }
+
+/* ---- the Markdown reference (README) ---- */
+
+static void reference_roles(const config_option *o, char *buf, size_t len) {
+  static const struct {
+    unsigned bit;
+    const char *name;
+  } names[] = {{LLORCH_ROLE_ORCHESTRATOR, "orchestrator"},
+               {LLORCH_ROLE_POOL, "pool"},
+               {LLORCH_ROLE_WORKER, "worker"},
+               {LLORCH_ROLE_ALL, "all"}};
+  if (o->roles == CONFIG_ROLES_ANY) {
+    snprintf(buf, len, "any");
+    return;
+  }
+  buf[0] = '\0';
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    if (!(o->roles & names[i].bit)) continue;
+    size_t w = strlen(buf);
+    snprintf(buf + w, len - w, "%s%s", w ? ", " : "", names[i].name);
+  }
+}
+
+/* A table cell: '|' would end the cell early, so it is escaped. */
+static void reference_cell(FILE *out, const char *s) {
+  for (; *s; s++) {
+    if (*s == '|') fputs("\\|", out);
+    else fputc(*s, out);
+  }
+}
+
+static void reference_default(FILE *out, const config_option *o) {
+  if (o->def_role[CONFIG_ROLE_IX_POOL] || o->def_role[CONFIG_ROLE_IX_WORKER]) {
+    fputs("per role, see meaning", out);
+  } else if (o->def && !(o->flags & CONFIG_OPT_SECRET)) {
+    fputc('`', out);
+    reference_cell(out, o->def);
+    fputc('`', out);
+  } else if (o->flags & CONFIG_OPT_REQUIRED) {
+    fputs("required", out);
+  } else {
+    fputs("unset", out);
+  }
+}
+
+void llorch_config_reference(FILE *out) {
+  fputs("| key | flag | roles | default | meaning |\n| --- | --- | --- | --- | --- |\n", out);
+  for (size_t i = 0; i < config_options_count; i++) {
+    const config_option *o = &config_options[i];
+    char roles[64], expected[160];
+    reference_roles(o, roles, sizeof roles);
+    fprintf(out, "| `%s` | ", o->name);
+    if (o->flag) fprintf(out, "`--%s`", o->flag);
+    fprintf(out, " | %s | ", roles);
+    reference_default(out, o);
+    fputs(" | ", out);
+    reference_cell(out, o->help);
+    if (o->type == CONFIG_TYPE_ENUM) {
+      config_value_expected(o, expected, sizeof expected);
+      fputs("; ", out);
+      reference_cell(out, expected);
+    }
+    fputs(" |\n", out);
+  }
+  fputs("\nEach entry of `orchestrator.models`:\n\n"
+        "| field | default | meaning |\n| --- | --- | --- |\n", out);
+  for (size_t i = 0; i < config_model_fields_count; i++) {
+    const config_option *o = &config_model_fields[i];
+    fprintf(out, "| `%s` | ", o->name);
+    reference_default(out, o);
+    fputs(" | ", out);
+    reference_cell(out, o->help);
+    fputs(" |\n", out);
+  }
+}

@@ -16,7 +16,8 @@
 static void config_cmd_usage(FILE *out) {
   fprintf(out,
           "usage: llorch config --check FILE [--role R]\n"
-          "       llorch config --dump [--config FILE] [--role R] [--show-secrets] [flags]\n");
+          "       llorch config --dump [--config FILE] [--role R] [--show-secrets] [flags]\n"
+          "       llorch config --reference   (every option as a Markdown table)\n");
 }
 
 /* Takes "--name=value" or "--name value" at argv[*i]; NULL if arg is not --name. */
@@ -51,6 +52,10 @@ int llorch_cmd_config(int argc, char **argv) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       config_cmd_usage(stdout);
+      status = 0;
+      goto done;
+    } else if (strcmp(argv[i], "--reference") == 0) {
+      llorch_config_reference(stdout);
       status = 0;
       goto done;
     } else if (strcmp(argv[i], "--dump") == 0) {
