@@ -212,6 +212,14 @@ typedef struct pool_state_view {
   const pool_worker *workers;        /* list */
 } pool_state_view;
 
+/*
+ * The URL a worker is reached at: reported ("http://127.0.0.1:40123") as is
+ * when public_host is "", else with its host replaced by public_host (an
+ * IPv6 literal gets brackets). Returns 0, or LLORCH_EINVAL when reported is
+ * not http://HOST:PORT or the result does not fit.
+ */
+int pool_worker_url(const char *reported, const char *public_host, char *out, size_t size);
+
 /* Writes the state document (protocol section 2). */
 void pool_state_write(llorch_jbuf *b, const pool_state_view *v);
 /* Writes one worker object. */
@@ -229,7 +237,8 @@ typedef struct llorch_pool {
   char cluster_token[256];      /* "" = no auth */
   bool local_orchestrator;      /* --role=all: the orchestrator is this service */
   char url[512];                /* advertise URL (a port 0 is replaced with the bound port) */
-  char worker_host[256];        /* the host workers listen on */
+  char worker_host[256];        /* the host workers listen on (the pool's listen host) */
+  char worker_public_host[256]; /* "" or the host put in workers' URLs (wildcard listen) */
   char callback_base[300];      /* "http://127.0.0.1:<port>": how a worker on this host reaches us */
   char boot_id[17];
   uint64_t seq;                 /* of the last document sent */

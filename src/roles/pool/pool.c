@@ -461,12 +461,18 @@ static int pool_setup_urls(pool *p, const llorch_pool_options *opts, llorch_errm
     while (n > 0 && p->orchestrator_url[n - 1] == '/') p->orchestrator_url[--n] = '\0';
   }
   snprintf(p->url, sizeof p->url, "%s", cfg->pool.advertise_url ? cfg->pool.advertise_url : "");
-  /* Workers listen where the pool is reached from outside (so the
-   * orchestrator can reach them too): the advertise URL's host; loopback
-   * when the orchestrator is this process. */
+  /* Workers listen on the pool's own listen address, so whoever reaches the
+   * pool reaches its workers. On a wildcard address a worker reports
+   * 127.0.0.1 (docs/worker-api.md), so the pool hands out its URL with the
+   * advertise URL's host instead. Loopback when the orchestrator is this
+   * process. */
   char host[256] = "127.0.0.1";
-  const char *h = strncmp(p->url, "http://", 7) == 0 ? p->url + 7 : NULL;
-  if (h && !p->local_orchestrator) {
+  int port = 0;
+  p->worker_public_host[0] = '\0';
+  if (!p->local_orchestrator && cfg->listen &&
+      llorch_service_parse_listen(cfg->listen, host, sizeof host, &port) == 0 &&
+      (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 || host[0] == '\0')) {
+    const char *h = strncmp(p->url, "http://", 7) == 0 ? p->url + 7 : "";
     size_t hl;
     if (h[0] == '[') {
       const char *e = strchr(h, ']');
@@ -475,7 +481,10 @@ static int pool_setup_urls(pool *p, const llorch_pool_options *opts, llorch_errm
     } else {
       hl = strcspn(h, ":/");
     }
-    if (hl > 0 && hl < sizeof host) snprintf(host, sizeof host, "%.*s", (int)hl, h);
+    if (hl > 0 && hl < sizeof p->worker_public_host)
+      snprintf(p->worker_public_host, sizeof p->worker_public_host, "%.*s", (int)hl, h);
+  } else if (p->local_orchestrator) {
+    snprintf(host, sizeof host, "127.0.0.1");
   }
   snprintf(p->worker_host, sizeof p->worker_host, "%s", host);
   return 0;

@@ -98,6 +98,24 @@ void pool_worker_tail_flush(pool_worker *w) {
   w->partial_cut = false;
 }
 
+int pool_worker_url(const char *reported, const char *public_host, char *out, size_t size) {
+  if (strncmp(reported, "http://", 7) != 0) return LLORCH_EINVAL;
+  const char *hp = reported + 7;
+  const char *colon = hp[0] == '[' ? strchr(hp, ']') : strrchr(hp, ':');
+  if (colon && *colon == ']') colon = colon[1] == ':' ? colon + 1 : NULL;
+  if (!colon || colon == hp || !colon[1]) return LLORCH_EINVAL;
+  for (const char *c = colon + 1; *c; c++)
+    if (*c < '0' || *c > '9') return LLORCH_EINVAL;
+  int n;
+  if (!public_host || !public_host[0]) {
+    n = snprintf(out, size, "%s", reported);
+  } else {
+    bool v6 = strchr(public_host, ':') != NULL;
+    n = snprintf(out, size, "http://%s%s%s%s", v6 ? "[" : "", public_host, v6 ? "]" : "", colon);
+  }
+  return n < 0 || (size_t)n >= size ? LLORCH_EINVAL : 0;
+}
+
 /* ---- devices ---- */
 
 uint64_t pool_device_free(const llorch_device_info *d, const pool_worker *workers) {

@@ -548,14 +548,15 @@ static void on_callback(pool *p, llorch_http_request *req, const char *id) {
     cJSON_Delete(doc);
     return;
   }
-  if (ev == 0 && (strncmp(url, "http://", 7) != 0 || strlen(url) >= sizeof w->url)) {
+  char wurl[sizeof w->url];
+  if (ev == 0 && pool_worker_url(url, p->worker_public_host, wurl, sizeof wurl) < 0) {
     respond_invalid(req, "'url' must be http://HOST:PORT", "url");
     cJSON_Delete(doc);
     return;
   }
   if (ev == 0) {
     bool first = !w->url[0];
-    snprintf(w->url, sizeof w->url, "%s", url);
+    memcpy(w->url, wurl, sizeof w->url);
     if (mem > 0) w->memory_bytes = (uint64_t)mem;
     if (w->state == POOL_WORKER_STARTING) {
       w->state = POOL_WORKER_READY;

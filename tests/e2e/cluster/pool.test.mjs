@@ -120,10 +120,10 @@ async function poolCall(pool, method, p, body, token = CLUSTER_TOKEN) {
   return { status: r.status, body: await r.json().catch(() => null) };
 }
 
-async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', modelDir, gpus, env = {} } = {}) {
+async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', modelDir, gpus, env = {}, host = '127.0.0.1', advertise } = {}) {
   const port = await freePort();
   const cfg = {
-    listen: `127.0.0.1:${port}`,
+    listen: `${host}:${port}`,
     log: { level: 'info', format: 'json' },
     shutdown_grace: '1s',
     pool: {
@@ -135,6 +135,7 @@ async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', mod
       cpu_memory: cpuMemory,
       stop_grace: '2s',
       ...(gpus ? { gpus } : {}),
+      ...(advertise ? { advertise_url: advertise(port) } : {}),
     },
   };
   const pool = await startRole('pool', cfg, { dir: tmp.dir, name: `${name}-${port}`, env });
@@ -280,6 +281,24 @@ test('starts a worker on command, reports started and ready, stops it on DELETE'
   assert.equal((await poolCall(pool, 'DELETE', `/v2/workers/${w.id}`)).body.error.code, 'WORKER_NOT_FOUND');
   assert.equal((await poolCall(pool, 'DELETE', '/v2/workers/w-nope')).status, 404);
 
+  await pool.stop();
+  await orch.close();
+});
+
+test('a pool on a wildcard address hands out worker URLs with its advertise host', async () => {
+  synthOnce();
+  const orch = new FakeOrchestrator(await freePort());
+  await orch.start();
+  cleanups.push(() => orch.close());
+  const pool = await startPool(orch.url, { modelDir, host: '0.0.0.0', advertise: (port) => `http://localhost:${port}` });
+  await waitFor('registration', () => orch.registers.length >= 1);
+  assert.match(orch.registers[0].doc.url, /^http:\/\/localhost:\d+$/);
+  const r = await poolCall(pool, 'POST', '/v2/workers', startBody());
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  const ready = await waitFor('worker_ready', () => orch.event('worker_ready', r.body.worker.id), 20000);
+  assert.match(ready.worker.url, /^http:\/\/localhost:\d+$/, 'the advertise host, not 127.0.0.1');
+  const info = await fetch(`${ready.worker.url}/v2/info`, { headers: { Authorization: `Bearer ${ready.worker.token}` } });
+  assert.equal(info.status, 200, 'reachable there');
   await pool.stop();
   await orch.close();
 });

@@ -310,6 +310,28 @@ static void test_exit_describe(void **state) {
   assert_string_equal(pool_signal_name(63, buf, sizeof buf), "SIG63");
 }
 
+static void test_worker_url(void **state) {
+  (void)state;
+  char out[128];
+  assert_int_equal(pool_worker_url("http://127.0.0.1:40123", "", out, sizeof out), 0);
+  assert_string_equal(out, "http://127.0.0.1:40123");
+  /* A pool on a wildcard address hands out its advertise host. */
+  assert_int_equal(pool_worker_url("http://127.0.0.1:40123", "gpu-box-1.local", out, sizeof out), 0);
+  assert_string_equal(out, "http://gpu-box-1.local:40123");
+  assert_int_equal(pool_worker_url("http://[::1]:40123", "fd00::2", out, sizeof out), 0);
+  assert_string_equal(out, "http://[fd00::2]:40123");
+  assert_int_equal(pool_worker_url("http://127.0.0.1:40123", "10.0.0.2", out, sizeof out), 0);
+  assert_string_equal(out, "http://10.0.0.2:40123");
+  /* What a worker must not get away with. */
+  assert_int_equal(pool_worker_url("https://127.0.0.1:1", "", out, sizeof out), LLORCH_EINVAL);
+  assert_int_equal(pool_worker_url("http://127.0.0.1", "", out, sizeof out), LLORCH_EINVAL);
+  assert_int_equal(pool_worker_url("http://127.0.0.1:", "", out, sizeof out), LLORCH_EINVAL);
+  assert_int_equal(pool_worker_url("http://:80", "", out, sizeof out), LLORCH_EINVAL);
+  assert_int_equal(pool_worker_url("http://h:80/x", "", out, sizeof out), LLORCH_EINVAL);
+  assert_int_equal(pool_worker_url("http://[::1]", "x", out, sizeof out), LLORCH_EINVAL);
+  assert_int_equal(pool_worker_url("http://127.0.0.1:40123", "", out, 10), LLORCH_EINVAL);
+}
+
 /* ---- the state document ---- */
 
 static char *state_doc(pool_worker *workers, const pool_model *ms, int n_models) {
@@ -515,6 +537,7 @@ int main(void) {
       cmocka_unit_test(test_device_free),
       cmocka_unit_test(test_tail),
       cmocka_unit_test(test_exit_describe),
+      cmocka_unit_test(test_worker_url),
       cmocka_unit_test(test_state_document),
       cmocka_unit_test(test_ack_and_reap),
   };
