@@ -62,17 +62,36 @@ function llorch(bin, args) {
   return r.stdout;
 }
 
-/* `llorch run --json` lines -> {prompt: [ids], tokens: [ids]} */
+/* `llorch run --json` lines -> {prompt: [ids], tokens: [ids], gaps: [top-2 logit gap]} */
 function parseRunJson(out) {
-  const res = { prompt: null, tokens: [] };
+  const res = { prompt: null, tokens: [], top2: [] };
   for (const line of out.split("\n")) {
     if (!line.trim()) continue;
     const o = JSON.parse(line);
     if (o.prompt) res.prompt = o.prompt;
     else if (o.done) res.done = o;
-    else if (o.id >= 0) res.tokens.push(o.id);
+    else if (o.id >= 0) {
+      res.tokens.push(o.id);
+      res.top2.push(o.top_logprobs || []);
+    }
   }
   return res;
+}
+
+/*
+ * How close the logits are, where both engines agree on the two best
+ * tokens: the largest difference of their top-2 logit gaps (llorch's gap is
+ * a difference of log-softmax values, which equals the logit difference).
+ */
+function gapAgreement(ref, top2, upto) {
+  let worst = 0;
+  for (let i = 0; i < upto && i < top2.length; i++) {
+    const t = top2[i];
+    if (t.length < 2 || t[0].id !== ref[i].top[0][0] || t[1].id !== ref[i].top[1][0]) continue;
+    const d = Math.abs((t[0].logprob - t[1].logprob) - (ref[i].top[0][1] - ref[i].top[1][1]));
+    if (d > worst) worst = d;
+  }
+  return worst;
 }
 
 /* The shapes: small enough for 18 models on 2 cores in a few minutes, and
@@ -101,9 +120,10 @@ async function checkOne(o, llama, arch, type, vocabName, vocabPath, dir) {
       return { label, ok: false, msg: `prompt ids differ:\n    llama.cpp ${refPrompt.join(" ")}\n    llorch    ${(mine.prompt || []).join(" ")}` };
 
     const ref = await greedySteps(model, refPrompt, o.steps, o.threads);
-    const gen = parseRunJson(llorch(o.llorch, ["run", "--model", file, "--prompt-ids", refPrompt.join(" "),
-      "--temp", "0", "--max-tokens", String(o.steps), "--ignore-eos", "--json",
-      "--threads", String(o.threads)])).tokens;
+    const mineGen = parseRunJson(llorch(o.llorch, ["run", "--model", file, "--prompt-ids", refPrompt.join(" "),
+      "--temp", "0", "--max-tokens", String(o.steps), "--ignore-eos", "--json", "--logprobs", "2",
+      "--threads", String(o.threads)]));
+    const gen = mineGen.tokens;
     let minGap = Infinity;
     for (let i = 0; i < ref.length; i++) {
       const [[id1, l1], [id2, l2]] = ref[i].top;
@@ -112,14 +132,15 @@ async function checkOne(o, llama, arch, type, vocabName, vocabPath, dir) {
       if (i >= gen.length)
         return { label, ok: false, msg: `llorch stopped after ${gen.length} tokens, llama.cpp made ${ref.length}` };
       if (gen[i] === ref[i].token) continue;
+      const agree = `top-2 gaps agreed within ${gapAgreement(ref, mineGen.top2, i).toExponential(1)} before`;
       const other = gen[i] === id1 || gen[i] === id2;
       if (other && Math.abs(gap) <= o.eps)
         return { label, ok: true, tie: true,
-          msg: `${i} steps identical, then a TIE at step ${i}: llama.cpp top-2 ${id1}:${l1.toFixed(6)} ${id2}:${l2.toFixed(6)} (gap ${gap.toExponential(2)}), llama.cpp took ${ref[i].token}, llorch ${gen[i]}; comparison stops there` };
+          msg: `${i} steps identical, then a TIE at step ${i}: llama.cpp top-2 ${id1}:${l1.toFixed(6)} ${id2}:${l2.toFixed(6)} (gap ${gap.toExponential(2)}), llama.cpp took ${ref[i].token}, llorch ${gen[i]}; ${agree}; comparison stops there` };
       return { label, ok: false,
-        msg: `step ${i}: llama.cpp ${ref[i].token} (top-2 ${id1}:${l1.toFixed(6)} ${id2}:${l2.toFixed(6)}, gap ${gap.toExponential(2)}), llorch ${gen[i]}\n    llama.cpp ${ref.map((s) => s.token).join(" ")}\n    llorch    ${gen.join(" ")}` };
+        msg: `step ${i}: llama.cpp ${ref[i].token} (top-2 ${id1}:${l1.toFixed(6)} ${id2}:${l2.toFixed(6)}, gap ${gap.toExponential(2)}), llorch ${gen[i]}; ${agree}\n    llama.cpp ${ref.map((s) => s.token).join(" ")}\n    llorch    ${gen.join(" ")}` };
     }
-    return { label, ok: true, msg: `prompt ${refPrompt.length} ids equal; ${ref.length}/${ref.length} greedy tokens identical (smallest top-2 gap ${minGap.toExponential(2)})` };
+    return { label, ok: true, msg: `prompt ${refPrompt.length} ids equal; ${ref.length}/${ref.length} greedy tokens identical (smallest top-2 gap ${minGap.toExponential(2)}; top-2 gaps agree within ${gapAgreement(ref, mineGen.top2, ref.length).toExponential(1)})` };
   } finally {
     await model.dispose();
     if (!o.keep) fs.rmSync(file, { force: true });
