@@ -100,19 +100,21 @@ TARGET static void tile_f16(int n, const void *w, size_t ws, int nr, const void 
                                               (const float *)(xb + (size_t)c * xs));
     return;
   }
-  int c = 0;
-  for (; c + 4 <= nc; c += 4) {
-    int r = 0;
-    for (; r + 3 <= nr; r += 3)
+  /* rows outer: three weight rows (up to 3 x n x 2 bytes) stay in L1 while
+   * the activation columns stream past them from L2 */
+  int r = 0;
+  for (; r + 3 <= nr; r += 3) {
+    int c = 0;
+    for (; c + 4 <= nc; c += 4)
       f16_gemm_3x4(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
-    for (; r < nr; r++)
-      f16_gemm_1x4(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
-  }
-  for (; c < nc; c++) {
-    int r = 0;
-    for (; r + 3 <= nr; r += 3)
+    for (; c < nc; c++)
       f16_gemm_3x1(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
-    for (; r < nr; r++)
+  }
+  for (; r < nr; r++) {
+    int c = 0;
+    for (; c + 4 <= nc; c += 4)
+      f16_gemm_1x4(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+    for (; c < nc; c++)
       f16_gemm_1x1(n, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
   }
 }
