@@ -120,7 +120,7 @@ async function poolCall(pool, method, p, body, token = CLUSTER_TOKEN) {
   return { status: r.status, body: await r.json().catch(() => null) };
 }
 
-async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', modelDir, gpus, env = {}, host = '127.0.0.1', advertise } = {}) {
+async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', modelDir, gpus, env = {}, host = '127.0.0.1', advertise, portBase } = {}) {
   const port = await freePort();
   const cfg = {
     listen: `${host}:${port}`,
@@ -136,6 +136,7 @@ async function startPool(orchUrl, { name = 'pool-e2e', cpuMemory = '512MiB', mod
       stop_grace: '2s',
       ...(gpus ? { gpus } : {}),
       ...(advertise ? { advertise_url: advertise(port) } : {}),
+      ...(portBase ? { worker_port_base: portBase } : {}),
     },
   };
   const pool = await startRole('pool', cfg, { dir: tmp.dir, name: `${name}-${port}`, env });
@@ -299,6 +300,26 @@ test('a pool on a wildcard address hands out worker URLs with its advertise host
   assert.match(ready.worker.url, /^http:\/\/localhost:\d+$/, 'the advertise host, not 127.0.0.1');
   const info = await fetch(`${ready.worker.url}/v2/info`, { headers: { Authorization: `Bearer ${ready.worker.token}` } });
   assert.equal(info.status, 200, 'reachable there');
+  await pool.stop();
+  await orch.close();
+});
+
+test('pool.worker_port_base: workers get consecutive ports from the base', async () => {
+  synthOnce();
+  const orch = new FakeOrchestrator(await freePort());
+  await orch.start();
+  cleanups.push(() => orch.close());
+  const base = await freePort();
+  const pool = await startPool(orch.url, { modelDir, portBase: base });
+  await waitFor('registration', () => orch.registers.length >= 1);
+  const urls = [];
+  for (let i = 0; i < 2; i++) {
+    const r = await poolCall(pool, 'POST', '/v2/workers', startBody());
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+    const ev = await waitFor('worker_ready', () => orch.event('worker_ready', r.body.worker.id), 20000);
+    urls.push(ev.worker.url);
+  }
+  assert.deepEqual(urls, [`http://127.0.0.1:${base}`, `http://127.0.0.1:${base + 1}`]);
   await pool.stop();
   await orch.close();
 });
