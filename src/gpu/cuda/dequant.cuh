@@ -6,7 +6,9 @@
  * A row is cut into "units" that one thread decodes at a time into
  * registers: 8 elements for F16/BF16 (one 128-bit load), 4 for F32 (one
  * 128-bit load), 32 for the block types (a Q8_0/Q4_0 block, a 32-element
- * sub-block of a Q4_K or Q6_K super-block). The operation order inside a
+ * sub-block of a Q4_K or Q6_K super-block; Q4_K's quants come in with two
+ * 128-bit loads, the other block types are not 16-byte aligned and are read
+ * bytewise). The operation order inside a
  * unit follows ggml's dequantize_row_* (d1 = d * sc first, then d1 * q - m1).
  */
 #ifndef LLORCH_CUDA_DEQUANT_CUH
@@ -137,8 +139,16 @@ template <> struct dq_unit<LLORCH_TYPE_Q4_K> {
     const float d1 = d * sc, m1 = dmin * m;
     const uint8_t *q = b->qs + 32 * (j / 2);
     const int shift = (j & 1) ? 4 : 0;
+#ifdef __CUDA_ARCH__
+    /* qs sits 16 bytes into a 144-byte block: two 128-bit loads (little-endian words) */
+    const uint4 a = reinterpret_cast<const uint4 *>(q)[0], c = reinterpret_cast<const uint4 *>(q)[1];
+    const uint32_t wd[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
 #pragma unroll
+    for (int l = 0; l < 32; l++)
+      w[l] = d1 * (float)((wd[l / 4] >> (8 * (l % 4) + shift)) & 0xF) - m1;
+#else
     for (int l = 0; l < 32; l++) w[l] = d1 * (float)((q[l] >> shift) & 0xF) - m1;
+#endif
   }
 };
 

@@ -178,8 +178,9 @@ extern "C" int llorch_cuda_plan_compute(const llorch_model *m, const llorch_back
                              nd, hp->n_layer);
   if (p->n_seq == 0 || p->n_seq > 4096)
     return llorch_errmsg_set(em, LLORCH_EINVAL, "cuda backend: n_seq %u (allowed 1..4096)", p->n_seq);
-  if (p->n_batch_max == 0 || p->n_batch_max > 65536)
-    return llorch_errmsg_set(em, LLORCH_EINVAL, "cuda backend: n_batch_max %u (allowed 1..65536)",
+  /* entries are a grid dimension of the attention kernel (at most 65535) */
+  if (p->n_batch_max == 0 || p->n_batch_max > 65535)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "cuda backend: n_batch_max %u (allowed 1..65535)",
                              p->n_batch_max);
   int rc = plan_check_model(m, em);
   if (rc) return rc;

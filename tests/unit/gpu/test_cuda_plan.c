@@ -242,6 +242,8 @@ static void test_plan_rejects(void **state) {
   assert_int_equal(llorch_cuda_plan_compute(&f->m, &p, free_b, &plan, &em), LLORCH_EINVAL);
   p = params_for(256, 1, 0, 1);
   assert_int_equal(llorch_cuda_plan_compute(&f->m, &p, free_b, &plan, &em), LLORCH_EINVAL);
+  p = params_for(256, 1, 65536, 1);
+  assert_int_equal(llorch_cuda_plan_compute(&f->m, &p, free_b, &plan, &em), LLORCH_EINVAL);
   p = params_for(256, 1, 4, 0);
   assert_int_equal(llorch_cuda_plan_compute(&f->m, &p, free_b, &plan, &em), LLORCH_EINVAL);
   /* a type without a CUDA kernel, named */
