@@ -250,6 +250,26 @@ TARGET static inline __m256i q4_0_unpack(const uint8_t *qs) {
     for (; c < nc; c++) {                                                                   \
       const llorch_block_q8_0 *x0 = (const void *)(xb + (size_t)c * xs);                    \
       int r = 0;                                                                            \
+      /* one column (decode): 4 rows in flight, memory-bound */                             \
+      for (; r + 4 <= nr; r += 4) {                                                         \
+        const wtype *w0 = (const void *)(wb + (size_t)r * ws);                              \
+        const wtype *w1 = (const void *)(wb + (size_t)(r + 1) * ws);                        \
+        const wtype *w2 = (const void *)(wb + (size_t)(r + 2) * ws);                        \
+        const wtype *w3 = (const void *)(wb + (size_t)(r + 3) * ws);                        \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                         \
+        for (int b = 0; b < nb; b++) {                                                      \
+          const __m256i p0 = _mm256_loadu_si256((const __m256i *)x0[b].qs);                 \
+          const float dx0 = H2F(x0[b].d);                                                   \
+          a0 = _mm256_fmadd_ps(_mm256_set1_ps(H2F(w0[b].d) * dx0), mul_sum_i8_pairs(UNPACK(w0[b]), p0), a0); \
+          a1 = _mm256_fmadd_ps(_mm256_set1_ps(H2F(w1[b].d) * dx0), mul_sum_i8_pairs(UNPACK(w1[b]), p0), a1); \
+          a2 = _mm256_fmadd_ps(_mm256_set1_ps(H2F(w2[b].d) * dx0), mul_sum_i8_pairs(UNPACK(w2[b]), p0), a2); \
+          a3 = _mm256_fmadd_ps(_mm256_set1_ps(H2F(w3[b].d) * dx0), mul_sum_i8_pairs(UNPACK(w3[b]), p0), a3); \
+        }                                                                                   \
+        y[(size_t)c * ldy + r] = hsum8(a0);                                                 \
+        y[(size_t)c * ldy + r + 1] = hsum8(a1);                                             \
+        y[(size_t)c * ldy + r + 2] = hsum8(a2);                                             \
+        y[(size_t)c * ldy + r + 3] = hsum8(a3);                                             \
+      }                                                                                     \
       for (; r + 2 <= nr; r += 2) {                                                         \
         const wtype *w0 = (const void *)(wb + (size_t)r * ws);                              \
         const wtype *w1 = (const void *)(wb + (size_t)(r + 1) * ws);                        \
