@@ -7,7 +7,8 @@
 #                                    [--types "f16 q8_0"] [--dir DIR]
 #                                    [--pp 512] [--tg 128]
 #
-# Models are made once with `llorch synth --preset qwen2.5-0.5b --type T` in
+# Models are made once with `llorch synth --preset qwen2.5-0.5b --vocab-from
+# ggml-vocab-qwen2.gguf --type T` (494M params, like the real model) in
 # DIR (default /tmp/llorch-bench) and kept for the next run. Each rep runs
 # llama.cpp then llorch (pp = one prompt of --pp tokens, batch 512; tg =
 # --tg single-token steps with logits); the medians over the reps and the
@@ -30,6 +31,8 @@ while [ $# -gt 0 ]; do
   shift 2
 done
 
+vocab=${LLORCH_SHARED:-$here/../../../shared}/testdata/tokenizer/ggml-vocab-qwen2.gguf
+[ -f "$vocab" ] || { echo "bench-compare.sh: $vocab not found (set LLORCH_SHARED)" >&2; exit 2; }
 export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
 if [ ! -d "$here/node_modules/@node-llama-cpp/linux-x64" ]; then
   (cd "$here" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund >&2)
@@ -41,7 +44,8 @@ trap 'rm -f "$results"' EXIT
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; threads $threads; pp $pp, tg $tg; $reps reps"
 for type in $types; do
   f="$dir/qwen2.5-0.5b-$type.gguf"
-  [ -f "$f" ] || "$bin" synth --preset qwen2.5-0.5b --type "$type" -o "$f" >&2
+  # the real vocabulary (151936 tokens): the output layer is a quarter of the work
+  [ -f "$f" ] || "$bin" synth --preset qwen2.5-0.5b --vocab-from "$vocab" --type "$type" -o "$f" >&2
   for r in $(seq 1 "$reps"); do
     echo "# $type rep $r: load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     ref=$(node "$here/llamacpp.mjs" bench "$f" --threads "$threads" --pp "$pp" --tg "$tg")
