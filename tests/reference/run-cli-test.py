@@ -107,6 +107,13 @@ with tempfile.TemporaryDirectory() as d:
     else:
         check(False, f"model generated too little text to test stop strings: {full!r}")
 
+    # ---- --chat: the ChatML template of the synth vocabulary, special tokens parsed ----
+    want = [int(x) for x in llorch("tokenize", "--model", model, "--special", "--text",
+                                  f"<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+                                  "<|im_start|>assistant\n").stdout.split()]
+    chead, _, _ = run_json(model, "--prompt", prompt, "--chat", "--system", "Be brief", "--max-tokens", "1")
+    check(chead["prompt"] == want, f"--chat --system renders ChatML and parses its special tokens ({chead['prompt'][:6]}...)")
+
     # ---- errors ----
     for args, needle in [
         (["--prompt", "x", "--temp", "-1"], "temperature"),
@@ -115,6 +122,8 @@ with tempfile.TemporaryDirectory() as d:
         (["--prompt", "x", "--logprobs", "21"], "--logprobs"),
         (["--prompt-ids", "1 2 99999999"], "--prompt-ids"),
         (["--prompt", "x", "--bogus", "1"], "--bogus"),
+        (["--prompt", "x", "--chat", "--chat-family", "nonesuch"], "nonesuch"),
+        (["--prompt", "x", "--system", "s"], "--chat"),
     ]:
         r = llorch("run", "--model", model, *args, ok=False)
         check(r.returncode != 0 and needle in r.stderr, f"{' '.join(args)}: error naming {needle} ({r.stderr.strip()})")
