@@ -546,6 +546,7 @@ TARGET static void round_f16_avx2(int n, float *y, const float *x) {
 }
 
 /* ggml's AVX2 quantize_row_q8_0, the same values as kern_quantize_q8_0 */
+#define Q8_RND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) /* an immediate, even at -O0 */
 TARGET static void quantize_q8_0_avx2(const float *x, llorch_block_q8_0 *y, int n) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int i = 0; i < n / 32; i++, x += 32) {
@@ -559,11 +560,10 @@ TARGET static void quantize_q8_0_avx2(const float *x, llorch_block_q8_0 *y, int 
     const float amax = _mm_cvtss_f32(m4);
     y[i].d = llorch_fp32_to_fp16(amax / 127.f);
     const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
-    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), rnd));
-    __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, id), rnd));
-    __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, id), rnd));
-    __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, id), rnd));
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), Q8_RND));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, id), Q8_RND));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, id), Q8_RND));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, id), Q8_RND));
     i0 = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
     i0 = _mm256_permutevar8x32_epi32(i0, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i *)y[i].qs, i0);
