@@ -24,6 +24,7 @@
 #include "cuda-impl.cuh"
 
 #define STAGING_SLOT_BYTES (16ull << 20) /* two pinned slots: the only host buffer of an upload */
+#define CUDA_VERIFY_EVERY_MS 60000       /* forward re-checks residency at least this often */
 
 static int64_t cuda_now_ms(void) {
   struct timespec ts;
@@ -556,6 +557,14 @@ static int cuda_forward(void *ctx, const llorch_batch *b, float *logits, llorch_
   cuda_ctx *c = (cuda_ctx *)ctx;
   int rc = cuda_check_batch(c, b, em);
   if (rc) return rc;
+  /* periodic residency check even if nobody calls verify_residency (3 driver queries per GPU) */
+  pthread_mutex_lock(&c->mem_lock);
+  const int64_t last_check = c->residency.verified_at_ms;
+  pthread_mutex_unlock(&c->mem_lock);
+  if (cuda_now_ms() - last_check > CUDA_VERIFY_EVERY_MS) {
+    rc = cuda_verify(c, em);
+    if (rc) return rc;
+  }
   const int n = b->n_tokens, B = (int)c->plan.n_batch_max, V = c->sh.n_vocab;
   memset(c->seq_count, 0, sizeof(int32_t) * c->plan.n_seq);
   for (int i = 0; i < n; i++) c->seq_count[b->seq[i]]++;
