@@ -94,8 +94,10 @@ TARGET static void tile_f16(int n, const void *w, size_t ws, int nr, const void 
                             int nc, float *y, size_t ldy, kern_order order) {
   const char *wb = w, *xb = x;
   if (order == KERN_ORDER_GEMV || n % 8 != 0) {
-    for (int c = 0; c < nc; c++)
-      for (int r = 0; r < nr; r++)
+    /* rows outer: with several decode columns (batched sequences) each
+     * weight row comes from memory once and from L1 for the others */
+    for (int r = 0; r < nr; r++)
+      for (int c = 0; c < nc; c++)
         y[(size_t)c * ldy + r] = dot_f16_gemv(n, (const uint16_t *)(wb + (size_t)r * ws),
                                               (const float *)(xb + (size_t)c * xs));
     return;
@@ -453,22 +455,20 @@ TARGET static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_
 
 TARGET static void tile_q4_K_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
                                 int nc, float *y, size_t ldy, kern_order order) {
-  for (int c = 0; c < nc; c++) {
-    const llorch_block_q8_K *xc = (const void *)((const char *)x + (size_t)c * xs);
-    for (int r = 0; r < nr; r++)
-      y[(size_t)c * ldy + r] = dot_q4_K_rp(n, (const void *)((const char *)w + (size_t)r * ws), xc, order);
-  }
+  for (int r = 0; r < nr; r++) /* rows outer: a weight row is read once */
+    for (int c = 0; c < nc; c++)
+      y[(size_t)c * ldy + r] = dot_q4_K_rp(n, (const void *)((const char *)w + (size_t)r * ws),
+                                           (const void *)((const char *)x + (size_t)c * xs), order);
 }
 
 #define K_TILE(name, wtype, dotfn)                                                          \
   TARGET static void name(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, \
                           int nc, float *y, size_t ldy, kern_order order) {                  \
     (void)order;                                                                            \
-    for (int c = 0; c < nc; c++) {                                                          \
-      const llorch_block_q8_K *xc = (const void *)((const char *)x + (size_t)c * xs);       \
-      for (int r = 0; r < nr; r++)                                                          \
-        y[(size_t)c * ldy + r] = dotfn(n, (const wtype *)((const char *)w + (size_t)r * ws), xc); \
-    }                                                                                       \
+    for (int r = 0; r < nr; r++) /* rows outer: a weight row is read once */                 \
+      for (int c = 0; c < nc; c++)                                                          \
+        y[(size_t)c * ldy + r] = dotfn(n, (const wtype *)((const char *)w + (size_t)r * ws),   \
+                                       (const void *)((const char *)x + (size_t)c * xs));    \
   }
 
 K_TILE(tile_q4_K, llorch_block_q4_K, dot_q4_K)
@@ -477,11 +477,10 @@ K_TILE(tile_q6_K, llorch_block_q6_K, dot_q6_K)
 TARGET static void tile_q4_0_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
                                 int nc, float *y, size_t ldy, kern_order order) {
   (void)order;
-  for (int c = 0; c < nc; c++) {
-    const llorch_block_q8_0 *xc = (const void *)((const char *)x + (size_t)c * xs);
-    for (int r = 0; r < nr; r++)
-      y[(size_t)c * ldy + r] = dot_q4_0_rp(n, (const llorch_block_q4_0 *)((const char *)w + (size_t)r * ws), xc);
-  }
+  for (int r = 0; r < nr; r++) /* rows outer: a weight row is read once */
+    for (int c = 0; c < nc; c++)
+      y[(size_t)c * ldy + r] = dot_q4_0_rp(n, (const llorch_block_q4_0 *)((const char *)w + (size_t)r * ws),
+                                           (const void *)((const char *)x + (size_t)c * xs));
 }
 
 /* ---- elementwise: ggml_v_expf / ggml_v_silu ---- */
