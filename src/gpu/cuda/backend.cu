@@ -412,6 +412,8 @@ static int cuda_init(void **out, const llorch_model *m, const char *device,
   {
     const char *g = getenv("LLORCH_CUDA_GRAPHS");
     c->graphs_enabled = c->n_dev == 1 && !(g && strcmp(g, "0") == 0);
+    const char *fz = getenv("LLORCH_CUDA_FUSED");
+    c->fused = !(fz && strcmp(fz, "0") == 0);
   }
   rc = cuda_verify(c, em);
   if (rc) goto fail;
@@ -475,10 +477,54 @@ static int stage_matmul(cuda_dev *dv, const cuda_mat *w, const float *x, int ldx
   return rc;
 }
 
+/* Q, K, V: cuBLAS for the prefill columns, then one fused matvec launch for the rest
+ * (three launches when the fused kernel does not apply). */
+static int stage_qkv(const cuda_ctx *c, cuda_dev *dv, const cuda_layer *L, int n, int p) {
+  const int E = c->sh.n_embd, QD = c->sh.q_dim, KD = c->sh.kv_dim;
+  const int c0 = p >= LLORCH_CUDA_GEMM_MIN_COLS ? p : 0;
+  int rc = 0;
+  if (c0 > 0) {
+    rc = stage_matmul(dv, &L->wq, dv->xn, E, c0, c0, dv->q, QD);
+    if (!rc) rc = stage_matmul(dv, &L->wk, dv->xn, E, c0, c0, dv->k, KD);
+    if (!rc) rc = stage_matmul(dv, &L->wv, dv->xn, E, c0, c0, dv->v, KD);
+  }
+  if (rc || n == c0) return rc;
+  const float *x = dv->xn + (size_t)c0 * E;
+  float *q = dv->q + (size_t)c0 * QD, *k = dv->k + (size_t)c0 * KD, *v = dv->v + (size_t)c0 * KD;
+  if (c->fused &&
+      cuda_matvec_qkv(&L->wq, &L->wk, &L->wv, x, E, n - c0, q, QD, k, KD, v, KD, dv->stream) == 0)
+    return 0;
+  rc = cuda_matvec(&L->wq, x, E, n - c0, q, QD, dv->stream);
+  if (!rc) rc = cuda_matvec(&L->wk, x, E, n - c0, k, KD, dv->stream);
+  if (!rc) rc = cuda_matvec(&L->wv, x, E, n - c0, v, KD, dv->stream);
+  return rc;
+}
+
+/* gate = silu(W_gate x) * (W_up x): cuBLAS + SwiGLU for the prefill columns, one fused
+ * matvec launch for the rest (or matvec, matvec, SwiGLU). */
+static int stage_glu(const cuda_ctx *c, cuda_dev *dv, const cuda_layer *L, int n, int p) {
+  const int E = c->sh.n_embd, F = c->sh.n_ff;
+  const int c0 = p >= LLORCH_CUDA_GEMM_MIN_COLS ? p : 0;
+  int rc = 0;
+  if (c0 > 0) {
+    rc = stage_matmul(dv, &L->gate, dv->xn, E, c0, c0, dv->gate, F);
+    if (!rc) rc = stage_matmul(dv, &L->up, dv->xn, E, c0, c0, dv->up, F);
+    if (!rc) rc = cuda_swiglu(dv->gate, dv->up, (int64_t)c0 * F, dv->stream);
+  }
+  if (rc || n == c0) return rc;
+  const float *x = dv->xn + (size_t)c0 * E;
+  float *g = dv->gate + (size_t)c0 * F, *u = dv->up + (size_t)c0 * F;
+  if (c->fused && cuda_matvec_glu(&L->gate, &L->up, x, E, n - c0, g, F, dv->stream) == 0) return 0;
+  rc = cuda_matvec(&L->gate, x, E, n - c0, g, F, dv->stream);
+  if (!rc) rc = cuda_matvec(&L->up, x, E, n - c0, u, F, dv->stream);
+  if (!rc) rc = cuda_swiglu(g, u, (int64_t)(n - c0) * F, dv->stream);
+  return rc;
+}
+
 int cuda_stage_run(cuda_ctx *c, int d, int n, int p, int n_out, int p_out) {
   cuda_dev *dv = &c->dev[d];
   const cuda_shape *sh = &c->sh;
-  const int E = sh->n_embd, F = sh->n_ff, QD = sh->q_dim, KD = sh->kv_dim;
+  const int E = sh->n_embd, F = sh->n_ff, QD = sh->q_dim;
   const float eps = sh->rms_eps;
   cudaStream_t s = dv->stream;
   if (cudaSetDevice(dv->ordinal) != cudaSuccess) return LLORCH_EDEVICE;
@@ -490,9 +536,7 @@ int cuda_stage_run(cuda_ctx *c, int d, int n, int p, int n_out, int p_out) {
     /* the previous layer's FFN output joins the residual stream here */
     rc = cuda_add_rmsnorm(dv->x, il == 0 ? nullptr : dv->ao, dv->x, nullptr, L->attn_norm, dv->xn,
                           n, E, eps, s);
-    if (!rc) rc = stage_matmul(dv, &L->wq, dv->xn, E, n, p, dv->q, QD);
-    if (!rc) rc = stage_matmul(dv, &L->wk, dv->xn, E, n, p, dv->k, KD);
-    if (!rc) rc = stage_matmul(dv, &L->wv, dv->xn, E, n, p, dv->v, KD);
+    if (!rc) rc = stage_qkv(c, dv, L, n, p);
     if (!rc) rc = cuda_rope_kv(sh, L, &dv->meta, dv->rope_ff, dv->q, dv->k, dv->v, n, s);
     if (!rc)
       rc = cuda_attention(sh, L, &dv->meta, dv->q, dv->part, dv->att, n, dv->lay.n_splits,
@@ -500,9 +544,7 @@ int cuda_stage_run(cuda_ctx *c, int d, int n, int p, int n_out, int p_out) {
     if (!rc) rc = stage_matmul(dv, &L->wo, dv->att, QD, n, p, dv->ao, E);
     if (!rc)
       rc = cuda_add_rmsnorm(dv->x, dv->ao, dv->x, nullptr, L->ffn_norm, dv->xn, n, E, eps, s);
-    if (!rc) rc = stage_matmul(dv, &L->gate, dv->xn, E, n, p, dv->gate, F);
-    if (!rc) rc = stage_matmul(dv, &L->up, dv->xn, E, n, p, dv->up, F);
-    if (!rc) rc = cuda_swiglu(dv->gate, dv->up, (int64_t)n * F, s);
+    if (!rc) rc = stage_glu(c, dv, L, n, p);
     if (!rc) rc = stage_matmul(dv, &L->down, dv->gate, F, n, p, dv->ao, E);
   }
   if (rc) return rc;

@@ -90,6 +90,7 @@ typedef struct cuda_ctx {
   int32_t *out_dst;          /* (B) for logits row r, its place in the caller's buffer */
   /* CUDA graphs of decode steps, by number of entries (single GPU only) */
   bool graphs_enabled;
+  bool fused;                /* fused QKV and gate/up/SwiGLU matvecs (LLORCH_CUDA_FUSED=0: off) */
   cudaGraphExec_t graphs[CUDA_GRAPH_MAX + 1];
   /* last residency check (verify_residency may run on another thread) */
   pthread_mutex_t mem_lock;
@@ -114,6 +115,15 @@ void cuda_graph_free(cuda_ctx *c);
 /* matvec.cu: y[c * ldy + r] = row r of W . x[c * ldx ...] for columns [0, n_cols), any n_cols. */
 int cuda_matvec(const cuda_mat *w, const float *x, int ldx, int n_cols, float *y, int ldy,
                 cudaStream_t s);
+/* matvec.cu: Q, K and V in one launch; LLORCH_EUNSUPPORTED (nothing launched) when the
+ * three differ in type or n_in. */
+int cuda_matvec_qkv(const cuda_mat *q, const cuda_mat *k, const cuda_mat *v, const float *x,
+                    int ldx, int n_cols, float *yq, int ldq, float *yk, int ldk, float *yv,
+                    int ldv, cudaStream_t s);
+/* matvec.cu: y = silu(gate x) * (up x) in one launch; LLORCH_EUNSUPPORTED (nothing
+ * launched) when gate and up differ in type or shape. */
+int cuda_matvec_glu(const cuda_mat *gate, const cuda_mat *up, const float *x, int ldx, int n_cols,
+                    float *y, int ldy, cudaStream_t s);
 /* matvec.cu: x[i * n_embd ...] = row token[i] of the embedding matrix, i < n. */
 int cuda_get_rows(const cuda_mat *w, const int32_t *token, int n, float *x, cudaStream_t s);
 /* gemm.cu: as cuda_matvec through cuBLAS (prefill); xh / wtile are scratch. */

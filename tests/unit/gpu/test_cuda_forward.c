@@ -14,6 +14,7 @@
  *   - residency verified after init (every allocation device memory), a bad
  *     batch fails only that call, too little VRAM is INSUFFICIENT_VRAM with
  *     both numbers, two GPUs ("cuda:0,1") when present;
+ *   - the same with LLORCH_CUDA_FUSED=0 and LLORCH_CUDA_GRAPHS=0 (plain path);
  *   - determinism (same input twice: bit-identical logits) and decode batch
  *     invariance (a sequence's logits bit-identical alone or batched).
  * Without a usable GPU the test says why and exits with 77, which ctest
@@ -403,6 +404,14 @@ int main(void) {
                                     LLORCH_TYPE_Q4_0, LLORCH_TYPE_Q4_K, LLORCH_TYPE_Q6_K};
   for (size_t a = 0; a < 3; a++)
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) run_model(archs[a], types[t], "cuda:0", 1);
+  /* the plain path (separate Q/K/V and gate/up launches, no graphs) must agree too */
+  setenv("LLORCH_CUDA_FUSED", "0", 1);
+  setenv("LLORCH_CUDA_GRAPHS", "0", 1);
+  printf("without fused matvecs and CUDA graphs:\n");
+  run_model("qwen2", LLORCH_TYPE_Q4_K, "cuda:0", 1);
+  run_model("qwen3", LLORCH_TYPE_F16, "cuda:0", 1);
+  unsetenv("LLORCH_CUDA_FUSED");
+  unsetenv("LLORCH_CUDA_GRAPHS");
   if (n_gpu >= 2) {
     run_model("llama", LLORCH_TYPE_F16, "cuda:0,1", 2);
     run_model("qwen2", LLORCH_TYPE_Q4_K, "cuda:0,1", 2);
