@@ -344,7 +344,7 @@ static int cuda_init(void **out, const llorch_model *m, const char *device,
     }
     /* the per-step batch arrays go up through a small pinned buffer (not device memory's
      * substitute: nothing the kernels read lives there) */
-    cudaError_t e = cudaHostAlloc((void **)&c->h_meta, 4 * B * sizeof(int32_t), cudaHostAllocDefault);
+    cudaError_t e = cudaHostAlloc((void **)&c->h_meta, 4 * B * sizeof(int32_t), cudaHostAllocPortable);
     if (e != cudaSuccess) {
       rc = cuda_fail(em, LLORCH_ENOMEM, e, "pinned batch buffer", params.devices[0]);
       goto fail;
@@ -372,7 +372,7 @@ static int cuda_init(void **out, const llorch_model *m, const char *device,
   }
   {
     upload_ctx u = {};
-    cudaError_t e = cudaHostAlloc((void **)&u.staging[0], 2 * STAGING_SLOT_BYTES, cudaHostAllocDefault);
+    cudaError_t e = cudaHostAlloc((void **)&u.staging[0], 2 * STAGING_SLOT_BYTES, cudaHostAllocPortable);
     if (e != cudaSuccess) {
       rc = cuda_fail(em, LLORCH_ENOMEM, e, "pinned staging buffer", c->dev[0].ordinal);
       goto fail;
