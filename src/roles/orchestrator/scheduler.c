@@ -818,11 +818,12 @@ static void worker_update(sched *s, sched_worker *w, const sched_worker_report *
  * twice) but the device memory we hold is still the last document's, so the
  * start keeps its reservation until the next document.
  */
-static void starts_settle(sched *s, const sched_pool *p, const char *id, bool full_doc) {
+static void starts_settle(sched *s, const sched_pool *p, const char *id, bool full_doc, bool gone) {
   for (int i = 0; i < s->n_starts; i++) {
     sched_pending_start *ps = s->starts[i];
     if (ps->pool == p && ps->answered && strcmp(ps->worker_id, id) == 0) {
-      if (full_doc) start_remove(s, ps);
+      /* Gone already: its memory is free again, which the last document said. */
+      if (full_doc || gone) start_remove(s, ps);
       else ps->seen = true;
       return;
     }
@@ -843,7 +844,7 @@ static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_re
   }
   sched_worker_state before = w->state;
   worker_update(s, w, r);
-  starts_settle(s, p, r->id, full_doc);
+  starts_settle(s, p, r->id, full_doc, worker_terminal(w));
   if (w->model >= 0) {
     sched_model *m = &s->models[w->model];
     if (w->state == SCHED_WORKER_FAILED && (*created || before != SCHED_WORKER_FAILED)) {
@@ -909,6 +910,14 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
   }
   if (rep->n_models) memcpy(p->models, rep->models, (size_t)rep->n_models * sizeof *p->models);
 
+  /*
+   * A start an event already reported is settled by any newer full document,
+   * listed or not: the pool made it knowing the worker, so its memory
+   * figures count it (or its memory is back, if it already exited).
+   */
+  for (int i = 0; i < s->n_starts;)
+    if (s->starts[i]->pool == p && s->starts[i]->seen) start_remove(s, s->starts[i]);
+    else i++;
   /* Workers: listed ones are updated or adopted; unlisted ones are gone. */
   for (int i = 0; i < rep->n_workers; i++) {
     bool created;

@@ -111,8 +111,8 @@ test('chat through orchestrator and two pools: streaming, non-streaming, pinned 
 
 test('a model that does not fit next to another evicts the idle one', async () => {
   const orch = await startOrch([
-    { name: 'm1', file: 'slow.gguf', ctx: 512, slots: 4, keep_alive: '60s' },
-    { name: 'm2', file: 'tiny.gguf', ctx: 512, slots: 4, keep_alive: '60s' },
+    { name: 'm1', file: 'slow.gguf', ctx: 512, slots: 4, keep_alive: '60s', pins: ['pool-small'] },
+    { name: 'm2', file: 'tiny.gguf', ctx: 512, slots: 4, keep_alive: '60s', pins: ['pool-small'] },
   ]);
   // Size the pool's CPU device from the pool's own estimates: room for the
   // bigger of the two, not for both.
@@ -131,7 +131,12 @@ test('a model that does not fit next to another evicts the idle one', async () =
   let c = await cluster(orch);
   const w1 = c.workers.find((w) => w.model === 'm1' && w.state === 'ready');
   assert.ok(w1);
-  await ask(orch.client, 'm2');
+  try {
+    await ask(orch.client, 'm2');
+  } catch (e) {
+    const small = (await cluster(orch)).pools.find((p) => p.name === 'pool-small');
+    throw new Error(`${e.message}; pool-small as the orchestrator sees it: ${JSON.stringify(small)}`);
+  }
   c = await cluster(orch);
   assert.equal(c.stats.evictions, 1, 'one eviction');
   assert.ok(!c.workers.some((w) => w.id === w1.id && w.state === 'ready'), 'm1 worker evicted');

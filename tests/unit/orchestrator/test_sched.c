@@ -722,6 +722,47 @@ static void test_event_keeps_reservation(void **state) {
   fx_free(f);
 }
 
+/* A worker that starts, is reported by events and exits between two heartbeats
+ * never appears in a state document: the next document still settles its
+ * start, and an exit event frees the reservation at once. */
+static void test_short_lived_worker_settles(void **state) {
+  (void)state;
+  for (int via_exit_event = 0; via_exit_event < 2; via_exit_event++) {
+    fx *f = fx_new(100, 1);
+    int a = add_model(f, "a", "a.gguf", 1, 60000, NULL);
+    sched_pool_report rep;
+    pool_spec pa = {"pa", NULL, 1, {3 * GiB / 2}, {"a.gguf"}, GiB, 0};
+    report_init(&rep, &pa, ++f->seq);
+    apply(f, &rep, true);
+    sched_req *ra = req_new(a, 0);
+    assert_int_equal(submit(f, ra), 0);
+    sched_start_done(&f->s, f->rec.a[0].start_id, "w1", f->now);
+    sched_worker_report ev;
+    memset(&ev, 0, sizeof ev);
+    snprintf(ev.id, sizeof ev.id, "w1");
+    snprintf(ev.model, sizeof ev.model, "a");
+    snprintf(ev.file, sizeof ev.file, "a.gguf");
+    snprintf(ev.devices[0], sizeof ev.devices[0], "gpu0");
+    ev.n_devices = 1;
+    ev.state = SCHED_WORKER_READY;
+    ev.slots = 1;
+    snprintf(ev.url, sizeof ev.url, "http://w1");
+    assert_int_equal(sched_pool_event(&f->s, "pa", "b1", ++f->seq, &ev, f->now), 0);
+    assert_int_equal(f->s.n_starts, 1);
+    sched_request_done(&f->s, ra, f->now);
+    if (via_exit_event) {
+      ev.state = SCHED_WORKER_EXITED;
+      assert_int_equal(sched_pool_event(&f->s, "pa", "b1", ++f->seq, &ev, f->now), 0);
+    } else {
+      report_init(&rep, &pa, ++f->seq); /* w1 already gone: not listed */
+      apply(f, &rep, false);
+    }
+    assert_int_equal(f->s.n_starts, 0);
+    free(ra);
+    fx_free(f);
+  }
+}
+
 static void test_priority_and_blocking(void **state) {
   (void)state;
   fx *f = fx_new(100, 1);
@@ -868,6 +909,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_adopt_and_seq),
       cmocka_unit_test(test_min_replicas_and_unload),
       cmocka_unit_test(test_event_keeps_reservation),
+      cmocka_unit_test(test_short_lived_worker_settles),
       cmocka_unit_test(test_priority_and_blocking),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
