@@ -233,6 +233,31 @@ test('a client that disconnects is cancelled on the worker within 100 ms', async
   }
 });
 
+test('a client that disconnects while queued leaves the queue and never reaches a worker', async () => {
+  const { orch, pools: [pa] } = await setup({
+    models: [tinyModel({ slots: 1, max_replicas: 1 })],
+    pools: [{ name: 'pool-a', files: ['tiny.gguf'], behavior: { tokens: 20, delayMs: 50 } }],
+  });
+  const body = { model: 'tiny', messages: [{ role: 'user', content: 'x' }] };
+  const running = postJson(`${orch.url}/v1/chat/completions`, body);
+  await waitFor('one running', async () => (await cluster(orch)).models[0].running === 1);
+  const ac = new AbortController();
+  const queued = fetch(`${orch.url}/v1/chat/completions`, {
+    method: 'POST', signal: ac.signal, headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json', 'X-Request-Id': 'queued-then-gone' },
+    body: JSON.stringify(body),
+  }).catch(() => null);
+  await waitFor('one queued', async () => (await cluster(orch)).queue.total === 1);
+  ac.abort();
+  await queued;
+  await waitFor('queue empty', async () => (await cluster(orch)).queue.total === 0, 2000);
+  assert.equal((await running).status, 200);
+  await sleep(200);
+  const w = [...pa.workers.values()][0];
+  assert.ok(!w.executes.some((e) => e.requestId === 'queued-then-gone'), 'the worker never saw it');
+  const m = await (await fetch(`${orch.url}/metrics`)).text();
+  assert.match(m, /llorch_orch_requests_total\{outcome="cancelled"\} 1/);
+});
+
 test('a pool that stops heartbeating is down within 3 intervals, and comes back', async () => {
   const { orch, pools: [pa, pb], client } = await setup({
     models: [tinyModel({ max_replicas: 2 })],
