@@ -154,10 +154,15 @@ async function main() {
     }
     console.log(`| ${n} | added by orchestrator | | | ${(o.ttft50 - d.ttft50).toFixed(2)} | ${(o.ttft99 - d.ttft99).toFixed(2)} | ${(o.itl50 - d.itl50).toFixed(2)} | ${(o.itl99 - d.itl99).toFixed(2)} | |`);
   }
+  if (args['hold-direct']) {
+    const n = Number(args['hold-direct']);
+    const h = await level(wurl, WORKER_TOKEN, n, null);
+    console.log(`hold-direct: ${h.ok}/${n} concurrent streams completed on the worker directly in ${h.wall} ms`);
+  }
   if (HOLD > 0) {
     const idle = rssKiB(orch.proc.pid).rss;
     const h = await level(orch.url, API_KEY, HOLD, orch.proc.pid);
-    const errs = orch.logs.filter((l) => /"level":"(warn|error)"/.test(l));
+    const errs = orch.logs.filter((l) => /"level":"(warn|error)"|went away|"http"/.test(l));
     if (errs.length) console.log(`orchestrator warnings (${errs.length}), first: ${errs.slice(0, 3).join('\n')}`);
     if (orch.exited) console.log(`orchestrator exited ${JSON.stringify(orch.exited)}:\n${orch.logs.slice(-15).join('\n')}`);
     console.log(`hold: ${h.ok}/${HOLD} concurrent streams completed through the orchestrator in ${h.wall} ms; ` +
