@@ -3,7 +3,7 @@
 // talking to the same worker directly; the orchestrator's RSS at that load;
 // and how many concurrent streams it holds.
 //
-//   node tests/e2e/cluster/bench-latency.mjs [--levels 1,100,1000] [--tokens 16] [--hold 4000] [--shape tiny|medium]
+//   node tests/e2e/cluster/bench-latency.mjs [--levels 1,100,1000] [--tokens 16] [--hold 4000] [--hold-direct N] [--shape tiny|medium]
 //
 // Real processes: one `llorch --role=worker` (tiny synthesized model, 256
 // slots) and one `llorch --role=orchestrator`; the worker is registered with
