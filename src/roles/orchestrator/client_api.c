@@ -656,6 +656,7 @@ void orch_req_assign(void *ud, sched_req *sr, sched_worker *w) {
   if (exec_start(r) < 0) {
     /* Not from inside the dispatch pass: the retry would re-enter it. */
     r->next_deferred = o->deferred;
+    r->in_deferred = true;
     o->deferred = r;
     orch_kick(o);
   }
@@ -668,6 +669,7 @@ void orch_run_deferred(orch *o) {
     orch_req *r = list;
     list = r->next_deferred;
     r->next_deferred = NULL;
+    r->in_deferred = false;
     if (!r->http) {
       req_end(r, "cancelled");
       continue;
@@ -707,7 +709,7 @@ static void req_on_close(llorch_http_request *http, void *data) {
     llorch_http_call_cancel(r->call);
     return;
   }
-  if (r->next_deferred || r->o->deferred == r) return; /* orch_run_deferred ends it */
+  if (r->in_deferred) return; /* orch_run_deferred ends it */
   LOG_INFO("orch", r->rid, "client went away while queued");
   req_end(r, "cancelled");
 }

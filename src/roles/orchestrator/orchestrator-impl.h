@@ -72,6 +72,7 @@ typedef struct orch_req {
   uint64_t t_first_ns;
   uint64_t t_last_ns;
   struct orch_req *next_deferred;
+  bool in_deferred;             /* on orch->deferred (its execute could not start) */
 } orch_req;
 
 struct llorch_orchestrator {
