@@ -256,3 +256,31 @@ test('a client that disconnects frees the worker slot', async () => {
   assert.ok(Date.now() - t0 < 1000);
   assert.equal((await cluster(orch)).workers[0].busy, 0);
 });
+
+test('--role=all: orchestrator and a local pool in one process serve the openai client', async () => {
+  const port = await freePort();
+  const all = await startRole('all', {
+    listen: `127.0.0.1:${port}`,
+    log: { level: 'info', format: 'json' },
+    shutdown_grace: '3s',
+    pool: { model_dirs: [dirA], heartbeat_interval: `${HB_MS}ms`, cpu_memory: '2GiB' },
+    orchestrator: {
+      api_keys: [API_KEY],
+      models: [{ name: 'demo', file: 'tiny.gguf', ctx: 256, slots: 2, keep_alive: -1 }],
+    },
+  }, { dir: tmp.dir, name: 'all' });
+  procs.push(all);
+  await waitFor('local pool up', async () => (await fetch(`${all.url}/health/ready`)).status === 200);
+  const client = new OpenAI({ baseURL: `${all.url}/v1`, apiKey: API_KEY, maxRetries: 0, timeout: 60000 });
+  const stream = await client.chat.completions.create({
+    model: 'demo', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8, stream: true,
+  });
+  let n = 0;
+  for await (const c of stream) if (c.choices[0]?.delta?.content !== undefined) n++;
+  assert.ok(n >= 1);
+  const c = await cluster(all);
+  assert.equal(c.pools.length, 1);
+  assert.equal(c.workers.filter((w) => w.state === 'ready').length, 1);
+  const e = await all.stop();
+  assert.equal(e.code, 0, 'clean exit, workers stopped');
+});
