@@ -19,6 +19,14 @@
  *     n_vocab floats each.
  * The result for a sequence must not depend on which other sequences share
  * the batch (batch invariance): greedy outputs are identical alone or batched.
+ *
+ * Same logits as llama.cpp (CPU backend): llama.cpp's rounding depends on how
+ * many tokens each matmul sees, and the CPU backend reproduces that per
+ * sequence from the sequence's own entries in the batch. To get llama.cpp's
+ * numbers, send a prompt in chunks of at most 512 entries (its n_ubatch) and
+ * ask logits only for the entries llama.cpp would output (the last prompt
+ * entry); asking logits for every prompt entry changes the last layer's
+ * rounding for them (still correct, no longer bit-identical).
  */
 #ifndef LLORCH_BACKEND_H
 #define LLORCH_BACKEND_H
