@@ -45,7 +45,9 @@ static char *callback_body(worker *w, bool failed) {
     llorch_jbuf_cstr(&b, ",\"device\":");
     llorch_jbuf_str(&b, w->cfg->worker.device);
     llorch_jbuf_cstr(&b, ",\"memory_bytes\":");
-    llorch_jbuf_int(&b, (int64_t)(w->mem.weights_bytes + w->mem.kv_bytes + w->mem.scratch_bytes));
+    llorch_backend_memory mem;
+    worker_memory_get(w, &mem);
+    llorch_jbuf_int(&b, (int64_t)(mem.weights_bytes + mem.kv_bytes + mem.scratch_bytes));
     llorch_jbuf_cstr(&b, ",\"url\":");
     llorch_jbuf_str(&b, url);
     llorch_jbuf_cstr(&b, ",\"context_length\":");

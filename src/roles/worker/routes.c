@@ -252,15 +252,25 @@ static void routes_info(worker *w, llorch_http_request *req) {
   llorch_jbuf_raw(&b, "}", 1);
   routes_kv_str(&b, "device", w->cfg->worker.device, true);
   routes_kv_int(&b, "threads", w->n_threads, true);
+  llorch_backend_memory mem;
+  worker_memory_get(w, &mem);
   llorch_jbuf_cstr(&b, ",\"memory\":{");
-  routes_kv_int(&b, "weights_bytes", (int64_t)w->mem.weights_bytes, false);
-  routes_kv_str(&b, "weights_location", loaded ? w->mem.weights_location : NULL, true);
-  routes_kv_int(&b, "kv_bytes", (int64_t)w->mem.kv_bytes, true);
-  routes_kv_str(&b, "kv_location", loaded ? w->mem.kv_location : NULL, true);
-  routes_kv_int(&b, "scratch_bytes", (int64_t)w->mem.scratch_bytes, true);
+  routes_kv_int(&b, "weights_bytes", (int64_t)mem.weights_bytes, false);
+  routes_kv_str(&b, "weights_location", loaded ? mem.weights_location : NULL, true);
+  routes_kv_int(&b, "kv_bytes", (int64_t)mem.kv_bytes, true);
+  routes_kv_str(&b, "kv_location", loaded ? mem.kv_location : NULL, true);
+  routes_kv_int(&b, "scratch_bytes", (int64_t)mem.scratch_bytes, true);
   routes_kv_int(&b, "total_bytes",
-                (int64_t)(w->mem.weights_bytes + w->mem.kv_bytes + w->mem.scratch_bytes), true);
-  llorch_jbuf_raw(&b, "}", 1);
+                (int64_t)(mem.weights_bytes + mem.kv_bytes + mem.scratch_bytes), true);
+  /* VRAM-only verification: every backend allocation checked to be device
+   * memory. The CPU backend holds host memory by design and checks nothing. */
+  llorch_jbuf_cstr(&b, ",\"residency\":{");
+  llorch_jbuf_cstr(&b, "\"verified\":");
+  llorch_jbuf_cstr(&b, mem.residency_verified ? "true" : "false");
+  routes_kv_int(&b, "allocations_checked", mem.allocations_checked, true);
+  routes_kv_int(&b, "allocations_not_device", mem.allocations_not_device, true);
+  routes_kv_int(&b, "verified_at_ms", mem.verified_at_ms, true);
+  llorch_jbuf_raw(&b, "}}", 2);
   llorch_jbuf_cstr(&b, ",\"requests\":{");
   int64_t running = 0;
   for (worker_stream *st = w->streams; st; st = st->next) running++;

@@ -70,6 +70,7 @@ typedef struct worker_metrics {
   llorch_metric *queue_depth;
   llorch_metric *batch_tokens;    /* entries per step */
   llorch_metric *memory;          /* {kind} bytes */
+  llorch_metric *residency;       /* {state}: allocations checked device / not_device */
 } worker_metrics;
 
 typedef struct worker_stream worker_stream;
@@ -96,7 +97,12 @@ typedef struct worker {
   int n_threads;                  /* CPU threads the backend uses */
   char model_name[128];           /* general.name or the file base name */
   char file_base[256];            /* file name without directories */
+  /* What the backend holds and where; re-read (and, on backends that hold
+   * memory elsewhere, re-verified) by the inference thread every
+   * WORKER_RESIDENCY_INTERVAL_S, read by the loop under mem_lock. */
   llorch_backend_memory mem;
+  uv_mutex_t mem_lock;
+  uint64_t mem_checked_ns;        /* inference thread only: last verification */
   char load_error[1024];         /* why loading failed (reported to the pool) */
 
   uv_thread_t load_thread;
@@ -205,5 +211,7 @@ void worker_callback_start(worker *w, bool failed);
 void worker_exit_after_callback(worker *w);
 /* Updates the slots/queue gauges from the scheduler. */
 void worker_metrics_refresh(worker *w);
+/* The backend's memory figures as last published by the inference thread. */
+void worker_memory_get(worker *w, llorch_backend_memory *out);
 
 #endif /* LLORCH_WORKER_IMPL_H */

@@ -23,6 +23,7 @@
 static int worker_metrics_register(worker *w) {
   static const char *const outcome[] = {"outcome", NULL};
   static const char *const kind[] = {"kind", NULL};
+  static const char *const state[] = {"state", NULL};
   static const double latency[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                    0.25,  0.5,    1,     2.5,  5,     10,   30};
   static const double batch[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
@@ -53,9 +54,13 @@ static int worker_metrics_register(worker *w) {
                                                sizeof batch / sizeof *batch);
   w->m.memory = llorch_metrics_gauge(m, "llorch_worker_memory_bytes",
                                      "Backend memory by kind (weights, kv, scratch).", kind);
+  w->m.residency = llorch_metrics_gauge(
+      m, "llorch_worker_residency_allocations",
+      "Backend allocations by verified residency (device = VRAM; CPU backend: none checked).",
+      state);
   if (!w->m.requests || !w->m.prompt_tokens || !w->m.generated_tokens || !w->m.ttft ||
       !w->m.inter_token || !w->m.queue_wait || !w->m.slots_busy || !w->m.slots_total ||
-      !w->m.queue_depth || !w->m.batch_tokens || !w->m.memory)
+      !w->m.queue_depth || !w->m.batch_tokens || !w->m.memory || !w->m.residency)
     return LLORCH_ENOMEM;
   return 0;
 }
@@ -69,9 +74,45 @@ void worker_metrics_refresh(worker *w) {
 }
 
 /* The scheduler calls this on the inference thread (metrics are thread-safe). */
+/* Residency (VRAM-only) is re-verified this often. The check is a driver
+ * query per allocation: cheap, but not worth doing every step. */
+#define WORKER_RESIDENCY_INTERVAL_S 30
+
+static void worker_publish_memory(worker *w, const llorch_backend_memory *mem) {
+  uv_mutex_lock(&w->mem_lock);
+  w->mem = *mem;
+  uv_mutex_unlock(&w->mem_lock);
+  llorch_metric_set(w->m.memory, (const char *[]){"weights"}, (double)mem->weights_bytes);
+  llorch_metric_set(w->m.memory, (const char *[]){"kv"}, (double)mem->kv_bytes);
+  llorch_metric_set(w->m.memory, (const char *[]){"scratch"}, (double)mem->scratch_bytes);
+  llorch_metric_set(w->m.residency, (const char *[]){"device"},
+                    (double)(mem->allocations_checked - mem->allocations_not_device));
+  llorch_metric_set(w->m.residency, (const char *[]){"not_device"},
+                    (double)mem->allocations_not_device);
+}
+
+/* On the inference thread, between forwards: the only place the backend may
+ * be asked to verify itself, since nothing else touches it concurrently. */
 static void worker_on_step(void *arg, uint32_t n_entries) {
   worker *w = arg;
   llorch_metric_observe(w->m.batch_tokens, NULL, n_entries);
+  uint64_t now = uv_hrtime();
+  if (now - w->mem_checked_ns < (uint64_t)WORKER_RESIDENCY_INTERVAL_S * 1000000000u) return;
+  w->mem_checked_ns = now;
+  if (w->backend.ops->verify_residency) {
+    llorch_errmsg em = {{0}};
+    if (w->backend.ops->verify_residency(w->backend.ctx, &em) < 0)
+      LOG_ERROR("worker", NULL, "residency check failed: %s", em.text);
+  }
+  llorch_backend_memory mem;
+  w->backend.ops->memory(w->backend.ctx, &mem);
+  worker_publish_memory(w, &mem);
+}
+
+void worker_memory_get(worker *w, llorch_backend_memory *out) {
+  uv_mutex_lock(&w->mem_lock);
+  *out = w->mem;
+  uv_mutex_unlock(&w->mem_lock);
 }
 
 /* ---- loading (on its own thread) ---- */
@@ -124,6 +165,7 @@ static void worker_load_thread(void *arg) {
   }
   w->backend_open = true;
   w->backend.ops->memory(w->backend.ctx, &w->mem);
+  w->mem_checked_ns = uv_hrtime();
 done:
   uv_async_send(&w->load_done);
 }
@@ -164,9 +206,8 @@ static void worker_on_loaded(uv_async_t *a) {
     return;
   }
   llorch_metric_set(w->m.slots_total, NULL, w->n_slots);
-  llorch_metric_set(w->m.memory, (const char *[]){"weights"}, (double)w->mem.weights_bytes);
-  llorch_metric_set(w->m.memory, (const char *[]){"kv"}, (double)w->mem.kv_bytes);
-  llorch_metric_set(w->m.memory, (const char *[]){"scratch"}, (double)w->mem.scratch_bytes);
+  llorch_backend_memory mem = w->mem; /* the scheduler is running: publish a copy */
+  worker_publish_memory(w, &mem);
   snprintf(w->model_name, sizeof w->model_name, "%s", w->model->name);
   w->state = WORKER_STATE_READY;
   LOG_INFO("worker", NULL,
@@ -249,6 +290,10 @@ int llorch_worker_main(const llorch_config *cfg) {
   }
   worker *w = calloc(1, sizeof *w);
   if (!w) return 1;
+  if (uv_mutex_init(&w->mem_lock) != 0) {
+    free(w);
+    return 1;
+  }
   w->cfg = cfg;
   w->state = WORKER_STATE_LOADING;
   const char *slash = strrchr(cfg->worker.model, '/');
@@ -259,6 +304,7 @@ int llorch_worker_main(const llorch_config *cfg) {
   int status = 1;
   if (llorch_service_init(&w->svc, cfg, "worker", &em) < 0) {
     LOG_ERROR("worker", NULL, "%s", em.text);
+    uv_mutex_destroy(&w->mem_lock);
     free(w);
     return 1;
   }
@@ -316,6 +362,7 @@ out:
   llorch_service_free(w->svc);
   worker_free_model(w);
   free(w->cb_body);
+  uv_mutex_destroy(&w->mem_lock);
   free(w);
   return status;
 }

@@ -66,6 +66,10 @@ test('ready callback reaches the pool with the right fields (after one retry)', 
     assert.equal(i.worker_id, 'w-7');
     assert.equal(i.state, 'ready');
     assert.equal(i.memory.total_bytes, b.memory_bytes);
+    assert.equal(i.memory.weights_location, 'host-mmap');
+    // The CPU backend holds host memory by design: nothing to verify as VRAM.
+    assert.deepEqual(i.memory.residency,
+      { verified: false, allocations_checked: 0, allocations_not_device: 0, verified_at_ms: 0 });
   } finally {
     assert.equal((await w.stop()).code, 0);
     await pool.close();
