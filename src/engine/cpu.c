@@ -190,21 +190,32 @@ static void cpu_rope_cache(const cpu_ctx *c, int32_t pos, float *cs /* (n_rot) c
   }
 }
 
+/*
+ * The rotation as llama.cpp's prebuilt CPU binaries compute it: the compiler
+ * contracted x0*cos - x1*sin into fma(x0, cos, -(x1*sin)) and x0*sin + x1*cos
+ * into fma(x0, sin, x1*cos) (ggml's C++ is built with FP contraction on).
+ * A 1-ulp difference here rarely survives the F16 rounding of Q and K, which
+ * is why only deep models showed it; with the plain expression a 24-layer
+ * model's logits drifted from llama.cpp's, with these they are identical.
+ */
+static inline float rope_rot0(float x0, float x1, float c, float sn) { return fmaf(x0, c, -(x1 * sn)); }
+static inline float rope_rot1(float x0, float x1, float c, float sn) { return fmaf(x0, sn, x1 * c); }
+
 static void cpu_rope_apply(const cpu_ctx *c, float *x, const float *cs) {
   const int n_rot = (int)c->hp.n_rot;
   if (c->hp.rope_type == LLORCH_ROPE_NORM) {
     for (int i0 = 0; i0 < n_rot; i0 += 2) {
       const float x0 = x[i0], x1 = x[i0 + 1];
-      x[i0] = x0 * cs[i0] - x1 * cs[i0 + 1];
-      x[i0 + 1] = x0 * cs[i0 + 1] + x1 * cs[i0];
+      x[i0] = rope_rot0(x0, x1, cs[i0], cs[i0 + 1]);
+      x[i0 + 1] = rope_rot1(x0, x1, cs[i0], cs[i0 + 1]);
     }
   } else {
     const int half = n_rot / 2;
     for (int i0 = 0; i0 < n_rot; i0 += 2) {
       const int ic = i0 / 2;
       const float x0 = x[ic], x1 = x[ic + half];
-      x[ic] = x0 * cs[i0] - x1 * cs[i0 + 1];
-      x[ic + half] = x0 * cs[i0 + 1] + x1 * cs[i0];
+      x[ic] = rope_rot0(x0, x1, cs[i0], cs[i0 + 1]);
+      x[ic + half] = rope_rot1(x0, x1, cs[i0], cs[i0 + 1]);
     }
   }
 }
