@@ -458,6 +458,11 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc, l
   }
   o->n_api_keys = cfg->orchestrator.api_keys.count;
   o->api_keys = (const char **)cfg->orchestrator.api_keys.items;
+  /* /metrics (served by the runtime) is behind the same keys as the API. */
+  if ((rc = llorch_service_protect_metrics(svc, o->api_keys, o->n_api_keys)) < 0) {
+    llorch_errmsg_set(em, rc, "out of memory protecting /metrics");
+    goto fail_sched;
+  }
   if ((rc = metrics_register(o)) < 0) {
     llorch_errmsg_set(em, rc, "out of memory registering metrics");
     goto fail_sched;

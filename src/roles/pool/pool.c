@@ -279,7 +279,17 @@ static void on_doc_done(llorch_http_call *call, int err, const char *errmsg, voi
 void pool_resolve_urls(pool *p) {
   int port = llorch_service_port(p->svc);
   if (port <= 0) return;
-  snprintf(p->callback_base, sizeof p->callback_base, "http://127.0.0.1:%d", port);
+  /* Workers run on this machine and call back to an address we listen on:
+   * loopback when we listen on every address, else the one we bound. */
+  char host[256] = "";
+  int listen_port;
+  const llorch_config *cfg = llorch_service_config(p->svc);
+  if (llorch_service_parse_listen(cfg->listen, host, sizeof host, &listen_port) < 0 || !host[0] ||
+      strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
+    snprintf(host, sizeof host, "127.0.0.1");
+  bool v6 = strchr(host, ':') != NULL;
+  snprintf(p->callback_base, sizeof p->callback_base, "http://%s%s%s:%d", v6 ? "[" : "", host,
+           v6 ? "]" : "", port);
   size_t n = strlen(p->url);
   if (p->local_orchestrator) {
     snprintf(p->url, sizeof p->url, "http://127.0.0.1:%d", port);

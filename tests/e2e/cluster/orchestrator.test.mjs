@@ -90,6 +90,11 @@ test('chat streaming and non-streaming are relayed; request id reaches the worke
   assert.equal(unknown.body.error.code, 'model_not_found');
   const noKey = await postJson(`${orch.url}/v1/chat/completions`, { model: 'tiny', messages: [] }, 'wrong');
   assert.equal(noKey.status, 401);
+  // only /health/ stays open when API keys are configured
+  assert.equal((await fetch(`${orch.url}/health/live`)).status, 200);
+  assert.equal((await fetch(`${orch.url}/metrics`)).status, 401);
+  const m = await fetch(`${orch.url}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } });
+  assert.equal(m.status, 200);
 });
 
 test('a pinned model is started on its pool; others go where memory is', async () => {
@@ -254,7 +259,7 @@ test('a client that disconnects while queued leaves the queue and never reaches 
   await sleep(200);
   const w = [...pa.workers.values()][0];
   assert.ok(!w.executes.some((e) => e.requestId === 'queued-then-gone'), 'the worker never saw it');
-  const m = await (await fetch(`${orch.url}/metrics`)).text();
+  const m = await (await fetch(`${orch.url}/metrics`, { headers: { Authorization: `Bearer ${API_KEY}` } })).text();
   assert.match(m, /llorch_orch_requests_total\{outcome="cancelled"\} 1/);
 });
 
