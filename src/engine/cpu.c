@@ -220,6 +220,21 @@ static void cpu_rope_apply(const cpu_ctx *c, float *x, const float *cs) {
   }
 }
 
+/* ---- elementwise work split over the pool (prefill: rows x n_ff SiLUs) ---- */
+
+typedef struct swiglu_job {
+  cpu_ctx *c;
+  int rows, n;
+} swiglu_job;
+
+static void swiglu_worker(void *arg, int ith, int nth) {
+  swiglu_job *j = arg;
+  for (int r = ith; r < j->rows; r += nth) {
+    float *g = j->c->gate + (size_t)r * j->n;
+    j->c->kt->swiglu(j->n, g, g, j->c->up + (size_t)r * j->n);
+  }
+}
+
 /* ---- attention ---- */
 
 typedef struct att_job {
@@ -413,8 +428,9 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
       cpu_rmsnorm(c->xn + (size_t)r * E, c->x + (size_t)r * E, L->ffn_norm->data, E, hp->rms_eps);
     cpu_matmul(c, L->w_gate, c->xn, E, R, last, c->gate, F);
     cpu_matmul(c, L->w_up, c->xn, E, R, last, c->up, F);
-    for (int r = 0; r < R; r++)
-      c->kt->swiglu(F, c->gate + (size_t)r * F, c->gate + (size_t)r * F, c->up + (size_t)r * F);
+    swiglu_job sj = {.c = c, .rows = R, .n = F};
+    if (R > 1) llorch_threadpool_run(c->tp, swiglu_worker, &sj);
+    else swiglu_worker(&sj, 0, 1);
     cpu_matmul(c, L->w_down, c->gate, F, R, last, c->q, E);
     for (int r = 0; r < R; r++) {
       float *xr = c->x + (size_t)r * E;
