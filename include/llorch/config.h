@@ -179,6 +179,18 @@ int llorch_config_load_file(llorch_config *cfg, const char *path, llorch_errmsg 
 /* Same for YAML text in memory; name is what error lines call the file. */
 int llorch_config_load_string(llorch_config *cfg, const char *name, const char *text,
                               size_t len, llorch_errmsg *em);
+/*
+ * Applies secrets from the environment over the current values: every secret
+ * option (tokens, API keys) can be given as LLORCH_<KEY> with dots as
+ * underscores, upper case (LLORCH_WORKER_TOKEN, LLORCH_POOL_CLUSTER_TOKEN,
+ * LLORCH_ORCHESTRATOR_API_KEYS as a comma-separated list), so secrets need
+ * not appear in a file or on a command line that `ps` shows. Only options
+ * that apply to cfg->role are read. llorch_config_load() applies them after
+ * the file and before the flags.
+ */
+int llorch_config_apply_env(llorch_config *cfg, llorch_errmsg *em);
+/* Writes "LLORCH_WORKER_TOKEN" for "worker.token" into buf. */
+void llorch_config_env_name(const char *key, char *buf, size_t n);
 /* Applies command-line flags (see llorch_config_load) over the current values. */
 int llorch_config_apply_args(llorch_config *cfg, int argc, char **argv, llorch_errmsg *em);
 /* Checks across options (min_replicas <= max_replicas, unique model names) and

@@ -524,11 +524,44 @@ int llorch_config_finish(llorch_config *cfg, llorch_errmsg *em) {
   return 0;
 }
 
+/* ---- secrets from the environment ---- */
+
+void llorch_config_env_name(const char *key, char *buf, size_t n) {
+  size_t w = (size_t)snprintf(buf, n, "LLORCH_");
+  for (const char *k = key; *k && w + 1 < n; k++)
+    buf[w++] = *k == '.' ? '_' : (char)toupper((unsigned char)*k);
+  if (w < n) buf[w] = '\0';
+}
+
+int llorch_config_apply_env(llorch_config *cfg, llorch_errmsg *em) {
+  for (size_t k = 0; k < config_options_count; k++) {
+    const config_option *o = &config_options[k];
+    if (!(o->flags & CONFIG_OPT_SECRET)) continue;
+    if (cfg->role != LLORCH_ROLE_NONE && !(o->roles & cfg->role)) continue;
+    char name[96];
+    llorch_config_env_name(o->name, name, sizeof name);
+    const char *value = getenv(name);
+    if (!value) continue;
+    /* A list from the environment replaces the file's list, as a flag does. */
+    int err = config_value_parse(o, cfg, value, value[0] == '\0', false);
+    if (err == LLORCH_ENOMEM) return llorch_errmsg_set(em, err, "out of memory");
+    if (err) {
+      char expected[160];
+      config_value_expected(o, expected, sizeof expected);
+      /* The value is a secret: say what was wrong, never what it was. */
+      return llorch_errmsg_set(em, err, "environment %s ('%s'): expected %s", name, o->name,
+                               expected);
+    }
+  }
+  return 0;
+}
+
 int llorch_config_load(llorch_config *cfg, llorch_role role, const char *path, int argc,
                        char **argv, llorch_errmsg *em) {
   int err = llorch_config_init(cfg, role);
   if (err) return llorch_errmsg_set(em, err, "out of memory");
   if (path && (err = llorch_config_load_file(cfg, path, em))) goto fail;
+  if ((err = llorch_config_apply_env(cfg, em))) goto fail;
   if ((err = llorch_config_apply_args(cfg, argc, argv, em))) goto fail;
   if ((err = llorch_config_finish(cfg, em))) goto fail;
   return 0;

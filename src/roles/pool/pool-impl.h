@@ -129,7 +129,7 @@ typedef struct pool_worker {
   int ctx, slots;
   pool_worker_state state;
   char url[192];                              /* from the ready callback; "" before */
-  char token[2 * POOL_TOKEN_HEX + 1];         /* the worker's bearer token (--token) */
+  char token[2 * POOL_TOKEN_HEX + 1];         /* the worker's bearer token (LLORCH_WORKER_TOKEN in its environment) */
   char spawn_token[2 * POOL_TOKEN_HEX + 1];   /* its callback must present this */
   int pid;
   int port;                                   /* the port given with --listen; 0 = the worker's pick */

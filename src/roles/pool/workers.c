@@ -174,25 +174,49 @@ static void worker_finish(pool_worker *w) {
 
 /* ---- spawning ---- */
 
-/* environ plus our own variables: CUDA_VISIBLE_DEVICES (replaced) and the
- * parent's pid for the child's PR_SET_PDEATHSIG (pool.c). */
-static char **worker_env(const char *cuda_visible, char *cuda_buf, char *parent_buf) {
+/* environ plus our own variables: CUDA_VISIBLE_DEVICES (replaced), the
+ * parent's pid for the child's PR_SET_PDEATHSIG (pool.c), and the worker's
+ * two tokens. The tokens travel in the environment rather than on the
+ * command line, which every local user can read with ps; any inherited
+ * LLORCH_WORKER_* secret is dropped so the child gets exactly ours. */
+#define WORKER_TOKEN_ENV "LLORCH_WORKER_TOKEN"
+#define WORKER_SPAWN_TOKEN_ENV "LLORCH_WORKER_SPAWN_TOKEN"
+
+typedef struct worker_env_bufs {
+  char cuda[160];
+  char parent[64];
+  char token[160];
+  char spawn_token[160];
+} worker_env_bufs;
+
+static bool env_is(const char *entry, const char *name) {
+  size_t n = strlen(name);
+  return strncmp(entry, name, n) == 0 && entry[n] == '=';
+}
+
+static char **worker_env(const char *cuda_visible, const pool_worker *w, worker_env_bufs *b) {
   size_t n = 0;
   while (environ[n]) n++;
-  char **env = calloc(n + 3, sizeof *env);
+  char **env = calloc(n + 5, sizeof *env);
   if (!env) return NULL;
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
-    if (cuda_visible && strncmp(environ[i], "CUDA_VISIBLE_DEVICES=", 21) == 0) continue;
-    if (strncmp(environ[i], LLORCH_POOL_PARENT_ENV "=", sizeof LLORCH_POOL_PARENT_ENV) == 0) continue;
+    if (cuda_visible && env_is(environ[i], "CUDA_VISIBLE_DEVICES")) continue;
+    if (env_is(environ[i], LLORCH_POOL_PARENT_ENV) || env_is(environ[i], WORKER_TOKEN_ENV) ||
+        env_is(environ[i], WORKER_SPAWN_TOKEN_ENV))
+      continue;
     env[k++] = environ[i];
   }
   if (cuda_visible) {
-    sprintf(cuda_buf, "CUDA_VISIBLE_DEVICES=%s", cuda_visible);
-    env[k++] = cuda_buf;
+    snprintf(b->cuda, sizeof b->cuda, "CUDA_VISIBLE_DEVICES=%s", cuda_visible);
+    env[k++] = b->cuda;
   }
-  sprintf(parent_buf, "%s=%d", LLORCH_POOL_PARENT_ENV, (int)getpid());
-  env[k++] = parent_buf;
+  snprintf(b->parent, sizeof b->parent, "%s=%d", LLORCH_POOL_PARENT_ENV, (int)getpid());
+  env[k++] = b->parent;
+  snprintf(b->token, sizeof b->token, "%s=%s", WORKER_TOKEN_ENV, w->token);
+  env[k++] = b->token;
+  snprintf(b->spawn_token, sizeof b->spawn_token, "%s=%s", WORKER_SPAWN_TOKEN_ENV, w->spawn_token);
+  env[k++] = b->spawn_token;
   env[k] = NULL;
   return env;
 }
@@ -241,10 +265,10 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
   snprintf(callback, sizeof callback, "%s/v2/workers/%s/ready", p->callback_base, w->id);
   char *args[] = {exe, "--role=worker", "--model", w->path, "--device", device, "--ctx", ctx,
                   "--slots", slots, "--listen", listen, "--worker-id", w->id, "--pool-callback",
-                  callback, "--spawn-token", w->spawn_token, "--token", w->token, NULL};
+                  callback, NULL};
 
-  char cuda_buf[160], parent_buf[64];
-  char **env = worker_env(gpu ? cuda_visible : NULL, cuda_buf, parent_buf);
+  worker_env_bufs env_bufs;
+  char **env = worker_env(gpu ? cuda_visible : NULL, w, &env_bufs);
   if (!env) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
 
   w->proc_exited = w->err_closed = w->reaped = false;

@@ -246,6 +246,13 @@ test('starts a worker on command, reports started and ready, stops it on DELETE'
   assert.match(ready.worker.token, /^[0-9a-f]{64}$/);
   assert.ok(ready.worker.memory_bytes > 0);
   assert.ok(ready.seq > orch.event('worker_started', w.id).seq);
+  // Its tokens travel in its environment, not on a command line every local user can read.
+  const cmdline = readFileSync(`/proc/${w.pid}/cmdline`, 'utf8');
+  assert.ok(!cmdline.includes(ready.worker.token), 'worker token on the command line');
+  assert.ok(!cmdline.includes('--token') && !cmdline.includes('--spawn-token'), cmdline);
+  const environ = readFileSync(`/proc/${w.pid}/environ`, 'utf8').split('\0');
+  assert.ok(environ.includes(`LLORCH_WORKER_TOKEN=${ready.worker.token}`));
+  assert.ok(environ.some((e) => /^LLORCH_WORKER_SPAWN_TOKEN=[0-9a-f]{64}$/.test(e)));
 
   // The worker really serves, behind the token the pool gave it.
   const info = await fetch(`${ready.worker.url}/v2/info`, { headers: { Authorization: `Bearer ${ready.worker.token}` } });

@@ -538,6 +538,46 @@ static void test_usage(void **state) {
   free(buf);
 }
 
+/* Secrets from the environment: over the file, under the flags, only for the
+ * role's own options, and a bad value named without echoing it. */
+static void test_env_secrets(void **state) {
+  llorch_config cfg;
+  llorch_errmsg em;
+  char name[96];
+  llorch_config_env_name("orchestrator.api_keys", name, sizeof name);
+  assert_string_equal(name, "LLORCH_ORCHESTRATOR_API_KEYS");
+
+  setenv("LLORCH_WORKER_TOKEN", "from-env", 1);
+  setenv("LLORCH_POOL_CLUSTER_TOKEN", "pool-secret", 1);
+  assert_int_equal(load_text(&cfg, LLORCH_ROLE_WORKER, "worker:\n  token: from-file\n", &em), 0);
+  assert_int_equal(llorch_config_apply_env(&cfg, &em), 0);
+  assert_string_equal(cfg.worker.token, "from-env");
+  assert_null(cfg.pool.cluster_token); /* not a worker option: ignored */
+  assert_int_equal(apply(&cfg, LLORCH_ROLE_WORKER, &em, "--token", "from-flag", NULL), 0);
+  assert_string_equal(cfg.worker.token, "from-flag");
+  llorch_config_free(&cfg);
+
+  setenv("LLORCH_ORCHESTRATOR_API_KEYS", "k1,k2", 1);
+  assert_int_equal(load_text(&cfg, LLORCH_ROLE_ORCHESTRATOR,
+                             "orchestrator:\n  api_keys: [file-key]\n", &em), 0);
+  assert_int_equal(llorch_config_apply_env(&cfg, &em), 0);
+  assert_int_equal(cfg.orchestrator.api_keys.count, 2); /* replaces, like a flag */
+  assert_string_equal(cfg.orchestrator.api_keys.items[1], "k2");
+  llorch_config_free(&cfg);
+
+  setenv("LLORCH_ORCHESTRATOR_API_KEYS", "k1,", 1);
+  assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_ORCHESTRATOR), 0);
+  int err = llorch_config_apply_env(&cfg, &em);
+  assert_true(err < 0);
+  assert_non_null(strstr(em.text, "environment LLORCH_ORCHESTRATOR_API_KEYS"));
+  assert_null(strstr(em.text, "k1"));
+  llorch_config_free(&cfg);
+
+  unsetenv("LLORCH_WORKER_TOKEN");
+  unsetenv("LLORCH_POOL_CLUSTER_TOKEN");
+  unsetenv("LLORCH_ORCHESTRATOR_API_KEYS");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
@@ -554,6 +594,7 @@ int main(void) {
       cmocka_unit_test(test_flags_forms),
       cmocka_unit_test(test_flags_errors),
       cmocka_unit_test(test_flags_override_file),
+      cmocka_unit_test(test_env_secrets),
       cmocka_unit_test(test_load_finish),
       cmocka_unit_test(test_dump_round_trip),
       cmocka_unit_test(test_usage),
