@@ -7,7 +7,9 @@
  * written, and the response streams back through callbacks: headers, then
  * body pieces (raw, or parsed as Server-Sent Events), then exactly one
  * on_done. Connections that end cleanly with keep-alive go back to a small
- * pool per host:port and are reused by the next call there.
+ * pool per host:port and are reused by the next call there; one whose
+ * request is still being written when its response ends (a server that
+ * answers early) joins the pool only once that write is done.
  *
  * Errors reach on_done as a code plus a one-line message naming host:port:
  *   LLORCH_ECONNREFUSED  nothing listens there

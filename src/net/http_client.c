@@ -14,6 +14,15 @@
  * threadpool (resolving): those finish first and free it then. That is what
  * makes cancelling from inside on_data safe.
  *
+ * A connection goes back to the pool only when both its response is complete
+ * and its request's write has been called back, whichever comes last. The
+ * response can come first: a server may answer before it has read the whole
+ * body, and under load libuv runs write callbacks in a later loop phase than
+ * the read that completes the response. Handing the connection to the next
+ * call then would queue write_req again while libuv still holds it (and
+ * overwrite wbuf under the bytes being sent), which corrupted libuv's write
+ * queue and crashed the orchestrator at thousands of concurrent streams.
+ *
  * A request on a reused connection that the server had already closed (the
  * classic keep-alive race) fails with no response byte received; when its
  * method is idempotent it is retried once on a fresh connection.
@@ -42,19 +51,19 @@ typedef enum conn_timer_mode {
   CONN_TIMER_NONE = 0,
   CONN_TIMER_CONNECT,  /* resolve + connect deadline */
   CONN_TIMER_READ,     /* silence while waiting for the response */
-  CONN_TIMER_POOL,     /* idle in the pool */
+  CONN_TIMER_POOL,     /* idle in the pool, or done and waiting for its write */
 } conn_timer_mode;
 
 struct client_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
   uv_connect_t connect_req;
-  uv_write_t write_req;
+  uv_write_t write_req;       /* at most one in flight (writing) */
   llorch_http_client *client;
   client_conn *prev, *next;   /* client->conns (all) */
   llorch_http_call *call;     /* NULL when pooled or abandoned */
   llhttp_t parser;
-  net_buf wbuf;               /* the request being written */
+  net_buf wbuf;               /* the request being written; untouched while writing */
   char rbuf[CLIENT_READ_CHUNK];
   char key[300];              /* "host:port" */
   conn_timer_mode timer_mode;
@@ -64,6 +73,8 @@ struct client_conn {
   bool reused;                /* served a call before */
   bool closing;
   bool reading;
+  bool writing;               /* write_req queued in libuv, its callback not run yet */
+  bool pool_after_write;      /* response done with keep-alive; pool once the write ends */
 };
 
 struct llorch_http_call {
@@ -435,26 +446,51 @@ static int on_resp_message_complete(llhttp_t *p) {
   return HPE_PAUSED;
 }
 
-/* The response is complete: pool or close the connection, then on_done(0). */
+/* A connection with no call and no write in flight: into the pool if there is room, else closed. */
+static void conn_pool_or_close(client_conn *c) {
+  llorch_http_client *cl = c->client;
+  LLORCH_ASSERT(c->call == NULL && !c->writing && !c->closing);
+  c->pool_after_write = false;
+  unsigned same_host = 0;
+  for (client_conn *o = cl->conns; o != NULL; o = o->next)
+    if (o->pooled && strcmp(o->key, c->key) == 0) same_host++;
+  if (cl->freeing || same_host >= cl->cfg.max_idle_per_host) {
+    conn_close(c);
+    return;
+  }
+  /* Keep reading while pooled so a server-side close is noticed. */
+  c->pooled = true;
+  cl->n_idle++;
+  conn_set_timer(c, CONN_TIMER_POOL, cl->cfg.idle_keep_ms);
+}
+
+/*
+ * The response is complete: pool the connection (now, or once its write is
+ * called back) or close it, then on_done(0).
+ */
 static void call_complete(llorch_http_call *call) {
   client_conn *c = call->conn;
   llorch_http_client *cl = call->client;
   call->conn = NULL;
   c->call = NULL;
-  unsigned same_host = 0;
-  for (client_conn *o = cl->conns; o != NULL; o = o->next)
-    if (o->pooled && strcmp(o->key, c->key) == 0) same_host++;
-  if (call->keep_alive && !cl->freeing && same_host < cl->cfg.max_idle_per_host &&
-      cl->cfg.max_idle_per_host > 0) {
-    /* Back to the pool: keep reading so a server-side close is noticed. */
+  if (!call->keep_alive || cl->freeing || cl->cfg.max_idle_per_host == 0) {
+    conn_close(c);
+  } else {
     llhttp_init(&c->parser, HTTP_RESPONSE, &client_settings);
     c->parser.data = c;
-    c->pooled = true;
     c->reused = true;
-    cl->n_idle++;
-    conn_set_timer(c, CONN_TIMER_POOL, cl->cfg.idle_keep_ms);
-  } else {
-    conn_close(c);
+    if (c->writing) {
+      /*
+       * The server answered before our write was called back: park the
+       * connection (no call, not pooled) until conn_on_write; the pool timer
+       * bounds the wait, and a byte or EOF from the server closes it as it
+       * would a pooled one.
+       */
+      c->pool_after_write = true;
+      conn_set_timer(c, CONN_TIMER_POOL, cl->cfg.idle_keep_ms);
+    } else {
+      conn_pool_or_close(c);
+    }
   }
   call_finish(call, 0, NULL);
 }
@@ -501,7 +537,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (c->closing) return;
   llorch_http_call *call = c->call;
   if (call == NULL) {
-    /* Pooled: any byte or EOF means the server is done with it. */
+    /* Pooled (or parked until its write ends): any byte or EOF means the server is done with it. */
     if (n != 0) conn_close(c);
     return;
   }
@@ -549,12 +585,22 @@ static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 static void conn_on_write(uv_write_t *w, int status) {
   client_conn *c = w->data;
-  if (status < 0 && !c->closing && c->call != NULL) call_conn_failed(c->call, status);
+  c->writing = false;
+  if (c->closing) return;
+  if (c->call != NULL) {
+    if (status < 0) call_conn_failed(c->call, status);
+    return;
+  }
+  /* The call already had its response (call_complete parked the connection). */
+  if (status < 0 || !c->pool_after_write) conn_close(c);
+  else conn_pool_or_close(c);
 }
 
 /* Writes the call's request on its (connected) connection and waits for the answer. */
 static void call_send(llorch_http_call *call) {
   client_conn *c = call->conn;
+  /* Only pooled or freshly connected connections get here, never one still writing. */
+  LLORCH_ASSERT(!c->writing);
   net_buf_reset(&c->wbuf);
   if (net_buf_append(&c->wbuf, call->request.data, call->request.len) < 0) {
     call_fail(call, LLORCH_ENOMEM, "out of memory sending to %s", call->target);
@@ -567,6 +613,7 @@ static void call_send(llorch_http_call *call) {
     call_conn_failed(call, rc);
     return;
   }
+  c->writing = true;
   conn_set_timer(c, CONN_TIMER_READ, call->read_timeout_ms);
   if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) == 0)
     c->reading = true;
@@ -687,7 +734,7 @@ static void call_begin_connect(llorch_http_call *call) {
   call->got_bytes = false;
   call->complete = false;
   for (client_conn *c = cl->conns; c != NULL; c = c->next) {
-    if (c->pooled && !c->closing && strcmp(c->key, call->target) == 0) {
+    if (c->pooled && !c->closing && !c->writing && strcmp(c->key, call->target) == 0) {
       c->pooled = false;
       cl->n_idle--;
       c->call = call;

@@ -2,7 +2,8 @@
  * HTTP client against the llorch server (both on one loop, as in the
  * orchestrator): buffered bodies, connection reuse, POST bodies, SSE
  * streaming, refused/timeout/resolve errors, cancellation from inside a
- * callback, and a peer that closes mid-body.
+ * callback, a peer that closes mid-body, and a connection whose request is
+ * still being written when its response completes (not reused until then).
  */
 #include <netinet/in.h>
 #include <setjmp.h>
@@ -529,6 +530,196 @@ static void test_dead_pooled_connection_retried(void **state) {
   uv_close((uv_handle_t *)&l, NULL);
 }
 
+/*
+ * A raw peer that answers each request as soon as its headers are in, then
+ * stops reading for 100 ms before taking the body (a server that answers
+ * early). With a body larger than the socket buffers the client's write is
+ * still pending when the response is complete: the connection must not be
+ * handed to another call (which would requeue the same uv_write_t and
+ * overwrite the buffer being written) until that write has been called back.
+ * The peer checks every byte it is sent.
+ */
+#define EARLY_BODY_BYTES (16u << 20)
+typedef struct early_conn {
+  uv_tcp_t tcp;
+  uv_timer_t pause;
+  int handles;
+  char rbuf[65536];
+  char hdr[4096];     /* the current request's head so far */
+  size_t hdr_len;
+  size_t body_left;   /* bytes of the current request's body still to come */
+} early_conn;
+typedef struct early_peer {
+  int connections;
+  int requests;
+  char lines[8][32];  /* request lines, in arrival order */
+  size_t body_bytes;  /* body bytes received, all requests */
+  size_t body_bad;    /* body bytes that were not 'x' */
+  int bad_heads;      /* request heads that did not parse */
+} early_peer;
+static early_peer EP;
+
+static void early_on_close(uv_handle_t *h) {
+  early_conn *ec = h->data;
+  if (--ec->handles == 0) free(ec);
+}
+static void early_close(early_conn *ec) {
+  if (uv_is_closing((uv_handle_t *)&ec->tcp)) return;
+  uv_close((uv_handle_t *)&ec->tcp, early_on_close);
+  uv_close((uv_handle_t *)&ec->pause, early_on_close);
+}
+static void early_on_write(uv_write_t *w, int status) { free(w); }
+static void early_alloc(uv_handle_t *h, size_t s, uv_buf_t *b) {
+  early_conn *ec = h->data;
+  *b = uv_buf_init(ec->rbuf, sizeof ec->rbuf);
+}
+static void early_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
+static void early_resume(uv_timer_t *t) {
+  early_conn *ec = t->data;
+  uv_read_start((uv_stream_t *)&ec->tcp, early_alloc, early_read);
+}
+/* A complete request head: note it and answer at once. */
+static void early_on_head(early_conn *ec) {
+  ec->hdr[ec->hdr_len] = '\0';
+  if (EP.requests < 8)
+    snprintf(EP.lines[EP.requests], 32, "%.*s", (int)strcspn(ec->hdr, " "), ec->hdr);
+  EP.requests++;
+  const char *cl = strstr(ec->hdr, "Content-Length: ");
+  ec->body_left = cl ? strtoul(cl + 16, NULL, 10) : 0;
+  if (strncmp(ec->hdr, "POST /big ", 10) != 0 && strncmp(ec->hdr, "GET /small ", 11) != 0)
+    EP.bad_heads++;
+  ec->hdr_len = 0;
+  static char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  uv_buf_t wb = uv_buf_init(ok, sizeof ok - 1);
+  uv_write_t *w = malloc(sizeof *w);
+  uv_write(w, (uv_stream_t *)&ec->tcp, &wb, 1, early_on_write);
+}
+static void early_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  early_conn *ec = s->data;
+  if (n < 0) {
+    early_close(ec);
+    return;
+  }
+  const char *p = b->base, *end = b->base + n;
+  bool pause = false;
+  while (p < end) {
+    if (ec->body_left > 0) {
+      size_t take = (size_t)(end - p) < ec->body_left ? (size_t)(end - p) : ec->body_left;
+      for (size_t i = 0; i < take; i++) EP.body_bad += p[i] != 'x';
+      EP.body_bytes += take;
+      ec->body_left -= take;
+      p += take;
+      continue;
+    }
+    if (ec->hdr_len == sizeof ec->hdr - 1) {
+      EP.bad_heads++;
+      early_close(ec);
+      return;
+    }
+    ec->hdr[ec->hdr_len++] = *p++;
+    if (ec->hdr_len >= 4 && memcmp(ec->hdr + ec->hdr_len - 4, "\r\n\r\n", 4) == 0) {
+      early_on_head(ec);
+      pause = true;
+    }
+  }
+  /* The rest of this read was taken above; the pause holds back what follows. */
+  if (pause) {
+    uv_read_stop(s);
+    uv_timer_start(&ec->pause, early_resume, 100, 0);
+  }
+}
+
+static void early_on_conn(uv_stream_t *l, int status) {
+  early_conn *ec = calloc(1, sizeof *ec);
+  uv_tcp_init(l->loop, &ec->tcp);
+  uv_timer_init(l->loop, &ec->pause);
+  ec->tcp.data = ec;
+  ec->pause.data = ec;
+  ec->handles = 2;
+  uv_accept(l, (uv_stream_t *)&ec->tcp);
+  EP.connections++;
+  uv_read_start((uv_stream_t *)&ec->tcp, early_alloc, early_read);
+}
+
+typedef struct early_calls {
+  char url_small[128];
+  result big, small;
+  int start_err;
+} early_calls;
+
+/* The big POST is answered: start the next call to the same host:port right away. */
+static void early_big_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  early_calls *ec = user;
+  on_done(call, err, errmsg, &ec->big);
+  llorch_http_call_opts o = {.url = ec->url_small, .on_done = on_done, .user = &ec->small};
+  ec->start_err = llorch_http_call_start(E.cl, &o, NULL, NULL);
+  if (ec->start_err < 0) ec->small.done = 1;
+}
+
+static void test_pending_write_not_reused(void **state) {
+  static uv_tcp_t l;
+  uv_tcp_init(&E.loop, &l);
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_bind(&l, (struct sockaddr *)&a, 0);
+  uv_listen((uv_stream_t *)&l, 8, early_on_conn);
+  int len = sizeof a;
+  uv_tcp_getsockname(&l, (struct sockaddr *)&a, &len);
+  memset(&EP, 0, sizeof EP);
+  early_calls ec = {0};
+  char url_big[128];
+  snprintf(url_big, sizeof url_big, "http://127.0.0.1:%d/big", ntohs(a.sin_port));
+  snprintf(ec.url_small, sizeof ec.url_small, "http://127.0.0.1:%d/small", ntohs(a.sin_port));
+  char *body = malloc(EARLY_BODY_BYTES);
+  assert_non_null(body);
+  memset(body, 'x', EARLY_BODY_BYTES);
+  llorch_http_call_opts o = {.method = "POST", .url = url_big, .body = body,
+                             .body_len = EARLY_BODY_BYTES, .on_done = early_big_on_done,
+                             .user = &ec};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, NULL, NULL), 0);
+  free(body); /* copied by the call */
+  run_until(&ec.small.done);
+  assert_int_equal(ec.start_err, 0);
+  assert_int_equal(ec.big.err, 0);
+  assert_string_equal(ec.big.body, "ok");
+  assert_int_equal(ec.small.err, 0);
+  assert_string_equal(ec.small.body, "ok");
+  /* The big POST's write was still pending: the follow-up got a connection of its own. */
+  assert_int_equal(llorch_http_client_connects(E.cl), 2);
+
+  /* Once the peer has taken the whole body, both connections are back in the pool. */
+  uv_timer_t guard;
+  int expired = 0;
+  uv_timer_init(&E.loop, &guard);
+  guard.data = &expired;
+  uv_timer_start(&guard, guard_cb, 5000, 0);
+  while ((llorch_http_client_idle_count(E.cl) < 2 || EP.body_bytes < EARLY_BODY_BYTES) &&
+         !expired)
+    uv_run(&E.loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&guard, NULL);
+  uv_run(&E.loop, UV_RUN_NOWAIT);
+  assert_false(expired);
+  assert_int_equal(EP.body_bytes, EARLY_BODY_BYTES);
+  assert_int_equal(EP.body_bad, 0);
+  assert_int_equal(EP.bad_heads, 0);
+  assert_int_equal(EP.requests, 2);
+  assert_string_equal(EP.lines[0], "POST");
+  assert_string_equal(EP.lines[1], "GET");
+
+  /* And the next call reuses one of them. */
+  result r = {0};
+  llorch_http_call_opts g = {.url = ec.url_small, .on_done = on_done, .user = &r};
+  assert_int_equal(llorch_http_call_start(E.cl, &g, NULL, NULL), 0);
+  run_until(&r.done);
+  assert_int_equal(r.err, 0);
+  assert_string_equal(r.body, "ok");
+  assert_int_equal(llorch_http_client_connects(E.cl), 2);
+  assert_int_equal(EP.connections, 2);
+  assert_int_equal(EP.requests, 3);
+  assert_int_equal(EP.bad_heads, 0);
+  uv_close((uv_handle_t *)&l, NULL);
+}
+
 static void count_event(const llorch_sse_event *ev, void *user) { (*(int *)user)++; }
 
 static void test_parse_response_buffers(void **state) {
@@ -567,6 +758,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_closed_mid_body, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ipv6_and_names, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_pooled_connection_retried, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pending_write_not_reused, setup, teardown),
       cmocka_unit_test(test_parse_response_buffers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
