@@ -467,18 +467,14 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc, l
     llorch_errmsg_set(em, rc, "out of memory registering metrics");
     goto fail_sched;
   }
-  llorch_http_client_config ccfg;
-  llorch_http_client_config_default(&ccfg);
   /*
-   * No keep-alive pool towards workers and pools: with connection reuse the
-   * orchestrator crashed inside libuv (free of a corrupted write request)
-   * at 3000-8000 concurrent streams; with a fresh connection per call it
-   * holds 8000 under ASan. A loopback/LAN connect costs well under a
-   * millisecond next to a model's time to first token. Reported for
-   * src/net/http_client.c; turn pooling back on once fixed there.
+   * Default client: keep-alive connections to workers and pools are pooled
+   * and reused. (Reuse was off for a while: the client handed a connection to
+   * the next call while its previous write was still queued in libuv, which
+   * crashed the orchestrator at thousands of streams; fixed in
+   * src/net/http_client.c.)
    */
-  ccfg.max_idle_per_host = 0;
-  if ((rc = llorch_http_client_init(&o->client, o->loop, &ccfg)) < 0) {
+  if ((rc = llorch_http_client_init(&o->client, o->loop, NULL)) < 0) {
     llorch_errmsg_set(em, rc, "out of memory for the HTTP client");
     goto fail_sched;
   }
