@@ -102,6 +102,34 @@ static void mm_worker(void *arg, int ith, int nth) {
   }
 }
 
+/* Preparing the activations (F16 rounding, Q8_0/Q8_K quantization) is per
+ * row and independent, so rows split over the pool give the same bytes as
+ * one thread: during prefill it was a serial stretch before every matmul. */
+typedef struct act_job {
+  cpu_ctx *c;
+  kern_act a;
+  int n_in;
+  const float *x;   /* first input row */
+  size_t x_stride;  /* floats between input rows */
+  size_t arow;      /* bytes per prepared row */
+  int n_cols;       /* rows to prepare */
+} act_job;
+
+static void act_worker(void *arg, int ith, int nth) {
+  const act_job *j = arg;
+  const cpu_ctx *c = j->c;
+  /* contiguous ranges: neighbouring threads do not share cache lines */
+  const int per = (j->n_cols + nth - 1) / nth;
+  const int i0 = ith * per, i1 = i0 + per < j->n_cols ? i0 + per : j->n_cols;
+  for (int i = i0; i < i1; i++) {
+    void *dst = (char *)c->act + (size_t)i * j->arow;
+    const float *src = j->x + (size_t)i * j->x_stride;
+    if (j->a == KERN_ACT_F16) c->kt->round_f16(j->n_in, dst, src);
+    else if (j->a == KERN_ACT_Q8_0) c->kt->quantize_q8_0(src, dst, j->n_in);
+    else kern_act_prepare(j->a, src, dst, j->n_in);
+  }
+}
+
 /*
  * y (n_cols rows of ldy floats) = W x for the n_cols input rows of x (each
  * n_in floats, x_stride floats apart). Each column's reduction order comes
@@ -117,12 +145,10 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   kern_act a;
   if (!kern_act_for_type(w->type, &a)) LLORCH_ASSERT(!"weight type validated at load");
   const size_t arow = kern_act_row_bytes(a, n_in);
-  for (int i = 0; i < n_cols; i++) {
-    void *dst = (char *)c->act + (size_t)i * arow;
-    if (a == KERN_ACT_F16) c->kt->round_f16(n_in, dst, x + (size_t)i * x_stride);
-    else if (a == KERN_ACT_Q8_0) c->kt->quantize_q8_0(x + (size_t)i * x_stride, dst, n_in);
-    else kern_act_prepare(a, x + (size_t)i * x_stride, dst, n_in);
-  }
+  act_job aj = {.c = c, .a = a, .n_in = n_in, .x = x, .x_stride = x_stride, .arow = arow,
+                .n_cols = n_cols};
+  if (n_cols > 1) llorch_threadpool_run(c->tp, act_worker, &aj);
+  else act_worker(&aj, 0, 1);
   /* columns in runs of one order, cut into panels that stay in L2 */
   int nb_cols = (int)(CPU_PANEL_BYTES / arow);
   nb_cols = nb_cols < 4 ? 4 : nb_cols / 4 * 4;
