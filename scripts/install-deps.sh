@@ -25,9 +25,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# The npm packages are only for the end-to-end tests: scripts/test.sh asks for them.
+# The npm packages are only for the tests (the openai client, llama.cpp as the
+# reference): scripts/test.sh asks for them.
 [ "${1:-}" = "--with-npm" ] || exit 0
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -f "$here/tests/e2e/package.json" ] && [ ! -d "$here/tests/e2e/node_modules/openai" ]; then
   (cd "$here/tests/e2e" && npm install --no-audit --no-fund --loglevel=error)
+fi
+# llama.cpp as the reference (tests/reference): node-llama-cpp's prebuilt CPU
+# binaries only. Its optional CUDA/Vulkan variants are left out and its
+# postinstall (which would build or download llama.cpp) is not run; `npm ci`
+# cannot be used because the lock file leaves out the other platforms'
+# optional packages.
+if [ -f "$here/tests/reference/package.json" ] &&
+   [ ! -d "$here/tests/reference/node_modules/@node-llama-cpp/linux-x64" ]; then
+  (cd "$here/tests/reference" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true \
+     npm install --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi

@@ -35,7 +35,7 @@ vocab=${LLORCH_SHARED:-$here/../../../shared}/testdata/tokenizer/ggml-vocab-qwen
 [ -f "$vocab" ] || { echo "bench-compare.sh: $vocab not found (set LLORCH_SHARED)" >&2; exit 2; }
 export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
 if [ ! -d "$here/node_modules/@node-llama-cpp/linux-x64" ]; then
-  (cd "$here" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund >&2)
+  (cd "$here" && npm install --omit=optional --ignore-scripts --no-audit --no-fund >&2)
 fi
 mkdir -p "$dir"
 results=$(mktemp)

@@ -17,6 +17,6 @@ fi
 export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
 if [ ! -d "$here/node_modules/node-llama-cpp" ] || [ ! -d "$here/node_modules/@node-llama-cpp/linux-x64" ]; then
   echo "installing node-llama-cpp 3.22.1 (prebuilt CPU binaries) into $here/node_modules" >&2
-  (cd "$here" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund >&2)
+  (cd "$here" && npm install --omit=optional --ignore-scripts --no-audit --no-fund >&2)
 fi
 exec node "$here/reference-test.mjs" --llorch "$bin" "$@"
