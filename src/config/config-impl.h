@@ -51,7 +51,7 @@ typedef struct config_option {
   /* STRING and STRLIST items: extra syntax check; returns 0 when s is good. */
   int (*check)(const char *s);
   const char *expect;        /* what check wants, for error lines: "HOST:PORT" */
-  const char *meta;          /* --help placeholder: "N", "HOST:PORT" */
+  const char *meta;          /* --help value name: "N", "HOST:PORT" */
   unsigned flags;            /* CONFIG_OPT_* */
   const char *help;
 } config_option;

@@ -32,6 +32,7 @@ static float rnd(void) {
 static void check_type(llorch_ggml_type t, int n, int nr, int nc) {
   const kern_table *simd = kern_avx2_table();
   if (!simd) {
+    print_message("skipping: this CPU has no AVX2/FMA/F16C, only the scalar kernels exist here\n");
     skip();
     return;
   }
@@ -153,6 +154,7 @@ static void test_elementwise_simd_matches_scalar(void **s) {
   (void)s;
   const kern_table *simd = kern_avx2_table();
   if (!simd) {
+    print_message("skipping: this CPU has no AVX2/FMA/F16C, only the scalar kernels exist here\n");
     skip();
     return;
   }

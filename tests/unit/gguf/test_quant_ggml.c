@@ -43,7 +43,7 @@ static int teardown(void **state) {
 
 static void *sym(const char *name) {
   if (lib == NULL) {
-    print_message("skipping: cannot load %s (npm ci in tests/reference)\n", GGML_BASE_LIB);
+    print_message("skipping: cannot load %s (scripts/install-deps.sh --with-npm installs it in tests/reference)\n", GGML_BASE_LIB);
     skip();
   }
   void *p = dlsym(lib, name);
