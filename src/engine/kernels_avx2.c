@@ -90,80 +90,6 @@ F16_GEMM_TILE(1, 4)
 F16_GEMM_TILE(3, 1)
 F16_GEMM_TILE(1, 1)
 
-/* The same tiles over k in [k0, k1) only, the 8-lane accumulators kept in
- * memory between calls (acc[j * pld + i]): storing and reloading a vector
- * changes no bit, and every lane still sees its products in k order, so a
- * reduction cut into k-chunks equals the uncut one. */
-#define F16_GEMM_PART(RM, RN)                                                               \
-  TARGET static void f16_part_##RM##x##RN(int k0, int k1, const char *w, size_t ws,         \
-                                          const char *x, size_t xs, __m256 *part, int pld) { \
-    __m256 acc[RN][RM];                                                                     \
-    for (int j = 0; j < RN; j++)                                                            \
-      for (int i = 0; i < RM; i++) acc[j][i] = part[j * pld + i];                           \
-    for (int l = k0; l < k1; l += 8) {                                                      \
-      __m256 a[RM];                                                                         \
-      for (int i = 0; i < RM; i++) a[i] = load_f16x8((const uint16_t *)(w + i * ws) + l);   \
-      for (int j = 0; j < RN; j++) {                                                        \
-        __m256 b = _mm256_loadu_ps((const float *)(x + j * xs) + l);                        \
-        for (int i = 0; i < RM; i++) acc[j][i] = _mm256_fmadd_ps(a[i], b, acc[j][i]);       \
-      }                                                                                     \
-    }                                                                                       \
-    for (int j = 0; j < RN; j++)                                                            \
-      for (int i = 0; i < RM; i++) part[j * pld + i] = acc[j][i];                           \
-  }
-
-F16_GEMM_PART(3, 4)
-F16_GEMM_PART(1, 4)
-F16_GEMM_PART(3, 1)
-F16_GEMM_PART(1, 1)
-
-#define F16_KC 1024 /* k per chunk: 4 activation columns (16 KiB) stay in L1 */
-#define F16_RB 48   /* rows per block (multiple of 3) */
-#define F16_CB 8    /* columns per block (multiple of 4) */
-
-/*
- * GEMM order for long rows (the 4864-wide down projection, attention over
- * long contexts): without blocking, every 3x4 tile streams 4 whole
- * activation columns (78 KiB) from L2. Here a block of F16_RB rows x F16_CB
- * columns sweeps k in chunks: a chunk's activation columns stay in L1 while
- * all the block's row groups pass over them.
- */
-TARGET static void f16_gemm_blocked(int n, const char *wb, size_t ws, int nr, const char *xb,
-                                    size_t xs, int nc, float *y, size_t ldy) {
-  __m256 part[F16_CB * F16_RB]; /* part[c * F16_RB + r] */
-  for (int r0 = 0; r0 < nr; r0 += F16_RB) {
-    const int rb = nr - r0 < F16_RB ? nr - r0 : F16_RB;
-    for (int c0 = 0; c0 < nc; c0 += F16_CB) {
-      const int cb = nc - c0 < F16_CB ? nc - c0 : F16_CB;
-      for (int c = 0; c < cb; c++)
-        for (int r = 0; r < rb; r++) part[c * F16_RB + r] = _mm256_setzero_ps();
-      for (int k0 = 0; k0 < n; k0 += F16_KC) {
-        const int k1 = n - k0 < F16_KC ? n : k0 + F16_KC;
-        int r = 0;
-        for (; r + 3 <= rb; r += 3) {
-          const char *w = wb + (size_t)(r0 + r) * ws;
-          int c = 0;
-          for (; c + 4 <= cb; c += 4)
-            f16_part_3x4(k0, k1, w, ws, xb + (size_t)(c0 + c) * xs, xs, part + c * F16_RB + r, F16_RB);
-          for (; c < cb; c++)
-            f16_part_3x1(k0, k1, w, ws, xb + (size_t)(c0 + c) * xs, xs, part + c * F16_RB + r, F16_RB);
-        }
-        for (; r < rb; r++) {
-          const char *w = wb + (size_t)(r0 + r) * ws;
-          int c = 0;
-          for (; c + 4 <= cb; c += 4)
-            f16_part_1x4(k0, k1, w, ws, xb + (size_t)(c0 + c) * xs, xs, part + c * F16_RB + r, F16_RB);
-          for (; c < cb; c++)
-            f16_part_1x1(k0, k1, w, ws, xb + (size_t)(c0 + c) * xs, xs, part + c * F16_RB + r, F16_RB);
-        }
-      }
-      for (int c = 0; c < cb; c++)
-        for (int r = 0; r < rb; r++)
-          y[(size_t)(c0 + c) * ldy + r0 + r] = hsum8(part[c * F16_RB + r]);
-    }
-  }
-}
-
 TARGET static void tile_f16(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
                             int nc, float *y, size_t ldy, kern_order order) {
   const char *wb = w, *xb = x;
@@ -174,10 +100,6 @@ TARGET static void tile_f16(int n, const void *w, size_t ws, int nr, const void 
       for (int c = 0; c < nc; c++)
         y[(size_t)c * ldy + r] = dot_f16_gemv(n, (const uint16_t *)(wb + (size_t)r * ws),
                                               (const float *)(xb + (size_t)c * xs));
-    return;
-  }
-  if (n > F16_KC) {
-    f16_gemm_blocked(n, wb, ws, nr, xb, xs, nc, y, ldy);
     return;
   }
   /* rows outer: three weight rows (up to 3 x n x 2 bytes) stay in L1 while
@@ -293,7 +215,7 @@ TARGET static inline __m256i q4_0_unpack(const uint8_t *qs) {
       const llorch_block_q8_0 *x1 = (const void *)(xb + (size_t)(c + 1) * xs);              \
       int r = 0;                                                                            \
       /* 4 rows x 2 columns: 8 accumulators; each activation block serves 4 \
-       * rows, so the weight rows are swept half as often per column */     \
+       * rows (half the activation loads of 2 x 2), same per-element order */ \
       for (; r + 4 <= nr; r += 4) {                                                         \
         const wtype *w0 = (const void *)(wb + (size_t)r * ws);                              \
         __m256 acc[4][2];                                                                   \
