@@ -209,6 +209,11 @@ test('a worker that dies mid-stream: error chunk and a clean end', async () => {
   assert.ok(Date.now() - t0 < 5000, 'no hang');
 });
 
+// The 100 ms bound is checked in the normal build. Under ASan/UBSan (ctest sets
+// LLORCH_E2E_SANITIZED) every process runs several times slower on two shared
+// cores, so there the bound only has to show that the cancel is prompt.
+const CANCEL_BOUND_MS = process.env.LLORCH_E2E_SANITIZED ? 500 : 100;
+
 test('a client that disconnects is cancelled on the worker within 100 ms', async () => {
   const { orch, pools: [pa] } = await setup({
     models: [tinyModel()],
@@ -232,8 +237,10 @@ test('a client that disconnects is cancelled on the worker within 100 ms', async
     await resp;
     await waitFor('worker saw the cancel', async () => job.done, 2000);
     const cancel = w.cancels[w.cancels.length - 1];
-    assert.ok(cancel && cancel.at - t0 <= 100, `cancel call within 100 ms (streaming ${streaming})`);
-    assert.ok(job.closedAt - t0 <= 100, `execute stream closed within 100 ms (streaming ${streaming})`);
+    assert.ok(cancel && cancel.at - t0 <= CANCEL_BOUND_MS,
+      `cancel call within ${CANCEL_BOUND_MS} ms (streaming ${streaming}): ${cancel && cancel.at - t0} ms`);
+    assert.ok(job.closedAt - t0 <= CANCEL_BOUND_MS,
+      `execute stream closed within ${CANCEL_BOUND_MS} ms (streaming ${streaming}): ${job.closedAt - t0} ms`);
     await waitFor('slot free', async () => (await cluster(orch)).workers[0].busy === 0, 2000);
   }
 });
