@@ -26,6 +26,11 @@
 #define CPU_ROW_CHUNK 48   /* output rows per work item (multiple of the 3-row tiles) */
 #define CPU_PANEL_BYTES (160u << 10) /* prepared activations per column block (L2) */
 
+typedef struct mm_block {
+  int c0, nc;      /* columns [c0, c0 + nc) */
+  kern_order order;
+} mm_block;
+
 typedef struct cpu_ctx {
   const llorch_model *m;
   llorch_hparams hp;
@@ -61,14 +66,10 @@ typedef struct cpu_ctx {
   int32_t *out_idx;      /* (B) entries that want logits, in entry order */
   int32_t *seq_count;    /* (n_seq) entries per sequence in the current batch */
   int32_t *seq_outs;     /* (n_seq) output entries per sequence */
+  mm_block *mm_blocks;   /* (B + 1) column panels of the current matmul */
 } cpu_ctx;
 
 /* ---- matmul over the thread pool ---- */
-
-typedef struct mm_block {
-  int c0, nc;      /* columns [c0, c0 + nc) */
-  kern_order order;
-} mm_block;
 
 typedef struct mm_job {
   cpu_ctx *c;
@@ -152,13 +153,7 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   /* columns in runs of one order, cut into panels that stay in L2 */
   int nb_cols = (int)(CPU_PANEL_BYTES / arow);
   nb_cols = nb_cols < 4 ? 4 : nb_cols / 4 * 4;
-  mm_block blocks_small[64];
-  mm_block *blocks = blocks_small;
-  int max_blocks = n_cols + 1;
-  if (max_blocks > 64) {
-    blocks = malloc(sizeof *blocks * (size_t)max_blocks);
-    LLORCH_ASSERT(blocks);
-  }
+  mm_block *blocks = c->mm_blocks; /* n_cols <= B panels at most */
   int nblk = 0;
   for (int i = 0; i < n_cols;) {
     int e = i;
@@ -183,7 +178,6 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   };
   atomic_init(&job.next, 0);
   llorch_threadpool_run(c->tp, mm_worker, &job);
-  if (blocks != blocks_small) free(blocks);
 }
 
 /* ---- elementwise pieces (ggml's operation order) ---- */
@@ -498,6 +492,7 @@ static void cpu_free(void *ctx) {
   free(c->seq_rank);
   free(c->out_idx);
   free(c->seq_count);
+  free(c->mm_blocks);
   free(c->seq_outs);
   free(c);
 }
@@ -566,10 +561,11 @@ static int cpu_init(void **out, const llorch_model *m, const char *device,
   c->out_idx = malloc(B * sizeof(int32_t));
   c->seq_count = malloc(c->n_seq * sizeof(int32_t));
   c->seq_outs = malloc(c->n_seq * sizeof(int32_t));
+  c->mm_blocks = malloc((B + 1) * sizeof *c->mm_blocks);
   if (!c->k_cache || !c->v_cache || !c->seq_len || !c->x || !c->xn || !c->q || !c->k || !c->v ||
       !c->gate || !c->up || !c->act || !c->att_scratch || !c->order_all || !c->order_out ||
       !c->order_all_rp || !c->order_out_rp || !c->seq_rank ||
-      !c->out_idx || !c->seq_count || !c->seq_outs) {
+      !c->out_idx || !c->seq_count || !c->seq_outs || !c->mm_blocks) {
     rc = llorch_errmsg_set(em, LLORCH_EINSUFFICIENT_MEMORY,
                            "cpu backend: cannot allocate KV cache (%zu MiB) and scratch for %u x %u",
                            (kv_cells * (c->n_ctx + c->n_ctx_pad) * 2) >> 20, c->n_seq, c->n_ctx);
