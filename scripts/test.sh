@@ -40,7 +40,7 @@ for stage in $stages; do
     fuzz)
       step "libFuzzer targets, ${LLORCH_FUZZ_SECONDS}s each"
       CC=clang cmake -S . -B build-fuzz -DLLORCH_FUZZ=ON -DLLORCH_CUDA=OFF \
-            -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+            -DLLORCH_FUZZ_SECONDS="$LLORCH_FUZZ_SECONDS" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
       cmake --build build-fuzz -j"$jobs" --target fuzz_all
       ctest --test-dir build-fuzz --output-on-failure -L fuzz
       ;;
