@@ -240,9 +240,15 @@ static int yaml_read_models(yaml_ctx *y, const config_option *o, void *base, con
       seen |= 1u << f;
     }
     for (size_t f = 0; f < config_model_fields_count; f++) {
-      if ((config_model_fields[f].flags & CONFIG_OPT_REQUIRED) && !(seen & (1u << f)))
+      const config_option *field = &config_model_fields[f];
+      if (!(field->flags & CONFIG_OPT_REQUIRED)) continue;
+      if (!(seen & (1u << f)))
         return yaml_fail(y, entry, LLORCH_EFORMAT, "'%s': missing required key '%s'", epath,
-                         config_model_fields[f].name);
+                         field->name);
+      /* Present but null ("name: ~" or "name:") is as good as missing. */
+      if (field->type == CONFIG_TYPE_STRING && *(char **)((char *)e + field->offset) == NULL)
+        return yaml_fail(y, entry, LLORCH_EFORMAT, "'%s.%s': required, got null", epath,
+                         field->name);
     }
     if (e->min_replicas > e->max_replicas)
       return yaml_fail(y, entry, LLORCH_ERANGE,

@@ -321,6 +321,10 @@ static void test_error_models(void **state) {
                "t.yaml:7:14: 'orchestrator.models[1].slots': expected an integer in 1..256, got \"x\"");
   expect_error("orchestrator:\n  models:\n    - name: a\n", LLORCH_EFORMAT,
                "t.yaml:3:7: 'orchestrator.models[0]': missing required key 'file'");
+  /* found by fuzz_config: a null name later reached strcmp in the duplicate check */
+  expect_error("orchestrator:\n  models:\n    - name: a\n      file: a.gguf\n"
+               "    - name: ~\n      file: b.gguf\n", LLORCH_EFORMAT,
+               "t.yaml:5:7: 'orchestrator.models[1].name': required, got null");
   expect_error("orchestrator:\n  models:\n    - name: a\n      file: a.gguf\n      slot: 2\n",
                LLORCH_EFORMAT,
                "t.yaml:5:7: 'orchestrator.models[0].slot': unknown key, expected one of: name, "
