@@ -321,6 +321,11 @@ static void test_error_models(void **state) {
                "t.yaml:7:14: 'orchestrator.models[1].slots': expected an integer in 1..256, got \"x\"");
   expect_error("orchestrator:\n  models:\n    - name: a\n", LLORCH_EFORMAT,
                "t.yaml:3:7: 'orchestrator.models[0]': missing required key 'file'");
+  /* found by fuzz_config: a key with a line break (folded flow scalar) stays one line */
+  expect_error("orchestrator:\n  models:\n    - {name: a, file: a.gguf, x:.\n\n -1}\n",
+               LLORCH_EFORMAT,
+               "t.yaml:3:31: 'orchestrator.models[0].x:.?-1': unknown key, expected one of: name, "
+               "file, ctx, slots, pins, min_replicas, max_replicas, keep_alive, priority");
   /* found by fuzz_config: a null name later reached strcmp in the duplicate check */
   expect_error("orchestrator:\n  models:\n    - name: a\n      file: a.gguf\n"
                "    - name: ~\n      file: b.gguf\n", LLORCH_EFORMAT,
