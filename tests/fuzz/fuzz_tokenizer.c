@@ -1,7 +1,7 @@
 /*
  * libFuzzer target for the tokenizers: arbitrary bytes tokenized with the
  * qwen2 (byte-level BPE) and llama-spm (SentencePiece) vocabularies from
- * ../shared/testdata/tokenizer ($LLORCH_SHARED overrides), with and without
+ * $LLORCH_TESTDATA/tokenizer (tests/common/testdata.h), with and without
  * special-token parsing, then decoded and streamed through a textstream with
  * stop strings taken from the input. Whatever the input: no crash, leak or
  * out-of-bounds access; every id is in the vocabulary; valid UTF-8 comes back
@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "testdata.h"
 #include "llorch/chat.h"
 #include "llorch/gguf.h"
 #include "llorch/textstream.h"
@@ -27,20 +28,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static llorch_tokenizer *vocab[2]; /* qwen2, llama-spm */
 
 static llorch_tokenizer *fuzz_load(const char *name) {
-  char path[1024], dir[900];
-  const char *env = getenv("LLORCH_SHARED");
-  if (env && *env) {
-    snprintf(dir, sizeof(dir), "%s", env);
-  } else {
-    /* this file is <repo>/tests/fuzz/fuzz_tokenizer.c; shared/ sits next to <repo> */
-    snprintf(dir, sizeof(dir), "%s", __FILE__);
-    for (int i = 0; i < 3; i++) {
-      char *slash = strrchr(dir, '/');
-      if (slash) *slash = 0;
-    }
-    strncat(dir, "/../shared", sizeof(dir) - strlen(dir) - 1);
-  }
-  snprintf(path, sizeof(path), "%s/testdata/tokenizer/%s", dir, name);
+  char path[1024], rel[256];
+  snprintf(rel, sizeof rel, "tokenizer/%s", name);
+  testdata_path(path, sizeof path, rel);
   llorch_errmsg em = {{0}};
   llorch_tokenizer *t = NULL;
   if (llorch_tokenizer_load_file(&t, path, &em) != 0) {

@@ -31,13 +31,14 @@ while [ $# -gt 0 ]; do
   shift 2
 done
 
-vocab=${LLORCH_SHARED:-$here/../../../shared}/testdata/tokenizer/ggml-vocab-qwen2.gguf
-[ -f "$vocab" ] || { echo "bench-compare.sh: $vocab not found (set LLORCH_SHARED)" >&2; exit 2; }
 export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
 if [ ! -d "$here/node_modules/@node-llama-cpp/linux-x64" ]; then
   (cd "$here" && npm install --omit=optional --ignore-scripts --no-audit --no-fund >&2)
 fi
 mkdir -p "$dir"
+# the real Qwen2 vocabulary, from the llama.cpp source in node-llama-cpp
+"$here/../../scripts/testdata.sh" "$dir/testdata" >&2
+vocab=$dir/testdata/tokenizer/ggml-vocab-qwen2.gguf
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 

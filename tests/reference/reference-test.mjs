@@ -9,7 +9,7 @@
  * For each architecture (llama, qwen2, qwen3) and weight type (f16, bf16,
  * q8_0, q4_0, q4_k, q6_k) it synthesizes a small random-weight model with
  * `llorch synth` (the vocabulary rotating between the synth vocabulary and
- * the shared qwen2 and llama-bpe vocabularies) and checks:
+ * llama.cpp's qwen2 and llama-bpe vocabularies) and checks:
  *   1. the prompt token ids of one text (BOS per the model) are the same;
  *   2. greedy decoding of --steps tokens from llama.cpp's prompt ids gives
  *      the same ids. A difference is allowed only at a step where llama.cpp's
@@ -150,14 +150,17 @@ async function checkOne(o, llama, arch, type, vocabName, vocabPath, dir) {
 /* ---- main ---- */
 
 const o = parseArgs(process.argv.slice(2));
-const shared = process.env.LLORCH_SHARED || path.resolve(path.dirname(new URL(import.meta.url).pathname), "../../../shared");
+// llama.cpp's vocabularies come from $LLORCH_TESTDATA (scripts/testdata.sh; ctest's testdata fixture).
+const testdata = process.env.LLORCH_TESTDATA;
+if (!testdata)
+  throw new Error("LLORCH_TESTDATA is not set: run through ctest, or `scripts/testdata.sh DIR` and set LLORCH_TESTDATA=DIR");
 const vocabs = [
   ["synth", null],
-  ["qwen2", path.join(shared, "testdata/tokenizer/ggml-vocab-qwen2.gguf")],
-  ["llama-bpe", path.join(shared, "testdata/tokenizer/ggml-vocab-llama-bpe.gguf")],
+  ["qwen2", path.join(testdata, "tokenizer/ggml-vocab-qwen2.gguf")],
+  ["llama-bpe", path.join(testdata, "tokenizer/ggml-vocab-llama-bpe.gguf")],
 ];
 for (const [name, p] of vocabs)
-  if (p && !fs.existsSync(p)) throw new Error(`vocabulary ${name}: ${p} not found (set LLORCH_SHARED)`);
+  if (p && !fs.existsSync(p)) throw new Error(`vocabulary ${name}: ${p} not found (run scripts/testdata.sh ${testdata})`);
 
 const dir = o.keep || fs.mkdtempSync(path.join(os.tmpdir(), "llorch-ref-"));
 fs.mkdirSync(dir, { recursive: true });

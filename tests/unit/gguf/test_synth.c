@@ -16,6 +16,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "testdata.h"
+
 #include "llorch/commands.h"
 #include "llorch/gguf.h"
 #include "llorch/quant.h"
@@ -234,13 +236,8 @@ static void test_llama_preset_rope_freqs(void **state) {
 
 static void test_vocab_from_and_tied(void **state) {
   (void)state;
-  const char *shared = getenv("LLORCH_SHARED");
   char vocab[512], out[300];
-  snprintf(vocab, sizeof vocab, "%s/testdata/tokenizer/ggml-vocab-llama-spm.gguf", shared ? shared : "../shared");
-  if (access(vocab, R_OK) != 0) {
-    print_message("skipping: %s not found\n", vocab);
-    skip();
-  }
+  testdata_path(vocab, sizeof vocab, "tokenizer/ggml-vocab-llama-spm.gguf");
   snprintf(out, sizeof out, "%s/spm.gguf", tmpdir);
   assert_int_equal(run_synth("--arch", "llama", "--layers", "1", "--embd", "32", "--ff", "64", "--heads", "2",
                              "--kv-heads", "1", "--tie-embeddings", "--type", "bf16", "--vocab-from", vocab,

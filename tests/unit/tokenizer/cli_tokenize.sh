@@ -1,9 +1,9 @@
 #!/bin/sh
 # `llorch tokenize` end to end: ids on one line, --special, --bos, --verbose,
 # --file/stdin, and exit codes for a missing model (1) and bad usage (2).
-#   cli_tokenize.sh LLORCH_BIN SHARED_DIR
+#   cli_tokenize.sh LLORCH_BIN TESTDATA_DIR  (scripts/testdata.sh output)
 set -u
-bin=$1 td=$2/testdata/tokenizer
+bin=$1 td=$2/tokenizer
 fail=0
 check() { # name expected actual
   if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: expected [$2] got [$3]"; fail=1; fi
@@ -17,7 +17,7 @@ check bos-bpe "128000 9906" "$("$bin" tokenize --model "$td/ggml-vocab-llama-bpe
 check verbose "$(printf "9707 'Hello'\n1879 ' world'\n151645 '<|im_end|>'")" \
   "$("$bin" tokenize --model "$q" --text "Hello world<|im_end|>" --special --verbose)"
 check stdin "9707 198" "$(printf 'Hello\n' | "$bin" tokenize --model "$q")"
-# the first shared vector, read from a file, matches its .out line
+# the first vector, read from a file, matches its .out line
 first=$(mktemp)
 awk 'BEGIN{RS="\n__ggml_vocab_test__\n"} NR==1{printf "%s", $0; exit}' "$q.inp" > "$first"
 check file "$(head -n1 "$q.out" | sed 's/^ //')" "$("$bin" tokenize --model "$q" --file "$first")"

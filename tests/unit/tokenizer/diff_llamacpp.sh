@@ -1,20 +1,20 @@
 #!/bin/sh
 # Differential check of llorch's tokenizers against llama.cpp (the prebuilt
 # binaries node-llama-cpp ships, tests/reference/): a few hundred awkward
-# strings (gen_texts.py) are tokenized by llama.cpp for each shared vocabulary
+# strings (gen_texts.py) are tokenized by llama.cpp for each of llama.cpp's vocabularies
 # and for the same vocabulary under other pre-tokenizers (default, gpt-2,
 # starcoder) and the synthetic one, in plain and special-parsing mode; then
 # test_tok_vectors checks llorch gives the same ids.
-#   diff_llamacpp.sh TEST_TOK_VECTORS MKVOCAB SHARED_DIR
+#   diff_llamacpp.sh TEST_TOK_VECTORS MKVOCAB TESTDATA_DIR  (scripts/testdata.sh output)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-vectors=$1 mkvocab=$2 shared=$3
+vectors=$1 mkvocab=$2 testdata=$3
 work=$(mktemp -d /tmp/llorch-tokdiff-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/plain" "$work/special"
 python3 "$here/gen_texts.py" "$work/texts.inp" 400
 python3 "$here/gen_texts.py" "$work/special.inp" 0 --special 300
-td="$shared/testdata/tokenizer"
+td="$testdata/tokenizer"
 for v in qwen2 llama-bpe llama-spm; do
   ln -s "$td/ggml-vocab-$v.gguf" "$work/plain/"
   ln -s "$td/ggml-vocab-$v.gguf" "$work/special/"

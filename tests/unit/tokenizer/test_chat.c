@@ -13,12 +13,13 @@
 
 #include <cmocka.h>
 
+#include "testdata.h"
 #include "llorch/chat.h"
 #include "llorch/tokenizer.h"
 
-static const char *shared_dir(void) {
-  const char *e = getenv("LLORCH_SHARED");
-  return e && *e ? e : LLORCH_SOURCE_DIR "/../shared";
+static const char *testdata_dir(void) {
+  static char dir[900];
+  return testdata_path(dir, sizeof dir, "tokenizer");
 }
 
 /* Reference templates (abridged where the rest does not change the output). */
@@ -128,7 +129,7 @@ static void test_chatml_qwen2(void **state) {
   char path[1024];
   llorch_errmsg em = {{0}};
   llorch_tokenizer *t = NULL;
-  snprintf(path, sizeof(path), "%s/testdata/tokenizer/ggml-vocab-qwen2.gguf", shared_dir());
+  snprintf(path, sizeof(path), "%s/ggml-vocab-qwen2.gguf", testdata_dir());
   if (llorch_tokenizer_load_file(&t, path, &em) != 0) fail_msg("%s", em.text);
   llorch_chat *c = NULL;
   assert_int_equal(llorch_chat_init_tokenizer(&c, t, NULL, &em), 0);

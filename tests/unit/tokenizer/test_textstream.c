@@ -12,19 +12,20 @@
 
 #include <cmocka.h>
 
+#include "testdata.h"
 #include "llorch/textstream.h"
 #include "llorch/tokenizer.h"
 
-static const char *shared_dir(void) {
-  const char *e = getenv("LLORCH_SHARED");
-  return e && *e ? e : LLORCH_SOURCE_DIR "/../shared";
+static const char *testdata_dir(void) {
+  static char dir[900];
+  return testdata_path(dir, sizeof dir, "tokenizer");
 }
 
-static llorch_tokenizer *load_shared(const char *name) {
+static llorch_tokenizer *load_vocab(const char *name) {
   char path[1024];
   llorch_errmsg em = {{0}};
   llorch_tokenizer *t = NULL;
-  snprintf(path, sizeof(path), "%s/testdata/tokenizer/%s", shared_dir(), name);
+  snprintf(path, sizeof(path), "%s/%s", testdata_dir(), name);
   if (llorch_tokenizer_load_file(&t, path, &em) != 0) fail_msg("load %s: %s", path, em.text);
   return t;
 }
@@ -147,7 +148,7 @@ static void test_stop_spanning_pieces(void **state) {
 
 /* A multi-byte stop string whose bytes come from byte tokens. */
 static void test_tokens_spm_bytes(void **state) {
-  llorch_tokenizer *t = load_shared("ggml-vocab-llama-spm.gguf");
+  llorch_tokenizer *t = load_vocab("ggml-vocab-llama-spm.gguf");
   static const char text[] = "Llama \xf0\x9f\xa6\x99 says hi";
   llorch_tokens v = {0};
   llorch_errmsg em;
@@ -196,7 +197,7 @@ static void test_tokens_spm_bytes(void **state) {
 
 /* Byte-level BPE: a Chinese character split over byte tokens; control tokens. */
 static void test_tokens_bpe(void **state) {
-  llorch_tokenizer *t = load_shared("ggml-vocab-qwen2.gguf");
+  llorch_tokenizer *t = load_vocab("ggml-vocab-qwen2.gguf");
   llorch_textstream *ts;
   llorch_textstream_out o;
   int32_t b[3];

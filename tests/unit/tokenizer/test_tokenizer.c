@@ -16,19 +16,20 @@
 
 #include <cmocka.h>
 
+#include "testdata.h"
 #include "llorch/gguf.h"
 #include "llorch/tokenizer.h"
 
-static const char *shared_dir(void) {
-  const char *e = getenv("LLORCH_SHARED");
-  return e && *e ? e : LLORCH_SOURCE_DIR "/../shared";
+static const char *testdata_dir(void) {
+  static char dir[900];
+  return testdata_path(dir, sizeof dir, "tokenizer");
 }
 
-static llorch_tokenizer *load_shared(const char *name) {
+static llorch_tokenizer *load_vocab(const char *name) {
   char path[1024];
   llorch_errmsg em = {{0}};
   llorch_tokenizer *t = NULL;
-  snprintf(path, sizeof(path), "%s/testdata/tokenizer/%s", shared_dir(), name);
+  snprintf(path, sizeof(path), "%s/%s", testdata_dir(), name);
   if (llorch_tokenizer_load_file(&t, path, &em) != 0) fail_msg("load %s: %s", path, em.text);
   return t;
 }
@@ -167,7 +168,7 @@ static void test_synth_vocab(void **state) {
 /* ---- special tokens, BOS/EOS, pieces on the real vocabularies ---- */
 
 static void test_qwen2_special(void **state) {
-  llorch_tokenizer *t = load_shared("ggml-vocab-qwen2.gguf");
+  llorch_tokenizer *t = load_vocab("ggml-vocab-qwen2.gguf");
   llorch_tokens v = {0};
   llorch_errmsg em;
   int32_t im_start = llorch_tokenizer_find(t, "<|im_start|>", 12);
@@ -214,7 +215,7 @@ static void test_qwen2_special(void **state) {
 }
 
 static void test_llama_bpe_bos(void **state) {
-  llorch_tokenizer *t = load_shared("ggml-vocab-llama-bpe.gguf");
+  llorch_tokenizer *t = load_vocab("ggml-vocab-llama-bpe.gguf");
   llorch_tokens v = {0};
   llorch_errmsg em;
   assert_true(llorch_tokenizer_add_bos(t)); /* llama-bpe: BOS by default */
@@ -240,7 +241,7 @@ static void test_llama_bpe_bos(void **state) {
 }
 
 static void test_spm_bos_and_space(void **state) {
-  llorch_tokenizer *t = load_shared("ggml-vocab-llama-spm.gguf");
+  llorch_tokenizer *t = load_vocab("ggml-vocab-llama-spm.gguf");
   llorch_tokens v = {0};
   llorch_errmsg em;
   assert_int_equal(llorch_tokenizer_kind_of(t), LLORCH_TOKENIZER_SPM);
@@ -386,7 +387,7 @@ static void test_bad_metadata(void **state) {
 /* ---- speed (figures only; the assertion is about behaviour) ---- */
 
 static void test_long_text(void **state) {
-  llorch_tokenizer *t = load_shared("ggml-vocab-qwen2.gguf");
+  llorch_tokenizer *t = load_vocab("ggml-vocab-qwen2.gguf");
   size_t len = 0, cap = 64 * 1024;
   char *text = malloc(cap);
   while (len + llorch_synth_corpus_len < cap) {

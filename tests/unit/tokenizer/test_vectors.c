@@ -1,5 +1,5 @@
 /*
- * The shared tokenizer vectors (../shared/testdata/tokenizer, from llama.cpp's
+ * llama.cpp's tokenizer vectors ($LLORCH_TESTDATA/tokenizer, from llama.cpp's
  * models/ folder): every string must give exactly the listed ids with plain
  * text and nothing added, and decoding the ids must give the string back.
  */
@@ -14,14 +14,15 @@
 
 #include <cmocka.h>
 
+#include "testdata.h"
 #include "llorch/gguf.h"
 #include "llorch/tokenizer.h"
 
 #define SEP "\n__ggml_vocab_test__\n"
 
-static const char *shared_dir(void) {
-  const char *e = getenv("LLORCH_SHARED");
-  return e && *e ? e : LLORCH_SOURCE_DIR "/../shared";
+static const char *testdata_dir(void) {
+  static char dir[900];
+  return testdata_path(dir, sizeof dir, "tokenizer");
 }
 
 static char *read_all(const char *path, size_t *len) {
@@ -48,14 +49,12 @@ static char *read_all(const char *path, size_t *len) {
  * the vector count is then whatever the files hold.
  */
 static const char *vectors_dir(int *expect_vectors) {
-  static char dir[900];
   const char *e = getenv("LLORCH_TOK_VECTORS");
   if (e && *e) {
     *expect_vectors = -1;
     return e;
   }
-  snprintf(dir, sizeof(dir), "%s/testdata/tokenizer", shared_dir());
-  return dir;
+  return testdata_dir();
 }
 
 /* Checks one vocabulary: every vector must match and round-trip. */

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "roles/worker/scheduler.h"
+#include "testdata.h"
 
 /* ---- fake backend ---- */
 
@@ -497,10 +498,8 @@ typedef struct tok_fixture {
 /* The scripted output is "Hello world, and more" then <|im_end|> (EOS/EOT of
  * the qwen2 vocabulary), then "!!!" forever. */
 static tok_fixture *tok_fixture_new(uint32_t prompt_len) {
-  const char *shared = getenv("LLORCH_SHARED");
   char path[1024];
-  snprintf(path, sizeof path, "%s/testdata/tokenizer/ggml-vocab-qwen2.gguf",
-           shared ? shared : "/work/shared");
+  testdata_path(path, sizeof path, "tokenizer/ggml-vocab-qwen2.gguf");
   tok_fixture *t = calloc(1, sizeof *t);
   assert_non_null(t);
   llorch_errmsg em = {{0}};
