@@ -180,13 +180,14 @@ int llorch_config_load_file(llorch_config *cfg, const char *path, llorch_errmsg 
 int llorch_config_load_string(llorch_config *cfg, const char *name, const char *text,
                               size_t len, llorch_errmsg *em);
 /*
- * Applies secrets from the environment over the current values: every secret
- * option (tokens, API keys) can be given as LLORCH_<KEY> with dots as
- * underscores, upper case (LLORCH_WORKER_TOKEN, LLORCH_POOL_CLUSTER_TOKEN,
- * LLORCH_ORCHESTRATOR_API_KEYS as a comma-separated list), so secrets need
- * not appear in a file or on a command line that `ps` shows. Only options
- * that apply to cfg->role are read. llorch_config_load() applies them after
- * the file and before the flags.
+ * Applies the environment over the current values: every option but the model
+ * catalog can be given as LLORCH_<KEY> with dots as underscores, upper case
+ * (LLORCH_LISTEN, LLORCH_WORKER_TOKEN, LLORCH_POOL_CLUSTER_TOKEN,
+ * LLORCH_ORCHESTRATOR_API_KEYS as a comma-separated list). Secrets need not
+ * appear in a file or on a command line that `ps` shows, and a container is
+ * configured without a file. Only options that apply to cfg->role are read.
+ * llorch_config_load() applies them after the file and before the flags. A
+ * bad value is an error naming the variable (and, unless a secret, the value).
  */
 int llorch_config_apply_env(llorch_config *cfg, llorch_errmsg *em);
 /* Writes "LLORCH_WORKER_TOKEN" for "worker.token" into buf. */

@@ -534,7 +534,7 @@ int llorch_config_finish(llorch_config *cfg, llorch_errmsg *em) {
   return 0;
 }
 
-/* ---- secrets from the environment ---- */
+/* ---- the environment ---- */
 
 void llorch_config_env_name(const char *key, char *buf, size_t n) {
   size_t w = (size_t)snprintf(buf, n, "LLORCH_");
@@ -546,7 +546,7 @@ void llorch_config_env_name(const char *key, char *buf, size_t n) {
 int llorch_config_apply_env(llorch_config *cfg, llorch_errmsg *em) {
   for (size_t k = 0; k < config_options_count; k++) {
     const config_option *o = &config_options[k];
-    if (!(o->flags & CONFIG_OPT_SECRET)) continue;
+    if (o->type == CONFIG_TYPE_MODELS) continue; /* a list of mappings: files only */
     if (cfg->role != LLORCH_ROLE_NONE && !(o->roles & cfg->role)) continue;
     char name[96];
     llorch_config_env_name(o->name, name, sizeof name);
@@ -558,9 +558,14 @@ int llorch_config_apply_env(llorch_config *cfg, llorch_errmsg *em) {
     if (err) {
       char expected[160];
       config_value_expected(o, expected, sizeof expected);
-      /* The value is a secret: say what was wrong, never what it was. */
-      return llorch_errmsg_set(em, err, "environment %s ('%s'): expected %s", name, o->name,
-                               expected);
+      /* A secret's value is never repeated, not even in an error line. */
+      if (o->flags & CONFIG_OPT_SECRET)
+        return llorch_errmsg_set(em, err, "environment %s ('%s'): expected %s", name, o->name,
+                                 expected);
+      char shown[128];
+      config_quote(value, shown, sizeof shown);
+      return llorch_errmsg_set(em, err, "environment %s ('%s'): expected %s, got %s", name,
+                               o->name, expected, shown);
     }
   }
   return 0;

@@ -587,9 +587,35 @@ static void test_env_secrets(void **state) {
   unsetenv("LLORCH_ORCHESTRATOR_API_KEYS");
 }
 
+/* Every other option can come from the environment too (containers are
+ * configured that way); a bad value is named with the value shown. */
+static void test_env_options(void **state) {
+  (void)state;
+  llorch_config cfg;
+  llorch_errmsg em;
+  setenv("LLORCH_SHUTDOWN_GRACE", "5s", 1);
+  setenv("LLORCH_POOL_MODEL_DIRS", "/models,/more", 1);
+  assert_int_equal(load_text(&cfg, LLORCH_ROLE_POOL, "shutdown_grace: 10s\n", &em), 0);
+  assert_int_equal(llorch_config_apply_env(&cfg, &em), 0);
+  assert_int_equal(cfg.shutdown_grace_ms, 5000);
+  assert_int_equal(cfg.pool.model_dirs.count, 2);
+  assert_string_equal(cfg.pool.model_dirs.items[1], "/more");
+  llorch_config_free(&cfg);
+
+  setenv("LLORCH_SHUTDOWN_GRACE", "soon", 1);
+  assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_POOL), 0);
+  assert_true(llorch_config_apply_env(&cfg, &em) < 0);
+  assert_non_null(strstr(em.text, "environment LLORCH_SHUTDOWN_GRACE ('shutdown_grace')"));
+  assert_non_null(strstr(em.text, "\"soon\""));
+  llorch_config_free(&cfg);
+  unsetenv("LLORCH_SHUTDOWN_GRACE");
+  unsetenv("LLORCH_POOL_MODEL_DIRS");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_env_options),
       cmocka_unit_test(test_roles),
       cmocka_unit_test(test_full_file),
       cmocka_unit_test(test_value_syntax),
