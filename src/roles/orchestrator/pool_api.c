@@ -15,12 +15,6 @@
 
 /* ---- server side ---- */
 
-static bool check_cluster_token(orch *o, llorch_http_request *req) {
-  const char *tok = o->cfg->orchestrator.cluster_token;
-  if (!tok) return true;
-  return llorch_http_require_bearer(req, &tok, 1) == 0;
-}
-
 static void respond_pool_unknown(llorch_http_request *req, const char *pool) {
   char msg[200];
   snprintf(msg, sizeof msg, "pool '%.100s' is not registered here; POST /v2/pools/register first", pool);
@@ -166,7 +160,6 @@ static void on_events(orch *o, llorch_http_request *req, const char *pool) {
 
 void orch_on_pools(llorch_http_request *req, void *user) {
   orch *o = user;
-  if (!check_cluster_token(o, req)) return;
   const char *path = llorch_http_request_path(req) + strlen("/v2/pools/");
   if (strcmp(path, "register") == 0) {
     on_state_doc(o, req, NULL, true);
@@ -195,7 +188,7 @@ typedef struct pool_call {
 } pool_call;
 
 static void pool_headers(orch *o, const char **hdr, char *auth, size_t n) {
-  const char *tok = o->cfg->orchestrator.cluster_token;
+  const char *tok = o->cluster_token;
   int k = 0;
   hdr[k++] = "Content-Type";
   hdr[k++] = "application/json";

@@ -125,12 +125,14 @@ static void fixture_start(fixture *f) {
   f->cfg.log.level = LLORCH_LOG_WARN;
   llorch_errmsg em = {{0}};
   assert_int_equal(llorch_service_init(&f->svc, &f->cfg, "test", &em), 0);
-  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", on_exact, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, "POST", "/v1/models", on_exact, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/*", on_prefix, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/jobs/*", on_long_prefix, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, "GET", "/slow", on_slow, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", on_exact, f), LLORCH_EEXIST);
+  /* Nothing configured: the classes guarding /metrics are opened the way a role without tokens does. */
+  llorch_service_open_access(f->svc, LLORCH_ACCESS_CLUSTER);
+  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", LLORCH_ACCESS_PUBLIC, on_exact, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, "POST", "/v1/models", LLORCH_ACCESS_PUBLIC, on_exact, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/*", LLORCH_ACCESS_PUBLIC, on_prefix, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/jobs/*", LLORCH_ACCESS_PUBLIC, on_long_prefix, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, "GET", "/slow", LLORCH_ACCESS_PUBLIC, on_slow, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", LLORCH_ACCESS_PUBLIC, on_exact, f), LLORCH_EEXIST);
   assert_int_equal(llorch_service_on_stop(f->svc, hook_stop, f), 0);
   assert_int_equal(llorch_service_on_shutdown(f->svc, hook_first, f), 0);
   assert_int_equal(llorch_service_on_shutdown(f->svc, hook_second, f), 0);
