@@ -223,7 +223,7 @@ int pool_worker_url(const char *reported, const char *public_host, char *out, si
 /* Writes the state document (protocol section 2). */
 void pool_state_write(llorch_jbuf *b, const pool_state_view *v);
 /* Writes one worker object. */
-void pool_worker_write(llorch_jbuf *b, const pool_worker *w);
+void pool_worker_write(llorch_jbuf *b, const pool_worker *w, bool with_token);
 
 /* ---- the pool (pool.c) ---- */
 

@@ -365,7 +365,7 @@ void pool_send_event(pool *p, pool_worker *w, const char *type) {
   llorch_jbuf_cstr(&b, ",\"at_ms\":");
   llorch_jbuf_int(&b, pool_now_ms());
   llorch_jbuf_cstr(&b, ",\"worker\":");
-  pool_worker_write(&b, w);
+  pool_worker_write(&b, w, false);
   llorch_jbuf_cstr(&b, "}]}");
   if (w->has_exit && !w->final_seq) w->final_seq = ps->seq;
   char path[160];

@@ -39,11 +39,11 @@ pool_worker *pool_worker_find(pool *p, const char *id) {
   return NULL;
 }
 
-static void respond_worker(llorch_http_request *req, int status, const pool_worker *w) {
+static void respond_worker(llorch_http_request *req, int status, const pool_worker *w, bool with_token) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   llorch_jbuf_cstr(&b, "{\"worker\":");
-  pool_worker_write(&b, w);
+  pool_worker_write(&b, w, with_token);
   llorch_jbuf_cstr(&b, "}");
   if (llorch_jbuf_error(&b))
     llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
@@ -544,7 +544,7 @@ static void on_start(pool *p, llorch_http_request *req) {
   llorch_metric_inc(p->m_spawns, (const char *[]){"started"}, 1);
   LOG_INFO("pool", rid, "started worker %s for %s (%s), needs %" PRIu64 " bytes", w->id, w->model,
            w->file, need);
-  respond_worker(req, 201, w);
+  respond_worker(req, 201, w, true);
   pool_send_event(p, w, "worker_started");
 done:
   cJSON_Delete(doc);
@@ -572,7 +572,7 @@ static void on_delete(pool *p, llorch_http_request *req, const char *id) {
   char why[120];
   snprintf(why, sizeof why, "DELETE from %s", llorch_http_request_peer(req));
   pool_worker_stop(w, why);
-  respond_worker(req, 202, w);
+  respond_worker(req, 202, w, false);
 }
 
 /* ---- the worker's callback ---- */
@@ -676,7 +676,7 @@ void pool_on_workers(llorch_http_request *req, void *user) {
     on_delete(p, req, wid);
   } else if (strcmp(method, "GET") == 0) {
     pool_worker *w = pool_worker_find(p, wid);
-    if (w) respond_worker(req, 200, w);
+    if (w) respond_worker(req, 200, w, true);
     else llorch_http_respond_error(req, 404, "invalid_request_error", "no such worker", NULL, "WORKER_NOT_FOUND");
   } else {
     llorch_http_response_header(req, "Allow", "GET, DELETE");
