@@ -41,7 +41,15 @@ static void req_free(orch_req *r) {
 
 static void respond_error(llorch_http_request *http, int status, const char *type, const char *msg,
                           const char *param, const char *code) {
-  llorch_http_respond_error(http, status, type, msg, param, code);
+  llorch_http_respond_error(http, status, type, msg, param && param[0] ? param : NULL, code);
+}
+
+/* A check made without a getter: its message and the field it names (llorch_json_errparam). */
+static int field_error(llorch_errmsg *em, const char *param, const char *fmt, const char *a, int i) {
+  char name[96];
+  snprintf(name, sizeof name, param, a, i);
+  llorch_json_set_errparam(name);
+  return llorch_errmsg_set(em, LLORCH_EINVAL, fmt, a, i);
 }
 
 /* ---- validation and the execute body ---- */
@@ -62,8 +70,7 @@ static int validate_messages(const cJSON *body, llorch_errmsg *em) {
   for (int i = 0; i < cJSON_GetArraySize(msgs); i++) {
     const cJSON *m = cJSON_GetArrayItem(msgs, i);
     snprintf(where, sizeof where, "messages[%d]", i);
-    if (!cJSON_IsObject(m))
-      return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' must be an object", where);
+    if (!cJSON_IsObject(m)) return field_error(em, "%s", "'%s' must be an object", where, 0);
     int role;
     if ((rc = llorch_json_get_enum(m, where, "role", true, role_names, &role, em)) < 0) return rc;
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
@@ -73,12 +80,14 @@ static int validate_messages(const cJSON *body, llorch_errmsg *em) {
         const cJSON *part = cJSON_GetArrayItem(c, k);
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
         if (!cJSON_IsObject(part) || !cJSON_IsString(t))
-          return llorch_errmsg_set(em, LLORCH_EINVAL,
-                                   "'%s.content[%d]' must be {\"type\":\"text\",\"text\":...}", where, k);
+          return field_error(em, "%s.content[%d]", "'%s.content[%d]' must be {\"type\":\"text\",\"text\":...}",
+                             where, k);
       }
       continue;
     }
-    char desc[64];
+    char desc[64], field[80];
+    snprintf(field, sizeof field, "%s.content", where);
+    llorch_json_set_errparam(field);
     return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s.content' must be a string or an array of text parts, got %s",
                              where, c ? llorch_json_describe(c, desc, sizeof desc) : "nothing");
   }
@@ -92,11 +101,16 @@ static int validate_stop(const cJSON *body, llorch_errmsg *em) {
   if (cJSON_IsArray(st) && cJSON_GetArraySize(st) <= 4) {
     for (int i = 0; i < cJSON_GetArraySize(st); i++) {
       const cJSON *s = cJSON_GetArrayItem(st, i);
-      if (!cJSON_IsString(s) || !s->valuestring[0])
-        return llorch_errmsg_set(em, LLORCH_EINVAL, "'stop[%d]' must be a non-empty string", i);
+      if (!cJSON_IsString(s) || !s->valuestring[0]) {
+        char field[32];
+        snprintf(field, sizeof field, "stop[%d]", i);
+        llorch_json_set_errparam(field);
+        return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' must be a non-empty string", field);
+      }
     }
     return 0;
   }
+  llorch_json_set_errparam("stop");
   return llorch_errmsg_set(em, LLORCH_EINVAL, "'stop' must be a string or a list of at most 4 strings");
 }
 
@@ -121,6 +135,7 @@ static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
     } else if (cJSON_IsString(p)) {
       cJSON_AddStringToObject(ex, "prompt", p->valuestring);
     } else {
+      llorch_json_set_errparam("prompt");
       rc = llorch_errmsg_set(em, LLORCH_EINVAL, p ? "'prompt' must be a string or a list of one string"
                                                   : "'prompt' is required");
       goto fail;
@@ -769,7 +784,9 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   cJSON *body = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &body, &em) < 0) {
-    respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
+    /* A NUL, invalid UTF-8 or a lone surrogate names its field; malformed JSON none. */
+    respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(),
+                  llorch_json_errparam()[0] ? "invalid_value" : "invalid_json");
     return;
   }
   const char *model = NULL;
