@@ -450,6 +450,19 @@ static void answer_error(orch_req *r, int status, const char *type, const char *
   r->finished = true;
 }
 
+/*
+ * A worker failure as the client sees it: which model and which request,
+ * nothing about the inside of the cluster (worker URLs, model paths, the
+ * worker's own messages). The details went to the log under the request id.
+ */
+static void answer_worker_failed(orch_req *r, const char *code) {
+  char msg[300];
+  snprintf(msg, sizeof msg,
+           "the worker serving '%.100s' failed; the details are in the orchestrator's log under request id %s",
+           r->model_name, r->rid);
+  answer_error(r, 502, "server_error", code, msg);
+}
+
 /* ---- the execute call ---- */
 
 static void cancel_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
@@ -513,6 +526,16 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     r->t_last_ns = t;
     r->got_token = true;
     relay_token(r, d);
+    /* A client that stops reading would make us buffer its tokens without
+     * bound: past the limit its job is cancelled on the worker, whose final
+     * event still ends the response properly. */
+    if (r->http && !r->slow_client && llorch_http_request_queued_bytes(r->http) > ORCH_MAX_QUEUED_BYTES) {
+      LOG_WARN("orch", r->rid, "client %s is not reading (%zu bytes queued): cancelling job %s on %s",
+               llorch_http_request_peer(r->http), llorch_http_request_queued_bytes(r->http), r->job_id,
+               r->worker_name);
+      r->slow_client = true;
+      worker_cancel_job(r);
+    }
   } else if (strcmp(ev->event, "end") == 0) {
     const cJSON *fr = cJSON_GetObjectItemCaseSensitive(d, "finish_reason");
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(d, "prompt_tokens");
@@ -617,9 +640,7 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
     if (try_retry(r, !overloaded, why)) return;
   }
   LOG_WARN("orch", r->rid, "request failed on %s: %s", r->worker_name, why);
-  char msg[700];
-  snprintf(msg, sizeof msg, "the worker serving '%s' failed: %s", r->model_name, why);
-  answer_error(r, 502, "server_error", r->err_code[0] ? r->err_code : "worker_failed", msg);
+  answer_worker_failed(r, r->err_code[0] ? r->err_code : "worker_failed");
   req_end(r, "failed");
 }
 
@@ -694,7 +715,8 @@ void orch_run_deferred(orch *o) {
     char why[SCHED_URL_MAX + sizeof r->err_msg + 32];
     snprintf(why, sizeof why, "cannot call %s: %s", r->worker_url, r->err_msg);
     if (try_retry(r, true, why)) continue;
-    answer_error(r, 502, "server_error", "worker_failed", why);
+    LOG_WARN("orch", r->rid, "request failed on %s: %s", r->worker_name, why);
+    answer_worker_failed(r, "worker_failed");
     req_end(r, "failed");
   }
 }

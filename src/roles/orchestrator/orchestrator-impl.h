@@ -27,6 +27,9 @@
 
 #define ORCH_TICK_MS 100          /* liveness, queue timeouts, gauges */
 #define ORCH_JOB_ID_MAX 72
+/* Bytes of a client's response waiting in the kernel past which a client
+ * that stopped reading has its job cancelled (as the worker does). */
+#define ORCH_MAX_QUEUED_BYTES (8u << 20)
 
 typedef struct llorch_orchestrator orch;
 
@@ -59,6 +62,7 @@ typedef struct orch_req {
   bool sse_started;
   bool sent_tokens;             /* a content chunk went to the client: no retry now */
   bool finished;                /* the response is complete */
+  bool slow_client;             /* stopped reading: its job was cancelled on the worker */
   /* results */
   llorch_jbuf text;             /* non-streaming: generated text */
   llorch_jbuf lp;               /* non-streaming chat: logprobs content entries */
