@@ -385,7 +385,7 @@ static void on_start(pool *p, llorch_http_request *req) {
   cJSON *doc = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    respond_invalid(req, em.text, NULL);
+    respond_invalid(req, em.text, llorch_json_errparam()); /* a NUL, bad UTF-8 ... names its field */
     return;
   }
   const char *model = NULL, *file = NULL;
@@ -591,7 +591,7 @@ static void on_callback(pool *p, llorch_http_request *req, const char *id) {
   cJSON *doc = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    respond_invalid(req, em.text, NULL);
+    respond_invalid(req, em.text, llorch_json_errparam());
     return;
   }
   static const char *const events[] = {"ready", "failed", NULL};
