@@ -186,6 +186,9 @@ class Role:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # An ASan/UBSan build reports on stderr (LeakSanitizer at exit): a report is a failure.
+        if re.search(r"Sanitizer|runtime error:", self.log()):
+            fail("%s: sanitizer report in its log" % self.name)
         return self.proc.returncode
 
     def kill(self):
