@@ -869,7 +869,8 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   }
   orch_count(o, "admitted");
   llorch_http_request_set_data(req, r, req_on_close);
-  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", model,
+  /* r->model_name, not model: that pointed into the body, deleted above. */
+  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
   sched_dispatch(&o->s, now);
 }
