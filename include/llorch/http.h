@@ -101,8 +101,8 @@ int llorch_http_server_init(llorch_http_server **out, uv_loop_t *loop,
 
 /*
  * Called when a request's headers are complete, before any body byte is
- * read: returns 0 to go on, or an HTTP status (401, 403) to refuse the
- * request with *why (a static string) as the message. A refused request is
+ * read: returns 0 to go on, or an HTTP status (401, 403; 404, 405) to refuse
+ * the request with *why (a static string) as the message. A refused request is
  * answered at once in the OpenAI error envelope (401 with WWW-Authenticate:
  * Bearer and code "invalid_api_key", 403 with code "forbidden") and its
  * connection is closed, so a caller without credentials never gets a body

@@ -655,7 +655,8 @@ static void conn_fail(http_conn *c, int status, const char *message) {
   req->head = false;
   c->close_after = true;
   c->in_message = false;
-  const char *type = status == 413 || status == 431 || status == 400 ? "invalid_request_error"
+  const char *type = status == 413 || status == 431 || status == 400 || status == 404 || status == 405
+                         ? "invalid_request_error"
                      : status == 408 ? "timeout_error"
                      : status == 401 ? "authentication_error"
                      : status == 403 ? "permission_error" : "server_error";

@@ -8,8 +8,8 @@ and no cluster token, as the README once set it up:
     read /metrics, all without a credential and with a client key;
   - read /v2/cluster or unload a model with a client key;
   - make the server buffer a large body before it says no: an 8 MB
-    Content-Length without a credential must get its 401 at once, the
-    connection closed, no body read.
+    Content-Length without a credential (or to a route that does not exist)
+    must get its 401/403/404/405 at once, the connection closed, no body read.
 Then the same process with admin keys and a cluster token: operator keys reach
 /v2/*, the cluster token reaches /metrics and the pool protocol, client keys
 reach /v1/* only, and the state document never carries a worker token.
@@ -69,9 +69,11 @@ def attacks_without_cluster_token():
     st, _, body = role.request("POST", "/v1/chat/completions", A.chat_body(), key=A.API_KEY)
     check(st == 200, "the client is still served after the attacks (%s)" % st)
 
-    # Decided at the headers: a large declared body gets its 401/403 before any of it is read.
+    # Decided at the headers: a large declared body gets its 401/403 (or, for no
+    # route at all, its 404/405) before any of it is read.
     for path, key, want in (("/v2/pools/register", None, b" 401 "), ("/v1/chat/completions", None, b" 401 "),
-                            ("/v2/pools/register", A.API_KEY, b" 403 ")):
+                            ("/v2/pools/register", A.API_KEY, b" 403 "),
+                            ("/v2/no-such-route", None, b" 404 "), ("/v1/models", None, b" 405 ")):
         head = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 "Content-Length: 8000000\r\n%s\r\n" % (path, "Authorization: Bearer %s\r\n" % key if key else ""))
         got, closed, secs = A.raw_exchange(p, head.encode(), timeout=5)

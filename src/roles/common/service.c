@@ -188,16 +188,27 @@ int llorch_service_authorize(const llorch_service *svc, const llorch_http_reques
   return 401;
 }
 
-/* Headers-time check (llorch_http_server_set_authorize): the route's classes
- * or its own check. Unknown paths pass here and get their 404/405 later. */
+/*
+ * Headers-time check (llorch_http_server_set_authorize): the route's classes
+ * or its own check. A request for no route gets its 404/405 after the body
+ * like any other answer, except that a body is never read for nothing: one
+ * that comes with a body is refused here, the connection closed.
+ */
 static int service_on_headers(llorch_http_request *req, void *user, const char **why) {
   llorch_service *svc = user;
   bool path_known;
-  char allow[8];
+  char allow[128];
   const service_route *r = service_find_route(svc, llorch_http_request_method(req),
                                               llorch_http_request_path(req), &path_known, allow,
                                               sizeof allow);
-  if (!r) return 0;
+  if (!r) {
+    const char *cl = llorch_http_request_header(req, "Content-Length");
+    bool body = llorch_http_request_header(req, "Transfer-Encoding") != NULL ||
+                (cl != NULL && strspn(cl, "0") != strlen(cl));
+    if (!body) return 0;
+    *why = path_known ? "method not allowed for this path" : "no such endpoint";
+    return path_known ? 405 : 404;
+  }
   if (r->authorize) return r->authorize(req, r->user, why);
   return llorch_service_authorize(svc, req, r->access, why);
 }
