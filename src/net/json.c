@@ -156,7 +156,9 @@ static int scan_string(scan_state *st, const char *text, size_t len, size_t *pos
                                path, c, (size_t)(p - text));
     }
     if (kf && klen + n <= SCAN_KEY) {
-      memcpy(kf->key + klen, p, n);
+      /* A key goes into a one-line message: no control characters in it. */
+      if (n == 1 && (c < 0x20 || c == 0x7f)) kf->key[klen] = '?';
+      else memcpy(kf->key + klen, p, n);
       klen += n;
     }
     p += n;

@@ -58,6 +58,11 @@ static void test_parse_refuses_hidden_strings(void **state) {
     assert_non_null(strstr(em.text, cases[i].words));
     assert_non_null(strstr(llorch_json_errparam(), cases[i].param));
   }
+  /* A key with a raw newline still makes a one-line message. */
+  const char *nl = "{\"a\nb\":\"\\u0000\"}";
+  assert_int_equal(llorch_json_parse(nl, strlen(nl), true, &v, &em), LLORCH_EINVAL);
+  assert_null(strchr(em.text, '\n'));
+  assert_string_equal(llorch_json_errparam(), "a?b");
   /* A raw NUL byte inside a string (the length covers it). */
   static const char raw[] = "{\"c\":\"a\0b\"}";
   assert_int_equal(llorch_json_parse(raw, sizeof raw - 1, true, &v, &em), LLORCH_EINVAL);
