@@ -137,7 +137,8 @@ typedef struct llorch_config {
 
   /* orchestrator */
   struct {
-    llorch_strlist api_keys;   /* client bearer keys; empty = no auth */
+    llorch_strlist api_keys;   /* client bearer keys for /v1/...; empty = no auth */
+    llorch_strlist admin_keys; /* operator bearer keys for /v2/... and /metrics */
     char *cluster_token;       /* pools must present this, or NULL */
     struct {
       int max_total;           /* queued requests over all classes (-> 429) */
@@ -197,6 +198,14 @@ int llorch_config_apply_args(llorch_config *cfg, int argc, char **argv, llorch_e
 /* Checks across options (min_replicas <= max_replicas, unique model names) and
  * fills derived defaults. */
 int llorch_config_finish(llorch_config *cfg, llorch_errmsg *em);
+
+/*
+ * True when cfg->listen binds loopback only (127.0.0.0/8, ::1, localhost):
+ * no other machine can connect. A role listening beyond loopback must have
+ * its machine credential (cluster token, worker token); llorch_config_finish
+ * refuses the config otherwise.
+ */
+bool llorch_config_listen_is_loopback(const llorch_config *cfg);
 
 /* Frees every string and list and zeroes cfg. Safe on a zeroed config. */
 void llorch_config_free(llorch_config *cfg);

@@ -27,6 +27,9 @@
 
 #define ORCH_TICK_MS 100          /* liveness, queue timeouts, gauges */
 #define ORCH_JOB_ID_MAX 72
+/* Bytes of a client's response waiting in the kernel past which a client
+ * that stopped reading has its job cancelled (as the worker does). */
+#define ORCH_MAX_QUEUED_BYTES (8u << 20)
 
 typedef struct llorch_orchestrator orch;
 
@@ -59,6 +62,7 @@ typedef struct orch_req {
   bool sse_started;
   bool sent_tokens;             /* a content chunk went to the client: no retry now */
   bool finished;                /* the response is complete */
+  bool slow_client;             /* stopped reading: its job was cancelled on the worker */
   /* results */
   llorch_jbuf text;             /* non-streaming: generated text */
   llorch_jbuf lp;               /* non-streaming chat: logprobs content entries */
@@ -89,8 +93,7 @@ struct llorch_orchestrator {
   int64_t started_unix;
   bool stopping;
   int n_active;                 /* client requests alive */
-  const char **api_keys;        /* (n_api_keys) */
-  size_t n_api_keys;
+  const char *cluster_token;    /* presented to pools: the configured one, or all-mode's internal one; NULL = none */
   /* metrics */
   llorch_metrics *m;
   llorch_metric *m_queue;       /* gauge {priority} */
@@ -110,8 +113,6 @@ struct llorch_orchestrator {
 /* ---- orchestrator.c ---- */
 int64_t orch_now_ms(orch *o);
 uint64_t orch_now_ns(void);
-/* 401 unless the client's bearer key is accepted (answers the request). */
-bool orch_check_api_key(orch *o, llorch_http_request *req);
 /* Counts an outcome: admitted, rejected, completed, cancelled, failed, timed_out. */
 void orch_count(orch *o, const char *outcome);
 /* Schedules the deferred-work timer. */
