@@ -427,6 +427,15 @@ TARGET static inline int hsum_i32(__m256i v) {
 
 /* repacked orders: the integer dot per block in SIMD (exact), the float
  * accumulation one block at a time as ggml's repacked kernels do */
+/* 8 vectors of 8 int32 -> one vector whose lane c is the sum of v[c]
+ * (integer sums: exact in any order) */
+TARGET static inline __m256i hsum_i32x8(const __m256i v[8]) {
+  const __m256i t0 = _mm256_hadd_epi32(v[0], v[1]), t1 = _mm256_hadd_epi32(v[2], v[3]);
+  const __m256i t2 = _mm256_hadd_epi32(v[4], v[5]), t3 = _mm256_hadd_epi32(v[6], v[7]);
+  const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
 TARGET static float dot_q4_0_rp(int n, const llorch_block_q4_0 *w, const llorch_block_q8_0 *x) {
   float acc = 0.0f;
   for (int b = 0; b < n / LLORCH_QK4_0; b++) {
@@ -477,12 +486,61 @@ TARGET static float dot_q4_K_rp(int n, const llorch_block_q4_K *w, const llorch_
   return acc - accm;
 }
 
+/*
+ * Q4_K repacked, GEMM order, one row x 8 columns: the columns sit in the
+ * lanes of the float accumulators, so each output still gets one FMA per
+ * pair of sub-blocks in block order (dot_q4_K_rp's GEMM order), while the
+ * row's scales and nibbles are decoded once for 8 columns.
+ */
+TARGET static void q4_K_rp_gemm_1x8(int n, const llorch_block_q4_K *w, const char *x, size_t xs,
+                                    float *y, size_t ldy) {
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  const llorch_block_q8_K *xc[8];
+  for (int c = 0; c < 8; c++) xc[c] = (const void *)(x + (size_t)c * xs);
+  __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+  for (int b = 0; b < n / LLORCH_QK_K; b++) {
+    uint8_t sc[8], m[8];
+    for (int j = 0; j < 8; j++) llorch_q4_K_scale_min(j, w[b].scales, &sc[j], &m[j]);
+    float xd[8];
+    for (int c = 0; c < 8; c++) xd[c] = xc[c][b].d;
+    const __m256 xdv = _mm256_loadu_ps(xd);
+    const __m256 dd = _mm256_mul_ps(_mm256_set1_ps(H2F(w[b].d)), xdv);
+    const __m256 dm = _mm256_mul_ps(_mm256_set1_ps(H2F(w[b].dmin)), xdv);
+    for (int g = 0; g < 4; g++) {
+      const __m256i q4bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * g));
+      const __m256i lo = _mm256_and_si256(q4bits, m4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+      const __m256i s0 = _mm256_set1_epi16(sc[2 * g]), s1 = _mm256_set1_epi16(sc[2 * g + 1]);
+      __m256i v[8];
+      int im[8];
+      for (int c = 0; c < 8; c++) {
+        const int8_t *q8 = xc[c][b].qs + 64 * g;
+        const __m256i pl = _mm256_madd_epi16(s0, _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8)));
+        const __m256i ph = _mm256_madd_epi16(s1, _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+        v[c] = _mm256_add_epi32(pl, ph);
+        const int16_t *bs = xc[c][b].bsums + 4 * g;
+        im[c] = m[2 * g] * (bs[0] + bs[1]) + m[2 * g + 1] * (bs[2] + bs[3]);
+      }
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum_i32x8(v)), dd, acc);
+      accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)im)), dm, accm);
+    }
+  }
+  float out[8];
+  _mm256_storeu_ps(out, _mm256_sub_ps(acc, accm));
+  for (int c = 0; c < 8; c++) y[(size_t)c * ldy] = out[c];
+}
+
 TARGET static void tile_q4_K_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
                                 int nc, float *y, size_t ldy, kern_order order) {
-  for (int r = 0; r < nr; r++) /* rows outer: a weight row is read once */
-    for (int c = 0; c < nc; c++)
-      y[(size_t)c * ldy + r] = dot_q4_K_rp(n, (const void *)((const char *)w + (size_t)r * ws),
-                                           (const void *)((const char *)x + (size_t)c * xs), order);
+  for (int r = 0; r < nr; r++) { /* rows outer: a weight row is read once */
+    const llorch_block_q4_K *wr = (const void *)((const char *)w + (size_t)r * ws);
+    int c = 0;
+    if (order == KERN_ORDER_GEMM)
+      for (; c + 8 <= nc; c += 8)
+        q4_K_rp_gemm_1x8(n, wr, (const char *)x + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+    for (; c < nc; c++)
+      y[(size_t)c * ldy + r] = dot_q4_K_rp(n, wr, (const void *)((const char *)x + (size_t)c * xs), order);
+  }
 }
 
 #define K_TILE(name, wtype, dotfn)                                                          \
@@ -498,13 +556,44 @@ TARGET static void tile_q4_K_rp(int n, const void *w, size_t ws, int nr, const v
 K_TILE(tile_q4_K, llorch_block_q4_K, dot_q4_K)
 K_TILE(tile_q6_K, llorch_block_q6_K, dot_q6_K)
 
+/* Q4_0 repacked, one row x 8 columns in the lanes of one accumulator: per
+ * output one FMA per block of the exact integer dot, in block order, as
+ * dot_q4_0_rp; the row's nibbles are unpacked once for 8 columns. */
+TARGET static void q4_0_rp_1x8(int n, const llorch_block_q4_0 *w, const char *x, size_t xs, float *y,
+                               size_t ldy) {
+  const llorch_block_q8_0 *xc[8];
+  for (int c = 0; c < 8; c++) xc[c] = (const void *)(x + (size_t)c * xs);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int b = 0; b < n / LLORCH_QK4_0; b++) {
+    const __m256i q = q4_0_unpack(w[b].qs);
+    const __m256i aq = _mm256_sign_epi8(q, q);
+    __m256i v[8];
+    float dx[8];
+    for (int c = 0; c < 8; c++) {
+      const __m256i p = _mm256_loadu_si256((const __m256i *)xc[c][b].qs);
+      v[c] = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(p, q)), ones);
+      dx[c] = H2F(xc[c][b].d);
+    }
+    const __m256 d = _mm256_mul_ps(_mm256_set1_ps(H2F(w[b].d)), _mm256_loadu_ps(dx));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum_i32x8(v)), d, acc);
+  }
+  float out[8];
+  _mm256_storeu_ps(out, acc);
+  for (int c = 0; c < 8; c++) y[(size_t)c * ldy] = out[c];
+}
+
 TARGET static void tile_q4_0_rp(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
                                 int nc, float *y, size_t ldy, kern_order order) {
   (void)order;
-  for (int r = 0; r < nr; r++) /* rows outer: a weight row is read once */
-    for (int c = 0; c < nc; c++)
-      y[(size_t)c * ldy + r] = dot_q4_0_rp(n, (const llorch_block_q4_0 *)((const char *)w + (size_t)r * ws),
-                                           (const void *)((const char *)x + (size_t)c * xs));
+  for (int r = 0; r < nr; r++) { /* rows outer: a weight row is read once */
+    const llorch_block_q4_0 *wr = (const void *)((const char *)w + (size_t)r * ws);
+    int c = 0;
+    for (; c + 8 <= nc; c += 8)
+      q4_0_rp_1x8(n, wr, (const char *)x + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+    for (; c < nc; c++)
+      y[(size_t)c * ldy + r] = dot_q4_0_rp(n, wr, (const void *)((const char *)x + (size_t)c * xs));
+  }
 }
 
 /* ---- elementwise: ggml_v_expf / ggml_v_silu ---- */

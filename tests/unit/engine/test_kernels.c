@@ -163,10 +163,12 @@ static void test_tile_q8_0(void **s) {
 static void test_tile_q4_0(void **s) {
   (void)s;
   check_type(LLORCH_TYPE_Q4_0, 320, 9, 5);
+  check_type(LLORCH_TYPE_Q4_0, 256, 3, 19); /* repacked: 1 row x 8 columns, then the rest */
 }
 static void test_tile_q4_K(void **s) {
   (void)s;
   check_type(LLORCH_TYPE_Q4_K, 512, 5, 3);
+  check_type(LLORCH_TYPE_Q4_K, 768, 3, 19); /* repacked GEMM: 1 row x 8 columns, then the rest */
 }
 static void test_tile_q6_K(void **s) {
   (void)s;
