@@ -16,7 +16,9 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <stdbool.h>
 
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 /* exact, like llorch_fp16_to_fp32, but one instruction */
@@ -706,10 +708,19 @@ static const kern_table kern_avx2 = {
     .softmax_exp = softmax_exp_avx2,
 };
 
+/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports
+ * does not know "f16c". The AVX2 check already covers the OS saving the
+ * YMM state, which F16C needs too. */
+static bool cpu_has_f16c(void) {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+    return false;
+  return (ecx & (1u << 29)) != 0;
+}
+
 const kern_table *kern_avx2_table(void) {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
     return &kern_avx2;
   return NULL;
 }
