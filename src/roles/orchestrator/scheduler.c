@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "llorch/log.h"
+#include "llorch/memory.h"
 
 /* ---- small helpers ---- */
 
@@ -358,12 +359,16 @@ typedef struct placement {
   uint64_t free;
 } placement;
 
+/* The pool's preflight computes the same figure (llorch_mem_need of the
+ * same coefficients), so a start placed here is not refused there. */
 static uint64_t model_need(const sched_model *m, const sched_pool_model *pm, sched_dev_kind kind,
                            int *ctx_out) {
   const sched_estimate *e = &pm->est[kind];
   int ctx = m->ctx > 0 ? m->ctx : (pm->ctx > 0 ? pm->ctx : 2048);
   *ctx_out = ctx;
-  return e->fixed_bytes + e->per_token_bytes * (uint64_t)ctx * (uint64_t)m->slots;
+  const llorch_mem_coeffs c = {e->fixed_bytes, e->per_token_bytes, e->per_slot_bytes,
+                               e->per_ctx_bytes};
+  return llorch_mem_need(&c, (uint64_t)ctx, (uint64_t)m->slots);
 }
 
 /*
@@ -410,14 +415,25 @@ static void collect_best(sched *s, const placement *c, void *arg) {
   b->found = true;
 }
 
-/* Memory a worker holds for eviction arithmetic. */
-static uint64_t worker_memory(const sched *s, const sched_worker *w) {
-  if (w->memory_bytes) return w->memory_bytes;
-  if (w->model < 0) return 0;
+static const sched_device *pool_device_by_id(const sched_pool *p, const char *id) {
+  for (int i = 0; i < p->n_devices; i++)
+    if (strcmp(p->devices[i].id, id) == 0) return &p->devices[i];
+  return NULL;
+}
+
+uint64_t sched_worker_device_bytes(const sched *s, const sched_worker *w) {
+  if (w->memory_bytes) return llorch_mem_device_share(w->memory_bytes, w->n_devices);
+  if (w->model < 0 || w->n_devices < 1) return 0;
   const sched_pool_model *pm = pool_model_by_file(w->pool, w->file);
-  if (!pm) return 0;
+  const sched_device *d = pool_device_by_id(w->pool, w->devices[0]);
+  if (!pm || !d || !pm->est[d->kind].valid) return 0;
   int ctx;
-  return model_need(&s->models[w->model], pm, SCHED_DEV_CPU, &ctx);
+  return llorch_mem_device_share(model_need(&s->models[w->model], pm, d->kind, &ctx), w->n_devices);
+}
+
+/* Memory a worker gives back on one of its devices, for eviction arithmetic. */
+static uint64_t worker_memory(const sched *s, const sched_worker *w) {
+  return sched_worker_device_bytes(s, w);
 }
 
 static bool worker_evictable(const sched *s, const sched_worker *w, int for_model, int64_t now) {

@@ -126,7 +126,7 @@ static void test_plan_single_gpu_parts(void **state) {
   assert_int_equal(d->weights_bytes, w);
   /* K and V, f16, 4 layers x 3 slots x 512 positions x (2 heads x 64) */
   assert_int_equal(d->kv_bytes, 2ull * 4 * 3 * 512 * 128 * 2);
-  assert_int_equal(d->overhead_bytes, LLORCH_CUDA_OVERHEAD);
+  assert_int_equal(d->overhead_bytes, LLORCH_MEM_CUDA_RUNTIME_BYTES);
   assert_int_equal(d->scratch_bytes, d->scratch.total);
   assert_int_equal(d->need_bytes, d->weights_bytes + d->kv_bytes + d->scratch_bytes + d->overhead_bytes);
   assert_true(d->scratch.logits > 0);
