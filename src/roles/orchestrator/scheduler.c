@@ -476,8 +476,9 @@ typedef struct evict_plan {
 static void collect_evictions(sched *s, const placement *c, void *arg) {
   evict_plan *ep = arg;
   if (c->need <= c->free) return; /* fits already; not an eviction case */
-  /* Memory already on its way back: workers we asked to stop. */
-  uint64_t stopping = 0;
+  /* Memory already on its way back: workers we asked to stop, and workers an
+   * event reported ended that the pool's next document will count as free. */
+  uint64_t stopping = c->pool->freed_unreported[c->dev - c->pool->devices];
   sched_worker *cand[32];
   int n = 0;
   for (int i = 0; i < s->n_workers; i++) {
@@ -849,6 +850,19 @@ static void starts_settle(sched *s, const sched_pool *p, const char *id, bool fu
   }
 }
 
+/*
+ * An event says w ended: its memory is free on the pool, but the memory_free
+ * we hold is the last full document's until the next one. Kept per device so
+ * eviction waits for it instead of taking another victim meanwhile (w itself
+ * is reaped before that document comes).
+ */
+static void pool_freed_add(const sched *s, sched_pool *p, const sched_worker *w) {
+  const uint64_t share = sched_worker_device_bytes(s, w);
+  for (int i = 0; i < w->n_devices; i++)
+    for (int d = 0; d < p->n_devices; d++)
+      if (strcmp(p->devices[d].id, w->devices[i]) == 0) p->freed_unreported[d] += share;
+}
+
 static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_report *r, int64_t now,
                                   bool full_doc, bool *created) {
   sched_worker *w = worker_find(s, p, r->id);
@@ -868,7 +882,9 @@ static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_re
     }
   }
   sched_worker_state before = w->state;
+  bool was_terminal = !*created && worker_terminal(w);
   worker_update(s, w, r);
+  if (!full_doc && !was_terminal && !*created && worker_terminal(w)) pool_freed_add(s, p, w);
   starts_settle(s, p, r->id, full_doc, worker_terminal(w));
   if (w->model >= 0) {
     sched_model *m = &s->models[w->model];
@@ -926,6 +942,7 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
   p->up = true;
   p->n_devices = rep->n_devices < SCHED_MAX_DEVICES ? rep->n_devices : SCHED_MAX_DEVICES;
   memcpy(p->devices, rep->devices, (size_t)p->n_devices * sizeof p->devices[0]);
+  memset(p->freed_unreported, 0, sizeof p->freed_unreported); /* the document counts them */
   if (rep->n_models != p->n_models) {
     sched_pool_model *nm = rep->n_models ? malloc((size_t)rep->n_models * sizeof *nm) : NULL;
     if (rep->n_models && !nm) return LLORCH_ENOMEM;

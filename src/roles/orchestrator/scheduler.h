@@ -124,6 +124,9 @@ typedef struct sched_pool {
   bool up;
   sched_device devices[SCHED_MAX_DEVICES];
   int n_devices;
+  /* bytes per device of workers an event reported ended since the last full
+   * document: free on the pool already, not yet in its memory_free */
+  uint64_t freed_unreported[SCHED_MAX_DEVICES];
   sched_pool_model *models;    /* (n_models) */
   int n_models;
 } sched_pool;
@@ -292,6 +295,9 @@ typedef struct sched_pool_report {
   int64_t interval_ms;
   sched_device devices[SCHED_MAX_DEVICES];
   int n_devices;
+  /* bytes per device of workers an event reported ended since the last full
+   * document: free on the pool already, not yet in its memory_free */
+  uint64_t freed_unreported[SCHED_MAX_DEVICES];
   sched_pool_model *models;    /* (n_models) */
   int n_models;
   sched_worker_report *workers; /* (n_workers) */

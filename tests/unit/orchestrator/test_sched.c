@@ -512,7 +512,27 @@ static void test_evict_equal_size(void **state) {
   assert_int_equal(count_kind(&f->rec, 'x'), 1);
   assert_ptr_equal(last_kind(&f->rec, 'x')->worker, worker_by_id(f, "w1"));
   assert_int_equal(f->s.stats.evictions, 1);
-  /* pool-a reports w1 gone and its memory back: the start follows there. */
+  /* An event reports w1 exited before the next full document: the memory
+   * it held is on its way back, so no second victim (w2 on pool-b) is taken
+   * while the orchestrator still holds the old memory_free. */
+  f->now += 50;
+  sched_worker_report ev;
+  memset(&ev, 0, sizeof ev);
+  snprintf(ev.id, sizeof ev.id, "w1");
+  snprintf(ev.model, sizeof ev.model, "m1");
+  snprintf(ev.file, sizeof ev.file, "m1.gguf");
+  snprintf(ev.devices[0], sizeof ev.devices[0], "gpu0");
+  ev.n_devices = 1;
+  ev.state = SCHED_WORKER_EXITED;
+  ev.slots = 1;
+  ev.memory_bytes = need;
+  ev.exit_code = 0;
+  assert_int_equal(sched_pool_event(&f->s, "pool-a", "b1", ++f->seq, &ev, f->now), 0);
+  sched_dispatch(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'x'), 1);
+  assert_int_equal(count_kind(&f->rec, 's'), 0);
+  assert_non_null(strstr(f->s.models[m3].pending, "waiting for evicted"));
+  /* pool-a's document reports w1 gone and its memory back: the start follows there. */
   f->now += 100;
   report_init(&rep, &pa, ++f->seq);
   rep.devices[0].memory_free = spare + need;
