@@ -200,8 +200,13 @@ test('equal-size models evict each other and are served', async () => {
 });
 
 // Two workers exactly fill a device (no byte to spare); a bigger model then
-// needs both of them gone.
-test('a device filled exactly, and a model that needs several victims', async () => {
+// needs both of them gone. Sized from the estimates, so it needs workers that
+// hold no more than their estimate: under ASan (shadow memory, quarantine) a
+// worker's resident memory is several times that, and the pool rightly counts
+// it at what it holds, so this one is skipped there (saying so).
+const SANITIZED_SKIP = process.env.LLORCH_E2E_SANITIZED
+  ? 'sanitizer build: workers hold more than the estimate, so exact sizes cannot hold' : false;
+test('a device filled exactly, and a model that needs several victims', { skip: SANITIZED_SKIP }, async () => {
   const orch = await startOrch([
     { name: 'v1', file: 'eq1.gguf', ctx: 256, slots: 2, keep_alive: '60s', pins: ['pool-v'] },
     { name: 'v2', file: 'eq2.gguf', ctx: 256, slots: 2, keep_alive: '60s', pins: ['pool-v'] },
