@@ -23,6 +23,9 @@
 /* The worker's per-slot state besides the vocabulary rows (slot structs,
  * batch arrays, event records). */
 #define MEM_SLOT_STATE_BYTES 4096ull
+/* The CPU backend pads V rows and attention rows of the context to its GEMV
+ * step, 4 vectors: 32 positions with AVX2, 64 with AVX-512 (cpu.c). */
+#define MEM_CPU_CTX_PAD 64ull
 
 static uint64_t max3(uint64_t a, uint64_t b, uint64_t c) {
   uint64_t m = a > b ? a : b;
@@ -95,14 +98,14 @@ static int mem_parts_compute(const llorch_gguf *g, const llorch_mem_params *p, m
     /* The file is mapped, and every byte of it is read: tensors by the
      * forward pass, the vocabulary by the tokenizer. */
     out->weights.fixed = llorch_gguf_file_size(g);
-    /* K rows over ctx, V transposed over ctx rounded up to 32 (cpu_init) */
+    /* K rows over ctx, V transposed over ctx rounded up to the pad (cpu_init) */
     out->kv.per_token = (uint64_t)hp.n_layer * KD * 2 * sizeof(uint16_t);
-    out->kv.per_slot = (uint64_t)hp.n_layer * KD * 31 * sizeof(uint16_t);
+    out->kv.per_slot = (uint64_t)hp.n_layer * KD * (MEM_CPU_CTX_PAD - 1) * sizeof(uint16_t);
     const uint64_t T = p->n_threads > 0 ? (uint64_t)p->n_threads : 1;
     const uint64_t row = cpu_batch_row_bytes(&hp);
-    /* per-thread attention rows over the padded context: 3 * (ctx + 31) + head_dim floats */
+    /* per-thread attention rows over the padded context: 3 * (ctx + pad - 1) + head_dim floats */
     out->scratch.per_ctx = T * 3 * sizeof(float);
-    out->scratch.fixed = chunk * row + T * (3 * 31 + hp.head_dim) * sizeof(float) +
+    out->scratch.fixed = chunk * row + T * (3 * (MEM_CPU_CTX_PAD - 1) + hp.head_dim) * sizeof(float) +
                          (uint64_t)hp.n_vocab * MEM_TOKENIZER_PER_VOCAB;
     out->scratch.per_slot = row + vocab_rows + MEM_SLOT_STATE_BYTES;
     out->overhead.fixed = LLORCH_MEM_CPU_PROCESS_BYTES;
