@@ -176,11 +176,11 @@ test('equal-size models evict each other and are served', async () => {
   const w2 = c.workers.find((w) => w.model === 'eq2' && w.state === 'ready');
   assert.ok(w1 && w2);
   assert.notEqual(w1.pool, w2.pool, 'one worker per pool');
-  // The pools report each worker at what they count for it.
-  for (const p of c.pools.filter((x) => x.name.startsWith('pool-e'))) {
-    const dev = p.devices.find((d) => d.id === 'cpu');
-    assert.ok(dev.memory_free < need, `${p.name}: ${dev.memory_free} free, needs ${need}`);
-  }
+  // The pools report each worker at what they count for it (ready events
+  // carry workers, the next heartbeat the device figures).
+  await waitFor('both pools counting their worker', async () => (await cluster(orch)).pools
+    .filter((x) => x.name.startsWith('pool-e'))
+    .every((p) => p.devices.find((d) => d.id === 'cpu').memory_free < need), 5000);
   assert.ok(w1.memory_bytes >= need, `worker reported at ${w1.memory_bytes}, estimate ${need}`);
   try {
     await ask(orch.client, 'eq3');
@@ -220,9 +220,10 @@ test('a device filled exactly, and a model that needs several victims', { skip: 
   await startPool('pool-v', orch, dirA, { cpu_memory: mem });
   await ask(orch.client, 'v1');
   await ask(orch.client, 'v2');
+  // filled to the byte, once the pool's next heartbeat carries the figures
+  await waitFor('pool-v filled to the byte', async () => (await cluster(orch)).pools
+    .find((p) => p.name === 'pool-v').devices.find((d) => d.id === 'cpu').memory_free === 0, 5000);
   let c = await cluster(orch);
-  const pv = c.pools.find((p) => p.name === 'pool-v');
-  assert.equal(pv.devices.find((d) => d.id === 'cpu').memory_free, 0, 'filled to the byte');
   assert.equal(c.workers.filter((w) => w.state === 'ready').length, 2);
   await ask(orch.client, 'vbig');
   c = await cluster(orch);
