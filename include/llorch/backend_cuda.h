@@ -40,8 +40,22 @@ extern "C" {
 #define LLORCH_CUDA_GEMM_MIN_COLS 9     /* prefill columns from which cuBLAS is used */
 #define LLORCH_CUDA_GEMM_TILE_BYTES (64ull << 20) /* dequantized F16 weight tile for cuBLAS */
 #define LLORCH_CUDA_BLAS_WORKSPACE (32ull << 20)  /* cuBLAS workspace (ours, so it is checked) */
-#define LLORCH_CUDA_OVERHEAD (256ull << 20) /* cuBLAS handle, graphs, allocator slack */
 #define LLORCH_CUDA_MAX_GROUP 16        /* query heads per KV head the attention kernel takes */
+
+/* ---- loading ---- */
+
+/* The backend is a module next to the llorch binary, opened only by a worker
+ * given --device cuda:N (src/gpu/cuda_module.c); the environment variable
+ * names another path. */
+#define LLORCH_CUDA_MODULE_NAME "libllorch_cuda.so"
+#define LLORCH_CUDA_MODULE_ENV "LLORCH_CUDA_MODULE"
+
+/*
+ * The CUDA ops table from the module, loading it on first use (thread-safe;
+ * it stays loaded). LLORCH_EUNSUPPORTED with the path and dlopen's reason when
+ * it is missing or does not match this binary.
+ */
+int llorch_cuda_module_load(const llorch_backend_ops **out, llorch_errmsg *em);
 
 /* ---- the memory plan ---- */
 
@@ -79,7 +93,7 @@ typedef struct llorch_cuda_dev_plan {
   uint64_t weights_bytes;   /* tensor bytes placed here (256-byte aligned each) */
   uint64_t kv_bytes;        /* K and V f16 for this device's layers, n_seq x n_ctx */
   uint64_t scratch_bytes;   /* llorch_cuda_scratch_layout.total */
-  uint64_t overhead_bytes;  /* LLORCH_CUDA_OVERHEAD */
+  uint64_t overhead_bytes;  /* LLORCH_MEM_CUDA_RUNTIME_BYTES (llorch/memory.h) */
   uint64_t need_bytes;      /* sum of the four above */
   llorch_cuda_scratch_layout scratch;
 } llorch_cuda_dev_plan;

@@ -98,21 +98,6 @@ int llorch_hparams_read(const llorch_gguf *g, llorch_hparams *out, llorch_errmsg
 /* "llama, qwen2, qwen3" - for error messages. */
 const char *llorch_arch_supported_list(void);
 
-/*
- * Memory a model needs to serve n_seq sequences of n_ctx tokens: from the
- * header alone, so pools and the orchestrator can plan without reading
- * weights. The same function is used by backends to check before loading.
- */
-typedef struct llorch_mem_estimate {
-  uint64_t weights_bytes; /* tensor data */
-  uint64_t kv_bytes;      /* K and V, all layers, n_seq x n_ctx, f16 (llama.cpp's default) */
-  uint64_t scratch_bytes; /* activations and logits for the largest batch */
-  uint64_t overhead_bytes;/* per-process runtime (CUDA context, allocator slack) */
-  uint64_t total_bytes;
-} llorch_mem_estimate;
-
-int llorch_mem_estimate_compute(const llorch_gguf *g, uint32_t n_ctx, uint32_t n_seq,
-                                uint32_t n_batch_max, bool for_gpu,
-                                llorch_mem_estimate *out, llorch_errmsg *em);
+/* Memory a model needs on a device: include/llorch/memory.h. */
 
 #endif /* LLORCH_MODEL_H */

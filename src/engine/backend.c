@@ -5,8 +5,15 @@
 #include "llorch/backend.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef LLORCH_HAVE_CUDA
+#include "llorch/backend_cuda.h"
+/* Weak: present only where the backend is linked in statically. */
+extern const llorch_backend_ops llorch_backend_cuda_ops __attribute__((weak));
+#endif
 
 int llorch_device_parse(const char *device, bool *is_cuda, int *devices, int *n_devices,
                         llorch_errmsg *em) {
@@ -53,7 +60,11 @@ int llorch_backend_open(llorch_backend *out, const llorch_model *m, const char *
   const llorch_backend_ops *ops = &llorch_backend_cpu_ops;
   if (is_cuda) {
 #ifdef LLORCH_HAVE_CUDA
-    ops = &llorch_backend_cuda_ops;
+    /* Linked in (the CUDA tests link the backend statically) or, in the
+     * llorch binary, loaded from its module only now: no other process maps
+     * the CUDA libraries. */
+    if (&llorch_backend_cuda_ops != NULL) ops = &llorch_backend_cuda_ops;
+    else if ((rc = llorch_cuda_module_load(&ops, em)) < 0) return rc;
 #else
     return llorch_errmsg_set(em, LLORCH_EUNSUPPORTED,
                              "device '%.64s': this llorch was built without CUDA support", device);

@@ -324,33 +324,3 @@ void llorch_model_free(llorch_model *m) {
   llorch_gguf_close(m->gguf);
   free(m);
 }
-
-/* ---- memory plan ---- */
-
-int llorch_mem_estimate_compute(const llorch_gguf *g, uint32_t n_ctx, uint32_t n_seq,
-                                uint32_t n_batch_max, bool for_gpu, llorch_mem_estimate *out,
-                                llorch_errmsg *em) {
-  llorch_hparams hp;
-  int rc = llorch_hparams_read(g, &hp, em);
-  if (rc) return rc;
-  if (n_ctx == 0) n_ctx = hp.n_ctx_train;
-  if (n_seq == 0) n_seq = 1;
-  if (n_batch_max == 0) n_batch_max = 512;
-  memset(out, 0, sizeof *out);
-  for (uint64_t i = 0; i < llorch_gguf_n_tensors(g); i++)
-    out->weights_bytes += llorch_gguf_tensor_at(g, i)->nbytes;
-  /* K and V in F16 on every backend (llama.cpp's default cache type) */
-  out->kv_bytes = 2ull * hp.n_layer * n_ctx * n_seq * hp.n_head_kv * hp.head_dim * 2ull;
-  /* activations as the CPU backend allocates them (the widest of each
-   * buffer for the largest batch), and per-thread attention rows over the
-   * context for up to 16 threads; logits are the caller's */
-  const uint64_t B = n_batch_max, E = hp.n_embd, F = hp.n_ff;
-  const uint64_t QD = (uint64_t)hp.head_dim * hp.n_head, KD = (uint64_t)hp.head_dim * hp.n_head_kv;
-  const uint64_t W = QD > E ? QD : E;
-  const uint64_t widest = F > W ? F : W;
-  out->scratch_bytes = B * (E + 2 * W + 2 * KD + 2 * F + widest) * sizeof(float) +
-                       16ull * (3ull * n_ctx + hp.head_dim) * sizeof(float);
-  out->overhead_bytes = for_gpu ? 512ull << 20 : 16ull << 20;
-  out->total_bytes = out->weights_bytes + out->kv_bytes + out->scratch_bytes + out->overhead_bytes;
-  return 0;
-}

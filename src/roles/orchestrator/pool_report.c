@@ -115,6 +115,10 @@ static int parse_estimate(const cJSON *m, const char *where, sched_pool_model *o
     if ((rc = get_u64(e, p2, "fixed_bytes", true, &out->est[k].fixed_bytes, em)) < 0) return rc;
     if ((rc = get_u64(e, p2, "per_token_bytes", true, &out->est[k].per_token_bytes, em)) < 0)
       return rc;
+    /* llorch_mem_need's other two terms; absent from older pools (0) */
+    if ((rc = get_u64(e, p2, "per_slot_bytes", false, &out->est[k].per_slot_bytes, em)) < 0 ||
+        (rc = get_u64(e, p2, "per_ctx_bytes", false, &out->est[k].per_ctx_bytes, em)) < 0)
+      return rc;
     out->est[k].valid = true;
   }
   return 0;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "llorch/log.h"
+#include "llorch/memory.h"
 
 /* ---- small helpers ---- */
 
@@ -358,12 +359,16 @@ typedef struct placement {
   uint64_t free;
 } placement;
 
+/* The pool's preflight computes the same figure (llorch_mem_need of the
+ * same coefficients), so a start placed here is not refused there. */
 static uint64_t model_need(const sched_model *m, const sched_pool_model *pm, sched_dev_kind kind,
                            int *ctx_out) {
   const sched_estimate *e = &pm->est[kind];
   int ctx = m->ctx > 0 ? m->ctx : (pm->ctx > 0 ? pm->ctx : 2048);
   *ctx_out = ctx;
-  return e->fixed_bytes + e->per_token_bytes * (uint64_t)ctx * (uint64_t)m->slots;
+  const llorch_mem_coeffs c = {e->fixed_bytes, e->per_token_bytes, e->per_slot_bytes,
+                               e->per_ctx_bytes};
+  return llorch_mem_need(&c, (uint64_t)ctx, (uint64_t)m->slots);
 }
 
 /*
@@ -410,14 +415,25 @@ static void collect_best(sched *s, const placement *c, void *arg) {
   b->found = true;
 }
 
-/* Memory a worker holds for eviction arithmetic. */
-static uint64_t worker_memory(const sched *s, const sched_worker *w) {
-  if (w->memory_bytes) return w->memory_bytes;
-  if (w->model < 0) return 0;
+static const sched_device *pool_device_by_id(const sched_pool *p, const char *id) {
+  for (int i = 0; i < p->n_devices; i++)
+    if (strcmp(p->devices[i].id, id) == 0) return &p->devices[i];
+  return NULL;
+}
+
+uint64_t sched_worker_device_bytes(const sched *s, const sched_worker *w) {
+  if (w->memory_bytes) return llorch_mem_device_share(w->memory_bytes, w->n_devices);
+  if (w->model < 0 || w->n_devices < 1) return 0;
   const sched_pool_model *pm = pool_model_by_file(w->pool, w->file);
-  if (!pm) return 0;
+  const sched_device *d = pool_device_by_id(w->pool, w->devices[0]);
+  if (!pm || !d || !pm->est[d->kind].valid) return 0;
   int ctx;
-  return model_need(&s->models[w->model], pm, SCHED_DEV_CPU, &ctx);
+  return llorch_mem_device_share(model_need(&s->models[w->model], pm, d->kind, &ctx), w->n_devices);
+}
+
+/* Memory a worker gives back on one of its devices, for eviction arithmetic. */
+static uint64_t worker_memory(const sched *s, const sched_worker *w) {
+  return sched_worker_device_bytes(s, w);
 }
 
 static bool worker_evictable(const sched *s, const sched_worker *w, int for_model, int64_t now) {
@@ -460,8 +476,9 @@ typedef struct evict_plan {
 static void collect_evictions(sched *s, const placement *c, void *arg) {
   evict_plan *ep = arg;
   if (c->need <= c->free) return; /* fits already; not an eviction case */
-  /* Memory already on its way back: workers we asked to stop. */
-  uint64_t stopping = 0;
+  /* Memory already on its way back: workers we asked to stop, and workers an
+   * event reported ended that the pool's next document will count as free. */
+  uint64_t stopping = c->pool->freed_unreported[c->dev - c->pool->devices];
   sched_worker *cand[32];
   int n = 0;
   for (int i = 0; i < s->n_workers; i++) {
@@ -833,6 +850,19 @@ static void starts_settle(sched *s, const sched_pool *p, const char *id, bool fu
   }
 }
 
+/*
+ * An event says w ended: its memory is free on the pool, but the memory_free
+ * we hold is the last full document's until the next one. Kept per device so
+ * eviction waits for it instead of taking another victim meanwhile (w itself
+ * is reaped before that document comes).
+ */
+static void pool_freed_add(const sched *s, sched_pool *p, const sched_worker *w) {
+  const uint64_t share = sched_worker_device_bytes(s, w);
+  for (int i = 0; i < w->n_devices; i++)
+    for (int d = 0; d < p->n_devices; d++)
+      if (strcmp(p->devices[d].id, w->devices[i]) == 0) p->freed_unreported[d] += share;
+}
+
 static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_report *r, int64_t now,
                                   bool full_doc, bool *created) {
   sched_worker *w = worker_find(s, p, r->id);
@@ -852,7 +882,9 @@ static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_re
     }
   }
   sched_worker_state before = w->state;
+  bool was_terminal = !*created && worker_terminal(w);
   worker_update(s, w, r);
+  if (!full_doc && !was_terminal && !*created && worker_terminal(w)) pool_freed_add(s, p, w);
   starts_settle(s, p, r->id, full_doc, worker_terminal(w));
   if (w->model >= 0) {
     sched_model *m = &s->models[w->model];
@@ -910,6 +942,7 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
   p->up = true;
   p->n_devices = rep->n_devices < SCHED_MAX_DEVICES ? rep->n_devices : SCHED_MAX_DEVICES;
   memcpy(p->devices, rep->devices, (size_t)p->n_devices * sizeof p->devices[0]);
+  memset(p->freed_unreported, 0, sizeof p->freed_unreported); /* the document counts them */
   if (rep->n_models != p->n_models) {
     sched_pool_model *nm = rep->n_models ? malloc((size_t)rep->n_models * sizeof *nm) : NULL;
     if (rep->n_models && !nm) return LLORCH_ENOMEM;

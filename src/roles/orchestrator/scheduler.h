@@ -78,10 +78,14 @@ typedef struct sched_model {
 
 /* ---- the cluster view (from the pools' state documents) ---- */
 
+/* The coefficients of llorch_mem_need (llorch/memory.h) as the pool reported
+ * them: need = fixed + per_token * ctx * slots + per_slot * slots + per_ctx * ctx. */
 typedef struct sched_estimate {
   bool valid;
-  uint64_t fixed_bytes;        /* weights + scratch + per-process overhead */
-  uint64_t per_token_bytes;    /* KV bytes per token of context */
+  uint64_t fixed_bytes;        /* weights + scratch of a prefill chunk + per-process allowance */
+  uint64_t per_token_bytes;    /* KV bytes per position of one slot */
+  uint64_t per_slot_bytes;     /* scratch, logits and sampler rows per slot */
+  uint64_t per_ctx_bytes;      /* attention rows per position of the context */
 } sched_estimate;
 
 typedef struct sched_pool_model {
@@ -120,6 +124,9 @@ typedef struct sched_pool {
   bool up;
   sched_device devices[SCHED_MAX_DEVICES];
   int n_devices;
+  /* bytes per device of workers an event reported ended since the last full
+   * document: free on the pool already, not yet in its memory_free */
+  uint64_t freed_unreported[SCHED_MAX_DEVICES];
   sched_pool_model *models;    /* (n_models) */
   int n_models;
 } sched_pool;
@@ -138,7 +145,7 @@ typedef struct sched_worker {
   int ctx;
   int slots;                   /* total */
   int busy;                    /* requests the orchestrator has running on it */
-  uint64_t memory_bytes;
+  uint64_t memory_bytes;       /* what its pool counts for it (llorch_mem_held), all devices */
   int pid;
   int64_t started_at_ms;
   int64_t last_used_ms;        /* last request finished (or adoption time) */
@@ -288,6 +295,9 @@ typedef struct sched_pool_report {
   int64_t interval_ms;
   sched_device devices[SCHED_MAX_DEVICES];
   int n_devices;
+  /* bytes per device of workers an event reported ended since the last full
+   * document: free on the pool already, not yet in its memory_free */
+  uint64_t freed_unreported[SCHED_MAX_DEVICES];
   sched_pool_model *models;    /* (n_models) */
   int n_models;
   sched_worker_report *workers; /* (n_workers) */
@@ -367,6 +377,14 @@ int sched_model_replicas(const sched *s, int model);
 const char *sched_model_state(const sched *s, int model);
 bool sched_worker_routable(const sched_worker *w);
 int sched_pools_up(const sched *s);
+/*
+ * Bytes an evicted w gives back on each of its devices, in the eviction
+ * arithmetic: its pool's figure for it (memory_bytes, what the pool counts)
+ * split over its devices exactly as the pool splits it, so the pool's next
+ * report shows that much more free; before the pool reported one, the
+ * estimate for its device kind.
+ */
+uint64_t sched_worker_device_bytes(const sched *s, const sched_worker *w);
 
 /* "5.1 GiB", "512 MiB", "12 KiB", "17 B" */
 void sched_format_bytes(char *out, size_t n, uint64_t bytes);

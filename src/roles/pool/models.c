@@ -10,7 +10,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <uv.h>
+
 #include "llorch/log.h"
+#include "llorch/memory.h"
 #include "llorch/model.h"
 #include "pool-impl.h"
 
@@ -43,18 +46,11 @@ int pool_file_name_check(const char *field, const char *name, llorch_errmsg *em)
 
 /* ---- one file ---- */
 
-static int model_estimate(const llorch_gguf *g, bool for_gpu, pool_estimate *out, llorch_errmsg *em) {
-  /* Two points of the (nearly) linear need(ctx) at one slot; KV and the
-   * attention scratch grow with ctx, weights and overhead do not. */
-  llorch_mem_estimate a, b;
-  int rc = llorch_mem_estimate_compute(g, 1024, 1, 1 + POOL_PREFILL_CHUNK, for_gpu, &a, em);
-  if (rc < 0) return rc;
-  rc = llorch_mem_estimate_compute(g, 2048, 1, 1 + POOL_PREFILL_CHUNK, for_gpu, &b, em);
-  if (rc < 0) return rc;
-  uint64_t per_token = b.total_bytes > a.total_bytes ? (b.total_bytes - a.total_bytes) / 1024 : 0;
-  out->per_token_bytes = per_token;
-  out->fixed_bytes = a.total_bytes > per_token * 1024 ? a.total_bytes - per_token * 1024 : 0;
-  return 0;
+/* Workers run as many threads as this process could (they inherit its CPU
+ * affinity and are given no --threads): their attention rows scale with it. */
+static llorch_mem_params model_mem_params(bool cuda) {
+  llorch_mem_params mp = {.cuda = cuda, .n_threads = (int)uv_available_parallelism()};
+  return mp;
 }
 
 int pool_model_read(const char *dir, const char *file, pool_model *out, llorch_errmsg *em) {
@@ -98,8 +94,9 @@ int pool_model_read(const char *dir, const char *file, pool_model *out, llorch_e
   snprintf(out->file, sizeof out->file, "%s", file);
   size_t stem = strlen(file) - strlen(".gguf");
   snprintf(out->name, sizeof out->name, "%.*s", (int)stem, file);
-  if ((rc = model_estimate(g, false, &out->est[LLORCH_DEVICE_CPU], &inner)) < 0 ||
-      (rc = model_estimate(g, true, &out->est[LLORCH_DEVICE_CUDA], &inner)) < 0)
+  const llorch_mem_params cpu = model_mem_params(false), cuda = model_mem_params(true);
+  if ((rc = llorch_mem_coeffs_compute(g, &cpu, &out->est[LLORCH_DEVICE_CPU], &inner)) < 0 ||
+      (rc = llorch_mem_coeffs_compute(g, &cuda, &out->est[LLORCH_DEVICE_CUDA], &inner)) < 0)
     llorch_errmsg_set(em, rc, "%s: %s", path, inner.text);
 done:
   llorch_gguf_close(g);
@@ -124,16 +121,16 @@ int pool_model_need(const char *path, uint32_t ctx, uint32_t slots, bool for_gpu
   int rc = llorch_gguf_open(&g, path, LLORCH_GGUF_OPEN_HEADER_ONLY, &inner);
   if (rc < 0) return llorch_errmsg_set(em, rc, "%s: %s", path, inner.text);
   llorch_hparams hp;
-  llorch_mem_estimate e;
-  if ((rc = llorch_hparams_read(g, &hp, &inner)) < 0) {
+  llorch_mem_coeffs c;
+  const llorch_mem_params mp = model_mem_params(for_gpu);
+  if ((rc = llorch_hparams_read(g, &hp, &inner)) < 0 ||
+      (rc = llorch_mem_coeffs_compute(g, &mp, &c, &inner)) < 0) {
     llorch_errmsg_set(em, rc, "%s: %s", path, inner.text);
     goto done;
   }
   if (ctx == 0) ctx = hp.n_ctx_train;
   *ctx_train = hp.n_ctx_train;
-  rc = llorch_mem_estimate_compute(g, ctx, slots, slots + POOL_PREFILL_CHUNK, for_gpu, &e, &inner);
-  if (rc < 0) llorch_errmsg_set(em, rc, "%s: %s", path, inner.text);
-  else *need = e.total_bytes;
+  *need = llorch_mem_need(&c, ctx, slots);
 done:
   llorch_gguf_close(g);
   return rc;

@@ -25,6 +25,7 @@
 #include "llorch/http.h"
 #include "llorch/http_client.h"
 #include "llorch/json.h"
+#include "llorch/memory.h"
 #include "llorch/pool.h"
 #include "llorch/service.h"
 
@@ -41,17 +42,8 @@
  * can ask the kernel for SIGTERM when the pool dies (pool.c). */
 #define LLORCH_POOL_PARENT_ENV "LLORCH_POOL_PARENT_PID"
 
-/* The batch a worker is opened with (worker.c: one decode token per slot plus
- * one prefill chunk of 128): the estimate's scratch depends on it. */
-#define POOL_PREFILL_CHUNK 128u
-
 /* ---- models ---- */
 
-/* need(ctx, slots) ~= fixed_bytes + per_token_bytes * ctx * slots, per device kind. */
-typedef struct pool_estimate {
-  uint64_t fixed_bytes;     /* bytes: weights + scratch + per-process overhead */
-  uint64_t per_token_bytes; /* bytes of KV (and ctx-sized scratch) per token of context */
-} pool_estimate;
 
 typedef struct pool_model {
   char name[POOL_FILE_MAX];   /* the file's stem ("tiny" for tiny.gguf) */
@@ -62,7 +54,7 @@ typedef struct pool_model {
   uint32_t ctx;               /* training context, tokens */
   uint64_t file_bytes;        /* bytes on disk */
   uint64_t tensor_bytes;      /* bytes of tensor data */
-  pool_estimate est[2];       /* [LLORCH_DEVICE_CPU], [LLORCH_DEVICE_CUDA] */
+  llorch_mem_coeffs est[2];   /* [LLORCH_DEVICE_CPU], [LLORCH_DEVICE_CUDA]: llorch_mem_need's */
   int64_t mtime_ns;           /* to skip re-reading an unchanged file on the next scan */
   bool bad;                   /* the header did not parse: not reported, kept to warn once */
 } pool_model;
@@ -98,7 +90,11 @@ int pool_models_scan(const llorch_strlist *dirs, const pool_model *prev, int n_p
  */
 int pool_model_locate(const llorch_strlist *dirs, const char *file, char *path, size_t size);
 
-/* Exact memory need of one worker (llorch_mem_estimate_compute with the worker's batch). */
+/*
+ * The memory need of one worker of the file at path: llorch_mem_need of the
+ * file's coefficients (the same figure the orchestrator computes from the
+ * state document), and the file's training context.
+ */
 int pool_model_need(const char *path, uint32_t ctx, uint32_t slots, bool for_gpu, uint64_t *need,
                     uint32_t *ctx_train, llorch_errmsg *em);
 
@@ -133,8 +129,9 @@ typedef struct pool_worker {
   char spawn_token[2 * POOL_TOKEN_HEX + 1];   /* its callback must present this */
   int pid;
   int port;                                   /* the port given with --listen; 0 = the worker's pick */
-  uint64_t estimate_bytes;                    /* preflight need, bytes */
-  uint64_t memory_bytes;                      /* reported by the ready callback; 0 before */
+  uint64_t estimate_bytes;                    /* preflight need (llorch_mem_need), bytes */
+  uint64_t actual_bytes;                      /* measured: the ready callback's figure, then the
+                                               * process's peak resident memory (CPU), bytes; 0 before */
   int64_t started_at_ms;                      /* Unix epoch ms */
 
   /* exit (state failed/exited) */
@@ -161,9 +158,14 @@ typedef struct pool_worker {
   bool proc_exited, err_closed, term_sent, kill_sent, reaped;
 } pool_worker;
 
-/* Bytes a worker holds on one of its devices: the larger of its reported
- * figure and its estimate, split evenly over its devices. */
+/* Bytes a worker holds (llorch_mem_held of its estimate and its measured
+ * use): what the pool counts and what it reports as its memory_bytes. */
+uint64_t pool_worker_held_bytes(const pool_worker *w);
+/* ... on each of its devices (llorch_mem_device_share). */
 uint64_t pool_worker_device_bytes(const pool_worker *w);
+/* Reads the resident memory of each live CPU worker's process (its peak) into
+ * actual_bytes; CUDA workers keep the device figure of their ready report. */
+void pool_workers_measure(pool_worker *workers);
 
 /* True while the worker's process may still run (its memory still counts). */
 bool pool_worker_alive(const pool_worker *w);

@@ -71,6 +71,7 @@ void pool_refresh(pool *p) {
   llorch_errmsg em = {{0}};
   if (llorch_gpu_inventory_refresh(p->inv, &em) < 0)
     LOG_WARN("pool", NULL, "device refresh: %s", em.text);
+  pool_workers_measure(p->workers);
   pool_model *ms = NULL;
   int n = 0;
   if (pool_models_scan(&p->cfg->pool.model_dirs, p->models, p->n_models, &ms, &n) == 0) {

@@ -25,12 +25,24 @@ const char *pool_worker_state_name(pool_worker_state s) {
 
 bool pool_worker_alive(const pool_worker *w) { return !w->proc_exited; }
 
+uint64_t pool_worker_held_bytes(const pool_worker *w) {
+  return llorch_mem_held(w->estimate_bytes, w->actual_bytes);
+}
+
 uint64_t pool_worker_device_bytes(const pool_worker *w) {
-  /* The larger of the two: the worker's own figure leaves out the process
-   * overhead the estimate includes (runtime, allocator slack, CUDA context). */
-  uint64_t total = w->memory_bytes > w->estimate_bytes ? w->memory_bytes : w->estimate_bytes;
-  int n = w->n_devices > 0 ? w->n_devices : 1;
-  return (total + (uint64_t)n - 1) / (uint64_t)n;
+  return llorch_mem_device_share(pool_worker_held_bytes(w), w->n_devices);
+}
+
+void pool_workers_measure(pool_worker *workers) {
+  for (pool_worker *w = workers; w; w = w->next) {
+    if (!pool_worker_alive(w) || w->pid <= 0 || w->n_devices != 1 || strcmp(w->devices[0], "cpu"))
+      continue;
+    llorch_mem_usage u;
+    /* The peak, not the moment: KV pages once touched stay resident, and
+     * a figure that only grows keeps the orchestrator's books steady. */
+    if (llorch_mem_usage_read(w->pid, &u) == 0 && u.hwm_bytes > w->actual_bytes)
+      w->actual_bytes = u.hwm_bytes;
+  }
 }
 
 static bool worker_uses(const pool_worker *w, const char *dev) {
@@ -180,7 +192,11 @@ void pool_worker_write(llorch_jbuf *b, const pool_worker *w, bool with_token) {
     llorch_jbuf_cstr(b, ",\"pid\":");
     llorch_jbuf_int(b, w->pid);
   }
-  key_u64(b, "memory_bytes", w->memory_bytes ? w->memory_bytes : w->estimate_bytes);
+  /* What the pool counts for it: the orchestrator credits an evicted worker
+   * with exactly this (split over its devices), so the books agree. */
+  key_u64(b, "memory_bytes", pool_worker_held_bytes(w));
+  key_u64(b, "estimate_bytes", w->estimate_bytes);
+  key_u64(b, "actual_bytes", w->actual_bytes);
   llorch_jbuf_cstr(b, ",\"started_at_ms\":");
   llorch_jbuf_int(b, w->started_at_ms);
   llorch_jbuf_cstr(b, ",\"exit\":");
@@ -241,13 +257,20 @@ static void model_write(llorch_jbuf *b, const pool_model *m) {
   key_u64(b, "ctx", m->ctx);
   key_u64(b, "file_bytes", m->file_bytes);
   key_u64(b, "tensor_bytes", m->tensor_bytes);
-  llorch_jbuf_cstr(b, ",\"estimate\":{\"cpu\":{\"fixed_bytes\":");
-  llorch_jbuf_int(b, (int64_t)m->est[LLORCH_DEVICE_CPU].fixed_bytes);
-  key_u64(b, "per_token_bytes", m->est[LLORCH_DEVICE_CPU].per_token_bytes);
-  llorch_jbuf_cstr(b, "},\"cuda\":{\"fixed_bytes\":");
-  llorch_jbuf_int(b, (int64_t)m->est[LLORCH_DEVICE_CUDA].fixed_bytes);
-  key_u64(b, "per_token_bytes", m->est[LLORCH_DEVICE_CUDA].per_token_bytes);
-  llorch_jbuf_cstr(b, "}}}");
+  llorch_jbuf_cstr(b, ",\"estimate\":{");
+  static const char *const kinds[2] = {"cpu", "cuda"};
+  for (int k = 0; k < 2; k++) {
+    const llorch_mem_coeffs *c = &m->est[k];
+    llorch_jbuf_cstr(b, k ? ",\"" : "\"");
+    llorch_jbuf_cstr(b, kinds[k]);
+    llorch_jbuf_cstr(b, "\":{\"fixed_bytes\":");
+    llorch_jbuf_int(b, (int64_t)c->fixed_bytes);
+    key_u64(b, "per_token_bytes", c->per_token_bytes);
+    key_u64(b, "per_slot_bytes", c->per_slot_bytes);
+    key_u64(b, "per_ctx_bytes", c->per_ctx_bytes);
+    llorch_jbuf_cstr(b, "}");
+  }
+  llorch_jbuf_cstr(b, "}}");
 }
 
 void pool_state_write(llorch_jbuf *b, const pool_state_view *v) {

@@ -615,7 +615,10 @@ static void on_callback(pool *p, llorch_http_request *req, const char *id) {
   if (ev == 0) {
     bool first = !w->url[0];
     memcpy(w->url, wurl, sizeof w->url);
-    if (mem > 0) w->memory_bytes = (uint64_t)mem;
+    /* What it measured after loading (CPU: its resident memory; CUDA: the
+     * device memory of its plan); the pool's own readings of a CPU worker's
+     * process take over from here (pool_workers_measure). */
+    if (mem > 0 && (uint64_t)mem > w->actual_bytes) w->actual_bytes = (uint64_t)mem;
     if (w->state == POOL_WORKER_STARTING) {
       w->state = POOL_WORKER_READY;
       LOG_INFO("pool", NULL, "worker %s ready at %s (%" PRId64 " bytes)", w->id, w->url, mem);

@@ -44,10 +44,10 @@ static char *callback_body(worker *w, bool failed) {
     llorch_jbuf_str(&b, w->model_name);
     llorch_jbuf_cstr(&b, ",\"device\":");
     llorch_jbuf_str(&b, w->cfg->worker.device);
+    /* What it measurably holds now; the pool counts the larger of this and
+     * its estimate. */
     llorch_jbuf_cstr(&b, ",\"memory_bytes\":");
-    llorch_backend_memory mem;
-    worker_memory_get(w, &mem);
-    llorch_jbuf_int(&b, (int64_t)(mem.weights_bytes + mem.kv_bytes + mem.scratch_bytes));
+    llorch_jbuf_int(&b, (int64_t)worker_memory_held(w, NULL));
     llorch_jbuf_cstr(&b, ",\"url\":");
     llorch_jbuf_str(&b, url);
     llorch_jbuf_cstr(&b, ",\"context_length\":");

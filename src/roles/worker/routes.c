@@ -262,6 +262,25 @@ static void routes_info(worker *w, llorch_http_request *req) {
   routes_kv_int(&b, "scratch_bytes", (int64_t)mem.scratch_bytes, true);
   routes_kv_int(&b, "total_bytes",
                 (int64_t)(mem.weights_bytes + mem.kv_bytes + mem.scratch_bytes), true);
+  /* What the process holds (measured now), what it reports to its pool, and
+   * the estimate the pool and orchestrator plan with (llorch/memory.h). */
+  llorch_mem_usage use;
+  uint64_t held = worker_memory_held(w, &use);
+  routes_kv_int(&b, "held_bytes", (int64_t)held, true);
+  llorch_jbuf_cstr(&b, ",\"process\":{");
+  routes_kv_int(&b, "rss_bytes", (int64_t)use.rss_bytes, false);
+  routes_kv_int(&b, "rss_anon_bytes", (int64_t)use.rss_anon_bytes, true);
+  routes_kv_int(&b, "rss_file_bytes", (int64_t)use.rss_file_bytes, true);
+  routes_kv_int(&b, "peak_bytes", (int64_t)use.hwm_bytes, true);
+  routes_kv_int(&b, "baseline_bytes", (int64_t)w->baseline_bytes, true);
+  llorch_jbuf_raw(&b, "}", 1);
+  llorch_jbuf_cstr(&b, ",\"estimate\":{");
+  routes_kv_int(&b, "weights_bytes", loaded ? (int64_t)w->estimate.weights_bytes : 0, false);
+  routes_kv_int(&b, "kv_bytes", loaded ? (int64_t)w->estimate.kv_bytes : 0, true);
+  routes_kv_int(&b, "scratch_bytes", loaded ? (int64_t)w->estimate.scratch_bytes : 0, true);
+  routes_kv_int(&b, "overhead_bytes", loaded ? (int64_t)w->estimate.overhead_bytes : 0, true);
+  routes_kv_int(&b, "total_bytes", loaded ? (int64_t)w->estimate.total_bytes : 0, true);
+  llorch_jbuf_raw(&b, "}", 1);
   /* VRAM-only verification: every backend allocation checked to be device
    * memory. The CPU backend holds host memory by design and checks nothing. */
   llorch_jbuf_cstr(&b, ",\"residency\":{");

@@ -22,6 +22,7 @@
 #include "llorch/http.h"
 #include "llorch/http_client.h"
 #include "llorch/json.h"
+#include "llorch/memory.h"
 #include "llorch/metrics.h"
 #include "llorch/model.h"
 #include "llorch/tokenizer.h"
@@ -103,6 +104,8 @@ typedef struct worker {
   llorch_backend_memory mem;
   uv_mutex_t mem_lock;
   uint64_t mem_checked_ns;        /* inference thread only: last verification */
+  uint64_t baseline_bytes;        /* resident memory before loading (the process itself) */
+  llorch_mem_estimate estimate;   /* what llorch/memory.h says this worker needs */
   char load_error[1024];         /* why loading failed (reported to the pool) */
 
   uv_thread_t load_thread;
@@ -213,5 +216,12 @@ void worker_exit_after_callback(worker *w);
 void worker_metrics_refresh(worker *w);
 /* The backend's memory figures as last published by the inference thread. */
 void worker_memory_get(worker *w, llorch_backend_memory *out);
+/*
+ * What this worker holds on its device, as it reports it to its pool (the
+ * ready callback) and in /v2/info: CPU, the process's peak resident memory;
+ * CUDA, the backend's device memory plus the runtime and context allowances
+ * of llorch/memory.h. usage (may be NULL) receives the process's reading.
+ */
+uint64_t worker_memory_held(worker *w, llorch_mem_usage *usage);
 
 #endif /* LLORCH_WORKER_IMPL_H */

@@ -16,7 +16,9 @@
 
 /* Most prompt tokens of one job in one step: bounds how long a decode step
  * of the other slots can be delayed by a newcomer's prefill. */
-#define WORKER_PREFILL_CHUNK 128u
+/* One prefill chunk per step besides the decode tokens: the memory estimate
+ * counts the batch this makes. */
+#define WORKER_PREFILL_CHUNK LLORCH_MEM_PREFILL_CHUNK
 
 /* ---- metrics ---- */
 
@@ -115,6 +117,17 @@ void worker_memory_get(worker *w, llorch_backend_memory *out) {
   uv_mutex_unlock(&w->mem_lock);
 }
 
+uint64_t worker_memory_held(worker *w, llorch_mem_usage *usage) {
+  llorch_mem_usage u;
+  if (llorch_mem_usage_read(0, &u) < 0) memset(&u, 0, sizeof u);
+  if (usage) *usage = u;
+  if (strncmp(w->cfg->worker.device, "cuda", 4) != 0) return u.hwm_bytes;
+  llorch_backend_memory mem;
+  worker_memory_get(w, &mem);
+  return mem.weights_bytes + mem.kv_bytes + mem.scratch_bytes + LLORCH_MEM_CUDA_RUNTIME_BYTES +
+         LLORCH_MEM_CUDA_CONTEXT_BYTES;
+}
+
 /* ---- loading (on its own thread) ---- */
 
 static void worker_load_thread(void *arg) {
@@ -165,6 +178,10 @@ static void worker_load_thread(void *arg) {
   }
   w->backend_open = true;
   w->backend.ops->memory(w->backend.ctx, &w->mem);
+  const llorch_mem_params mp = {.cuda = strncmp(cfg->worker.device, "cuda", 4) == 0,
+                                .n_threads = p.n_threads};
+  if (llorch_mem_estimate_compute(w->model->gguf, &mp, n_ctx, w->n_slots, &w->estimate, &em) < 0)
+    memset(&w->estimate, 0, sizeof w->estimate); /* the model loaded: its header reads */
   w->mem_checked_ns = uv_hrtime();
 done:
   uv_async_send(&w->load_done);
@@ -300,6 +317,10 @@ int llorch_worker_main(const llorch_config *cfg) {
   snprintf(w->file_base, sizeof w->file_base, "%s", slash ? slash + 1 : cfg->worker.model);
   w->n_slots = (uint32_t)cfg->worker.slots;
   w->n_ctx = cfg->worker.ctx > 0 ? (uint32_t)cfg->worker.ctx : 0;
+  /* The process before any model: what the estimate's per-process allowance
+   * stands for, reported so the estimate can be checked against the rest. */
+  llorch_mem_usage base;
+  if (llorch_mem_usage_read(0, &base) == 0) w->baseline_bytes = base.rss_bytes;
 
   int status = 1;
   if (llorch_service_init(&w->svc, cfg, "worker", &em) < 0) {

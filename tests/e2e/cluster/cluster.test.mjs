@@ -35,6 +35,8 @@ before(() => {
   for (const d of [dirA, dirB]) {
     mkdirSync(d);
     for (const f of ['tiny.gguf', 'slow.gguf']) copyFileSync(path.join(src, f), path.join(d, f));
+    // Models of the same shape under other names (equal-size eviction).
+    for (const f of ['eq1.gguf', 'eq2.gguf', 'eq3.gguf']) copyFileSync(path.join(src, 'tiny.gguf'), path.join(d, f));
   }
 });
 
@@ -69,6 +71,22 @@ async function startPool(name, orch, modelDir, extra = {}) {
 async function poolState(pool) {
   const r = await fetch(`${pool.url}/v2/state`, { headers: { Authorization: `Bearer ${CLUSTER_TOKEN}` } });
   return r.json();
+}
+
+// llorch_mem_need (include/llorch/memory.h) from a pool's reported coefficients:
+// the figure both the orchestrator and the pool's preflight compute.
+function needOf(st, file, ctx, slots) {
+  const e = st.models.find((x) => x.file === file).estimate.cpu;
+  return e.fixed_bytes + e.per_token_bytes * ctx * slots + (e.per_slot_bytes ?? 0) * slots +
+    (e.per_ctx_bytes ?? 0) * ctx;
+}
+
+// The pool's coefficients as a throwaway pool on dirA reports them.
+async function probeState(orch) {
+  const probe = await startPool(`pool-probe-${await freePort()}`, orch, dirA, { cpu_memory: '64GiB' });
+  const st = await poolState(probe);
+  await probe.stop();
+  return st;
 }
 
 const ask = (client, model, extra = {}) => client.chat.completions.create({
@@ -116,13 +134,8 @@ test('a model that does not fit next to another evicts the idle one', async () =
   ]);
   // Size the pool's CPU device from the pool's own estimates: room for the
   // bigger of the two, not for both.
-  const probe = await startPool('pool-probe', orch, dirA, { cpu_memory: '64GiB' });
-  const st = await poolState(probe);
-  await probe.stop();
-  const need = (file) => {
-    const m = st.models.find((x) => x.file === file);
-    return m.estimate.cpu.fixed_bytes + m.estimate.cpu.per_token_bytes * 512 * 4;
-  };
+  const st = await probeState(orch);
+  const need = (file) => needOf(st, file, 512, 4);
   const n1 = need('slow.gguf');
   const n2 = need('tiny.gguf');
   const mem = Math.max(n1, n2) + Math.floor(Math.min(n1, n2) / 2);
@@ -141,6 +154,81 @@ test('a model that does not fit next to another evicts the idle one', async () =
   assert.equal(c.stats.evictions, 1, 'one eviction');
   assert.ok(!c.workers.some((w) => w.id === w1.id && w.state === 'ready'), 'm1 worker evicted');
   assert.ok(c.workers.some((w) => w.model === 'm2' && w.state === 'ready'));
+});
+
+// Three models of the same shape, two pools whose CPU budget fits one worker
+// and a half: the third model evicts an idle worker and is served (the cluster check that found eviction never happening between
+// equal sizes: the pool reported a worker smaller than it counted it).
+test('equal-size models evict each other and are served', async () => {
+  const models = ['eq1', 'eq2', 'eq3'].map((n) => (
+    { name: n, file: `${n}.gguf`, ctx: 256, slots: 2, keep_alive: '60s', pins: ['pool-e1', 'pool-e2'] }));
+  const orch = await startOrch(models);
+  const st = await probeState(orch);
+  const need = needOf(st, 'eq1.gguf', 256, 2);
+  assert.equal(needOf(st, 'eq3.gguf', 256, 2), need);
+  const mem = need + Math.floor(need / 2);
+  await startPool('pool-e1', orch, dirA, { cpu_memory: mem });
+  await startPool('pool-e2', orch, dirB, { cpu_memory: mem });
+  await ask(orch.client, 'eq1');
+  await ask(orch.client, 'eq2');
+  let c = await cluster(orch);
+  const w1 = c.workers.find((w) => w.model === 'eq1' && w.state === 'ready');
+  const w2 = c.workers.find((w) => w.model === 'eq2' && w.state === 'ready');
+  assert.ok(w1 && w2);
+  assert.notEqual(w1.pool, w2.pool, 'one worker per pool');
+  // The pools report each worker at what they count for it (ready events
+  // carry workers, the next heartbeat the device figures).
+  await waitFor('both pools counting their worker', async () => (await cluster(orch)).pools
+    .filter((x) => x.name.startsWith('pool-e'))
+    .every((p) => p.devices.find((d) => d.id === 'cpu').memory_free < need), 5000);
+  assert.ok(w1.memory_bytes >= need, `worker reported at ${w1.memory_bytes}, estimate ${need}`);
+  try {
+    await ask(orch.client, 'eq3');
+  } catch (e) {
+    throw new Error(`${e.message}; cluster: ${JSON.stringify((await cluster(orch)).models)}`);
+  }
+  c = await cluster(orch);
+  assert.equal(c.stats.evictions, 1, 'one eviction');
+  assert.ok(c.workers.some((w) => w.model === 'eq3' && w.state === 'ready'));
+  // Both pools need one victim; the first pool's (eq1's worker) goes.
+  assert.ok(!c.workers.some((w) => w.id === w1.id && w.pool === w1.pool && w.state === 'ready'));
+  // And back: eq1 evicts in turn.
+  await ask(orch.client, 'eq1');
+  c = await cluster(orch);
+  assert.equal(c.stats.evictions, 2);
+  assert.ok(c.workers.some((w) => w.model === 'eq1' && w.state === 'ready'));
+});
+
+// Two workers exactly fill a device (no byte to spare); a bigger model then
+// needs both of them gone. Sized from the estimates, so it needs workers that
+// hold no more than their estimate: under ASan (shadow memory, quarantine) a
+// worker's resident memory is several times that, and the pool rightly counts
+// it at what it holds, so this one is skipped there (saying so).
+const SANITIZED_SKIP = process.env.LLORCH_E2E_SANITIZED
+  ? 'sanitizer build: workers hold more than the estimate, so exact sizes cannot hold' : false;
+test('a device filled exactly, and a model that needs several victims', { skip: SANITIZED_SKIP }, async () => {
+  const orch = await startOrch([
+    { name: 'v1', file: 'eq1.gguf', ctx: 256, slots: 2, keep_alive: '60s', pins: ['pool-v'] },
+    { name: 'v2', file: 'eq2.gguf', ctx: 256, slots: 2, keep_alive: '60s', pins: ['pool-v'] },
+    { name: 'vbig', file: 'slow.gguf', ctx: 512, slots: 4, keep_alive: '60s', pins: ['pool-v'] },
+  ]);
+  const st = await probeState(orch);
+  const small = needOf(st, 'eq1.gguf', 256, 2);
+  const big = needOf(st, 'slow.gguf', 512, 4);
+  const mem = 2 * small;
+  assert.ok(big > small && big <= mem, `shapes: small ${small}, big ${big}`);
+  await startPool('pool-v', orch, dirA, { cpu_memory: mem });
+  await ask(orch.client, 'v1');
+  await ask(orch.client, 'v2');
+  // filled to the byte, once the pool's next heartbeat carries the figures
+  await waitFor('pool-v filled to the byte', async () => (await cluster(orch)).pools
+    .find((p) => p.name === 'pool-v').devices.find((d) => d.id === 'cpu').memory_free === 0, 5000);
+  let c = await cluster(orch);
+  assert.equal(c.workers.filter((w) => w.state === 'ready').length, 2);
+  await ask(orch.client, 'vbig');
+  c = await cluster(orch);
+  assert.equal(c.stats.evictions, 2, 'both idle workers evicted');
+  assert.ok(c.workers.some((w) => w.model === 'vbig' && w.state === 'ready'));
 });
 
 test('a full queue answers 429', async () => {

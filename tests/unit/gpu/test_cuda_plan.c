@@ -1,7 +1,8 @@
 /*
  * Host-side parts of the CUDA backend, tested without a GPU
- * (src/gpu/cuda/plan.cu, the host build of the dequantizers in
- * src/gpu/cuda/dequant.cuh, the init error path of backend.cu):
+ * (src/gpu/cuda_plan.c, in every build; with nvcc also the host build of the
+ * dequantizers in src/gpu/cuda/dequant.cuh and the init error path of
+ * backend.cu):
  *   - memory plan: bytes per part, the INSUFFICIENT_VRAM check with both
  *     numbers, layer split over several GPUs in proportion to free memory,
  *     tied embeddings on two GPUs, rejected models and parameters;
@@ -24,6 +25,7 @@
 
 #include "llorch/backend.h"
 #include "llorch/backend_cuda.h"
+#include "llorch/memory.h"
 #include "llorch/quant.h"
 
 /* ---- a model without data: only shapes and types matter to the plan ---- */
@@ -126,7 +128,7 @@ static void test_plan_single_gpu_parts(void **state) {
   assert_int_equal(d->weights_bytes, w);
   /* K and V, f16, 4 layers x 3 slots x 512 positions x (2 heads x 64) */
   assert_int_equal(d->kv_bytes, 2ull * 4 * 3 * 512 * 128 * 2);
-  assert_int_equal(d->overhead_bytes, LLORCH_CUDA_OVERHEAD);
+  assert_int_equal(d->overhead_bytes, LLORCH_MEM_CUDA_RUNTIME_BYTES);
   assert_int_equal(d->scratch_bytes, d->scratch.total);
   assert_int_equal(d->need_bytes, d->weights_bytes + d->kv_bytes + d->scratch_bytes + d->overhead_bytes);
   assert_true(d->scratch.logits > 0);
@@ -433,6 +435,7 @@ static void test_upload_chunks(void **state) {
   free(stg);
 }
 
+#ifdef LLORCH_HAVE_CUDA
 /* ---- the kernels' decoders against the reference ---- */
 
 static void test_dequant_units(void **state) {
@@ -472,6 +475,8 @@ static void test_dequant_units(void **state) {
   free(got);
 }
 
+#endif /* LLORCH_HAVE_CUDA */
+
 /* ---- devices ---- */
 
 static void test_device_strings(void **state) {
@@ -488,6 +493,7 @@ static void test_device_strings(void **state) {
   assert_int_equal(llorch_device_parse("gpu0", &is_cuda, devs, &n, &em), LLORCH_EINVAL);
 }
 
+#ifdef LLORCH_HAVE_CUDA
 /* Where no GPU is usable, "cuda:0" fails cleanly with the runtime's reason;
  * on a GPU machine the same call reaches the ordinal check. */
 static void test_open_without_gpu(void **state) {
@@ -508,6 +514,20 @@ static void test_open_without_gpu(void **state) {
   assert_int_equal(llorch_backend_open(&b, &m, "cuda:200", &p, &em), LLORCH_EDEVICE);
   assert_null(b.ops);
 }
+#else
+/* Without CUDA, "cuda:0" is refused with a message saying why. */
+static void test_open_without_gpu(void **state) {
+  (void)state;
+  llorch_errmsg em = {{0}};
+  llorch_model m;
+  memset(&m, 0, sizeof m);
+  m.hp.n_layer = 1;
+  llorch_backend b;
+  llorch_backend_params p = params_for(64, 1, 1, 0);
+  assert_int_equal(llorch_backend_open(&b, &m, "cuda:0", &p, &em), LLORCH_EUNSUPPORTED);
+  assert_non_null(strstr(em.text, "without CUDA"));
+}
+#endif
 
 int main(void) {
   const struct CMUnitTest tests[] = {
@@ -519,7 +539,9 @@ int main(void) {
       cmocka_unit_test(test_scratch_layout),
       cmocka_unit_test(test_residency),
       cmocka_unit_test(test_upload_chunks),
+#ifdef LLORCH_HAVE_CUDA
       cmocka_unit_test(test_dequant_units),
+#endif
       cmocka_unit_test(test_device_strings),
       cmocka_unit_test(test_open_without_gpu),
   };

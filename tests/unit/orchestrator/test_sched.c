@@ -469,6 +469,218 @@ static void test_evict_idle_lru(void **state) {
   fx_free(f);
 }
 
+static sched_worker *worker_by_id(fx *f, const char *id) {
+  for (int i = 0; i < f->s.n_workers; i++)
+    if (!strcmp(f->s.workers[i]->id, id)) return f->s.workers[i];
+  return NULL;
+}
+
+/*
+ * Three models of the same shape, two pools that fit one worker each with
+ * half a worker to spare (the cluster check that found eviction never
+ * happened): the third model's request evicts the least recently used idle
+ * worker and is served on its pool. The pools report each worker at what
+ * they count for it (memory_bytes = llorch_mem_held), which is exactly what
+ * a victim gives back.
+ */
+static void test_evict_equal_size(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  const uint64_t need = 20 * MiB + 512 * 1024; /* "needs 20.5 MiB" */
+  int m1 = add_model(f, "m1", "m1.gguf", 1, 60000, NULL);
+  int m2 = add_model(f, "m2", "m2.gguf", 1, 60000, NULL);
+  int m3 = add_model(f, "m3", "m3.gguf", 1, 60000, NULL);
+  (void)m1;
+  (void)m2;
+  const uint64_t spare = need / 2; /* budget 1.5 x need, one worker held */
+  pool_spec pa = {"pool-a", NULL, 1, {spare}, {"m1.gguf", "m2.gguf", "m3.gguf"}, need, 0};
+  pool_spec pb = {"pool-b", NULL, 1, {spare + 1}, {"m1.gguf", "m2.gguf", "m3.gguf"}, need, 0};
+  sched_pool_report rep;
+  report_init(&rep, &pa, ++f->seq);
+  report_add_worker(&rep, "w1", "m1", "m1.gguf", "gpu0", SCHED_WORKER_READY, 1, need);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  report_add_worker(&rep, "w2", "m2", "m2.gguf", "gpu0", SCHED_WORKER_READY, 1, need);
+  apply(f, &rep, true);
+  worker_by_id(f, "w1")->last_used_ms = f->now - 9000;
+  worker_by_id(f, "w2")->last_used_ms = f->now - 1000;
+  assert_int_equal(sched_worker_device_bytes(&f->s, worker_by_id(f, "w1")), need);
+
+  sched_req *r = req_new(m3, 0);
+  assert_int_equal(submit(f, r), 0);
+  /* Neither pool has room; pool-a's w1 is the least recently used: evicted. */
+  assert_int_equal(count_kind(&f->rec, 'x'), 1);
+  assert_ptr_equal(last_kind(&f->rec, 'x')->worker, worker_by_id(f, "w1"));
+  assert_int_equal(f->s.stats.evictions, 1);
+  /* An event reports w1 exited before the next full document: the memory
+   * it held is on its way back, so no second victim (w2 on pool-b) is taken
+   * while the orchestrator still holds the old memory_free. */
+  f->now += 50;
+  sched_worker_report ev;
+  memset(&ev, 0, sizeof ev);
+  snprintf(ev.id, sizeof ev.id, "w1");
+  snprintf(ev.model, sizeof ev.model, "m1");
+  snprintf(ev.file, sizeof ev.file, "m1.gguf");
+  snprintf(ev.devices[0], sizeof ev.devices[0], "gpu0");
+  ev.n_devices = 1;
+  ev.state = SCHED_WORKER_EXITED;
+  ev.slots = 1;
+  ev.memory_bytes = need;
+  ev.exit_code = 0;
+  assert_int_equal(sched_pool_event(&f->s, "pool-a", "b1", ++f->seq, &ev, f->now), 0);
+  sched_dispatch(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'x'), 1);
+  assert_int_equal(count_kind(&f->rec, 's'), 0);
+  assert_non_null(strstr(f->s.models[m3].pending, "waiting for evicted"));
+  /* pool-a's document reports w1 gone and its memory back: the start follows there. */
+  f->now += 100;
+  report_init(&rep, &pa, ++f->seq);
+  rep.devices[0].memory_free = spare + need;
+  report_add_worker(&rep, "w1", "m1", "m1.gguf", "gpu0", SCHED_WORKER_EXITED, 1, need);
+  apply(f, &rep, false);
+  assert_int_equal(count_kind(&f->rec, 's'), 1);
+  assert_string_equal(last_kind(&f->rec, 's')->model, "m3");
+  assert_string_equal(last_kind(&f->rec, 's')->pool, "pool-a");
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
+/* A model that exactly fills a device: placed when free == need, and when one
+ * victim gives back exactly what is missing. */
+static void test_evict_exact_fill(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  const uint64_t need = 3 * GiB + 12345;
+  int a = add_model(f, "a", "a.gguf", 1, 60000, NULL);
+  int b = add_model(f, "b", "b.gguf", 1, 60000, NULL);
+  (void)a;
+  /* exactly need free: a start, no eviction */
+  pool_spec p0 = {"p0", NULL, 1, {need}, {"a.gguf", "b.gguf"}, need, 0};
+  sched_pool_report rep;
+  report_init(&rep, &p0, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *r = req_new(b, 0);
+  assert_int_equal(submit(f, r), 0);
+  assert_int_equal(count_kind(&f->rec, 's'), 1);
+  assert_int_equal(count_kind(&f->rec, 'x'), 0);
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+
+  /* one byte short of need free, an idle worker holding need - 1 on the
+   * device: free + its share == need exactly, so one victim suffices */
+  f = fx_new(100, 1);
+  a = add_model(f, "a", "a.gguf", 1, 60000, NULL);
+  b = add_model(f, "b", "b.gguf", 1, 60000, NULL);
+  pool_spec p1 = {"p1", NULL, 1, {1}, {"a.gguf", "b.gguf"}, need, 0};
+  report_init(&rep, &p1, ++f->seq);
+  report_add_worker(&rep, "wa", "a", "a.gguf", "gpu0", SCHED_WORKER_READY, 1, need - 1);
+  apply(f, &rep, true);
+  r = req_new(b, 0);
+  assert_int_equal(submit(f, r), 0);
+  assert_int_equal(count_kind(&f->rec, 'x'), 1);
+  f->now += 100;
+  report_init(&rep, &p1, ++f->seq);
+  rep.devices[0].memory_free = need; /* what the pool reports once wa is gone */
+  report_add_worker(&rep, "wa", "a", "a.gguf", "gpu0", SCHED_WORKER_EXITED, 1, need - 1);
+  apply(f, &rep, false);
+  assert_int_equal(count_kind(&f->rec, 's'), 1);
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
+/* Several victims: the fewest that cover the need, least recently used first;
+ * a worker over two devices gives back half of its memory on each. */
+static void test_evict_several_victims(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  int m[5];
+  const char *names[5] = {"v1", "v2", "v3", "v4", "big"};
+  const char *files[5] = {"v1.gguf", "v2.gguf", "v3.gguf", "v4.gguf", "big.gguf"};
+  for (int i = 0; i < 5; i++) m[i] = add_model(f, names[i], files[i], 1, 60000, NULL);
+  /* big needs 3 GiB; 0.5 GiB free; four idle 1 GiB workers */
+  pool_spec pa = {"pa", NULL, 2, {GiB / 2, 0}, {"v1.gguf", "v2.gguf", "v3.gguf", "big.gguf"},
+                  3 * GiB, 0};
+  sched_pool_report rep;
+  report_init(&rep, &pa, ++f->seq);
+  for (int i = 0; i < 4; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "w%d", i + 1);
+    report_add_worker(&rep, id, names[i], files[i], "gpu0", SCHED_WORKER_READY, 1, GiB);
+  }
+  /* w4 spans gpu0 and gpu1: 1 GiB in all, half on each */
+  rep.workers[3].n_devices = 2;
+  snprintf(rep.workers[3].devices[1], sizeof rep.workers[3].devices[1], "gpu1");
+  apply(f, &rep, true);
+  assert_int_equal(sched_worker_device_bytes(&f->s, worker_by_id(f, "w4")), GiB / 2);
+  worker_by_id(f, "w1")->last_used_ms = f->now - 4000;
+  worker_by_id(f, "w2")->last_used_ms = f->now - 3000;
+  worker_by_id(f, "w3")->last_used_ms = f->now - 2000;
+  worker_by_id(f, "w4")->last_used_ms = f->now - 9000; /* oldest, but gives only 0.5 GiB here */
+  sched_req *r = req_new(m[4], 0);
+  assert_int_equal(submit(f, r), 0);
+  /* 0.5 free + w4 0.5 + w1 1 + w2 1 = 3 GiB: three victims in LRU order, w3 kept */
+  assert_int_equal(count_kind(&f->rec, 'x'), 3);
+  assert_int_equal(f->s.stats.evictions, 3);
+  assert_false(worker_by_id(f, "w3")->stop_sent);
+  assert_true(worker_by_id(f, "w4")->stop_sent && worker_by_id(f, "w1")->stop_sent &&
+              worker_by_id(f, "w2")->stop_sent);
+  assert_non_null(strstr(f->s.models[m[4]].pending, "evicting 3 idle workers"));
+  /* No second round while they exit. */
+  sched_dispatch(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'x'), 3);
+  /* The pool reports them gone and 3 GiB free: big starts. */
+  f->now += 100;
+  report_init(&rep, &pa, ++f->seq);
+  rep.devices[0].memory_free = 3 * GiB;
+  for (int i = 0; i < 4; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "w%d", i + 1);
+    report_add_worker(&rep, id, names[i], files[i], "gpu0",
+                      i == 2 ? SCHED_WORKER_READY : SCHED_WORKER_EXITED, 1, GiB);
+  }
+  apply(f, &rep, false);
+  assert_int_equal(count_kind(&f->rec, 's'), 1);
+  assert_string_equal(last_kind(&f->rec, 's')->model, "big");
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
+/* The need is llorch_mem_need of all four reported coefficients, the same
+ * figure the pool's preflight computes. */
+static void test_need_formula(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  int a = add_model(f, "a", "a.gguf", 2, 60000, NULL); /* ctx 1024 x 2 slots */
+  pool_spec p = {"p", NULL, 1, {0}, {"a.gguf"}, 1000, 10};
+  sched_pool_report rep;
+  report_init(&rep, &p, ++f->seq);
+  rep.models[0].est[SCHED_DEV_CUDA].per_slot_bytes = 300;
+  rep.models[0].est[SCHED_DEV_CUDA].per_ctx_bytes = 7;
+  const uint64_t need = 1000 + 10 * 1024 * 2 + 300 * 2 + 7 * 1024;
+  rep.devices[0].memory_free = need - 1;
+  apply(f, &rep, true);
+  sched_req *r = req_new(a, 0);
+  assert_int_equal(submit(f, r), 0);
+  assert_int_equal(count_kind(&f->rec, 's'), 0);
+  char want[32];
+  sched_format_bytes(want, sizeof want, need);
+  assert_non_null(strstr(f->s.models[a].pending, want));
+  f->now += 10;
+  report_init(&rep, &p, ++f->seq);
+  rep.models[0].est[SCHED_DEV_CUDA].per_slot_bytes = 300;
+  rep.models[0].est[SCHED_DEV_CUDA].per_ctx_bytes = 7;
+  rep.devices[0].memory_free = need;
+  apply(f, &rep, false);
+  assert_int_equal(count_kind(&f->rec, 's'), 1);
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
 static void test_evict_expired_first_and_queued_protected(void **state) {
   (void)state;
   fx *f = fx_new(100, 1);
@@ -912,6 +1124,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pinned),
       cmocka_unit_test(test_evict_idle_lru),
       cmocka_unit_test(test_evict_expired_first_and_queued_protected),
+      cmocka_unit_test(test_evict_equal_size),
+      cmocka_unit_test(test_evict_exact_fill),
+      cmocka_unit_test(test_evict_several_victims),
+      cmocka_unit_test(test_need_formula),
       cmocka_unit_test(test_retry_bounded),
       cmocka_unit_test(test_pool_down_and_back),
       cmocka_unit_test(test_adopt_and_seq),

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "llorch/commands.h"
+#include "llorch/memory.h"
 #include "llorch/model.h"
 #include "roles/pool/pool-impl.h"
 #ifdef POOL_TEST_WITH_ORCHESTRATOR
@@ -144,17 +145,21 @@ static void test_scan(void **state) {
   assert_int_equal(tiny->file_bytes, (uint64_t)st.st_size);
   assert_true(tiny->tensor_bytes < tiny->file_bytes);
 
-  /* The linear estimate reproduces the exact one at its two points and is
-   * close at another size. */
+  /* The preflight's need is llorch_mem_need of the coefficients the scan
+   * reported (what the orchestrator computes), at every shape. */
+  static const uint32_t shapes[][2] = {{1024, 1}, {512, 4}, {4096, 16}, {1, 1}};
   for (int k = 0; k < 2; k++) {
-    uint64_t need = 0;
-    uint32_t ctx_train = 0;
-    llorch_errmsg em = {{0}};
-    assert_int_equal(pool_model_need(path, 1024, 1, k == 1, &need, &ctx_train, &em), 0);
-    assert_int_equal(ctx_train, 512);
-    const pool_estimate *e = &tiny->est[k];
+    const llorch_mem_coeffs *e = &tiny->est[k];
     assert_true(e->per_token_bytes > 0);
-    assert_int_equal(e->fixed_bytes + e->per_token_bytes * 1024, need);
+    assert_true(e->per_slot_bytes > 0);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+      uint64_t need = 0;
+      uint32_t ctx_train = 0;
+      llorch_errmsg em = {{0}};
+      assert_int_equal(pool_model_need(path, shapes[i][0], shapes[i][1], k == 1, &need, &ctx_train, &em), 0);
+      assert_int_equal(ctx_train, 512);
+      assert_int_equal(llorch_mem_need(e, shapes[i][0], shapes[i][1]), need);
+    }
     if (k == 1) assert_true(e->fixed_bytes > tiny->est[0].fixed_bytes); /* CUDA context overhead */
   }
 
@@ -212,7 +217,7 @@ static pool_worker *mk_worker(const char *id, const char *dev, pool_worker_state
   w->slots = 2;
   w->state = st;
   w->estimate_bytes = est;
-  w->memory_bytes = mem;
+  w->actual_bytes = mem;
   w->proc_exited = exited;
   w->exit_code = -1;
   w->started_at_ms = 1795460000000;
@@ -423,7 +428,11 @@ static void test_state_document(void **state) {
   assert_string_equal(cJSON_GetObjectItem(w1, "url")->valuestring, "http://127.0.0.1:40211");
   /* Worker tokens never appear in state documents (only in the start answer). */
   assert_true(cJSON_IsNull(cJSON_GetObjectItem(w1, "token")));
-  assert_int_equal(cJSON_GetObjectItem(w1, "memory_bytes")->valueint, 200000);
+  /* What the pool counts for it (the CPU's memory_used above): the larger of
+   * its estimate and its measured 200000, with both beside it. */
+  assert_int_equal(cJSON_GetObjectItem(w1, "memory_bytes")->valueint, 300000);
+  assert_int_equal(cJSON_GetObjectItem(w1, "estimate_bytes")->valueint, 300000);
+  assert_int_equal(cJSON_GetObjectItem(w1, "actual_bytes")->valueint, 200000);
   assert_true(cJSON_IsNull(cJSON_GetObjectItem(w1, "exit")));
   const cJSON *w2 = cJSON_GetArrayItem(ws, 1);
   assert_true(cJSON_IsNull(cJSON_GetObjectItem(w2, "token")));
@@ -466,6 +475,146 @@ static void test_state_document(void **state) {
   free(text);
   free_workers(ready);
 }
+
+#ifdef POOL_TEST_WITH_ORCHESTRATOR
+/* ---- the books: pool and orchestrator agree on what a victim frees ---- */
+
+static void books_op_assign(void *ud, sched_req *r, sched_worker *w) { (void)ud, (void)r, (void)w; }
+static void books_op_start(void *ud, const sched_start *st) { *(uint64_t *)ud = st->need_bytes; }
+static void books_op_stop(void *ud, sched_worker *w, const char *why) {
+  (void)ud;
+  (void)why;
+  w->stop_sent = true; /* the scheduler sets it too; the test only reads it */
+}
+static void books_op_fail(void *ud, sched_req *r, int status, const char *code, const char *msg) {
+  (void)ud, (void)r, (void)status, (void)code, (void)msg;
+}
+
+/* The pool's document for one CPU device of `budget` bytes, parsed by the
+ * orchestrator's parser and applied to its scheduler; returns the device's
+ * reported memory_free. */
+static uint64_t books_apply(sched *s, pool_worker *workers, const pool_model *ms, int n_models,
+                            uint64_t budget, uint64_t seq, int64_t now) {
+  llorch_device_info dev = {.kind = LLORCH_DEVICE_CPU, .id = "cpu", .uuid = "cpu-host",
+                            .name = "CPU", .memory_total = budget,
+                            .memory_free = 64ull << 30, /* the machine has plenty: the budget rules */
+                            .utilization_pct = -1, .temperature_c = -1};
+  pool_state_view v = {.pool = "pool-b", .url = "http://127.0.0.1:8101", .boot_id = "b00t",
+                       .seq = seq, .heartbeat_interval_ms = 500, .devices = &dev, .n_devices = 1,
+                       .models = ms, .n_models = n_models, .workers = workers};
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  pool_state_write(&b, &v);
+  cJSON *doc = cJSON_Parse(b.data);
+  assert_non_null(doc);
+  sched_pool_report rep;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(orch_pool_report_parse(doc, &rep, &em), 0);
+  assert_int_equal(sched_pool_apply(s, &rep, seq == 1, now, NULL), 0);
+  uint64_t free_bytes = rep.devices[0].memory_free;
+  sched_pool_report_free(&rep);
+  cJSON_Delete(doc);
+  llorch_jbuf_free(&b);
+  return free_bytes;
+}
+
+/*
+ * Three same-shape models on a pool whose CPU budget fits one worker and a
+ * half: the idle worker of one model, counted by the pool at its estimate
+ * (its measured use is smaller) or at its measured use (larger), is credited
+ * by the orchestrator with exactly what the pool reports free once it is gone,
+ * so the third model's request evicts it and then fits, in the orchestrator's
+ * books and in the pool's preflight alike.
+ */
+static void test_books_agree(void **state) {
+  (void)state;
+  char path[512];
+  snprintf(path, sizeof path, "%s/small-q8.gguf", g_dir);
+  pool_model base;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(pool_model_read(g_dir, "small-q8.gguf", &base, &em), 0);
+  pool_model ms[3];
+  const char *names[3] = {"m1", "m2", "m3"};
+  for (int i = 0; i < 3; i++) {
+    ms[i] = base;
+    snprintf(ms[i].name, sizeof ms[i].name, "%s", names[i]);
+    snprintf(ms[i].file, sizeof ms[i].file, "%s.gguf", names[i]);
+  }
+  const uint32_t ctx = 256, slots = 2;
+  uint64_t need = 0;
+  uint32_t ctx_train = 0;
+  assert_int_equal(pool_model_need(path, ctx, slots, false, &need, &ctx_train, &em), 0);
+  assert_int_equal(need, llorch_mem_need(&base.est[LLORCH_DEVICE_CPU], ctx, slots));
+  const uint64_t budget = need + need / 2;
+
+  for (int variant = 0; variant < 2; variant++) {
+    /* variant 0: measured below the estimate (the bug's case); 1: above */
+    const uint64_t actual = variant == 0 ? need / 5 : need + need / 10;
+    uint64_t started_need = 0;
+    sched s;
+    sched_limits lim = {.max_total = 10, .queue_timeout_ms = 10000, .heartbeat_miss_limit = 3,
+                        .retry_max = 1};
+    sched_ops ops = {&started_need, books_op_assign, books_op_start, books_op_stop, books_op_fail};
+    assert_int_equal(sched_init(&s, &lim, &ops), 0);
+    for (int i = 0; i < 3; i++) {
+      llorch_model_entry e;
+      memset(&e, 0, sizeof e);
+      e.name = (char *)names[i];
+      e.file = ms[i].file;
+      e.ctx = (int)ctx;
+      e.slots = (int)slots;
+      e.max_replicas = 2;
+      e.keep_alive_ms = 60000;
+      assert_true(sched_model_add(&s, &e, NULL) >= 0);
+    }
+    pool_worker *w = mk_worker("w-1", "cpu", POOL_WORKER_READY, need, actual, false);
+    snprintf(w->model, sizeof w->model, "m1");
+    snprintf(w->file, sizeof w->file, "m1.gguf");
+    snprintf(w->url, sizeof w->url, "http://127.0.0.1:40211");
+    snprintf(w->token, sizeof w->token, "tok");
+    w->ctx = (int)ctx;
+    w->slots = (int)slots;
+    int64_t now = 1000000;
+    uint64_t free_before = books_apply(&s, w, ms, 3, budget, 1, now);
+    assert_int_equal(free_before, budget - pool_worker_device_bytes(w));
+    assert_true(free_before < need);
+    sched_worker *sw = s.workers[0];
+    const uint64_t credit = sched_worker_device_bytes(&s, sw);
+    assert_int_equal(credit, pool_worker_held_bytes(w));
+
+    /* m3's request: no room, so the idle m1 worker is evicted */
+    sched_req r;
+    memset(&r, 0, sizeof r);
+    r.model = sched_model_find(&s, "m3");
+    int ra = 0;
+    assert_int_equal(sched_submit(&s, &r, now, &ra), 0);
+    sched_dispatch(&s, now);
+    assert_int_equal(s.stats.evictions, 1);
+    assert_true(sw->stop_sent);
+    assert_int_equal(started_need, 0);
+
+    /* it exits; the pool's next document reports exactly the credit more free */
+    w->proc_exited = true;
+    w->state = POOL_WORKER_EXITED;
+    w->has_exit = true;
+    now += 100;
+    uint64_t free_after = books_apply(&s, w, ms, 3, budget, 2, now);
+    assert_int_equal(free_after - free_before, credit);
+    /* and the start placed there passes the pool's own preflight */
+    assert_int_equal(started_need, need);
+    assert_int_equal(pool_preflight_check("m3", (int)ctx, (int)slots, "cpu", started_need,
+                                          pool_device_free(&(llorch_device_info){
+                                              .kind = LLORCH_DEVICE_CPU, .id = "cpu",
+                                              .memory_total = budget, .memory_free = 64ull << 30},
+                                                           w),
+                                          &em),
+                     0);
+    sched_request_cancel(&s, &r, now);
+    sched_free(&s);
+    free_workers(w);
+  }
+}
+#endif
 
 /* ---- reporting ends: a failed/exited worker is dropped once a document
  * carrying its end was acknowledged and its handles are closed ---- */
@@ -540,6 +689,9 @@ int main(void) {
       cmocka_unit_test(test_worker_url),
       cmocka_unit_test(test_state_document),
       cmocka_unit_test(test_ack_and_reap),
+#ifdef POOL_TEST_WITH_ORCHESTRATOR
+      cmocka_unit_test(test_books_agree),
+#endif
   };
   return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -1,14 +1,18 @@
 /*
- * Host-side planning of the CUDA backend (no CUDA call in this file, so all
- * of it is unit-tested without a GPU): where each layer lives, how many bytes
- * each GPU needs and whether it has them, the scratch layout, the allocation
- * table and its residency check, and the chunked upload.
+ * Host-side planning of the CUDA backend, in plain C (no CUDA call here, so
+ * it builds and is unit-tested without nvcc or a GPU, and the memory
+ * estimate of include/llorch/memory.h is checked against it): where each
+ * layer lives, how many bytes each GPU needs and whether it has them, the
+ * scratch layout, the allocation table and its residency check, and the
+ * chunked upload.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "c_headers.cuh"
+#include "llorch/backend_cuda.h"
+#include "llorch/memory.h"
+#include "llorch/quant.h"
 
 #define MIB(x) ((double)(x) / (1024.0 * 1024.0))
 
@@ -18,7 +22,7 @@ static uint64_t plan_align(uint64_t n) {
 
 /* ---- what the kernels can run ---- */
 
-extern "C" bool llorch_cuda_type_supported(llorch_ggml_type t) {
+bool llorch_cuda_type_supported(llorch_ggml_type t) {
   switch (t) {
   case LLORCH_TYPE_F32:
   case LLORCH_TYPE_F16:
@@ -31,11 +35,11 @@ extern "C" bool llorch_cuda_type_supported(llorch_ggml_type t) {
   }
 }
 
-extern "C" uint64_t llorch_cuda_tensor_bytes(const llorch_gguf_tensor *t) {
+uint64_t llorch_cuda_tensor_bytes(const llorch_gguf_tensor *t) {
   return t ? plan_align(t->nbytes) : 0;
 }
 
-extern "C" uint64_t llorch_cuda_layer_weight_bytes(const llorch_model *m, uint32_t il) {
+uint64_t llorch_cuda_layer_weight_bytes(const llorch_model *m, uint32_t il) {
   const llorch_layer *L = &m->layers[il];
   const llorch_gguf_tensor *ts[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->bq, L->bk,
                                     L->bv, L->q_norm, L->k_norm, L->ffn_norm, L->w_gate,
@@ -118,7 +122,7 @@ static uint64_t plan_max_quant_tile(const llorch_model *m) {
   return best;
 }
 
-extern "C" void llorch_cuda_scratch_plan(const llorch_hparams *hp, uint32_t n_ctx,
+void llorch_cuda_scratch_plan(const llorch_hparams *hp, uint32_t n_ctx,
                                          uint32_t n_batch_max, uint64_t gemm_tile,
                                          bool has_output, llorch_cuda_scratch_layout *out) {
   memset(out, 0, sizeof *out);
@@ -162,7 +166,7 @@ extern "C" void llorch_cuda_scratch_plan(const llorch_hparams *hp, uint32_t n_ct
 
 /* ---- the plan ---- */
 
-extern "C" int llorch_cuda_plan_compute(const llorch_model *m, const llorch_backend_params *p,
+int llorch_cuda_plan_compute(const llorch_model *m, const llorch_backend_params *p,
                                         const uint64_t *free_bytes, llorch_cuda_plan *out,
                                         llorch_errmsg *em) {
   memset(out, 0, sizeof *out);
@@ -203,7 +207,7 @@ extern "C" int llorch_cuda_plan_compute(const llorch_model *m, const llorch_back
     dp->has_output = d == nd - 1;
     llorch_cuda_scratch_plan(hp, n_ctx, p->n_batch_max, gemm_tile, dp->has_output, &dp->scratch);
     dp->scratch_bytes = dp->scratch.total;
-    dp->overhead_bytes = LLORCH_CUDA_OVERHEAD;
+    dp->overhead_bytes = LLORCH_MEM_CUDA_RUNTIME_BYTES;
     uint64_t w = llorch_cuda_tensor_bytes(m->rope_freqs);
     if (dp->has_embd) w += llorch_cuda_tensor_bytes(m->tok_embd);
     if (dp->has_output) {
@@ -260,11 +264,11 @@ extern "C" int llorch_cuda_plan_compute(const llorch_model *m, const llorch_back
 
 /* ---- allocations and residency ---- */
 
-extern "C" int llorch_cuda_alloc_table_add(llorch_cuda_alloc_table *t, void *ptr, uint64_t bytes,
+int llorch_cuda_alloc_table_add(llorch_cuda_alloc_table *t, void *ptr, uint64_t bytes,
                                            int device, const char *what) {
   if (t->n == t->cap) {
     uint32_t cap = t->cap ? t->cap * 2 : 16;
-    llorch_cuda_alloc *a = (llorch_cuda_alloc *)realloc(t->a, sizeof *a * cap);
+    llorch_cuda_alloc *a = realloc(t->a, sizeof *a * cap);
     if (!a) return LLORCH_ENOMEM;
     t->a = a;
     t->cap = cap;
@@ -277,12 +281,12 @@ extern "C" int llorch_cuda_alloc_table_add(llorch_cuda_alloc_table *t, void *ptr
   return 0;
 }
 
-extern "C" void llorch_cuda_alloc_table_free(llorch_cuda_alloc_table *t) {
+void llorch_cuda_alloc_table_free(llorch_cuda_alloc_table *t) {
   free(t->a);
   memset(t, 0, sizeof *t);
 }
 
-extern "C" int llorch_cuda_residency_check(const llorch_cuda_alloc_table *t,
+int llorch_cuda_residency_check(const llorch_cuda_alloc_table *t,
                                            llorch_cuda_ptr_query_fn query, void *ud,
                                            int64_t now_ms, llorch_backend_memory *mem,
                                            llorch_errmsg *em) {
@@ -329,7 +333,7 @@ extern "C" int llorch_cuda_residency_check(const llorch_cuda_alloc_table *t,
 
 /* ---- chunked upload ---- */
 
-extern "C" int llorch_cuda_upload(void *dst, const void *src, uint64_t n,
+int llorch_cuda_upload(void *dst, const void *src, uint64_t n,
                                   uint8_t *const staging[2], uint64_t slot_bytes,
                                   const llorch_cuda_copy_ops *ops, void *ud, int *slot) {
   if (slot_bytes == 0) return LLORCH_EINVAL;
