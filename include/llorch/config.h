@@ -119,6 +119,7 @@ typedef struct llorch_config {
     char *id;                  /* worker id given by the pool, or NULL */
     char *pool_callback;       /* URL the ready/failed report goes to, or NULL */
     char *spawn_token;         /* token echoed to the pool in that report, or NULL */
+    char *chat_template;       /* "chatml", a .jinja path, or NULL: the model's own template */
   } worker;
 
   /* pool manager */

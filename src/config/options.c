@@ -190,6 +190,10 @@ const config_option config_options[] = {
     {.name = "worker.ctx", .flag = "ctx", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.ctx), .def = "0", .min = 0, .max = 1 << 20, .meta = "N",
      .help = "context tokens per slot; 0 = the model's context length"},
+    {.name = "worker.chat_template", .flag = "chat-template", .type = CONFIG_TYPE_STRING,
+     .roles = WORKER, .offset = OFF(worker.chat_template), .meta = "chatml|FILE",
+     .help = "chat template when the model has none or another is wanted: chatml or a .jinja file; "
+             "default: the GGUF's tokenizer.chat_template"},
     {.name = "worker.slots", .flag = "slots", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.slots), .def = "4", .min = 1, .max = 256, .meta = "N",
      .help = "sequences decoded together (continuous batching)"},
