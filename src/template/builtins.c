@@ -74,7 +74,9 @@ static int str_strip(jctx *c, jstr *s, const jstr *chars, bool left, bool right,
   }
   jsb sb = {0};
   jsb_put_jstr(&sb, s, a, b - a);
-  return jsb_finish(c, &sb, out);
+  if (jsb_finish(c, &sb, out) < 0) return -1;
+  out->u.s->safe = s->safe; /* Markup methods return Markup */
+  return 0;
 }
 
 static jv sub_str(jctx *c, jstr *s, size_t off, size_t n, int *rc) {
@@ -224,6 +226,7 @@ static int str_case(jctx *c, jstr *s, int mode, jv *out) {
   jstr *r = jstr_new(c, s->s, s->len, false);
   if (!r) return -1;
   r->taint = s->taint;
+  r->safe = s->safe;
   bool prev_cased = false;
   for (size_t i = 0; i < r->len; i++) {
     unsigned char ch = (unsigned char)r->s[i];
@@ -921,7 +924,10 @@ static int attr_path(jctx *c, jv v, jv attr, jv *out) {
 /* select/reject/selectattr/rejectattr */
 static int filter_select(jctx *c, jscope *sc, jv in, const jargs *a, bool by_attr, bool keep, jv *out) {
   jlist *items;
-  if (jinja_iterate(c, in, &items) < 0) return -1;
+  static jlist empty;
+  /* jinja walks the input only when it is true: none selects nothing */
+  if (!jv_truthy(in)) items = &empty;
+  else if (jinja_iterate(c, in, &items) < 0) return -1;
   size_t first = by_attr ? 1 : 0;
   jv attr = jv_none(), test = jv_none();
   if (by_attr && !arg(a, 0, NULL, &attr)) return jctx_fail(c, LLORCH_EINVAL, "FilterArgumentError: Missing parameter for attribute name");
@@ -952,7 +958,9 @@ static int filter_select(jctx *c, jscope *sc, jv in, const jargs *a, bool by_att
 
 static int filter_map(jctx *c, jscope *sc, jv in, const jargs *a, jv *out) {
   jlist *items;
-  if (jinja_iterate(c, in, &items) < 0) return -1;
+  static jlist empty;
+  if (!jv_truthy(in)) items = &empty;
+  else if (jinja_iterate(c, in, &items) < 0) return -1;
   jlist *l = jlist_new(c, items->n);
   if (!l) return -1;
   l->gen = true;
@@ -1069,28 +1077,14 @@ static bool filter_exists(const char *name) {
   return false;
 }
 
-static int html_escape(jctx *c, jv in, jv *out) {
+static int html_escape(jctx *c, jv in, jv *out, bool force) {
   jv s;
   if (jv_to_str(c, in, &s) < 0) return -1;
-  jsb sb = {0};
-  size_t run = 0;
-  jstr *str = s.u.s;
-  for (size_t i = 0; i < str->len; i++) {
-    const char *e = NULL;
-    switch (str->s[i]) {
-    case '&': e = "&amp;"; break;
-    case '<': e = "&lt;"; break;
-    case '>': e = "&gt;"; break;
-    case '"': e = "&#34;"; break;
-    case '\'': e = "&#39;"; break;
-    }
-    if (!e) continue;
-    jsb_put_jstr(&sb, str, run, i - run);
-    jsb_put(&sb, e, strlen(e), str->taint && str->taint[i]);
-    run = i + 1;
+  if (s.u.s->safe && !force) {
+    *out = s;
+    return 0;
   }
-  jsb_put_jstr(&sb, str, run, str->len - run);
-  return jsb_finish(c, &sb, out);
+  return jstr_escape(c, s.u.s, out);
 }
 
 int jinja_filter(jctx *c, jscope *sc, const char *name, jv in, const jargs *a, jv *out) {
@@ -1103,9 +1097,9 @@ int jinja_filter(jctx *c, jscope *sc, const char *name, jv in, const jargs *a, j
     return 0;
   }
   if (F("safe")) {
-    if (in.t == JV_STR) *out = in;
-    else return jv_to_str(c, in, out);
-    return 0;
+    jv s;
+    if (jv_to_str(c, in, &s) < 0) return -1;
+    return jstr_mark_safe(c, s.u.s, out);
   }
   if (F("string")) return jv_to_str(c, in, out);
   if (F("tojson")) {
@@ -1317,7 +1311,7 @@ int jinja_filter(jctx *c, jscope *sc, const char *name, jv in, const jargs *a, j
     *out = jv_float(r);
     return 0;
   }
-  if (F("escape") || F("e") || F("forceescape")) return html_escape(c, in, out);
+  if (F("escape") || F("e") || F("forceescape")) return html_escape(c, in, out, F("forceescape"));
   if (F("reverse")) {
     if (in.t == JV_STR) {
       jv none = jv_none();

@@ -335,11 +335,21 @@ static int binop(jctx *c, int op, jv a, jv b, jv *out) {
     case JOP_POW: *out = jv_float(pow(x, y)); return 0;
     }
   }
+  if (a.t == JV_STR && b.t == JV_STR && op == '+' && a.u.s->safe != b.u.s->safe) {
+    /* Markup + str escapes the plain operand (markupsafe) */
+    jv esc;
+    if (jstr_escape(c, a.u.s->safe ? b.u.s : a.u.s, &esc) < 0) return -1;
+    if (a.u.s->safe) b = esc;
+    else a = esc;
+  }
   if (a.t == JV_STR && b.t == JV_STR && op == '+') {
+    bool safe = a.u.s->safe;
     jsb sb = {0};
     jsb_put_jstr(&sb, a.u.s, 0, a.u.s->len);
     jsb_put_jstr(&sb, b.u.s, 0, b.u.s->len);
-    return jsb_finish(c, &sb, out);
+    if (jsb_finish(c, &sb, out) < 0) return -1;
+    out->u.s->safe = safe;
+    return 0;
   }
   if (a.t == JV_LIST && b.t == JV_LIST && op == '+' && !a.u.l->gen && !b.u.l->gen) {
     jlist *l = jlist_new(c, a.u.l->n + b.u.l->n);

@@ -142,6 +142,7 @@ typedef enum jv_type {
 typedef struct jstr {
   size_t len;       /* bytes */
   uint8_t *taint;   /* (len) 1 = byte from request text; NULL: none is */
+  bool safe;        /* markupsafe.Markup: |safe or |escape made it; '+' escapes plain operands */
   char s[];         /* len bytes + NUL */
 } jstr;
 
@@ -262,6 +263,11 @@ void jsb_puts(jsb *b, const char *s);
 void jsb_put_jstr(jsb *b, const jstr *s, size_t off, size_t n); /* a slice, provenance kept */
 int jsb_finish(jctx *c, jsb *b, jv *out); /* the text as a string value; frees b */
 void jsb_free(jsb *b);
+
+/* HTML-escapes s (markupsafe.escape) into a new safe string. */
+int jstr_escape(jctx *c, const jstr *s, jv *out);
+/* A safe (Markup) copy of s. */
+int jstr_mark_safe(jctx *c, jstr *s, jv *out);
 
 /* str(v) appended to b, as Python's str() (strings as they are). */
 int jv_write_str(jctx *c, jsb *b, jv v);

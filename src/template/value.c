@@ -394,6 +394,44 @@ int jsb_finish(jctx *c, jsb *b, jv *out) {
   return 0;
 }
 
+/* ---- Markup ---- */
+
+int jstr_escape(jctx *c, const jstr *str, jv *out) {
+  jsb sb = {0};
+  size_t run = 0;
+  for (size_t i = 0; i < str->len; i++) {
+    const char *e = NULL;
+    switch (str->s[i]) {
+    case '&': e = "&amp;"; break;
+    case '<': e = "&lt;"; break;
+    case '>': e = "&gt;"; break;
+    case '"': e = "&#34;"; break;
+    case '\'': e = "&#39;"; break;
+    }
+    if (!e) continue;
+    jsb_put_jstr(&sb, str, run, i - run);
+    jsb_put(&sb, e, strlen(e), str->taint && str->taint[i]);
+    run = i + 1;
+  }
+  jsb_put_jstr(&sb, str, run, str->len - run);
+  if (jsb_finish(c, &sb, out) < 0) return -1;
+  out->u.s->safe = true;
+  return 0;
+}
+
+int jstr_mark_safe(jctx *c, jstr *s, jv *out) {
+  if (s->safe) {
+    *out = jv_str(s);
+    return 0;
+  }
+  jstr *r = jstr_new(c, s->s, s->len, false);
+  if (!r) return -1;
+  r->taint = s->taint;
+  r->safe = true;
+  *out = jv_str(r);
+  return 0;
+}
+
 /* ---- printing ---- */
 
 /* Python's repr(float): the shortest text that reads back to f. */
