@@ -35,7 +35,7 @@ int jscope_set(jctx *c, jscope *sc, const char *name, size_t len, jv v) {
       return 0;
     }
   if (sc->n == sc->cap) {
-    size_t cap = sc->cap ? sc->cap * 2 : 8;
+    size_t cap = sc->cap ? sc->cap * 2 : 4;
     jvar *nv = jarena_alloc(&c->arena, cap * sizeof *nv);
     if (!nv) return jctx_fail(c, LLORCH_ELIMIT, MEM_MSG);
     if (sc->n) memcpy(nv, sc->vars, sc->n * sizeof *nv);
@@ -730,6 +730,7 @@ static int exec_for(jctx *c, jscope *sc, const jnode *n, jsb *out) {
   if (jscope_get(sc, "loop", 4, &outer) && outer.t == JV_LOOP) loop->depth = outer.u.loop->depth + 1;
   loop->last_changed = jv_undef("");
   for (size_t i = 0; i < items->n; i++) {
+    if (step(c) < 0) return -1; /* an empty body still costs a step */
     loop->index0 = i;
     jscope *body_sc = jscope_new(c, sc);
     if (!body_sc) return -1;

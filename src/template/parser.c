@@ -930,8 +930,10 @@ static int parse_body(parser *P, nvec *body, const char *const *ends, const char
     if (t->type == JT_EOF) {
       P->depth--;
       if (!ends) return 0;
-      char msg[96];
-      snprintf(msg, sizeof msg, "unexpected end of template, expected '%s'", ends[0]);
+      char msg[160];
+      size_t m = (size_t)snprintf(msg, sizeof msg, "unexpected end of template, looking for");
+      for (size_t k = 0; ends[k] && m < sizeof msg; k++)
+        m += (size_t)snprintf(msg + m, sizeof msg - m, "%s '%s'", k ? " or" : "", ends[k]);
       return p_fail(P, "%s", msg);
     }
     if (t->type == JT_DATA) {
