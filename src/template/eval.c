@@ -729,11 +729,17 @@ static int exec_for(jctx *c, jscope *sc, const jnode *n, jsb *out) {
   jv outer;
   if (jscope_get(sc, "loop", 4, &outer) && outer.t == JV_LOOP) loop->depth = outer.u.loop->depth + 1;
   loop->last_changed = jv_undef("");
+  jscope *body_sc = NULL;
   for (size_t i = 0; i < items->n; i++) {
     if (step(c) < 0) return -1; /* an empty body still costs a step */
     loop->index0 = i;
-    jscope *body_sc = jscope_new(c, sc);
-    if (!body_sc) return -1;
+    /* each iteration starts from an empty scope; the last one's memory is
+     * reused unless a macro defined in it still refers to it */
+    if (!body_sc || body_sc->captured) {
+      if (!(body_sc = jscope_new(c, sc))) return -1;
+    } else {
+      body_sc->n = 0;
+    }
     if (assign_targets(c, body_sc, &n->targets, items->v[i]) < 0 ||
         jscope_set(c, body_sc, "loop", 4, (jv){.t = JV_LOOP, .u.loop = loop}) < 0)
       return -1;
@@ -802,6 +808,7 @@ static int exec_node(jctx *c, jscope *sc, const jnode *n, jsb *out) {
     if (!m) return jctx_fail(c, LLORCH_ELIMIT, MEM_MSG);
     m->def = n;
     m->closure = sc;
+    for (jscope *s2 = sc; s2; s2 = s2->parent) s2->captured = true;
     m->caller = jv_undef("UndefinedError: 'caller' is undefined");
     return jscope_set(c, sc, n->s, n->len, (jv){.t = JV_MACRO, .u.m = m});
   }
@@ -810,6 +817,7 @@ static int exec_node(jctx *c, jscope *sc, const jnode *n, jsb *out) {
     if (!cm) return jctx_fail(c, LLORCH_ELIMIT, MEM_MSG);
     cm->def = n;
     cm->closure = sc;
+    for (jscope *s2 = sc; s2; s2 = s2->parent) s2->captured = true;
     cm->caller = jv_undef("UndefinedError: 'caller' is undefined");
     const jnode *call = n->a;
     jv fn, *pos, *kwv;

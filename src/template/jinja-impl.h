@@ -211,6 +211,7 @@ struct jscope {
   jscope *parent;
   jvar *vars;
   size_t n, cap;
+  bool captured; /* a macro closes over it: not reused by the next loop iteration */
 };
 
 /* String builder with provenance. */
