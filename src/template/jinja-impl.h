@@ -251,6 +251,7 @@ jlist *jlist_new(jctx *c, size_t cap);
 int jlist_push(jctx *c, jlist *l, jv v);
 jdict *jdict_new(jctx *c, size_t cap);
 int jdict_set(jctx *c, jdict *d, jv k, jv v);
+int jdict_append(jctx *c, jdict *d, jv k, jv v); /* k known to be new */
 bool jdict_get(const jdict *d, const char *key, size_t len, jv *out);
 bool jdict_getv(const jdict *d, jv key, jv *out);
 const char *jv_type_name(jv v); /* Python's: 'str', 'dict', 'list', 'NoneType', ... */

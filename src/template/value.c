@@ -177,6 +177,10 @@ int jdict_set(jctx *c, jdict *d, jv k, jv v) {
       d->v[i] = v;
       return 0;
     }
+  return jdict_append(c, d, k, v);
+}
+
+int jdict_append(jctx *c, jdict *d, jv k, jv v) {
   if (d->n == d->cap) {
     size_t cap = d->cap ? d->cap * 2 : 4;
     jv *nk = jarena_alloc(&c->arena, cap * sizeof(jv)), *nv = jarena_alloc(&c->arena, cap * sizeof(jv));
@@ -777,7 +781,9 @@ int jv_from_cjson(jctx *c, const cJSON *j, bool tainted, jv *out) {
         break;
       }
       k = jv_str(ks);
-      if ((rc = jv_from_cjson(c, e, tainted, &v)) == 0) rc = jdict_set(c, d, k, v);
+      /* appended without a duplicate check: linear in the request's size
+       * (a JSON object with a repeated key keeps its first value here) */
+      if ((rc = jv_from_cjson(c, e, tainted, &v)) == 0) rc = jdict_append(c, d, k, v);
     }
     if (rc == 0) *out = (jv){.t = JV_DICT, .u.d = d};
   } else {

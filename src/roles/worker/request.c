@@ -86,8 +86,7 @@ static int request_message_content(const cJSON *msg, const char *where, llorch_j
 
 /*
  * Renders the request with the model's own chat template (chat.h). The
- * template sees messages (content parts flattened to text; "developer" is
- * OpenAI's newer name for "system"), tools when given,
+ * template sees messages (content parts flattened to text), tools when given,
  * add_generation_prompt = true and the keys of chat_template_kwargs. A
  * template error is the client's: 400 with the template's message.
  */
@@ -134,15 +133,21 @@ static int request_render_chat(worker *w, const cJSON *body, const cJSON *messag
       cJSON_Delete(copy);
       goto nomem;
     }
-    cJSON *text = cJSON_CreateString(content.data ? content.data : "");
-    if (!text || !cJSON_ReplaceItemInObjectCaseSensitive(copy, "role", cJSON_CreateString(role == 3 ? "system" : roles[role]))) {
-      cJSON_Delete(text);
+    /* "developer" is OpenAI's newer name for "system" */
+    cJSON *role_s = cJSON_CreateString(role == 3 ? "system" : roles[role]);
+    if (!role_s || !cJSON_ReplaceItemInObjectCaseSensitive(copy, "role", role_s)) {
+      cJSON_Delete(role_s);
       goto nomem;
     }
-    if (cJSON_GetObjectItemCaseSensitive(copy, "content")) {
+    cJSON *text = cJSON_CreateString(content.data ? content.data : "");
+    if (!text) goto nomem;
+    /* text parts become one string; a null or absent content stays so
+     * (templates test "content is none" for assistant tool calls) */
+    const cJSON *orig = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (cJSON_IsString(orig) || cJSON_IsArray(orig)) {
       if (!cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", text)) goto nomem;
-    } else if (!cJSON_AddItemToObject(copy, "content", text)) {
-      goto nomem;
+    } else {
+      cJSON_Delete(text);
     }
   }
   const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
