@@ -1142,7 +1142,7 @@ int jinja_filter(jctx *c, jscope *sc, const char *name, jv in, const jargs *a, j
     if (jinja_iterate(c, in, &items) < 0) return -1;
     jlist *l = jlist_new(c, items->n);
     if (!l) return -1;
-    memcpy(l->v, items->v, items->n * sizeof(jv));
+    if (items->n) memcpy(l->v, items->v, items->n * sizeof(jv));
     l->n = items->n;
     *out = list_v(l);
     return 0;
