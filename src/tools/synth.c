@@ -74,7 +74,7 @@ static void synth_usage(FILE *f) {
           "                     --heads N --kv-heads N) [--head-dim N] [--vocab N] [--ctx N]\n"
           "                     [--rope-base X] [--tie-embeddings] [--vocab-from FILE.gguf]\n"
           "                     [--type f32|f16|bf16|q8_0|q4_0|q4_k|q6_k] [--seed N]\n"
-          "                     [--chat-template FILE.jinja] -o OUT.gguf\n"
+          "                     [--chat-template FILE.jinja|none] -o OUT.gguf\n"
           "presets: qwen2.5-0.5b, llama3.2-1b, qwen3-0.6b, llama3-8b\n");
 }
 
@@ -523,8 +523,14 @@ static int synth_set_hparams(llorch_gguf_writer *w, const synth_params *p, uint3
 /* ---- the command ---- */
 
 /* --chat-template: the file's text becomes tokenizer.chat_template (it must
- * compile, so a typo is caught here rather than at serve time). */
+ * compile, so a typo is caught here rather than at serve time); "none"
+ * leaves the model without one. */
 static int synth_set_chat_template(llorch_gguf_writer *w, const char *path) {
+  if (strcmp(path, "none") == 0) {
+    /* a model without a template (tests of that case) */
+    int rc = llorch_gguf_writer_remove_kv(w, "tokenizer.chat_template");
+    return rc == LLORCH_ENOTFOUND ? 0 : rc;
+  }
   FILE *f = fopen(path, "rb");
   if (!f) {
     fprintf(stderr, "synth: --chat-template %s: %s\n", path, strerror(errno));
