@@ -499,7 +499,47 @@ static void write_int(jsb *b, int64_t i) {
   jsb_puts(b, buf);
 }
 
-/* Python's repr(str): quotes chosen as Python does, escapes for controls. */
+/* str.isprintable() for one code point: false for controls, format
+ * characters, separators other than ' ' and private use (Python's Cc, Cf,
+ * Zl, Zp, Zs, Co); unassigned code points are not tabled and count as
+ * printable. */
+static bool py_printable(uint32_t cp) {
+  static const uint32_t ranges[][2] = {
+      {0x0, 0x1f},         {0x7f, 0xa0},         {0xad, 0xad},         {0x600, 0x605},     {0x61c, 0x61c},
+      {0x6dd, 0x6dd},      {0x70f, 0x70f},       {0x890, 0x891},       {0x8e2, 0x8e2},     {0x1680, 0x1680},
+      {0x180e, 0x180e},    {0x2000, 0x200f},     {0x2028, 0x202f},     {0x205f, 0x2064},   {0x2066, 0x206f},
+      {0x3000, 0x3000},    {0xd800, 0xf8ff},     {0xfeff, 0xfeff},     {0xfff9, 0xfffb},   {0xfffe, 0xffff},
+      {0x110bd, 0x110bd},  {0x110cd, 0x110cd},   {0x13430, 0x1343f},   {0x1bca0, 0x1bca3}, {0x1d173, 0x1d17a},
+      {0xe0001, 0xe0001},  {0xe0020, 0xe007f},   {0xf0000, 0x10ffff},
+  };
+  for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
+    if (cp >= ranges[i][0] && cp <= ranges[i][1]) return false;
+  return true;
+}
+
+/* One UTF-8 sequence at s (n bytes left): its code point and length; an
+ * invalid byte reads as itself (length 1). */
+static uint32_t utf8_next(const unsigned char *s, size_t n, size_t *len) {
+  unsigned char c0 = s[0];
+  size_t need = c0 >= 0xF0 && c0 < 0xF8 ? 4 : c0 >= 0xE0 ? 3 : c0 >= 0xC0 ? 2 : 1;
+  if (c0 < 0x80 || need > n || c0 >= 0xF8) {
+    *len = 1;
+    return c0;
+  }
+  uint32_t cp = c0 & (0x7F >> need);
+  for (size_t i = 1; i < need; i++) {
+    if ((s[i] & 0xC0) != 0x80) {
+      *len = 1;
+      return c0;
+    }
+    cp = (cp << 6) | (s[i] & 0x3F);
+  }
+  *len = need;
+  return cp;
+}
+
+/* Python's repr(str): quotes chosen as Python does, escapes for what is not
+ * printable. */
 static void write_str_repr(jsb *b, const jstr *s) {
   bool has_sq = memchr(s->s, '\'', s->len) != NULL, has_dq = memchr(s->s, '"', s->len) != NULL;
   char q = has_sq && !has_dq ? '"' : '\'';
@@ -509,7 +549,7 @@ static void write_str_repr(jsb *b, const jstr *s) {
   for (size_t i = 0; i < s->len; i++) {
     unsigned char ch = (unsigned char)s->s[i];
     const char *esc = NULL;
-    char buf[8];
+    char buf[16];
     if (ch == '\\') esc = "\\\\";
     else if (ch == (unsigned char)q) esc = q == '\'' ? "\\'" : "\\\"";
     else if (ch == '\n') esc = "\\n";
@@ -519,9 +559,21 @@ static void write_str_repr(jsb *b, const jstr *s) {
       snprintf(buf, sizeof buf, "\\x%02x", ch);
       esc = buf;
     }
-    if (!esc) continue;
+    size_t clen = 1;
+    if (!esc && ch >= 0x80) {
+      uint32_t cp = utf8_next((const unsigned char *)s->s + i, s->len - i, &clen);
+      if (!py_printable(cp)) {
+        snprintf(buf, sizeof buf, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", (unsigned)cp);
+        esc = buf;
+      }
+    }
+    if (!esc) {
+      i += clen - 1;
+      continue;
+    }
     jsb_put(b, s->s + run, i - run, t);
     jsb_put(b, esc, strlen(esc), t);
+    i += clen - 1;
     run = i + 1;
   }
   jsb_put(b, s->s + run, s->len - run, t);

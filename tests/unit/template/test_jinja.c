@@ -60,6 +60,8 @@ static const jcase cases[] = {
      "xNone1.0TrueTrueTrueFalse"},
     {"{{ [1, 2.0, 'a', none, true, {'k': \"v'\"}] }}{{ (1,) }}{{ 1e20 }}{{ 1e-7 }}{{ 0.1 + 0.2 }}", NULL,
      "[1, 2.0, 'a', None, True, {'k': \"v'\"}](1,)1e+20" "1e-070.30000000000000004"},
+    {"{{ ['a\\u00a0b', 'zw\\u200bj', 'ok \\u00e9', '\\U000f0000', '\\x85'] }}", NULL,
+     "['a\\xa0b', 'zw\\u200bj', 'ok \xc3\xa9', '\\U000f0000', '\\x85']"},
     {"{{ 'abcdef'[1:4] }}{{ 'abcdef'[::-2] }}{{ [1,2,3][-1] }}{{ 'héllo'[1:3] }}{{ 'héllo'|length }}", NULL,
      "bcdfdb3él5"},
     {"{{ 1 if false }}|{{ 'a' if 1 < 2 < 3 else 'b' }}|{{ not 1 == 2 }}", NULL, "|a|True"},
