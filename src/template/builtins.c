@@ -55,8 +55,21 @@ static jv list_v(jlist *l) { return (jv){.t = JV_LIST, .u.l = l}; }
 /* ---- string helpers ---- */
 
 static bool in_set(unsigned char ch, const jstr *chars) {
-  if (!chars) return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' || ch == '\f';
+  if (!chars) return ch == ' ' || (ch >= '\t' && ch <= '\r') || (ch >= 0x1c && ch <= 0x1f);
   return memchr(chars->s, ch, chars->len) != NULL;
+}
+
+/* Python's str.isspace() beyond ASCII, for the UTF-8 sequence at p (n bytes
+ * left): its length when it is whitespace, else 0. */
+static size_t unicode_space_len(const char *p, size_t n) {
+  const unsigned char *u = (const unsigned char *)p;
+  if (n >= 2 && u[0] == 0xC2 && (u[1] == 0x85 || u[1] == 0xA0)) return 2;
+  if (n >= 3 && u[0] == 0xE1 && u[1] == 0x9A && u[2] == 0x80) return 3; /* U+1680 */
+  if (n >= 3 && u[0] == 0xE2 && u[1] == 0x80 && (u[2] <= 0x8A || u[2] == 0xA8 || u[2] == 0xA9 || u[2] == 0xAF))
+    return 3; /* U+2000..200A, 2028, 2029, 202F */
+  if (n >= 3 && u[0] == 0xE2 && u[1] == 0x81 && u[2] == 0x9F) return 3; /* U+205F */
+  if (n >= 3 && u[0] == 0xE3 && u[1] == 0x80 && u[2] == 0x80) return 3; /* U+3000 */
+  return 0;
 }
 
 /* Python's str.strip/lstrip/rstrip; chars NULL = whitespace. Multi-byte
@@ -64,10 +77,21 @@ static bool in_set(unsigned char ch, const jstr *chars) {
  * (the ones templates use). */
 static int str_strip(jctx *c, jstr *s, const jstr *chars, bool left, bool right, jv *out) {
   size_t a = 0, b = s->len;
-  if (left)
-    while (a < b && in_set((unsigned char)s->s[a], chars)) a++;
-  if (right)
-    while (b > a && in_set((unsigned char)s->s[b - 1], chars)) b--;
+  for (bool more = left; more && a < b;) {
+    size_t k = in_set((unsigned char)s->s[a], chars) ? 1 : chars ? 0 : unicode_space_len(s->s + a, b - a);
+    a += k;
+    more = k > 0;
+  }
+  for (bool more = right; more && b > a;) {
+    size_t k = in_set((unsigned char)s->s[b - 1], chars) ? 1 : 0;
+    if (!k && !chars && ((unsigned char)s->s[b - 1] & 0x80)) {
+      size_t st = b - 1;
+      while (st > a && ((unsigned char)s->s[st] & 0xC0) == 0x80) st--;
+      if (unicode_space_len(s->s + st, b - st) == b - st) k = b - st;
+    }
+    b -= k;
+    more = k > 0;
+  }
   if (a == 0 && b == s->len) {
     *out = jv_str(s);
     return 0;

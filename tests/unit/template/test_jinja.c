@@ -71,6 +71,7 @@ static const jcase cases[] = {
      "{\"b\": [1, 2.5, null, true], \"a\": \"é\\\"\\n\"}|{\n  \"b\": [\n    1,\n    2.5,\n    null,\n    true\n  ],\n"
      "  \"a\": \"é\\\"\\n\"\n}"},
     {"{{ d|tojson(sort_keys=true, separators=(',', ':')) }}", "{\"d\":{\"b\":1,\"a\":{}}}", "{\"a\":{},\"b\":1}"},
+    {"[{{ '\\u3000\\xa0 x\\u2003\\x1f'|trim }}|{{ ' \\u00e9 '.strip() }}]", NULL, "[x|\xc3\xa9]"},
     {"{{ '  x  '|trim }}|{{ 'xxaxx'|trim('x') }}|{{ 'ab'|upper }}{{ 'AB'|lower }}{{ 'hello world'|title }}"
      "{{ 'hELLO'|capitalize }}",
      NULL, "x|a|ABabHello WorldHello"},
