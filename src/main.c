@@ -32,6 +32,7 @@ static const struct {
     {"config", llorch_cmd_config, "check a config file or print the effective configuration"},
     {"synth", llorch_cmd_synth, "write a random-weight GGUF model of a real shape"},
     {"tokenize", llorch_cmd_tokenize, "print the token ids of a text (vocab-only GGUF files work)"},
+    {"chat-template", llorch_cmd_chat_template, "render a chat request with a Jinja chat template"},
     {"run", llorch_cmd_run, "generate a continuation of a prompt and stream it to stdout"},
     {"bench", llorch_cmd_bench, "measure load time, prompt and generation tok/s, RSS of a model"},
 };

@@ -1,95 +1,83 @@
 /*
- * Chat templates: turning a list of messages into the prompt text a model
- * was trained on.
+ * Chat prompts: a model's own chat template (Jinja, include/llorch/jinja.h)
+ * turned into the prompt tokens a model was trained on.
  *
- * llorch does not run Jinja. It recognises the template family from
- * distinctive markers in tokenizer.chat_template (as llama.cpp's
- * llm_chat_detect_template does) and renders that family the way its
- * reference template does:
+ * The template comes from the GGUF's tokenizer.chat_template, or from
+ * tokenizer.chat_template.tool_use when a request has tools and the file
+ * names one. An operator may instead name "chatml" (a built-in ChatML
+ * template) or a .jinja file. A model without any template is an error that
+ * says so: llorch never guesses a prompt format.
  *
- *   chatml   <|im_start|>role\n...<|im_end|>\n            Qwen 2 / 2.5 / 3
- *            plus the default system prompt when the template has one and
- *            the messages do not start with a system message
- *   llama3   <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
- *            (3.1+ templates: the "Cutting Knowledge Date" system header)
- *   llama2   [INST] <<SYS>>\n...\n<</SYS>>\n\n... [/INST] ... </s><s>[INST] ...
- *   mistral  [INST] ... [/INST]...</s>  (a system message joins the first
- *            user message, separated by a blank line)
- *   phi3     <|role|>\n...<|end|>\n
- *   gemma    <start_of_turn>user\n...<end_of_turn>\n, assistant -> model;
- *            no system role: it is prepended to the first user turn
+ * A template is compiled once (llorch_chat_init*) and rendered per request
+ * (llorch_chat_render) from a JSON context: messages, tools,
+ * add_generation_prompt and any extra variables (chat_template_kwargs).
  *
- * The text never begins with the BOS token's text: tokenize it with
- * LLORCH_TOKENIZE_ADD_SPECIAL | LLORCH_TOKENIZE_PARSE_SPECIAL so the
- * tokenizer adds BOS where the vocabulary wants one (llama.cpp likewise
- * strips a leading BOS from rendered templates to avoid doubling it).
+ * Special tokens: llorch_chat_tokenize turns special-token text into its
+ * token only where the template itself wrote it. Text that came from the
+ * request (message content, tool definitions, kwargs) is tokenized as plain
+ * text, so "<|im_start|>system" typed by a user stays ordinary text tokens.
  */
 #ifndef LLORCH_CHAT_H
 #define LLORCH_CHAT_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 #include "llorch/error.h"
+#include "llorch/gguf.h"
+#include "llorch/jinja.h"
 #include "llorch/tokenizer.h"
 
-typedef enum llorch_chat_family {
-  LLORCH_CHAT_UNKNOWN = 0,
-  LLORCH_CHAT_CHATML,
-  LLORCH_CHAT_LLAMA3,
-  LLORCH_CHAT_LLAMA2,
-  LLORCH_CHAT_MISTRAL,
-  LLORCH_CHAT_PHI3,
-  LLORCH_CHAT_GEMMA,
-} llorch_chat_family;
-
-typedef struct llorch_chat_message {
-  const char *role;    /* "system", "user" or "assistant" */
-  const char *content; /* NUL-terminated UTF-8 */
-} llorch_chat_message;
-
-/* "chatml", "llama3", ...; "unknown" for LLORCH_CHAT_UNKNOWN. */
-const char *llorch_chat_family_name(llorch_chat_family f);
-/* Parses a family name (also "qwen" for chatml); LLORCH_EINVAL listing the
- * known names otherwise. */
-int llorch_chat_family_parse(const char *name, llorch_chat_family *out, llorch_errmsg *em);
-/* The family a template's text belongs to, LLORCH_CHAT_UNKNOWN if none. */
-llorch_chat_family llorch_chat_detect(const char *template_text);
+struct cJSON;
 
 typedef struct llorch_chat llorch_chat;
 
+/* The built-in ChatML template ("chatml"). */
+extern const char llorch_chat_chatml_template[];
+
 /*
- * template_text: tokenizer.chat_template or NULL; family: a name for
- * llorch_chat_family_parse, or NULL to detect it from the text; eos_text:
- * the EOS token's text, used by the families that write it (NULL: the
- * family's usual one). Errors (LLORCH_EINVAL, em says which): no template
- * and no family named; a template of no supported family and no family
- * named; an unknown family name.
+ * Compiles template_text (required) and tool_use_text (NULL: none). bos_text
+ * and eos_text are what the template sees as bos_token / eos_token (NULL:
+ * ""). A syntax error gets LLORCH_EFORMAT with em naming the template and
+ * the line.
  */
-int llorch_chat_init(llorch_chat **out, const char *template_text, const char *family,
-                     const char *eos_text, llorch_errmsg *em);
-/* The same with the template and EOS text of a loaded tokenizer. */
-int llorch_chat_init_tokenizer(llorch_chat **out, const llorch_tokenizer *t, const char *family,
-                               llorch_errmsg *em);
+int llorch_chat_init(llorch_chat **out, const char *template_text, const char *tool_use_text,
+                     const char *bos_text, const char *eos_text, llorch_errmsg *em);
+
+/*
+ * The template of a model: override NULL uses the GGUF's
+ * tokenizer.chat_template (and .tool_use); "chatml" the built-in ChatML;
+ * anything else is read as a path to a Jinja file. BOS/EOS texts come from
+ * the tokenizer. LLORCH_ENOTFOUND when the model has no template and none
+ * is named (em says how to name one); LLORCH_EIO for an unreadable file.
+ */
+int llorch_chat_init_model(llorch_chat **out, const llorch_gguf *g, const llorch_tokenizer *t,
+                           const char *override, llorch_errmsg *em);
 void llorch_chat_free(llorch_chat *c);
 
-llorch_chat_family llorch_chat_family_of(const llorch_chat *c);
-/* The default system prompt taken from the template, or NULL. */
-const char *llorch_chat_default_system(const llorch_chat *c);
-/* Llama 3.1+ templates print today's date; fix it (e.g. "26 Jul 2024") for
- * reproducible prompts. NULL goes back to today's date. */
-int llorch_chat_set_date(llorch_chat *c, const char *date);
+/* Where the template came from: "gguf", "chatml" or the file path. */
+const char *llorch_chat_source(const llorch_chat *c);
+bool llorch_chat_has_tool_use(const llorch_chat *c);
 
 /*
- * Renders n messages into a malloc'ed NUL-terminated string (*out, *out_len
- * bytes). add_generation_prompt appends the opening of an assistant turn
- * where the family has one. Roles are validated: only system, user and
- * assistant; families whose templates require it (llama2, mistral, gemma)
- * also require a system message to come first and user/assistant turns to
- * alternate starting with user. Returns 0, LLORCH_EINVAL (em names the
- * message and the problem) or LLORCH_ENOMEM.
+ * Renders context (a JSON object; see above) with the template, or with the
+ * tool_use template when context.tools is a non-empty array and there is
+ * one. now: strftime_now's clock (0: the current time). Errors are the
+ * template's (LLORCH_EINVAL, em = "TemplateError: ...") or its bounds
+ * (LLORCH_ELIMIT).
  */
-int llorch_chat_render(const llorch_chat *c, const llorch_chat_message *msgs, size_t n,
-                       bool add_generation_prompt, char **out, size_t *out_len, llorch_errmsg *em);
+int llorch_chat_render(const llorch_chat *c, const struct cJSON *context, time_t now, llorch_jinja_output *out,
+                       llorch_errmsg *em);
+
+/*
+ * Tokenizes a rendered prompt: CONTROL tokens are parsed only in bytes the
+ * template wrote (out->from_request marks the others); BOS/EOS are added
+ * as the vocabulary says, and a leading BOS text the template wrote itself
+ * is dropped so it is not doubled (llama.cpp does the same). Appends to
+ * tokens.
+ */
+int llorch_chat_tokenize(const llorch_tokenizer *t, const llorch_jinja_output *r, llorch_tokens *tokens,
+                         llorch_errmsg *em);
 
 #endif /* LLORCH_CHAT_H */

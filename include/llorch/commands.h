@@ -26,4 +26,9 @@ int llorch_cmd_run(int argc, char **argv);
  * RSS of one model (src/tools/bench.c). argv[0] is "bench". */
 int llorch_cmd_bench(int argc, char **argv);
 
+/* `llorch chat-template (--template FILE.jinja | --model FILE.gguf) --request FILE.json
+ * [--bos-token T] [--eos-token T] [--now TIME]`: prints a chat request rendered with a Jinja
+ * chat template, exactly (src/tools/chat_template.c). argv[0] is "chat-template". */
+int llorch_cmd_chat_template(int argc, char **argv);
+
 #endif /* LLORCH_COMMANDS_H */

@@ -72,6 +72,7 @@ typedef struct llorch_model_entry {
   int max_replicas;        /* upper bound on workers; >= min_replicas */
   int64_t keep_alive_ms;   /* idle time before it may be evicted; -1 = never */
   llorch_priority priority; /* queue class of its requests */
+  char *chat_template;     /* "chatml", a .jinja file name in the pools' model_dirs, or NULL: the GGUF's */
 } llorch_model_entry;
 
 typedef struct llorch_model_list {
@@ -119,6 +120,7 @@ typedef struct llorch_config {
     char *id;                  /* worker id given by the pool, or NULL */
     char *pool_callback;       /* URL the ready/failed report goes to, or NULL */
     char *spawn_token;         /* token echoed to the pool in that report, or NULL */
+    char *chat_template;       /* "chatml", a .jinja path, or NULL: the model's own template */
   } worker;
 
   /* pool manager */

@@ -191,6 +191,8 @@ int llorch_gguf_writer_set_u64(llorch_gguf_writer *w, const char *key, uint64_t 
 int llorch_gguf_writer_set_f32(llorch_gguf_writer *w, const char *key, float v);
 int llorch_gguf_writer_set_bool(llorch_gguf_writer *w, const char *key, bool v);
 int llorch_gguf_writer_set_str(llorch_gguf_writer *w, const char *key, const char *v);
+/* Drops a key set earlier (order of the others kept); LLORCH_ENOTFOUND if none. */
+int llorch_gguf_writer_remove_kv(llorch_gguf_writer *w, const char *key);
 /* Any fixed-size scalar type (UINT8..FLOAT64, BOOL as one byte); v points at
  * a value of that type's C size. Setting a key that exists replaces it. */
 int llorch_gguf_writer_set_value(llorch_gguf_writer *w, const char *key, llorch_gguf_vtype t,

@@ -132,6 +132,15 @@ typedef enum llorch_tokenize_flags {
  */
 int llorch_tokenize(const llorch_tokenizer *t, const char *text, size_t len, unsigned flags,
                     llorch_tokens *out, llorch_errmsg *em);
+/*
+ * llorch_tokenize where some bytes are plain text whatever the flags: with
+ * LLORCH_TOKENIZE_PARSE_SPECIAL, CONTROL/UNKNOWN token text becomes its
+ * token only when none of its bytes has plain[i] != 0 (plain: len bytes, or
+ * NULL for none). Chat prompts mark the bytes that came from a request so a
+ * client cannot type a control token (chat.h).
+ */
+int llorch_tokenize_masked(const llorch_tokenizer *t, const char *text, size_t len, unsigned flags,
+                           const uint8_t *plain, llorch_tokens *out, llorch_errmsg *em);
 
 /* ---- decoding ---- */
 

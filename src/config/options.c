@@ -99,6 +99,13 @@ static int check_model_file(const char *s) {
   return 0;
 }
 
+/* A catalog chat_template: "chatml", or a relative .jinja path like a model file. */
+static int check_chat_template(const char *s) {
+  if (strcmp(s, "chatml") == 0) return 0;
+  size_t n = strlen(s);
+  return n > 6 && strcmp(s + n - 6, ".jinja") == 0 && !strchr(s, '/') ? check_model_file(s) : -1;
+}
+
 /* Pool names go into URLs, metrics labels and device ids: [A-Za-z0-9._-]{1,63}. */
 static int check_pool_name(const char *s) {
   size_t n = strlen(s);
@@ -190,6 +197,10 @@ const config_option config_options[] = {
     {.name = "worker.ctx", .flag = "ctx", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.ctx), .def = "0", .min = 0, .max = 1 << 20, .meta = "N",
      .help = "context tokens per slot; 0 = the model's context length"},
+    {.name = "worker.chat_template", .flag = "chat-template", .type = CONFIG_TYPE_STRING,
+     .roles = WORKER, .offset = OFF(worker.chat_template), .meta = "chatml|FILE",
+     .help = "chat template when the model has none or another is wanted: chatml or a .jinja file; "
+             "default: the GGUF's tokenizer.chat_template"},
     {.name = "worker.slots", .flag = "slots", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.slots), .def = "4", .min = 1, .max = 256, .meta = "N",
      .help = "sequences decoded together (continuous batching)"},
@@ -315,6 +326,9 @@ const config_option config_model_fields[] = {
      .help = "idle time before it may be evicted; -1 = never"},
     {.name = "priority", .type = CONFIG_TYPE_ENUM, .offset = OFF(priority), .def = "interactive",
      .enum_names = priorities, .help = "queue class"},
+    {.name = "chat_template", .type = CONFIG_TYPE_STRING, .offset = OFF(chat_template),
+     .check = check_chat_template, .expect = "chatml or the name of a .jinja file in the pools' model_dirs",
+     .help = "chat template instead of the GGUF's tokenizer.chat_template (needed when it has none)"},
 };
 const size_t config_model_fields_count = sizeof config_model_fields / sizeof config_model_fields[0];
 

@@ -115,6 +115,17 @@ static writer_kv *writer_find_kv(llorch_gguf_writer *w, const char *key) {
   return NULL;
 }
 
+int llorch_gguf_writer_remove_kv(llorch_gguf_writer *w, const char *key) {
+  writer_kv *kv = key ? writer_find_kv(w, key) : NULL;
+  if (kv == NULL) return LLORCH_ENOTFOUND;
+  free(kv->key);
+  free(kv->val);
+  size_t i = (size_t)(kv - w->kvs);
+  memmove(&w->kvs[i], &w->kvs[i + 1], (w->n_kv - i - 1) * sizeof *w->kvs);
+  w->n_kv--;
+  return 0;
+}
+
 /* Takes ownership of b's bytes; setting an existing key replaces its value. */
 static int writer_put_kv(llorch_gguf_writer *w, const char *key, wbuf *b) {
   if (b->oom) {

@@ -619,8 +619,25 @@ static int frag_push(frag_list *l, int32_t token, size_t off, size_t len) {
  * order matters when special texts overlap). USER_DEFINED tokens are always
  * cut out; CONTROL and UNKNOWN ones only with parse_special.
  */
+/* The first match of sp in [from, end) that may become the token: a CONTROL
+ * or UNKNOWN token's text only where no byte is marked plain. */
+static const char *special_find(const char *text, size_t from, size_t end, const tok_token *sp,
+                                const uint8_t *plain) {
+  bool check = plain && (sp->attr & (TOK_ATTR_CONTROL | TOK_ATTR_UNKNOWN));
+  while (end - from >= sp->len) {
+    const char *m = memmem(text + from, end - from, sp->text, sp->len);
+    if (!m || !check) return m;
+    size_t at = (size_t)(m - text);
+    bool ok = true;
+    for (size_t i = 0; i < sp->len && ok; i++) ok = !plain[at + i];
+    if (ok) return m;
+    from = at + 1;
+  }
+  return NULL;
+}
+
 static int vocab_partition(const llorch_tokenizer *t, const char *text, size_t len, bool parse_special,
-                           frag_list *frags) {
+                           const uint8_t *plain, frag_list *frags) {
   frag_list next = {0};
   int rc = 0;
   if (len > 0 && (rc = frag_push(frags, -1, 0, len)) != 0) return rc;
@@ -630,7 +647,7 @@ static int vocab_partition(const llorch_tokenizer *t, const char *text, size_t l
     bool found = false;
     for (size_t f = 0; f < frags->n && !found; f++)
       if (frags->v[f].token < 0 && frags->v[f].len >= sp->len &&
-          memmem(text + frags->v[f].off, frags->v[f].len, sp->text, sp->len))
+          special_find(text, frags->v[f].off, frags->v[f].off + frags->v[f].len, sp, plain))
         found = true;
     if (!found) continue;
     next.n = 0;
@@ -642,7 +659,7 @@ static int vocab_partition(const llorch_tokenizer *t, const char *text, size_t l
       }
       size_t off = fr.off, rem = fr.len;
       while (rem > 0) {
-        const char *m = rem >= sp->len ? memmem(text + off, rem, sp->text, sp->len) : NULL;
+        const char *m = rem >= sp->len ? special_find(text, off, off + rem, sp, plain) : NULL;
         if (!m) {
           if ((rc = frag_push(&next, -1, off, rem)) != 0) goto out;
           break;
@@ -673,11 +690,16 @@ out:
 
 int llorch_tokenize(const llorch_tokenizer *t, const char *text, size_t len, unsigned flags,
                     llorch_tokens *out, llorch_errmsg *em) {
+  return llorch_tokenize_masked(t, text, len, flags, NULL, out, em);
+}
+
+int llorch_tokenize_masked(const llorch_tokenizer *t, const char *text, size_t len, unsigned flags,
+                           const uint8_t *plain, llorch_tokens *out, llorch_errmsg *em) {
   frag_list frags = {0};
   char *buf = NULL;
   size_t n_before = out->n;
   bool add_special = flags & LLORCH_TOKENIZE_ADD_SPECIAL;
-  int rc = vocab_partition(t, text, len, flags & LLORCH_TOKENIZE_PARSE_SPECIAL, &frags);
+  int rc = vocab_partition(t, text, len, flags & LLORCH_TOKENIZE_PARSE_SPECIAL, plain, &frags);
   if (rc != 0) goto fail;
 
   if (((add_special && t->add_bos) || (flags & LLORCH_TOKENIZE_ADD_BOS)) && t->bos >= 0)

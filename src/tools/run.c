@@ -3,7 +3,7 @@
  * continuation streamed to stdout as it is generated.
  *
  *   llorch run --model FILE (--prompt T | --prompt-ids "ID ...")
- *              [--chat [--chat-family NAME] [--system TEXT]]
+ *              [--chat [--chat-template chatml|FILE] [--system TEXT]]
  *              [--max-tokens N] [--temp X] [--top-k N] [--top-p X] [--min-p X]
  *              [--repeat-penalty X] [--repeat-last-n N] [--frequency-penalty X]
  *              [--presence-penalty X] [--seed N] [--threads N] [--ctx N]
@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "llorch/backend.h"
 #include "llorch/chat.h"
 #include "llorch/commands.h"
@@ -46,7 +48,7 @@ typedef struct run_opts {
   const char *prompt;       /* prompt text, or NULL */
   const char *prompt_ids;   /* "ID ID ..." instead of text, or NULL */
   const char *device;       /* "cpu", "cuda:N" */
-  const char *chat_family;  /* --chat-family NAME, or NULL: detect from the template */
+  const char *chat_template; /* --chat-template chatml|FILE, or NULL: the model's */
   const char *system;       /* --system TEXT for --chat, or NULL */
   bool chat;                /* render the prompt as a user message */
   bool json;                /* one JSON object per token */
@@ -66,7 +68,7 @@ static void run_usage(FILE *f) {
   fprintf(f,
           "usage: llorch run --model FILE (--prompt TEXT | --prompt-ids \"ID ...\") [options]\n"
           "  --chat                 render the prompt as a user message with the model's chat template\n"
-          "  --chat-family NAME     chatml, llama3, llama2, mistral, phi3 or gemma (default: detect)\n"
+          "  --chat-template T      chatml or a .jinja file (default: the model's tokenizer.chat_template)\n"
           "  --system TEXT          a system message first (with --chat)\n"
           "  --max-tokens N         tokens to generate at most (default 128)\n"
           "  --temp X               temperature, 0 = greedy (default 0.8)\n"
@@ -150,7 +152,7 @@ static int run_parse_args(int argc, char **argv, run_opts *o) {
     else if (!strcmp(a, "--prompt")) o->prompt = v;
     else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = v;
     else if (!strcmp(a, "--device")) o->device = v;
-    else if (!strcmp(a, "--chat-family")) o->chat_family = v;
+    else if (!strcmp(a, "--chat-template")) o->chat_template = v;
     else if (!strcmp(a, "--system")) o->system = v;
     else if (!strcmp(a, "--stop")) {
       if (o->n_stop == RUN_MAX_STOP) {
@@ -227,8 +229,8 @@ static int run_parse_args(int argc, char **argv, run_opts *o) {
     fprintf(stderr, "llorch run: --chat needs --prompt TEXT, not --prompt-ids\n");
     return 2;
   }
-  if ((o->chat_family || o->system) && !o->chat) {
-    fprintf(stderr, "llorch run: --chat-family and --system need --chat\n");
+  if ((o->chat_template || o->system) && !o->chat) {
+    fprintf(stderr, "llorch run: --chat-template and --system need --chat\n");
     return 2;
   }
   llorch_errmsg em = {{0}};
@@ -333,22 +335,31 @@ static int run_make_prompt(const run_opts *o, const llorch_model *m, const llorc
   if (!o->chat)
     return llorch_tokenize(tok, o->prompt, strlen(o->prompt), LLORCH_TOKENIZE_ADD_SPECIAL, out, em);
 
-  /* The rendered template holds special-token text (<|im_start|>...) that
-   * must become those tokens; BOS comes from the tokenizer, not the text. */
+  /* The model's own template; the prompt is request text, so special-token
+   * text in it stays text (chat.h). */
   llorch_chat *chat = NULL;
-  char *text = NULL;
-  size_t text_len = 0;
-  int rc = llorch_chat_init_tokenizer(&chat, tok, o->chat_family, em);
+  llorch_jinja_output r = {0};
+  int rc = llorch_chat_init_model(&chat, m->gguf, tok, o->chat_template, em);
   if (rc < 0) return rc;
-  llorch_chat_message msgs[2];
-  size_t n = 0;
-  if (o->system) msgs[n++] = (llorch_chat_message){"system", o->system};
-  msgs[n++] = (llorch_chat_message){"user", o->prompt};
-  rc = llorch_chat_render(chat, msgs, n, true, &text, &text_len, em);
-  if (rc == 0)
-    rc = llorch_tokenize(tok, text, text_len,
-                         LLORCH_TOKENIZE_ADD_SPECIAL | LLORCH_TOKENIZE_PARSE_SPECIAL, out, em);
-  free(text);
+  cJSON *ctx = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(ctx, "messages");
+  if (!ctx || !msgs || !cJSON_AddTrueToObject(ctx, "add_generation_prompt")) {
+    rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
+    goto done;
+  }
+  for (int i = 0; i < 2; i++) {
+    const char *text = i == 0 ? o->system : o->prompt;
+    if (!text) continue;
+    cJSON *msg = cJSON_CreateObject();
+    if (!msg || !cJSON_AddItemToArray(msgs, msg) || !cJSON_AddStringToObject(msg, "role", i == 0 ? "system" : "user") ||
+        !cJSON_AddStringToObject(msg, "content", text)) {
+      rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
+      goto done;
+    }
+  }
+  if ((rc = llorch_chat_render(chat, ctx, 0, &r, em)) == 0) rc = llorch_chat_tokenize(tok, &r, out, em);
+done:
+  llorch_jinja_output_free(&r);
+  cJSON_Delete(ctx);
   llorch_chat_free(chat);
   return rc;
 }

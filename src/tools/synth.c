@@ -24,6 +24,7 @@
 #include "llorch/commands.h"
 #include "llorch/error.h"
 #include "llorch/gguf.h"
+#include "llorch/jinja.h"
 #include "llorch/quant.h"
 #include "llorch/tokenizer.h"
 
@@ -42,6 +43,7 @@ typedef struct synth_params {
   bool llama3_rope;     /* write rope_freqs.weight (Llama 3.1 scaling) */
   float rope_scale_factor; /* Llama 3.1 "factor" (8 for 8B, 32 for 3.2) */
   const char *vocab_from;
+  const char *chat_template; /* --chat-template FILE.jinja: embedded as tokenizer.chat_template */
   llorch_ggml_type type;
   uint64_t seed;
   const char *out;
@@ -71,7 +73,8 @@ static void synth_usage(FILE *f) {
           "usage: llorch synth (--preset NAME | --arch llama|qwen2|qwen3 --layers N --embd N --ff N\n"
           "                     --heads N --kv-heads N) [--head-dim N] [--vocab N] [--ctx N]\n"
           "                     [--rope-base X] [--tie-embeddings] [--vocab-from FILE.gguf]\n"
-          "                     [--type f32|f16|bf16|q8_0|q4_0|q4_k|q6_k] [--seed N] -o OUT.gguf\n"
+          "                     [--type f32|f16|bf16|q8_0|q4_0|q4_k|q6_k] [--seed N]\n"
+          "                     [--chat-template FILE.jinja|none] -o OUT.gguf\n"
           "presets: qwen2.5-0.5b, llama3.2-1b, qwen3-0.6b, llama3-8b\n");
 }
 
@@ -126,6 +129,7 @@ static int synth_parse_args(int argc, char **argv, synth_params *p) {
     else if (strcmp(a, "--vocab") == 0) rc = synth_parse_u32(a, v, 1, 1 << 22, &given.n_vocab);
     else if (strcmp(a, "--ctx") == 0) rc = synth_parse_u32(a, v, 1, 1u << 24, &given.n_ctx);
     else if (strcmp(a, "--vocab-from") == 0) p->vocab_from = v;
+    else if (strcmp(a, "--chat-template") == 0) p->chat_template = v;
     else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) p->out = v;
     else if (strcmp(a, "--rope-base") == 0) {
       char *end;
@@ -518,6 +522,42 @@ static int synth_set_hparams(llorch_gguf_writer *w, const synth_params *p, uint3
 
 /* ---- the command ---- */
 
+/* --chat-template: the file's text becomes tokenizer.chat_template (it must
+ * compile, so a typo is caught here rather than at serve time); "none"
+ * leaves the model without one. */
+static int synth_set_chat_template(llorch_gguf_writer *w, const char *path) {
+  if (strcmp(path, "none") == 0) {
+    /* a model without a template (tests of that case) */
+    int rc = llorch_gguf_writer_remove_kv(w, "tokenizer.chat_template");
+    return rc == LLORCH_ENOTFOUND ? 0 : rc;
+  }
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    fprintf(stderr, "synth: --chat-template %s: %s\n", path, strerror(errno));
+    return LLORCH_EIO;
+  }
+  char *text = malloc((1u << 20) + 1);
+  size_t n = text ? fread(text, 1, 1u << 20, f) : 0;
+  bool too_big = text && n == (1u << 20) && fgetc(f) != EOF;
+  fclose(f);
+  if (!text) return LLORCH_ENOMEM;
+  text[n] = 0;
+  int rc = 0;
+  llorch_jinja *t = NULL;
+  llorch_errmsg em = {{0}};
+  if (too_big || strlen(text) != n) {
+    fprintf(stderr, "synth: --chat-template %s: %s\n", path, too_big ? "over 1 MiB" : "contains a NUL byte");
+    rc = LLORCH_EINVAL;
+  } else if ((rc = llorch_jinja_compile(&t, text, n, &em)) != 0) {
+    fprintf(stderr, "synth: --chat-template %s: %s\n", path, em.text);
+  } else if ((rc = llorch_gguf_writer_set_str(w, "tokenizer.chat_template", text)) != 0) {
+    fprintf(stderr, "synth: --chat-template: %s\n", llorch_strerror(rc));
+  }
+  llorch_jinja_free(t);
+  free(text);
+  return rc;
+}
+
 int llorch_cmd_synth(int argc, char **argv) {
   synth_state s = {0};
   llorch_gguf_writer *w = NULL;
@@ -544,6 +584,7 @@ int llorch_cmd_synth(int argc, char **argv) {
   if (s.p.vocab_from && s.p.n_vocab && s.p.n_vocab != n_vocab && !s.p.preset)
     fprintf(stderr, "synth: note: --vocab %" PRIu32 " ignored: %s has %" PRIu32 " tokens\n",
             s.p.n_vocab, s.p.vocab_from, n_vocab);
+  if (s.p.chat_template && (rc = synth_set_chat_template(w, s.p.chat_template)) != 0) goto fail_quiet;
   if ((rc = synth_set_hparams(w, &s.p, n_vocab)) != 0) goto fail;
   if ((rc = synth_add_tensors(&s, w, n_vocab, rope_factors)) != 0) goto fail;
   if ((rc = llorch_gguf_writer_write_file(w, s.p.out, &em)) != 0) {

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "testdata.h"
 #include "llorch/chat.h"
 #include "llorch/gguf.h"
@@ -142,22 +144,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     llorch_textstream_free(ts);
   }
 
-  /* the input as a chat message content and as a template */
+  /* the input as a chat message content (ChatML) and as a template */
   char *content = malloc(len + 1);
   if (content) {
     memcpy(content, text, len);
     content[len] = 0;
-    llorch_chat_message m[2] = {{"system", "s"}, {"user", content}};
-    llorch_chat *c = NULL;
-    static const char *const fams[] = {"chatml", "llama3", "llama2", "mistral", "phi3", "gemma"};
-    if (llorch_chat_init(&c, content, (mode & 8) ? fams[(mode >> 4) % 6] : NULL, NULL, &em) == 0) {
-      char *out = NULL;
-      if (llorch_chat_render(c, m, 2, true, &out, NULL, &em) == 0) free(out);
-      else if (em.text[0] == 0 || strchr(em.text, '\n')) abort();
+    cJSON *ctx = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(ctx, "messages"), *msg = cJSON_CreateObject();
+    cJSON_AddItemToArray(msgs, msg);
+    cJSON_AddStringToObject(msg, "role", "user");
+    cJSON_AddStringToObject(msg, "content", content);
+    cJSON_AddTrueToObject(ctx, "add_generation_prompt");
+    for (int k = 0; k < 2; k++) {
+      llorch_chat *c = NULL;
+      const char *tmpl = k == 0 ? llorch_chat_chatml_template : content;
+      if (llorch_chat_init(&c, tmpl, NULL, "<s>", "</s>", &em) != 0) {
+        if (em.text[0] == 0) abort(); /* a refused template explains itself */
+        continue;
+      }
+      llorch_jinja_output r = {0};
+      if (llorch_chat_render(c, ctx, 1795374120, &r, &em) == 0) {
+        llorch_tokens v = {0};
+        if (llorch_chat_tokenize(t, &r, &v, &em) == 0) {
+          for (size_t i = 0; i < v.n; i++)
+            if (v.ids[i] < 0 || v.ids[i] >= llorch_tokenizer_n_vocab(t)) abort();
+        }
+        llorch_tokens_free(&v);
+        llorch_jinja_output_free(&r);
+      } else if (em.text[0] == 0) {
+        abort();
+      }
       llorch_chat_free(c);
-    } else if (em.text[0] == 0 || strchr(em.text, '\n')) {
-      abort(); /* a refused template explains itself on one line */
     }
+    cJSON_Delete(ctx);
     free(content);
   }
   llorch_tokens_free(&ids);

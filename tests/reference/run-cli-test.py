@@ -107,7 +107,7 @@ with tempfile.TemporaryDirectory() as d:
     else:
         check(False, f"model generated too little text to test stop strings: {full!r}")
 
-    # ---- --chat: the ChatML template of the synth vocabulary, special tokens parsed ----
+    # ---- --chat: the synth vocabulary's own (ChatML) template, its special tokens parsed ----
     want = [int(x) for x in llorch("tokenize", "--model", model, "--special", "--text",
                                   f"<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
                                   "<|im_start|>assistant\n").stdout.split()]
@@ -122,7 +122,7 @@ with tempfile.TemporaryDirectory() as d:
         (["--prompt", "x", "--logprobs", "21"], "--logprobs"),
         (["--prompt-ids", "1 2 99999999"], "--prompt-ids"),
         (["--prompt", "x", "--bogus", "1"], "--bogus"),
-        (["--prompt", "x", "--chat", "--chat-family", "nonesuch"], "nonesuch"),
+        (["--prompt", "x", "--chat", "--chat-template", "/nonesuch/t.jinja"], "/nonesuch/t.jinja"),
         (["--prompt", "x", "--system", "s"], "--chat"),
     ]:
         r = llorch("run", "--model", model, *args, ok=False)

@@ -128,6 +128,10 @@ static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
   if (r->chat) {
     if ((rc = validate_messages(body, em)) < 0) goto fail;
     copy_field(ex, body, "messages", NULL);
+    /* extra variables for the model's chat template (enable_thinking, ...) */
+    const cJSON *kw = NULL;
+    if ((rc = llorch_json_get_object(body, "", "chat_template_kwargs", false, &kw, em)) < 0) goto fail;
+    copy_field(ex, body, "chat_template_kwargs", NULL);
   } else {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0))) {

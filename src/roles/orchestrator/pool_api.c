@@ -280,6 +280,13 @@ void orch_pool_start(void *ud, const sched_start *st) {
   llorch_jbuf_int(&b, st->ctx);
   llorch_jbuf_cstr(&b, ",\"slots\":");
   llorch_jbuf_int(&b, st->slots);
+  /* the catalog's chat template, when it names one */
+  const llorch_model_list *cat = &o->cfg->orchestrator.models;
+  for (size_t i = 0; i < cat->count; i++) {
+    if (strcmp(cat->items[i].name, st->model->name) != 0 || !cat->items[i].chat_template) continue;
+    llorch_jbuf_cstr(&b, ",\"chat_template\":");
+    llorch_jbuf_str(&b, cat->items[i].chat_template);
+  }
   llorch_jbuf_cstr(&b, "}");
   char url[SCHED_URL_MAX + 16], auth[300];
   snprintf(url, sizeof url, "%s/v2/workers", st->pool->url);

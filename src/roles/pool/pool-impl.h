@@ -120,6 +120,7 @@ typedef struct pool_worker {
   char model[POOL_MODEL_NAME_MAX];
   char file[POOL_FILE_MAX];                   /* relative to its model directory */
   char path[4096];                            /* the file as the worker opens it */
+  char chat_template[4096];                   /* --chat-template for the worker ("chatml", a path) or "" */
   char devices[POOL_MAX_WORKER_DEVICES][POOL_DEV_ID_MAX]; /* (n_devices) "cpu" / "gpu<N>" */
   int n_devices;
   int ctx, slots;

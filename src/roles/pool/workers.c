@@ -291,7 +291,11 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
   snprintf(callback, sizeof callback, "%s/v2/workers/%s/ready", p->callback_base, w->id);
   char *args[] = {exe, "--role=worker", "--model", w->path, "--device", device, "--ctx", ctx,
                   "--slots", slots, "--listen", listen, "--worker-id", w->id, "--pool-callback",
-                  callback, NULL};
+                  callback, NULL, NULL, NULL};
+  if (w->chat_template[0]) {
+    args[16] = "--chat-template";
+    args[17] = w->chat_template;
+  }
 
   worker_env_bufs env_bufs;
   char **env = worker_env(gpu ? cuda_visible : NULL, w, &env_bufs);
@@ -388,11 +392,12 @@ static void on_start(pool *p, llorch_http_request *req) {
     respond_invalid(req, em.text, llorch_json_errparam()); /* a NUL, bad UTF-8 ... names its field */
     return;
   }
-  const char *model = NULL, *file = NULL;
+  const char *model = NULL, *file = NULL, *chat_template = NULL;
   const cJSON *devs = NULL;
   int64_t ctx = 0, slots = 1;
   if (llorch_json_get_string(doc, "", "model", true, &model, &em) < 0 ||
       llorch_json_get_string(doc, "", "file", false, &file, &em) < 0 ||
+      llorch_json_get_string(doc, "", "chat_template", false, &chat_template, &em) < 0 ||
       llorch_json_get_array(doc, "", "devices", true, 1, &devs, &em) < 0 ||
       /* The worker's own limits (worker.ctx, worker.slots), so a request it
        * would refuse at start-up is refused here, with a 400. */
@@ -470,6 +475,29 @@ static void on_start(pool *p, llorch_http_request *req) {
     llorch_http_respond_error(req, 404, "invalid_request_error", msg, "file", "MODEL_NOT_FOUND");
     goto done;
   }
+  /* chat_template: "chatml" or a .jinja file found like the model file */
+  char tmpl_path[4096] = "";
+  if (chat_template && strcmp(chat_template, "chatml") == 0) {
+    snprintf(tmpl_path, sizeof tmpl_path, "chatml");
+  } else if (chat_template) {
+    /* like a model file name: directly inside a model directory */
+    size_t tl = strlen(chat_template);
+    bool ok = tl > 6 && tl < POOL_FILE_MAX && strcmp(chat_template + tl - 6, ".jinja") == 0 &&
+              !strpbrk(chat_template, "/\\") && !strstr(chat_template, "..");
+    for (size_t i = 0; ok && i < tl; i++) ok = (unsigned char)chat_template[i] >= 0x20 && chat_template[i] != 0x7f;
+    if (!ok) {
+      respond_invalid(req, "'chat_template' must be \"chatml\" or the name of a .jinja file inside a model "
+                           "directory (no '/', no \"..\")", "chat_template");
+      goto done;
+    }
+    if (pool_model_locate(&p->cfg->pool.model_dirs, chat_template, tmpl_path, sizeof tmpl_path) < 0) {
+      char msg[400];
+      snprintf(msg, sizeof msg, "chat template \"%s\" is not in pool %s's model directories", chat_template,
+               p->cfg->pool.name);
+      llorch_http_respond_error(req, 404, "invalid_request_error", msg, "chat_template", "MODEL_NOT_FOUND");
+      goto done;
+    }
+  }
   uint64_t need = 0;
   uint32_t ctx_train = 0;
   if (pool_model_need(path, (uint32_t)ctx, (uint32_t)slots, gpu, &need, &ctx_train, &em) < 0) {
@@ -508,6 +536,7 @@ static void on_start(pool *p, llorch_http_request *req) {
   snprintf(w->model, sizeof w->model, "%s", model);
   snprintf(w->file, sizeof w->file, "%s", file);
   snprintf(w->path, sizeof w->path, "%s", path);
+  snprintf(w->chat_template, sizeof w->chat_template, "%s", tmpl_path);
   for (int i = 0; i < n_devs; i++) snprintf(w->devices[i], sizeof w->devices[i], "%s", dinfo[i]->id);
   w->n_devices = n_devs;
   w->ctx = wctx;

@@ -85,28 +85,27 @@ static int request_message_content(const cJSON *msg, const char *where, llorch_j
 }
 
 /*
- * Renders messages with the model's chat template family (chat.h: llorch
- * recognises the family of tokenizer.chat_template rather than running
- * Jinja). "developer" is OpenAI's newer name for "system".
+ * Renders the request with the model's own chat template (chat.h). The
+ * template sees messages (content parts flattened to text), tools when given,
+ * add_generation_prompt = true and the keys of chat_template_kwargs. A
+ * template error is the client's: 400 with the template's message.
  */
-static int request_render_chat(worker *w, const cJSON *messages, llorch_jbuf *out,
+static int request_render_chat(worker *w, const cJSON *body, const cJSON *messages, llorch_jinja_output *out,
                                worker_error *err) {
   static const char *const roles[] = {"system", "user", "assistant", "developer", "tool", NULL};
-  size_t n = (size_t)cJSON_GetArraySize(messages);
-  llorch_chat_message *msgs = calloc(n, sizeof *msgs);
-  llorch_jbuf *contents = calloc(n, sizeof *contents);
-  char *text = NULL;
-  size_t text_len = 0;
   int rc = 0;
-  if (!msgs || !contents) {
-    rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
-    goto out;
-  }
+  if (!w->chat)
+    return request_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
+                        "this model has no usable chat template (%s); use /v1/completions", w->chat_error);
+  llorch_jbuf content;
+  llorch_jbuf_init(&content);
+  cJSON *ctx = cJSON_CreateObject();
+  cJSON *msgs = ctx ? cJSON_AddArrayToObject(ctx, "messages") : NULL;
+  if (!msgs) goto nomem;
   size_t i = 0;
   for (const cJSON *m = messages->child; m; m = m->next, i++) {
     char where[48];
     snprintf(where, sizeof where, "messages[%zu]", i);
-    llorch_jbuf_init(&contents[i]);
     if (!cJSON_IsObject(m)) {
       rc = request_fail(err, 400, "invalid_request_error", "invalid_value", where,
                         "'%s' must be an object with role and content", where);
@@ -125,26 +124,70 @@ static int request_render_chat(worker *w, const cJSON *messages, llorch_jbuf *ou
                         "'%s' is \"tool\": tool calls are not supported by this worker", p);
       goto out;
     }
-    msgs[i].role = role == 3 ? "system" : roles[role];
-    if ((rc = request_message_content(m, where, &contents[i], err)) < 0) goto out;
-    msgs[i].content = contents[i].data ? contents[i].data : "";
+    llorch_jbuf_reset(&content);
+    if ((rc = request_message_content(m, where, &content, err)) < 0) goto out;
+    if (llorch_jbuf_error(&content) < 0) goto nomem;
+    /* the message as the template sees it: other fields pass through */
+    cJSON *copy = cJSON_Duplicate(m, true);
+    if (!copy || !cJSON_AddItemToArray(msgs, copy)) {
+      cJSON_Delete(copy);
+      goto nomem;
+    }
+    /* "developer" is OpenAI's newer name for "system" */
+    cJSON *role_s = cJSON_CreateString(role == 3 ? "system" : roles[role]);
+    if (!role_s || !cJSON_ReplaceItemInObjectCaseSensitive(copy, "role", role_s)) {
+      cJSON_Delete(role_s);
+      goto nomem;
+    }
+    cJSON *text = cJSON_CreateString(content.data ? content.data : "");
+    if (!text) goto nomem;
+    /* text parts become one string; a null or absent content stays so
+     * (templates test "content is none" for assistant tool calls) */
+    const cJSON *orig = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (cJSON_IsString(orig) || cJSON_IsArray(orig)) {
+      if (!cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", text)) goto nomem;
+    } else {
+      cJSON_Delete(text);
+    }
   }
-  llorch_errmsg em = {{0}};
-  if (llorch_chat_render(w->chat, msgs, n, true, &text, &text_len, &em) < 0) {
-    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "messages", "%s",
-                      em.text);
+  const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
+  if (tools && !cJSON_IsNull(tools)) {
+    cJSON *dup = cJSON_Duplicate(tools, true);
+    if (!dup || !cJSON_AddItemToObject(ctx, "tools", dup)) {
+      cJSON_Delete(dup);
+      goto nomem;
+    }
+  }
+  if (!cJSON_AddTrueToObject(ctx, "add_generation_prompt")) goto nomem;
+  const cJSON *kw = cJSON_GetObjectItemCaseSensitive(body, "chat_template_kwargs");
+  if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw)) {
+    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "chat_template_kwargs",
+                      "'chat_template_kwargs' must be an object");
     goto out;
   }
-  llorch_jbuf_raw(out, text, text_len);
-  if (llorch_jbuf_error(out) < 0)
-    rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
-
+  for (const cJSON *e = kw ? kw->child : NULL; e; e = e->next) {
+    cJSON *dup = cJSON_Duplicate(e, true);
+    if (!dup) goto nomem;
+    cJSON_DeleteItemFromObjectCaseSensitive(ctx, e->string);
+    if (!cJSON_AddItemToObject(ctx, e->string, dup)) {
+      cJSON_Delete(dup);
+      goto nomem;
+    }
+  }
+  llorch_errmsg em = {{0}};
+  int r = llorch_chat_render(w->chat, ctx, 0, out, &em);
+  if (r == LLORCH_ENOMEM) goto nomem;
+  if (r < 0) {
+    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
+                      "the model's chat template refused the request: %s", em.text);
+    goto out;
+  }
+  goto out;
+nomem:
+  rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
 out:
-  if (contents)
-    for (size_t k = 0; k < n; k++) llorch_jbuf_free(&contents[k]);
-  free(contents);
-  free(msgs);
-  free(text);
+  llorch_jbuf_free(&content);
+  cJSON_Delete(ctx);
   return rc;
 }
 
@@ -349,9 +392,9 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
       rc = request_fail_field(err, &em);
       goto fail;
     }
-    if ((rc = request_render_chat(w, arr, &text, err)) < 0) goto fail;
-    /* The rendered template holds special-token text that must become the
-     * special tokens (chat.h: ADD_SPECIAL | PARSE_SPECIAL, as llama.cpp). */
+    if ((rc = request_render_chat(w, body, arr, &st->chat_prompt, err)) < 0) goto fail;
+    /* tokenized by llorch_chat_tokenize: special tokens only where the
+     * template wrote them */
     flags |= LLORCH_TOKENIZE_PARSE_SPECIAL;
   } else {
     if (!prompt) {
@@ -437,8 +480,11 @@ fail:
 
 void worker_request_tokenize(const worker *w, worker_stream *st) {
   const llorch_jbuf *t = &st->prompt_text;
-  st->tok_rc = llorch_tokenize(w->tok, t->data ? t->data : "", t->len, st->tok_flags, &st->toks,
-                               &st->tok_em);
+  if (st->chat_prompt.text)
+    st->tok_rc = llorch_chat_tokenize(w->tok, &st->chat_prompt, &st->toks, &st->tok_em);
+  else
+    st->tok_rc = llorch_tokenize(w->tok, t->data ? t->data : "", t->len, st->tok_flags, &st->toks,
+                                 &st->tok_em);
 }
 
 int worker_request_finish(worker *w, worker_stream *st, worker_error *err) {
@@ -456,5 +502,6 @@ int worker_request_finish(worker *w, worker_stream *st, worker_error *err) {
     return request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
   llorch_tokens_free(&st->toks);
   llorch_jbuf_free(&st->prompt_text);
+  llorch_jinja_output_free(&st->chat_prompt);
   return 0;
 }

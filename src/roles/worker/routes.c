@@ -53,6 +53,7 @@ static void routes_stream_discard(worker_stream *st) {
   worker_job_free(st->job);
   llorch_tokens_free(&st->toks);
   llorch_jbuf_free(&st->prompt_text);
+  llorch_jinja_output_free(&st->chat_prompt);
   llorch_jbuf_free(&st->text);
   for (int k = 0; k < 4; k++) llorch_jbuf_free(&st->lp[k]);
   free(st);

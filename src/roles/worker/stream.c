@@ -454,6 +454,7 @@ static void stream_free(worker *w, worker_stream *st) {
   worker_job_free(st->job);
   llorch_jbuf_free(&st->text);
   llorch_jbuf_free(&st->prompt_text);
+  llorch_jinja_output_free(&st->chat_prompt);
   llorch_tokens_free(&st->toks);
   for (int k = 0; k < 4; k++) llorch_jbuf_free(&st->lp[k]);
   free(st);

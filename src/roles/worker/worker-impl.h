@@ -92,7 +92,8 @@ typedef struct worker {
   llorch_backend backend;
   bool backend_open;
   llorch_tokenizer *tok;
-  llorch_chat *chat;              /* the model's chat template family */
+  llorch_chat *chat;              /* the model's chat template, or NULL (chat_error says why) */
+  char chat_error[600];           /* why chat requests are refused, when chat is NULL */
   worker_sched *sched;
   uint32_t n_ctx, n_slots;
   int n_threads;                  /* CPU threads the backend uses */
@@ -157,7 +158,8 @@ struct worker_stream {
   size_t text_offset;             /* completions logprobs text_offset */
   /* ---- before submit: the prompt is tokenized on the libuv threadpool
    * (a 4 MiB body takes over a second) so the loop never waits for it ---- */
-  llorch_jbuf prompt_text;        /* rendered chat or raw prompt */
+  llorch_jbuf prompt_text;        /* raw prompt (completions) */
+  llorch_jinja_output chat_prompt; /* rendered chat, with which bytes came from the request */
   unsigned tok_flags;             /* llorch_tokenize_flags */
   const char *prompt_param;       /* "messages" or "prompt", for errors */
   uv_work_t work;

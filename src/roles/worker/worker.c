@@ -148,16 +148,17 @@ static void worker_load_thread(void *arg) {
              em.text[0] ? em.text : llorch_strerror(rc));
     goto done;
   }
-  rc = llorch_chat_init_tokenizer(&w->chat, w->tok, NULL, &em);
-  if (rc < 0) {
-    /* No template, or one of a family llorch does not know: chat requests
-     * use ChatML (llama.cpp's fallback too); completions are unaffected. */
-    LOG_WARN("worker", NULL, "chat template of %s: %s; using chatml", cfg->worker.model, em.text);
-    rc = llorch_chat_init(&w->chat, NULL, "chatml", NULL, &em);
-    if (rc < 0) {
-      snprintf(w->load_error, sizeof w->load_error, "chat template: %s", em.text);
-      goto done;
-    }
+  /* compiled once; a model without a template serves completions only
+   * unless the operator names one (worker.chat_template) */
+  rc = llorch_chat_init_model(&w->chat, w->model->gguf, w->tok, cfg->worker.chat_template, &em);
+  if (rc < 0 && rc != LLORCH_ENOMEM && !(cfg->worker.chat_template && rc == LLORCH_EIO)) {
+    /* no template, or one that does not compile: completions still work */
+    LOG_WARN("worker", NULL, "%s: %s; chat requests will be refused", cfg->worker.model, em.text);
+    snprintf(w->chat_error, sizeof w->chat_error, "%s", em.text);
+    rc = 0;
+  } else if (rc < 0) {
+    snprintf(w->load_error, sizeof w->load_error, "chat template of %s: %s", cfg->worker.model, em.text);
+    goto done;
   }
   uint32_t n_ctx = cfg->worker.ctx > 0 ? (uint32_t)cfg->worker.ctx : w->model->hp.n_ctx_train;
   if (!n_ctx) n_ctx = 2048;
