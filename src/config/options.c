@@ -113,6 +113,11 @@ static int check_pool_name(const char *s) {
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 static const char *const log_formats[] = {"auto", "text", "json", NULL};
 static const char *const priorities[] = {"interactive", "batch", NULL};
+/* "auto" then the names of llorch_tool_format (include/llorch/openai.h), in its order. */
+static const char *const tool_call_formats[] = {"auto",    "none",        "json",     "hermes",
+                                                "llama3",  "mistral",     "qwen3_coder", "deepseek",
+                                                "functionary", NULL};
+static const char *const reasoning_formats[] = {"reasoning_content", "none", NULL};
 
 #define OFF(field) offsetof(llorch_config, field)
 #define POOL (LLORCH_ROLE_POOL | LLORCH_ROLE_ALL)
@@ -202,6 +207,19 @@ const config_option config_options[] = {
     {.name = "worker.spawn_token", .flag = "spawn-token", .type = CONFIG_TYPE_STRING,
      .roles = WORKER, .offset = OFF(worker.spawn_token), .flags = CONFIG_OPT_SECRET,
      .meta = "TOKEN", .help = "token sent back to the pool with the ready/failed report"},
+    {.name = "worker.tool_call_format", .flag = "tool-call-format", .type = CONFIG_TYPE_ENUM,
+     .roles = WORKER, .offset = OFF(worker.tool_call_format), .def = "auto",
+     .enum_names = tool_call_formats,
+     .help = "how the model writes tool calls; auto = recognised from its chat template"},
+    {.name = "worker.reasoning_format", .flag = "reasoning-format", .type = CONFIG_TYPE_ENUM,
+     .roles = WORKER, .offset = OFF(worker.reasoning_format), .def = "reasoning_content",
+     .enum_names = reasoning_formats,
+     .help = "<think> blocks -> reasoning_content, or none (left in content); a request's "
+             "reasoning_format wins"},
+    {.name = "worker.test_script", .flag = "test-script", .type = CONFIG_TYPE_STRING,
+     .roles = WORKER, .offset = OFF(worker.test_script), .meta = "FILE",
+     .help = "TESTS ONLY: replay scripted replies instead of sampling; refused unless "
+             "LLORCH_TEST_HOOKS=1"},
 
     /* ---- pool manager ---- */
     {.name = "pool.name", .flag = "name", .type = CONFIG_TYPE_STRING, .roles = POOL,
@@ -265,7 +283,7 @@ const config_option config_options[] = {
     {.name = "orchestrator.models", .type = CONFIG_TYPE_MODELS, .roles = ORCH,
      .offset = OFF(orchestrator.models),
      .help = "model catalog: list of {name, file, ctx, slots, pins, min_replicas, max_replicas, "
-             "keep_alive, priority}"},
+             "keep_alive, priority, reasoning_format}"},
 };
 const size_t config_options_count = sizeof config_options / sizeof config_options[0];
 
@@ -294,6 +312,9 @@ const config_option config_model_fields[] = {
      .help = "idle time before it may be evicted; -1 = never"},
     {.name = "priority", .type = CONFIG_TYPE_ENUM, .offset = OFF(priority), .def = "interactive",
      .enum_names = priorities, .help = "queue class"},
+    {.name = "reasoning_format", .type = CONFIG_TYPE_ENUM, .offset = OFF(reasoning_format),
+     .def = "reasoning_content", .enum_names = reasoning_formats,
+     .help = "<think> blocks -> reasoning_content, or none (left in content)"},
 };
 const size_t config_model_fields_count = sizeof config_model_fields / sizeof config_model_fields[0];
 
