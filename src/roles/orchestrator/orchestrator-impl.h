@@ -21,6 +21,7 @@
 #include "llorch/http_client.h"
 #include "llorch/json.h"
 #include "llorch/metrics.h"
+#include "llorch/openai.h"
 #include "llorch/reqid.h"
 #include "llorch/service.h"
 #include "scheduler.h"
@@ -59,13 +60,15 @@ typedef struct orch_req {
   bool sse_started;
   bool sent_tokens;             /* a content chunk went to the client: no retry now */
   bool finished;                /* the response is complete */
+  bool slow_cancelled;          /* the client stopped reading: its job was cancelled */
   /* results */
-  llorch_jbuf text;             /* non-streaming: generated text */
-  llorch_jbuf lp;               /* non-streaming chat: logprobs content entries */
-  int n_lp;
+  llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
+  llorch_jbuf text;             /* non-streaming completions: generated text */
+  llorch_openai_logprobs lp;    /* non-streaming: logprobs */
+  size_t stream_offset;         /* streamed completions: text_offset of the next token */
   int prompt_tokens;
   int completion_tokens;
-  char finish_reason[16];
+  char finish_reason[24];
   char err_code[48];
   char err_msg[512];
   uint64_t t_admit_ns;
