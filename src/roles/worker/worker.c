@@ -282,7 +282,9 @@ static void worker_on_shutdown(llorch_service *svc, void *user) {
  * detokenizer and the response path: everything but the sampler is real).
  * Tests need it because random weights never write a tool call. It cannot
  * be switched on by accident: the worker refuses to start with it unless
- * the environment has LLORCH_TEST_HOOKS=1.
+ * the environment has LLORCH_TEST_HOOKS=1. Workers a pool spawns get it
+ * from the environment (LLORCH_TEST_SCRIPT=FILE, same condition), since the
+ * pool passes no test flags on.
  */
 static int worker_script_load(worker *w, const char *path) {
   const char *env = getenv("LLORCH_TEST_HOOKS");
@@ -355,7 +357,8 @@ int llorch_worker_main(const llorch_config *cfg) {
   w->n_ctx = cfg->worker.ctx > 0 ? (uint32_t)cfg->worker.ctx : 0;
   w->reasoning_default =
       cfg->worker.reasoning_format == 1 ? LLORCH_REASONING_NONE : LLORCH_REASONING_CONTENT;
-  if (cfg->worker.test_script && worker_script_load(w, cfg->worker.test_script) < 0) {
+  const char *script = cfg->worker.test_script ? cfg->worker.test_script : getenv("LLORCH_TEST_SCRIPT");
+  if (script && script[0] && worker_script_load(w, script) < 0) {
     cJSON_Delete(w->script);
     uv_mutex_destroy(&w->mem_lock);
     free(w);
