@@ -214,7 +214,7 @@ const config_option config_options[] = {
     {.name = "worker.reasoning_format", .flag = "reasoning-format", .type = CONFIG_TYPE_ENUM,
      .roles = WORKER, .offset = OFF(worker.reasoning_format), .def = "reasoning_content",
      .enum_names = reasoning_formats,
-     .help = "<think> blocks -> reasoning_content, or none (left in content); a request's "
+     .help = "thinking blocks -> reasoning_content, or none (left in content); a request's "
              "reasoning_format wins"},
     {.name = "worker.test_script", .flag = "test-script", .type = CONFIG_TYPE_STRING,
      .roles = WORKER, .offset = OFF(worker.test_script), .meta = "FILE",
@@ -314,7 +314,7 @@ const config_option config_model_fields[] = {
      .enum_names = priorities, .help = "queue class"},
     {.name = "reasoning_format", .type = CONFIG_TYPE_ENUM, .offset = OFF(reasoning_format),
      .def = "reasoning_content", .enum_names = reasoning_formats,
-     .help = "<think> blocks -> reasoning_content, or none (left in content)"},
+     .help = "thinking blocks -> reasoning_content, or none (left in content)"},
 };
 const size_t config_model_fields_count = sizeof config_model_fields / sizeof config_model_fields[0];
 
