@@ -85,6 +85,14 @@ typedef enum call_kind {
   CALL_FUNCTIONARY /* >>>name\n{..} up to the next ">>>" */
 } call_kind;
 
+/* A JSON value being scanned as it arrives (where does it end?), so that
+ * each byte of a held body is looked at once, not once per token. */
+typedef struct out_jscan {
+  size_t pos;              /* bytes of the body scanned */
+  int depth;
+  bool started, in_str, esc;
+} out_jscan;
+
 typedef struct out_marker {
   const char *text;
   call_kind kind;
@@ -97,6 +105,8 @@ struct llorch_openai_output {
   void *user;
   llorch_jbuf buf;         /* pending text, not yet decided */
   size_t scan;             /* CALL: bytes of buf already searched for the end marker */
+  out_jscan js;            /* BARE, Mistral CALL: the JSON value being held */
+  size_t args_at;          /* Mistral NAME[ARGS]{..}: offset of the JSON + 1, 0 = not seen */
   out_mode mode;
   call_kind kind;
   const char *open_marker; /* what opened the current call (given back on failure) */
@@ -369,6 +379,36 @@ static long out_json_end(const char *s, size_t n) {
       if (depth < 0) return -1;
     }
   }
+  return 0;
+}
+
+/* out_json_end, resumable: continues from js over s[0..n) (the same text
+ * as before, longer). */
+static long out_jscan_run(out_jscan *js, const char *s, size_t n) {
+  size_t i = js->pos;
+  if (!js->started) {
+    while (i < n && out_is_ws(s[i])) i++;
+    js->pos = i;
+    if (i == n) return 0;
+    if (s[i] != '{' && s[i] != '[') return -1;
+    js->started = true;
+  }
+  for (; i < n; i++) {
+    char ch = s[i];
+    if (js->in_str) {
+      if (js->esc) js->esc = false;
+      else if (ch == '\\') js->esc = true;
+      else if (ch == '"') js->in_str = false;
+      continue;
+    }
+    if (ch == '"') js->in_str = true;
+    else if (ch == '{' || ch == '[') js->depth++;
+    else if (ch == '}' || ch == ']') {
+      if (--js->depth == 0) return (long)(i + 1);
+      if (js->depth < 0) return -1;
+    }
+  }
+  js->pos = i;
   return 0;
 }
 
@@ -686,6 +726,7 @@ static bool out_step_content(llorch_openai_output *p, bool final) {
       out_content(p, s, w); /* held: dropped if a call follows */
       out_consume(p, w);
       p->mode = OUT_BARE;
+      p->js = (out_jscan){0};
       p->at_start = false;
       return true;
     }
@@ -708,6 +749,8 @@ static bool out_step_content(llorch_openai_output *p, bool final) {
     p->kind = bm->kind;
     p->mode = bm->kind == CALL_FUNCTIONARY ? OUT_RECIPIENT : OUT_CALL;
     p->scan = 0;
+    p->js = (out_jscan){0};
+    p->args_at = 0;
     return true;
   }
   size_t keep = 0;
@@ -761,12 +804,17 @@ static bool out_step_call(llorch_openai_output *p, bool final) {
     while (k < n && out_is_ws(s[k])) k++;
     long end = 0;
     if (k < n && (s[k] == '[' || s[k] == '{')) {
-      end = out_json_end(s, n);
-    } else {
-      const char *a = out_memmem(s, n, "[ARGS]");
-      if (a) {
-        long e = out_json_end(a + 6, (size_t)(s + n - (a + 6)));
-        end = e > 0 ? (long)(a + 6 - s) + e : e;
+      end = out_jscan_run(&p->js, s, n);
+    } else if (k < n) {
+      if (!p->args_at) {
+        const char *a = out_memmem(s + p->scan, n - p->scan, "[ARGS]");
+        if (a) p->args_at = (size_t)(a - s) + 6 + 1;
+        else p->scan = n >= 5 ? n - 5 : 0;
+      }
+      if (p->args_at) {
+        size_t at = p->args_at - 1;
+        long e = out_jscan_run(&p->js, s + at, n - at);
+        end = e > 0 ? (long)at + e : e;
       }
     }
     if (end == 0 && !final) return false;
@@ -809,7 +857,7 @@ static bool out_step_call(llorch_openai_output *p, bool final) {
 static bool out_step_bare(llorch_openai_output *p, bool final) {
   const char *s = p->buf.data ? p->buf.data : "";
   size_t n = p->buf.len;
-  long end = out_json_end(s, n);
+  long end = out_jscan_run(&p->js, s, n);
   if (end == 0 && !final) return false;
   size_t body = end > 0 ? (size_t)end : n;
   bool ok = end > 0 && out_try_body(p, s, body, true);

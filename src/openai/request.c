@@ -109,6 +109,9 @@ static int req_tool_calls(const cJSON *calls, const char *where, llorch_openai_e
   if (!cJSON_IsArray(calls))
     return REQ_BAD(p, "'%s' must be an array of tool calls, got %s", p,
                    llorch_json_describe(calls, desc, sizeof desc));
+  if (cJSON_GetArraySize(calls) > LLORCH_OPENAI_MAX_TOOLS)
+    return REQ_BAD(p, "'%s' has %d calls; at most %d are accepted", p, cJSON_GetArraySize(calls),
+                   LLORCH_OPENAI_MAX_TOOLS);
   int i = 0;
   for (const cJSON *c = calls->child; c; c = c->next, i++) {
     char cw[160];
@@ -145,22 +148,20 @@ static int req_tool_calls(const cJSON *calls, const char *where, llorch_openai_e
   return 0;
 }
 
-/* Is id among the tool_calls of an assistant message before index `before`? */
-static bool req_call_id_known(const cJSON *messages, int before, const char *id) {
-  int i = 0;
-  for (const cJSON *m = messages->child; m && i < before; m = m->next, i++) {
-    const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
-    if (!cJSON_IsArray(calls)) continue;
-    for (const cJSON *c = calls->child; c; c = c->next) {
-      const cJSON *cid = cJSON_GetObjectItemCaseSensitive(c, "id");
-      if (cJSON_IsString(cid) && strcmp(cid->valuestring, id) == 0) return true;
-    }
+/* Is id among calls (an assistant message's tool_calls)? At most
+ * LLORCH_OPENAI_MAX_TOOLS entries, so checking every tool message stays
+ * linear in the request. */
+static bool req_call_id_known(const cJSON *calls, const char *id) {
+  for (const cJSON *c = calls ? calls->child : NULL; c; c = c->next) {
+    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(c, "id");
+    if (cJSON_IsString(cid) && strcmp(cid->valuestring, id) == 0) return true;
   }
   return false;
 }
 
 static int req_messages(const cJSON *messages, llorch_openai_error *err) {
   int i = 0;
+  const cJSON *last_calls = NULL; /* tool_calls of the latest assistant message that had some */
   for (const cJSON *m = messages->child; m; m = m->next, i++) {
     char where[48];
     snprintf(where, sizeof where, "messages[%d]", i);
@@ -179,18 +180,19 @@ static int req_messages(const cJSON *messages, llorch_openai_error *err) {
     }
     int rc;
     if (calls && (rc = req_tool_calls(calls, where, err)) < 0) return rc;
+    if (calls) last_calls = calls;
     /* Assistant turns that only called tools have no content. */
     if ((rc = req_content(m, where, role == ROLE_ASSISTANT, err)) < 0) return rc;
     if (role == ROLE_TOOL) {
       const char *id = NULL;
       if (llorch_json_get_string(m, where, "tool_call_id", true, &id, &em) < 0)
         return req_fail_field(err, &em);
-      if (!req_call_id_known(messages, i, id)) {
+      if (!req_call_id_known(last_calls, id)) {
         char p[96];
         snprintf(p, sizeof p, "%s.tool_call_id", where);
         return REQ_BAD(p,
                        "'%s' is \"%.64s\", but no earlier assistant message has a tool call "
-                       "with that id",
+                       "with that id (the latest one with tool_calls answers to it)",
                        p, id);
       }
     }
