@@ -107,6 +107,12 @@ struct llorch_openai_output {
   size_t scan;             /* CALL: bytes of buf already searched for the end marker */
   out_jscan js;            /* BARE, Mistral CALL: the JSON value being held */
   size_t args_at;          /* Mistral NAME[ARGS]{..}: offset of the JSON + 1, 0 = not seen */
+  /* A <tool_call> whose body starts {"name": "N", "arguments": {: the
+   * call goes out at once and its arguments stream as they are written. */
+  int live;                /* 0 = not (yet), 1 = arguments streaming, 2 = arguments done,
+                              -1 = the body does not start that way (held whole) */
+  size_t live_args;        /* offset of the arguments object in buf */
+  size_t live_sent;        /* bytes of it sent */
   out_mode mode;
   call_kind kind;
   const char *open_marker; /* what opened the current call (given back on failure) */
@@ -253,6 +259,28 @@ static void out_emit_call(llorch_openai_output *p, const char *name, const cJSON
   if (args && !text) p->err = LLORCH_ENOMEM;
   free(text);
   p->n_calls++;
+}
+
+/* The head of a call streamed live: index, id and name. */
+static void out_emit_call_head(llorch_openai_output *p, const char *name) {
+  char id[48];
+  out_make_id(p, id, sizeof id, p->o.format == LLORCH_TOOL_FORMAT_MISTRAL);
+  llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
+  d.tool_index = p->n_calls++;
+  d.tool_id = id;
+  d.tool_name = name;
+  d.tool_args = "";
+  out_send(p, &d);
+  llorch_jbuf_reset(&p->held_ws); /* whitespace before a call is not content */
+}
+
+static void out_emit_call_args(llorch_openai_output *p, const char *s, size_t n) {
+  if (!n) return;
+  llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
+  d.tool_index = p->n_calls - 1;
+  d.tool_args = s;
+  d.tool_args_len = n;
+  out_send(p, &d);
 }
 
 /* ---- call bodies ---- */
@@ -410,6 +438,126 @@ static long out_jscan_run(out_jscan *js, const char *s, size_t n) {
   }
   js->pos = i;
   return 0;
+}
+
+static const char *out_end_marker(call_kind k) {
+  switch (k) {
+  case CALL_TAGGED: return "</tool_call>";
+  case CALL_DEEPSEEK: return DS_CALLS_END;
+  case CALL_FUNCTIONARY: return ">>>";
+  default: return NULL;
+  }
+}
+
+/*
+ * Does s[0..n) start like {"name": "NAME", "arguments": { (or
+ * "parameters")? 1 with name and *args_off (the offset of that '{'), 0
+ * while it still could, -1 when it cannot.
+ */
+static int out_match_head(const char *s, size_t n, char *name, size_t cap, size_t *args_off) {
+  size_t i = 0;
+#define WS() while (i < n && out_is_ws(s[i])) i++
+#define LIT(t)                                                              \
+  do {                                                                      \
+    size_t lk_ = strlen(t);                                                 \
+    size_t lm_ = n - i < lk_ ? n - i : lk_;                                 \
+    if (memcmp(s + i, (t), lm_) != 0) return -1;                            \
+    if (lm_ < lk_) return 0;                                                \
+    i += lk_;                                                               \
+  } while (0)
+  WS();
+  LIT("{");
+  WS();
+  LIT("\"name\"");
+  WS();
+  LIT(":");
+  WS();
+  LIT("\"");
+  size_t start = i;
+  while (i < n && s[i] != '"') {
+    if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) return -1;
+    if (i - start >= cap - 1) return -1;
+    i++;
+  }
+  if (i == n) return 0;
+  memcpy(name, s + start, i - start);
+  name[i - start] = 0;
+  i++;
+  WS();
+  LIT(",");
+  WS();
+  if (i < n && n - i < 11 && memcmp(s + i, "\"arguments\"", n - i) != 0 &&
+      memcmp(s + i, "\"parameters\"", n - i) != 0)
+    return -1;
+  if (out_starts(s + i, n - i, "\"arguments\"")) i += 11;
+  else if (out_starts(s + i, n - i, "\"parameters\"")) i += 12;
+  else return n - i < 12 ? 0 : -1;
+  WS();
+  LIT(":");
+  WS();
+  if (i == n) return 0;
+  if (s[i] != '{') return -1;
+  *args_off = i;
+  return 1;
+#undef WS
+#undef LIT
+}
+
+/*
+ * A <tool_call> body streamed live (see out_match_head). Returns true on a
+ * change of state; arguments that arrived go out as a fragment either way.
+ */
+static bool out_step_live(llorch_openai_output *p, bool final, bool *handled) {
+  const char *s = p->buf.data ? p->buf.data : "";
+  size_t n = p->buf.len;
+  *handled = true;
+  if (p->live == 0) {
+    char name[96];
+    size_t off = 0;
+    int m = out_match_head(s, n, name, sizeof name, &off);
+    if (m == 1 && p->o.tool_list && !out_tool_known(p, name)) m = -1;
+    if (m < 0 || (m == 0 && final)) {
+      p->live = -1;
+      *handled = false;
+      return false;
+    }
+    if (m == 0) return false;
+    out_emit_call_head(p, name);
+    p->live = 1;
+    p->live_args = off;
+    p->live_sent = 0;
+    p->js = (out_jscan){0};
+    return true;
+  }
+  if (p->live == 1) {
+    const char *a = s + p->live_args;
+    size_t an = n - p->live_args;
+    long end = out_jscan_run(&p->js, a, an);
+    size_t upto = end > 0 ? (size_t)end : an;
+    out_emit_call_args(p, a + p->live_sent, upto - p->live_sent);
+    p->live_sent = upto;
+    if (end > 0 || end < 0) {
+      p->live = 2;
+      p->scan = p->live_args + upto;
+      return true;
+    }
+    if (!final) return false;
+    p->live = 2;
+    return true;
+  }
+  /* arguments done: the rest of the body up to </tool_call> is dropped */
+  const char *endm = out_end_marker(p->kind);
+  const char *e = out_memmem(s + p->scan, n - p->scan, endm);
+  if (!e && !final) {
+    size_t ml = strlen(endm);
+    if (n >= ml && n - ml + 1 > p->scan) p->scan = n - ml + 1;
+    return false;
+  }
+  out_consume(p, e ? (size_t)(e - s) + strlen(endm) : n);
+  p->mode = OUT_CONTENT;
+  p->skip_ws = true;
+  p->live = 0;
+  return true;
 }
 
 /* Qwen3-Coder: <function=NAME>\n<parameter=P>\nVALUE\n</parameter>...</function> */
@@ -654,14 +802,6 @@ static void out_give_back(llorch_openai_output *p, const char *body, size_t n, c
   if (tail) out_content(p, tail, strlen(tail));
 }
 
-static const char *out_end_marker(call_kind k) {
-  switch (k) {
-  case CALL_TAGGED: return "</tool_call>";
-  case CALL_DEEPSEEK: return DS_CALLS_END;
-  case CALL_FUNCTIONARY: return ">>>";
-  default: return NULL;
-  }
-}
 
 /* Each step handler consumes from the front of buf; it returns true when it
  * made progress (consumed something or changed mode). */
@@ -751,6 +891,7 @@ static bool out_step_content(llorch_openai_output *p, bool final) {
     p->scan = 0;
     p->js = (out_jscan){0};
     p->args_at = 0;
+    p->live = 0;
     return true;
   }
   size_t keep = 0;
@@ -795,6 +936,11 @@ static bool out_step_recipient(llorch_openai_output *p, bool final) {
 }
 
 static bool out_step_call(llorch_openai_output *p, bool final) {
+  if (p->kind == CALL_TAGGED && p->live >= 0) {
+    bool handled;
+    bool progress = out_step_live(p, final, &handled);
+    if (handled) return progress;
+  }
   const char *s = p->buf.data ? p->buf.data : "";
   size_t n = p->buf.len;
   const char *endm = out_end_marker(p->kind);

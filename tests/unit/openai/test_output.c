@@ -181,6 +181,25 @@ static void test_hermes(void **state) {
                    &(expect){"", NULL, 1, {"get_time"}, {"{\"tz\":\"UTC\"}"}});
 }
 
+/* Arguments stream while they are written: fed byte by byte, a call whose
+ * body starts {"name": .., "arguments": { arrives in many fragments, the
+ * first one (id, name) before the arguments are complete. */
+static void test_hermes_live(void **state) {
+  (void)state;
+  llorch_openai_output_opts o = opts(LLORCH_TOOL_FORMAT_HERMES);
+  const char *text =
+      "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"location\": \"Paris\"}}\n</tool_call>";
+  size_t n = strlen(text);
+  size_t *cuts = malloc(n * sizeof *cuts);
+  for (size_t i = 0; i + 1 < n; i++) cuts[i] = i + 1;
+  collect c;
+  run_split(&o, text, cuts, (int)n - 1, &c);
+  free(cuts);
+  assert_true(c.fragments[0] > 10);
+  assert_string_equal(c.msg.calls[0].args.data, "{\"location\": \"Paris\"}");
+  llorch_openai_message_free(&c.msg);
+}
+
 static void test_qwen3_thinking(void **state) {
   (void)state;
   llorch_openai_output_opts o = opts(LLORCH_TOOL_FORMAT_HERMES);
@@ -397,7 +416,8 @@ static void test_detect(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_hermes),       cmocka_unit_test(test_qwen3_thinking),
+      cmocka_unit_test(test_hermes),       cmocka_unit_test(test_hermes_live),
+      cmocka_unit_test(test_qwen3_thinking),
       cmocka_unit_test(test_not_a_call),   cmocka_unit_test(test_llama3),
       cmocka_unit_test(test_mistral),      cmocka_unit_test(test_qwen3_coder),
       cmocka_unit_test(test_deepseek),     cmocka_unit_test(test_functionary),
