@@ -81,7 +81,12 @@ before(async () => {
 });
 
 after(async () => {
-  if (worker) await worker.stop();
+  if (worker) {
+    await worker.stop();
+    // Under ASan/UBSan a report on stderr fails the file.
+    const bad = worker.logs.filter((l) => /Sanitizer|runtime error:/.test(l));
+    assert.deepEqual(bad, [], 'sanitizer reports from the worker');
+  }
   tmp.cleanup();
 });
 
