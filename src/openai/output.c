@@ -572,6 +572,7 @@ static bool out_parse_xml_call(llorch_openai_output *p, out_calls *c, const char
   if (nl == 0 || nl >= sizeof name) return false;
   memcpy(name, s + 10, nl);
   name[nl] = 0;
+  if (strlen(name) != nl) return false;
   const char *q = gt + 1, *end = s + n;
   cJSON *args = cJSON_CreateObject();
   if (!args) return false;
@@ -645,12 +646,14 @@ static bool out_parse_deepseek(out_calls *c, const char *s, size_t n) {
       if (!nl || (size_t)(nl - a) >= sizeof name) return false;
       memcpy(name, a, (size_t)(nl - a));
       name[nl - a] = 0;
+      if (strlen(name) != (size_t)(nl - a)) return false;
       args_s = nl + 1;
     } else {
       /* V3: NAME<sep>ARGS */
       if ((size_t)(sep - q) >= sizeof name) return false;
       memcpy(name, q, (size_t)(sep - q));
       name[sep - q] = 0;
+      if (strlen(name) != (size_t)(sep - q)) return false;
       args_s = a;
     }
     while (args_s < args_e && out_is_ws(*args_s)) args_s++;
@@ -698,6 +701,7 @@ static bool out_parse_mistral(out_calls *c, const char *s, size_t n) {
   if ((size_t)(name_end - s) >= sizeof name) return false;
   memcpy(name, s, (size_t)(name_end - s));
   name[name_end - s] = 0;
+  if (strlen(name) != (size_t)(name_end - s)) return false; /* a NUL byte in the name */
   const char *a = args + 6;
   cJSON *v = out_parse_json(a, (size_t)(s + n - a));
   bool ok = cJSON_IsObject(v) && out_calls_add(c, name, v, id[0] ? id : NULL);
@@ -912,17 +916,19 @@ static bool out_step_recipient(llorch_openai_output *p, bool final) {
   const char *nl = n ? memchr(s, '\n', n) : NULL;
   if (!nl && !final && n < sizeof p->name) return false;
   size_t len = nl ? (size_t)(nl - s) : n;
-  if (len >= sizeof p->name || (!nl && final)) {
-    /* no recipient line: plain text */
+  bool ok = len < sizeof p->name && nl;
+  if (ok) {
+    memcpy(p->name, s, len);
+    p->name[len] = 0;
+    ok = out_name_ok(p->name) && strlen(p->name) == len;
+  }
+  if (!ok) {
+    /* No recipient line: the marker was text. What follows is content and
+     * is looked at as such (it may hold the next ">>>"). */
     if (p->open_marker) out_content(p, p->open_marker, strlen(p->open_marker));
     p->mode = OUT_CONTENT;
-    if (!n) return true;
-    out_content(p, s, n);
-    out_consume(p, n);
     return true;
   }
-  memcpy(p->name, s, len);
-  p->name[len] = 0;
   out_consume(p, len + 1);
   if (strcmp(p->name, "all") == 0) {
     p->mode = OUT_CONTENT;
@@ -953,9 +959,27 @@ static bool out_step_call(llorch_openai_output *p, bool final) {
       end = out_jscan_run(&p->js, s, n);
     } else if (k < n) {
       if (!p->args_at) {
-        const char *a = out_memmem(s + p->scan, n - p->scan, "[ARGS]");
-        if (a) p->args_at = (size_t)(a - s) + 6 + 1;
-        else p->scan = n >= 5 ? n - 5 : 0;
+        /* NAME[ARGS] or NAME[CALL_ID]ID[ARGS]: anything else before
+         * [ARGS] means this is no call (decided on at most 200 bytes). */
+        size_t i = k;
+        while (i < n && i < 200) {
+          char ch = s[i];
+          if (isalnum((unsigned char)ch) || ch == '_' || ch == '-' || ch == '.') {
+            i++;
+          } else if (out_starts(s + i, n - i, "[ARGS]")) {
+            p->args_at = i + 6 + 1;
+            break;
+          } else if (out_starts(s + i, n - i, "[CALL_ID]")) {
+            i += 9;
+          } else if (out_is_prefix_of(s + i, n - i, "[ARGS]") ||
+                     out_is_prefix_of(s + i, n - i, "[CALL_ID]")) {
+            break; /* wait for more */
+          } else {
+            end = -1;
+            break;
+          }
+        }
+        if (!p->args_at && end == 0 && i >= 200) end = -1;
       }
       if (p->args_at) {
         size_t at = p->args_at - 1;
@@ -964,6 +988,15 @@ static bool out_step_call(llorch_openai_output *p, bool final) {
       }
     }
     if (end == 0 && !final) return false;
+    if (end < 0) {
+      /* Not a call: the marker was text, and what follows is content,
+       * looked at as such (it may open the next call). Deciding on the
+       * marker alone keeps the answer independent of how the text was
+       * split into tokens. */
+      out_content(p, p->open_marker, strlen(p->open_marker));
+      p->mode = OUT_CONTENT;
+      return true;
+    }
     size_t body = end > 0 ? (size_t)end : n;
     if (!out_try_body(p, s, body, false)) out_give_back(p, s, body, NULL);
     out_consume(p, body);
@@ -1005,6 +1038,10 @@ static bool out_step_bare(llorch_openai_output *p, bool final) {
   size_t n = p->buf.len;
   long end = out_jscan_run(&p->js, s, n);
   if (end == 0 && !final) return false;
+  if (end < 0) {
+    p->mode = OUT_CONTENT; /* the same text, as content (see out_step_call) */
+    return true;
+  }
   size_t body = end > 0 ? (size_t)end : n;
   bool ok = end > 0 && out_try_body(p, s, body, true);
   if (!ok) {

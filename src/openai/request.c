@@ -42,6 +42,19 @@ static int req_fail_field(llorch_openai_error *err, const llorch_errmsg *em) {
                             llorch_json_errparam(), "%s", em->text);
 }
 
+/* A client's string for an error message: at most 40 bytes (cut on a UTF-8
+ * boundary, "..." added), control characters as '?', so the message stays
+ * one printable line. */
+static const char *req_show(char *buf, size_t cap, const char *s) {
+  size_t n = strlen(s), k = n < 40 ? n : 40;
+  while (k < n && k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+  if (k + 4 > cap) k = cap - 4;
+  for (size_t i = 0; i < k; i++) buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  if (k < n) memcpy(buf + k, "...", 3), k += 3;
+  buf[k] = 0;
+  return buf;
+}
+
 #define REQ_BAD(param, ...) \
   llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", (param), __VA_ARGS__)
 
@@ -127,7 +140,9 @@ static int req_tool_calls(const cJSON *calls, const char *where, llorch_openai_e
     if (strcmp(type, "function") != 0) {
       char tp[192];
       snprintf(tp, sizeof tp, "%s.type", cw);
-      return REQ_BAD(tp, "'%s' must be \"function\", got \"%.40s\"", tp, type);
+      char shown[48];
+      return REQ_BAD(tp, "'%s' must be \"function\", got \"%s\"", tp,
+                     req_show(shown, sizeof shown, type));
     }
     char fw[192];
     snprintf(fw, sizeof fw, "%s.function", cw);
@@ -138,8 +153,8 @@ static int req_tool_calls(const cJSON *calls, const char *where, llorch_openai_e
     snprintf(ap, sizeof ap, "%s.arguments", fw);
     if (cJSON_IsString(args)) {
       if (!req_is_json_object(args->valuestring))
-        return REQ_BAD(ap, "'%s' must be a JSON object encoded as a string, got \"%.40s\"", ap,
-                       args->valuestring);
+        return REQ_BAD(ap, "'%s' must be a JSON object encoded as a string, got \"%s\"", ap,
+                       req_show(desc, sizeof desc, args->valuestring));
     } else if (args && !cJSON_IsObject(args) && !cJSON_IsNull(args)) {
       return REQ_BAD(ap, "'%s' must be a JSON object encoded as a string, got %s", ap,
                      llorch_json_describe(args, desc, sizeof desc));
@@ -188,12 +203,12 @@ static int req_messages(const cJSON *messages, llorch_openai_error *err) {
       if (llorch_json_get_string(m, where, "tool_call_id", true, &id, &em) < 0)
         return req_fail_field(err, &em);
       if (!req_call_id_known(last_calls, id)) {
-        char p[96];
+        char p[96], shown[48];
         snprintf(p, sizeof p, "%s.tool_call_id", where);
         return REQ_BAD(p,
-                       "'%s' is \"%.64s\", but no earlier assistant message has a tool call "
+                       "'%s' is \"%s\", but no earlier assistant message has a tool call "
                        "with that id (the latest one with tool_calls answers to it)",
-                       p, id);
+                       p, req_show(shown, sizeof shown, id));
       }
     }
   }
@@ -225,8 +240,9 @@ static int req_tools(const cJSON *body, llorch_openai_request *r, llorch_openai_
     if (strcmp(type, "function") != 0) {
       char p[48];
       snprintf(p, sizeof p, "%s.type", w);
-      return REQ_BAD(p, "'%s' must be \"function\" (the only tool type supported), got \"%.40s\"",
-                     p, type);
+      char shown[48];
+      return REQ_BAD(p, "'%s' must be \"function\" (the only tool type supported), got \"%s\"",
+                     p, req_show(shown, sizeof shown, type));
     }
     if (llorch_json_get_object(t, w, "function", true, &fn, &em) < 0 ||
         llorch_json_get_string(fn, fw, "name", true, &name, &em) < 0 ||
@@ -243,8 +259,9 @@ static int req_tools(const cJSON *body, llorch_openai_request *r, llorch_openai_
     if (!ok) {
       char p[64];
       snprintf(p, sizeof p, "%s.name", fw);
-      return REQ_BAD(p, "'%s' must be 1..64 characters of [A-Za-z0-9_.-], got \"%.64s\"", p,
-                     name);
+      char shown[48];
+      return REQ_BAD(p, "'%s' must be 1..64 characters of [A-Za-z0-9_.-], got \"%s\"", p,
+                     req_show(shown, sizeof shown, name));
     }
     int k = 0;
     for (const cJSON *u = tools->child; u != t; u = u->next, k++) {
@@ -304,8 +321,8 @@ static int req_tools(const cJSON *body, llorch_openai_request *r, llorch_openai_
       }
       if (!found)
         return REQ_BAD("tool_choice.function.name",
-                       "'tool_choice.function.name' is \"%.64s\", which is not in 'tools'",
-                       r->tool_choice_name);
+                       "'tool_choice.function.name' is \"%s\", which is not in 'tools'",
+                       req_show(desc, sizeof desc, r->tool_choice_name));
     }
   }
   r->parallel_tool_calls = true;
@@ -480,12 +497,13 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
   if (r->response_format && cJSON_IsNull(r->response_format)) r->response_format = NULL;
 
   const char *rf = NULL;
+  char shown[48];
   if (llorch_json_get_string(body, NULL, "reasoning_format", false, &rf, &em) < 0)
     return req_fail_field(err, &em);
   if (rf && llorch_reasoning_format_parse(rf, &r->reasoning_format) < 0)
     return REQ_BAD("reasoning_format",
-                   "'reasoning_format' must be \"reasoning_content\" or \"none\", got \"%.40s\"",
-                   rf);
+                   "'reasoning_format' must be \"reasoning_content\" or \"none\", got \"%s\"",
+                   req_show(shown, sizeof shown, rf));
 
   /* job id (native) */
   if (api == LLORCH_OPENAI_NATIVE) {
