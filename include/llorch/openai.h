@@ -79,6 +79,18 @@ const char *llorch_reasoning_format_name(llorch_reasoning_format f);
 #define LLORCH_OPENAI_MAX_TOP_LOGPROBS 20
 #define LLORCH_OPENAI_MAX_TOOLS 128
 
+/* Bounds on a request's lists, so that validating and rendering stay cheap
+ * (the operator's request.* options where the roles have them). */
+typedef struct llorch_openai_limits {
+  int max_messages;        /* messages */
+  int max_content_parts;   /* content parts over all messages */
+  int max_stop;            /* stop strings, <= LLORCH_OPENAI_MAX_STOP */
+  int max_tools;           /* tools, <= LLORCH_OPENAI_MAX_TOOLS; also tool_calls per message */
+} llorch_openai_limits;
+
+/* The defaults used when no limits are given. */
+#define LLORCH_OPENAI_LIMITS_DEFAULT {100000, 100000, LLORCH_OPENAI_MAX_STOP, LLORCH_OPENAI_MAX_TOOLS}
+
 /*
  * A validated request. Pointers point into the parsed body, which must
  * outlive the struct.
@@ -112,13 +124,16 @@ typedef struct llorch_openai_request {
 } llorch_openai_request;
 
 /*
- * Validates body (a JSON object) for api into out. Every wrong field gets a
- * 400 naming it (param) with the value and what was expected; an unsupported
- * one (n != 1) a 400 "unsupported_value". Returns 0 or LLORCH_EINVAL with err.
- * The model name is not checked against anything here.
+ * Validates body (a JSON object) for api into out, within lim (NULL =
+ * LLORCH_OPENAI_LIMITS_DEFAULT). Every wrong field gets a 400 naming it
+ * (param) with the value and what was expected; an unsupported one (n != 1)
+ * a 400 "unsupported_value". Returns 0 or LLORCH_EINVAL with err. The model
+ * name is not checked against anything here. Touches nothing but its
+ * arguments: callable from any thread.
  */
 int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
-                                llorch_openai_request *out, llorch_openai_error *err);
+                                const llorch_openai_limits *lim, llorch_openai_request *out,
+                                llorch_openai_error *err);
 
 /*
  * The worker's /v2/execute body for a validated client request, as a

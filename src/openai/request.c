@@ -80,8 +80,10 @@ const char *llorch_reasoning_format_name(llorch_reasoning_format f) {
 static const char *const req_roles[] = {"system", "user", "assistant", "developer", "tool", NULL};
 enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_DEVELOPER, ROLE_TOOL };
 
-/* content: a string, null, or an array of {"type":"text","text":...} parts. */
-static int req_content(const cJSON *m, const char *where, bool null_ok, llorch_openai_error *err) {
+/* content: a string, null, or an array of {"type":"text","text":...} parts;
+ * *n_parts counts the parts of all messages. */
+static int req_content(const cJSON *m, const char *where, bool null_ok,
+                       const llorch_openai_limits *lim, int *n_parts, llorch_openai_error *err) {
   const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
   char param[96], desc[64];
   snprintf(param, sizeof param, "%s.content", where);
@@ -95,6 +97,9 @@ static int req_content(const cJSON *m, const char *where, bool null_ok, llorch_o
                    llorch_json_describe(c, desc, sizeof desc));
   int i = 0;
   for (const cJSON *part = c->child; part; part = part->next, i++) {
+    if (++*n_parts > lim->max_content_parts)
+      return REQ_BAD(param, "the messages have more than %d content parts in all",
+                     lim->max_content_parts);
     char pw[128];
     snprintf(pw, sizeof pw, "%s[%d]", param, i);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
@@ -116,15 +121,16 @@ static bool req_is_json_object(const char *s) {
 }
 
 /* An assistant message's tool_calls: [{id, type:"function", function:{name, arguments}}]. */
-static int req_tool_calls(const cJSON *calls, const char *where, llorch_openai_error *err) {
+static int req_tool_calls(const cJSON *calls, const char *where, const llorch_openai_limits *lim,
+                          llorch_openai_error *err) {
   char p[128], desc[64];
   snprintf(p, sizeof p, "%s.tool_calls", where);
   if (!cJSON_IsArray(calls))
     return REQ_BAD(p, "'%s' must be an array of tool calls, got %s", p,
                    llorch_json_describe(calls, desc, sizeof desc));
-  if (cJSON_GetArraySize(calls) > LLORCH_OPENAI_MAX_TOOLS)
+  if (cJSON_GetArraySize(calls) > lim->max_tools)
     return REQ_BAD(p, "'%s' has %d calls; at most %d are accepted", p, cJSON_GetArraySize(calls),
-                   LLORCH_OPENAI_MAX_TOOLS);
+                   lim->max_tools);
   int i = 0;
   for (const cJSON *c = calls->child; c; c = c->next, i++) {
     char cw[160];
@@ -174,8 +180,13 @@ static bool req_call_id_known(const cJSON *calls, const char *id) {
   return false;
 }
 
-static int req_messages(const cJSON *messages, llorch_openai_error *err) {
-  int i = 0;
+static int req_messages(const cJSON *messages, const llorch_openai_limits *lim,
+                        llorch_openai_error *err) {
+  int n = cJSON_GetArraySize(messages);
+  if (n > lim->max_messages)
+    return REQ_BAD("messages", "'messages' has %d items; at most %d are accepted", n,
+                   lim->max_messages);
+  int i = 0, n_parts = 0;
   const cJSON *last_calls = NULL; /* tool_calls of the latest assistant message that had some */
   for (const cJSON *m = messages->child; m; m = m->next, i++) {
     char where[48];
@@ -194,10 +205,10 @@ static int req_messages(const cJSON *messages, llorch_openai_error *err) {
       return REQ_BAD(p, "'%s' is only allowed on assistant messages", p);
     }
     int rc;
-    if (calls && (rc = req_tool_calls(calls, where, err)) < 0) return rc;
+    if (calls && (rc = req_tool_calls(calls, where, lim, err)) < 0) return rc;
     if (calls) last_calls = calls;
     /* Assistant turns that only called tools have no content. */
-    if ((rc = req_content(m, where, role == ROLE_ASSISTANT, err)) < 0) return rc;
+    if ((rc = req_content(m, where, role == ROLE_ASSISTANT, lim, &n_parts, err)) < 0) return rc;
     if (role == ROLE_TOOL) {
       const char *id = NULL;
       if (llorch_json_get_string(m, where, "tool_call_id", true, &id, &em) < 0)
@@ -217,15 +228,15 @@ static int req_messages(const cJSON *messages, llorch_openai_error *err) {
 
 /* ---- tools ---- */
 
-static int req_tools(const cJSON *body, llorch_openai_request *r, llorch_openai_error *err) {
+static int req_tools(const cJSON *body, const llorch_openai_limits *lim, llorch_openai_request *r,
+                     llorch_openai_error *err) {
   llorch_errmsg em = {{0}};
   const cJSON *tools = NULL;
   if (llorch_json_get_array(body, NULL, "tools", false, 0, &tools, &em) < 0)
     return req_fail_field(err, &em);
   int n = tools ? cJSON_GetArraySize(tools) : 0;
-  if (n > LLORCH_OPENAI_MAX_TOOLS)
-    return REQ_BAD("tools", "'tools' has %d entries; at most %d are accepted", n,
-                   LLORCH_OPENAI_MAX_TOOLS);
+  if (n > lim->max_tools)
+    return REQ_BAD("tools", "'tools' has %d entries; at most %d are accepted", n, lim->max_tools);
   int i = 0;
   for (const cJSON *t = tools ? tools->child : NULL; t; t = t->next, i++) {
     char w[32], fw[48], desc[64];
@@ -334,7 +345,9 @@ static int req_tools(const cJSON *body, llorch_openai_request *r, llorch_openai_
 
 /* ---- stop ---- */
 
-static int req_stop(const cJSON *body, llorch_openai_request *r, llorch_openai_error *err) {
+static int req_stop(const cJSON *body, const llorch_openai_limits *lim, llorch_openai_request *r,
+                    llorch_openai_error *err) {
+  int max = lim->max_stop < LLORCH_OPENAI_MAX_STOP ? lim->max_stop : LLORCH_OPENAI_MAX_STOP;
   const cJSON *stop = cJSON_GetObjectItemCaseSensitive(body, "stop");
   if (!stop || cJSON_IsNull(stop)) return 0;
   if (cJSON_IsString(stop)) {
@@ -342,16 +355,14 @@ static int req_stop(const cJSON *body, llorch_openai_request *r, llorch_openai_e
     return 0;
   }
   if (!cJSON_IsArray(stop))
-    return REQ_BAD("stop", "'stop' must be a string or an array of up to %d strings",
-                   LLORCH_OPENAI_MAX_STOP);
+    return REQ_BAD("stop", "'stop' must be a string or an array of up to %d strings", max);
   int i = 0;
   for (const cJSON *s = stop->child; s; s = s->next, i++) {
     char p[32];
     snprintf(p, sizeof p, "stop[%d]", i);
     if (!cJSON_IsString(s) || !s->valuestring[0])
       return REQ_BAD(p, "'%s' must be a non-empty string", p);
-    if (i >= LLORCH_OPENAI_MAX_STOP)
-      return REQ_BAD("stop", "'stop' has more than %d strings", LLORCH_OPENAI_MAX_STOP);
+    if (i >= max) return REQ_BAD("stop", "'stop' has more than %d strings", max);
     r->stop[r->n_stop++] = s->valuestring;
   }
   return 0;
@@ -426,7 +437,10 @@ static bool req_job_id_valid(const char *s) {
 /* ---- the request ---- */
 
 int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
-                                llorch_openai_request *r, llorch_openai_error *err) {
+                                const llorch_openai_limits *lim, llorch_openai_request *r,
+                                llorch_openai_error *err) {
+  static const llorch_openai_limits defaults = LLORCH_OPENAI_LIMITS_DEFAULT;
+  if (!lim) lim = &defaults;
   memset(r, 0, sizeof *r);
   r->api = api;
   llorch_errmsg em = {{0}};
@@ -473,8 +487,8 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
   if (r->chat) {
     if (llorch_json_get_array(body, NULL, "messages", true, 1, &r->messages, &em) < 0)
       return req_fail_field(err, &em);
-    if ((rc = req_messages(r->messages, err)) < 0) return rc;
-    if ((rc = req_tools(body, r, err)) < 0) return rc;
+    if ((rc = req_messages(r->messages, lim, err)) < 0) return rc;
+    if ((rc = req_tools(body, lim, r, err)) < 0) return rc;
     if (llorch_json_get_object(body, NULL, "chat_template_kwargs", false,
                                &r->chat_template_kwargs, &em) < 0)
       return req_fail_field(err, &em);
@@ -522,7 +536,7 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
   r->max_tokens = (uint32_t)max_tokens;
   if (llorch_json_get_bool(body, NULL, "ignore_eos", false, &r->ignore_eos, &em) < 0)
     return req_fail_field(err, &em);
-  if ((rc = req_stop(body, r, err)) < 0) return rc;
+  if ((rc = req_stop(body, lim, r, err)) < 0) return rc;
   return req_sampling(body, r, err);
 }
 

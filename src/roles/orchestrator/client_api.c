@@ -563,8 +563,8 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   /* The same validation as the worker's (one OpenAI layer), before queueing. */
   llorch_openai_request oreq;
   llorch_openai_error oerr = {0};
-  if (llorch_openai_request_parse(body, chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION, &oreq,
-                                  &oerr) < 0) {
+  if (llorch_openai_request_parse(body, chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION, NULL,
+                                  &oreq, &oerr) < 0) {
     llorch_openai_respond_error(req, &oerr);
     cJSON_Delete(body);
     return;

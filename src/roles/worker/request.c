@@ -201,7 +201,7 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   worker_job *j = NULL;
   llorch_jbuf text;
   llorch_jbuf_init(&text);
-  int rc = llorch_openai_request_parse(body, api, &r, err);
+  int rc = llorch_openai_request_parse(body, api, NULL, &r, err);
   if (rc < 0) goto fail;
 
   if (r.model && !worker_model_name_matches(w, r.model)) {

@@ -19,7 +19,7 @@ static int parse(const char *json, llorch_openai_api api, llorch_openai_request 
                  llorch_openai_error *err, cJSON **body) {
   *body = cJSON_Parse(json);
   assert_non_null(*body);
-  return llorch_openai_request_parse(*body, api, r, err);
+  return llorch_openai_request_parse(*body, api, NULL, r, err);
 }
 
 static void expect_400(const char *json, const char *param, const char *needle) {
@@ -80,7 +80,7 @@ static void test_native_body_and_context(void **state) {
   assert_non_null(strstr(native, "\"seed\":9007199254740992"));
   cJSON *nb = cJSON_Parse(native);
   llorch_openai_request r2;
-  assert_int_equal(llorch_openai_request_parse(nb, LLORCH_OPENAI_NATIVE, &r2, &err), 0);
+  assert_int_equal(llorch_openai_request_parse(nb, LLORCH_OPENAI_NATIVE, NULL, &r2, &err), 0);
   assert_true(r2.chat);
   assert_string_equal(r2.job_id, "j-1");
   assert_int_equal(r2.reasoning_format, LLORCH_REASONING_NONE);
