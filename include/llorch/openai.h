@@ -153,8 +153,10 @@ char *llorch_openai_request_native_body(const llorch_openai_request *r, const ch
  * expect: content parts joined into one string, "developer" -> "system",
  * tool_calls' JSON-string arguments parsed into objects. tools is left out
  * when there are none or tool_choice is "none"; kwargs is
- * chat_template_kwargs (or {}): the renderer makes them template variables
- * (enable_thinking, ...). NULL when out of memory.
+ * chat_template_kwargs (or {}), whose keys are also set at the top level
+ * (templates read enable_thinking as a plain variable) unless they name one
+ * of the context's own keys. A message's absent content stays absent.
+ * NULL when out of memory.
  */
 cJSON *llorch_openai_chat_context(const llorch_openai_request *r, const char *bos_token,
                                   const char *eos_token);

@@ -659,7 +659,6 @@ cJSON *llorch_openai_chat_context(const llorch_openai_request *r, const char *bo
       if (!v) goto fail;
       cJSON_AddItemToObject(o, f->string, v);
     }
-    if (!cJSON_GetObjectItemCaseSensitive(o, "content")) cJSON_AddNullToObject(o, "content");
   }
   if (r->tools && r->tool_choice != LLORCH_OPENAI_TOOL_CHOICE_NONE)
     cJSON_AddItemToObject(ctx, "tools", cJSON_Duplicate(r->tools, true));
@@ -669,6 +668,21 @@ cJSON *llorch_openai_chat_context(const llorch_openai_request *r, const char *bo
   cJSON *kw = r->chat_template_kwargs ? cJSON_Duplicate(r->chat_template_kwargs, true)
                                       : cJSON_CreateObject();
   if (!kw) goto fail;
+  /* Also template variables of their own, as transformers passes them
+   * (enable_thinking); they cannot replace the context's own keys. */
+  static const char *const reserved[] = {"messages", "tools", "add_generation_prompt",
+                                         "bos_token", "eos_token", "kwargs", NULL};
+  for (const cJSON *e = kw->child; e; e = e->next) {
+    bool skip = false;
+    for (int k = 0; reserved[k] && !skip; k++) skip = strcmp(e->string, reserved[k]) == 0;
+    if (skip || cJSON_GetObjectItemCaseSensitive(ctx, e->string)) continue;
+    cJSON *dup = cJSON_Duplicate(e, true);
+    if (!dup) {
+      cJSON_Delete(kw);
+      goto fail;
+    }
+    cJSON_AddItemToObject(ctx, e->string, dup);
+  }
   cJSON_AddItemToObject(ctx, "kwargs", kw);
   return ctx;
 fail:

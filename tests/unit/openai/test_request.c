@@ -97,6 +97,7 @@ static void test_native_body_and_context(void **state) {
   assert_non_null(strstr(text, "\"arguments\":{\"city\":\"Oslo\"}"));
   assert_null(strstr(text, "\"tools\""));
   assert_non_null(strstr(text, "\"kwargs\":{\"enable_thinking\":false}"));
+  assert_non_null(strstr(text, "\"enable_thinking\":false,\"kwargs\""));
   assert_non_null(strstr(text, "\"bos_token\":\"<s>\""));
   free(text);
   cJSON_Delete(ctx);
