@@ -258,7 +258,8 @@ test('the test hook is refused without LLORCH_TEST_HOOKS=1', async () => {
     '--test-script', path.join(tmp.dir, 'script.json')], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr.on('data', (d) => { err += d; });
-  const code = await new Promise((resolve) => proc.on('exit', resolve));
+  // 'close' (not 'exit'): stderr has been read to its end
+  const code = await new Promise((resolve) => proc.on('close', resolve));
   assert.equal(code, 2);
   assert.match(err, /test hook.*refused unless the environment has LLORCH_TEST_HOOKS=1/);
 });
