@@ -128,6 +128,7 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
   llorch_jbuf_reset(&st->deltas);
   if (st->out && e->kind == WORKER_EV_TOKEN) stream_parse(st, e, false);
   if (st->out && e->kind == WORKER_EV_END) stream_parse(st, NULL, true);
+  st->cur = NULL; /* e is freed after dispatch */
   llorch_jbuf_raw(&b, "{", 1);
   llorch_jbuf_key(&b, "job_id");
   llorch_jbuf_str(&b, st->job->id);
