@@ -3,7 +3,8 @@
 # llorch, synthesize a demo model (random weights of a real shape - nothing
 # can be downloaded) into ./models, and serve it with an orchestrator and a
 # local pool manager in one process (`llorch --role=all`) on 127.0.0.1:8080.
-# Extra arguments are passed to llorch (e.g. --listen 0.0.0.0:8080).
+# Extra arguments are passed to llorch (e.g. --listen 0.0.0.0:8080 --cluster-token T
+# --api-key K: beyond loopback a cluster token is required, see README "Security").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

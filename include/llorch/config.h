@@ -141,7 +141,8 @@ typedef struct llorch_config {
 
   /* orchestrator */
   struct {
-    llorch_strlist api_keys;   /* client bearer keys; empty = no auth */
+    llorch_strlist api_keys;   /* client bearer keys for /v1/...; empty = no auth */
+    llorch_strlist admin_keys; /* operator bearer keys for /v2/... and /metrics */
     char *cluster_token;       /* pools must present this, or NULL */
     struct {
       int max_total;           /* queued requests over all classes (-> 429) */
@@ -184,13 +185,14 @@ int llorch_config_load_file(llorch_config *cfg, const char *path, llorch_errmsg 
 int llorch_config_load_string(llorch_config *cfg, const char *name, const char *text,
                               size_t len, llorch_errmsg *em);
 /*
- * Applies secrets from the environment over the current values: every secret
- * option (tokens, API keys) can be given as LLORCH_<KEY> with dots as
- * underscores, upper case (LLORCH_WORKER_TOKEN, LLORCH_POOL_CLUSTER_TOKEN,
- * LLORCH_ORCHESTRATOR_API_KEYS as a comma-separated list), so secrets need
- * not appear in a file or on a command line that `ps` shows. Only options
- * that apply to cfg->role are read. llorch_config_load() applies them after
- * the file and before the flags.
+ * Applies the environment over the current values: every option but the model
+ * catalog can be given as LLORCH_<KEY> with dots as underscores, upper case
+ * (LLORCH_LISTEN, LLORCH_WORKER_TOKEN, LLORCH_POOL_CLUSTER_TOKEN,
+ * LLORCH_ORCHESTRATOR_API_KEYS as a comma-separated list). Secrets need not
+ * appear in a file or on a command line that `ps` shows, and a container is
+ * configured without a file. Only options that apply to cfg->role are read.
+ * llorch_config_load() applies them after the file and before the flags. A
+ * bad value is an error naming the variable (and, unless a secret, the value).
  */
 int llorch_config_apply_env(llorch_config *cfg, llorch_errmsg *em);
 /* Writes "LLORCH_WORKER_TOKEN" for "worker.token" into buf. */
@@ -200,6 +202,14 @@ int llorch_config_apply_args(llorch_config *cfg, int argc, char **argv, llorch_e
 /* Checks across options (min_replicas <= max_replicas, unique model names) and
  * fills derived defaults. */
 int llorch_config_finish(llorch_config *cfg, llorch_errmsg *em);
+
+/*
+ * True when cfg->listen binds loopback only (127.0.0.0/8, ::1, localhost):
+ * no other machine can connect. A role listening beyond loopback must have
+ * its machine credential (cluster token, worker token); llorch_config_finish
+ * refuses the config otherwise.
+ */
+bool llorch_config_listen_is_loopback(const llorch_config *cfg);
 
 /* Frees every string and list and zeroes cfg. Safe on a zeroed config. */
 void llorch_config_free(llorch_config *cfg);

@@ -18,8 +18,9 @@
  *   413  body over max_body_bytes (a declared Content-Length over the limit
  *        is refused before any body byte is read; then closes)
  *   431  headers over max_header_bytes or more than max_header_count
- * Every response carries X-Request-Id: the client's X-Request-Id when it
- * matches ^[A-Za-z0-9-]{1,64}$, a generated one otherwise.
+ * Every response carries X-Request-Id: the client's X-Request-Id (a request
+ * whose X-Request-Id does not match ^[A-Za-z0-9._:-]{1,64}$ gets 400), a
+ * generated one when it sent none.
  *
  * Example:
  *   static void on_request(llorch_http_request *req, void *user) {
@@ -97,6 +98,22 @@ int llorch_http_server_init(llorch_http_server **out, uv_loop_t *loop,
                             const llorch_http_config *cfg,
                             llorch_http_handler_fn handler, void *user,
                             llorch_errmsg *em);
+
+/*
+ * Called when a request's headers are complete, before any body byte is
+ * read: returns 0 to go on, or an HTTP status (401, 403; 404, 405) to refuse
+ * the request with *why (a static string) as the message. A refused request is
+ * answered at once in the OpenAI error envelope (401 with WWW-Authenticate:
+ * Bearer and code "invalid_api_key", 403 with code "forbidden") and its
+ * connection is closed, so a caller without credentials never gets a body
+ * buffered. The request's method, path, headers, id and peer are readable;
+ * it must not be responded to or kept.
+ */
+typedef int (*llorch_http_authorize_fn)(llorch_http_request *req, void *user, const char **why);
+
+/* Sets (or with NULL removes) the headers-time check above. */
+void llorch_http_server_set_authorize(llorch_http_server *srv, llorch_http_authorize_fn fn,
+                                      void *user);
 
 /*
  * Binds and listens on host:port. host is an IPv4 or IPv6 literal

@@ -34,7 +34,10 @@
  * with cJSON_Delete), or LLORCH_EINVAL with em: "request body is not valid
  * JSON (error near byte N)" or "request body is empty". When require_object
  * is true, anything but an object is refused: "request body must be a JSON
- * object, got an array".
+ * object, got an array". Strings that cJSON would silently change are
+ * refused too, naming the field (llorch_json_errparam gives it): a NUL
+ * (escaped or raw), invalid UTF-8, a lone UTF-16 surrogate escape. Clears
+ * llorch_json_errparam first.
  */
 int llorch_json_parse(const char *text, size_t len, bool require_object, cJSON **out,
                       llorch_errmsg *em);
@@ -77,10 +80,14 @@ int llorch_json_get_enum(const cJSON *obj, const char *where, const char *key,
                          llorch_errmsg *em);
 
 /*
- * The field path of the last getter failure on this thread
- * ("messages[2].role"), "" if none. Valid until the next failing getter.
+ * The field path of the last getter (or llorch_json_parse) failure on this
+ * thread since llorch_json_parse last started ("messages[2].role"), "" if
+ * none. Valid until the next failure.
  */
 const char *llorch_json_errparam(void);
+
+/* Sets the field path llorch_json_errparam returns (for checks made without a getter); NULL clears it. */
+void llorch_json_set_errparam(const char *param);
 
 /* Writes "<where>[<i>]" into buf, for the where of array elements. */
 const char *llorch_json_path_index(char *buf, size_t size, const char *where,

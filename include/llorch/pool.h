@@ -11,9 +11,9 @@
  * (one loop, one port):
  *
  *   llorch_service_init(&svc, cfg, "all", &em);
- *   llorch_orchestrator_attach(&o, svc, &em);
- *   llorch_pool_options po = {.local_orchestrator = true,
- *                             .cluster_token = cfg->orchestrator.cluster_token};
+ *   llorch_orchestrator_options oo = {.cluster_token = token};  (configured or internal)
+ *   llorch_orchestrator_attach(&o, svc, &oo, &em);
+ *   llorch_pool_options po = {.local_orchestrator = true, .cluster_token = token};
  *   llorch_pool_attach(&p, svc, &po, &em);
  *   status = llorch_service_run(svc, &em);
  *   llorch_service_free(svc);

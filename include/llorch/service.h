@@ -16,8 +16,8 @@
  * A role's main looks like:
  *   llorch_service *svc;
  *   if (llorch_service_init(&svc, cfg, "worker", &em) < 0) { log em; return 1; }
- *   llorch_service_route(svc, "POST", "/v1/chat/completions", on_chat, w);
- *   llorch_service_route(svc, NULL, "/v2/jobs/" "*", on_jobs, w);  (a prefix)
+ *   llorch_service_route(svc, "POST", "/v1/chat/completions", LLORCH_ACCESS_CLUSTER, on_chat, w);
+ *   llorch_service_route(svc, NULL, "/v2/jobs/" "*", LLORCH_ACCESS_CLUSTER, on_jobs, w);  (a prefix)
  *   llorch_service_on_stop(svc, worker_stop, w);
  *   llorch_service_on_shutdown(svc, worker_shutdown, w);
  *   int status = llorch_service_run(svc, &em);  (listens, runs the loop)
@@ -51,13 +51,45 @@ typedef void (*llorch_service_hook_fn)(llorch_service *svc, void *user);
 /*
  * Creates the loop, the metrics registry (with llorch_build_info{version,role}
  * and process_start_time_seconds), the HTTP server (not listening yet) with
- * the limits and timeouts of cfg->http, the routes GET /health/live and
- * GET /metrics, and the signal watchers; sets the log level and format from
+ * the limits and timeouts of cfg->http, the routes GET /health/live (public)
+ * and GET /metrics (LLORCH_ACCESS_ADMIN | LLORCH_ACCESS_CLUSTER), the
+ * headers-time credential check, and the signal watchers; sets the log level and format from
  * cfg. component names the role in log lines ("worker", "pool", ...). cfg
  * must outlive the service. Returns 0 or a negative LLORCH_E* code with em.
  */
 int llorch_service_init(llorch_service **out, const llorch_config *cfg, const char *component,
                         llorch_errmsg *em);
+
+/* ---- who may call a route ---- */
+
+/*
+ * Credential classes. Every route names the classes it accepts (bits of
+ * llorch_access; LLORCH_ACCESS_PUBLIC = anyone). A request passes when one
+ * of those classes is open (the role configured no credential for it, which
+ * the config allows on loopback only) or its Authorization: Bearer token is
+ * one of that class's tokens. A class starts closed with no tokens: nothing
+ * passes until the role adds tokens or opens it.
+ *
+ * The check runs when a request's headers arrive, before any body byte is
+ * read (llorch_http_server_set_authorize): 401 without a valid token, 403
+ * for a valid token of another class (a client key on an admin route), the
+ * connection closed either way.
+ */
+typedef enum llorch_access {
+  LLORCH_ACCESS_PUBLIC = 0,        /* anyone: /health/... */
+  LLORCH_ACCESS_CLIENT = 1u << 0,  /* client API keys: the orchestrator's /v1/... */
+  LLORCH_ACCESS_ADMIN = 1u << 1,   /* operator keys: /v2/... control and state, /metrics */
+  LLORCH_ACCESS_CLUSTER = 1u << 2, /* the machines' secret: the cluster token between
+                                    * orchestrator and pools; a worker's own token */
+} llorch_access;
+#define LLORCH_ACCESS_N_CLASSES 3
+
+/*
+ * A route's own check (llorch_service_route_custom), called at headers
+ * time like the class check: returns 0, or 401/403 with *why (a static
+ * string). It may call llorch_service_authorize.
+ */
+typedef int (*llorch_service_authorize_fn)(llorch_http_request *req, void *user, const char **why);
 
 /*
  * Adds a route. method: "GET", "POST", ... or NULL for any. path: an exact
@@ -65,20 +97,34 @@ int llorch_service_init(llorch_service **out, const llorch_config *cfg, const ch
  * '*' matches "/v2/jobs/abc/cancel"). Exact routes win over prefix routes; among prefix
  * routes the longest prefix wins. A path that matches with another method
  * gets 405 with Allow; no match gets 404 (both in the OpenAI error
- * envelope). Returns 0, LLORCH_EEXIST (same method and path twice) or
- * LLORCH_ENOMEM.
+ * envelope). access: the llorch_access bits allowed to call it. Returns 0,
+ * LLORCH_EEXIST (same method and path twice) or LLORCH_ENOMEM.
  */
 int llorch_service_route(llorch_service *svc, const char *method, const char *path,
-                         llorch_service_route_fn fn, void *user);
+                         unsigned access, llorch_service_route_fn fn, void *user);
+
+/* Like llorch_service_route, with authorize(req, user, why) deciding instead of a class set. */
+int llorch_service_route_custom(llorch_service *svc, const char *method, const char *path,
+                                llorch_service_authorize_fn authorize,
+                                llorch_service_route_fn fn, void *user);
 
 /*
- * Makes GET /metrics require Authorization: Bearer with one of n tokens
- * (n == 0: open, the default). Roles call it with the tokens that guard
- * their own endpoints, so that only the /health/ endpoints stay open when auth
- * is on.
- * The tokens are copied. Returns 0 or LLORCH_ENOMEM.
+ * Adds n accepted tokens (copied; empty strings are refused with
+ * LLORCH_EINVAL) to the class cls (one LLORCH_ACCESS_* bit). Returns 0,
+ * LLORCH_EINVAL or LLORCH_ENOMEM.
  */
-int llorch_service_protect_metrics(llorch_service *svc, const char *const *tokens, size_t n);
+int llorch_service_add_credentials(llorch_service *svc, llorch_access cls,
+                                   const char *const *tokens, size_t n);
+
+/* Opens the class cls: its routes need no token (nothing is configured). */
+void llorch_service_open_access(llorch_service *svc, llorch_access cls);
+
+/*
+ * The class check itself: 0 when req may call a route accepting the access
+ * bits, else 401 or 403 with *why. Constant-time over every token.
+ */
+int llorch_service_authorize(const llorch_service *svc, const llorch_http_request *req,
+                             unsigned access, const char **why);
 
 /* Adds a hook called when shutdown begins, before the HTTP server drains
  * (newest first). Returns 0 or LLORCH_ENOMEM. */

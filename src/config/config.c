@@ -3,6 +3,7 @@
  * API, so every node keeps its line and column for error lines), then the
  * command-line flags, then the checks across options.
  */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -510,10 +511,68 @@ static int config_derive_advertise_url(llorch_config *cfg, const char *hostname)
   return cfg->pool.advertise_url ? 0 : LLORCH_ENOMEM;
 }
 
+bool llorch_config_listen_is_loopback(const llorch_config *cfg) {
+  const char *listen = cfg->listen ? cfg->listen : "";
+  const char *host = listen;
+  size_t hlen;
+  if (listen[0] == '[') {
+    const char *close = strchr(listen, ']');
+    if (!close) return false;
+    host = listen + 1;
+    hlen = (size_t)(close - host);
+  } else {
+    const char *colon = strrchr(listen, ':');
+    hlen = colon ? (size_t)(colon - listen) : strlen(listen);
+  }
+  char h[256];
+  if (hlen == 0 || hlen >= sizeof h) return false; /* ":8080" is every address */
+  memcpy(h, host, hlen);
+  h[hlen] = '\0';
+  if (strcmp(h, "::1") == 0 || strcasecmp(h, "localhost") == 0) return true;
+  struct in_addr a;
+  return inet_pton(AF_INET, h, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
+/*
+ * A role that other machines can reach must be able to tell its peers from
+ * strangers: without its machine credential it would hand the cluster (or
+ * the worker) to anyone who reaches the port.
+ */
+static int config_check_exposure(const llorch_config *cfg, llorch_errmsg *em) {
+  const char *key = NULL, *flag = NULL;
+  bool have = true;
+  switch (cfg->role) {
+    case LLORCH_ROLE_ORCHESTRATOR:
+    case LLORCH_ROLE_ALL:
+      key = "orchestrator.cluster_token", flag = "--cluster-token";
+      have = cfg->orchestrator.cluster_token != NULL;
+      break;
+    case LLORCH_ROLE_POOL:
+      key = "pool.cluster_token", flag = "--cluster-token";
+      have = cfg->pool.cluster_token != NULL;
+      break;
+    case LLORCH_ROLE_WORKER:
+      key = "worker.token", flag = "--token";
+      have = cfg->worker.token != NULL;
+      break;
+    default:
+      return 0;
+  }
+  if (have || llorch_config_listen_is_loopback(cfg)) return 0;
+  char env[96];
+  llorch_config_env_name(key, env, sizeof env);
+  return llorch_errmsg_set(em, LLORCH_EINVAL,
+                           "listen %s is reachable beyond loopback but no '%s' is set: give %s TOKEN "
+                           "or the environment variable %s (or listen on 127.0.0.1)",
+                           cfg->listen, key, flag, env);
+}
+
 int llorch_config_finish(llorch_config *cfg, llorch_errmsg *em) {
   if (cfg->role == LLORCH_ROLE_WORKER && !cfg->worker.model)
     return llorch_errmsg_set(em, LLORCH_EINVAL,
                              "'worker.model' is required for --role=worker (--model FILE)");
+  int err = config_check_exposure(cfg, em);
+  if (err) return err;
 
   char hostname[256];
   if (gethostname(hostname, sizeof hostname) != 0 || hostname[0] == '\0')
@@ -534,7 +593,7 @@ int llorch_config_finish(llorch_config *cfg, llorch_errmsg *em) {
   return 0;
 }
 
-/* ---- secrets from the environment ---- */
+/* ---- the environment ---- */
 
 void llorch_config_env_name(const char *key, char *buf, size_t n) {
   size_t w = (size_t)snprintf(buf, n, "LLORCH_");
@@ -546,21 +605,28 @@ void llorch_config_env_name(const char *key, char *buf, size_t n) {
 int llorch_config_apply_env(llorch_config *cfg, llorch_errmsg *em) {
   for (size_t k = 0; k < config_options_count; k++) {
     const config_option *o = &config_options[k];
-    if (!(o->flags & CONFIG_OPT_SECRET)) continue;
+    if (o->type == CONFIG_TYPE_MODELS) continue; /* a list of mappings: files only */
     if (cfg->role != LLORCH_ROLE_NONE && !(o->roles & cfg->role)) continue;
     char name[96];
     llorch_config_env_name(o->name, name, sizeof name);
     const char *value = getenv(name);
     if (!value) continue;
-    /* A list from the environment replaces the file's list, as a flag does. */
-    int err = config_value_parse(o, cfg, value, value[0] == '\0', false);
+    /* A list from the environment replaces the file's list, as a flag does.
+     * Set but empty is an error (every option here is a secret): an empty
+     * token must never read as "no authentication". */
+    int err = config_value_parse(o, cfg, value, false, false);
     if (err == LLORCH_ENOMEM) return llorch_errmsg_set(em, err, "out of memory");
     if (err) {
       char expected[160];
       config_value_expected(o, expected, sizeof expected);
-      /* The value is a secret: say what was wrong, never what it was. */
-      return llorch_errmsg_set(em, err, "environment %s ('%s'): expected %s", name, o->name,
-                               expected);
+      /* A secret's value is never repeated, not even in an error line. */
+      if (o->flags & CONFIG_OPT_SECRET)
+        return llorch_errmsg_set(em, err, "environment %s ('%s'): expected %s", name, o->name,
+                                 expected);
+      char shown[128];
+      config_quote(value, shown, sizeof shown);
+      return llorch_errmsg_set(em, err, "environment %s ('%s'): expected %s, got %s", name,
+                               o->name, expected, shown);
     }
   }
   return 0;

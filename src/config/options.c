@@ -108,6 +108,18 @@ static int check_pool_name(const char *s) {
   return 0;
 }
 
+/* Tokens and keys: printable ASCII without spaces (they travel as
+ * "Authorization: Bearer <token>"), at most 200 bytes. Empty is refused
+ * elsewhere: an empty secret must never read as "no authentication". */
+static int check_secret(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 200) return -1;
+  for (const char *p = s; *p; p++)
+    if (!isgraph((unsigned char)*p)) return -1;
+  return 0;
+}
+#define SECRET_EXPECT "a non-empty token of printable characters without spaces (at most 200)"
+
 /* ---- the table ---- */
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
@@ -134,11 +146,11 @@ static const char *const reasoning_formats[] = {"reasoning_content", "none", NUL
 const config_option config_options[] = {
     /* ---- common ---- */
     {.name = "listen", .flag = "listen", .type = CONFIG_TYPE_STRING, .roles = CONFIG_ROLES_ANY,
-     .offset = OFF(listen), .def = "0.0.0.0:8080",
-     .def_role = {[CONFIG_ROLE_IX_POOL] = "0.0.0.0:8081", [CONFIG_ROLE_IX_WORKER] = "127.0.0.1:8090"},
+     .offset = OFF(listen), .def = "127.0.0.1:8080",
+     .def_role = {[CONFIG_ROLE_IX_POOL] = "127.0.0.1:8081", [CONFIG_ROLE_IX_WORKER] = "127.0.0.1:8090"},
      .check = check_listen, .expect = "HOST:PORT (port 0..65535)", .meta = "HOST:PORT",
-     .help = "address the HTTP server listens on (orchestrator/all 0.0.0.0:8080, pool 0.0.0.0:8081, "
-             "worker 127.0.0.1:8090)"},
+     .help = "address the HTTP server listens on (orchestrator/all 127.0.0.1:8080, pool 127.0.0.1:8081, "
+             "worker 127.0.0.1:8090); beyond loopback needs the role's token (see Security)"},
     {.name = "log.level", .flag = "log-level", .type = CONFIG_TYPE_ENUM, .roles = CONFIG_ROLES_ANY,
      .offset = OFF(log.level), .def = "info", .enum_names = log_levels, .meta = "LEVEL",
      .help = "lowest level logged"},
@@ -191,7 +203,8 @@ const config_option config_options[] = {
      .help = "CPU threads; 0 = online CPUs"},
     {.name = "worker.token", .flag = "token", .type = CONFIG_TYPE_STRING, .roles = WORKER,
      .offset = OFF(worker.token), .flags = CONFIG_OPT_SECRET, .meta = "TOKEN",
-     .help = "bearer token required on every endpoint but /health/*"},
+     .check = check_secret, .expect = SECRET_EXPECT,
+     .help = "bearer token required on every endpoint but /health/*; required beyond loopback"},
     {.name = "worker.queue_max", .flag = "queue-max", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.queue_max), .def = "16", .min = 0, .max = 100000, .meta = "N",
      .help = "requests waiting for a free slot before 503"},
@@ -206,7 +219,7 @@ const config_option config_options[] = {
      .help = "where to POST ready/failed after loading"},
     {.name = "worker.spawn_token", .flag = "spawn-token", .type = CONFIG_TYPE_STRING,
      .roles = WORKER, .offset = OFF(worker.spawn_token), .flags = CONFIG_OPT_SECRET,
-     .meta = "TOKEN", .help = "token sent back to the pool with the ready/failed report"},
+     .check = check_secret, .expect = SECRET_EXPECT, .meta = "TOKEN", .help = "token sent back to the pool with the ready/failed report"},
     {.name = "worker.tool_call_format", .flag = "tool-call-format", .type = CONFIG_TYPE_ENUM,
      .roles = WORKER, .offset = OFF(worker.tool_call_format), .def = "auto",
      .enum_names = tool_call_formats,
@@ -234,7 +247,8 @@ const config_option config_options[] = {
      .help = "orchestrator to register with"},
     {.name = "pool.cluster_token", .flag = "cluster-token", .type = CONFIG_TYPE_STRING,
      .roles = LLORCH_ROLE_POOL, .offset = OFF(pool.cluster_token), .flags = CONFIG_OPT_SECRET,
-     .meta = "TOKEN", .help = "shared secret presented to the orchestrator"},
+     .check = check_secret, .expect = SECRET_EXPECT, .meta = "TOKEN",
+     .help = "shared secret presented to the orchestrator and required on /v2/*; required beyond loopback"},
     {.name = "pool.model_dirs", .flag = "model-dir", .type = CONFIG_TYPE_STRLIST, .roles = POOL,
      .offset = OFF(pool.model_dirs), .meta = "DIR",
      .help = "directories scanned for .gguf files (repeatable)"},
@@ -258,10 +272,17 @@ const config_option config_options[] = {
     /* ---- orchestrator ---- */
     {.name = "orchestrator.api_keys", .flag = "api-key", .type = CONFIG_TYPE_STRLIST, .roles = ORCH,
      .offset = OFF(orchestrator.api_keys), .flags = CONFIG_OPT_SECRET, .meta = "KEY",
-     .help = "client API keys (repeatable); empty = no authentication"},
+     .check = check_secret, .expect = SECRET_EXPECT,
+     .help = "client API keys for /v1/* (repeatable); none = /v1/* open (a warning beyond loopback)"},
+    {.name = "orchestrator.admin_keys", .flag = "admin-key", .type = CONFIG_TYPE_STRLIST,
+     .roles = ORCH, .offset = OFF(orchestrator.admin_keys), .flags = CONFIG_OPT_SECRET,
+     .meta = "KEY", .check = check_secret, .expect = SECRET_EXPECT,
+     .help = "operator keys for /v2/* (load/unload, cluster state) and /metrics (repeatable); "
+             "none = those open only while no key or token at all is configured"},
     {.name = "orchestrator.cluster_token", .flag = "cluster-token", .type = CONFIG_TYPE_STRING,
      .roles = ORCH, .offset = OFF(orchestrator.cluster_token), .flags = CONFIG_OPT_SECRET,
-     .meta = "TOKEN", .help = "shared secret pools must present"},
+     .check = check_secret, .expect = SECRET_EXPECT, .meta = "TOKEN",
+     .help = "shared secret pools must present; required beyond loopback"},
     {.name = "orchestrator.queue.max_total", .flag = "queue-max-total", .type = CONFIG_TYPE_INT,
      .roles = ORCH, .offset = OFF(orchestrator.queue.max_total), .def = "256", .min = 1,
      .max = 1000000, .meta = "N", .help = "queued requests over all classes before 429"},

@@ -212,6 +212,9 @@ int config_value_parse(const config_option *o, void *base, const char *text, boo
     case CONFIG_TYPE_STRING: {
       char **f = FIELD(o, base, char *);
       char *v = NULL;
+      /* An empty token must be an error, never "no authentication" (YAML
+       * null still means "not set", as for every option). */
+      if ((o->flags & CONFIG_OPT_SECRET) && !is_null && *text == '\0') return LLORCH_ERANGE;
       if (!is_null && *text) {
         if (o->check && o->check(text) != 0) return LLORCH_ERANGE;
         if (!(v = strdup(text))) return LLORCH_ENOMEM;
@@ -270,6 +273,7 @@ int config_value_parse(const config_option *o, void *base, const char *text, boo
       }
       return LLORCH_ERANGE;
     case CONFIG_TYPE_STRLIST:
+      if ((o->flags & CONFIG_OPT_SECRET) && !is_null && *text == '\0') return LLORCH_ERANGE;
       if (!append) config_strlist_free(FIELD(o, base, llorch_strlist));
       if (is_null || *text == '\0') return 0;
       return list_append_csv(o, base, text);

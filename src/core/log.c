@@ -72,6 +72,24 @@ static void json_escape(FILE *f, const char *s) {
   }
 }
 
+/*
+ * Writes s with control characters escaped (\n, \r, \t, \xNN): one call is
+ * one line, whatever a peer put into the values interpolated into it (a
+ * model name with a newline must not forge a second log line).
+ */
+static void text_escape(FILE *f, const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    switch (*p) {
+      case '\n': fputs("\\n", f); break;
+      case '\r': fputs("\\r", f); break;
+      case '\t': fputs("\\t", f); break;
+      default:
+        if (*p < 0x20 || *p == 0x7f) fprintf(f, "\\x%02x", *p);
+        else fputc(*p, f);
+    }
+  }
+}
+
 void llorch_log_write(llorch_log_level level, const char *component, const char *request_id,
                       const char *fmt, ...) {
   if (level < g_log.min_level) return;
@@ -97,8 +115,17 @@ void llorch_log_write(llorch_log_level level, const char *component, const char 
   if (fmt_kind == LLORCH_LOG_FORMAT_AUTO)
     fmt_kind = isatty(fileno(f)) ? LLORCH_LOG_FORMAT_TEXT : LLORCH_LOG_FORMAT_JSON;
   if (fmt_kind == LLORCH_LOG_FORMAT_TEXT) {
-    fprintf(f, "%s %-5s %-12s %s%s%s%s\n", ts, level_names[level], component ? component : "-",
-            request_id ? "[" : "", request_id ? request_id : "", request_id ? "] " : "", msg);
+    fprintf(f, "%s %-5s ", ts, level_names[level]);
+    char comp[64];
+    snprintf(comp, sizeof comp, "%-12s ", component ? component : "-");
+    text_escape(f, comp);
+    if (request_id) {
+      fputc('[', f);
+      text_escape(f, request_id);
+      fputs("] ", f);
+    }
+    text_escape(f, msg);
+    fputc('\n', f);
   } else {
     fprintf(f, "{\"ts\":\"%s\",\"level\":\"%s\",\"component\":\"", ts, level_words[level]);
     json_escape(f, component ? component : "");

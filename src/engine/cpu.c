@@ -37,7 +37,7 @@ typedef struct cpu_ctx {
   const kern_table *kt;
   llorch_threadpool *tp;
   uint32_t n_ctx;        /* positions per slot */
-  uint32_t n_ctx_pad;    /* n_ctx rounded up to 32: attention dots run over padded lengths */
+  uint32_t n_ctx_pad;    /* n_ctx rounded up to 4 vectors: attention dots run over padded lengths */
   uint32_t n_seq;
   uint32_t n_batch_max;
   uint32_t kv_dim;       /* n_head_kv * head_dim */
@@ -266,9 +266,10 @@ typedef struct att_job {
 
 /*
  * One (entry, head): KQ in F16 (Q rounded to F16 like ggml's vec_dot_type
- * conversion), scale, softmax through ggml_v_expf over a length padded to 8
- * with -inf (llama.cpp's masked cells), probabilities rounded to F16, then
- * the dot with the transposed V rows over a length padded to 32 with zeros.
+ * conversion), scale, softmax through ggml_v_expf over a length padded to
+ * the vector width L with -inf (llama.cpp's masked cells: its KV length is
+ * padded to 256), probabilities rounded to F16, then the dot with the
+ * transposed V rows over a length padded to the GEMV step 4L with zeros.
  */
 static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, int h, float *scr) {
   const int hd = (int)c->hp.head_dim;
@@ -288,21 +289,22 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   /* scores[t] = K[t] . q for t <= p: a tile of n_kv rows x 1 column */
   tile_f16(hd, kc, (size_t)c->kv_dim * sizeof(uint16_t), n_kv, q16, 0, 1, sc, 0, ord);
   const float scale = 1.0f / sqrtf((float)hd);
-  const int n8 = (n_kv + 7) & ~7;
+  const int L = c->kt->lanes;
+  const int n_sm = (n_kv + L - 1) / L * L;
   float max = -INFINITY;
   for (int t = 0; t < n_kv; t++) {
     sc[t] *= scale;
     if (sc[t] > max) max = sc[t];
   }
-  for (int t = n_kv; t < n8; t++) sc[t] = -INFINITY;
-  const double sum = c->kt->softmax_exp(n8, pr, sc, max);
+  for (int t = n_kv; t < n_sm; t++) sc[t] = -INFINITY;
+  const double sum = c->kt->softmax_exp(n_sm, pr, sc, max);
   const float inv = (float)(1.0 / sum);
-  const int n32 = (n_kv + 31) & ~31;
-  for (int t = 0; t < n8; t++) pr[t] = kern_round_f16(pr[t] * inv);
-  for (int t = n8; t < n32; t++) pr[t] = 0.0f;
-  /* out[d] = V^T[d] . probs: a tile of hd rows x 1 column over n32 */
+  const int n_v = (n_kv + 4 * L - 1) / (4 * L) * (4 * L);
+  for (int t = 0; t < n_sm; t++) pr[t] = kern_round_f16(pr[t] * inv);
+  for (int t = n_sm; t < n_v; t++) pr[t] = 0.0f;
+  /* out[d] = V^T[d] . probs: a tile of hd rows x 1 column over n_v */
   float *out = c->xn + (size_t)i * c->q_dim + (size_t)h * hd;
-  tile_f16(n32, vc, (size_t)c->n_ctx_pad * sizeof(uint16_t), hd, pr, 0, 1, out, 0, ord);
+  tile_f16(n_v, vc, (size_t)c->n_ctx_pad * sizeof(uint16_t), hd, pr, 0, 1, out, 0, ord);
 }
 
 static void att_worker(void *arg, int ith, int nth) {
@@ -513,13 +515,20 @@ static int cpu_init(void **out, const llorch_model *m, const char *device,
   if (n_ctx > hp->n_ctx_train) n_ctx = hp->n_ctx_train;
   if (hp->n_rot > 1024)
     return llorch_errmsg_set(em, LLORCH_EUNSUPPORTED, "cpu backend: rope dimension %u > 1024", hp->n_rot);
+  const char *isa_err = NULL;
+  const kern_table *kt = kern_select(&isa_err);
+  if (!kt)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "cpu backend: LLORCH_CPU_ISA '%s': %s",
+                             getenv("LLORCH_CPU_ISA"), isa_err);
   cpu_ctx *c = calloc(1, sizeof *c);
   if (!c) return llorch_errmsg_set(em, LLORCH_ENOMEM, "cpu backend: out of memory");
   c->m = m;
   c->hp = *hp;
-  c->kt = kern_select();
+  c->kt = kt;
   c->n_ctx = n_ctx;
-  c->n_ctx_pad = (n_ctx + 31) & ~31u;
+  /* V rows padded to the GEMV step (4 vectors), see att_one */
+  const uint32_t vstep = 4u * (uint32_t)kt->lanes;
+  c->n_ctx_pad = (n_ctx + vstep - 1) / vstep * vstep;
   c->n_seq = p->n_seq;
   c->n_batch_max = p->n_batch_max;
   c->kv_dim = hp->n_head_kv * hp->head_dim;

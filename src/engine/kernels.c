@@ -61,6 +61,26 @@ float kern_expf_ggml(float x) {
 
 float kern_silu_ggml(float x) { return x / (1.0f + kern_expf_ggml(0.0f - x)); }
 
+/*
+ * ggml_v_expf, AVX-512 form: the same reduction and polynomial, but the
+ * final 1 + ... is inside the polynomial's last FMA and the scaling by 2^n
+ * is vscalefps (one rounding, as ldexpf); |n| > 192 gives 0 or infinity.
+ */
+float kern_expf_ggml512(float x) {
+  const float r = 0x1.8p23f;
+  const float z = fmaf(x, 0x1.715476p+0f, r);
+  const float n = z - r;
+  const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+  const float u = b * b;
+  const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                            fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                       u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+  if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+  return ldexpf(j, (int)n);
+}
+
+float kern_silu_ggml512(float x) { return x / (1.0f + kern_expf_ggml512(0.0f - x)); }
+
 /* ---- activation quantizers ---- */
 
 /* ggml's nearest_int: round half to even through the 1.5*2^23 trick */
@@ -171,26 +191,29 @@ static float load_f32(const void *w, int i) { return ((const float *)w)[i]; }
 static float load_f16(const void *w, int i) { return llorch_fp16_to_fp32(((const uint16_t *)w)[i]); }
 static float load_bf16(const void *w, int i) { return llorch_bf16_to_fp32(((const uint16_t *)w)[i]); }
 
-/* tinyBLAS: acc[l] over k in steps of 8 with FMA, then hsum. k % 8 == 0. */
-static float dot_gemm(int n, const void *w, load_fn ld, const float *x) {
-  float acc[8] = {0};
-  for (int i = 0; i < n; i += 8)
-    for (int l = 0; l < 8; l++) acc[l] = fmaf(ld(w, i + l), x[i + l], acc[l]);
-  return kern_hsum8(acc);
+/* tinyBLAS: acc[l] over k in steps of L (8 or 16) with FMA, then the
+ * halving horizontal sum. k % L == 0. */
+static float dot_gemm(int n, const void *w, load_fn ld, const float *x, int L) {
+  float acc[16] = {0};
+  for (int i = 0; i < n; i += L)
+    for (int l = 0; l < L; l++) acc[l] = fmaf(ld(w, i + l), x[i + l], acc[l]);
+  return L == 8 ? kern_hsum8(acc) : kern_hsum16(acc);
 }
 
-/* ggml_vec_dot_f16 / _f32: 4 x 8 lanes over steps of 32, tree-reduced;
+/* ggml_vec_dot_f16 / _f32: 4 x L lanes over steps of 4L, tree-reduced
+ * ((0+2)+(1+3), then hadd twice for 8 lanes, _mm512_reduce_add_ps for 16);
  * the tail in double for F16, in float for F32. */
-static float dot_gemv(int n, const void *w, load_fn ld, const float *x, bool tail_double) {
-  float acc[4][8] = {{0}};
-  const int np = n & ~31;
-  for (int i = 0; i < np; i += 32)
+static float dot_gemv(int n, const void *w, load_fn ld, const float *x, bool tail_double, int L) {
+  float acc[4][16] = {{0}};
+  const int step = 4 * L;
+  const int np = n - n % step;
+  for (int i = 0; i < np; i += step)
     for (int j = 0; j < 4; j++)
-      for (int l = 0; l < 8; l++)
-        acc[j][l] = fmaf(ld(w, i + 8 * j + l), x[i + 8 * j + l], acc[j][l]);
-  float v[8];
-  for (int l = 0; l < 8; l++) v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-  float red = kern_hadd8(v);
+      for (int l = 0; l < L; l++)
+        acc[j][l] = fmaf(ld(w, i + L * j + l), x[i + L * j + l], acc[j][l]);
+  float v[16];
+  for (int l = 0; l < L; l++) v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+  float red = L == 8 ? kern_hadd8(v) : kern_hsum16(v);
   if (tail_double) {
     double s = red;
     for (int i = np; i < n; i++) s += (double)(ld(w, i) * x[i]);
@@ -219,34 +242,90 @@ static float dot_bf16_gemv(int n, const void *w, const float *x) {
   return (float)s;
 }
 
+/* bfloat16 as vdpbf16ps reads it: denormals are zero */
+static inline float bf16_daz(float v) { return fpclassify(v) == FP_SUBNORMAL ? copysignf(0.0f, v) : v; }
+static inline float ftz(float v) { return fpclassify(v) == FP_SUBNORMAL ? copysignf(0.0f, v) : v; }
+
+/* One lane of vdpbf16ps: the odd product of the pair, then the even one,
+ * each added with one rounding (bf16 x bf16 products are exact in float). */
+static inline float dp_pair(float acc, const void *w, const float *x, int i) {
+  acc = ftz(acc + bf16_daz(load_bf16(w, i + 1)) * bf16_daz(x[i + 1]));
+  return ftz(acc + bf16_daz(load_bf16(w, i)) * bf16_daz(x[i]));
+}
+
+/*
+ * ggml_vec_dot_bf16 on AVX-512: with AVX512_BF16 two 16-lane vdpbf16ps
+ * accumulators over steps of 64 (elements 0-31 and 32-63); without it two
+ * 16-lane mul-then-add accumulators over steps of 32. Each reduced with
+ * _mm512_reduce_add_ps and added in double, the tail in double.
+ */
+static float dot_bf16_gemv16(int n, const void *w, const float *x, bool pairs) {
+  float c1[16] = {0}, c2[16] = {0};
+  int i = 0;
+  if (pairs) {
+    for (; i + 64 <= n; i += 64)
+      for (int l = 0; l < 16; l++) {
+        c1[l] = dp_pair(c1[l], w, x, i + 2 * l);
+        c2[l] = dp_pair(c2[l], w, x, i + 32 + 2 * l);
+      }
+  } else {
+    for (; i + 32 <= n; i += 32)
+      for (int l = 0; l < 16; l++) {
+        c1[l] = load_bf16(w, i + l) * x[i + l] + c1[l];
+        c2[l] = load_bf16(w, i + 16 + l) * x[i + 16 + l] + c2[l];
+      }
+  }
+  double s = (double)kern_hsum16(c1);
+  s += (double)kern_hsum16(c2);
+  for (; i < n; i++) s += (double)(load_bf16(w, i) * x[i]);
+  return (float)s;
+}
+
+/* tinyBLAS BF16 with AVX512_BF16: one vdpbf16ps accumulator, steps of 32. */
+static float dot_bf16_gemm_pairs(int n, const void *w, const float *x) {
+  float acc[16] = {0};
+  for (int i = 0; i < n; i += 32)
+    for (int l = 0; l < 16; l++) acc[l] = dp_pair(acc[l], w, x, i + 2 * l);
+  return kern_hsum16(acc);
+}
+
+typedef enum float_kind { FK_F32, FK_F16, FK_BF16 } float_kind;
+
+static float dot_float(int n, const void *wr, const float *xc, kern_order order, float_kind kind,
+                       int L, bool pairs) {
+  const load_fn ld = kind == FK_F32 ? load_f32 : kind == FK_F16 ? load_f16 : load_bf16;
+  if (kind == FK_BF16 && pairs)
+    return order == KERN_ORDER_GEMM && n % 32 == 0 ? dot_bf16_gemm_pairs(n, wr, xc)
+                                                   : dot_bf16_gemv16(n, wr, xc, true);
+  if (order == KERN_ORDER_GEMM && n % L == 0) return dot_gemm(n, wr, ld, xc, L);
+  if (kind == FK_BF16) return L == 8 ? dot_bf16_gemv(n, wr, xc) : dot_bf16_gemv16(n, wr, xc, false);
+  return dot_gemv(n, wr, ld, xc, kind == FK_F16, L);
+}
+
 static void tile_float(int n, const void *w, size_t w_stride, int nr, const void *x,
                        size_t x_stride, int nc, float *y, size_t ldy, kern_order order,
-                       load_fn ld, int kind) {
+                       float_kind kind, int L, bool pairs) {
   for (int c = 0; c < nc; c++) {
     const float *xc = (const float *)((const char *)x + (size_t)c * x_stride);
     for (int r = 0; r < nr; r++) {
       const void *wr = (const char *)w + (size_t)r * w_stride;
-      float v;
-      if (order == KERN_ORDER_GEMM && n % 8 == 0) v = dot_gemm(n, wr, ld, xc);
-      else if (kind == 2) v = dot_bf16_gemv(n, wr, xc);
-      else v = dot_gemv(n, wr, ld, xc, kind == 1);
-      y[(size_t)c * ldy + r] = v;
+      y[(size_t)c * ldy + r] = dot_float(n, wr, xc, order, kind, L, pairs);
     }
   }
 }
 
-static void tile_f32(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nc,
-                     float *y, size_t ldy, kern_order o) {
-  tile_float(n, w, ws, nr, x, xs, nc, y, ldy, o, load_f32, 0);
-}
-static void tile_f16(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nc,
-                     float *y, size_t ldy, kern_order o) {
-  tile_float(n, w, ws, nr, x, xs, nc, y, ldy, o, load_f16, 1);
-}
-static void tile_bf16(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nc,
-                      float *y, size_t ldy, kern_order o) {
-  tile_float(n, w, ws, nr, x, xs, nc, y, ldy, o, load_bf16, 2);
-}
+#define FLOAT_TILE(name, kind, L, pairs)                                                       \
+  static void name(int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nc, \
+                   float *y, size_t ldy, kern_order o) {                                     \
+    tile_float(n, w, ws, nr, x, xs, nc, y, ldy, o, kind, L, pairs);                          \
+  }
+FLOAT_TILE(tile_f32, FK_F32, 8, false)
+FLOAT_TILE(tile_f16, FK_F16, 8, false)
+FLOAT_TILE(tile_bf16, FK_BF16, 8, false)
+FLOAT_TILE(tile_f32_16, FK_F32, 16, false)
+FLOAT_TILE(tile_f16_16, FK_F16, 16, false)
+FLOAT_TILE(tile_bf16_16, FK_BF16, 16, false)
+FLOAT_TILE(tile_bf16_pairs, FK_BF16, 16, true)
 
 /* ---- quantized dot products ---- */
 
@@ -444,7 +523,7 @@ QUANT_TILE(tile_q4_0_rp, llorch_block_q4_0, llorch_block_q8_0, dot_q4_0_rp)
 /* ---- elementwise ---- */
 
 /* ggml_vec_swiglu_f32: the vector path (ggml_v_silu) for each full group of
- * 8, ggml_silu_f32 (libm expf) for the tail. */
+ * 8 (16 on AVX-512), ggml_silu_f32 (libm expf) for the tail. */
 static void swiglu_scalar(int n, float *y, const float *g, const float *u) {
   int i = 0;
   for (; i + 7 < n; i += 8)
@@ -452,8 +531,16 @@ static void swiglu_scalar(int n, float *y, const float *g, const float *u) {
   for (; i < n; i++) y[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i];
 }
 
-/* ggml_vec_soft_max_f32 (AVX2): groups of 8 through ggml_v_expf, each group's
- * sum in hsum order added in double; the tail through libm expf. */
+static void swiglu_scalar16(int n, float *y, const float *g, const float *u) {
+  int i = 0;
+  for (; i + 15 < n; i += 16)
+    for (int e = 0; e < 16; e++) y[i + e] = kern_silu_ggml512(g[i + e]) * u[i + e];
+  for (; i < n; i++) y[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i];
+}
+
+/* ggml_vec_soft_max_f32: groups of 8 (AVX2) or 16 (AVX-512) through
+ * ggml_v_expf, each group's sum in the vector's reduction order added in
+ * double; the tail through libm expf. */
 static double softmax_exp_scalar(int n, float *y, const float *x, float max) {
   int i = 0;
   double sum = 0;
@@ -469,12 +556,28 @@ static double softmax_exp_scalar(int n, float *y, const float *x, float max) {
   return sum;
 }
 
+static double softmax_exp_scalar16(int n, float *y, const float *x, float max) {
+  int i = 0;
+  double sum = 0;
+  for (; i + 15 < n; i += 16) {
+    for (int e = 0; e < 16; e++) y[i + e] = kern_expf_ggml512(x[i + e] - max);
+    sum += (double)kern_hsum16(y + i);
+  }
+  for (; i < n; i++) {
+    float v = expf(x[i] - max);
+    sum += (double)v;
+    y[i] = v;
+  }
+  return sum;
+}
+
 static void round_f16_scalar(int n, float *y, const float *x) {
   for (int i = 0; i < n; i++) y[i] = kern_round_f16(x[i]);
 }
 
 const kern_table kern_scalar = {
     .name = "scalar",
+    .lanes = 8,
     .tile =
         {
             [LLORCH_TYPE_F32] = tile_f32,
@@ -496,9 +599,54 @@ const kern_table kern_scalar = {
     .softmax_exp = softmax_exp_scalar,
 };
 
-const kern_table *kern_select(void) {
-  const char *env = getenv("LLORCH_KERNELS");
-  if (env && strcmp(env, "scalar") == 0) return &kern_scalar;
-  const kern_table *t = kern_avx2_table();
+#define SCALAR_AVX512_TABLE(tname, str, bf16_tile, pairs)                \
+  const kern_table tname = {                                              \
+      .name = str,                                                        \
+      .lanes = 16,                                                        \
+      .bf16_pairs = pairs,                                                \
+      .tile =                                                             \
+          {                                                               \
+              [LLORCH_TYPE_F32] = tile_f32_16,                            \
+              [LLORCH_TYPE_F16] = tile_f16_16,                            \
+              [LLORCH_TYPE_BF16] = bf16_tile,                             \
+              [LLORCH_TYPE_Q8_0] = tile_q8_0,                             \
+              [LLORCH_TYPE_Q4_0] = tile_q4_0,                             \
+              [LLORCH_TYPE_Q4_K] = tile_q4_K,                             \
+              [LLORCH_TYPE_Q6_K] = tile_q6_K,                             \
+          },                                                              \
+      .tile_repacked =                                                    \
+          {                                                               \
+              [LLORCH_TYPE_Q4_0] = tile_q4_0_rp,                          \
+              [LLORCH_TYPE_Q4_K] = tile_q4_K_rp,                          \
+          },                                                              \
+      .swiglu = swiglu_scalar16,                                          \
+      .quantize_q8_0 = kern_quantize_q8_0,                                \
+      .round_f16 = round_f16_scalar,                                      \
+      .softmax_exp = softmax_exp_scalar16,                                \
+  };
+SCALAR_AVX512_TABLE(kern_scalar_avx512, "scalar-avx512", tile_bf16_pairs, true)
+SCALAR_AVX512_TABLE(kern_scalar_avx512f, "scalar-avx512f", tile_bf16_16, false)
+
+const kern_table *kern_by_name(const char *name) {
+  if (strcmp(name, "scalar") == 0) return &kern_scalar;
+  if (strcmp(name, "scalar-avx512") == 0) return &kern_scalar_avx512;
+  if (strcmp(name, "scalar-avx512f") == 0) return &kern_scalar_avx512f;
+  if (strcmp(name, "avx2") == 0) return kern_avx2_table();
+  if (strcmp(name, "avx512") == 0) return kern_avx512_table();
+  if (strcmp(name, "avx512f") == 0) return kern_avx512f_table();
+  return NULL;
+}
+
+const kern_table *kern_select(const char **err) {
+  const char *env = getenv("LLORCH_CPU_ISA");
+  if (env && *env) {
+    const kern_table *t = kern_by_name(env);
+    if (!t)
+      *err = "expected avx512, avx512f, avx2, scalar, scalar-avx512 or scalar-avx512f, "
+             "one this CPU can run";
+    return t;
+  }
+  const kern_table *t = kern_avx512_table();
+  if (!t) t = kern_avx2_table();
   return t ? t : &kern_scalar;
 }

@@ -1,23 +1,36 @@
 /*
  * The CPU engine's numeric kernels (internal to src/engine).
  *
- * Every kernel reproduces the operation order of ggml's CPU backend on an
- * AVX2/FMA/F16C machine, because "correct" means the same greedy tokens as
- * llama.cpp on the same file, and a logit that ties within rounding flips
- * if the rounding differs. Two reduction orders exist for the same weight
- * type, depending on how many tokens llama.cpp's matmul sees:
+ * Every kernel reproduces the operation order of one of ggml's CPU backend
+ * variants, because "correct" means the same greedy tokens as llama.cpp on
+ * the same file, and a logit that ties within rounding flips if the
+ * rounding differs. llama.cpp's prebuilt CPU backend picks a variant by the
+ * CPU's features, and the variants reduce differently: its AVX2 variants
+ * (haswell, alderlake) in 8-lane vectors, its AVX-512 ones (skylakex ...
+ * zen4) in 16-lane vectors, with another expf for SiLU and softmax, and with
+ * AVX512_BF16 BF16 dot products in pairs (vdpbf16ps). A kern_table carries
+ * one variant's order (lanes, bf16_pairs); kern_select picks the variant
+ * llama.cpp would pick on this CPU.
+ *
+ * Two reduction orders exist for the same weight type, depending on how
+ * many tokens llama.cpp's matmul sees:
  *
  *   KERN_ORDER_GEMM  llamafile's tinyBLAS (used by ggml when a matmul has two
- *                    or more columns): one 8-lane FMA accumulator per output
- *                    walks k in steps of 8, then a horizontal sum.
- *   KERN_ORDER_GEMV  ggml_vec_dot_* (one column): for F16/F32 four 8-lane
- *                    accumulators over steps of 32, a tree reduction, then
+ *                    or more columns): one L-lane FMA accumulator per output
+ *                    walks k in steps of L, then a horizontal sum (halving:
+ *                    hi+lo down to one lane). L = 8 or 16; k % L != 0 falls
+ *                    back to the GEMV order. BF16 with bf16_pairs: steps of
+ *                    32, each lane adding the odd then the even product of
+ *                    its pair.
+ *   KERN_ORDER_GEMV  ggml_vec_dot_* (one column): for F16/F32 four L-lane
+ *                    accumulators over steps of 4L, a tree reduction, then
  *                    the leftover tail added in double.
  *
  * Quantized types (Q8_0, Q4_0, Q4_K, Q6_K) have one order either way: an
  * exact integer dot per block or super-block, spread over 8 lanes of 4
  * consecutive elements, times the block scales with an FMA per lane, and a
- * horizontal sum at the end.
+ * horizontal sum at the end - the same in ggml's AVX2 and AVX-512 variants
+ * (both run the 256-bit code there; VNNI changes only exact integer sums).
  *
  * Each output element's order depends only on its own row, its own column
  * and the order flag - never on which other rows or columns are computed in
@@ -71,7 +84,9 @@ typedef void (*kern_tile_fn)(int n, const void *w, size_t w_stride, int nr, cons
                              size_t x_stride, int nc, float *y, size_t ldy, kern_order order);
 
 typedef struct kern_table {
-  const char *name;               /* "scalar", "avx2" */
+  const char *name;               /* "scalar", "avx2", "scalar-avx512", "avx512", ... */
+  int lanes;                      /* 8: ggml's AVX2 variant order; 16: its AVX-512 one */
+  bool bf16_pairs;                /* BF16 dots as AVX512_BF16's vdpbf16ps (zen4 variant) */
   kern_tile_fn tile[LLORCH_TYPE_COUNT]; /* by weight type; NULL: unsupported */
   /*
    * The order of ggml's repacked ("extra buffer") kernels, which llama.cpp
@@ -96,13 +111,28 @@ typedef struct kern_table {
   double (*softmax_exp)(int n, float *y, const float *x, float max);
 } kern_table;
 
-/* The portable reference (bit-identical results to the SIMD table). */
+/* The portable references (bit-identical results to the SIMD tables): the
+ * AVX2 variant's order, the AVX-512 one's with and without AVX512_BF16. */
 extern const kern_table kern_scalar;
-/* NULL when this binary was built without the AVX2 kernels. */
+extern const kern_table kern_scalar_avx512;
+extern const kern_table kern_scalar_avx512f;
+/* NULL when this CPU (or this build) cannot run the AVX2 kernels. */
 const kern_table *kern_avx2_table(void);
-/* Best table this CPU can run (AVX2+FMA+F16C checked at run time), unless
- * LLORCH_KERNELS=scalar is set in the environment. */
-const kern_table *kern_select(void);
+/* NULL when this CPU cannot run the AVX-512 kernels (F/BW/VL/DQ); the BF16
+ * pair order where the CPU has AVX512_BF16, as llama.cpp's variants. */
+const kern_table *kern_avx512_table(void);
+/* The AVX-512 kernels with the BF16 order of CPUs without AVX512_BF16 (to
+ * compare and test that order on any AVX-512 CPU); NULL as above. */
+const kern_table *kern_avx512f_table(void);
+/* The kernels for this CPU: the best table it can run, or the one the
+ * environment variable LLORCH_CPU_ISA names (avx512, avx512f, avx2, scalar,
+ * scalar-avx512, scalar-avx512f; a lower path to compare against, or a
+ * scalar twin). An unknown or unavailable name is an error: *err gets a
+ * message and NULL is returned. */
+const kern_table *kern_select(const char **err);
+/* The table for a name as LLORCH_CPU_ISA takes it; NULL if unknown or not
+ * runnable here. */
+const kern_table *kern_by_name(const char *name);
 
 /* Whether llama.cpp repacks a matrix of this type and row count. */
 static inline bool kern_is_repacked(llorch_ggml_type t, uint64_t n_rows) {
@@ -115,6 +145,10 @@ static inline bool kern_is_repacked(llorch_ggml_type t, uint64_t n_rows) {
 float kern_expf_ggml(float x);
 /* Scalar silu as ggml_v_silu: x / (1 + ggml_v_expf(-x)). */
 float kern_silu_ggml(float x);
+/* The same for ggml's AVX-512 ggml_v_expf / ggml_v_silu (another final
+ * step: 1 + poly, then scaled by 2^n with vscalefps). */
+float kern_expf_ggml512(float x);
+float kern_silu_ggml512(float x);
 
 /* Rounds through binary16 / bfloat16 and back. */
 float kern_round_f16(float x);
@@ -135,6 +169,12 @@ static inline float kern_hsum8(const float v[8]) {
 static inline float kern_hadd8(const float v[8]) {
   float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
   return (a0 + a1) + (a2 + a3);
+}
+/* _mm512_reduce_add_ps (GCC): the high 8 lanes onto the low 8, then hsum8 */
+static inline float kern_hsum16(const float v[16]) {
+  float a[8];
+  for (int i = 0; i < 8; i++) a[i] = v[i + 8] + v[i];
+  return kern_hsum8(a);
 }
 
 #endif /* LLORCH_ENGINE_KERNELS_H */

@@ -6,8 +6,9 @@
  * Each kernel performs, per output element, exactly the operations of its
  * scalar twin in kernels.c (same lanes, same FMAs, same horizontal sums);
  * the SIMD only computes several lanes, rows and columns at once. The unit
- * tests compare the two bit for bit. No AVX-512 path: this machine has no
- * AVX-512 to test one on.
+ * tests compare the two bit for bit. The AVX-512 table (kernels_avx512.c)
+ * shares the quantized tiles: ggml's AVX-512 variants run the same 256-bit
+ * code for them.
  */
 #include "kernels.h"
 
@@ -594,6 +595,7 @@ TARGET static void quantize_q8_0_avx2(const float *x, llorch_block_q8_0 *y, int 
 
 static const kern_table kern_avx2 = {
     .name = "avx2",
+    .lanes = 8,
     .tile =
         {
             [LLORCH_TYPE_F32] = tile_f32,

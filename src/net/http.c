@@ -132,6 +132,8 @@ struct llorch_http_server {
   llorch_http_config cfg;
   llorch_http_handler_fn handler;
   void *user;
+  llorch_http_authorize_fn authorize; /* at headers complete; NULL = none */
+  void *authorize_user;
   uv_tcp_t listener;
   uv_timer_t grace_timer;
   bool listening;
@@ -643,15 +645,29 @@ static void conn_fail(http_conn *c, int status, const char *message) {
   }
   if (req->id[0] == '\0') llorch_reqid_generate(req->id);
   if (req->method[0] == '\0') snprintf(req->method, sizeof req->method, "-");
-  LOG_INFO("http", req->id, "%d from %s: %s", status, c->peer, message);
+  if (req->path != NULL)
+    LOG_INFO("http", req->id, "%d for %s %s from %s: %s", status, req->method, req->path, c->peer,
+             message);
+  else
+    LOG_INFO("http", req->id, "%d from %s: %s", status, c->peer, message);
   req->state = HTTP_REQ_HANDLER;
   req->keep_alive = false;
   req->head = false;
   c->close_after = true;
   c->in_message = false;
-  const char *type = status == 413 || status == 431 || status == 400 ? "invalid_request_error"
-                     : status == 408 ? "timeout_error" : "server_error";
-  llorch_http_respond_error(req, status, type, message, NULL, NULL);
+  const char *type = status == 413 || status == 431 || status == 400 || status == 404 || status == 405
+                         ? "invalid_request_error"
+                     : status == 408 ? "timeout_error"
+                     : status == 401 ? "authentication_error"
+                     : status == 403 ? "permission_error" : "server_error";
+  const char *code = NULL;
+  if (status == 401) {
+    llorch_http_response_header(req, "WWW-Authenticate", "Bearer");
+    code = "invalid_api_key";
+  } else if (status == 403) {
+    code = "forbidden";
+  }
+  llorch_http_respond_error(req, status, type, message, NULL, code);
 }
 
 /* ---- parser callbacks ---- */
@@ -766,11 +782,34 @@ static int on_headers_complete(llhttp_t *p) {
   } else {
     req->query = req->url.data + req->url.len;
   }
+  /* A client's id is a label for its logs and ours, never a key; one that
+   * could smuggle anything into a log line or header is refused. */
   const char *rid = llorch_http_request_header(req, "X-Request-Id");
-  if (rid != NULL && llorch_reqid_valid(rid, strlen(rid)))
+  if (rid != NULL && !llorch_reqid_valid(rid, strlen(rid))) {
+    llorch_reqid_generate(req->id);
+    c->err_status = 400;
+    c->err_msg = "header 'X-Request-Id' must match ^[A-Za-z0-9._:-]{1,64}$";
+    return -1;
+  }
+  if (rid != NULL)
     snprintf(req->id, sizeof req->id, "%s", rid);
   else
     llorch_reqid_generate(req->id);
+
+  /*
+   * Who may send this request is decided from its headers alone: a caller
+   * without the right credentials gets its 401/403 before one byte of its
+   * body is read or buffered, and the connection closes (conn_fail).
+   */
+  if (c->srv->authorize != NULL && !c->fake) {
+    const char *why = NULL;
+    int refuse = c->srv->authorize(req, c->srv->authorize_user, &why);
+    if (refuse != 0) {
+      c->err_status = refuse;
+      c->err_msg = why != NULL ? why : "not allowed";
+      return -1;
+    }
+  }
 
   bool chunked = (p->flags & F_CHUNKED) != 0;
   bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
@@ -1183,6 +1222,12 @@ int llorch_http_server_init(llorch_http_server **out, uv_loop_t *loop,
   llorch_net_ignore_sigpipe();
   *out = srv;
   return 0;
+}
+
+void llorch_http_server_set_authorize(llorch_http_server *srv, llorch_http_authorize_fn fn,
+                                      void *user) {
+  srv->authorize = fn;
+  srv->authorize_user = user;
 }
 
 int llorch_http_server_listen(llorch_http_server *srv, const char *host, int port,

@@ -27,13 +27,193 @@ static const char *json_kind(const cJSON *v) {
   return "an invalid value";
 }
 
+/* ---- strings the parser would silently change ---- */
+
+/*
+ * cJSON cuts a string at an escaped NUL (so "m.gguf\u0000.x" would name
+ * m.gguf), passes invalid UTF-8 through, and calls a lone surrogate escape
+ * "invalid JSON". One linear pass before it finds those and names the field
+ * ("messages[0].content"), following keys and array indexes on a small stack;
+ * anything else malformed is left for cJSON to report.
+ */
+#define SCAN_DEPTH 32   /* levels named in a path; deeper ones still parse */
+#define SCAN_KEY 48     /* characters of a key kept for the path */
+
+typedef struct scan_frame {
+  bool object;
+  bool want_key;        /* object: the next string is a key */
+  size_t index;         /* array: the element being read */
+  char key[SCAN_KEY + 1];
+} scan_frame;
+
+typedef struct scan_state {
+  scan_frame frames[SCAN_DEPTH];
+  size_t depth;         /* may exceed SCAN_DEPTH; frames beyond are not kept */
+} scan_state;
+
+static void scan_path(const scan_state *st, bool in_key, char *buf, size_t size) {
+  size_t w = 0, n = st->depth < SCAN_DEPTH ? st->depth : SCAN_DEPTH;
+  buf[0] = '\0';
+  for (size_t i = 0; i < n && w + 1 < size; i++) {
+    const scan_frame *f = &st->frames[i];
+    bool last = i + 1 == n;
+    if (f->object && last && in_key) break;
+    if (f->object)
+      w += (size_t)snprintf(buf + w, size - w, "%s%s", w ? "." : "", f->key);
+    else
+      w += (size_t)snprintf(buf + w, size - w, "[%zu]", f->index);
+  }
+  if (st->depth > SCAN_DEPTH && w + 1 < size) snprintf(buf + w, size - w, "...");
+  if (in_key) snprintf(buf + strlen(buf), size - strlen(buf), "%sa key", buf[0] ? " " : "");
+  else if (buf[0] == '\0') snprintf(buf, size, "request body");
+}
+
+static int scan_hex4(const char *p, const char *end, unsigned *out) {
+  unsigned v = 0;
+  if (end - p < 4) return -1;
+  for (int i = 0; i < 4; i++) {
+    int c = (unsigned char)p[i], d;
+    if (c >= '0' && c <= '9') d = c - '0';
+    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
+    else return -1;
+    v = v * 16 + (unsigned)d;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 (overlong, surrogate, > U+10FFFF, cut). */
+static size_t scan_utf8(const unsigned char *p, const unsigned char *end) {
+  unsigned c = p[0];
+  size_t n;
+  unsigned min, cp;
+  if (c < 0x80) return 1;
+  if (c >= 0xc2 && c <= 0xdf) n = 2, min = 0x80, cp = c & 0x1f;
+  else if (c >= 0xe0 && c <= 0xef) n = 3, min = 0x800, cp = c & 0x0f;
+  else if (c >= 0xf0 && c <= 0xf4) n = 4, min = 0x10000, cp = c & 0x07;
+  else return 0;
+  if ((size_t)(end - p) < n) return 0;
+  for (size_t i = 1; i < n; i++) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (p[i] & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return n;
+}
+
+/* Checks the string starting after the quote at *pos; leaves *pos after its closing quote. */
+static int scan_string(scan_state *st, const char *text, size_t len, size_t *pos, bool is_key,
+                       llorch_errmsg *em) {
+  const char *end = text + len;
+  const char *p = text + *pos;
+  scan_frame *kf = is_key && st->depth <= SCAN_DEPTH ? &st->frames[st->depth - 1] : NULL;
+  size_t klen = 0;
+  char path[sizeof json_errparam];
+  while (p < end && *p != '"') {
+    unsigned char c = (unsigned char)*p;
+    if (c == '\\') {
+      if (p + 1 >= end) break;
+      if (p[1] == 'u') {
+        unsigned v, lo;
+        if (scan_hex4(p + 2, end, &v) < 0) break; /* cJSON reports it */
+        if (v == 0) {
+          scan_path(st, is_key, path, sizeof path);
+          snprintf(json_errparam, sizeof json_errparam, "%s", path);
+          return llorch_errmsg_set(em, LLORCH_EINVAL,
+                                   "'%s' contains a NUL character (\\u0000), which is not allowed in strings",
+                                   path);
+        }
+        if (v >= 0xd800 && v <= 0xdfff) {
+          bool paired = v <= 0xdbff && end - p >= 12 && p[6] == '\\' && p[7] == 'u' &&
+                        scan_hex4(p + 8, end, &lo) == 0 && lo >= 0xdc00 && lo <= 0xdfff;
+          if (!paired) {
+            scan_path(st, is_key, path, sizeof path);
+            snprintf(json_errparam, sizeof json_errparam, "%s", path);
+            return llorch_errmsg_set(em, LLORCH_EINVAL,
+                                     "'%s' contains a lone UTF-16 surrogate \\u%04x: a high surrogate "
+                                     "(\\ud800-\\udbff) must be followed by a low one (\\udc00-\\udfff)",
+                                     path, v);
+          }
+          p += 6;
+        }
+        p += 6;
+      } else {
+        p += 2;
+      }
+      if (kf && klen < SCAN_KEY) kf->key[klen++] = '?';
+      continue;
+    }
+    size_t n = c == 0 ? 0 : scan_utf8((const unsigned char *)p, (const unsigned char *)end);
+    if (n == 0) {
+      scan_path(st, is_key, path, sizeof path);
+      snprintf(json_errparam, sizeof json_errparam, "%s", path);
+      if (c == 0)
+        return llorch_errmsg_set(em, LLORCH_EINVAL,
+                                 "'%s' contains a NUL byte (at byte %zu), which is not allowed in strings",
+                                 path, (size_t)(p - text));
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' is not valid UTF-8 (byte 0x%02x at byte %zu)",
+                               path, c, (size_t)(p - text));
+    }
+    if (kf && klen + n <= SCAN_KEY) {
+      /* A key goes into a one-line message: no control characters in it. */
+      if (n == 1 && (c < 0x20 || c == 0x7f)) kf->key[klen] = '?';
+      else memcpy(kf->key + klen, p, n);
+      klen += n;
+    }
+    p += n;
+  }
+  if (kf) kf->key[klen] = '\0';
+  *pos = (size_t)(p - text) + (p < end ? 1 : 0);
+  return 0;
+}
+
+static int json_scan_strings(const char *text, size_t len, llorch_errmsg *em) {
+  scan_state st;
+  st.depth = 0;
+  for (size_t i = 0; i < len;) {
+    char c = text[i];
+    scan_frame *top = st.depth && st.depth <= SCAN_DEPTH ? &st.frames[st.depth - 1] : NULL;
+    if (c == '"') {
+      bool is_key = top && top->object && top->want_key;
+      i++;
+      int rc = scan_string(&st, text, len, &i, is_key, em);
+      if (rc < 0) return rc;
+      if (is_key) top->want_key = false;
+      continue;
+    }
+    if (c == '{' || c == '[') {
+      if (st.depth < SCAN_DEPTH) {
+        scan_frame *f = &st.frames[st.depth];
+        f->object = c == '{';
+        f->want_key = f->object;
+        f->index = 0;
+        f->key[0] = '\0';
+      }
+      st.depth++;
+    } else if (c == '}' || c == ']') {
+      if (st.depth) st.depth--;
+    } else if (c == ',' && top) {
+      if (top->object) top->want_key = true;
+      else top->index++;
+    }
+    i++;
+  }
+  return 0;
+}
+
 int llorch_json_parse(const char *text, size_t len, bool require_object, cJSON **out,
                       llorch_errmsg *em) {
   *out = NULL;
+  /* A new document: no field of an earlier request (maybe another
+   * client's, on this thread) may be named in this one's errors. */
+  json_errparam[0] = '\0';
   size_t i = 0;
   while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
     i++;
   if (i == len) return llorch_errmsg_set(em, LLORCH_EINVAL, "request body is empty");
+  int rc = json_scan_strings(text, len, em);
+  if (rc < 0) return rc;
   const char *end = NULL;
   cJSON *v = cJSON_ParseWithLengthOpts(text, len, &end, false);
   if (v == NULL) {
@@ -110,6 +290,10 @@ const char *llorch_json_path_index(char *buf, size_t size, const char *where,
 }
 
 const char *llorch_json_errparam(void) { return json_errparam; }
+
+void llorch_json_set_errparam(const char *param) {
+  snprintf(json_errparam, sizeof json_errparam, "%s", param ? param : "");
+}
 
 /* ---- getters ---- */
 

@@ -6,6 +6,13 @@
 #   tests/reference/bench-compare.sh LLORCH_BIN [--reps N] [--threads N]
 #                                    [--types "f16 q8_0"] [--dir DIR]
 #                                    [--pp 512] [--tg 128]
+#                                    [--llama-bench PATH] [--isa "avx512 avx2"]
+#
+# --llama-bench: llama.cpp's own llama-bench (built from the source in
+# node_modules/node-llama-cpp/llama/gitRelease.bundle with native flags, see
+# docs/benchmarks.md) instead of the prebuilt library through node. --isa:
+# llorch runs once per LLORCH_CPU_ISA value in each rep (default: the one it
+# picks itself), so forced lower paths are compared in the same rep.
 #
 # Models are made once with `llorch synth --preset qwen2.5-0.5b --vocab-from
 # ggml-vocab-qwen2.gguf --type T` (494M params, like the real model) in
@@ -17,7 +24,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: bench-compare.sh LLORCH_BIN [--reps N] [--threads N] [--types \"f16 q8_0\"] [--dir DIR]}
 shift
-reps=3 threads=2 types="f16 q8_0" dir=/tmp/llorch-bench pp=512 tg=128
+reps=3 threads=2 types="f16 q8_0" dir=/tmp/llorch-bench pp=512 tg=128 lbench="" isas=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2 ;;
@@ -26,6 +33,8 @@ while [ $# -gt 0 ]; do
     --dir) dir=$2 ;;
     --pp) pp=$2 ;;
     --tg) tg=$2 ;;
+    --llama-bench) lbench=$2 ;;
+    --isa) isas=$2 ;;
     *) echo "bench-compare.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift 2
@@ -43,18 +52,38 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; threads $threads; pp $pp, tg $tg; $reps reps"
+echo "cpu flags: $(grep -m1 -o -w -E 'avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512dq|avx512_vnni|avx512_bf16|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -n "$lbench" ] && echo "llama.cpp: $lbench" || echo "llama.cpp: node-llama-cpp's prebuilt CPU library"
 for type in $types; do
   f="$dir/qwen2.5-0.5b-$type.gguf"
   # the real vocabulary (151936 tokens): the output layer is a quarter of the work
   [ -f "$f" ] || "$bin" synth --preset qwen2.5-0.5b --vocab-from "$vocab" --type "$type" -o "$f" >&2
   for r in $(seq 1 "$reps"); do
     echo "# $type rep $r: load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-    ref=$(node "$here/llamacpp.mjs" bench "$f" --threads "$threads" --pp "$pp" --tg "$tg")
+    if [ -n "$lbench" ]; then
+      # one JSON object per test (pp, tg): folded into one line of pp_tps / tg_tps
+      ref=$("$lbench" -m "$f" -t "$threads" -p "$pp" -n "$tg" -r 1 -o jsonl 2>/dev/null | python3 -c '
+import json, sys
+o = {}
+for l in sys.stdin:
+    if not l.strip(): continue
+    j = json.loads(l)
+    o["pp_tps" if j["n_prompt"] else "tg_tps"] = j["avg_ts"]
+print(json.dumps(o))')
+    else
+      ref=$(node "$here/llamacpp.mjs" bench "$f" --threads "$threads" --pp "$pp" --tg "$tg")
+    fi
     echo "$type llama.cpp $ref" >> "$results"
-    echo "  llama.cpp $ref" >&2
-    mine=$("$bin" bench --model "$f" --threads "$threads" --prompt-tokens "$pp" --gen-tokens "$tg" --reps 1 --json)
-    echo "$type llorch $mine" >> "$results"
-    echo "  llorch    $mine" >&2
+    echo "  llama.cpp $ref (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    for isa in ${isas:-default}; do
+      name=llorch
+      if [ "$isa" != default ]; then name="llorch-$isa"; fi
+      mine=$(if [ "$isa" != default ]; then export LLORCH_CPU_ISA=$isa; fi
+             "$bin" bench --model "$f" --threads "$threads" --prompt-tokens "$pp" --gen-tokens "$tg" --reps 1 --json)
+      echo "$type $name $mine" >> "$results"
+      echo "  $name $mine (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    done
   done
 done
 
@@ -73,15 +102,17 @@ for line in open(sys.argv[1]):
     tg = o.get("tg_tps", o.get("tg_tok_s"))
     rows.setdefault((t, eng), []).append((pp, tg))
 print(f"{'type':6} {'engine':10} {'pp tok/s':>9} {'tg tok/s':>9}   (median of reps)")
+engines = list(dict.fromkeys(k[1] for k in rows))
 for t in dict.fromkeys(k[0] for k in rows):
     med = {}
-    for eng in ("llama.cpp", "llorch"):
+    for eng in engines:
         v = rows.get((t, eng), [])
         if not v: continue
         med[eng] = (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
         print(f"{t:6} {eng:10} {med[eng][0]:9.1f} {med[eng][1]:9.2f}   runs: " +
               ", ".join(f"{a:.1f}/{b:.2f}" for a, b in v))
-    if len(med) == 2:
-        print(f"{t:6} {'ratio':10} {med['llorch'][0] / med['llama.cpp'][0]:9.2f} "
-              f"{med['llorch'][1] / med['llama.cpp'][1]:9.2f}   (llorch / llama.cpp)")
+    for eng in engines:
+        if eng != "llama.cpp" and eng in med and "llama.cpp" in med:
+            print(f"{t:6} {'ratio':10} {med[eng][0] / med['llama.cpp'][0]:9.2f} "
+                  f"{med[eng][1] / med['llama.cpp'][1]:9.2f}   ({eng} / llama.cpp)")
 EOF

@@ -18,8 +18,11 @@
  *     empty context, both with logits for the last position; prints JSON
  *     {pp_tps, tg_tps, ...} with the median over --reps.
  */
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
 import process from "node:process";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 process.env.NODE_LLAMA_CPP_SKIP_DOWNLOAD = "true";
 const { getLlama, LlamaLogLevel } = await import("node-llama-cpp");
@@ -51,6 +54,52 @@ export async function openLlama() {
 
 export async function openModel(llama, path, vocabOnly = false) {
   return llama.loadModel({ modelPath: path, gpuLayers: 0, vocabOnly, useMmap: true });
+}
+
+/*
+ * llama.cpp's AVX2 CPU variant on a machine where it would pick an AVX-512
+ * one: ggml loads the best libggml-cpu-*.so in the folder of the prebuilt
+ * binaries, so a mirror of node_modules whose binaries folder is a copy
+ * without the AVX-512 variants makes it fall back (to alderlake with
+ * AVX-VNNI, else haswell). The rest of node_modules is linked, and node runs
+ * with --preserve-symlinks so the mirror's copy is the one resolved. Returns
+ * the path of this script inside the mirror (run it with mirrorNodeArgs).
+ */
+const AVX512_VARIANTS = ["zen4", "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "sapphirerapids"];
+export const mirrorNodeArgs = ["--preserve-symlinks", "--preserve-symlinks-main"];
+
+export function makeAvx2Mirror(dir) {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const nm = path.join(here, "node_modules");
+  const out = path.join(dir, "node_modules");
+  fs.mkdirSync(path.join(out, "@node-llama-cpp"), { recursive: true });
+  for (const e of fs.readdirSync(nm))
+    if (e !== "@node-llama-cpp") fs.symlinkSync(fs.realpathSync(path.join(nm, e)), path.join(out, e));
+  const scope = path.join(nm, "@node-llama-cpp");
+  for (const e of fs.readdirSync(scope))
+    fs.cpSync(fs.realpathSync(path.join(scope, e)), path.join(out, "@node-llama-cpp", e), { recursive: true });
+  let removed = 0;
+  for (const f of fs.readdirSync(out, { recursive: true })) {
+    const m = /libggml-cpu-([a-z0-9]+)\.so$/.exec(f);
+    if (m && AVX512_VARIANTS.includes(m[1])) {
+      fs.rmSync(path.join(out, f));
+      removed++;
+    }
+  }
+  if (!removed) throw new Error(`no AVX-512 variant library found under ${out}`);
+  fs.copyFileSync(fileURLToPath(import.meta.url), path.join(dir, "llamacpp.mjs"));
+  return path.join(dir, "llamacpp.mjs");
+}
+
+/* greedySteps through `node SCRIPT greedy` in a child process (a mirror). */
+export function greedyChild(script, file, prompt, n, threads) {
+  const r = spawnSync(process.execPath, [...mirrorNodeArgs, script, "greedy", file, String(n), prompt.join(" "),
+    "--threads", String(threads)], { encoding: "utf8", maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`llama.cpp (AVX2 variant): exit ${r.status}: ${(r.stderr || "").trim().split("\n").slice(-3).join(" | ")}`);
+  return r.stdout.trim().split("\n").map((l) => {
+    const f = l.split(" ");
+    return { token: Number(f[1]), top: [[Number(f[2]), Number(f[3])], [Number(f[4]), Number(f[5])]] };
+  });
 }
 
 /* ---- commands ---- */

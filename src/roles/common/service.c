@@ -11,15 +11,25 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "llorch/auth.h"
 #include "llorch/log.h"
 
 typedef struct service_route {
   char *method;                /* NULL = any method */
   char *path;                  /* exact path, or the prefix without its '*' */
   bool prefix;
+  unsigned access;             /* llorch_access bits; used when authorize is NULL */
+  llorch_service_authorize_fn authorize; /* the route's own check, or NULL */
   llorch_service_route_fn fn;
   void *user;
 } service_route;
+
+/* The tokens of one credential class. */
+typedef struct service_cred {
+  char **tokens;               /* (n) */
+  size_t n;
+  bool open;                   /* nothing configured: anyone passes */
+} service_cred;
 
 typedef struct service_hook {
   llorch_service_hook_fn fn;
@@ -41,8 +51,7 @@ struct llorch_service {
   uv_signal_t sigint;
   service_route *routes;       /* (nroutes) */
   size_t nroutes;
-  char **metrics_tokens;       /* (n_metrics_tokens) bearer tokens for /metrics; none = open */
-  size_t n_metrics_tokens;
+  service_cred creds[LLORCH_ACCESS_N_CLASSES]; /* by bit index of llorch_access */
   service_hooks stop_hooks;
   service_hooks shutdown_hooks;
   bool listening;
@@ -57,27 +66,27 @@ static bool route_method_matches(const service_route *r, const char *method) {
   return !r->method || strcmp(r->method, method) == 0;
 }
 
-/* Exact routes first, then the longest matching prefix. A path known under
- * other methods only gets 405 rather than 404, so a client sees its mistake. */
-static void service_on_request(llorch_http_request *req, void *user) {
-  llorch_service *svc = user;
-  const char *path = llorch_http_request_path(req);
-  const char *method = llorch_http_request_method(req);
+/*
+ * Exact routes first, then the longest matching prefix. Sets *path_known
+ * when the path matches under other methods only (then allow lists them).
+ */
+static const service_route *service_find_route(const llorch_service *svc, const char *method,
+                                               const char *path, bool *path_known, char *allow,
+                                               size_t allow_size) {
   const service_route *best = NULL;
   size_t best_len = 0;
-  bool path_known = false;
-  char allow[128] = "";
-
+  *path_known = false;
+  if (allow_size) allow[0] = '\0';
   for (size_t i = 0; i < svc->nroutes; i++) {
     const service_route *r = &svc->routes[i];
     size_t len = strlen(r->path);
     bool hit = r->prefix ? strncmp(path, r->path, len) == 0 : strcmp(path, r->path) == 0;
     if (!hit) continue;
-    path_known = true;
+    *path_known = true;
     if (!route_method_matches(r, method)) {
       size_t w = strlen(allow);
-      if (r->method && !strstr(allow, r->method) && w + strlen(r->method) + 3 < sizeof allow)
-        snprintf(allow + w, sizeof allow - w, "%s%s", w ? ", " : "", r->method);
+      if (r->method && !strstr(allow, r->method) && w + strlen(r->method) + 3 < allow_size)
+        snprintf(allow + w, allow_size - w, "%s%s", w ? ", " : "", r->method);
       continue;
     }
     /* An exact route is longer than any prefix of the same path. */
@@ -87,6 +96,17 @@ static void service_on_request(llorch_http_request *req, void *user) {
       best_len = score;
     }
   }
+  return best;
+}
+
+/* A path known under other methods only gets 405 rather than 404, so a client sees its mistake. */
+static void service_on_request(llorch_http_request *req, void *user) {
+  llorch_service *svc = user;
+  bool path_known;
+  char allow[128];
+  const service_route *best = service_find_route(svc, llorch_http_request_method(req),
+                                                 llorch_http_request_path(req), &path_known,
+                                                 allow, sizeof allow);
   if (best) {
     best->fn(req, best->user);
     return;
@@ -101,8 +121,101 @@ static void service_on_request(llorch_http_request *req, void *user) {
                             "not_found");
 }
 
-int llorch_service_route(llorch_service *svc, const char *method, const char *path,
-                         llorch_service_route_fn fn, void *user) {
+/* ---- credentials ---- */
+
+static int access_index(llorch_access cls) {
+  for (int i = 0; i < LLORCH_ACCESS_N_CLASSES; i++)
+    if ((unsigned)cls == 1u << i) return i;
+  return -1;
+}
+
+int llorch_service_add_credentials(llorch_service *svc, llorch_access cls,
+                                   const char *const *tokens, size_t n) {
+  int ix = access_index(cls);
+  if (ix < 0) return LLORCH_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (!tokens[i] || !tokens[i][0]) return LLORCH_EINVAL; /* "" must never mean "no auth" */
+  service_cred *c = &svc->creds[ix];
+  char **grown = realloc(c->tokens, (c->n + n + 1) * sizeof *grown);
+  if (!grown) return LLORCH_ENOMEM;
+  c->tokens = grown;
+  for (size_t i = 0; i < n; i++) {
+    if (!(c->tokens[c->n] = strdup(tokens[i]))) return LLORCH_ENOMEM;
+    c->n++;
+  }
+  return 0;
+}
+
+void llorch_service_open_access(llorch_service *svc, llorch_access cls) {
+  int ix = access_index(cls);
+  if (ix >= 0) svc->creds[ix].open = true;
+}
+
+/* Whether tok[0..len) is one of the class's tokens; compares every one (no early exit). */
+static bool cred_matches(const service_cred *c, const char *tok, size_t len) {
+  bool ok = false;
+  for (size_t i = 0; i < c->n; i++)
+    ok |= llorch_auth_token_equal(tok, len, c->tokens[i], strlen(c->tokens[i]));
+  return ok;
+}
+
+int llorch_service_authorize(const llorch_service *svc, const llorch_http_request *req,
+                             unsigned access, const char **why) {
+  if (access == LLORCH_ACCESS_PUBLIC) return 0;
+  for (int i = 0; i < LLORCH_ACCESS_N_CLASSES; i++)
+    if ((access & (1u << i)) && svc->creds[i].open) return 0;
+  const char *tok;
+  size_t len;
+  if (llorch_auth_parse_bearer(llorch_http_request_header(req, "Authorization"), &tok, &len) < 0) {
+    *why = "missing bearer token (Authorization: Bearer <token>)";
+    return 401;
+  }
+  bool allowed = false, other = false;
+  for (int i = 0; i < LLORCH_ACCESS_N_CLASSES; i++) {
+    bool hit = cred_matches(&svc->creds[i], tok, len);
+    if (access & (1u << i)) allowed |= hit;
+    else other |= hit;
+  }
+  if (allowed) return 0;
+  if (other) {
+    *why = (access & LLORCH_ACCESS_ADMIN)
+               ? "this key may not call this endpoint: it needs an operator key (orchestrator.admin_keys)"
+               : (access & LLORCH_ACCESS_CLUSTER) ? "this key may not call this endpoint: it needs the cluster token"
+                                                  : "this key may not call this endpoint";
+    return 403;
+  }
+  *why = "invalid bearer token (Authorization: Bearer <token>)";
+  return 401;
+}
+
+/*
+ * Headers-time check (llorch_http_server_set_authorize): the route's classes
+ * or its own check. A request for no route gets its 404/405 after the body
+ * like any other answer, except that a body is never read for nothing: one
+ * that comes with a body is refused here, the connection closed.
+ */
+static int service_on_headers(llorch_http_request *req, void *user, const char **why) {
+  llorch_service *svc = user;
+  bool path_known;
+  char allow[128];
+  const service_route *r = service_find_route(svc, llorch_http_request_method(req),
+                                              llorch_http_request_path(req), &path_known, allow,
+                                              sizeof allow);
+  if (!r) {
+    const char *cl = llorch_http_request_header(req, "Content-Length");
+    bool body = llorch_http_request_header(req, "Transfer-Encoding") != NULL ||
+                (cl != NULL && strspn(cl, "0") != strlen(cl));
+    if (!body) return 0;
+    *why = path_known ? "method not allowed for this path" : "no such endpoint";
+    return path_known ? 405 : 404;
+  }
+  if (r->authorize) return r->authorize(req, r->user, why);
+  return llorch_service_authorize(svc, req, r->access, why);
+}
+
+static int service_add_route(llorch_service *svc, const char *method, const char *path,
+                             unsigned access, llorch_service_authorize_fn authorize,
+                             llorch_service_route_fn fn, void *user) {
   size_t len = strlen(path);
   bool prefix = len > 0 && path[len - 1] == '*';
   if (prefix) len--;
@@ -125,36 +238,35 @@ int llorch_service_route(llorch_service *svc, const char *method, const char *pa
     return LLORCH_ENOMEM;
   }
   r->prefix = prefix;
+  r->access = access;
+  r->authorize = authorize;
   r->fn = fn;
   r->user = user;
   svc->nroutes++;
   return 0;
 }
 
-/* ---- built-in endpoints ---- */
-
-static void service_free_metrics_tokens(llorch_service *svc) {
-  for (size_t i = 0; i < svc->n_metrics_tokens; i++) free(svc->metrics_tokens[i]);
-  free(svc->metrics_tokens);
-  svc->metrics_tokens = NULL;
-  svc->n_metrics_tokens = 0;
+int llorch_service_route(llorch_service *svc, const char *method, const char *path,
+                         unsigned access, llorch_service_route_fn fn, void *user) {
+  return service_add_route(svc, method, path, access, NULL, fn, user);
 }
 
-int llorch_service_protect_metrics(llorch_service *svc, const char *const *tokens, size_t n) {
-  service_free_metrics_tokens(svc);
-  if (n == 0) return 0;
-  char **copy = calloc(n, sizeof *copy);
-  if (!copy) return LLORCH_ENOMEM;
-  for (size_t i = 0; i < n; i++) {
-    if (!(copy[i] = strdup(tokens[i]))) {
-      while (i > 0) free(copy[--i]);
-      free(copy);
-      return LLORCH_ENOMEM;
-    }
+int llorch_service_route_custom(llorch_service *svc, const char *method, const char *path,
+                                llorch_service_authorize_fn authorize,
+                                llorch_service_route_fn fn, void *user) {
+  return service_add_route(svc, method, path, 0, authorize, fn, user);
+}
+
+/* ---- built-in endpoints ---- */
+
+static void service_free_creds(llorch_service *svc) {
+  for (int i = 0; i < LLORCH_ACCESS_N_CLASSES; i++) {
+    service_cred *c = &svc->creds[i];
+    for (size_t k = 0; k < c->n; k++) free(c->tokens[k]);
+    free(c->tokens);
+    c->tokens = NULL;
+    c->n = 0;
   }
-  svc->metrics_tokens = copy;
-  svc->n_metrics_tokens = n;
-  return 0;
 }
 
 static void service_health_live(llorch_http_request *req, void *user) {
@@ -163,9 +275,6 @@ static void service_health_live(llorch_http_request *req, void *user) {
 
 static void service_metrics(llorch_http_request *req, void *user) {
   llorch_service *svc = user;
-  if (llorch_http_require_bearer(req, (const char *const *)svc->metrics_tokens,
-                                 svc->n_metrics_tokens) != 0)
-    return; /* answered 401 */
   size_t len;
   char *text = llorch_metrics_render(svc->metrics, &len);
   if (!text) {
@@ -352,9 +461,12 @@ int llorch_service_init(llorch_service **out, const llorch_config *cfg, const ch
   hc.max_connections = (unsigned)cfg->http.max_connections;
   if ((err = llorch_http_server_init(&svc->http, &svc->loop, &hc, service_on_request, svc, em)) != 0)
     goto fail_http;
+  llorch_http_server_set_authorize(svc->http, service_on_headers, svc);
   if ((err = llorch_http_server_set_metrics(svc->http, svc->metrics)) != 0 ||
-      (err = llorch_service_route(svc, "GET", "/health/live", service_health_live, svc)) != 0 ||
-      (err = llorch_service_route(svc, "GET", "/metrics", service_metrics, svc)) != 0) {
+      (err = llorch_service_route(svc, "GET", "/health/live", LLORCH_ACCESS_PUBLIC,
+                                  service_health_live, svc)) != 0 ||
+      (err = llorch_service_route(svc, "GET", "/metrics", LLORCH_ACCESS_ADMIN | LLORCH_ACCESS_CLUSTER,
+                                  service_metrics, svc)) != 0) {
     llorch_errmsg_set(em, err, "out of memory");
     goto fail_routes;
   }
@@ -422,7 +534,7 @@ void llorch_service_free(llorch_service *svc) {
   free(svc->routes);
   free(svc->stop_hooks.items);
   free(svc->shutdown_hooks.items);
-  service_free_metrics_tokens(svc);
+  service_free_creds(svc);
   free(svc);
 }
 

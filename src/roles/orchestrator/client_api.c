@@ -40,7 +40,7 @@ static void req_free(orch_req *r) {
 
 static void respond_error(llorch_http_request *http, int status, const char *type, const char *msg,
                           const char *param, const char *code) {
-  llorch_http_respond_error(http, status, type, msg, param, code);
+  llorch_http_respond_error(http, status, type, msg, param && param[0] ? param : NULL, code);
 }
 
 static llorch_openai_meta req_meta(const orch_req *r) {
@@ -211,6 +211,19 @@ static void answer_error(orch_req *r, int status, const char *type, const char *
   r->finished = true;
 }
 
+/*
+ * A worker failure as the client sees it: which model and which request,
+ * nothing about the inside of the cluster (worker URLs, model paths, the
+ * worker's own messages). The details went to the log under the request id.
+ */
+static void answer_worker_failed(orch_req *r, const char *code) {
+  char msg[300];
+  snprintf(msg, sizeof msg,
+           "the worker serving '%.100s' failed; the details are in the orchestrator's log under request id %s",
+           r->model_name, r->rid);
+  answer_error(r, 502, "server_error", code, msg);
+}
+
 /* ---- the execute call ---- */
 
 static void cancel_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
@@ -275,13 +288,14 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     r->got_token = true;
     relay_token(r, d);
     /* A client that stops reading would make us buffer its tokens without
-     * bound: past the limit its job is cancelled on the worker, whose end
-     * event then closes the response (the worker applies the same limit). */
-    if (r->http && !r->slow_cancelled &&
-        llorch_http_request_queued_bytes(r->http) > LLORCH_OPENAI_MAX_QUEUED_BYTES) {
-      LOG_WARN("orch", r->rid, "client is not reading (%zu bytes queued): cancelling job %s",
-               llorch_http_request_queued_bytes(r->http), r->job_id);
-      r->slow_cancelled = true;
+     * bound: past the limit its job is cancelled on the worker, whose final
+     * event still ends the response properly (the worker applies the same
+     * limit: one constant, openai.h). */
+    if (r->http && !r->slow_client && llorch_http_request_queued_bytes(r->http) > LLORCH_OPENAI_MAX_QUEUED_BYTES) {
+      LOG_WARN("orch", r->rid, "client %s is not reading (%zu bytes queued): cancelling job %s on %s",
+               llorch_http_request_peer(r->http), llorch_http_request_queued_bytes(r->http), r->job_id,
+               r->worker_name);
+      r->slow_client = true;
       worker_cancel_job(r);
     }
   } else if (strcmp(ev->event, "end") == 0) {
@@ -391,9 +405,7 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
     if (try_retry(r, !overloaded, why)) return;
   }
   LOG_WARN("orch", r->rid, "request failed on %s: %s", r->worker_name, why);
-  char msg[700];
-  snprintf(msg, sizeof msg, "the worker serving '%s' failed: %s", r->model_name, why);
-  answer_error(r, 502, "server_error", r->err_code[0] ? r->err_code : "worker_failed", msg);
+  answer_worker_failed(r, r->err_code[0] ? r->err_code : "worker_failed");
   req_end(r, "failed");
 }
 
@@ -440,7 +452,9 @@ void orch_req_assign(void *ud, sched_req *sr, sched_worker *w) {
   snprintf(r->worker_url, sizeof r->worker_url, "%s", w->url);
   snprintf(r->worker_token, sizeof r->worker_token, "%s", w->token);
   snprintf(r->worker_name, sizeof r->worker_name, "%s/%s", w->pool->name, w->id);
-  snprintf(r->job_id, sizeof r->job_id, "%.56s.%d", r->rid, sr->attempts);
+  /* Fresh and random per attempt, never the client's X-Request-Id: whoever
+   * knows a job id can cancel it on the worker. */
+  llorch_reqid_generate(r->job_id);
   LOG_DEBUG("orch", r->rid, "assigned to %s (job %s, attempt %d)", r->worker_name, r->job_id, sr->attempts);
   if (exec_start(r) < 0) {
     /* Not from inside the dispatch pass: the retry would re-enter it. */
@@ -466,7 +480,8 @@ void orch_run_deferred(orch *o) {
     char why[SCHED_URL_MAX + sizeof r->err_msg + 32];
     snprintf(why, sizeof why, "cannot call %s: %s", r->worker_url, r->err_msg);
     if (try_retry(r, true, why)) continue;
-    answer_error(r, 502, "server_error", "worker_failed", why);
+    LOG_WARN("orch", r->rid, "request failed on %s: %s", r->worker_name, why);
+    answer_worker_failed(r, "worker_failed");
     req_end(r, "failed");
   }
 }
@@ -533,7 +548,6 @@ static int request_priority(orch *o, llorch_http_request *req, int model) {
 }
 
 static void on_generate(llorch_http_request *req, orch *o, bool chat) {
-  if (!orch_check_api_key(o, req)) return;
   const char *rid = llorch_http_request_id(req);
   if (o->stopping) {
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
@@ -557,7 +571,9 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   cJSON *body = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &body, &em) < 0) {
-    respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
+    /* A NUL, invalid UTF-8 or a lone surrogate names its field; malformed JSON none. */
+    respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(),
+                  llorch_json_errparam()[0] ? "invalid_value" : "invalid_json");
     return;
   }
   /* The same validation as the worker's (one OpenAI layer), before queueing. */
@@ -615,7 +631,9 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
     req_free(r);
     return;
   }
-  snprintf(r->id, sizeof r->id, "%s-%.32s", chat ? "chatcmpl" : "cmpl", rid);
+  char cid[LLORCH_REQID_MAX + 1];
+  llorch_reqid_generate(cid);
+  snprintf(r->id, sizeof r->id, "%s-%.32s", chat ? "chatcmpl" : "cmpl", cid);
   r->created = (int64_t)time(NULL);
   r->sr.model = mi;
   r->sr.priority = request_priority(o, req, mi);
@@ -634,7 +652,8 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   }
   orch_count(o, "admitted");
   llorch_http_request_set_data(req, r, req_on_close);
-  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", model,
+  /* r->model_name, not model: that pointed into the body, deleted above. */
+  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
   sched_dispatch(&o->s, now);
 }
@@ -644,7 +663,6 @@ void orch_on_completions(llorch_http_request *req, void *user) { on_generate(req
 
 void orch_on_models(llorch_http_request *req, void *user) {
   orch *o = user;
-  if (!orch_check_api_key(o, req)) return;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   llorch_jbuf_cstr(&b, "{\"object\":\"list\",\"data\":[");

@@ -60,7 +60,7 @@ typedef struct orch_req {
   bool sse_started;
   bool sent_tokens;             /* a content chunk went to the client: no retry now */
   bool finished;                /* the response is complete */
-  bool slow_cancelled;          /* the client stopped reading: its job was cancelled */
+  bool slow_client;             /* stopped reading: its job was cancelled on the worker */
   /* results */
   llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
   llorch_jbuf text;             /* non-streaming completions: generated text */
@@ -92,8 +92,7 @@ struct llorch_orchestrator {
   int64_t started_unix;
   bool stopping;
   int n_active;                 /* client requests alive */
-  const char **api_keys;        /* (n_api_keys) */
-  size_t n_api_keys;
+  const char *cluster_token;    /* presented to pools: the configured one, or all-mode's internal one; NULL = none */
   /* metrics */
   llorch_metrics *m;
   llorch_metric *m_queue;       /* gauge {priority} */
@@ -113,8 +112,6 @@ struct llorch_orchestrator {
 /* ---- orchestrator.c ---- */
 int64_t orch_now_ms(orch *o);
 uint64_t orch_now_ns(void);
-/* 401 unless the client's bearer key is accepted (answers the request). */
-bool orch_check_api_key(orch *o, llorch_http_request *req);
 /* Counts an outcome: admitted, rejected, completed, cancelled, failed, timed_out. */
 void orch_count(orch *o, const char *outcome);
 /* Schedules the deferred-work timer. */

@@ -25,10 +25,6 @@ int64_t orch_now_ms(orch *o) {
   return (int64_t)(uv_hrtime() / 1000000u);
 }
 
-bool orch_check_api_key(orch *o, llorch_http_request *req) {
-  return llorch_http_require_bearer(req, o->api_keys, o->n_api_keys) == 0;
-}
-
 void orch_count(orch *o, const char *outcome) {
   llorch_metric_inc(o->m_requests, (const char *[]){outcome}, 1);
 }
@@ -348,7 +344,6 @@ static void cluster_json(orch *o, llorch_jbuf *b) {
 
 static void on_cluster(llorch_http_request *req, void *user) {
   orch *o = user;
-  if (!orch_check_api_key(o, req)) return;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   cluster_json(o, &b);
@@ -363,7 +358,6 @@ static void on_cluster(llorch_http_request *req, void *user) {
 
 static void on_model_op(llorch_http_request *req, void *user) {
   orch *o = user;
-  if (!orch_check_api_key(o, req)) return;
   const char *path = llorch_http_request_path(req) + strlen("/v2/models/");
   const char *slash = strrchr(path, '/');
   char name[SCHED_NAME_MAX];
@@ -390,12 +384,14 @@ static void on_model_op(llorch_http_request *req, void *user) {
       llorch_http_respond_error(req, 507, "server_error", em.text, NULL, "INSUFFICIENT_MEMORY");
       return;
     }
-    LOG_INFO("orch", llorch_http_request_id(req), "operator: load %s", name);
+    LOG_INFO("orch", llorch_http_request_id(req), "operator at %s: load %s", llorch_http_request_peer(req),
+             name);
     snprintf(body, sizeof body, "{\"model\":\"%s\",\"state\":\"%s\",\"replicas\":%d}", name,
              sched_model_state(&o->s, mi), sched_model_replicas(&o->s, mi));
   } else {
     int stopped = sched_model_unload(&o->s, mi, now);
-    LOG_INFO("orch", llorch_http_request_id(req), "operator: unload %s (%d workers stopping)", name, stopped);
+    LOG_INFO("orch", llorch_http_request_id(req), "operator at %s: unload %s (%d workers stopping)",
+             llorch_http_request_peer(req), name, stopped);
     snprintf(body, sizeof body, "{\"model\":\"%s\",\"stopping\":%d,\"busy_workers_left\":%d}", name,
              stopped, o->s.models[mi].running > 0 ? 1 : 0);
   }
@@ -438,7 +434,50 @@ static void orch_on_shutdown(llorch_service *svc, void *user) {
   }
 }
 
-int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc, llorch_errmsg *em) {
+/*
+ * Who may call what (README "Security"): client keys reach /v1/...; operator
+ * keys reach /v2/... control and state and /metrics; the cluster token reaches
+ * the pool protocol (and /metrics). A class with nothing configured is open
+ * only where the config allows it: clients when there are no client keys;
+ * operators only while nothing at all is configured (a loopback-only dev
+ * setup); pools only for a standalone orchestrator without a cluster token,
+ * which the config confines to loopback. In --role=all the cluster class
+ * always has a token (all.c makes an internal one), so the process's own
+ * pool is the only one that can register unless a token is configured.
+ */
+static int orch_setup_access(orch *o, const llorch_orchestrator_options *opts, llorch_errmsg *em) {
+  const llorch_config *cfg = o->cfg;
+  llorch_service *svc = o->svc;
+  const llorch_strlist *api = &cfg->orchestrator.api_keys, *admin = &cfg->orchestrator.admin_keys;
+  o->cluster_token = opts && opts->cluster_token ? opts->cluster_token : cfg->orchestrator.cluster_token;
+  int rc;
+  if ((rc = llorch_service_add_credentials(svc, LLORCH_ACCESS_CLIENT, (const char *const *)api->items,
+                                           api->count)) < 0 ||
+      (rc = llorch_service_add_credentials(svc, LLORCH_ACCESS_ADMIN, (const char *const *)admin->items,
+                                           admin->count)) < 0 ||
+      (o->cluster_token &&
+       (rc = llorch_service_add_credentials(svc, LLORCH_ACCESS_CLUSTER, &o->cluster_token, 1)) < 0))
+    return llorch_errmsg_set(em, rc, "cannot set up the orchestrator's credentials: %s", llorch_strerror(rc));
+  if (api->count == 0) llorch_service_open_access(svc, LLORCH_ACCESS_CLIENT);
+  if (admin->count == 0 && api->count == 0 && !cfg->orchestrator.cluster_token)
+    llorch_service_open_access(svc, LLORCH_ACCESS_ADMIN);
+  if (!o->cluster_token) llorch_service_open_access(svc, LLORCH_ACCESS_CLUSTER);
+
+  bool loopback = llorch_config_listen_is_loopback(cfg);
+  if (api->count == 0 && !loopback)
+    LOG_WARN("orch", NULL, "!!! no orchestrator.api_keys while listening on %s: anyone who reaches "
+             "this port can use /v1/* (set --api-key or LLORCH_ORCHESTRATOR_API_KEYS) !!!", cfg->listen);
+  if (!o->cluster_token)
+    LOG_WARN("orch", NULL, "no orchestrator.cluster_token: any local process can register as a pool "
+             "(loopback only)");
+  if (admin->count == 0 && (api->count > 0 || cfg->orchestrator.cluster_token))
+    LOG_INFO("orch", NULL, "no orchestrator.admin_keys: /v2/cluster, /v2/models/* and /metrics "
+             "answer 401/403 (set --admin-key or LLORCH_ORCHESTRATOR_ADMIN_KEYS)");
+  return 0;
+}
+
+int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
+                               const llorch_orchestrator_options *opts, llorch_errmsg *em) {
   const llorch_config *cfg = llorch_service_config(svc);
   orch *o = calloc(1, sizeof *o);
   if (!o) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
@@ -456,13 +495,7 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc, l
   for (size_t i = 0; i < cfg->orchestrator.models.count; i++) {
     if ((rc = sched_model_add(&o->s, &cfg->orchestrator.models.items[i], em)) < 0) goto fail_sched;
   }
-  o->n_api_keys = cfg->orchestrator.api_keys.count;
-  o->api_keys = (const char **)cfg->orchestrator.api_keys.items;
-  /* /metrics (served by the runtime) is behind the same keys as the API. */
-  if ((rc = llorch_service_protect_metrics(svc, o->api_keys, o->n_api_keys)) < 0) {
-    llorch_errmsg_set(em, rc, "out of memory protecting /metrics");
-    goto fail_sched;
-  }
+  if ((rc = orch_setup_access(o, opts, em)) < 0) goto fail_sched;
   if ((rc = metrics_register(o)) < 0) {
     llorch_errmsg_set(em, rc, "out of memory registering metrics");
     goto fail_sched;
@@ -478,13 +511,15 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc, l
     llorch_errmsg_set(em, rc, "out of memory for the HTTP client");
     goto fail_sched;
   }
-  if (llorch_service_route(svc, "POST", "/v1/chat/completions", orch_on_chat, o) < 0 ||
-      llorch_service_route(svc, "POST", "/v1/completions", orch_on_completions, o) < 0 ||
-      llorch_service_route(svc, "GET", "/v1/models", orch_on_models, o) < 0 ||
-      llorch_service_route(svc, "POST", "/v2/pools/*", orch_on_pools, o) < 0 ||
-      llorch_service_route(svc, "GET", "/v2/cluster", on_cluster, o) < 0 ||
-      llorch_service_route(svc, "POST", "/v2/models/*", on_model_op, o) < 0 ||
-      llorch_service_route(svc, "GET", "/health/ready", on_ready, o) < 0 ||
+  /* Operator keys also reach the client API: an operator can try what clients see. */
+  const unsigned client = LLORCH_ACCESS_CLIENT | LLORCH_ACCESS_ADMIN;
+  if (llorch_service_route(svc, "POST", "/v1/chat/completions", client, orch_on_chat, o) < 0 ||
+      llorch_service_route(svc, "POST", "/v1/completions", client, orch_on_completions, o) < 0 ||
+      llorch_service_route(svc, "GET", "/v1/models", client, orch_on_models, o) < 0 ||
+      llorch_service_route(svc, "POST", "/v2/pools/*", LLORCH_ACCESS_CLUSTER, orch_on_pools, o) < 0 ||
+      llorch_service_route(svc, "GET", "/v2/cluster", LLORCH_ACCESS_ADMIN, on_cluster, o) < 0 ||
+      llorch_service_route(svc, "POST", "/v2/models/*", LLORCH_ACCESS_ADMIN, on_model_op, o) < 0 ||
+      llorch_service_route(svc, "GET", "/health/ready", LLORCH_ACCESS_PUBLIC, on_ready, o) < 0 ||
       llorch_service_on_stop(svc, orch_on_stop, o) < 0 ||
       llorch_service_on_shutdown(svc, orch_on_shutdown, o) < 0) {
     rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "cannot add the orchestrator's routes (out of memory or a route clash)");
@@ -495,8 +530,6 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc, l
   uv_timer_init(o->loop, &o->kick);
   o->kick.data = o;
   uv_timer_start(&o->tick, on_tick, ORCH_TICK_MS, ORCH_TICK_MS);
-  if (!cfg->orchestrator.cluster_token)
-    LOG_WARN("orch", NULL, "no orchestrator.cluster_token: any host that reaches this port can register as a pool");
   LOG_INFO("orch", NULL, "orchestrator %s: %d models in the catalog, queue max %d, timeout %" PRId64
            " ms, retry_max %d, heartbeat_miss_limit %d", o->id, o->s.n_models, lim.max_total,
            lim.queue_timeout_ms, lim.retry_max, lim.heartbeat_miss_limit);
@@ -525,7 +558,7 @@ int llorch_orchestrator_main(const llorch_config *cfg) {
     LOG_ERROR("orch", NULL, "%s", em.text);
     return 1;
   }
-  if (llorch_orchestrator_attach(&o, svc, &em) < 0) {
+  if (llorch_orchestrator_attach(&o, svc, NULL, &em) < 0) {
     LOG_ERROR("orch", NULL, "%s", em.text);
     llorch_service_free(svc);
     return 1;

@@ -15,12 +15,6 @@
 
 /* ---- server side ---- */
 
-static bool check_cluster_token(orch *o, llorch_http_request *req) {
-  const char *tok = o->cfg->orchestrator.cluster_token;
-  if (!tok) return true;
-  return llorch_http_require_bearer(req, &tok, 1) == 0;
-}
-
 static void respond_pool_unknown(llorch_http_request *req, const char *pool) {
   char msg[200];
   snprintf(msg, sizeof msg, "pool '%.100s' is not registered here; POST /v2/pools/register first", pool);
@@ -56,6 +50,8 @@ static void respond_ack(orch *o, llorch_http_request *req, const sched_pool *p, 
     llorch_http_respond_json(req, 200, b.data);
   llorch_jbuf_free(&b);
 }
+
+static void pool_fetch_tokens(orch *o, sched_pool *p);
 
 static void on_state_doc(orch *o, llorch_http_request *req, const char *path_pool, bool is_register) {
   size_t len = 0;
@@ -96,6 +92,8 @@ static void on_state_doc(orch *o, llorch_http_request *req, const char *path_poo
                rep.pool, known ? "re-" : "", llorch_http_request_peer(req), rep.url, rep.n_devices,
                rep.n_models, rep.n_workers, adopted);
     respond_ack(o, req, sched_pool_find(&o->s, rep.pool), is_register);
+    sched_pool *sp = sched_pool_find(&o->s, rep.pool);
+    if (sp) pool_fetch_tokens(o, sp);
   }
   sched_pool_report_free(&rep);
 }
@@ -166,7 +164,6 @@ static void on_events(orch *o, llorch_http_request *req, const char *pool) {
 
 void orch_on_pools(llorch_http_request *req, void *user) {
   orch *o = user;
-  if (!check_cluster_token(o, req)) return;
   const char *path = llorch_http_request_path(req) + strlen("/v2/pools/");
   if (strcmp(path, "register") == 0) {
     on_state_doc(o, req, NULL, true);
@@ -195,7 +192,7 @@ typedef struct pool_call {
 } pool_call;
 
 static void pool_headers(orch *o, const char **hdr, char *auth, size_t n) {
-  const char *tok = o->cfg->orchestrator.cluster_token;
+  const char *tok = o->cluster_token;
   int k = 0;
   hdr[k++] = "Content-Type";
   hdr[k++] = "application/json";
@@ -238,9 +235,13 @@ static void start_on_done(llorch_http_call *call, int err, const char *errmsg, v
       cJSON *doc = cJSON_ParseWithLength(body, len);
       const cJSON *w = cJSON_GetObjectItemCaseSensitive(doc, "worker");
       const cJSON *id = cJSON_GetObjectItemCaseSensitive(w, "id");
+      const cJSON *tok = cJSON_GetObjectItemCaseSensitive(w, "token");
       if (cJSON_IsString(id) && strlen(id->valuestring) < SCHED_NAME_MAX) {
         LOG_INFO("pools", NULL, "%s: worker %s starting", pc->what, id->valuestring);
-        sched_start_done(&o->s, pc->start_id, id->valuestring, now);
+        /* The worker's token comes only in this answer (never in state documents). */
+        sched_start_done(&o->s, pc->start_id, id->valuestring,
+                         cJSON_IsString(tok) && strlen(tok->valuestring) < 128 ? tok->valuestring : "",
+                         now);
         orch_dispatch_soon(o);
         cJSON_Delete(doc);
         free(pc);
@@ -340,5 +341,87 @@ void orch_pool_stop(void *ud, sched_worker *w, const char *why) {
   if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
     LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
     free(pc);
+  }
+}
+
+/* ---- tokens of adopted workers ---- */
+
+/*
+ * A worker adopted after an orchestrator restart came without its token
+ * (state documents never carry one): ask its pool, with the cluster token,
+ * for that one worker. It is not routed to until the answer came
+ * (sched_worker_routable); a failed ask is repeated after the next document.
+ */
+typedef struct token_call {
+  orch *o;
+  char pool[SCHED_NAME_MAX];
+  char id[SCHED_NAME_MAX];
+} token_call;
+
+static sched_worker *worker_by_name(orch *o, const char *pool, const char *id) {
+  for (int i = 0; i < o->s.n_workers; i++) {
+    sched_worker *w = o->s.workers[i];
+    if (w->pool && strcmp(w->pool->name, pool) == 0 && strcmp(w->id, id) == 0) return w;
+  }
+  return NULL;
+}
+
+static void token_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  token_call *tc = user;
+  orch *o = tc->o;
+  sched_worker *w = worker_by_name(o, tc->pool, tc->id);
+  const char *tok = NULL;
+  cJSON *doc = NULL;
+  if (!err && llorch_http_call_status(call) == 200) {
+    size_t len = 0;
+    const char *body = llorch_http_call_body(call, &len);
+    doc = cJSON_ParseWithLength(body, len);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "worker"), "token");
+    if (cJSON_IsString(t) && t->valuestring[0] && strlen(t->valuestring) < sizeof w->token) tok = t->valuestring;
+  }
+  if (w) {
+    w->token_asked = false;
+    if (tok) {
+      snprintf(w->token, sizeof w->token, "%s", tok);
+      LOG_INFO("pools", NULL, "adopted worker %s/%s: token received, routable", tc->pool, tc->id);
+      orch_dispatch_soon(o);
+    } else {
+      LOG_WARN("pools", NULL, "adopted worker %s/%s: no token from its pool (%s); asking again later",
+               tc->pool, tc->id, err ? (errmsg ? errmsg : llorch_strerror(err)) : "answer without one");
+    }
+  }
+  cJSON_Delete(doc);
+  free(tc);
+}
+
+static void pool_fetch_tokens(orch *o, sched_pool *p) {
+  for (int i = 0; i < o->s.n_workers; i++) {
+    sched_worker *w = o->s.workers[i];
+    if (w->pool != p || !w->adopted || w->token[0] || w->token_asked) continue;
+    if (w->state != SCHED_WORKER_READY && w->state != SCHED_WORKER_STARTING) continue;
+    token_call *tc = calloc(1, sizeof *tc);
+    if (!tc) return;
+    tc->o = o;
+    snprintf(tc->pool, sizeof tc->pool, "%s", p->name);
+    snprintf(tc->id, sizeof tc->id, "%s", w->id);
+    char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16], auth[300];
+    snprintf(url, sizeof url, "%s/v2/workers/%s", p->url, w->id);
+    const char *hdr[8];
+    pool_headers(o, hdr, auth, sizeof auth);
+    llorch_http_call_opts opts = {0};
+    opts.method = "GET";
+    opts.url = url;
+    opts.headers = hdr + 2; /* no body, no Content-Type */
+    opts.connect_timeout_ms = 2000;
+    opts.read_timeout_ms = 10000;
+    opts.on_done = token_on_done;
+    opts.user = tc;
+    llorch_errmsg em = {{0}};
+    if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+      LOG_WARN("pools", NULL, "cannot ask %s for worker %s's token: %s", p->name, w->id, em.text);
+      free(tc);
+      continue;
+    }
+    w->token_asked = true;
   }
 }

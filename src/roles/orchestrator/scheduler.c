@@ -81,8 +81,9 @@ static bool worker_terminal(const sched_worker *w) {
 }
 
 bool sched_worker_routable(const sched_worker *w) {
+  /* An adopted worker is routed to once its token came (pool_api.c asks its pool). */
   return w->state == SCHED_WORKER_READY && !w->broken && !w->stop_sent && w->pool && w->pool->up &&
-         w->model >= 0;
+         w->model >= 0 && !(w->adopted && !w->token[0]);
 }
 
 /* Alive and counted as a replica: ready or starting, on an up pool. */
@@ -800,7 +801,9 @@ static void worker_update(sched *s, sched_worker *w, const sched_worker_report *
     else w->state = r->state;
   }
   copy_str(w->url, sizeof w->url, r->url);
-  copy_str(w->token, sizeof w->token, r->token);
+  /* Tokens travel in the pool's answer to our start (sched_start_done), not in
+   * state documents; one a document does carry (an older pool) still counts. */
+  if (r->token[0]) copy_str(w->token, sizeof w->token, r->token);
   w->pid = r->pid;
   w->memory_bytes = r->memory_bytes;
   w->started_at_ms = r->started_at_ms;
@@ -841,6 +844,12 @@ static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_re
     copy_str(w->id, sizeof w->id, r->id);
     w->last_used_ms = now;
     *created = true;
+    /* Ours: the pool's 201 answer may have come before this report. */
+    for (int i = 0; i < s->n_starts; i++) {
+      const sched_pending_start *ps = s->starts[i];
+      if (ps->pool == p && ps->answered && strcmp(ps->worker_id, r->id) == 0)
+        copy_str(w->token, sizeof w->token, ps->token);
+    }
   }
   sched_worker_state before = w->state;
   worker_update(s, w, r);
@@ -963,13 +972,19 @@ static sched_pending_start *start_find(const sched *s, uint64_t id) {
   return NULL;
 }
 
-void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, int64_t now) {
+void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, const char *token,
+                      int64_t now) {
   sched_pending_start *ps = start_find(s, start_id);
   if (!ps) return; /* dropped meanwhile; the pool's state will list the worker */
   copy_str(ps->worker_id, sizeof ps->worker_id, worker_id);
+  copy_str(ps->token, sizeof ps->token, token);
   ps->answered = true;
   /* An event may already have reported it (it raced the 201 answer). */
-  if (worker_find(s, ps->pool, worker_id)) ps->seen = true;
+  sched_worker *w = worker_find(s, ps->pool, worker_id);
+  if (w) {
+    ps->seen = true;
+    if (token && token[0]) copy_str(w->token, sizeof w->token, token);
+  }
   (void)now; /* no dispatch: the caller runs one (outside its HTTP callback) */
 }
 

@@ -145,6 +145,7 @@ typedef struct sched_worker {
   bool broken;                 /* a stream to it failed: not routed to again */
   bool stop_sent;              /* we asked its pool to stop it */
   bool adopted;                /* came from a registration, not from our start */
+  bool token_asked;            /* adopted without a token: GET {pool}/v2/workers/{id} in flight */
   int exit_code;               /* -1 unknown */
   char exit_signal[16];
   char exit_reason[SCHED_REASON_MAX];
@@ -160,6 +161,7 @@ typedef struct sched_pending_start {
   uint64_t need_bytes;
   int64_t asked_ms;
   char worker_id[SCHED_NAME_MAX]; /* "" until the pool answered 201 */
+  char token[128];             /* the worker's bearer token from that 201 answer */
   bool answered;
   bool seen;                   /* an event reported the worker: it is a replica now, but
                                 * the reservation holds until a full state document */
@@ -311,7 +313,8 @@ sched_pool *sched_pool_find(const sched *s, const char *name);
 /* ---- starts ---- */
 
 /* The pool answered 201 with worker_id. Does not dispatch (call sched_dispatch). */
-void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, int64_t now_ms);
+void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, const char *token,
+                      int64_t now_ms);
 /* The pool refused (507, 404, unreachable): reason goes into the pending reason. */
 void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t now_ms);
 

@@ -223,7 +223,7 @@ int pool_worker_url(const char *reported, const char *public_host, char *out, si
 /* Writes the state document (protocol section 2). */
 void pool_state_write(llorch_jbuf *b, const pool_state_view *v);
 /* Writes one worker object. */
-void pool_worker_write(llorch_jbuf *b, const pool_worker *w);
+void pool_worker_write(llorch_jbuf *b, const pool_worker *w, bool with_token);
 
 /* ---- the pool (pool.c) ---- */
 
@@ -288,6 +288,8 @@ void pool_maybe_finish(pool *p);
 void pool_on_workers(llorch_http_request *req, void *user);
 /* SIGTERM, then SIGKILL after the grace period. Idempotent. */
 void pool_worker_stop(pool_worker *w, const char *why);
+/* Headers-time credential check of /v2/workers/{id}[/ready] (llorch_service_route_custom). */
+int pool_authorize_workers(llorch_http_request *req, void *user, const char **why);
 pool_worker *pool_worker_find(pool *p, const char *id);
 
 #endif /* LLORCH_POOL_IMPL_H */

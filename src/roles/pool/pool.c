@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "llorch/log.h"
+#include "llorch/reqid.h"
 #include "llorch/roles.h"
 #include "pool-impl.h"
 
@@ -57,23 +58,7 @@ int64_t pool_now_ms(void) {
   return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-int pool_random_hex(char *out, size_t bytes) {
-  unsigned char raw[64];
-  if (bytes > sizeof raw) return LLORCH_EINVAL;
-  size_t got = 0;
-  while (got < bytes) {
-    ssize_t n = getrandom(raw + got, bytes - got, 0);
-    if (n <= 0) return LLORCH_EIO;
-    got += (size_t)n;
-  }
-  static const char hex[] = "0123456789abcdef";
-  for (size_t i = 0; i < bytes; i++) {
-    out[2 * i] = hex[raw[i] >> 4];
-    out[2 * i + 1] = hex[raw[i] & 15];
-  }
-  out[2 * bytes] = '\0';
-  return 0;
-}
+int pool_random_hex(char *out, size_t bytes) { return llorch_random_hex(out, bytes); }
 
 static void pool_update_gauges(pool *p) {
   int n[5] = {0};
@@ -380,7 +365,7 @@ void pool_send_event(pool *p, pool_worker *w, const char *type) {
   llorch_jbuf_cstr(&b, ",\"at_ms\":");
   llorch_jbuf_int(&b, pool_now_ms());
   llorch_jbuf_cstr(&b, ",\"worker\":");
-  pool_worker_write(&b, w);
+  pool_worker_write(&b, w, false);
   llorch_jbuf_cstr(&b, "}]}");
   if (w->has_exit && !w->final_seq) w->final_seq = ps->seq;
   char path[160];
@@ -393,10 +378,6 @@ void pool_send_event(pool *p, pool_worker *w, const char *type) {
 
 static void on_state(llorch_http_request *req, void *user) {
   pool *p = user;
-  if (p->cluster_token[0]) {
-    const char *tok = p->cluster_token;
-    if (llorch_http_require_bearer(req, &tok, 1) < 0) return;
-  }
   pool_resolve_urls(p);
   pool_refresh(p);
   llorch_jbuf b;
@@ -540,15 +521,17 @@ int llorch_pool_attach(llorch_pool **out, llorch_service *svc, const llorch_pool
                                        "Worker starts and ends (started, ready... insufficient_memory, "
                                        "spawn_failed).", outcome);
   if (!p->m_workers || !p->m_spawns ||
-      llorch_service_route(svc, "POST", "/v2/workers", pool_on_workers, p) < 0 ||
-      llorch_service_route(svc, NULL, "/v2/workers/*", pool_on_workers, p) < 0 ||
-      llorch_service_route(svc, "GET", "/v2/state", on_state, p) < 0 ||
+      llorch_service_route(svc, "POST", "/v2/workers", LLORCH_ACCESS_CLUSTER, pool_on_workers, p) < 0 ||
+      llorch_service_route_custom(svc, NULL, "/v2/workers/*", pool_authorize_workers, pool_on_workers, p) < 0 ||
+      llorch_service_route(svc, "GET", "/v2/state", LLORCH_ACCESS_CLUSTER, on_state, p) < 0 ||
       llorch_service_on_stop(svc, pool_on_stop, p) < 0 ||
       llorch_service_on_shutdown(svc, pool_on_shutdown, p) < 0 ||
-      /* /metrics behind the cluster token too (only /health/ stays open);
-       * under --role=all the orchestrator guards the shared /metrics. */
-      (p->cluster_token[0] && !p->local_orchestrator &&
-       llorch_service_protect_metrics(svc, (const char *const[]){p->cluster_token}, 1) < 0)) {
+      /* The cluster token guards /v2/... and /metrics (only /health/ stays
+       * open). Without one (a standalone pool on loopback: the config
+       * refuses it elsewhere) they are open; --role=all always passes one. */
+      (p->cluster_token[0] &&
+       llorch_service_add_credentials(svc, LLORCH_ACCESS_CLUSTER,
+                                      (const char *const[]){p->cluster_token}, 1) < 0)) {
     rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "cannot add the pool's routes (out of memory or a route clash)");
     goto fail_client;
   }
@@ -572,8 +555,10 @@ int llorch_pool_attach(llorch_pool **out, llorch_service *svc, const llorch_pool
            llorch_gpu_inventory_has_nvml(p->inv) ? " (NVML)" : "", nm, nm == 1 ? "" : "s",
            cfg->pool.model_dirs.count, cfg->pool.model_dirs.count == 1 ? "y" : "ies",
            p->local_orchestrator ? "(this process)" : p->orchestrator_url[0] ? p->orchestrator_url : "(none)");
-  if (!p->cluster_token[0])
-    LOG_WARN("pool", NULL, "no cluster token: anyone who reaches this port can start workers");
+  if (!p->cluster_token[0]) {
+    llorch_service_open_access(svc, LLORCH_ACCESS_CLUSTER);
+    LOG_WARN("pool", NULL, "no cluster token: any local process can start workers (loopback only)");
+  }
   *out = p;
   return 0;
 

@@ -149,7 +149,7 @@ static void key_u64(llorch_jbuf *b, const char *key, uint64_t v) {
   llorch_jbuf_int(b, (int64_t)v);
 }
 
-void pool_worker_write(llorch_jbuf *b, const pool_worker *w) {
+void pool_worker_write(llorch_jbuf *b, const pool_worker *w, bool with_token) {
   llorch_jbuf_cstr(b, "{\"id\":");
   llorch_jbuf_str(b, w->id);
   llorch_jbuf_cstr(b, ",\"model\":");
@@ -167,12 +167,15 @@ void pool_worker_write(llorch_jbuf *b, const pool_worker *w) {
   llorch_jbuf_int(b, w->slots);
   llorch_jbuf_cstr(b, ",\"state\":");
   llorch_jbuf_str(b, pool_worker_state_name(w->state));
-  /* url and token only mean something to a router while the worker serves. */
+  /* url only means something to a router while the worker serves. */
   bool serving = w->url[0] && (w->state == POOL_WORKER_READY || w->state == POOL_WORKER_STOPPING);
   llorch_jbuf_cstr(b, ",\"url\":");
   llorch_jbuf_str(b, serving ? w->url : NULL);
+  /* The token goes only into the cluster-authenticated answers about this
+   * one worker (its start, GET /v2/workers/{id}), never into the state
+   * documents that are sent every heartbeat and read by operators. */
   llorch_jbuf_cstr(b, ",\"token\":");
-  llorch_jbuf_str(b, serving ? w->token : NULL);
+  llorch_jbuf_str(b, with_token ? w->token : NULL);
   if (w->pid > 0) {
     llorch_jbuf_cstr(b, ",\"pid\":");
     llorch_jbuf_int(b, w->pid);
@@ -275,7 +278,7 @@ void pool_state_write(llorch_jbuf *b, const pool_state_view *v) {
   n = 0;
   for (const pool_worker *w = v->workers; w; w = w->next) {
     if (n++) llorch_jbuf_cstr(b, ",");
-    pool_worker_write(b, w);
+    pool_worker_write(b, w, false);
   }
   llorch_jbuf_cstr(b, "]}");
 }

@@ -20,6 +20,7 @@
 
 #include "llorch/auth.h"
 #include "llorch/log.h"
+#include "llorch/reqid.h"
 #include "pool-impl.h"
 
 extern char **environ;
@@ -38,11 +39,11 @@ pool_worker *pool_worker_find(pool *p, const char *id) {
   return NULL;
 }
 
-static void respond_worker(llorch_http_request *req, int status, const pool_worker *w) {
+static void respond_worker(llorch_http_request *req, int status, const pool_worker *w, bool with_token) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   llorch_jbuf_cstr(&b, "{\"worker\":");
-  pool_worker_write(&b, w);
+  pool_worker_write(&b, w, with_token);
   llorch_jbuf_cstr(&b, "}");
   if (llorch_jbuf_error(&b))
     llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
@@ -51,10 +52,35 @@ static void respond_worker(llorch_http_request *req, int status, const pool_work
   llorch_jbuf_free(&b);
 }
 
-static bool check_cluster_token(pool *p, llorch_http_request *req) {
-  if (!p->cluster_token[0]) return true;
-  const char *tok = p->cluster_token;
-  return llorch_http_require_bearer(req, &tok, 1) == 0;
+/*
+ * Headers-time check of /v2/workers/{id}[/...] (llorch_service_route_custom):
+ * the ready/failed callback needs that worker's spawn token (it proves the
+ * caller is the process we started), everything else the cluster token. An
+ * unknown id and a wrong token get the same 401, so nobody learns which
+ * worker ids exist before proving who they are.
+ */
+int pool_authorize_workers(llorch_http_request *req, void *user, const char **why) {
+  pool *p = user;
+  const char *id = llorch_http_request_path(req) + strlen("/v2/workers/");
+  const char *slash = strchr(id, '/');
+  if (!slash || strcmp(slash, "/ready") != 0)
+    return llorch_service_authorize(p->svc, req, LLORCH_ACCESS_CLUSTER, why);
+  char wid[POOL_NAME_MAX];
+  size_t idlen = (size_t)(slash - id);
+  const pool_worker *w = NULL;
+  if (idlen > 0 && idlen < sizeof wid) {
+    memcpy(wid, id, idlen);
+    wid[idlen] = '\0';
+    w = pool_worker_find(p, wid);
+  }
+  const char *tok;
+  size_t len;
+  if (llorch_auth_parse_bearer(llorch_http_request_header(req, "Authorization"), &tok, &len) < 0 ||
+      !w || !llorch_auth_token_equal(tok, len, w->spawn_token, strlen(w->spawn_token))) {
+    *why = "the worker callback needs the spawn token of a worker this pool started";
+    return 401;
+  }
+  return 0;
 }
 
 static void respond_invalid(llorch_http_request *req, const char *msg, const char *param) {
@@ -359,7 +385,7 @@ static void on_start(pool *p, llorch_http_request *req) {
   cJSON *doc = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    respond_invalid(req, em.text, NULL);
+    respond_invalid(req, em.text, llorch_json_errparam()); /* a NUL, bad UTF-8 ... names its field */
     return;
   }
   const char *model = NULL, *file = NULL;
@@ -469,7 +495,16 @@ static void on_start(pool *p, llorch_http_request *req) {
     goto done;
   }
   w->pool = p;
-  snprintf(w->id, sizeof w->id, "w-%" PRIu64, ++p->next_worker);
+  /* Random, not a counter: an id must not tell anyone which ids exist. */
+  char rnd[17];
+  if (llorch_random_hex(rnd, 8) < 0) {
+    free(w);
+    llorch_http_respond_error(req, 500, "server_error", "no randomness for the worker's id", NULL,
+                              "SPAWN_FAILED");
+    goto done;
+  }
+  snprintf(w->id, sizeof w->id, "w-%s", rnd);
+  p->next_worker++;
   snprintf(w->model, sizeof w->model, "%s", model);
   snprintf(w->file, sizeof w->file, "%s", file);
   snprintf(w->path, sizeof w->path, "%s", path);
@@ -509,7 +544,7 @@ static void on_start(pool *p, llorch_http_request *req) {
   llorch_metric_inc(p->m_spawns, (const char *[]){"started"}, 1);
   LOG_INFO("pool", rid, "started worker %s for %s (%s), needs %" PRIu64 " bytes", w->id, w->model,
            w->file, need);
-  respond_worker(req, 201, w);
+  respond_worker(req, 201, w, true);
   pool_send_event(p, w, "worker_started");
 done:
   cJSON_Delete(doc);
@@ -534,8 +569,10 @@ static void on_delete(pool *p, llorch_http_request *req, const char *id) {
     llorch_http_respond_error(req, 404, "invalid_request_error", msg, NULL, "WORKER_NOT_FOUND");
     return;
   }
-  pool_worker_stop(w, "DELETE from the orchestrator");
-  respond_worker(req, 202, w);
+  char why[120];
+  snprintf(why, sizeof why, "DELETE from %s", llorch_http_request_peer(req));
+  pool_worker_stop(w, why);
+  respond_worker(req, 202, w, false);
 }
 
 /* ---- the worker's callback ---- */
@@ -548,16 +585,13 @@ static void on_callback(pool *p, llorch_http_request *req, const char *id) {
     llorch_http_respond_error(req, 404, "invalid_request_error", msg, NULL, "WORKER_NOT_FOUND");
     return;
   }
-  /* The spawn token proves the caller is the process we started (and not
-   * anyone who can reach the port and guess an id). */
-  const char *tok = w->spawn_token;
-  if (llorch_http_require_bearer(req, &tok, 1) < 0) return;
+  /* The spawn token was checked when the headers arrived (pool_authorize_workers). */
   size_t len = 0;
   const char *text = llorch_http_request_body(req, &len);
   cJSON *doc = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    respond_invalid(req, em.text, NULL);
+    respond_invalid(req, em.text, llorch_json_errparam());
     return;
   }
   static const char *const events[] = {"ready", "failed", NULL};
@@ -608,7 +642,6 @@ void pool_on_workers(llorch_http_request *req, void *user) {
   const char *method = llorch_http_request_method(req);
   const char *path = llorch_http_request_path(req);
   if (strcmp(path, "/v2/workers") == 0) {
-    if (!check_cluster_token(p, req)) return;
     if (strcmp(method, "POST") == 0) on_start(p, req);
     else {
       llorch_http_response_header(req, "Allow", "POST");
@@ -639,12 +672,11 @@ void pool_on_workers(llorch_http_request *req, void *user) {
     llorch_http_respond_error(req, 404, "invalid_request_error", "no such route", NULL, "not_found");
     return;
   }
-  if (!check_cluster_token(p, req)) return;
   if (strcmp(method, "DELETE") == 0) {
     on_delete(p, req, wid);
   } else if (strcmp(method, "GET") == 0) {
     pool_worker *w = pool_worker_find(p, wid);
-    if (w) respond_worker(req, 200, w);
+    if (w) respond_worker(req, 200, w, true);
     else llorch_http_respond_error(req, 404, "invalid_request_error", "no such worker", NULL, "WORKER_NOT_FOUND");
   } else {
     llorch_http_response_header(req, "Allow", "GET, DELETE");

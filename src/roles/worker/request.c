@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "llorch/log.h"
+#include "llorch/reqid.h"
 #include "worker-impl.h"
 
 /* ---- model name ---- */
@@ -234,7 +235,11 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   char idbuf[72];
   const char *job_id = r.job_id;
   if (!job_id) {
-    snprintf(idbuf, sizeof idbuf, "job-%llu", (unsigned long long)++w->next_id);
+    /* Random: a job id is what /v2/jobs/{id}/cancel takes. */
+    char rnd[LLORCH_REQID_MAX + 1];
+    llorch_reqid_generate(rnd);
+    snprintf(idbuf, sizeof idbuf, "job-%.32s", rnd);
+    ++w->next_id;
     job_id = idbuf;
   }
   j = worker_job_new(job_id, NULL, 0);

@@ -376,16 +376,20 @@ int llorch_worker_main(const llorch_config *cfg) {
   w->loop = llorch_service_loop(w->svc);
   w->metrics = llorch_service_metrics(w->svc);
   if (worker_metrics_register(w) < 0 ||
-      llorch_service_route(w->svc, "GET", "/health/ready", worker_route, w) < 0 ||
-      llorch_service_route(w->svc, NULL, "/v1/*", worker_route, w) < 0 ||
-      llorch_service_route(w->svc, NULL, "/v2/*", worker_route, w) < 0 ||
+      llorch_service_route(w->svc, "GET", "/health/ready", LLORCH_ACCESS_PUBLIC, worker_route, w) < 0 ||
+      llorch_service_route(w->svc, NULL, "/v1/*", LLORCH_ACCESS_CLUSTER, worker_route, w) < 0 ||
+      llorch_service_route(w->svc, NULL, "/v2/*", LLORCH_ACCESS_CLUSTER, worker_route, w) < 0 ||
       llorch_service_on_stop(w->svc, worker_on_stop, w) < 0 ||
       llorch_service_on_shutdown(w->svc, worker_on_shutdown, w) < 0 ||
+      /* The worker token is this role's machine credential: it guards /v1/...,
+       * /v2/... and /metrics, checked when the headers arrive. */
       (cfg->worker.token &&
-       llorch_service_protect_metrics(w->svc, (const char *const *)&cfg->worker.token, 1) < 0)) {
+       llorch_service_add_credentials(w->svc, LLORCH_ACCESS_CLUSTER,
+                                      (const char *const *)&cfg->worker.token, 1) < 0)) {
     LOG_ERROR("worker", NULL, "out of memory setting up");
     goto out;
   }
+  if (!cfg->worker.token) llorch_service_open_access(w->svc, LLORCH_ACCESS_CLUSTER);
   if (cfg->worker.pool_callback && llorch_http_client_init(&w->client, w->loop, NULL) < 0) {
     LOG_ERROR("worker", NULL, "out of memory for the HTTP client");
     goto out;

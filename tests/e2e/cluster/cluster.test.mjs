@@ -9,7 +9,7 @@ import OpenAI from 'openai';
 import { mkdirSync, copyFileSync } from 'node:fs';
 import path from 'node:path';
 import {
-  API_KEY, CLUSTER_TOKEN, cluster, freePort, orchestratorConfig, postJson, sleep, startRole,
+  ADMIN_KEY, API_KEY, CLUSTER_TOKEN, cluster, freePort, orchestratorConfig, postJson, sleep, startRole,
   synthModel, tempDir, waitFor,
 } from './lib.mjs';
 
@@ -246,7 +246,10 @@ test('a client that disconnects frees the worker slot', async () => {
   }).then(async (r) => { const rd = r.body.getReader(); for (;;) { const { done } = await rd.read(); if (done) break; } }).catch(() => null);
   const st = await poolState(pa);
   const w = st.workers.find((x) => x.state === 'ready');
-  const info = async () => (await (await fetch(`${w.url}/v2/info`, { headers: { Authorization: `Bearer ${w.token}` } })).json()).slots;
+  // State documents carry no worker tokens; the pool tells the cluster-token holder about one worker.
+  assert.equal(w.token, null);
+  const one = await (await fetch(`${pa.url}/v2/workers/${w.id}`, { headers: { Authorization: `Bearer ${CLUSTER_TOKEN}` } })).json();
+  const info = async () => (await (await fetch(`${w.url}/v2/info`, { headers: { Authorization: `Bearer ${one.worker.token}` } })).json()).slots;
   await waitFor('worker busy', async () => (await info()).busy === 1, 10000);
   await sleep(100);
   ac.abort();
@@ -266,6 +269,7 @@ test('--role=all: orchestrator and a local pool in one process serve the openai 
     pool: { model_dirs: [dirA], heartbeat_interval: `${HB_MS}ms`, cpu_memory: '2GiB' },
     orchestrator: {
       api_keys: [API_KEY],
+      admin_keys: [ADMIN_KEY],
       models: [{ name: 'demo', file: 'tiny.gguf', ctx: 256, slots: 2, keep_alive: -1 }],
     },
   }, { dir: tmp.dir, name: 'all' });

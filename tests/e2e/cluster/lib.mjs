@@ -12,6 +12,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.LLORCH_BIN || path.resolve(here, '../../../build/llorch');
 export const API_KEY = 'e2e-client-key';
 export const CLUSTER_TOKEN = 'e2e-cluster-token';
+export const ADMIN_KEY = 'e2e-admin-key';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -129,7 +130,7 @@ export async function postJson(url, body, key = API_KEY, headers = {}) {
 }
 
 export async function cluster(orch) {
-  const r = await getJson(`${orch.url}/v2/cluster`);
+  const r = await getJson(`${orch.url}/v2/cluster`, ADMIN_KEY);
   if (r.status !== 200) throw new Error(`/v2/cluster answered ${r.status}`);
   return r.body;
 }
@@ -149,10 +150,11 @@ export async function waitFor(what, fn, timeoutMs = 10000) {
 export function orchestratorConfig(port, models, extra = {}) {
   return {
     listen: `127.0.0.1:${port}`,
-    log: { level: 'info', format: 'json' },
+    log: { level: process.env.LLORCH_E2E_LOG_LEVEL || 'info', format: 'json' },
     shutdown_grace: '2s',
     orchestrator: {
       api_keys: [API_KEY],
+      admin_keys: [ADMIN_KEY],
       cluster_token: CLUSTER_TOKEN,
       queue: { max_total: 64, timeout: '20s', ...(extra.queue || {}) },
       heartbeat_miss_limit: 3,

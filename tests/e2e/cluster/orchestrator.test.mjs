@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { FakePool } from './fake-pool.mjs';
 import {
-  API_KEY, cluster, freePort, getJson, orchestratorConfig, postJson, sleep, startRole, tempDir, waitFor,
+  ADMIN_KEY, API_KEY, cluster, freePort, getJson, orchestratorConfig, postJson, sleep, startRole, tempDir, waitFor,
 } from './lib.mjs';
 
 const GiB = 1024 ** 3;
@@ -93,7 +93,9 @@ test('chat streaming and non-streaming are relayed; request id reaches the worke
   // only /health/ stays open when API keys are configured
   assert.equal((await fetch(`${orch.url}/health/live`)).status, 200);
   assert.equal((await fetch(`${orch.url}/metrics`)).status, 401);
-  const m = await fetch(`${orch.url}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } });
+  // A client key does not read /metrics (403); an operator key does.
+  assert.equal((await fetch(`${orch.url}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } })).status, 403);
+  const m = await fetch(`${orch.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
   assert.equal(m.status, 200);
 });
 
@@ -266,7 +268,7 @@ test('a client that disconnects while queued leaves the queue and never reaches 
   await sleep(200);
   const w = [...pa.workers.values()][0];
   assert.ok(!w.executes.some((e) => e.requestId === 'queued-then-gone'), 'the worker never saw it');
-  const m = await (await fetch(`${orch.url}/metrics`, { headers: { Authorization: `Bearer ${API_KEY}` } })).text();
+  const m = await (await fetch(`${orch.url}/metrics`, { headers: { Authorization: `Bearer ${ADMIN_KEY}` } })).text();
   assert.match(m, /llorch_orch_requests_total\{outcome="cancelled"\} 1/);
 });
 
@@ -326,14 +328,14 @@ test('metrics, operators\' load/unload and readiness', async () => {
   });
   const ready = await fetch(`${orch.url}/health/ready`);
   assert.equal(ready.status, 200);
-  const load = await postJson(`${orch.url}/v2/models/tiny/load`, {});
+  const load = await postJson(`${orch.url}/v2/models/tiny/load`, {}, ADMIN_KEY);
   assert.equal(load.status, 202);
   await waitFor('worker ready', async () => (await cluster(orch)).models[0].state === 'ready');
-  const unload = await postJson(`${orch.url}/v2/models/tiny/unload`, {});
+  const unload = await postJson(`${orch.url}/v2/models/tiny/unload`, {}, ADMIN_KEY);
   assert.equal(unload.status, 202);
   assert.equal(unload.body.stopping, 1);
   await waitFor('stopped', async () => pa.stops.length === 1);
-  const m = await (await fetch(`${orch.url}/metrics`, { headers: { Authorization: `Bearer ${API_KEY}` } })).text();
+  const m = await (await fetch(`${orch.url}/metrics`, { headers: { Authorization: `Bearer ${ADMIN_KEY}` } })).text();
   for (const name of ['llorch_orch_queue_depth', 'llorch_orch_requests_total', 'llorch_orch_time_to_first_token_seconds',
     'llorch_orch_workers', 'llorch_orch_pools_up', 'llorch_orch_evictions_total', 'llorch_orch_retries_total']) {
     assert.ok(m.includes(name), `metric ${name}`);

@@ -236,26 +236,27 @@ test('starts a worker on command, reports started and ready, stops it on DELETE'
   assert.deepEqual(w.devices, ['cpu']);
   assert.equal(w.ctx, 256);
   assert.equal(w.slots, 2);
-  assert.equal(w.token, null);
+  // The worker's token travels only in this authenticated answer, never in state documents.
+  assert.match(w.token, /^[0-9a-f]{64}$/);
   assert.ok(w.pid > 0 && alive(w.pid));
 
   await waitFor('worker_started event', () => orch.event('worker_started', w.id));
   const ready = await waitFor('worker_ready event', () => orch.event('worker_ready', w.id), 20000);
   assert.equal(ready.worker.state, 'ready');
   assert.match(ready.worker.url, /^http:\/\/127\.0\.0\.1:\d+$/);
-  assert.match(ready.worker.token, /^[0-9a-f]{64}$/);
+  assert.equal(ready.worker.token, null);
   assert.ok(ready.worker.memory_bytes > 0);
   assert.ok(ready.seq > orch.event('worker_started', w.id).seq);
   // Its tokens travel in its environment, not on a command line every local user can read.
   const cmdline = readFileSync(`/proc/${w.pid}/cmdline`, 'utf8');
-  assert.ok(!cmdline.includes(ready.worker.token), 'worker token on the command line');
+  assert.ok(!cmdline.includes(w.token), 'worker token on the command line');
   assert.ok(!cmdline.includes('--token') && !cmdline.includes('--spawn-token'), cmdline);
   const environ = readFileSync(`/proc/${w.pid}/environ`, 'utf8').split('\0');
-  assert.ok(environ.includes(`LLORCH_WORKER_TOKEN=${ready.worker.token}`));
+  assert.ok(environ.includes(`LLORCH_WORKER_TOKEN=${w.token}`));
   assert.ok(environ.some((e) => /^LLORCH_WORKER_SPAWN_TOKEN=[0-9a-f]{64}$/.test(e)));
 
   // The worker really serves, behind the token the pool gave it.
-  const info = await fetch(`${ready.worker.url}/v2/info`, { headers: { Authorization: `Bearer ${ready.worker.token}` } });
+  const info = await fetch(`${ready.worker.url}/v2/info`, { headers: { Authorization: `Bearer ${w.token}` } });
   assert.equal(info.status, 200);
   assert.equal((await info.json()).worker_id, w.id);
   assert.equal((await fetch(`${ready.worker.url}/v2/info`)).status, 401);
@@ -305,7 +306,7 @@ test('a pool on a wildcard address hands out worker URLs with its advertise host
   assert.equal(r.status, 201, JSON.stringify(r.body));
   const ready = await waitFor('worker_ready', () => orch.event('worker_ready', r.body.worker.id), 20000);
   assert.match(ready.worker.url, /^http:\/\/localhost:\d+$/, 'the advertise host, not 127.0.0.1');
-  const info = await fetch(`${ready.worker.url}/v2/info`, { headers: { Authorization: `Bearer ${ready.worker.token}` } });
+  const info = await fetch(`${ready.worker.url}/v2/info`, { headers: { Authorization: `Bearer ${r.body.worker.token}` } });
   assert.equal(info.status, 200, 'reachable there');
   await pool.stop();
   await orch.close();

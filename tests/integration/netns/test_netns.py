@@ -24,6 +24,7 @@ SKIP = 77
 HB_MS = 300
 CLUSTER_TOKEN = "netns-cluster-token"
 API_KEY = "netns-client-key"
+ADMIN_KEY = "netns-admin-key"
 TAG = "llo%d" % (os.getpid() % 100000)
 NS = {"orch": TAG + "-o", "pool-a": TAG + "-a", "pool-b": TAG + "-b", "br": TAG + "-br"}
 ADDR = {"orch": "10.77.0.1", "pool-a": "10.77.0.2", "pool-b": "10.77.0.3"}
@@ -58,7 +59,7 @@ def http(method, path, body=None, key=API_KEY, timeout=30):
 
 
 def cluster():
-    code, c = http("GET", "/v2/cluster", timeout=5)
+    code, c = http("GET", "/v2/cluster", key=ADMIN_KEY, timeout=5)
     assert code == 200, "GET /v2/cluster: %s %s" % (code, c)
     return c
 
@@ -140,12 +141,13 @@ def main():
 log: {level: info, format: json}
 orchestrator:
   api_keys: [%s]
+  admin_keys: [%s]
   cluster_token: %s
   heartbeat_miss_limit: 3
   queue: {max_total: 16, timeout: 20s}
   models:
     - {name: tiny, file: tiny.gguf, ctx: 256, slots: 2, max_replicas: 1, keep_alive: 60s}
-""" % (ADDR["orch"], API_KEY, CLUSTER_TOKEN))
+""" % (ADDR["orch"], API_KEY, ADMIN_KEY, CLUSTER_TOKEN))
         for name in ("pool-a", "pool-b"):
             # Wildcard listen + advertise URL: the pool hands its workers a
             # loopback callback URL, which a specific listen address would refuse.

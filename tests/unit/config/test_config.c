@@ -90,13 +90,13 @@ static void test_defaults(void **state) {
   llorch_config_free(&cfg);
 
   assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_POOL), 0);
-  assert_string_equal(cfg.listen, "0.0.0.0:8081");
+  assert_string_equal(cfg.listen, "127.0.0.1:8081");
   llorch_config_free(&cfg);
   assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_ORCHESTRATOR), 0);
-  assert_string_equal(cfg.listen, "0.0.0.0:8080");
+  assert_string_equal(cfg.listen, "127.0.0.1:8080");
   llorch_config_free(&cfg);
   assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_ALL), 0);
-  assert_string_equal(cfg.listen, "0.0.0.0:8080");
+  assert_string_equal(cfg.listen, "127.0.0.1:8080");
   llorch_config_free(&cfg);
 }
 
@@ -461,8 +461,29 @@ static void test_load_finish(void **state) {
   assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_WORKER, NULL, 0, none, &em), LLORCH_EINVAL);
   assert_string_equal(em.text, "'worker.model' is required for --role=worker (--model FILE)");
 
-  char *args[] = {"--listen=10.1.2.3:9001", "--name", "p1"};
-  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_POOL, NULL, 3, args, &em), 0);
+  /* Beyond loopback without the role's token: refused, naming flag and variable. */
+  char *exposed[] = {"--listen=10.1.2.3:9001", "--name", "p1"};
+  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_POOL, NULL, 3, exposed, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "--cluster-token"));
+  assert_non_null(strstr(em.text, "LLORCH_POOL_CLUSTER_TOKEN"));
+  char *wexposed[] = {"--model=m.gguf", "--listen=0.0.0.0:8090"};
+  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_WORKER, NULL, 2, wexposed, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "LLORCH_WORKER_TOKEN"));
+  char *oexposed[] = {"--listen=:8080"};
+  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_ALL, NULL, 1, oexposed, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "LLORCH_ORCHESTRATOR_CLUSTER_TOKEN"));
+  /* An empty token is an error, not "no authentication". */
+  char *empty[] = {"--cluster-token="};
+  assert_true(llorch_config_load(&cfg, LLORCH_ROLE_ORCHESTRATOR, NULL, 1, empty, &em) < 0);
+  assert_non_null(strstr(em.text, "non-empty"));
+  char *loop6[] = {"--listen=[::1]:0"};
+  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_ORCHESTRATOR, NULL, 1, loop6, &em), 0);
+  assert_true(llorch_config_listen_is_loopback(&cfg));
+  llorch_config_free(&cfg);
+
+  char *args[] = {"--listen=10.1.2.3:9001", "--name", "p1", "--cluster-token", "t0k"};
+  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_POOL, NULL, 5, args, &em), 0);
+  assert_false(llorch_config_listen_is_loopback(&cfg));
   assert_string_equal(cfg.pool.name, "p1");
   assert_string_equal(cfg.pool.advertise_url, "http://10.1.2.3:9001");
   llorch_config_free(&cfg);
@@ -471,7 +492,8 @@ static void test_load_finish(void **state) {
   char host[256] = "";
   gethostname(host, sizeof host);
   char want[400];
-  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_POOL, NULL, 0, none, &em), 0);
+  char *wild[] = {"--listen=0.0.0.0:8081", "--cluster-token=t0k"};
+  assert_int_equal(llorch_config_load(&cfg, LLORCH_ROLE_POOL, NULL, 2, wild, &em), 0);
   snprintf(want, sizeof want, "http://%s:8081", host);
   assert_string_equal(cfg.pool.advertise_url, want);
   assert_true(strlen(cfg.pool.name) > 0);
@@ -582,14 +604,49 @@ static void test_env_secrets(void **state) {
   assert_null(strstr(em.text, "k1"));
   llorch_config_free(&cfg);
 
+  /* Set but empty: an error naming the variable, never "no authentication". */
+  setenv("LLORCH_ORCHESTRATOR_API_KEYS", "k1", 1);
+  setenv("LLORCH_ORCHESTRATOR_CLUSTER_TOKEN", "", 1);
+  assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_ORCHESTRATOR), 0);
+  assert_true(llorch_config_apply_env(&cfg, &em) < 0);
+  assert_non_null(strstr(em.text, "environment LLORCH_ORCHESTRATOR_CLUSTER_TOKEN"));
+  llorch_config_free(&cfg);
+  unsetenv("LLORCH_ORCHESTRATOR_CLUSTER_TOKEN");
+
   unsetenv("LLORCH_WORKER_TOKEN");
   unsetenv("LLORCH_POOL_CLUSTER_TOKEN");
   unsetenv("LLORCH_ORCHESTRATOR_API_KEYS");
 }
 
+/* Every other option can come from the environment too (containers are
+ * configured that way); a bad value is named with the value shown. */
+static void test_env_options(void **state) {
+  (void)state;
+  llorch_config cfg;
+  llorch_errmsg em;
+  setenv("LLORCH_SHUTDOWN_GRACE", "5s", 1);
+  setenv("LLORCH_POOL_MODEL_DIRS", "/models,/more", 1);
+  assert_int_equal(load_text(&cfg, LLORCH_ROLE_POOL, "shutdown_grace: 10s\n", &em), 0);
+  assert_int_equal(llorch_config_apply_env(&cfg, &em), 0);
+  assert_int_equal(cfg.shutdown_grace_ms, 5000);
+  assert_int_equal(cfg.pool.model_dirs.count, 2);
+  assert_string_equal(cfg.pool.model_dirs.items[1], "/more");
+  llorch_config_free(&cfg);
+
+  setenv("LLORCH_SHUTDOWN_GRACE", "soon", 1);
+  assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_POOL), 0);
+  assert_true(llorch_config_apply_env(&cfg, &em) < 0);
+  assert_non_null(strstr(em.text, "environment LLORCH_SHUTDOWN_GRACE ('shutdown_grace')"));
+  assert_non_null(strstr(em.text, "\"soon\""));
+  llorch_config_free(&cfg);
+  unsetenv("LLORCH_SHUTDOWN_GRACE");
+  unsetenv("LLORCH_POOL_MODEL_DIRS");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_env_options),
       cmocka_unit_test(test_roles),
       cmocka_unit_test(test_full_file),
       cmocka_unit_test(test_value_syntax),

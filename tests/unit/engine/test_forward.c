@@ -24,6 +24,7 @@
 #include "llorch/backend.h"
 #include "llorch/model.h"
 #include "llorch/quant.h"
+#include "engine/kernels.h"
 
 /* ---- a tiny model generator ---- */
 
@@ -351,26 +352,58 @@ static void test_qwen3_q8_0(void **s) { (void)s; check_against_reference("qwen3"
 static void test_qwen3_q4_K(void **s) { (void)s; check_against_reference("qwen3", LLORCH_TYPE_Q4_K, 5e-2); }
 static void test_llama_q6_K(void **s) { (void)s; check_against_reference("llama", LLORCH_TYPE_Q6_K, 5e-2); }
 
-/* SIMD and scalar kernels give the same bits through a whole forward pass. */
+/* SIMD and scalar kernels give the same bits through a whole forward pass,
+ * for each SIMD path this CPU can run and its scalar twin (LLORCH_CPU_ISA). */
 static void test_scalar_and_simd_identical(void **s) {
   (void)s;
-  const llorch_ggml_type types[] = {LLORCH_TYPE_F16, LLORCH_TYPE_Q8_0, LLORCH_TYPE_Q4_K};
-  const char *archs[] = {"qwen2", "llama", "qwen3"};
-  for (int i = 0; i < 3; i++) {
-    tiny_spec sp = tiny_default(archs[i], types[i]);
-    llorch_model *m = tiny_load(&sp);
-    llorch_backend fast = open_cpu(m, 1, 2);
-    setenv("LLORCH_KERNELS", "scalar", 1);
-    llorch_backend slow = open_cpu(m, 1, 1);
-    unsetenv("LLORCH_KERNELS");
-    float *a = run_sequence(&fast, 0), *b = run_sequence(&slow, 0);
-    assert_memory_equal(a, b, sizeof(float) * 10 * m->hp.n_vocab);
-    free(a);
-    free(b);
-    llorch_backend_close(&fast);
-    llorch_backend_close(&slow);
-    llorch_model_free(m);
+  const llorch_ggml_type types[] = {LLORCH_TYPE_F16, LLORCH_TYPE_Q8_0, LLORCH_TYPE_Q4_K, LLORCH_TYPE_BF16};
+  const char *archs[] = {"qwen2", "llama", "qwen3", "qwen2"};
+  const char *pairs[][2] = {{"avx2", "scalar"}, {"avx512", "scalar-avx512"}, {"avx512f", "scalar-avx512f"}};
+  int ran = 0;
+  for (int p = 0; p < 3; p++) {
+    if (!kern_by_name(pairs[p][0])) {
+      print_message("note: this CPU cannot run the %s kernels\n", pairs[p][0]);
+      continue;
+    }
+    if (p == 1 && !kern_by_name("avx512")->bf16_pairs) pairs[p][1] = "scalar-avx512f";
+    for (int i = 0; i < 4; i++) {
+      tiny_spec sp = tiny_default(archs[i], types[i]);
+      llorch_model *m = tiny_load(&sp);
+      setenv("LLORCH_CPU_ISA", pairs[p][0], 1);
+      llorch_backend fast = open_cpu(m, 1, 2);
+      setenv("LLORCH_CPU_ISA", pairs[p][1], 1);
+      llorch_backend slow = open_cpu(m, 1, 1);
+      unsetenv("LLORCH_CPU_ISA");
+      float *a = run_sequence(&fast, 0), *b = run_sequence(&slow, 0);
+      assert_memory_equal(a, b, sizeof(float) * 10 * m->hp.n_vocab);
+      free(a);
+      free(b);
+      llorch_backend_close(&fast);
+      llorch_backend_close(&slow);
+      llorch_model_free(m);
+      ran++;
+    }
   }
+  if (!ran) {
+    print_message("skipping: no SIMD kernels run on this CPU\n");
+    skip();
+  }
+}
+
+/* An unknown LLORCH_CPU_ISA is an error naming the variable and the value. */
+static void test_cpu_isa_unknown(void **s) {
+  (void)s;
+  tiny_spec sp = tiny_default("llama", LLORCH_TYPE_F16);
+  llorch_model *m = tiny_load(&sp);
+  setenv("LLORCH_CPU_ISA", "sse9", 1);
+  llorch_backend b;
+  llorch_errmsg em = {{0}};
+  llorch_backend_params bp = {.n_ctx = 64, .n_threads = 1, .n_seq = 1, .n_batch_max = 8};
+  int rc = llorch_backend_open(&b, m, "cpu", &bp, &em);
+  unsetenv("LLORCH_CPU_ISA");
+  assert_int_equal(rc, LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "LLORCH_CPU_ISA 'sse9'"));
+  llorch_model_free(m);
 }
 
 /*
@@ -575,6 +608,7 @@ int main(void) {
       cmocka_unit_test(test_qwen3_q8_0),
       cmocka_unit_test(test_qwen3_q4_K),
       cmocka_unit_test(test_scalar_and_simd_identical),
+      cmocka_unit_test(test_cpu_isa_unknown),
       cmocka_unit_test(test_batch_invariance),
       cmocka_unit_test(test_logits_only_for_flagged),
       cmocka_unit_test(test_batch_errors),

@@ -1,5 +1,6 @@
 /*
- * Engine kernels: every SIMD kernel against its scalar twin on random data
+ * Engine kernels: every SIMD kernel this CPU can run (AVX2, AVX-512 with and
+ * without the AVX512_BF16 order) against its scalar twin on random data
  * (bit for bit: the scalar kernels emulate the SIMD lane structure), the
  * ggml expf emulation against libm, the activation quantizers against values
  * worked out by hand, and the thread pool.
@@ -29,13 +30,44 @@ static float rnd(void) {
 
 /* ---- SIMD vs scalar, per weight type ---- */
 
+/* The SIMD tables and their scalar twins; a SIMD table this CPU cannot run
+ * is NULL and said so once per test. */
+typedef struct twin {
+  const kern_table *simd;
+  const kern_table *scalar;
+  const char *what;
+} twin;
+
+static int twins_get(twin out[3]) {
+  out[0] = (twin){kern_avx2_table(), &kern_scalar, "AVX2"};
+  out[1] = (twin){kern_avx512_table(), &kern_scalar_avx512, "AVX-512"};
+  out[2] = (twin){kern_avx512f_table(), &kern_scalar_avx512f, "AVX-512 (BF16 without AVX512_BF16)"};
+  if (out[1].simd && !out[1].simd->bf16_pairs) out[1].scalar = &kern_scalar_avx512f;
+  int n = 0;
+  for (int i = 0; i < 3; i++)
+    if (out[i].simd) n++;
+    else print_message("note: this CPU cannot run the %s kernels; only their scalar twin is tested\n", out[i].what);
+  return n;
+}
+
+static void check_type_with(const kern_table *simd, const kern_table *scal, llorch_ggml_type t, int n,
+                            int nr, int nc);
+
 static void check_type(llorch_ggml_type t, int n, int nr, int nc) {
-  const kern_table *simd = kern_avx2_table();
-  if (!simd) {
+  twin tw[3];
+  if (!twins_get(tw)) {
     print_message("skipping: this CPU has no AVX2/FMA/F16C, only the scalar kernels exist here\n");
     skip();
     return;
   }
+  for (int i = 0; i < 3; i++)
+    if (tw[i].simd) check_type_with(tw[i].simd, tw[i].scalar, t, n, nr, nc);
+  /* the scalar twins alone (values checked below) on any CPU */
+  check_type_with(&kern_scalar_avx512, &kern_scalar_avx512, t, n, nr, nc);
+}
+
+static void check_type_with(const kern_table *simd, const kern_table *scal, llorch_ggml_type t, int n,
+                            int nr, int nc) {
   const size_t ws = llorch_row_size(t, n);
   assert_true(ws > 0);
   char *w = malloc(ws * (size_t)nr);
@@ -55,17 +87,18 @@ static void check_type(llorch_ggml_type t, int n, int nr, int nc) {
   float *y0 = calloc((size_t)nr * nc, sizeof(float));
   float *y1 = calloc((size_t)nr * nc, sizeof(float));
   /* orders 0, 1: plain GEMM / GEMV; 2: the repacked order, where it exists */
-  const int n_orders = kern_scalar.tile_repacked[t] ? 3 : 2;
-  assert_true((kern_scalar.tile_repacked[t] != NULL) == (simd->tile_repacked[t] != NULL));
+  const int n_orders = scal->tile_repacked[t] ? 3 : 2;
+  assert_true((scal->tile_repacked[t] != NULL) == (simd->tile_repacked[t] != NULL));
+  assert_int_equal(scal->lanes, simd->lanes);
   for (int o = n_orders - 1; o >= 0; o--) {
-    kern_tile_fn ts = o == 2 ? kern_scalar.tile_repacked[t] : kern_scalar.tile[t];
+    kern_tile_fn ts = o == 2 ? scal->tile_repacked[t] : scal->tile[t];
     kern_tile_fn tv = o == 2 ? simd->tile_repacked[t] : simd->tile[t];
     ts(n, w, ws, nr, x, xs, nc, y0, (size_t)nr, (kern_order)(o & 1));
     tv(n, w, ws, nr, x, xs, nc, y1, (size_t)nr, (kern_order)(o & 1));
     for (int i = 0; i < nr * nc; i++) {
       if (memcmp(&y0[i], &y1[i], sizeof(float)) != 0)
-        fail_msg("%s n=%d order=%d elem %d: scalar %.9g simd %.9g", llorch_type_name(t), n, o, i,
-                 (double)y0[i], (double)y1[i]);
+        fail_msg("%s %s n=%d order=%d elem %d: scalar %.9g simd %.9g", simd->name, llorch_type_name(t),
+                 n, o, i, (double)y0[i], (double)y1[i]);
     }
   }
   /* and the values are right: against a dequantized double dot, loosely */
@@ -90,7 +123,8 @@ static void check_type(llorch_ggml_type t, int n, int nr, int nc) {
       }
       double got = y0[(size_t)c * nr + r];
       if (fabs(got - ref) > 1e-5 * mag + 1e-6)
-        fail_msg("%s n=%d r=%d c=%d: got %.9g want %.9g", llorch_type_name(t), n, r, c, got, ref);
+        fail_msg("%s %s n=%d r=%d c=%d: got %.9g want %.9g", scal->name, llorch_type_name(t), n, r, c,
+                 got, ref);
     }
   }
   free(wd);
@@ -103,18 +137,24 @@ static void check_type(llorch_ggml_type t, int n, int nr, int nc) {
 
 static void test_tile_f32(void **s) {
   (void)s;
-  check_type(LLORCH_TYPE_F32, 72, 9, 5);
+  check_type(LLORCH_TYPE_F32, 72, 9, 5);   /* 16-lane: GEMV (72 % 16 = 8) */
   check_type(LLORCH_TYPE_F32, 100, 3, 2);
+  check_type(LLORCH_TYPE_F32, 192, 9, 13); /* 16-lane GEMM tiles 4x6 and edges */
 }
 static void test_tile_f16(void **s) {
   (void)s;
   check_type(LLORCH_TYPE_F16, 256, 11, 7); /* edge tiles on both axes */
-  check_type(LLORCH_TYPE_F16, 904, 4, 3);  /* GEMV tail (904 % 32 = 8) */
+  check_type(LLORCH_TYPE_F16, 904, 4, 3);  /* GEMV tail (904 % 32 = 8, % 64 = 8) */
   check_type(LLORCH_TYPE_F16, 36, 5, 4);   /* not a multiple of 8: GEMV order both ways */
+  check_type(LLORCH_TYPE_F16, 40, 6, 7);   /* a multiple of 8, not of 16 */
+  check_type(LLORCH_TYPE_F16, 160, 9, 13); /* 160 % 64 = 32: tail of the 16-lane GEMV */
 }
 static void test_tile_bf16(void **s) {
   (void)s;
-  check_type(LLORCH_TYPE_BF16, 264, 6, 4);
+  check_type(LLORCH_TYPE_BF16, 264, 6, 4); /* pairs: GEMV (264 % 32 = 8) */
+  check_type(LLORCH_TYPE_BF16, 256, 9, 6); /* pairs: GEMM 4x4 tiles and edges */
+  check_type(LLORCH_TYPE_BF16, 96, 5, 3);  /* pairs GEMV: one step of 64, a tail of 32 */
+  check_type(LLORCH_TYPE_BF16, 48, 5, 3);  /* 16 lanes, not 32 */
 }
 static void test_tile_q8_0(void **s) {
   (void)s;
@@ -148,14 +188,62 @@ static void test_expf_emulation(void **s) {
   assert_true(kern_expf_ggml(0.0f) == 1.0f);
 }
 
+static void test_expf512_emulation(void **s) {
+  (void)s;
+  for (int i = 0; i < 20000; i++) {
+    float x = rnd() * 80.0f;
+    float e = kern_expf_ggml512(x), ref = expf(x);
+    if (fabsf(e - ref) > 4e-7f * ref) fail_msg("exp(%g): %.9g vs %.9g", (double)x, (double)e, (double)ref);
+  }
+  assert_true(kern_expf_ggml512(-INFINITY) == 0.0f);
+  assert_true(kern_expf_ggml512(-150.0f) == 0.0f);
+  assert_true(isinf(kern_expf_ggml512(100.0f)));
+  assert_true(kern_expf_ggml512(0.0f) == 1.0f);
+  /* the two forms round differently somewhere: that is why both exist */
+  int differ = 0;
+  for (int i = 0; i < 20000; i++) {
+    float x = rnd() * 20.0f;
+    differ += kern_expf_ggml512(x) != kern_expf_ggml(x);
+  }
+  assert_true(differ > 0);
+}
+
+static void test_isa_names(void **s) {
+  (void)s;
+  assert_ptr_equal(kern_by_name("scalar"), &kern_scalar);
+  assert_ptr_equal(kern_by_name("scalar-avx512"), &kern_scalar_avx512);
+  assert_ptr_equal(kern_by_name("scalar-avx512f"), &kern_scalar_avx512f);
+  assert_ptr_equal(kern_by_name("avx2"), kern_avx2_table());
+  assert_ptr_equal(kern_by_name("avx512"), kern_avx512_table());
+  assert_null(kern_by_name("avx1024"));
+  const char *err = NULL;
+  setenv("LLORCH_CPU_ISA", "avx1024", 1);
+  assert_null(kern_select(&err));
+  assert_non_null(err);
+  setenv("LLORCH_CPU_ISA", "scalar", 1);
+  assert_ptr_equal(kern_select(&err), &kern_scalar);
+  unsetenv("LLORCH_CPU_ISA");
+  const kern_table *best = kern_select(&err);
+  assert_non_null(best);
+  if (kern_avx512_table()) assert_ptr_equal(best, kern_avx512_table());
+  else if (kern_avx2_table()) assert_ptr_equal(best, kern_avx2_table());
+}
+
+static void check_elementwise(const kern_table *simd, const kern_table *scal);
+
 static void test_elementwise_simd_matches_scalar(void **s) {
   (void)s;
-  const kern_table *simd = kern_avx2_table();
-  if (!simd) {
+  twin tw[3];
+  if (!twins_get(tw)) {
     print_message("skipping: this CPU has no AVX2/FMA/F16C, only the scalar kernels exist here\n");
     skip();
     return;
   }
+  for (int i = 0; i < 3; i++)
+    if (tw[i].simd) check_elementwise(tw[i].simd, tw[i].scalar);
+}
+
+static void check_elementwise(const kern_table *simd, const kern_table *scal) {
   enum { N = 203 };
   float g[N], u[N], y0[N], y1[N], x[N];
   for (int i = 0; i < N; i++) {
@@ -164,16 +252,16 @@ static void test_elementwise_simd_matches_scalar(void **s) {
     x[i] = rnd() * 30.0f;
   }
   g[5] = -100.0f; /* exp(100) overflows: the special-case lanes */
-  kern_scalar.swiglu(N, y0, g, u);
+  scal->swiglu(N, y0, g, u);
   simd->swiglu(N, y1, g, u);
   assert_memory_equal(y0, y1, sizeof y0);
   x[9] = -INFINITY;
-  double s0 = kern_scalar.softmax_exp(N, y0, x, 30.0f);
+  double s0 = scal->softmax_exp(N, y0, x, 30.0f);
   double s1 = simd->softmax_exp(N, y1, x, 30.0f);
   assert_memory_equal(y0, y1, sizeof y0);
   assert_true(s0 == s1);
   assert_true(y0[9] == 0.0f);
-  kern_scalar.round_f16(N, y0, x);
+  scal->round_f16(N, y0, x);
   simd->round_f16(N, y1, x);
   assert_memory_equal(y0, y1, sizeof y0);
   /* Q8_0 activation quantizers: ties included (x * 127/amax lands on .5) */
@@ -181,7 +269,7 @@ static void test_elementwise_simd_matches_scalar(void **s) {
   for (int i = 0; i < 128; i++) q[i] = rnd() * 5.0f;
   q[3] = 127.0f, q[4] = 2.5f, q[5] = -3.5f; /* block 0: amax 127, exact ties */
   llorch_block_q8_0 b0[4], b1[4];
-  kern_scalar.quantize_q8_0(q, b0, 128);
+  scal->quantize_q8_0(q, b0, 128);
   simd->quantize_q8_0(q, b1, 128);
   assert_memory_equal(b0, b1, sizeof b0);
   assert_int_equal(b0[0].qs[4], 2);
@@ -272,6 +360,8 @@ int main(void) {
       cmocka_unit_test(test_tile_q4_K),
       cmocka_unit_test(test_tile_q6_K),
       cmocka_unit_test(test_expf_emulation),
+      cmocka_unit_test(test_expf512_emulation),
+      cmocka_unit_test(test_isa_names),
       cmocka_unit_test(test_elementwise_simd_matches_scalar),
       cmocka_unit_test(test_quantize_q8_0_values),
       cmocka_unit_test(test_quantize_q8_K_values),

@@ -33,6 +33,47 @@ static void test_parse_errors(void **state) {
   cJSON_Delete(v);
 }
 
+/* Strings cJSON would silently change are refused, naming the field. */
+static void test_parse_refuses_hidden_strings(void **state) {
+  cJSON *v = NULL;
+  llorch_errmsg em;
+  static const struct {
+    const char *text;
+    const char *param;
+    const char *words;
+  } cases[] = {
+      {"{\"model\":\"m.gguf\\u0000.x\"}", "model", "NUL"},
+      {"{\"messages\":[{\"role\":\"user\"},{\"role\":\"user\",\"content\":\"a\\u0000\"}]}",
+       "messages[1].content", "NUL"},
+      {"{\"a\":{\"b\":[1,[2,\"\xff\"]]}}", "a.b[1][1]", "not valid UTF-8"},
+      {"{\"p\":\"\xc0\xaf\"}", "p", "not valid UTF-8"},            /* overlong '/' */
+      {"{\"p\":\"\xed\xa0\x80\"}", "p", "not valid UTF-8"},        /* a surrogate in UTF-8 */
+      {"{\"p\":\"x\\ud800y\"}", "p", "lone UTF-16 surrogate"},
+      {"{\"p\":\"x\\udc00\"}", "p", "lone UTF-16 surrogate"},
+      {"{\"p\":\"\\ud800\\u0041\"}", "p", "lone UTF-16 surrogate"},
+      {"{\"k\\u0000\":1}", "a key", "NUL"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    assert_int_equal(llorch_json_parse(cases[i].text, strlen(cases[i].text), true, &v, &em), LLORCH_EINVAL);
+    assert_non_null(strstr(em.text, cases[i].words));
+    assert_non_null(strstr(llorch_json_errparam(), cases[i].param));
+  }
+  /* A key with a raw newline still makes a one-line message. */
+  const char *nl = "{\"a\nb\":\"\\u0000\"}";
+  assert_int_equal(llorch_json_parse(nl, strlen(nl), true, &v, &em), LLORCH_EINVAL);
+  assert_null(strchr(em.text, '\n'));
+  assert_string_equal(llorch_json_errparam(), "a?b");
+  /* A raw NUL byte inside a string (the length covers it). */
+  static const char raw[] = "{\"c\":\"a\0b\"}";
+  assert_int_equal(llorch_json_parse(raw, sizeof raw - 1, true, &v, &em), LLORCH_EINVAL);
+  assert_string_equal(llorch_json_errparam(), "c");
+  /* Fine: a surrogate pair, multi-byte UTF-8, escapes; and a new parse clears the last param. */
+  const char *ok = "{\"p\":\"\\ud83d\\ude00 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \\\"q\\\" \\n\"}";
+  assert_int_equal(llorch_json_parse(ok, strlen(ok), true, &v, &em), 0);
+  assert_string_equal(llorch_json_errparam(), "");
+  cJSON_Delete(v);
+}
+
 static void test_int_messages(void **state) {
   cJSON *o = parse("{\"max_tokens\":\"abc\",\"n\":2.5,\"big\":5000,\"ok\":7}");
   llorch_errmsg em;
@@ -166,6 +207,7 @@ int main(void) {
       cmocka_unit_test(test_long_string_is_cut),
       cmocka_unit_test(test_builder_escapes),
       cmocka_unit_test(test_error_envelope),
+      cmocka_unit_test(test_parse_refuses_hidden_strings),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 static void test_valid_ids(void **state) {
   assert_true(llorch_reqid_valid("a", 1));
   assert_true(llorch_reqid_valid("abc-DEF-123", 11));
+  assert_true(llorch_reqid_valid("trace.1:span_2", 14));
   char max[65];
   memset(max, 'x', 64);
   max[64] = '\0';
@@ -26,7 +27,8 @@ static void test_invalid_ids(void **state) {
   big[65] = '\0';
   assert_false(llorch_reqid_valid(big, 65));
   assert_false(llorch_reqid_valid("a b", 3));
-  assert_false(llorch_reqid_valid("a_b", 3));
+  assert_false(llorch_reqid_valid("a/b", 3));
+  assert_false(llorch_reqid_valid("a%b", 3));
   assert_false(llorch_reqid_valid("a\nb", 3));
   assert_false(llorch_reqid_valid("a\"b", 3));
   assert_false(llorch_reqid_valid("\xc3\xa9", 2));

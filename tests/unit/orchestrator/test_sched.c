@@ -204,6 +204,9 @@ static void report_add_worker(sched_pool_report *r, const char *id, const char *
   w->memory_bytes = mem;
   w->exit_code = -1;
   snprintf(w->url, sizeof w->url, "http://w/%s", id);
+  /* A token in the report stands for the one the orchestrator got from the
+   * pool (start answer or GET /v2/workers/{id}); state documents carry none. */
+  snprintf(w->token, sizeof w->token, "tok-%s", id);
 }
 
 static void apply(fx *f, sched_pool_report *r, bool reg) {
@@ -601,10 +604,15 @@ static void test_adopt_and_seq(void **state) {
   report_init(&rep, &pa, 50);
   report_add_worker(&rep, "w1", "m", "m.gguf", "gpu0", SCHED_WORKER_READY, 2, GiB);
   report_add_worker(&rep, "w2", "m", "m.gguf", "gpu0", SCHED_WORKER_STARTING, 2, GiB);
+  /* State documents carry no tokens: adopted, but not routable until the token came. */
+  rep.workers[0].token[0] = '\0';
   int adopted = 0;
   assert_int_equal(sched_pool_apply(&f->s, &rep, true, f->now, &adopted), 0);
   sched_pool_report_free(&rep);
   assert_int_equal(adopted, 2);
+  assert_false(sched_worker_routable(f->s.workers[0]));
+  snprintf(f->s.workers[0]->token, sizeof f->s.workers[0]->token, "from-GET");
+  assert_true(sched_worker_routable(f->s.workers[0]));
   sched_req *r = req_new(m, 0);
   assert_int_equal(submit(f, r), 0);
   assert_int_equal(r->state, SCHED_REQ_RUNNING);
@@ -664,7 +672,7 @@ static void test_min_replicas_and_unload(void **state) {
   assert_int_equal(sched_model_replicas(&f->s, m), 2);
   sched_tick(&f->s, f->now); /* pending starts count: no more */
   assert_int_equal(count_kind(&f->rec, 's'), 2);
-  sched_start_done(&f->s, f->rec.a[0].start_id, "w1", f->now);
+  sched_start_done(&f->s, f->rec.a[0].start_id, "w1", "tok-w1", f->now);
   report_init(&rep, &pa, ++f->seq);
   report_add_worker(&rep, "w1", "m", "m.gguf", "gpu0", SCHED_WORKER_READY, 1, GiB);
   apply(f, &rep, false);
@@ -690,7 +698,7 @@ static void test_event_keeps_reservation(void **state) {
   sched_req *ra = req_new(a, 0);
   assert_int_equal(submit(f, ra), 0);
   assert_int_equal(count_kind(&f->rec, 's'), 1);
-  sched_start_done(&f->s, f->rec.a[0].start_id, "w1", f->now);
+  sched_start_done(&f->s, f->rec.a[0].start_id, "w1", "tok-w1", f->now);
   sched_worker_report ev;
   memset(&ev, 0, sizeof ev);
   snprintf(ev.id, sizeof ev.id, "w1");
@@ -736,7 +744,7 @@ static void test_short_lived_worker_settles(void **state) {
     apply(f, &rep, true);
     sched_req *ra = req_new(a, 0);
     assert_int_equal(submit(f, ra), 0);
-    sched_start_done(&f->s, f->rec.a[0].start_id, "w1", f->now);
+    sched_start_done(&f->s, f->rec.a[0].start_id, "w1", "tok-w1", f->now);
     sched_worker_report ev;
     memset(&ev, 0, sizeof ev);
     snprintf(ev.id, sizeof ev.id, "w1");

@@ -421,11 +421,11 @@ static void test_state_document(void **state) {
   const cJSON *w1 = cJSON_GetArrayItem(ws, 0);
   assert_string_equal(cJSON_GetObjectItem(w1, "state")->valuestring, "ready");
   assert_string_equal(cJSON_GetObjectItem(w1, "url")->valuestring, "http://127.0.0.1:40211");
-  assert_string_equal(cJSON_GetObjectItem(w1, "token")->valuestring, "tok");
+  /* Worker tokens never appear in state documents (only in the start answer). */
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(w1, "token")));
   assert_int_equal(cJSON_GetObjectItem(w1, "memory_bytes")->valueint, 200000);
   assert_true(cJSON_IsNull(cJSON_GetObjectItem(w1, "exit")));
   const cJSON *w2 = cJSON_GetArrayItem(ws, 1);
-  /* No token before ready: nothing routes to a starting worker. */
   assert_true(cJSON_IsNull(cJSON_GetObjectItem(w2, "token")));
   assert_true(cJSON_IsNull(cJSON_GetObjectItem(w2, "url")));
   assert_int_equal(cJSON_GetObjectItem(w2, "memory_bytes")->valueint, 1000000000);
@@ -454,7 +454,7 @@ static void test_state_document(void **state) {
   /* And a worker event as pool_send_event writes it. */
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  pool_worker_write(&b, dead);
+  pool_worker_write(&b, dead, false);
   cJSON *wj = cJSON_Parse(b.data);
   sched_worker_report wr;
   assert_int_equal(orch_worker_report_parse(wj, "events[0].worker", &wr, &em), 0);

@@ -125,12 +125,14 @@ static void fixture_start(fixture *f) {
   f->cfg.log.level = LLORCH_LOG_WARN;
   llorch_errmsg em = {{0}};
   assert_int_equal(llorch_service_init(&f->svc, &f->cfg, "test", &em), 0);
-  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", on_exact, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, "POST", "/v1/models", on_exact, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/*", on_prefix, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/jobs/*", on_long_prefix, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, "GET", "/slow", on_slow, f), 0);
-  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", on_exact, f), LLORCH_EEXIST);
+  /* Nothing configured: the classes guarding /metrics are opened the way a role without tokens does. */
+  llorch_service_open_access(f->svc, LLORCH_ACCESS_CLUSTER);
+  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", LLORCH_ACCESS_PUBLIC, on_exact, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, "POST", "/v1/models", LLORCH_ACCESS_PUBLIC, on_exact, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/*", LLORCH_ACCESS_PUBLIC, on_prefix, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, NULL, "/v2/jobs/*", LLORCH_ACCESS_PUBLIC, on_long_prefix, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, "GET", "/slow", LLORCH_ACCESS_PUBLIC, on_slow, f), 0);
+  assert_int_equal(llorch_service_route(f->svc, "GET", "/v1/models", LLORCH_ACCESS_PUBLIC, on_exact, f), LLORCH_EEXIST);
   assert_int_equal(llorch_service_on_stop(f->svc, hook_stop, f), 0);
   assert_int_equal(llorch_service_on_shutdown(f->svc, hook_first, f), 0);
   assert_int_equal(llorch_service_on_shutdown(f->svc, hook_second, f), 0);
@@ -291,12 +293,68 @@ static void test_listen_failure(void **state) {
   fixture_end(&a);
 }
 
+/* ---- credential classes ---- */
+
+typedef struct authz_case {
+  llorch_service *svc;
+  unsigned access;
+  int status;          /* what llorch_service_authorize answered */
+  const char *why;
+} authz_case;
+
+static void authz_on_request(llorch_http_request *req, void *user) {
+  authz_case *c = user;
+  c->why = NULL;
+  c->status = llorch_service_authorize(c->svc, req, c->access, &c->why);
+}
+
+static int authz(authz_case *c, unsigned access, const char *auth_header) {
+  char text[256];
+  snprintf(text, sizeof text, "GET /x HTTP/1.1\r\nHost: h\r\n%s%s%s\r\n", auth_header ? "Authorization: " : "",
+           auth_header ? auth_header : "", auth_header ? "\r\n" : "");
+  c->access = access;
+  c->status = -1;
+  assert_int_equal(llorch_http_parse_buffer(NULL, text, strlen(text), authz_on_request, c), 1);
+  return c->status;
+}
+
+static void test_credential_classes(void **state) {
+  llorch_config cfg;
+  assert_int_equal(llorch_config_init(&cfg, LLORCH_ROLE_ORCHESTRATOR), 0);
+  cfg.log.level = LLORCH_LOG_ERROR;
+  llorch_errmsg em = {{0}};
+  authz_case c = {0};
+  assert_int_equal(llorch_service_init(&c.svc, &cfg, "test", &em), 0);
+  /* Closed with no tokens until a role says otherwise. */
+  assert_int_equal(authz(&c, LLORCH_ACCESS_CLUSTER, NULL), 401);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_PUBLIC, NULL), 0);
+  assert_int_equal(llorch_service_add_credentials(c.svc, LLORCH_ACCESS_CLIENT, (const char *const[]){"c1", "c2"}, 2), 0);
+  assert_int_equal(llorch_service_add_credentials(c.svc, LLORCH_ACCESS_ADMIN, (const char *const[]){"a1"}, 1), 0);
+  assert_int_equal(llorch_service_add_credentials(c.svc, LLORCH_ACCESS_CLIENT, (const char *const[]){""}, 1),
+                   LLORCH_EINVAL);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_CLIENT, "Bearer c2"), 0);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_CLIENT | LLORCH_ACCESS_ADMIN, "Bearer a1"), 0);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_ADMIN, "Bearer c1"), 403); /* a client key on an admin route */
+  assert_non_null(strstr(c.why, "admin_keys"));
+  assert_int_equal(authz(&c, LLORCH_ACCESS_ADMIN, "Bearer nope"), 401);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_ADMIN, "Bearer a"), 401);  /* a prefix is not the key */
+  assert_int_equal(authz(&c, LLORCH_ACCESS_ADMIN, "Basic a1"), 401);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_CLUSTER, "Bearer a1"), 403);
+  llorch_service_open_access(c.svc, LLORCH_ACCESS_CLUSTER);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_CLUSTER, NULL), 0);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_ADMIN | LLORCH_ACCESS_CLUSTER, NULL), 0);
+  assert_int_equal(authz(&c, LLORCH_ACCESS_ADMIN, NULL), 401);
+  llorch_service_free(c.svc);
+  llorch_config_free(&cfg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_listen),
       cmocka_unit_test(test_routes_and_shutdown),
       cmocka_unit_test(test_stop_from_code),
       cmocka_unit_test(test_listen_failure),
+      cmocka_unit_test(test_credential_classes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
