@@ -59,6 +59,9 @@ void llorch_chat_free(llorch_chat *c);
 /* Where the template came from: "gguf", "chatml" or the file path. */
 const char *llorch_chat_source(const llorch_chat *c);
 bool llorch_chat_has_tool_use(const llorch_chat *c);
+/* The template text that teaches the model its tool-call syntax (the
+ * tool_use template when there is one): what llorch_tool_format_detect reads. */
+const char *llorch_chat_tool_template(const llorch_chat *c);
 
 /*
  * Renders context (a JSON object; see above) with the template, or with the

@@ -73,6 +73,7 @@ typedef struct llorch_model_entry {
   int64_t keep_alive_ms;   /* idle time before it may be evicted; -1 = never */
   llorch_priority priority; /* queue class of its requests */
   char *chat_template;     /* "chatml", a .jinja file name in the pools' model_dirs, or NULL: the GGUF's */
+  int reasoning_format;    /* 0 = reasoning_content, 1 = none (sent with each request) */
 } llorch_model_entry;
 
 typedef struct llorch_model_list {
@@ -121,6 +122,9 @@ typedef struct llorch_config {
     char *pool_callback;       /* URL the ready/failed report goes to, or NULL */
     char *spawn_token;         /* token echoed to the pool in that report, or NULL */
     char *chat_template;       /* "chatml", a .jinja path, or NULL: the model's own template */
+    int tool_call_format;      /* index in "auto", then llorch_tool_format's names */
+    int reasoning_format;      /* 0 = reasoning_content, 1 = none */
+    char *test_script;         /* test hook: scripted replies (needs LLORCH_TEST_HOOKS=1), or NULL */
   } worker;
 
   /* pool manager */

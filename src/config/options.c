@@ -132,6 +132,11 @@ static int check_secret(const char *s) {
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 static const char *const log_formats[] = {"auto", "text", "json", NULL};
 static const char *const priorities[] = {"interactive", "batch", NULL};
+/* "auto" then the names of llorch_tool_format (include/llorch/openai.h), in its order. */
+static const char *const tool_call_formats[] = {"auto",    "none",        "json",     "hermes",
+                                                "llama3",  "mistral",     "qwen3_coder", "deepseek",
+                                                "functionary", NULL};
+static const char *const reasoning_formats[] = {"reasoning_content", "none", NULL};
 
 #define OFF(field) offsetof(llorch_config, field)
 #define POOL (LLORCH_ROLE_POOL | LLORCH_ROLE_ALL)
@@ -226,6 +231,19 @@ const config_option config_options[] = {
     {.name = "worker.spawn_token", .flag = "spawn-token", .type = CONFIG_TYPE_STRING,
      .roles = WORKER, .offset = OFF(worker.spawn_token), .flags = CONFIG_OPT_SECRET,
      .check = check_secret, .expect = SECRET_EXPECT, .meta = "TOKEN", .help = "token sent back to the pool with the ready/failed report"},
+    {.name = "worker.tool_call_format", .flag = "tool-call-format", .type = CONFIG_TYPE_ENUM,
+     .roles = WORKER, .offset = OFF(worker.tool_call_format), .def = "auto",
+     .enum_names = tool_call_formats,
+     .help = "how the model writes tool calls; auto = recognised from its chat template"},
+    {.name = "worker.reasoning_format", .flag = "reasoning-format", .type = CONFIG_TYPE_ENUM,
+     .roles = WORKER, .offset = OFF(worker.reasoning_format), .def = "reasoning_content",
+     .enum_names = reasoning_formats,
+     .help = "thinking blocks -> reasoning_content, or none (left in content); a request's "
+             "reasoning_format wins"},
+    {.name = "worker.test_script", .flag = "test-script", .type = CONFIG_TYPE_STRING,
+     .roles = WORKER, .offset = OFF(worker.test_script), .meta = "FILE",
+     .help = "TESTS ONLY: replay scripted replies instead of sampling; refused unless "
+             "LLORCH_TEST_HOOKS=1"},
 
     /* ---- pool manager ---- */
     {.name = "pool.name", .flag = "name", .type = CONFIG_TYPE_STRING, .roles = POOL,
@@ -297,7 +315,7 @@ const config_option config_options[] = {
     {.name = "orchestrator.models", .type = CONFIG_TYPE_MODELS, .roles = ORCH,
      .offset = OFF(orchestrator.models),
      .help = "model catalog: list of {name, file, ctx, slots, pins, min_replicas, max_replicas, "
-             "keep_alive, priority}"},
+             "keep_alive, priority, reasoning_format}"},
 };
 const size_t config_options_count = sizeof config_options / sizeof config_options[0];
 
@@ -329,6 +347,9 @@ const config_option config_model_fields[] = {
     {.name = "chat_template", .type = CONFIG_TYPE_STRING, .offset = OFF(chat_template),
      .check = check_chat_template, .expect = "chatml or the name of a .jinja file in the pools' model_dirs",
      .help = "chat template instead of the GGUF's tokenizer.chat_template (needed when it has none)"},
+    {.name = "reasoning_format", .type = CONFIG_TYPE_ENUM, .offset = OFF(reasoning_format),
+     .def = "reasoning_content", .enum_names = reasoning_formats,
+     .help = "thinking blocks -> reasoning_content, or none (left in content)"},
 };
 const size_t config_model_fields_count = sizeof config_model_fields / sizeof config_model_fields[0];
 

@@ -22,6 +22,7 @@ struct llorch_chat {
   llorch_jinja *tool_use; /* or NULL */
   char *bos_text, *eos_text;
   char *source;
+  char *tool_text; /* the template that teaches tool calls (tool_use's, else the main one) */
 };
 
 static char *chat_strdup(const char *s) {
@@ -49,7 +50,8 @@ static int chat_init_source(llorch_chat **out, const char *template_text, const 
   c->bos_text = chat_strdup(bos_text);
   c->eos_text = chat_strdup(eos_text);
   c->source = chat_strdup(source);
-  if (!c->bos_text || !c->eos_text || !c->source) {
+  c->tool_text = chat_strdup(tool_use_text ? tool_use_text : template_text);
+  if (!c->bos_text || !c->eos_text || !c->source || !c->tool_text) {
     rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory loading a chat template");
     goto fail;
   }
@@ -159,10 +161,12 @@ void llorch_chat_free(llorch_chat *c) {
   free(c->bos_text);
   free(c->eos_text);
   free(c->source);
+  free(c->tool_text);
   free(c);
 }
 
 const char *llorch_chat_source(const llorch_chat *c) { return c->source; }
+const char *llorch_chat_tool_template(const llorch_chat *c) { return c->tool_text; }
 bool llorch_chat_has_tool_use(const llorch_chat *c) { return c->tool_use != NULL; }
 
 int llorch_chat_render(const llorch_chat *c, const cJSON *context, time_t now, llorch_jinja_output *out,

@@ -27,15 +27,14 @@
 
 /* ---- small helpers ---- */
 
-static const char *const role_names[] = {"system", "user", "assistant", "tool", "developer", NULL};
-
 static void req_free(orch_req *r) {
   if (!r) return;
   r->o->n_active--;
   free(r->exec_body);
   free(r->model_name);
+  llorch_openai_message_free(&r->msg);
   llorch_jbuf_free(&r->text);
-  llorch_jbuf_free(&r->lp);
+  llorch_openai_logprobs_free(&r->lp);
   free(r);
 }
 
@@ -44,183 +43,12 @@ static void respond_error(llorch_http_request *http, int status, const char *typ
   llorch_http_respond_error(http, status, type, msg, param && param[0] ? param : NULL, code);
 }
 
-/* A check made without a getter: its message and the field it names (llorch_json_errparam). */
-static int field_error(llorch_errmsg *em, const char *param, const char *fmt, const char *a, int i) {
-  char name[96];
-  snprintf(name, sizeof name, param, a, i);
-  llorch_json_set_errparam(name);
-  return llorch_errmsg_set(em, LLORCH_EINVAL, fmt, a, i);
+static llorch_openai_meta req_meta(const orch_req *r) {
+  return (llorch_openai_meta){.id = r->id, .created = r->created, .model = r->model_name,
+                              .chat = r->chat};
 }
 
-/* ---- validation and the execute body ---- */
-
-/* Copies obj[key] into dst when present and not null. */
-static void copy_field(cJSON *dst, const cJSON *obj, const char *key, const char *as) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-  if (!v || cJSON_IsNull(v)) return;
-  cJSON *dup = cJSON_Duplicate(v, true);
-  if (dup) cJSON_AddItemToObject(dst, as ? as : key, dup);
-}
-
-static int validate_messages(const cJSON *body, llorch_errmsg *em) {
-  const cJSON *msgs = NULL;
-  int rc = llorch_json_get_array(body, "", "messages", true, 1, &msgs, em);
-  if (rc < 0) return rc;
-  char where[64];
-  for (int i = 0; i < cJSON_GetArraySize(msgs); i++) {
-    const cJSON *m = cJSON_GetArrayItem(msgs, i);
-    snprintf(where, sizeof where, "messages[%d]", i);
-    if (!cJSON_IsObject(m)) return field_error(em, "%s", "'%s' must be an object", where, 0);
-    int role;
-    if ((rc = llorch_json_get_enum(m, where, "role", true, role_names, &role, em)) < 0) return rc;
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-    if (cJSON_IsString(c) || (cJSON_IsNull(c) && role == 2)) continue;
-    if (cJSON_IsArray(c)) {
-      for (int k = 0; k < cJSON_GetArraySize(c); k++) {
-        const cJSON *part = cJSON_GetArrayItem(c, k);
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsObject(part) || !cJSON_IsString(t))
-          return field_error(em, "%s.content[%d]", "'%s.content[%d]' must be {\"type\":\"text\",\"text\":...}",
-                             where, k);
-      }
-      continue;
-    }
-    char desc[64], field[80];
-    snprintf(field, sizeof field, "%s.content", where);
-    llorch_json_set_errparam(field);
-    return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s.content' must be a string or an array of text parts, got %s",
-                             where, c ? llorch_json_describe(c, desc, sizeof desc) : "nothing");
-  }
-  return 0;
-}
-
-/* stop: a string or a list of at most 4 non-empty strings. */
-static int validate_stop(const cJSON *body, llorch_errmsg *em) {
-  const cJSON *st = cJSON_GetObjectItemCaseSensitive(body, "stop");
-  if (!st || cJSON_IsNull(st) || cJSON_IsString(st)) return 0;
-  if (cJSON_IsArray(st) && cJSON_GetArraySize(st) <= 4) {
-    for (int i = 0; i < cJSON_GetArraySize(st); i++) {
-      const cJSON *s = cJSON_GetArrayItem(st, i);
-      if (!cJSON_IsString(s) || !s->valuestring[0]) {
-        char field[32];
-        snprintf(field, sizeof field, "stop[%d]", i);
-        llorch_json_set_errparam(field);
-        return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' must be a non-empty string", field);
-      }
-    }
-    return 0;
-  }
-  llorch_json_set_errparam("stop");
-  return llorch_errmsg_set(em, LLORCH_EINVAL, "'stop' must be a string or a list of at most 4 strings");
-}
-
-/*
- * Checks the client's body and builds the worker's /v2/execute body (without
- * job_id). Returns 0 or LLORCH_EINVAL with em; *param names the field.
- */
-static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
-  int rc;
-  int64_t iv;
-  double dv;
-  bool bv;
-  cJSON *ex = cJSON_CreateObject();
-  if (!ex) return LLORCH_ENOMEM;
-  if (r->chat) {
-    if ((rc = validate_messages(body, em)) < 0) goto fail;
-    copy_field(ex, body, "messages", NULL);
-    /* extra variables for the model's chat template (enable_thinking, ...) */
-    const cJSON *kw = NULL;
-    if ((rc = llorch_json_get_object(body, "", "chat_template_kwargs", false, &kw, em)) < 0) goto fail;
-    copy_field(ex, body, "chat_template_kwargs", NULL);
-  } else {
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
-    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0))) {
-      cJSON_AddStringToObject(ex, "prompt", cJSON_GetArrayItem(p, 0)->valuestring);
-    } else if (cJSON_IsString(p)) {
-      cJSON_AddStringToObject(ex, "prompt", p->valuestring);
-    } else {
-      llorch_json_set_errparam("prompt");
-      rc = llorch_errmsg_set(em, LLORCH_EINVAL, p ? "'prompt' must be a string or a list of one string"
-                                                  : "'prompt' is required");
-      goto fail;
-    }
-  }
-  bv = false;
-  if ((rc = llorch_json_get_bool(body, "", "stream", false, &bv, em)) < 0) goto fail;
-  r->stream = bv;
-  const cJSON *so = NULL;
-  if ((rc = llorch_json_get_object(body, "", "stream_options", false, &so, em)) < 0) goto fail;
-  if (so) {
-    bv = false;
-    if ((rc = llorch_json_get_bool(so, "stream_options", "include_usage", false, &bv, em)) < 0) goto fail;
-    r->include_usage = bv;
-  }
-  iv = 1;
-  if ((rc = llorch_json_get_int(body, "", "n", false, 1, 1, &iv, em)) < 0) goto fail;
-  static const char *const int_fields[] = {"max_tokens", "max_completion_tokens"};
-  for (int i = 0; i < (r->chat ? 2 : 1); i++) {
-    iv = 0;
-    if ((rc = llorch_json_get_int(body, "", int_fields[i], false, 1, 1 << 30, &iv, em)) < 0) goto fail;
-    if (iv > 0 && !cJSON_GetObjectItemCaseSensitive(ex, "max_tokens"))
-      cJSON_AddNumberToObject(ex, "max_tokens", (double)iv);
-  }
-  if ((rc = llorch_json_get_number(body, "", "temperature", false, 0, 2, &dv, em)) < 0) goto fail;
-  if ((rc = llorch_json_get_number(body, "", "top_p", false, 0, 1, &dv, em)) < 0) goto fail;
-  if ((rc = llorch_json_get_int(body, "", "top_k", false, 0, 1 << 20, &iv, em)) < 0) goto fail;
-  if ((rc = llorch_json_get_int(body, "", "seed", false, INT64_MIN, INT64_MAX, &iv, em)) < 0) goto fail;
-  if ((rc = llorch_json_get_number(body, "", "presence_penalty", false, -2, 2, &dv, em)) < 0) goto fail;
-  if ((rc = llorch_json_get_number(body, "", "frequency_penalty", false, -2, 2, &dv, em)) < 0) goto fail;
-  if ((rc = validate_stop(body, em)) < 0) goto fail;
-  if (r->chat) {
-    bv = false;
-    if ((rc = llorch_json_get_bool(body, "", "logprobs", false, &bv, em)) < 0) goto fail;
-    iv = 0;
-    if ((rc = llorch_json_get_int(body, "", "top_logprobs", false, 0, 20, &iv, em)) < 0) goto fail;
-    r->logprobs = bv;
-    r->top_logprobs = (int)iv;
-  } else {
-    iv = 0;
-    if ((rc = llorch_json_get_int(body, "", "logprobs", false, 0, 5, &iv, em)) < 0) goto fail;
-    r->logprobs = iv > 0 || cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(body, "logprobs"));
-    r->top_logprobs = (int)iv;
-  }
-  if (r->logprobs) {
-    cJSON_AddBoolToObject(ex, "logprobs", 1);
-    if (r->top_logprobs > 0) cJSON_AddNumberToObject(ex, "top_logprobs", r->top_logprobs);
-  }
-  static const char *const pass[] = {"temperature", "top_p", "top_k", "seed", "presence_penalty",
-                                     "frequency_penalty", "stop", "ignore_eos"};
-  for (size_t i = 0; i < sizeof pass / sizeof pass[0]; i++) copy_field(ex, body, pass[i], NULL);
-  r->exec_body = llorch_json_print(ex);
-  cJSON_Delete(ex);
-  return r->exec_body ? 0 : LLORCH_ENOMEM;
-fail:
-  cJSON_Delete(ex);
-  return rc;
-}
-
-/* ---- OpenAI output ---- */
-
-static void chunk_head(orch_req *r, llorch_jbuf *b) {
-  llorch_jbuf_cstr(b, "{\"id\":");
-  llorch_jbuf_str(b, r->id);
-  llorch_jbuf_cstr(b, r->chat ? ",\"object\":\"chat.completion.chunk\",\"created\":"
-                              : ",\"object\":\"text_completion\",\"created\":");
-  llorch_jbuf_int(b, r->created);
-  llorch_jbuf_cstr(b, ",\"model\":");
-  llorch_jbuf_str(b, r->model_name);
-  llorch_jbuf_cstr(b, ",\"system_fingerprint\":null,\"choices\":[");
-}
-
-static void usage_json(orch_req *r, llorch_jbuf *b) {
-  llorch_jbuf_cstr(b, "{\"prompt_tokens\":");
-  llorch_jbuf_int(b, r->prompt_tokens);
-  llorch_jbuf_cstr(b, ",\"completion_tokens\":");
-  llorch_jbuf_int(b, r->completion_tokens);
-  llorch_jbuf_cstr(b, ",\"total_tokens\":");
-  llorch_jbuf_int(b, (int64_t)r->prompt_tokens + r->completion_tokens);
-  llorch_jbuf_cstr(b, "}");
-}
+/* ---- OpenAI output (the shared writers of openai.h) ---- */
 
 static void sse_send_buf(orch_req *r, llorch_jbuf *b) {
   if (!r->http || llorch_jbuf_error(b)) return;
@@ -234,52 +62,63 @@ static void stream_start(orch_req *r) {
   if (!r->chat) return;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  chunk_head(r, &b);
-  llorch_jbuf_cstr(&b, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
-                       "\"logprobs\":null,\"finish_reason\":null}]}");
+  llorch_openai_meta m = req_meta(r);
+  llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
+  d.content = "";
+  llorch_openai_write_chat_chunk(&b, &m, &d, true, NULL, NULL);
   sse_send_buf(r, &b);
   llorch_jbuf_free(&b);
 }
 
-/*
- * Completions-style logprobs for one token event: {"tokens":[...],
- * "token_logprobs":[...],"top_logprobs":[{tok:lp}],"text_offset":[...]}.
- */
-static void completion_logprobs(llorch_jbuf *b, const cJSON *lps, int text_offset) {
-  static const char *const parts[] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
-  llorch_jbuf_cstr(b, "{");
-  for (int p = 0; p < 4; p++) {
-    if (p) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_key(b, parts[p]);
-    llorch_jbuf_cstr(b, "[");
-    for (int i = 0; i < cJSON_GetArraySize(lps); i++) {
-      const cJSON *e = cJSON_GetArrayItem(lps, i);
-      const cJSON *tok = cJSON_GetObjectItemCaseSensitive(e, "token");
-      const cJSON *lp = cJSON_GetObjectItemCaseSensitive(e, "logprob");
-      if (i) llorch_jbuf_cstr(b, ",");
-      if (p == 0) llorch_jbuf_str(b, cJSON_IsString(tok) ? tok->valuestring : "");
-      else if (p == 1) llorch_jbuf_num(b, cJSON_IsNumber(lp) ? lp->valuedouble : 0);
-      else if (p == 3) llorch_jbuf_int(b, text_offset);
-      else {
-        llorch_jbuf_cstr(b, "{");
-        const cJSON *tops = cJSON_GetObjectItemCaseSensitive(e, "top_logprobs");
-        for (int k = 0; k < cJSON_GetArraySize(tops); k++) {
-          const cJSON *t = cJSON_GetArrayItem(tops, k);
-          const cJSON *tt = cJSON_GetObjectItemCaseSensitive(t, "token");
-          const cJSON *tl = cJSON_GetObjectItemCaseSensitive(t, "logprob");
-          if (k) llorch_jbuf_cstr(b, ",");
-          llorch_jbuf_key(b, cJSON_IsString(tt) ? tt->valuestring : "");
-          llorch_jbuf_num(b, cJSON_IsNumber(tl) ? tl->valuedouble : 0);
-        }
-        llorch_jbuf_cstr(b, "}");
-      }
-    }
-    llorch_jbuf_cstr(b, "]");
+/* One parsed delta: a chunk (streaming; lp rides on the first of a token)
+ * or into the assembled message. */
+static void relay_delta(orch_req *r, const llorch_openai_delta *d, const llorch_openai_logprobs *lp) {
+  if (!r->stream) {
+    llorch_openai_message_add(&r->msg, d);
+    return;
   }
-  llorch_jbuf_cstr(b, "}");
+  stream_start(r);
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_openai_meta m = req_meta(r);
+  llorch_openai_write_chat_chunk(&b, &m, d, false, lp, NULL);
+  sse_send_buf(r, &b);
+  llorch_jbuf_free(&b);
+  r->sent_tokens = true;
 }
 
-/* One worker token event -> one chunk (streaming) or the accumulators. */
+/*
+ * The deltas of a worker event (token or end): chat output as the worker's
+ * parser split it into content, reasoning and tool calls. A worker that
+ * sends none (older, or a completions request) has its text taken as
+ * content. lps: the event's logprobs entries, or NULL.
+ */
+static void relay_deltas(orch_req *r, const cJSON *ev, const char *text, const cJSON *lps) {
+  const cJSON *deltas = cJSON_GetObjectItemCaseSensitive(ev, "deltas");
+  llorch_openai_logprobs lp;
+  llorch_openai_logprobs_init(&lp, true);
+  if (lps) llorch_openai_logprobs_add_json(&lp, lps, 0);
+  bool lp_sent = !lps;
+  if (cJSON_IsArray(deltas)) {
+    for (const cJSON *o = deltas->child; o; o = o->next) {
+      llorch_openai_delta d;
+      if (llorch_openai_delta_from_json(o, &d) < 0) continue;
+      relay_delta(r, &d, lp_sent ? NULL : &lp);
+      lp_sent = true;
+    }
+  } else if (text && text[0]) {
+    llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
+    d.content = text;
+    d.content_len = strlen(text);
+    relay_delta(r, &d, lp_sent ? NULL : &lp);
+    lp_sent = true;
+  }
+  /* Held-back text: the token's logprobs still go out (empty delta). */
+  if (!lp_sent && r->stream) relay_delta(r, &(llorch_openai_delta)LLORCH_OPENAI_DELTA_INIT, &lp);
+  llorch_openai_logprobs_free(&lp);
+}
+
+/* One worker token event -> chunks (streaming) or the accumulators. */
 static void relay_token(orch_req *r, const cJSON *ev) {
   const cJSON *text = cJSON_GetObjectItemCaseSensitive(ev, "text");
   const cJSON *ids = cJSON_GetObjectItemCaseSensitive(ev, "token_ids");
@@ -288,106 +127,46 @@ static void relay_token(orch_req *r, const cJSON *ev) {
   int n_ids = cJSON_IsArray(ids) ? cJSON_GetArraySize(ids) : 1;
   r->completion_tokens += n_ids > 0 ? n_ids : 1;
   bool has_lp = r->logprobs && cJSON_IsArray(lps) && cJSON_GetArraySize(lps) > 0;
+  if (r->chat) {
+    if (!r->stream && has_lp) llorch_openai_logprobs_add_json(&r->lp, lps, 0);
+    relay_deltas(r, ev, t, r->stream && has_lp ? lps : NULL);
+    return;
+  }
+  size_t offset = r->text.len;
   if (!r->stream) {
-    int offset = (int)r->text.len;
     llorch_jbuf_cstr(&r->text, t);
-    if (has_lp) {
-      if (r->chat) {
-        for (int i = 0; i < cJSON_GetArraySize(lps); i++) {
-          char *s = llorch_json_print(cJSON_GetArrayItem(lps, i));
-          if (!s) continue;
-          if (r->n_lp++) llorch_jbuf_cstr(&r->lp, ",");
-          llorch_jbuf_cstr(&r->lp, s);
-          free(s);
-        }
-      } else {
-        /* Kept per event; merged into the four arrays when answering. */
-        if (r->n_lp++) llorch_jbuf_cstr(&r->lp, "\x1e");
-        completion_logprobs(&r->lp, lps, offset);
-      }
-    }
+    if (has_lp) llorch_openai_logprobs_add_json(&r->lp, lps, offset);
     return;
   }
   if (!t[0] && !has_lp) return; /* held-back text: nothing to show yet */
   stream_start(r);
+  llorch_openai_logprobs lp;
+  llorch_openai_logprobs_init(&lp, false);
+  if (has_lp) llorch_openai_logprobs_add_json(&lp, lps, r->stream_offset);
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  chunk_head(r, &b);
-  if (r->chat) {
-    llorch_jbuf_cstr(&b, "{\"index\":0,\"delta\":{\"content\":");
-    llorch_jbuf_str(&b, t);
-    llorch_jbuf_cstr(&b, "},\"logprobs\":");
-    if (has_lp) {
-      char *s = llorch_json_print(lps);
-      llorch_jbuf_cstr(&b, "{\"content\":");
-      llorch_jbuf_cstr(&b, s ? s : "[]");
-      llorch_jbuf_cstr(&b, "}");
-      free(s);
-    } else {
-      llorch_jbuf_cstr(&b, "null");
-    }
-  } else {
-    llorch_jbuf_cstr(&b, "{\"index\":0,\"text\":");
-    llorch_jbuf_str(&b, t);
-    llorch_jbuf_cstr(&b, ",\"logprobs\":");
-    if (has_lp) completion_logprobs(&b, lps, 0);
-    else llorch_jbuf_cstr(&b, "null");
-  }
-  llorch_jbuf_cstr(&b, ",\"finish_reason\":null}]}");
+  llorch_openai_meta m = req_meta(r);
+  llorch_openai_write_completion_chunk(&b, &m, t, strlen(t), has_lp ? &lp : NULL, NULL);
   sse_send_buf(r, &b);
   llorch_jbuf_free(&b);
+  llorch_openai_logprobs_free(&lp);
+  r->stream_offset += strlen(t);
   r->sent_tokens = true;
-}
-
-/* Merges the per-event completions logprobs objects (separated by 0x1e). */
-static void completion_logprobs_merge(llorch_jbuf *out, const char *events) {
-  static const char *const parts[] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
-  llorch_jbuf_cstr(out, "{");
-  for (int p = 0; p < 4; p++) {
-    if (p) llorch_jbuf_cstr(out, ",");
-    llorch_jbuf_key(out, parts[p]);
-    llorch_jbuf_cstr(out, "[");
-    bool first = true;
-    const char *s = events;
-    while (s && *s) {
-      const char *end = strchr(s, '\x1e');
-      size_t len = end ? (size_t)(end - s) : strlen(s);
-      cJSON *o = cJSON_ParseWithLength(s, len);
-      const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, parts[p]);
-      for (int i = 0; i < cJSON_GetArraySize(arr); i++) {
-        char *v = llorch_json_print(cJSON_GetArrayItem(arr, i));
-        if (!v) continue;
-        if (!first) llorch_jbuf_cstr(out, ",");
-        first = false;
-        llorch_jbuf_cstr(out, v);
-        free(v);
-      }
-      cJSON_Delete(o);
-      s = end ? end + 1 : NULL;
-    }
-    llorch_jbuf_cstr(out, "]");
-  }
-  llorch_jbuf_cstr(out, "}");
 }
 
 static void answer_success(orch_req *r) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
+  llorch_openai_meta m = req_meta(r);
   if (r->stream) {
     stream_start(r);
-    chunk_head(r, &b);
-    llorch_jbuf_cstr(&b, r->chat ? "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":"
-                                 : "{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":");
-    llorch_jbuf_str(&b, r->finish_reason);
-    llorch_jbuf_cstr(&b, "}]}");
+    if (r->chat) llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, r->finish_reason);
+    else llorch_openai_write_completion_chunk(&b, &m, "", 0, NULL, r->finish_reason);
     sse_send_buf(r, &b);
     if (r->include_usage) {
       llorch_jbuf_reset(&b);
-      chunk_head(r, &b);
-      llorch_jbuf_cstr(&b, "],\"usage\":");
-      usage_json(r, &b);
-      /* chunk_head opened "choices":[ ; close the object after usage. */
-      llorch_jbuf_cstr(&b, "}");
+      llorch_openai_write_usage_chunk(&b, &m, (uint32_t)r->prompt_tokens,
+                                      (uint32_t)r->completion_tokens);
       sse_send_buf(r, &b);
     }
     if (r->http) {
@@ -395,38 +174,16 @@ static void answer_success(orch_req *r) {
       llorch_http_sse_end(r->http);
     }
   } else if (r->http) {
-    llorch_jbuf_cstr(&b, "{\"id\":");
-    llorch_jbuf_str(&b, r->id);
-    llorch_jbuf_cstr(&b, r->chat ? ",\"object\":\"chat.completion\",\"created\":"
-                                 : ",\"object\":\"text_completion\",\"created\":");
-    llorch_jbuf_int(&b, r->created);
-    llorch_jbuf_cstr(&b, ",\"model\":");
-    llorch_jbuf_str(&b, r->model_name);
-    llorch_jbuf_cstr(&b, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,");
-    if (r->chat) {
-      llorch_jbuf_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":");
-      llorch_jbuf_str(&b, r->text.data ? r->text.data : "");
-      llorch_jbuf_cstr(&b, "},\"logprobs\":");
-      if (r->logprobs) {
-        llorch_jbuf_cstr(&b, "{\"content\":[");
-        if (r->lp.data) llorch_jbuf_cstr(&b, r->lp.data);
-        llorch_jbuf_cstr(&b, "]}");
-      } else {
-        llorch_jbuf_cstr(&b, "null");
-      }
-    } else {
-      llorch_jbuf_cstr(&b, "\"text\":");
-      llorch_jbuf_str(&b, r->text.data ? r->text.data : "");
-      llorch_jbuf_cstr(&b, ",\"logprobs\":");
-      if (r->logprobs) completion_logprobs_merge(&b, r->lp.data ? r->lp.data : "");
-      else llorch_jbuf_cstr(&b, "null");
-    }
-    llorch_jbuf_cstr(&b, ",\"finish_reason\":");
-    llorch_jbuf_str(&b, r->finish_reason);
-    llorch_jbuf_cstr(&b, "}],\"usage\":");
-    usage_json(r, &b);
-    llorch_jbuf_cstr(&b, "}");
-    if (llorch_jbuf_error(&b)) respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
+    const llorch_openai_logprobs *lp = r->logprobs ? &r->lp : NULL;
+    if (r->chat)
+      llorch_openai_write_chat_response(&b, &m, &r->msg, lp, r->finish_reason,
+                                        (uint32_t)r->prompt_tokens, (uint32_t)r->completion_tokens);
+    else
+      llorch_openai_write_completion_response(&b, &m, r->text.data, r->text.len, lp,
+                                              r->finish_reason, (uint32_t)r->prompt_tokens,
+                                              (uint32_t)r->completion_tokens);
+    if (llorch_jbuf_error(&b) || r->msg.err)
+      respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
     else llorch_http_respond_json(r->http, 200, b.data);
   }
   llorch_jbuf_free(&b);
@@ -532,8 +289,9 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     relay_token(r, d);
     /* A client that stops reading would make us buffer its tokens without
      * bound: past the limit its job is cancelled on the worker, whose final
-     * event still ends the response properly. */
-    if (r->http && !r->slow_client && llorch_http_request_queued_bytes(r->http) > ORCH_MAX_QUEUED_BYTES) {
+     * event still ends the response properly (the worker applies the same
+     * limit: one constant, openai.h). */
+    if (r->http && !r->slow_client && llorch_http_request_queued_bytes(r->http) > LLORCH_OPENAI_MAX_QUEUED_BYTES) {
       LOG_WARN("orch", r->rid, "client %s is not reading (%zu bytes queued): cancelling job %s on %s",
                llorch_http_request_peer(r->http), llorch_http_request_queued_bytes(r->http), r->job_id,
                r->worker_name);
@@ -547,6 +305,9 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     snprintf(r->finish_reason, sizeof r->finish_reason, "%s", cJSON_IsString(fr) ? fr->valuestring : "stop");
     if (cJSON_IsNumber(pt)) r->prompt_tokens = pt->valueint;
     if (cJSON_IsNumber(ct)) r->completion_tokens = ct->valueint;
+    /* The worker's parser releases what it held back (a call's end) here. */
+    if (r->chat && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(d, "deltas")))
+      relay_deltas(r, d, NULL, NULL);
     r->got_end = true;
   } else if (strcmp(ev->event, "error") == 0) {
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(d, "code");
@@ -568,9 +329,9 @@ static void req_reset_attempt(orch_req *r) {
   r->err_code[0] = r->err_msg[0] = '\0';
   r->finish_reason[0] = '\0';
   r->completion_tokens = 0;
+  llorch_openai_message_reset(&r->msg);
   llorch_jbuf_reset(&r->text);
-  llorch_jbuf_reset(&r->lp);
-  r->n_lp = 0;
+  llorch_openai_logprobs_reset(&r->lp);
 }
 
 /* The request is over: scheduler slot back, counters, memory. */
@@ -815,9 +576,18 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
                   llorch_json_errparam()[0] ? "invalid_value" : "invalid_json");
     return;
   }
-  const char *model = NULL;
-  if (llorch_json_get_string(body, "", "model", true, &model, &em) < 0) {
-    respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(), "invalid_value");
+  /* The same validation as the worker's (one OpenAI layer), before queueing. */
+  llorch_openai_request oreq;
+  llorch_openai_error oerr = {0};
+  if (llorch_openai_request_parse(body, chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION, NULL,
+                                  &oreq, &oerr) < 0) {
+    llorch_openai_respond_error(req, &oerr);
+    cJSON_Delete(body);
+    return;
+  }
+  const char *model = oreq.model;
+  if (!model) {
+    respond_error(req, 400, "invalid_request_error", "'model' is required", "model", "missing_field");
     cJSON_Delete(body);
     return;
   }
@@ -840,15 +610,24 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   r->sr.user = r;
   r->chat = chat;
   r->http = req;
+  r->stream = oreq.stream;
+  r->include_usage = oreq.include_usage;
+  r->logprobs = oreq.logprobs;
+  r->top_logprobs = oreq.top_logprobs;
+  llorch_openai_message_init(&r->msg);
   llorch_jbuf_init(&r->text);
-  llorch_jbuf_init(&r->lp);
+  llorch_openai_logprobs_init(&r->lp, chat);
   snprintf(r->rid, sizeof r->rid, "%s", rid);
   r->model_name = strdup(model);
-  int rc = r->model_name ? build_exec_body(r, body, &em) : LLORCH_ENOMEM;
+  /* the catalog's reasoning_format travels with each request */
+  llorch_reasoning_format rf = o->cfg->orchestrator.models.items[mi].reasoning_format == 1
+                                   ? LLORCH_REASONING_NONE
+                                   : LLORCH_REASONING_CONTENT;
+  /* The worker's /v2/execute body; exec_start splices the job_id in. */
+  r->exec_body = r->model_name ? llorch_openai_request_native_body(&oreq, NULL, rf) : NULL;
   cJSON_Delete(body);
-  if (rc < 0) {
-    if (rc == LLORCH_ENOMEM) respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    else respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(), "invalid_value");
+  if (!r->exec_body) {
+    respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
     req_free(r);
     return;
   }

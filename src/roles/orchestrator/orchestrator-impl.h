@@ -21,15 +21,13 @@
 #include "llorch/http_client.h"
 #include "llorch/json.h"
 #include "llorch/metrics.h"
+#include "llorch/openai.h"
 #include "llorch/reqid.h"
 #include "llorch/service.h"
 #include "scheduler.h"
 
 #define ORCH_TICK_MS 100          /* liveness, queue timeouts, gauges */
 #define ORCH_JOB_ID_MAX 72
-/* Bytes of a client's response waiting in the kernel past which a client
- * that stopped reading has its job cancelled (as the worker does). */
-#define ORCH_MAX_QUEUED_BYTES (8u << 20)
 
 typedef struct llorch_orchestrator orch;
 
@@ -64,12 +62,13 @@ typedef struct orch_req {
   bool finished;                /* the response is complete */
   bool slow_client;             /* stopped reading: its job was cancelled on the worker */
   /* results */
-  llorch_jbuf text;             /* non-streaming: generated text */
-  llorch_jbuf lp;               /* non-streaming chat: logprobs content entries */
-  int n_lp;
+  llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
+  llorch_jbuf text;             /* non-streaming completions: generated text */
+  llorch_openai_logprobs lp;    /* non-streaming: logprobs */
+  size_t stream_offset;         /* streamed completions: text_offset of the next token */
   int prompt_tokens;
   int completion_tokens;
-  char finish_reason[16];
+  char finish_reason[24];
   char err_code[48];
   char err_msg[512];
   uint64_t t_admit_ns;

@@ -11,31 +11,6 @@
 #include "llorch/reqid.h"
 #include "worker-impl.h"
 
-/* ---- errors ---- */
-
-static int request_fail(worker_error *err, int status, const char *type, const char *code,
-                        const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-
-static int request_fail(worker_error *err, int status, const char *type, const char *code,
-                        const char *param, const char *fmt, ...) {
-  err->status = status;
-  err->type = type;
-  err->code = code;
-  snprintf(err->param, sizeof err->param, "%s", param ? param : "");
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err->message, sizeof err->message, fmt, ap);
-  va_end(ap);
-  return LLORCH_EINVAL;
-}
-
-/* A json.h getter failed: 400 naming the field it reported. */
-static int request_fail_field(worker_error *err, const llorch_errmsg *em) {
-  return request_fail(err, 400, "invalid_request_error", "invalid_value", llorch_json_errparam(),
-                      "%s", em->text);
-}
-
 /* ---- model name ---- */
 
 bool worker_model_name_matches(const worker *w, const char *name) {
@@ -51,390 +26,116 @@ bool worker_model_name_matches(const worker *w, const char *name) {
 /* ---- chat rendering ---- */
 
 /*
- * The text of one message's content: a string, or an array of
- * {"type":"text","text":...} parts joined; null (assistant turns that only
- * called tools) is "". Appends to b.
+ * Renders the chat prompt of r with the model's own template (chat.h) into
+ * out. The context is the OpenAI layer's (messages normalised, tools,
+ * add_generation_prompt, chat_template_kwargs); bos_token and eos_token come
+ * from the model, not the request. A template error is the client's: 400
+ * with the template's message.
  */
-static int request_message_content(const cJSON *msg, const char *where, llorch_jbuf *b,
-                                   worker_error *err) {
-  const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "content");
-  char param[96];
-  snprintf(param, sizeof param, "%s.content", where);
-  if (!c || cJSON_IsNull(c)) return 0;
-  if (cJSON_IsString(c)) {
-    llorch_jbuf_cstr(b, c->valuestring);
-    return 0;
-  }
-  if (!cJSON_IsArray(c))
-    return request_fail(err, 400, "invalid_request_error", "invalid_value", param,
-                        "'%s' must be a string or an array of content parts", param);
-  int i = 0;
-  for (const cJSON *part = c->child; part; part = part->next, i++) {
-    char pw[128];
-    snprintf(pw, sizeof pw, "%s[%d]", param, i);
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-    const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-    if (!cJSON_IsObject(part) || !cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
-        !cJSON_IsString(text))
-      return request_fail(err, 400, "invalid_request_error", "invalid_value", pw,
-                          "'%s' must be {\"type\":\"text\",\"text\":...}: this model reads text only",
-                          pw);
-    llorch_jbuf_cstr(b, text->valuestring);
-  }
-  return 0;
-}
-
-/*
- * Renders the request with the model's own chat template (chat.h). The
- * template sees messages (content parts flattened to text), tools when given,
- * add_generation_prompt = true and the keys of chat_template_kwargs. A
- * template error is the client's: 400 with the template's message.
- */
-static int request_render_chat(worker *w, const cJSON *body, const cJSON *messages, llorch_jinja_output *out,
-                               worker_error *err) {
-  static const char *const roles[] = {"system", "user", "assistant", "developer", "tool", NULL};
-  int rc = 0;
+static int request_render_chat(worker *w, const llorch_openai_request *r, llorch_jinja_output *out,
+                               llorch_openai_error *err) {
   if (!w->chat)
-    return request_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
-                        "this model has no usable chat template (%s); use /v1/completions", w->chat_error);
-  llorch_jbuf content;
-  llorch_jbuf_init(&content);
-  cJSON *ctx = cJSON_CreateObject();
-  cJSON *msgs = ctx ? cJSON_AddArrayToObject(ctx, "messages") : NULL;
-  if (!msgs) goto nomem;
-  size_t i = 0;
-  for (const cJSON *m = messages->child; m; m = m->next, i++) {
-    char where[48];
-    snprintf(where, sizeof where, "messages[%zu]", i);
-    if (!cJSON_IsObject(m)) {
-      rc = request_fail(err, 400, "invalid_request_error", "invalid_value", where,
-                        "'%s' must be an object with role and content", where);
-      goto out;
-    }
-    llorch_errmsg em = {{0}};
-    int role = 0;
-    if (llorch_json_get_enum(m, where, "role", true, roles, &role, &em) < 0) {
-      rc = request_fail_field(err, &em);
-      goto out;
-    }
-    if (role == 4) {
-      char p[64];
-      snprintf(p, sizeof p, "%s.role", where);
-      rc = request_fail(err, 400, "invalid_request_error", "unsupported_value", p,
-                        "'%s' is \"tool\": tool calls are not supported by this worker", p);
-      goto out;
-    }
-    llorch_jbuf_reset(&content);
-    if ((rc = request_message_content(m, where, &content, err)) < 0) goto out;
-    if (llorch_jbuf_error(&content) < 0) goto nomem;
-    /* the message as the template sees it: other fields pass through */
-    cJSON *copy = cJSON_Duplicate(m, true);
-    if (!copy || !cJSON_AddItemToArray(msgs, copy)) {
-      cJSON_Delete(copy);
-      goto nomem;
-    }
-    /* "developer" is OpenAI's newer name for "system" */
-    cJSON *role_s = cJSON_CreateString(role == 3 ? "system" : roles[role]);
-    if (!role_s || !cJSON_ReplaceItemInObjectCaseSensitive(copy, "role", role_s)) {
-      cJSON_Delete(role_s);
-      goto nomem;
-    }
-    cJSON *text = cJSON_CreateString(content.data ? content.data : "");
-    if (!text) goto nomem;
-    /* text parts become one string; a null or absent content stays so
-     * (templates test "content is none" for assistant tool calls) */
-    const cJSON *orig = cJSON_GetObjectItemCaseSensitive(m, "content");
-    if (cJSON_IsString(orig) || cJSON_IsArray(orig)) {
-      if (!cJSON_ReplaceItemInObjectCaseSensitive(copy, "content", text)) goto nomem;
-    } else {
-      cJSON_Delete(text);
-    }
-  }
-  const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
-  if (tools && !cJSON_IsNull(tools)) {
-    cJSON *dup = cJSON_Duplicate(tools, true);
-    if (!dup || !cJSON_AddItemToObject(ctx, "tools", dup)) {
-      cJSON_Delete(dup);
-      goto nomem;
-    }
-  }
-  if (!cJSON_AddTrueToObject(ctx, "add_generation_prompt")) goto nomem;
-  const cJSON *kw = cJSON_GetObjectItemCaseSensitive(body, "chat_template_kwargs");
-  if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw)) {
-    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "chat_template_kwargs",
-                      "'chat_template_kwargs' must be an object");
-    goto out;
-  }
-  for (const cJSON *e = kw ? kw->child : NULL; e; e = e->next) {
-    cJSON *dup = cJSON_Duplicate(e, true);
-    if (!dup) goto nomem;
-    cJSON_DeleteItemFromObjectCaseSensitive(ctx, e->string);
-    if (!cJSON_AddItemToObject(ctx, e->string, dup)) {
-      cJSON_Delete(dup);
-      goto nomem;
-    }
-  }
+    return llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
+                              "this model has no usable chat template (%s); use /v1/completions",
+                              w->chat_error);
+  cJSON *ctx = llorch_openai_chat_context(r);
+  if (!ctx) return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
   llorch_errmsg em = {{0}};
-  int r = llorch_chat_render(w->chat, ctx, 0, out, &em);
-  if (r == LLORCH_ENOMEM) goto nomem;
-  if (r < 0) {
-    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
-                      "the model's chat template refused the request: %s", em.text);
-    goto out;
-  }
-  goto out;
-nomem:
-  rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
-out:
-  llorch_jbuf_free(&content);
+  int rc = llorch_chat_render(w->chat, ctx, 0, out, &em);
   cJSON_Delete(ctx);
-  return rc;
-}
-
-/* ---- fields ---- */
-
-static int request_stop(const cJSON *body, worker_job *j, worker_error *err) {
-  const cJSON *stop = cJSON_GetObjectItemCaseSensitive(body, "stop");
-  if (!stop || cJSON_IsNull(stop)) return 0;
-  if (cJSON_IsString(stop)) {
-    if (!stop->valuestring[0]) return 0; /* "" stops nothing */
-    return worker_job_add_stop(j, stop->valuestring, strlen(stop->valuestring)) < 0
-               ? request_fail(err, 500, "server_error", "internal_error", "stop", "out of memory")
-               : 0;
-  }
-  if (!cJSON_IsArray(stop))
-    return request_fail(err, 400, "invalid_request_error", "invalid_value", "stop",
-                        "'stop' must be a string or an array of up to %d strings",
-                        WORKER_MAX_STOP);
-  int i = 0;
-  for (const cJSON *s = stop->child; s; s = s->next, i++) {
-    char p[32];
-    snprintf(p, sizeof p, "stop[%d]", i);
-    if (!cJSON_IsString(s) || !s->valuestring[0])
-      return request_fail(err, 400, "invalid_request_error", "invalid_value", p,
-                          "'%s' must be a non-empty string", p);
-    if (i >= WORKER_MAX_STOP)
-      return request_fail(err, 400, "invalid_request_error", "invalid_value", "stop",
-                          "'stop' has more than %d strings", WORKER_MAX_STOP);
-    if (worker_job_add_stop(j, s->valuestring, strlen(s->valuestring)) < 0)
-      return request_fail(err, 500, "server_error", "internal_error", "stop", "out of memory");
-  }
+  if (rc == LLORCH_ENOMEM)
+    return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+  if (rc < 0)
+    return llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
+                              "the model's chat template refused the request: %s", em.text);
   return 0;
 }
 
-/* Sampling fields into params. OpenAI's default temperature is 1. */
-static int request_sampling(worker_api api, const cJSON *body, llorch_sampler_params *sp,
-                            bool *want_logprobs, worker_error *err) {
-  llorch_errmsg em = {{0}};
-  double temperature = 1.0, top_p = 1.0, min_p = 0.0, presence = 0.0, frequency = 0.0,
-         repetition = 1.0;
-  int64_t top_k = 0, seed = 0;
-  bool has_seed = false;
-  if (llorch_json_get_number(body, NULL, "temperature", false, 0.0, 2.0, &temperature, &em) < 0 ||
-      llorch_json_get_number(body, NULL, "top_p", false, 0.0, 1.0, &top_p, &em) < 0 ||
-      llorch_json_get_number(body, NULL, "min_p", false, 0.0, 1.0, &min_p, &em) < 0 ||
-      llorch_json_get_int(body, NULL, "top_k", false, 0, 1 << 30, &top_k, &em) < 0 ||
-      llorch_json_get_number(body, NULL, "presence_penalty", false, -2.0, 2.0, &presence, &em) <
-          0 ||
-      llorch_json_get_number(body, NULL, "frequency_penalty", false, -2.0, 2.0, &frequency,
-                             &em) < 0 ||
-      llorch_json_get_number(body, NULL, "repetition_penalty", false, 0.01, 10.0, &repetition,
-                             &em) < 0)
-    return request_fail_field(err, &em);
-  if (top_p <= 0.0)
-    return request_fail(err, 400, "invalid_request_error", "invalid_value", "top_p",
-                        "'top_p' must be a number in (0, 1], got 0");
-  const cJSON *s = cJSON_GetObjectItemCaseSensitive(body, "seed");
-  if (s && !cJSON_IsNull(s)) {
-    if (llorch_json_get_int(body, NULL, "seed", false, INT64_MIN, INT64_MAX, &seed, &em) < 0)
-      return request_fail_field(err, &em);
-    has_seed = true;
-  }
-  llorch_sampler_params_default(sp);
-  sp->temperature = (float)temperature;
-  sp->top_p = (float)top_p;
-  sp->min_p = (float)min_p;
-  sp->top_k = (int32_t)top_k;
-  sp->presence_penalty = (float)presence;
-  sp->frequency_penalty = (float)frequency;
-  sp->repetition_penalty = (float)repetition;
-  if (has_seed) {
-    sp->seed = (uint64_t)seed;
-  } else {
-    /* Unseeded requests still differ from each other. */
-    static uint64_t counter;
-    sp->seed = uv_hrtime() ^ (++counter * 0x9E3779B97F4A7C15ull);
-  }
-
-  *want_logprobs = false;
-  sp->n_logprobs = 0;
-  if (api == WORKER_API_COMPLETION) {
-    /* completions: logprobs is an integer 0..5 (number of alternatives) */
-    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(body, "logprobs");
-    if (lp && !cJSON_IsNull(lp)) {
-      int64_t n = 0;
-      if (llorch_json_get_int(body, NULL, "logprobs", false, 0, 5, &n, &em) < 0)
-        return request_fail_field(err, &em);
-      *want_logprobs = true;
-      sp->n_logprobs = (int32_t)n;
-    }
-  } else {
-    bool lp = false;
-    int64_t top = 0;
-    if (llorch_json_get_bool(body, NULL, "logprobs", false, &lp, &em) < 0 ||
-        llorch_json_get_int(body, NULL, "top_logprobs", false, 0, LLORCH_SAMPLER_MAX_LOGPROBS,
-                            &top, &em) < 0)
-      return request_fail_field(err, &em);
-    if (top > 0 && !lp)
-      return request_fail(err, 400, "invalid_request_error", "invalid_value", "top_logprobs",
-                          "'top_logprobs' needs 'logprobs': true");
-    *want_logprobs = lp;
-    sp->n_logprobs = (int32_t)top;
-  }
-  llorch_errmsg vem = {{0}};
-  if (llorch_sampler_params_validate(sp, &vem) < 0)
-    return request_fail(err, 400, "invalid_request_error", "invalid_value", NULL, "%s", vem.text);
-  return 0;
+/* Does text end with marker, maybe followed by whitespace? */
+static bool request_ends_with(const char *text, size_t n, const char *marker) {
+  size_t k = strlen(marker);
+  while (n && (text[n - 1] == ' ' || text[n - 1] == '\n')) n--;
+  return n >= k && memcmp(text + n - k, marker, k) == 0;
 }
 
-/* ---- the job id ---- */
-
-static bool request_job_id_valid(const char *s) {
-  size_t n = strlen(s);
-  if (!n || n > 64) return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-          c == '_' || c == ':' || c == '-'))
-      return false;
+/* The generated-text parser of a chat stream: tools (unless tool_choice
+ * none), the reasoning split, where the prompt left off. */
+static int request_output_setup(worker *w, const llorch_openai_request *r, worker_stream *st,
+                                llorch_openai_error *err) {
+  llorch_reasoning_format rf = r->reasoning_format ? r->reasoning_format : w->reasoning_default;
+  llorch_openai_output_opts o = {0};
+  bool tools = r->tools && r->tool_choice != LLORCH_OPENAI_TOOL_CHOICE_NONE;
+  if (tools) {
+    st->tools = cJSON_Duplicate(r->tools, true);
+    if (!st->tools) goto oom;
   }
-  return true;
+  o.format = tools ? w->tool_format : LLORCH_TOOL_FORMAT_NONE;
+  o.tool_list = st->tools;
+  o.reasoning = rf != LLORCH_REASONING_NONE;
+  /* Qwen3 and DeepSeek-R1 open <think> in the generation prompt: the output
+   * starts inside the thinking. */
+  const char *p = st->chat_prompt.text ? st->chat_prompt.text : "";
+  o.start_in_reasoning = request_ends_with(p, st->chat_prompt.len, "<think>");
+  o.start_in_recipient = request_ends_with(p, st->chat_prompt.len, ">>>");
+  st->out = llorch_openai_output_new(&o, worker_stream_on_delta, st);
+  if (!st->out) goto oom;
+  return 0;
+oom:
+  return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+}
+
+/* Test hook: the first scripted reply whose "match" occurs in the prompt. */
+static const char *request_script_reply(const worker *w, const char *prompt) {
+  for (const cJSON *e = w->script ? w->script->child : NULL; e; e = e->next) {
+    const cJSON *match = cJSON_GetObjectItemCaseSensitive(e, "match");
+    const cJSON *reply = cJSON_GetObjectItemCaseSensitive(e, "reply");
+    if (cJSON_IsString(match) && cJSON_IsString(reply) && prompt &&
+        strstr(prompt, match->valuestring))
+      return reply->valuestring;
+  }
+  return NULL;
 }
 
 /* ---- build ---- */
 
-int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_stream *st,
-                         worker_job **out, worker_error *err) {
+int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, worker_stream *st,
+                         worker_job **out, llorch_openai_error *err) {
   *out = NULL;
-  llorch_errmsg em = {{0}};
+  llorch_openai_request r;
   worker_job *j = NULL;
   llorch_jbuf text;
   llorch_jbuf_init(&text);
-  int rc;
+  int rc = llorch_openai_request_parse(body, api, NULL, &r, err);
+  if (rc < 0) goto fail;
 
-  /* model */
-  const char *model = NULL;
-  if (llorch_json_get_string(body, NULL, "model", false, &model, &em) < 0) {
-    rc = request_fail_field(err, &em);
+  if (r.model && !worker_model_name_matches(w, r.model)) {
+    rc = llorch_openai_fail(err, 404, "invalid_request_error", "model_not_found", "model",
+                            "The model '%s' does not exist on this worker; it serves '%s' (file %s)",
+                            r.model, w->model_name, w->file_base);
     goto fail;
   }
-  if (model && !worker_model_name_matches(w, model)) {
-    rc = request_fail(err, 404, "invalid_request_error", "model_not_found", "model",
-                      "The model '%s' does not exist on this worker; it serves '%s' (file %s)",
-                      model, w->model_name, w->file_base);
-    goto fail;
-  }
-  snprintf(st->model_echo, sizeof st->model_echo, "%s", model ? model : w->model_name);
+  snprintf(st->model_echo, sizeof st->model_echo, "%s", r.model ? r.model : w->model_name);
+  st->stream = r.stream;
+  st->include_usage = r.include_usage;
+  st->chat = r.chat;
 
-  /* n */
-  int64_t n = 1;
-  if (llorch_json_get_int(body, NULL, "n", false, INT64_MIN, INT64_MAX, &n, &em) < 0) {
-    rc = request_fail_field(err, &em);
-    goto fail;
-  }
-  if (n != 1) {
-    rc = request_fail(err, 400, "invalid_request_error", "unsupported_value", "n",
-                      "'n' = %lld is not supported: this server returns one choice (n = 1)",
-                      (long long)n);
-    goto fail;
-  }
-
-  /* stream */
-  bool stream = api == WORKER_API_NATIVE;
-  if (api != WORKER_API_NATIVE) {
-    const cJSON *so = NULL;
-    bool include_usage = false;
-    if (llorch_json_get_bool(body, NULL, "stream", false, &stream, &em) < 0 ||
-        llorch_json_get_object(body, NULL, "stream_options", false, &so, &em) < 0 ||
-        (so && llorch_json_get_bool(so, "stream_options", "include_usage", false, &include_usage,
-                                    &em) < 0)) {
-      rc = request_fail_field(err, &em);
-      goto fail;
-    }
-    st->include_usage = include_usage;
-  }
-  st->stream = stream;
-
-  /* prompt or messages */
-  const cJSON *messages = cJSON_GetObjectItemCaseSensitive(body, "messages");
-  const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(body, "prompt");
-  if (messages && cJSON_IsNull(messages)) messages = NULL;
-  if (prompt && cJSON_IsNull(prompt)) prompt = NULL;
-  bool use_chat;
-  if (api == WORKER_API_CHAT) {
-    use_chat = true;
-    prompt = NULL;
-  } else if (api == WORKER_API_COMPLETION) {
-    use_chat = false;
-    messages = NULL;
-  } else {
-    if (messages && prompt) {
-      rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "prompt",
-                        "give either 'messages' or 'prompt', not both");
-      goto fail;
-    }
-    use_chat = messages != NULL;
-  }
   unsigned flags = LLORCH_TOKENIZE_ADD_SPECIAL;
-  if (use_chat) {
-    const cJSON *arr = NULL;
-    if (llorch_json_get_array(body, NULL, "messages", true, 1, &arr, &em) < 0) {
-      rc = request_fail_field(err, &em);
-      goto fail;
-    }
-    if ((rc = request_render_chat(w, body, arr, &st->chat_prompt, err)) < 0) goto fail;
+  if (r.chat) {
     /* tokenized by llorch_chat_tokenize: special tokens only where the
      * template wrote them */
-    flags |= LLORCH_TOKENIZE_PARSE_SPECIAL;
+    if ((rc = request_render_chat(w, &r, &st->chat_prompt, err)) < 0) goto fail;
   } else {
-    if (!prompt) {
-      rc = request_fail(err, 400, "invalid_request_error", "missing_field", "prompt",
-                        api == WORKER_API_NATIVE ? "one of 'messages' or 'prompt' is required"
-                                                 : "'prompt' is required");
-      goto fail;
-    }
-    if (cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) == 1 &&
-        cJSON_IsString(prompt->child))
-      prompt = prompt->child;
-    if (!cJSON_IsString(prompt)) {
-      rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "prompt",
-                        "'prompt' must be a string (or an array of exactly one string)");
-      goto fail;
-    }
-    llorch_jbuf_cstr(&text, prompt->valuestring);
+    llorch_jbuf_cstr(&text, r.prompt);
   }
-  if (text.len == 0 && !use_chat) {
-    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "prompt",
-                      "'prompt' is empty");
+  if (llorch_jbuf_error(&text) < 0) {
+    rc = llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
     goto fail;
   }
   st->tok_flags = flags;
-  st->prompt_param = use_chat ? "messages" : "prompt";
+  st->prompt_param = r.chat ? "messages" : "prompt";
 
-  /* job id (native) */
   char idbuf[72];
-  const char *job_id = NULL;
-  if (api == WORKER_API_NATIVE) {
-    if (llorch_json_get_string(body, NULL, "job_id", false, &job_id, &em) < 0) {
-      rc = request_fail_field(err, &em);
-      goto fail;
-    }
-    if (job_id && !request_job_id_valid(job_id)) {
-      rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "job_id",
-                        "'job_id' must be 1..64 characters of [A-Za-z0-9._:-]");
-      goto fail;
-    }
-  }
+  const char *job_id = r.job_id;
   if (!job_id) {
     /* Random: a job id is what /v2/jobs/{id}/cancel takes. */
     char rnd[LLORCH_REQID_MAX + 1];
@@ -443,32 +144,57 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
     ++w->next_id;
     job_id = idbuf;
   }
-
   j = worker_job_new(job_id, NULL, 0);
   if (!j) {
-    rc = request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+    rc = llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
     goto fail;
   }
   snprintf(j->request_id, sizeof j->request_id, "%s", st->request_id);
+  j->max_tokens = r.max_tokens; /* 0 = all that fits; the scheduler clamps */
+  j->ignore_eos = r.ignore_eos;
+  for (int i = 0; i < r.n_stop; i++) {
+    if (worker_job_add_stop(j, r.stop[i], strlen(r.stop[i])) < 0) {
+      rc = llorch_openai_fail(err, 500, "server_error", "internal_error", "stop", "out of memory");
+      goto fail;
+    }
+  }
 
-  /* limits */
-  int64_t max_tokens = 0;
-  if (llorch_json_get_int(body, NULL, "max_tokens", false, 1, 1 << 30, &max_tokens, &em) < 0 ||
-      (api == WORKER_API_CHAT &&
-       llorch_json_get_int(body, NULL, "max_completion_tokens", false, 1, 1 << 30, &max_tokens,
-                           &em) < 0)) {
-    rc = request_fail_field(err, &em);
+  /* sampling */
+  llorch_sampler_params *sp = &j->sp;
+  llorch_sampler_params_default(sp);
+  sp->temperature = (float)r.temperature;
+  sp->top_p = (float)r.top_p;
+  sp->min_p = (float)r.min_p;
+  sp->top_k = (int32_t)r.top_k;
+  sp->presence_penalty = (float)r.presence_penalty;
+  sp->frequency_penalty = (float)r.frequency_penalty;
+  sp->repetition_penalty = (float)r.repetition_penalty;
+  if (r.has_seed) {
+    sp->seed = (uint64_t)r.seed;
+  } else {
+    /* Unseeded requests still differ from each other. */
+    static uint64_t counter;
+    sp->seed = uv_hrtime() ^ (++counter * 0x9E3779B97F4A7C15ull);
+  }
+  j->want_logprobs = r.logprobs;
+  sp->n_logprobs = r.top_logprobs;
+  llorch_errmsg vem = {{0}};
+  if (llorch_sampler_params_validate(sp, &vem) < 0) {
+    rc = llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", NULL, "%s",
+                            vem.text);
     goto fail;
   }
-  j->max_tokens = (uint32_t)max_tokens; /* 0 = all that fits; the scheduler clamps */
-  if (llorch_json_get_bool(body, NULL, "ignore_eos", false, &j->ignore_eos, &em) < 0) {
-    rc = request_fail_field(err, &em);
-    goto fail;
-  }
-  if ((rc = request_stop(body, j, err)) < 0) goto fail;
-  if ((rc = request_sampling(api, body, &j->sp, &j->want_logprobs, err)) < 0) goto fail;
 
   st->prompt_text = text; /* moves to the stream */
+  llorch_jbuf_init(&text);
+  if (r.chat) {
+    if ((rc = request_output_setup(w, &r, st, err)) < 0) goto fail;
+    /* Markers such as <|python_tag|> or [TOOL_CALLS] are special tokens:
+     * the parser has to see their text. */
+    if (st->tools) j->detok_flags = LLORCH_DETOK_RENDER_SPECIAL;
+  }
+  st->script_reply =
+      request_script_reply(w, r.chat ? st->chat_prompt.text : st->prompt_text.data);
   *out = j;
   return 0;
 
@@ -485,21 +211,31 @@ void worker_request_tokenize(const worker *w, worker_stream *st) {
   else
     st->tok_rc = llorch_tokenize(w->tok, t->data ? t->data : "", t->len, st->tok_flags, &st->toks,
                                  &st->tok_em);
+  if (st->tok_rc == 0 && st->script_reply)
+    st->tok_rc = llorch_tokenize(w->tok, st->script_reply, strlen(st->script_reply),
+                                 LLORCH_TOKENIZE_PARSE_SPECIAL, &st->script_toks, &st->tok_em);
 }
 
-int worker_request_finish(worker *w, worker_stream *st, worker_error *err) {
+int worker_request_finish(worker *w, worker_stream *st, llorch_openai_error *err) {
   if (st->tok_rc < 0)
-    return request_fail(err, 400, "invalid_request_error", "invalid_value", st->prompt_param,
+    return llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", st->prompt_param,
                         "the prompt cannot be tokenized: %s",
                         st->tok_em.text[0] ? st->tok_em.text : llorch_strerror(st->tok_rc));
   if (st->toks.n >= w->n_ctx)
-    return request_fail(err, 400, "invalid_request_error", "context_length_exceeded",
+    return llorch_openai_fail(err, 400, "invalid_request_error", "context_length_exceeded",
                         st->prompt_param,
                         "This model's context is %u tokens per request, but the prompt has %zu "
                         "tokens (at least 1 token must remain for the completion)",
                         w->n_ctx, st->toks.n);
   if (worker_job_set_prompt(st->job, st->toks.ids, (uint32_t)st->toks.n) < 0)
-    return request_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+    return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+  if (st->script_reply) {
+    /* the test hook's tokens, moved into the job */
+    st->job->script = st->script_toks.ids;
+    st->job->n_script = (uint32_t)st->script_toks.n;
+    st->script_toks.ids = NULL;
+    st->script_toks.n = 0;
+  }
   llorch_tokens_free(&st->toks);
   llorch_jbuf_free(&st->prompt_text);
   llorch_jinja_output_free(&st->chat_prompt);

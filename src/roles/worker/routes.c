@@ -41,28 +41,20 @@ static const char *routes_state_name(worker_state s) {
 /* ---- generation endpoints ---- */
 
 static void routes_not_ready(worker *w, llorch_http_request *req) {
-  worker_error err = {.status = 503, .type = "server_error", .code = "not_ready",
+  llorch_openai_error err = {.status = 503, .type = "server_error", .code = "not_ready",
                       .retry_after_s = 1};
   snprintf(err.message, sizeof err.message, "the worker is %s and takes no requests now",
            routes_state_name(w->state));
-  worker_respond_error(req, &err);
+  llorch_openai_respond_error(req, &err);
 }
 
 /* Frees a stream that never reached the scheduler. */
-static void routes_stream_discard(worker_stream *st) {
-  worker_job_free(st->job);
-  llorch_tokens_free(&st->toks);
-  llorch_jbuf_free(&st->prompt_text);
-  llorch_jinja_output_free(&st->chat_prompt);
-  llorch_jbuf_free(&st->text);
-  for (int k = 0; k < 4; k++) llorch_jbuf_free(&st->lp[k]);
-  free(st);
-}
+static void routes_stream_discard(worker_stream *st) { worker_stream_destroy(st); }
 
-static void routes_fail(worker *w, llorch_http_request *req, const worker_error *err) {
+static void routes_fail(worker *w, llorch_http_request *req, const llorch_openai_error *err) {
   if (err->status >= 400 && err->status < 500)
     llorch_metric_inc(w->m.requests, (const char *[]){"invalid"}, 1);
-  worker_respond_error(req, err);
+  llorch_openai_respond_error(req, err);
 }
 
 /* The client left while its prompt was being tokenized. */
@@ -86,12 +78,12 @@ static void routes_tokenize_done(uv_work_t *work, int status) {
     return;
   }
   llorch_http_request_set_data(req, NULL, NULL);
-  worker_error err = {0};
+  llorch_openai_error err = {0};
   llorch_errmsg em = {{0}};
   if (worker_request_finish(w, st, &err) < 0) goto fail;
   worker_job *job = st->job;
-  if (st->api == WORKER_API_NATIVE && routes_find_stream(w, job->id)) {
-    err = (worker_error){.status = 409, .type = "invalid_request_error", .code = "duplicate_job"};
+  if (st->api == LLORCH_OPENAI_NATIVE && routes_find_stream(w, job->id)) {
+    err = (llorch_openai_error){.status = 409, .type = "invalid_request_error", .code = "duplicate_job"};
     snprintf(err.param, sizeof err.param, "job_id");
     snprintf(err.message, sizeof err.message, "job '%s' is already queued or running", job->id);
     goto fail;
@@ -100,18 +92,18 @@ static void routes_tokenize_done(uv_work_t *work, int status) {
                     : llorch_errmsg_set(&em, LLORCH_ESTATE, "the worker is not ready");
   if (rc < 0) {
     if (rc == LLORCH_EBUSY) {
-      err = (worker_error){.status = 503, .type = "server_error", .code = "overloaded",
+      err = (llorch_openai_error){.status = 503, .type = "server_error", .code = "overloaded",
                            .retry_after_s = 1};
       w->n_rejected++;
       llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
     } else if (rc == LLORCH_ESTATE) {
-      err = (worker_error){.status = 503, .type = "server_error", .code = "not_ready",
+      err = (llorch_openai_error){.status = 503, .type = "server_error", .code = "not_ready",
                            .retry_after_s = 1};
     } else if (rc == LLORCH_ERANGE) {
-      err = (worker_error){.status = 400, .type = "invalid_request_error",
+      err = (llorch_openai_error){.status = 400, .type = "invalid_request_error",
                            .code = "context_length_exceeded"};
     } else {
-      err = (worker_error){.status = 400, .type = "invalid_request_error",
+      err = (llorch_openai_error){.status = 400, .type = "invalid_request_error",
                            .code = "invalid_value"};
     }
     snprintf(err.message, sizeof err.message, "%s", em.text);
@@ -128,7 +120,7 @@ fail:
   routes_stream_discard(st);
 }
 
-static void routes_generate(worker *w, llorch_http_request *req, worker_api api) {
+static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api) {
   if (w->state != WORKER_STATE_READY) {
     routes_not_ready(w, req);
     return;
@@ -154,12 +146,14 @@ static void routes_generate(worker *w, llorch_http_request *req, worker_api api)
   snprintf(st->request_id, sizeof st->request_id, "%s", llorch_http_request_id(req));
   llorch_jbuf_init(&st->text);
   llorch_jbuf_init(&st->prompt_text);
-  for (int k = 0; k < 4; k++) llorch_jbuf_init(&st->lp[k]);
+  llorch_jbuf_init(&st->deltas);
+  llorch_openai_message_init(&st->msg);
+  llorch_openai_logprobs_init(&st->lp, api != LLORCH_OPENAI_COMPLETION);
   snprintf(st->resp_id, sizeof st->resp_id, "%s-%llu%04x",
-           api == WORKER_API_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)++w->next_id,
+           api == LLORCH_OPENAI_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)++w->next_id,
            (unsigned)(uv_hrtime() & 0xffff));
 
-  worker_error err = {0};
+  llorch_openai_error err = {0};
   worker_job *job = NULL;
   int rc = worker_request_build(w, api, json, st, &job, &err);
   cJSON_Delete(json);
@@ -370,11 +364,11 @@ void worker_route(llorch_http_request *req, void *user) {
   if (strcmp(path, "/metrics") == 0) {
     if (routes_method(req, "GET")) routes_metrics(w, req);
   } else if (strcmp(path, "/v1/chat/completions") == 0) {
-    if (routes_method(req, "POST")) routes_generate(w, req, WORKER_API_CHAT);
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT);
   } else if (strcmp(path, "/v1/completions") == 0) {
-    if (routes_method(req, "POST")) routes_generate(w, req, WORKER_API_COMPLETION);
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_COMPLETION);
   } else if (strcmp(path, "/v2/execute") == 0) {
-    if (routes_method(req, "POST")) routes_generate(w, req, WORKER_API_NATIVE);
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_NATIVE);
   } else if (strcmp(path, "/v1/models") == 0) {
     if (routes_method(req, "GET")) routes_models(w, req);
   } else if (strcmp(path, "/v2/info") == 0) {

@@ -73,6 +73,7 @@ int worker_job_set_prompt(worker_job *j, const int32_t *ids, uint32_t n) {
 void worker_job_free(worker_job *j) {
   if (!j) return;
   free(j->prompt);
+  free(j->script);
   for (int k = 0; k < j->n_stop; k++) free(j->stop[k]);
   llorch_sampler_free(j->sampler);
   free(j->history);
@@ -255,7 +256,7 @@ int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   if (!j->history) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for the history");
   memcpy(j->history, j->prompt, j->n_prompt * sizeof *j->history);
   if (s->tok) {
-    rc = llorch_textstream_init(&j->text, s->tok, 0, (const char *const *)j->stop,
+    rc = llorch_textstream_init(&j->text, s->tok, j->detok_flags, (const char *const *)j->stop,
                                 (size_t)j->n_stop, em);
     if (rc < 0) return rc;
   }
@@ -561,6 +562,11 @@ int worker_sched_step(worker_sched *s) {
     if (j->state == WORKER_JOB_PREFILL) {
       j->state = WORKER_JOB_DECODE;
       j->t_prefill_done_ns = uv_hrtime();
+    }
+    if (j->script && s->tok) {
+      /* Test hook: the scripted text goes out through the real detokenizer
+       * and event path; its logprobs are those of the sampled token. */
+      res.token = j->n_gen < j->n_script ? j->script[j->n_gen] : llorch_tokenizer_eos(s->tok);
     }
     j->next_token = res.token;
     sched_emit_token(s, j, &res, &tok_ev[r], &fin_ev[r]);

@@ -64,6 +64,13 @@ typedef struct worker_job {
   char *stop[WORKER_MAX_STOP];   /* stop strings, owned by the job */
   int n_stop;
   bool ignore_eos;
+  unsigned detok_flags;          /* llorch_detok_flags of the streamed text (RENDER_SPECIAL
+                                    when a tool-call parser must see special-token markers) */
+  /* Test hook (worker --test-script, refused unless LLORCH_TEST_HOOKS=1):
+   * these tokens replace the sampled ones, then EOS ends the job. NULL in
+   * normal operation. */
+  int32_t *script;               /* (n_script) token ids, owned by the job */
+  uint32_t n_script;
   void *owner;                   /* the caller's (the HTTP side's) pointer */
 
   /* ---- inference-thread state ---- */

@@ -1,7 +1,9 @@
 /*
- * Scheduler events -> responses. One function per (event, API) pair: the
- * native SSE events of docs/worker-api.md, OpenAI chat/completion chunks, or
- * the text collected for a non-streaming answer.
+ * Scheduler events -> responses. The native SSE events of
+ * docs/worker-api.md, or OpenAI chunks / one OpenAI answer written by the
+ * shared OpenAI layer (include/llorch/openai.h). Chat output goes through
+ * the layer's parser first: content, reasoning and tool calls come out as
+ * deltas (worker_stream_on_delta), whichever API the request came by.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,17 +15,6 @@
 
 /* ---- helpers ---- */
 
-void worker_respond_error(llorch_http_request *req, const worker_error *err) {
-  if (!req) return;
-  if (err->retry_after_s > 0) {
-    char v[16];
-    snprintf(v, sizeof v, "%d", err->retry_after_s);
-    llorch_http_response_header(req, "Retry-After", v);
-  }
-  llorch_http_respond_error(req, err->status, err->type, err->message,
-                            err->param[0] ? err->param : NULL, err->code);
-}
-
 static const char *stream_finish_name(worker_finish f) {
   switch (f) {
   case WORKER_FINISH_STOP: return "stop";
@@ -33,115 +24,41 @@ static const char *stream_finish_name(worker_finish f) {
   }
 }
 
-char *worker_token_text(const worker *w, int32_t id, size_t *len, llorch_jbuf *bytes) {
-  char buf[256];
-  int n = llorch_token_piece(w->tok, id, LLORCH_DETOK_RENDER_SPECIAL, buf, sizeof buf);
+/* A chat answer that ended by itself after tool calls ended for them. */
+static const char *stream_finish_reason(const worker_stream *st, worker_finish f) {
+  if (f == WORKER_FINISH_STOP && st->out && llorch_openai_output_n_calls(st->out) > 0)
+    return "tool_calls";
+  return stream_finish_name(f);
+}
+
+/* The bytes of one token id into buf (cap bytes): its logprobs text. */
+static llorch_openai_lp_token stream_token(const worker *w, int32_t id, char *buf, size_t cap,
+                                           double logprob) {
+  int n = llorch_token_piece(w->tok, id, LLORCH_DETOK_RENDER_SPECIAL, buf, cap);
   if (n < 0) n = 0;
-  if (n > (int)sizeof buf) n = (int)sizeof buf; /* pieces are short; a longer one is cut */
-  if (bytes) {
-    llorch_jbuf_raw(bytes, "[", 1);
-    for (int i = 0; i < n; i++) {
-      if (i) llorch_jbuf_raw(bytes, ",", 1);
-      llorch_jbuf_int(bytes, (unsigned char)buf[i]);
-    }
-    llorch_jbuf_raw(bytes, "]", 1);
-  }
-  /* Raw bytes: llorch_jbuf_strn turns invalid UTF-8 into U+FFFD when the
-   * text is written out; `bytes` above keeps the exact values. */
-  char *t = malloc((size_t)n + 1);
-  if (!t) return NULL;
-  memcpy(t, buf, (size_t)n);
-  t[n] = 0;
-  *len = (size_t)n;
-  return t;
+  if (n > (int)cap) n = (int)cap; /* pieces are short; a longer one is cut */
+  /* Raw bytes: the writer turns invalid UTF-8 into U+FFFD in "token" and
+   * keeps the exact values in "bytes". */
+  return (llorch_openai_lp_token){.text = buf, .len = (size_t)n, .logprob = logprob};
 }
 
-/* {"token":..,"logprob":..,"bytes":[..]} plus "top_logprobs":[...] when top. */
-static void stream_lp_entry(const worker *w, llorch_jbuf *b, int32_t id, float lp,
-                            const worker_token_logprob *top) {
-  llorch_jbuf bytes;
-  llorch_jbuf_init(&bytes);
-  size_t tl;
-  char *t = worker_token_text(w, id, &tl, &bytes);
-  llorch_jbuf_raw(b, "{", 1);
-  llorch_jbuf_key(b, "token");
-  llorch_jbuf_strn(b, t ? t : "", t ? tl : 0);
-  llorch_jbuf_raw(b, ",", 1);
-  llorch_jbuf_key(b, "logprob");
-  llorch_jbuf_num(b, lp);
-  llorch_jbuf_raw(b, ",", 1);
-  llorch_jbuf_key(b, "bytes");
-  llorch_jbuf_raw(b, bytes.data ? bytes.data : "[]", bytes.data ? bytes.len : 2);
-  if (top) {
-    llorch_jbuf_raw(b, ",", 1);
-    llorch_jbuf_key(b, "top_logprobs");
-    llorch_jbuf_raw(b, "[", 1);
-    for (int q = 0; q < top->n_top; q++) {
-      if (q) llorch_jbuf_raw(b, ",", 1);
-      stream_lp_entry(w, b, top->top_id[q], top->top_logprob[q], NULL);
-    }
-    llorch_jbuf_raw(b, "]", 1);
-  }
-  llorch_jbuf_raw(b, "}", 1);
-  free(t);
-  llorch_jbuf_free(&bytes);
+/* Adds token event e's logprobs to lp. */
+static void stream_lp_add(const worker *w, llorch_openai_logprobs *lp, const worker_event *e,
+                          size_t text_offset) {
+  char buf[256], tbuf[WORKER_MAX_TOP_LOGPROBS][256];
+  llorch_openai_lp_token top[WORKER_MAX_TOP_LOGPROBS];
+  llorch_openai_lp_token tok = stream_token(w, e->token_id, buf, sizeof buf, e->lp.logprob);
+  int n_top = e->lp.n_top < WORKER_MAX_TOP_LOGPROBS ? e->lp.n_top : WORKER_MAX_TOP_LOGPROBS;
+  for (int q = 0; q < n_top; q++)
+    top[q] = stream_token(w, e->lp.top_id[q], tbuf[q], sizeof tbuf[q], e->lp.top_logprob[q]);
+  llorch_openai_logprobs_add(lp, &tok, top, n_top, text_offset);
 }
 
-/* Completions' logprobs pieces for one token: appends to the four arrays. */
-static void stream_lp_completion(const worker *w, llorch_jbuf lp[4], const worker_event *e,
-                                 size_t offset, bool first) {
-  size_t tl;
-  char *t = worker_token_text(w, e->token_id, &tl, NULL);
-  if (!first)
-    for (int k = 0; k < 4; k++) llorch_jbuf_raw(&lp[k], ",", 1);
-  llorch_jbuf_strn(&lp[0], t ? t : "", t ? tl : 0);
-  llorch_jbuf_num(&lp[1], e->lp.logprob);
-  llorch_jbuf_raw(&lp[2], "{", 1);
-  for (int q = 0; q < e->lp.n_top; q++) {
-    size_t al;
-    char *a = worker_token_text(w, e->lp.top_id[q], &al, NULL);
-    if (q) llorch_jbuf_raw(&lp[2], ",", 1);
-    /* the same token text twice would be a duplicate key: keep the first */
-    char key[300];
-    snprintf(key, sizeof key, "%.*s", (int)(a ? al : 0), a ? a : "");
-    llorch_jbuf_key(&lp[2], key);
-    llorch_jbuf_num(&lp[2], e->lp.top_logprob[q]);
-    free(a);
-  }
-  llorch_jbuf_raw(&lp[2], "}", 1);
-  llorch_jbuf_int(&lp[3], (int64_t)offset);
-  free(t);
-}
-
-/* Common head of an OpenAI object: {"id":..,"object":..,"created":..,"model":.., */
-static void stream_openai_head(const worker_stream *st, llorch_jbuf *b, const char *object) {
-  llorch_jbuf_raw(b, "{", 1);
-  llorch_jbuf_key(b, "id");
-  llorch_jbuf_str(b, st->resp_id);
-  llorch_jbuf_raw(b, ",", 1);
-  llorch_jbuf_key(b, "object");
-  llorch_jbuf_str(b, object);
-  llorch_jbuf_raw(b, ",", 1);
-  llorch_jbuf_key(b, "created");
-  llorch_jbuf_int(b, st->created);
-  llorch_jbuf_raw(b, ",", 1);
-  llorch_jbuf_key(b, "model");
-  llorch_jbuf_str(b, st->model_echo);
-  llorch_jbuf_raw(b, ",", 1);
-}
-
-static void stream_usage(llorch_jbuf *b, uint32_t prompt, uint32_t completion) {
-  llorch_jbuf_key(b, "usage");
-  llorch_jbuf_raw(b, "{", 1);
-  llorch_jbuf_key(b, "prompt_tokens");
-  llorch_jbuf_int(b, prompt);
-  llorch_jbuf_raw(b, ",", 1);
-  llorch_jbuf_key(b, "completion_tokens");
-  llorch_jbuf_int(b, completion);
-  llorch_jbuf_raw(b, ",", 1);
-  llorch_jbuf_key(b, "total_tokens");
-  llorch_jbuf_int(b, (int64_t)prompt + completion);
-  llorch_jbuf_raw(b, "}", 1);
+static llorch_openai_meta stream_meta(const worker_stream *st) {
+  return (llorch_openai_meta){.id = st->resp_id,
+                              .created = st->created,
+                              .model = st->model_echo,
+                              .chat = st->api == LLORCH_OPENAI_CHAT};
 }
 
 /* Sends one "data: <json>" SSE event (OpenAI streams have no event names). */
@@ -150,12 +67,55 @@ static void stream_send_data(worker_stream *st, const llorch_jbuf *b) {
   llorch_http_sse_send(st->req, NULL, b->data, b->len);
 }
 
-/* ---- starting a streamed response ---- */
-
 static void stream_start_sse(worker_stream *st) {
   if (st->headers_sent || !st->req) return;
   llorch_http_sse_start(st->req);
   st->headers_sent = true;
+}
+
+/* ---- deltas from the output parser ---- */
+
+/* One streamed chat chunk; the current token's logprobs ride on the first. */
+static void stream_chat_chunk(worker_stream *st, const llorch_openai_delta *d) {
+  llorch_openai_logprobs lp;
+  llorch_openai_logprobs_init(&lp, true);
+  bool with_lp = st->cur && st->cur->has_logprob && !st->cur_lp_sent;
+  if (with_lp) {
+    stream_lp_add(st->w, &lp, st->cur, 0);
+    st->cur_lp_sent = true;
+  }
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_openai_meta m = stream_meta(st);
+  llorch_openai_write_chat_chunk(&b, &m, d, false, with_lp ? &lp : NULL, NULL);
+  stream_send_data(st, &b);
+  llorch_jbuf_free(&b);
+  llorch_openai_logprobs_free(&lp);
+}
+
+void worker_stream_on_delta(void *user, const llorch_openai_delta *d) {
+  worker_stream *st = user;
+  if (st->api == LLORCH_OPENAI_NATIVE) {
+    if (st->deltas.len) llorch_jbuf_raw(&st->deltas, ",", 1);
+    llorch_openai_write_delta(&st->deltas, d, false);
+  } else if (st->stream) {
+    stream_chat_chunk(st, d);
+  } else {
+    llorch_openai_message_add(&st->msg, d);
+  }
+}
+
+/* Runs a token event's text (or, at the end, nothing: finish) through the
+ * parser; the deltas go out through worker_stream_on_delta. */
+static void stream_parse(worker_stream *st, const worker_event *e, bool finish) {
+  st->cur = e;
+  st->cur_lp_sent = false;
+  int rc = 0;
+  if (e && e->text_len) rc = llorch_openai_output_feed(st->out, e->text, e->text_len);
+  if (finish && rc == 0) rc = llorch_openai_output_finish(st->out);
+  if (rc < 0)
+    LOG_WARN("worker", st->request_id, "job %s: the output parser failed: %s", st->job->id,
+             llorch_strerror(rc));
 }
 
 /* ---- events: native API ---- */
@@ -165,6 +125,10 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   const char *name = NULL;
+  llorch_jbuf_reset(&st->deltas);
+  if (st->out && e->kind == WORKER_EV_TOKEN) stream_parse(st, e, false);
+  if (st->out && e->kind == WORKER_EV_END) stream_parse(st, NULL, true);
+  st->cur = NULL; /* e is freed after dispatch */
   llorch_jbuf_raw(&b, "{", 1);
   llorch_jbuf_key(&b, "job_id");
   llorch_jbuf_str(&b, st->job->id);
@@ -190,15 +154,19 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
     llorch_jbuf_int(&b, e->token_id);
     llorch_jbuf_raw(&b, "]", 1);
     if (e->has_logprob) {
+      llorch_openai_logprobs lp;
+      llorch_openai_logprobs_init(&lp, true);
+      stream_lp_add(w, &lp, e, 0);
       llorch_jbuf_cstr(&b, ",\"logprobs\":[");
-      stream_lp_entry(w, &b, e->token_id, e->lp.logprob, &e->lp);
+      llorch_jbuf_raw(&b, lp.part[0].data ? lp.part[0].data : "", lp.part[0].len);
       llorch_jbuf_raw(&b, "]", 1);
+      llorch_openai_logprobs_free(&lp);
     }
     break;
   case WORKER_EV_END:
     name = "end";
     llorch_jbuf_cstr(&b, ",\"finish_reason\":");
-    llorch_jbuf_str(&b, stream_finish_name(e->finish));
+    llorch_jbuf_str(&b, stream_finish_reason(st, e->finish));
     llorch_jbuf_cstr(&b, ",\"prompt_tokens\":");
     llorch_jbuf_int(&b, e->prompt_tokens);
     llorch_jbuf_cstr(&b, ",\"completion_tokens\":");
@@ -229,8 +197,15 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
     llorch_jbuf_bool(&b, e->retriable);
     break;
   }
+  /* Chat: the parsed output of this event (what a client shows). */
+  if (st->out && (e->kind == WORKER_EV_TOKEN || e->kind == WORKER_EV_END)) {
+    llorch_jbuf_cstr(&b, ",\"deltas\":[");
+    llorch_jbuf_raw(&b, st->deltas.data ? st->deltas.data : "", st->deltas.len);
+    llorch_jbuf_raw(&b, "]", 1);
+  }
   llorch_jbuf_raw(&b, "}", 1);
-  if (st->req && llorch_jbuf_error(&b) == 0) llorch_http_sse_send(st->req, name, b.data, b.len);
+  if (st->req && llorch_jbuf_error(&b) == 0 && llorch_jbuf_error(&st->deltas) == 0)
+    llorch_http_sse_send(st->req, name, b.data, b.len);
   llorch_jbuf_free(&b);
   if ((e->kind == WORKER_EV_END || e->kind == WORKER_EV_ERROR) && st->req) {
     llorch_http_sse_end(st->req);
@@ -240,104 +215,21 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
 
 /* ---- events: OpenAI ---- */
 
-static void stream_openai_chunk(worker_stream *st, const char *text, size_t text_len,
-                                const worker_event *lp_ev, const char *finish, bool role) {
-  bool chat = st->api == WORKER_API_CHAT;
-  llorch_jbuf b;
-  llorch_jbuf_init(&b);
-  stream_openai_head(st, &b, chat ? "chat.completion.chunk" : "text_completion");
-  llorch_jbuf_cstr(&b, "\"choices\":[{\"index\":0,");
-  if (chat) {
-    llorch_jbuf_cstr(&b, "\"delta\":{");
-    bool any = false;
-    if (role) {
-      llorch_jbuf_cstr(&b, "\"role\":\"assistant\"");
-      any = true;
-    }
-    if (text) {
-      if (any) llorch_jbuf_raw(&b, ",", 1);
-      llorch_jbuf_key(&b, "content");
-      llorch_jbuf_strn(&b, text, text_len);
-    }
-    llorch_jbuf_cstr(&b, "},\"logprobs\":");
-    if (lp_ev) {
-      llorch_jbuf_cstr(&b, "{\"content\":[");
-      stream_lp_entry(st->w, &b, lp_ev->token_id, lp_ev->lp.logprob, &lp_ev->lp);
-      llorch_jbuf_cstr(&b, "]}");
-    } else {
-      llorch_jbuf_cstr(&b, "null");
-    }
-  } else {
-    llorch_jbuf_key(&b, "text");
-    llorch_jbuf_strn(&b, text ? text : "", text ? text_len : 0);
-    llorch_jbuf_cstr(&b, ",\"logprobs\":");
-    if (lp_ev) {
-      llorch_jbuf lp[4];
-      for (int k = 0; k < 4; k++) llorch_jbuf_init(&lp[k]);
-      stream_lp_completion(st->w, lp, lp_ev, st->text_offset, true);
-      llorch_jbuf_cstr(&b, "{\"tokens\":[");
-      llorch_jbuf_raw(&b, lp[0].data, lp[0].len);
-      llorch_jbuf_cstr(&b, "],\"token_logprobs\":[");
-      llorch_jbuf_raw(&b, lp[1].data, lp[1].len);
-      llorch_jbuf_cstr(&b, "],\"top_logprobs\":[");
-      llorch_jbuf_raw(&b, lp[2].data, lp[2].len);
-      llorch_jbuf_cstr(&b, "],\"text_offset\":[");
-      llorch_jbuf_raw(&b, lp[3].data, lp[3].len);
-      llorch_jbuf_cstr(&b, "]}");
-      for (int k = 0; k < 4; k++) llorch_jbuf_free(&lp[k]);
-    } else {
-      llorch_jbuf_cstr(&b, "null");
-    }
-  }
-  llorch_jbuf_cstr(&b, ",\"finish_reason\":");
-  llorch_jbuf_str(&b, finish);
-  llorch_jbuf_cstr(&b, "}]}");
-  stream_send_data(st, &b);
-  llorch_jbuf_free(&b);
-}
-
 /* The complete non-streaming answer. */
 static void stream_openai_respond(worker_stream *st, const worker_event *e) {
-  bool chat = st->api == WORKER_API_CHAT;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  stream_openai_head(st, &b, chat ? "chat.completion" : "text_completion");
-  llorch_jbuf_cstr(&b, "\"choices\":[{\"index\":0,");
-  const char *text = st->text.data ? st->text.data : "";
-  if (chat) {
-    llorch_jbuf_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":");
-    llorch_jbuf_strn(&b, text, st->text.len);
-    llorch_jbuf_cstr(&b, "},\"logprobs\":");
-    if (st->job->want_logprobs) {
-      llorch_jbuf_cstr(&b, "{\"content\":[");
-      llorch_jbuf_raw(&b, st->lp[0].data ? st->lp[0].data : "", st->lp[0].len);
-      llorch_jbuf_cstr(&b, "]}");
-    } else {
-      llorch_jbuf_cstr(&b, "null");
-    }
-  } else {
-    llorch_jbuf_key(&b, "text");
-    llorch_jbuf_strn(&b, text, st->text.len);
-    llorch_jbuf_cstr(&b, ",\"logprobs\":");
-    if (st->job->want_logprobs) {
-      static const char *const keys[4] = {"{\"tokens\":[", "],\"token_logprobs\":[",
-                                          "],\"top_logprobs\":[", "],\"text_offset\":["};
-      for (int k = 0; k < 4; k++) {
-        llorch_jbuf_cstr(&b, keys[k]);
-        llorch_jbuf_raw(&b, st->lp[k].data ? st->lp[k].data : "", st->lp[k].len);
-      }
-      llorch_jbuf_cstr(&b, "]}");
-    } else {
-      llorch_jbuf_cstr(&b, "null");
-    }
-  }
-  llorch_jbuf_cstr(&b, ",\"finish_reason\":");
-  llorch_jbuf_str(&b, stream_finish_name(e->finish));
-  llorch_jbuf_cstr(&b, "}],");
-  stream_usage(&b, e->prompt_tokens, e->completion_tokens);
-  llorch_jbuf_raw(&b, "}", 1);
+  llorch_openai_meta m = stream_meta(st);
+  const llorch_openai_logprobs *lp = st->job->want_logprobs ? &st->lp : NULL;
+  const char *finish = stream_finish_reason(st, e->finish);
+  if (st->api == LLORCH_OPENAI_CHAT)
+    llorch_openai_write_chat_response(&b, &m, &st->msg, lp, finish, e->prompt_tokens,
+                                      e->completion_tokens);
+  else
+    llorch_openai_write_completion_response(&b, &m, st->text.data, st->text.len, lp, finish,
+                                            e->prompt_tokens, e->completion_tokens);
   if (st->req) {
-    if (llorch_jbuf_error(&b) == 0) {
+    if (llorch_jbuf_error(&b) == 0 && st->msg.err == 0) {
       llorch_http_respond_json(st->req, 200, b.data);
     } else {
       llorch_http_respond_error(st->req, 500, "server_error", "out of memory", NULL,
@@ -348,70 +240,96 @@ static void stream_openai_respond(worker_stream *st, const worker_event *e) {
   llorch_jbuf_free(&b);
 }
 
-static void stream_openai_event(worker_stream *st, const worker_event *e) {
+static void stream_openai_token(worker_stream *st, const worker_event *e) {
   worker *w = st->w;
+  /* End-of-generation tokens are not part of an OpenAI completion. */
+  if (llorch_tokenizer_is_eog(w->tok, e->token_id) && !e->text_len) return;
+  bool chat = st->api == LLORCH_OPENAI_CHAT;
+  if (!st->stream) {
+    if (e->has_logprob) stream_lp_add(w, &st->lp, e, st->text_offset);
+    if (chat) stream_parse(st, e, false);
+    else if (e->text_len) llorch_jbuf_raw(&st->text, e->text, e->text_len);
+  } else if (chat) {
+    stream_parse(st, e, false);
+    /* A token whose text is held back (a marker may be starting) still
+     * shows its logprobs. */
+    if (e->has_logprob && !st->cur_lp_sent) stream_chat_chunk(st, NULL);
+  } else if (e->text_len || e->has_logprob) {
+    llorch_openai_logprobs lp;
+    llorch_openai_logprobs_init(&lp, false);
+    if (e->has_logprob) stream_lp_add(w, &lp, e, st->text_offset);
+    llorch_jbuf b;
+    llorch_jbuf_init(&b);
+    llorch_openai_meta m = stream_meta(st);
+    llorch_openai_write_completion_chunk(&b, &m, e->text, e->text_len,
+                                         e->has_logprob ? &lp : NULL, NULL);
+    stream_send_data(st, &b);
+    llorch_jbuf_free(&b);
+    llorch_openai_logprobs_free(&lp);
+  }
+  st->cur = NULL;
+  st->text_offset += e->text_len;
+}
+
+static void stream_openai_event(worker_stream *st, const worker_event *e) {
+  llorch_openai_meta m = stream_meta(st);
   switch (e->kind) {
   case WORKER_EV_STARTED:
     if (st->stream) {
       stream_start_sse(st);
-      if (st->api == WORKER_API_CHAT) stream_openai_chunk(st, "", 0, NULL, NULL, true);
-    }
-    break;
-  case WORKER_EV_TOKEN: {
-    /* End-of-generation tokens are not part of an OpenAI completion. */
-    if (llorch_tokenizer_is_eog(w->tok, e->token_id) && !e->text_len) break;
-    const worker_event *lp_ev = e->has_logprob ? e : NULL;
-    if (st->stream) {
-      if (e->text_len || lp_ev)
-        stream_openai_chunk(st, e->text ? e->text : "", e->text_len, lp_ev, NULL, false);
-    } else {
-      if (lp_ev) {
-        if (st->api == WORKER_API_CHAT) {
-          if (st->lp[0].len) llorch_jbuf_raw(&st->lp[0], ",", 1);
-          stream_lp_entry(w, &st->lp[0], e->token_id, e->lp.logprob, &e->lp);
-        } else {
-          stream_lp_completion(w, st->lp, e, st->text_offset, st->lp[0].len == 0);
-        }
+      if (st->api == LLORCH_OPENAI_CHAT) {
+        llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
+        d.content = "";
+        llorch_jbuf b;
+        llorch_jbuf_init(&b);
+        llorch_openai_write_chat_chunk(&b, &m, &d, true, NULL, NULL);
+        stream_send_data(st, &b);
+        llorch_jbuf_free(&b);
       }
-      if (e->text_len) llorch_jbuf_raw(&st->text, e->text, e->text_len);
     }
-    st->text_offset += e->text_len;
     break;
-  }
-  case WORKER_EV_END:
+  case WORKER_EV_TOKEN:
+    stream_openai_token(st, e);
+    break;
+  case WORKER_EV_END: {
+    if (st->out) stream_parse(st, NULL, true);
+    st->cur = NULL;
     if (!st->stream) {
       stream_openai_respond(st, e);
       break;
     }
     stream_start_sse(st);
-    stream_openai_chunk(st, NULL, 0, NULL, stream_finish_name(e->finish), false);
+    llorch_jbuf b;
+    llorch_jbuf_init(&b);
+    const char *finish = stream_finish_reason(st, e->finish);
+    if (st->api == LLORCH_OPENAI_CHAT)
+      llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, finish);
+    else
+      llorch_openai_write_completion_chunk(&b, &m, "", 0, NULL, finish);
+    stream_send_data(st, &b);
     if (st->include_usage) {
-      llorch_jbuf b;
-      llorch_jbuf_init(&b);
-      stream_openai_head(st, &b, st->api == WORKER_API_CHAT ? "chat.completion.chunk"
-                                                            : "text_completion");
-      llorch_jbuf_cstr(&b, "\"choices\":[],");
-      stream_usage(&b, e->prompt_tokens, e->completion_tokens);
-      llorch_jbuf_raw(&b, "}", 1);
+      llorch_jbuf_reset(&b);
+      llorch_openai_write_usage_chunk(&b, &m, e->prompt_tokens, e->completion_tokens);
       stream_send_data(st, &b);
-      llorch_jbuf_free(&b);
     }
+    llorch_jbuf_free(&b);
     if (st->req) {
       llorch_http_sse_send(st->req, NULL, "[DONE]", 6);
       llorch_http_sse_end(st->req);
       st->req = NULL;
     }
     break;
+  }
   case WORKER_EV_ERROR:
     if (!st->headers_sent) {
       /* Nothing was sent yet: a proper status. Queue timeouts and shutdown
        * are "try again" (503); engine failures are 500. */
-      worker_error err = {.status = e->retriable ? 503 : 500,
-                          .type = "server_error",
-                          .code = e->code,
-                          .retry_after_s = e->retriable ? 1 : 0};
+      llorch_openai_error err = {.status = e->retriable ? 503 : 500,
+                                 .type = "server_error",
+                                 .code = e->code,
+                                 .retry_after_s = e->retriable ? 1 : 0};
       snprintf(err.message, sizeof err.message, "%s", e->message);
-      worker_respond_error(st->req, &err);
+      llorch_openai_respond_error(st->req, &err);
       st->req = NULL;
       break;
     }
@@ -442,7 +360,22 @@ void worker_stream_attach(worker *w, worker_stream *st) {
   st->next = w->streams;
   if (w->streams) w->streams->prev = st;
   w->streams = st;
-  if (st->api == WORKER_API_NATIVE) stream_start_sse(st);
+  if (st->api == LLORCH_OPENAI_NATIVE) stream_start_sse(st);
+}
+
+void worker_stream_destroy(worker_stream *st) {
+  worker_job_free(st->job);
+  llorch_openai_output_free(st->out);
+  cJSON_Delete(st->tools);
+  llorch_openai_message_free(&st->msg);
+  llorch_jbuf_free(&st->text);
+  llorch_openai_logprobs_free(&st->lp);
+  llorch_jbuf_free(&st->deltas);
+  llorch_jbuf_free(&st->prompt_text);
+  llorch_jinja_output_free(&st->chat_prompt);
+  llorch_tokens_free(&st->toks);
+  llorch_tokens_free(&st->script_toks);
+  free(st);
 }
 
 static void stream_free(worker *w, worker_stream *st) {
@@ -451,13 +384,7 @@ static void stream_free(worker *w, worker_stream *st) {
   if (st->next) st->next->prev = st->prev;
   worker_remember_finished(w, st->job->id);
   if (st->req) llorch_http_request_set_data(st->req, NULL, NULL);
-  worker_job_free(st->job);
-  llorch_jbuf_free(&st->text);
-  llorch_jbuf_free(&st->prompt_text);
-  llorch_jinja_output_free(&st->chat_prompt);
-  llorch_tokens_free(&st->toks);
-  for (int k = 0; k < 4; k++) llorch_jbuf_free(&st->lp[k]);
-  free(st);
+  worker_stream_destroy(st);
 }
 
 static void stream_observe(worker *w, worker_stream *st, const worker_event *e) {
@@ -506,13 +433,13 @@ void worker_events_dispatch(worker *w) {
     }
     stream_observe(w, st, e);
     if (e->kind == WORKER_EV_STARTED) st->started = true;
-    if (st->api == WORKER_API_NATIVE) stream_native_event(st, e);
+    if (st->api == LLORCH_OPENAI_NATIVE) stream_native_event(st, e);
     else stream_openai_event(st, e);
     /* A client that stops reading would make us buffer its tokens without
      * bound: past the limit its job is cancelled (the final event still
      * ends the response properly). */
     if (st->req && !st->cancelled && e->kind == WORKER_EV_TOKEN &&
-        llorch_http_request_queued_bytes(st->req) > WORKER_MAX_QUEUED_BYTES) {
+        llorch_http_request_queued_bytes(st->req) > LLORCH_OPENAI_MAX_QUEUED_BYTES) {
       LOG_WARN("worker", st->request_id, "client is not reading (%zu bytes queued): cancelling job %s",
                llorch_http_request_queued_bytes(st->req), st->job->id);
       st->cancelled = true;

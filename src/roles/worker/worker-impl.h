@@ -25,6 +25,7 @@
 #include "llorch/memory.h"
 #include "llorch/metrics.h"
 #include "llorch/model.h"
+#include "llorch/openai.h"
 #include "llorch/tokenizer.h"
 
 #include "scheduler.h"
@@ -36,25 +37,9 @@ typedef enum worker_state {
   WORKER_STATE_FAILED = 3,
 } worker_state;
 
-typedef enum worker_api {
-  WORKER_API_NATIVE = 0,     /* POST /v2/execute */
-  WORKER_API_CHAT = 1,       /* POST /v1/chat/completions */
-  WORKER_API_COMPLETION = 2, /* POST /v1/completions */
-} worker_api;
-
-/* An error answer before a stream started: status + OpenAI envelope fields. */
-typedef struct worker_error {
-  int status;
-  const char *type;        /* "invalid_request_error", "server_error", ... */
-  const char *code;        /* "invalid_value", "model_not_found", ... */
-  char param[96];          /* "" = null */
-  char message[512];
-  int retry_after_s;       /* > 0: Retry-After header */
-} worker_error;
-
-/* Response bytes a stream may have waiting for a slow client before the
- * job is cancelled. */
-#define WORKER_MAX_QUEUED_BYTES (8u << 20)
+/* The worker's APIs are the OpenAI layer's: LLORCH_OPENAI_NATIVE is
+ * POST /v2/execute, CHAT and COMPLETION the /v1 endpoints. Errors before a
+ * stream starts are llorch_openai_error (status + envelope fields). */
 
 /* The finished-id memory of /v2/jobs/{id}/cancel. */
 #define WORKER_FINISHED_IDS 1024
@@ -94,6 +79,9 @@ typedef struct worker {
   llorch_tokenizer *tok;
   llorch_chat *chat;              /* the model's chat template, or NULL (chat_error says why) */
   char chat_error[600];           /* why chat requests are refused, when chat is NULL */
+  llorch_tool_format tool_format; /* how the model writes tool calls (its template, or the option) */
+  llorch_reasoning_format reasoning_default; /* worker.reasoning_format */
+  cJSON *script;                  /* test hook (--test-script): [{match, reply}], else NULL */
   worker_sched *sched;
   uint32_t n_ctx, n_slots;
   int n_threads;                  /* CPU threads the backend uses */
@@ -136,10 +124,11 @@ typedef struct worker {
 /* One request being answered from scheduler events. */
 struct worker_stream {
   worker *w;
-  worker_api api;
+  llorch_openai_api api;
   llorch_http_request *req;       /* NULL once the client went away */
   worker_job *job;
   bool stream;                    /* SSE (always for native) */
+  bool chat;                      /* a messages request: output goes through the parser */
   bool include_usage;
   bool headers_sent;              /* SSE started */
   bool started;                   /* STARTED event seen */
@@ -150,12 +139,19 @@ struct worker_stream {
   char request_id[72];
   uint64_t t_last_token_ns;
   uint32_t n_tokens;              /* token events seen */
-  llorch_jbuf text;               /* non-streaming: the text so far */
-  /* non-streaming logprobs so far, as JSON array items: chat uses lp[0]
-   * (content entries); completions tokens, token_logprobs, top_logprobs,
-   * text_offset in lp[0..3] */
-  llorch_jbuf lp[4];
+  /* ---- output ---- */
+  llorch_openai_output *out;      /* chat: generated text -> content, reasoning, tool calls */
+  cJSON *tools;                   /* chat: the request's tools (the parser reads them) */
+  llorch_openai_message msg;      /* non-streaming chat: the answer so far */
+  llorch_jbuf text;               /* non-streaming completions: the text so far */
+  llorch_openai_logprobs lp;      /* non-streaming: logprobs so far */
   size_t text_offset;             /* completions logprobs text_offset */
+  const worker_event *cur;        /* the token event being parsed */
+  bool cur_lp_sent;               /* its logprobs went out with a chunk */
+  llorch_jbuf deltas;             /* native: this event's deltas, as JSON array items */
+  /* test hook: the scripted reply chosen for this prompt, and its tokens */
+  const char *script_reply;       /* points into w->script */
+  llorch_tokens script_toks;
   /* ---- before submit: the prompt is tokenized on the libuv threadpool
    * (a 4 MiB body takes over a second) so the loop never waits for it ---- */
   llorch_jbuf prompt_text;        /* raw prompt (completions) */
@@ -176,28 +172,26 @@ struct worker_stream {
  * still empty) and the stream options; the prompt text goes to
  * st->prompt_text. On failure fills err and returns a negative code.
  */
-int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_stream *st,
-                         worker_job **out, worker_error *err);
+int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, worker_stream *st,
+                         worker_job **out, llorch_openai_error *err);
 /* Tokenizes st->prompt_text into st->toks (threadpool: touches nothing else). */
 void worker_request_tokenize(const worker *w, worker_stream *st);
 /* Back on the loop: checks the tokens against the context and moves them
  * into st->job. On failure fills err and returns a negative code. */
-int worker_request_finish(worker *w, worker_stream *st, worker_error *err);
+int worker_request_finish(worker *w, worker_stream *st, llorch_openai_error *err);
 /* True when name is the model's name or its file name (with or without .gguf). */
 bool worker_model_name_matches(const worker *w, const char *name);
 
 /* ---- stream.c ---- */
 
-/* Answers err on req (JSON envelope, Retry-After when set). */
-void worker_respond_error(llorch_http_request *req, const worker_error *err);
+/* The output parser's delta callback (user = the stream). */
+void worker_stream_on_delta(void *user, const llorch_openai_delta *d);
+/* Frees what a stream owns (not linked, or already unlinked) and the stream. */
+void worker_stream_destroy(worker_stream *st);
 /* Takes and dispatches every scheduler event (the events async callback). */
 void worker_events_dispatch(worker *w);
 /* Registers the client-gone callback and links st into w->streams. */
 void worker_stream_attach(worker *w, worker_stream *st);
-/* The bytes of one token id (for logprobs), malloc'ed and NUL-terminated
- * (*len without the NUL); appends them as a JSON array of numbers to bytes
- * when bytes is not NULL. NULL when out of memory. */
-char *worker_token_text(const worker *w, int32_t id, size_t *len, llorch_jbuf *bytes);
 
 /* ---- routes.c ---- */
 

@@ -160,6 +160,12 @@ static void worker_load_thread(void *arg) {
     snprintf(w->load_error, sizeof w->load_error, "chat template of %s: %s", cfg->worker.model, em.text);
     goto done;
   }
+  /* Tool calls are parsed in the syntax the model's template teaches it. */
+  w->tool_format = cfg->worker.tool_call_format > 0
+                       ? (llorch_tool_format)(cfg->worker.tool_call_format - 1)
+                       : llorch_tool_format_detect(w->chat ? llorch_chat_tool_template(w->chat) : NULL);
+  LOG_INFO("worker", NULL, "tool calls: %s format%s", llorch_tool_format_name(w->tool_format),
+           cfg->worker.tool_call_format > 0 ? " (worker.tool_call_format)" : " (from the template)");
   uint32_t n_ctx = cfg->worker.ctx > 0 ? (uint32_t)cfg->worker.ctx : w->model->hp.n_ctx_train;
   if (!n_ctx) n_ctx = 2048;
   w->n_ctx = n_ctx;
@@ -285,6 +291,55 @@ static void worker_on_shutdown(llorch_service *svc, void *user) {
   }
 }
 
+/* ---- test hook ---- */
+
+/*
+ * --test-script FILE: [{"match": "text in the prompt", "reply": "text"}].
+ * A request whose rendered prompt contains a match gets that reply instead
+ * of sampled tokens (tokenized, then replayed through the scheduler, the
+ * detokenizer and the response path: everything but the sampler is real).
+ * Tests need it because random weights never write a tool call. It cannot
+ * be switched on by accident: the worker refuses to start with it unless
+ * the environment has LLORCH_TEST_HOOKS=1. Workers a pool spawns get it
+ * from the environment (LLORCH_TEST_SCRIPT=FILE, same condition), since the
+ * pool passes no test flags on.
+ */
+static int worker_script_load(worker *w, const char *path) {
+  const char *env = getenv("LLORCH_TEST_HOOKS");
+  if (!env || strcmp(env, "1") != 0) {
+    LOG_ERROR("worker", NULL,
+              "worker.test_script (%s) is a test hook: it replaces sampling with scripted "
+              "replies, so it is refused unless the environment has LLORCH_TEST_HOOKS=1",
+              path);
+    return LLORCH_EINVAL;
+  }
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    LOG_ERROR("worker", NULL, "worker.test_script: cannot open %s", path);
+    return LLORCH_ENOENT;
+  }
+  char *text = malloc(1 << 20);
+  size_t n = text ? fread(text, 1, (1 << 20) - 1, f) : 0;
+  fclose(f);
+  if (!text) return LLORCH_ENOMEM;
+  text[n] = 0;
+  w->script = cJSON_Parse(text);
+  free(text);
+  bool ok = cJSON_IsArray(w->script);
+  for (const cJSON *e = ok ? w->script->child : NULL; e && ok; e = e->next)
+    ok = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "match")) &&
+         cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "reply"));
+  if (!ok) {
+    LOG_ERROR("worker", NULL,
+              "worker.test_script %s: expected a JSON array of {\"match\": string, \"reply\": "
+              "string} (at most 1 MiB)",
+              path);
+    return LLORCH_EINVAL;
+  }
+  LOG_WARN("worker", NULL, "TEST HOOK: scripted replies from %s replace sampling", path);
+  return 0;
+}
+
 /* ---- entry point ---- */
 
 static void worker_free_model(worker *w) {
@@ -322,10 +377,20 @@ int llorch_worker_main(const llorch_config *cfg) {
    * stands for, reported so the estimate can be checked against the rest. */
   llorch_mem_usage base;
   if (llorch_mem_usage_read(0, &base) == 0) w->baseline_bytes = base.rss_bytes;
+  w->reasoning_default =
+      cfg->worker.reasoning_format == 1 ? LLORCH_REASONING_NONE : LLORCH_REASONING_CONTENT;
+  const char *script = cfg->worker.test_script ? cfg->worker.test_script : getenv("LLORCH_TEST_SCRIPT");
+  if (script && script[0] && worker_script_load(w, script) < 0) {
+    cJSON_Delete(w->script);
+    uv_mutex_destroy(&w->mem_lock);
+    free(w);
+    return 2;
+  }
 
   int status = 1;
   if (llorch_service_init(&w->svc, cfg, "worker", &em) < 0) {
     LOG_ERROR("worker", NULL, "%s", em.text);
+    cJSON_Delete(w->script);
     uv_mutex_destroy(&w->mem_lock);
     free(w);
     return 1;
@@ -388,6 +453,7 @@ out:
   llorch_service_free(w->svc);
   worker_free_model(w);
   free(w->cb_body);
+  cJSON_Delete(w->script);
   uv_mutex_destroy(&w->mem_lock);
   free(w);
   return status;

@@ -325,7 +325,7 @@ static void test_error_models(void **state) {
   expect_error("orchestrator:\n  models:\n    - {name: a, file: a.gguf, x:.\n\n -1}\n",
                LLORCH_EFORMAT,
                "t.yaml:3:31: 'orchestrator.models[0].x:.?-1': unknown key, expected one of: name, "
-               "file, ctx, slots, pins, min_replicas, max_replicas, keep_alive, priority, chat_template");
+               "file, ctx, slots, pins, min_replicas, max_replicas, keep_alive, priority, chat_template, reasoning_format");
   /* found by fuzz_config: a null name later reached strcmp in the duplicate check */
   expect_error("orchestrator:\n  models:\n    - name: a\n      file: a.gguf\n"
                "    - name: ~\n      file: b.gguf\n", LLORCH_EFORMAT,
@@ -333,7 +333,7 @@ static void test_error_models(void **state) {
   expect_error("orchestrator:\n  models:\n    - name: a\n      file: a.gguf\n      slot: 2\n",
                LLORCH_EFORMAT,
                "t.yaml:5:7: 'orchestrator.models[0].slot': unknown key, expected one of: name, "
-               "file, ctx, slots, pins, min_replicas, max_replicas, keep_alive, priority, chat_template");
+               "file, ctx, slots, pins, min_replicas, max_replicas, keep_alive, priority, chat_template, reasoning_format");
   expect_error("orchestrator:\n  models:\n    - name: a\n      file: ../a.gguf\n", LLORCH_ERANGE,
                "t.yaml:4:13: 'orchestrator.models[0].file': expected a path relative to the model "
                "directory, without '..', got \"../a.gguf\"");

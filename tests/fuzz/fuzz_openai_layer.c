@@ -1,0 +1,46 @@
+/*
+ * libFuzzer target for the OpenAI layer's request side (src/openai/request.c), within
+ * small limits:
+ * arbitrary bytes as a request body for each API. The parser returns 0 or a
+ * 400/404 naming a field in one printable line; an accepted request is
+ * turned into the worker's execute body (which must parse back and pass the
+ * native validation again) and into the chat template context.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llorch/openai.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static const llorch_openai_limits lim = {64, 64, 4, 8};
+  cJSON *body = NULL;
+  llorch_errmsg em = {{0}};
+  if (llorch_json_parse((const char *)data, size, true, &body, &em) < 0) return 0;
+  for (int api = 0; api < 3; api++) {
+    llorch_openai_request r;
+    llorch_openai_error err = {0};
+    if (llorch_openai_request_parse(body, (llorch_openai_api)api, &lim, &r, &err) < 0) {
+      if (err.status < 400 || !err.message[0] || strchr(err.message, '\n')) abort();
+      continue;
+    }
+    char *native = llorch_openai_request_native_body(&r, "job-1", LLORCH_REASONING_CONTENT);
+    if (!native) abort();
+    cJSON *nb = cJSON_Parse(native);
+    llorch_openai_request r2;
+    /* What the orchestrator forwards, the worker accepts. */
+    if (!nb || llorch_openai_request_parse(nb, LLORCH_OPENAI_NATIVE, &lim, &r2, &err) < 0) abort();
+    if (r.chat) {
+      cJSON *ctx = llorch_openai_chat_context(&r);
+      if (!ctx) abort();
+      cJSON_Delete(ctx);
+    }
+    cJSON_Delete(nb);
+    free(native);
+  }
+  cJSON_Delete(body);
+  return 0;
+}

@@ -1,0 +1,165 @@
+/*
+ * The OpenAI layer's request side (src/openai/request.c): validation errors
+ * name the parameter, the worker's execute body carries what the client
+ * asked for (and passes the worker's validation), the template context is
+ * normalised the way templates expect, and the writers' shapes.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "llorch/openai.h"
+
+static int parse(const char *json, llorch_openai_api api, llorch_openai_request *r,
+                 llorch_openai_error *err, cJSON **body) {
+  *body = cJSON_Parse(json);
+  assert_non_null(*body);
+  return llorch_openai_request_parse(*body, api, NULL, r, err);
+}
+
+static void expect_400(const char *json, const char *param, const char *needle) {
+  cJSON *body;
+  llorch_openai_request r;
+  llorch_openai_error err = {0};
+  assert_int_equal(parse(json, LLORCH_OPENAI_CHAT, &r, &err, &body), LLORCH_EINVAL);
+  assert_int_equal(err.status, 400);
+  if (strcmp(err.param, param) != 0) fail_msg("%s: param %s, expected %s", json, err.param, param);
+  if (!strstr(err.message, needle)) fail_msg("%s: message \"%s\" lacks \"%s\"", json, err.message, needle);
+  cJSON_Delete(body);
+}
+
+static void test_errors(void **state) {
+  (void)state;
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", "n", "'n' = 3");
+  expect_400("{\"messages\":[]}", "messages", "at least 1");
+  expect_400("{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", "messages[0].role", "robot");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"code\"}]}",
+             "tools[0].type", "\"function\"");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\","
+             "\"function\":{\"name\":\"a\"}},{\"type\":\"function\",\"function\":{\"name\":\"a\"}}]}",
+             "tools[1].function.name", "same name as tools[0]");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":5}", "tool_choice",
+             "got 5");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\",\"tool_calls\":"
+             "[{\"id\":\"a\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+             "{\"role\":\"tool\",\"tool_call_id\":\"b\",\"content\":\"1\"}]}",
+             "messages[2].tool_call_id", "no earlier assistant message");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_calls\":[]}]}",
+             "messages[0].tool_calls", "only allowed on assistant");
+  expect_400("{\"messages\":[{\"role\":\"user\"}]}", "messages[0].content", "required");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}", "top_logprobs",
+             "needs 'logprobs'");
+}
+
+static void test_native_body_and_context(void **state) {
+  (void)state;
+  cJSON *body;
+  llorch_openai_request r;
+  llorch_openai_error err = {0};
+  assert_int_equal(
+      parse("{\"model\":\"m\",\"messages\":[{\"role\":\"developer\",\"content\":[{\"type\":\"text\","
+            "\"text\":\"be \"},{\"type\":\"text\",\"text\":\"brief\"}]},{\"role\":\"user\",\"content\":"
+            "\"w?\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":"
+            "\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Oslo"
+            "\\\"}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"5\"}],\"tools\":[{\"type\":"
+            "\"function\",\"function\":{\"name\":\"get_weather\"}}],\"tool_choice\":\"none\","
+            "\"chat_template_kwargs\":{\"enable_thinking\":false},\"seed\":9007199254740992,"
+            "\"max_completion_tokens\":7,\"response_format\":{\"type\":\"json_object\"}}",
+            LLORCH_OPENAI_CHAT, &r, &err, &body),
+      0);
+  assert_int_equal(r.tool_choice, LLORCH_OPENAI_TOOL_CHOICE_NONE);
+  assert_int_equal(r.max_tokens, 7);
+  char *native = llorch_openai_request_native_body(&r, "j-1", LLORCH_REASONING_NONE);
+  assert_non_null(native);
+  /* a large seed keeps its digits (no exponent form) */
+  assert_non_null(strstr(native, "\"seed\":9007199254740992"));
+  cJSON *nb = cJSON_Parse(native);
+  llorch_openai_request r2;
+  assert_int_equal(llorch_openai_request_parse(nb, LLORCH_OPENAI_NATIVE, NULL, &r2, &err), 0);
+  assert_true(r2.chat);
+  assert_string_equal(r2.job_id, "j-1");
+  assert_int_equal(r2.reasoning_format, LLORCH_REASONING_NONE);
+  assert_int_equal(r2.tool_choice, LLORCH_OPENAI_TOOL_CHOICE_NONE);
+  assert_int_equal(r2.max_tokens, 7);
+  assert_non_null(r2.response_format);
+  assert_non_null(r2.chat_template_kwargs);
+
+  cJSON *ctx = llorch_openai_chat_context(&r);
+  assert_non_null(ctx);
+  char *text = cJSON_PrintUnformatted(ctx);
+  /* developer -> system, parts joined, arguments an object, tools left out for "none" */
+  assert_non_null(strstr(text, "{\"role\":\"system\",\"content\":\"be brief\"}"));
+  assert_non_null(strstr(text, "\"arguments\":{\"city\":\"Oslo\"}"));
+  assert_null(strstr(text, "\"tools\""));
+  assert_non_null(strstr(text, "\"add_generation_prompt\":true,\"enable_thinking\":false}"));
+  assert_null(strstr(text, "\"kwargs\""));
+  assert_null(strstr(text, "\"bos_token\""));
+  free(text);
+  cJSON_Delete(ctx);
+  cJSON_Delete(nb);
+  free(native);
+  cJSON_Delete(body);
+}
+
+static void test_writers(void **state) {
+  (void)state;
+  llorch_openai_meta m = {.id = "chatcmpl-1", .created = 5, .model = "m", .chat = true};
+  llorch_openai_message msg;
+  llorch_openai_message_init(&msg);
+  llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
+  d.reasoning = "hmm";
+  d.reasoning_len = 3;
+  llorch_openai_message_add(&msg, &d);
+  d = (llorch_openai_delta)LLORCH_OPENAI_DELTA_INIT;
+  d.tool_index = 0;
+  d.tool_id = "call_a";
+  d.tool_name = "f";
+  d.tool_args = "";
+  llorch_openai_message_add(&msg, &d);
+  d.tool_id = d.tool_name = NULL;
+  d.tool_args = "{\"x\":1}";
+  d.tool_args_len = 7;
+  llorch_openai_message_add(&msg, &d);
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_openai_write_chat_response(&b, &m, &msg, NULL, "tool_calls", 3, 4);
+  assert_string_equal(
+      b.data,
+      "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":5,\"model\":\"m\","
+      "\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+      "\"content\":null,\"reasoning_content\":\"hmm\",\"tool_calls\":[{\"id\":\"call_a\",\"type\":"
+      "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}}]},\"logprobs\":null,"
+      "\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,"
+      "\"total_tokens\":7}}");
+  /* a delta written and read back is the same delta */
+  llorch_jbuf_reset(&b);
+  d = (llorch_openai_delta)LLORCH_OPENAI_DELTA_INIT;
+  d.tool_index = 2;
+  d.tool_id = "call_b";
+  d.tool_name = "g";
+  d.tool_args = "";
+  llorch_openai_write_delta(&b, &d, false);
+  cJSON *o = cJSON_Parse(b.data);
+  llorch_openai_delta back;
+  assert_int_equal(llorch_openai_delta_from_json(o, &back), 0);
+  assert_int_equal(back.tool_index, 2);
+  assert_string_equal(back.tool_id, "call_b");
+  assert_string_equal(back.tool_name, "g");
+  cJSON_Delete(o);
+  llorch_jbuf_free(&b);
+  llorch_openai_message_free(&msg);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_native_body_and_context),
+      cmocka_unit_test(test_writers),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
