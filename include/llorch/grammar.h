@@ -191,4 +191,39 @@ bool llorch_grammar_state_complete(const llorch_grammar_state *s);
  * end-of-generation token could): the caller should end the sequence. */
 bool llorch_grammar_state_finished(const llorch_grammar_state *s);
 
+/* ---- OpenAI request fields (request.c) ---- */
+
+/*
+ * The grammar a chat/completions request asks for, from its body:
+ *   response_format {"type":"text"}                         none (*out NULL)
+ *   response_format {"type":"json_object"}                  any JSON object
+ *   response_format {"type":"json_schema","json_schema":
+ *       {"name":..., "schema":{...}, "strict":bool}}        the schema (strict: see above)
+ *   grammar "<GBNF text>"                                   llama-server's field
+ * Giving both a grammar and a non-text response_format is an error. On
+ * success *out is NULL (nothing asked) or a new grammar; warning gets the
+ * non-strict warning ("" when none). On failure (LLORCH_EINVAL,
+ * LLORCH_EUNSUPPORTED, LLORCH_ELIMIT, LLORCH_ENOMEM) param names the field
+ * ("response_format.json_schema.schema", "grammar", ...) and em says what
+ * is wrong. Used by the worker (to enforce) and the orchestrator (to
+ * validate before queueing).
+ */
+int llorch_grammar_from_request(const cJSON *body, const llorch_grammar_limits *lim,
+                                llorch_grammar **out, char *param, size_t param_size,
+                                char *warning, size_t warning_size, llorch_errmsg *em);
+
+/*
+ * A grammar for tool calls (for `tool_choice: "required"` or a named
+ * function): the output is prefix, then one JSON object
+ * {"name": <one of names>, "arguments": <that tool's parameters schema>},
+ * then suffix (prefix/suffix are literal text in the model family's call
+ * syntax, e.g. "<tool_call>\n" and "\n</tool_call>"; either may be NULL).
+ * tools is an OpenAI tools array ([{"type":"function","function":{"name",
+ * "parameters"}}]); only names listed in names (NULL = all) are allowed.
+ */
+int llorch_grammar_for_tools(const cJSON *tools, const char *const *names, size_t n_names,
+                             const char *prefix, const char *suffix,
+                             const llorch_grammar_limits *lim, llorch_grammar **out,
+                             llorch_errmsg *em);
+
 #endif /* LLORCH_GRAMMAR_H */

@@ -19,6 +19,7 @@
 #include "llorch/backend.h"
 #include "llorch/chat.h"
 #include "llorch/config.h"
+#include "llorch/grammar.h"
 #include "llorch/http.h"
 #include "llorch/http_client.h"
 #include "llorch/json.h"
@@ -91,6 +92,7 @@ typedef struct worker {
   llorch_backend backend;
   bool backend_open;
   llorch_tokenizer *tok;
+  llorch_grammar_vocab *gvocab;   /* token texts as a trie: structured output masks */
   llorch_chat *chat;              /* the model's chat template family */
   worker_sched *sched;
   uint32_t n_ctx, n_slots;
