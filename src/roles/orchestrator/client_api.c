@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "llorch/grammar.h"
 #include "llorch/log.h"
 #include "orchestrator-impl.h"
 
@@ -170,7 +171,8 @@ static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
     if (r->top_logprobs > 0) cJSON_AddNumberToObject(ex, "top_logprobs", r->top_logprobs);
   }
   static const char *const pass[] = {"temperature", "top_p", "top_k", "seed", "presence_penalty",
-                                     "frequency_penalty", "stop", "ignore_eos"};
+                                     "frequency_penalty", "stop", "ignore_eos",
+                                     "response_format", "grammar"};
   for (size_t i = 0; i < sizeof pass / sizeof pass[0]; i++) copy_field(ex, body, pass[i], NULL);
   r->exec_body = llorch_json_print(ex);
   cJSON_Delete(ex);
@@ -178,6 +180,25 @@ static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
 fail:
   cJSON_Delete(ex);
   return rc;
+}
+
+/*
+ * response_format / grammar: compiled here only to refuse a bad schema or
+ * grammar before the request queues (the worker compiles it again to
+ * enforce it; the body passes on unchanged). A non-strict schema's ignored
+ * keyword becomes an X-Llorch-Warning header. Fills param and *code on
+ * failure.
+ */
+static int validate_structured(llorch_http_request *req, const cJSON *body, char *param,
+                               size_t param_size, const char **code, llorch_errmsg *em) {
+  llorch_grammar *g = NULL;
+  char warning[256];
+  int rc = llorch_grammar_from_request(body, NULL, &g, param, param_size, warning,
+                                       sizeof warning, em);
+  llorch_grammar_free(g);
+  *code = rc == LLORCH_EUNSUPPORTED ? "unsupported_value" : "invalid_value";
+  if (rc == 0 && warning[0]) llorch_http_response_header(req, "X-Llorch-Warning", warning);
+  return rc == LLORCH_EUNSUPPORTED || rc == LLORCH_ELIMIT ? LLORCH_EINVAL : rc;
 }
 
 /* ---- OpenAI output ---- */
@@ -801,10 +822,14 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   snprintf(r->rid, sizeof r->rid, "%s", rid);
   r->model_name = strdup(model);
   int rc = r->model_name ? build_exec_body(r, body, &em) : LLORCH_ENOMEM;
+  char sparam[96] = "";
+  const char *scode = "invalid_value";
+  if (rc == 0) rc = validate_structured(req, body, sparam, sizeof sparam, &scode, &em);
   cJSON_Delete(body);
   if (rc < 0) {
     if (rc == LLORCH_ENOMEM) respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    else respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(), "invalid_value");
+    else respond_error(req, 400, "invalid_request_error", em.text,
+                       sparam[0] ? sparam : llorch_json_errparam(), scode);
     req_free(r);
     return;
   }
