@@ -364,6 +364,15 @@ int llorch_grammar_match(llorch_grammar *g, const char *text, size_t len, bool *
 
 /* ---- the vocabulary trie ---- */
 
+/* One trie node, packed: the mask walk reads one cache line per few nodes. */
+typedef struct mx_tnode {
+  uint32_t end;      /* first node after this node's subtree */
+  uint32_t tok_off;  /* tokens ending here: sorted[tok_off .. tok_off + tok_n) */
+  uint16_t tok_n;
+  uint16_t depth;    /* 1 for children of the root */
+  uint8_t byte;      /* the byte leading into the node */
+} mx_tnode;
+
 struct llorch_grammar_vocab {
   uint32_t n_vocab;
   char *text;           /* every token's bytes, concatenated */
@@ -371,13 +380,9 @@ struct llorch_grammar_vocab {
   bool *eog_flag;       /* (n_vocab) */
   int32_t *eog;         /* (n_eog) end-of-generation ids */
   uint32_t n_eog;
-  /* trie nodes in depth-first order; node i's subtree is [i, end[i]) */
+  /* trie nodes in depth-first order; node i's subtree is [i, node[i].end) */
   uint32_t n_nodes;
-  uint8_t *byte;        /* (n_nodes) the byte leading into the node */
-  uint16_t *depth;      /* (n_nodes) 1 for children of the root */
-  uint32_t *end;        /* (n_nodes) */
-  uint32_t *tok_off;    /* (n_nodes) tokens ending here: sorted[tok_off[i] .. tok_off[i] + tok_n[i]) */
-  uint32_t *tok_n;      /* (n_nodes) */
+  mx_tnode *node;       /* (n_nodes) */
   int32_t *sorted;      /* token ids with non-empty text, by text */
   uint32_t max_depth;
 };
@@ -403,11 +408,7 @@ void llorch_grammar_vocab_free(llorch_grammar_vocab *v) {
   free(v->text_off);
   free(v->eog_flag);
   free(v->eog);
-  free(v->byte);
-  free(v->depth);
-  free(v->end);
-  free(v->tok_off);
-  free(v->tok_n);
+  free(v->node);
   free(v->sorted);
   free(v);
 }
@@ -430,14 +431,9 @@ static int mx_vocab_build(llorch_grammar_vocab *v, llorch_errmsg *em) {
   v->eog = malloc(((size_t)n_eog + 1) * sizeof *v->eog);
   /* at most one node per byte of text */
   size_t cap = total + 1;
-  v->byte = malloc(cap);
-  v->depth = malloc(cap * sizeof *v->depth);
-  v->end = malloc(cap * sizeof *v->end);
-  v->tok_off = malloc(cap * sizeof *v->tok_off);
-  v->tok_n = calloc(cap, sizeof *v->tok_n);
+  v->node = calloc(cap, sizeof *v->node);
   uint32_t *open = malloc((GRAMMAR_MAX_TOKEN_BYTES + 1) * sizeof *open);
-  if (!v->sorted || !v->eog || !v->byte || !v->depth || !v->end || !v->tok_off || !v->tok_n ||
-      !open) {
+  if (!v->sorted || !v->eog || !v->node || !open) {
     free(open);
     return llorch_errmsg_set(em, LLORCH_ENOMEM, "grammar vocabulary: out of memory");
   }
@@ -463,23 +459,21 @@ static int mx_vocab_build(llorch_grammar_vocab *v, llorch_errmsg *em) {
     uint32_t lcp = 0;
     while (prev && lcp < len && lcp < prev_len && t[lcp] == prev[lcp]) lcp++;
     /* close the nodes deeper than the common prefix */
-    while (n_open > lcp) v->end[open[--n_open]] = nn;
+    while (n_open > lcp) v->node[open[--n_open]].end = nn;
     for (uint32_t d = lcp; d < len; d++) {
-      v->byte[nn] = (uint8_t)t[d];
-      v->depth[nn] = (uint16_t)(d + 1);
-      v->tok_off[nn] = 0;
-      v->tok_n[nn] = 0;
+      v->node[nn] = (mx_tnode){0, 0, 0, (uint16_t)(d + 1), (uint8_t)t[d]};
       open[n_open++] = nn;
       nn++;
     }
-    uint32_t node = open[len - 1];
-    if (v->tok_n[node] == 0) v->tok_off[node] = k;
-    v->tok_n[node]++;
+    mx_tnode *node = &v->node[open[len - 1]];
+    if (node->tok_n == UINT16_MAX) continue; /* that many tokens with one text: keep the first */
+    if (node->tok_n == 0) node->tok_off = k;
+    node->tok_n++;
     if (len > v->max_depth) v->max_depth = len;
     prev = t;
     prev_len = len;
   }
-  while (n_open > 0) v->end[open[--n_open]] = nn;
+  while (n_open > 0) v->node[open[--n_open]].end = nn;
   v->n_nodes = nn;
   free(open);
   return 0;
@@ -609,21 +603,23 @@ static int mx_mask_walk(llorch_grammar *g, const llorch_grammar_vocab *v, int32_
   memset(mask, 0, (size_t)words * sizeof *mask);
   int32_t *ws = g->walk_states;
   ws[0] = st;
+  const mx_tnode *nodes = v->node;
   for (uint32_t i = 0; i < v->n_nodes;) {
-    int32_t from = ws[v->depth[i] - 1];
+    const mx_tnode *n = &nodes[i];
+    int32_t from = ws[n->depth - 1];
     const int32_t *tr = g->states[from].trans;
-    int32_t t = tr ? tr[v->byte[i]] : GRAMMAR_UNKNOWN;
+    int32_t t = tr ? tr[n->byte] : GRAMMAR_UNKNOWN;
     if (t == GRAMMAR_UNKNOWN) {
-      t = grammar_step(g, from, v->byte[i], em);
+      t = grammar_step(g, from, n->byte, em);
       if (t == GRAMMAR_STEP_FAILED) return LLORCH_ELIMIT;
     }
     if (t == GRAMMAR_DEAD) {
-      i = v->end[i];
+      i = n->end;
       continue;
     }
-    ws[v->depth[i]] = t;
-    for (uint32_t k = 0; k < v->tok_n[i]; k++) {
-      int32_t id = v->sorted[v->tok_off[i] + k];
+    ws[n->depth] = t;
+    for (uint32_t k = 0; k < n->tok_n; k++) {
+      int32_t id = v->sorted[n->tok_off + k];
       mask[id >> 5] |= 1u << (id & 31);
       c++;
     }
