@@ -19,7 +19,7 @@
  * (a grammar of 5000 nested single-reference rules is not useful). */
 #define GRAMMAR_MAX_EXPAND_DEPTH 4096
 /* Memory for cached token masks per grammar; all are dropped when full. */
-#define GRAMMAR_MASK_CACHE_BYTES (48u << 20)
+#define GRAMMAR_MASK_CACHE_BYTES (16u << 20)
 
 void llorch_grammar_limits_default(llorch_grammar_limits *lim) {
   lim->max_text_bytes = 1u << 20;

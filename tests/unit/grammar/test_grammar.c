@@ -325,6 +325,78 @@ static void test_schema_errors(void **state) {
   cJSON_Delete(s);
 }
 
+/* ---- request fields and tool grammars ---- */
+
+static void test_request_fields(void **state) {
+  (void)state;
+  struct {
+    const char *body, *param, *needle;
+  } bad[] = {
+      {"{\"response_format\":\"json\"}", "response_format", "must be an object"},
+      {"{\"response_format\":{\"type\":\"yaml\"}}", "response_format.type", "got \"yaml\""},
+      {"{\"response_format\":{\"type\":\"json_schema\"}}", "response_format.json_schema", "is required"},
+      {"{\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{},\"strict\":1}}}",
+       "response_format.json_schema.strict", "true or false"},
+      {"{\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"strict\":true,"
+       "\"schema\":{\"type\":\"object\",\"patternProperties\":{}}}}}",
+       "response_format.json_schema.schema", "unsupported keyword 'patternProperties' at /"},
+      {"{\"grammar\":\"root ::= [\"}", "grammar", "line 1, column 10"},
+      {"{\"grammar\":5}", "grammar", "must be a string"},
+      {"{\"grammar\":\"root ::= \\\"a\\\"\",\"response_format\":{\"type\":\"json_object\"}}", "grammar",
+       "cannot be combined"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    cJSON *b = cJSON_Parse(bad[i].body);
+    if (!b) fail_msg("bad test JSON %s", bad[i].body);
+    llorch_grammar *g = NULL;
+    char param[96];
+    llorch_errmsg em = {{0}};
+    int rc = llorch_grammar_from_request(b, NULL, &g, param, sizeof param, NULL, 0, &em);
+    cJSON_Delete(b);
+    if (rc == 0) fail_msg("%s: accepted", bad[i].body);
+    assert_null(g);
+    assert_string_equal(param, bad[i].param);
+    if (!strstr(em.text, bad[i].needle)) fail_msg("%s: '%s' lacks '%s'", bad[i].body, em.text, bad[i].needle);
+  }
+  cJSON *b = cJSON_Parse("{\"response_format\":{\"type\":\"text\"}}");
+  llorch_grammar *g = NULL;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(llorch_grammar_from_request(b, NULL, &g, NULL, 0, NULL, 0, &em), 0);
+  assert_null(g);
+  cJSON_Delete(b);
+  b = cJSON_Parse("{\"response_format\":{\"type\":\"json_object\"}}");
+  assert_int_equal(llorch_grammar_from_request(b, NULL, &g, NULL, 0, NULL, 0, &em), 0);
+  assert_true(matches(g, "{\"a\": [1, {}]}"));
+  assert_false(matches(g, "[1]"));
+  llorch_grammar_free(g);
+  cJSON_Delete(b);
+}
+
+static void test_tools(void **state) {
+  (void)state;
+  cJSON *tools = cJSON_Parse(
+      "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":"
+      "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"],"
+      "\"additionalProperties\":false}}},{\"type\":\"function\",\"function\":{\"name\":\"now\"}}]");
+  llorch_grammar *g = NULL;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(llorch_grammar_for_tools(tools, NULL, 0, "<tool_call>\n", "\n</tool_call>", NULL,
+                                            &g, &em), 0);
+  assert_true(matches(g, "<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}\n</tool_call>"));
+  assert_true(matches(g, "<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>"));
+  assert_false(matches(g, "<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{}}\n</tool_call>"));
+  assert_false(matches(g, "{\"name\":\"now\",\"arguments\":{}}"));
+  llorch_grammar_free(g);
+  const char *only[] = {"now"};
+  assert_int_equal(llorch_grammar_for_tools(tools, only, 1, NULL, NULL, NULL, &g, &em), 0);
+  assert_true(matches(g, "{\"name\":\"now\",\"arguments\":{}}"));
+  assert_false(matches(g, "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"x\"}}"));
+  llorch_grammar_free(g);
+  const char *none[] = {"nope"};
+  assert_int_equal(llorch_grammar_for_tools(tools, none, 1, NULL, NULL, NULL, &g, &em), LLORCH_EINVAL);
+  cJSON_Delete(tools);
+}
+
 /* ---- masks ---- */
 
 /* A toy vocabulary: single bytes, some multi-byte pieces, an EOG token. */
@@ -459,6 +531,7 @@ int main(void) {
       cmocka_unit_test(test_schema_objects),  cmocka_unit_test(test_schema_arrays),
       cmocka_unit_test(test_schema_refs_and_anyof), cmocka_unit_test(test_schema_errors),
       cmocka_unit_test(test_mask),            cmocka_unit_test(test_mask_random_walk),
+      cmocka_unit_test(test_request_fields),  cmocka_unit_test(test_tools),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
