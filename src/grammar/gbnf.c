@@ -233,7 +233,7 @@ static int gb_cs_cmp(const void *x, const void *y) {
 /* Makes a set from pairs[0..2n) (any order, may overlap), complemented when
  * negate. */
 static int gb_cs_make(gbuild *b, uint32_t *pairs, uint32_t n, bool negate, uint32_t *out) {
-  qsort(pairs, n, 2 * sizeof *pairs, gb_cs_cmp);
+  if (n > 1) qsort(pairs, n, 2 * sizeof *pairs, gb_cs_cmp);
   if (b->n_cs == b->cap_cs) {
     uint32_t cap = b->cap_cs ? b->cap_cs * 2 : 64;
     pcs *nc = realloc(b->cs, (size_t)cap * sizeof *nc);
@@ -945,7 +945,7 @@ static int gb_finish(gbuild *b, llorch_grammar *g) {
   g->n_rules = n;
   g->n_alts = n_alts;
   g->n_elems = n_elems;
-  memcpy(g->sets, b->sets, (size_t)b->n_sets * sizeof *g->sets);
+  if (b->n_sets) memcpy(g->sets, b->sets, (size_t)b->n_sets * sizeof *g->sets);
   g->n_sets = b->n_sets;
   g->root = root;
 

@@ -99,6 +99,10 @@ struct llorch_grammar {
   uint32_t walk_cap;
 };
 
+/* Keeps an error message on one line: control characters quoted from the
+ * input (a newline inside a literal, a key with a tab) become '?'. */
+void grammar_errmsg_oneline(llorch_errmsg *em);
+
 /* gbnf.c: the grammar's rules from GBNF text (matcher caches empty). */
 int grammar_compile_gbnf(llorch_grammar *g, const char *text, size_t len, llorch_errmsg *em);
 

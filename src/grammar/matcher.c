@@ -188,7 +188,7 @@ static int mx_state_intern(llorch_grammar *g, const uint32_t *ids, uint32_t n, b
   while (g->state_hash[k] >= 0) {
     const gstate *s = &g->states[g->state_hash[k]];
     if (s->len == n && s->accept == accept &&
-        memcmp(g->state_pool.v + s->off, ids, (size_t)n * sizeof *ids) == 0) {
+        (n == 0 || memcmp(g->state_pool.v + s->off, ids, (size_t)n * sizeof *ids) == 0)) {
       *out = g->state_hash[k];
       return 0;
     }
@@ -253,7 +253,7 @@ int32_t grammar_step(llorch_grammar *g, int32_t st, uint8_t b, llorch_errmsg *em
   }
   int32_t t = GRAMMAR_DEAD;
   if (g->uni.n || accept) {
-    qsort(g->uni.v, g->uni.n, sizeof *g->uni.v, mx_u32_cmp);
+    if (g->uni.n > 1) qsort(g->uni.v, g->uni.n, sizeof *g->uni.v, mx_u32_cmp);
     if (mx_state_intern(g, g->uni.v, g->uni.n, accept, &t, em) < 0) return GRAMMAR_STEP_FAILED;
   }
   g->states[st].trans[b] = t;
@@ -268,7 +268,7 @@ int grammar_matcher_init(llorch_grammar *g, llorch_errmsg *em) {
     int rc = mx_expand(g, g->alt_start[a], -1, &accept, em);
     if (rc < 0) return rc;
   }
-  qsort(g->scratch.v, g->scratch.n, sizeof *g->scratch.v, mx_u32_cmp);
+  if (g->scratch.n > 1) qsort(g->scratch.v, g->scratch.n, sizeof *g->scratch.v, mx_u32_cmp);
   return mx_state_intern(g, g->scratch.v, g->scratch.n, accept, &g->start, em);
 }
 
@@ -299,6 +299,12 @@ void grammar_matcher_free(llorch_grammar *g) {
 
 /* ---- grammar objects ---- */
 
+void grammar_errmsg_oneline(llorch_errmsg *em) {
+  if (!em) return;
+  for (char *c = em->text; *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7F) *c = '?';
+}
+
 static int grammar_new(llorch_grammar **out, const llorch_grammar_limits *lim, llorch_errmsg *em) {
   llorch_grammar *g = calloc(1, sizeof *g);
   if (!g) return llorch_errmsg_set(em, LLORCH_ENOMEM, "grammar: out of memory");
@@ -316,6 +322,7 @@ int llorch_grammar_from_gbnf(llorch_grammar **out, const char *text, size_t len,
   int rc = grammar_new(&g, lim, em);
   if (rc < 0) return rc;
   if ((rc = grammar_compile_gbnf(g, text, len, em)) < 0 || (rc = grammar_matcher_init(g, em)) < 0) {
+    grammar_errmsg_oneline(em);
     llorch_grammar_free(g);
     return rc;
   }

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "llorch/grammar.h"
+#include "grammar-impl.h"
 
 #define SC_NEVER 1       /* sc_schema's "matches nothing" (not an error) */
 #define SC_MAX_DEPTH 64  /* nesting of schema objects (recursion goes through $ref rules) */
@@ -1627,6 +1627,13 @@ int llorch_schema_to_gbnf(const cJSON *schema, unsigned flags, llorch_jbuf *out,
   }
   for (uint32_t i = 0; i < c.n_refs; i++) free(c.refs[i].ptr);
   free(c.refs);
+  if (rc < 0) grammar_errmsg_oneline(em);
+  if (warning && warning_size) {
+    llorch_errmsg w;
+    snprintf(w.text, sizeof w.text, "%s", warning);
+    grammar_errmsg_oneline(&w);
+    snprintf(warning, warning_size, "%s", w.text);
+  }
   return rc;
 }
 
