@@ -29,9 +29,18 @@ fi
 # reference): scripts/test.sh asks for them.
 [ "${1:-}" = "--with-npm" ] || exit 0
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ -f "$here/tests/e2e/package.json" ] && [ ! -d "$here/tests/e2e/node_modules/openai" ]; then
-  (cd "$here/tests/e2e" && npm install --no-audit --no-fund --loglevel=error)
-fi
+# Installed again whenever a dependency in package.json has no folder yet
+# (a test added one since the last install).
+npm_missing() {
+  node -e 'const p = require(process.argv[1] + "/package.json"); const fs = require("fs");
+    const miss = Object.keys(p.dependencies || {}).filter(d => !fs.existsSync(process.argv[1] + "/node_modules/" + d));
+    process.exit(miss.length ? 0 : 1);' "$1"
+}
+for dir in "$here/tests/e2e"; do
+  if [ -f "$dir/package.json" ] && npm_missing "$dir"; then
+    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
+  fi
+done
 # llama.cpp as the reference (tests/reference): node-llama-cpp's prebuilt CPU
 # binaries only. Its optional CUDA/Vulkan variants are left out and its
 # postinstall (which would build or download llama.cpp) is not run; `npm ci`

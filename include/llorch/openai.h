@@ -120,6 +120,7 @@ typedef struct llorch_openai_request {
   bool parallel_tool_calls;            /* default true */
   const cJSON *chat_template_kwargs;   /* object or NULL: extra template variables */
   const cJSON *response_format;        /* passed through untouched (constrained decoding) */
+  const cJSON *grammar;                /* GBNF text (llama-server's field), passed through the same way */
   llorch_reasoning_format reasoning_format;
 } llorch_openai_request;
 
@@ -139,7 +140,7 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
  * The worker's /v2/execute body for a validated client request, as a
  * malloc'ed JSON object text: messages or prompt, sampling, limits, stop,
  * logprobs, tools, tool_choice, parallel_tool_calls, chat_template_kwargs,
- * response_format and reasoning_format (the request's, else
+ * response_format, grammar and reasoning_format (the request's, else
  * default_reasoning unless that is UNSET), plus job_id when not NULL.
  * NULL when out of memory.
  */

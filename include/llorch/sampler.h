@@ -110,4 +110,15 @@ void llorch_sampler_reseed(llorch_sampler *s, uint64_t seed);
 int llorch_sampler_sample(llorch_sampler *s, const float *logits, const int32_t *history,
                           size_t n_history, llorch_sample_result *out, llorch_errmsg *em);
 
+/*
+ * As llorch_sampler_sample, with mask (ceil(n_vocab / 32) words, bit i of
+ * word i / 32 set = token i allowed; NULL = all) applied after the penalties
+ * and before every selection step: a grammar's allowed tokens (grammar.h).
+ * The reported logprobs stay those of the original logits. LLORCH_EINVAL
+ * when no allowed token has a finite logit.
+ */
+int llorch_sampler_sample_masked(llorch_sampler *s, const float *logits, const uint32_t *mask,
+                                 const int32_t *history, size_t n_history,
+                                 llorch_sample_result *out, llorch_errmsg *em);
+
 #endif /* LLORCH_SAMPLER_H */

@@ -292,6 +292,12 @@ static int32_t sampler_top_logprobs(const float *logits, uint32_t n_vocab, int32
 
 int llorch_sampler_sample(llorch_sampler *s, const float *logits, const int32_t *history,
                           size_t n_history, llorch_sample_result *out, llorch_errmsg *em) {
+  return llorch_sampler_sample_masked(s, logits, NULL, history, n_history, out, em);
+}
+
+int llorch_sampler_sample_masked(llorch_sampler *s, const float *logits, const uint32_t *mask,
+                                 const int32_t *history, size_t n_history,
+                                 llorch_sample_result *out, llorch_errmsg *em) {
   const llorch_sampler_params *p = &s->p;
   const uint32_t nv = s->n_vocab;
 
@@ -318,6 +324,17 @@ int llorch_sampler_sample(llorch_sampler *s, const float *logits, const int32_t 
 
   memcpy(s->work, logits, (size_t)nv * sizeof *s->work);
   sampler_apply_penalties(s, history, n_history);
+  if (mask) {
+    /* a grammar's mask: disallowed tokens leave the running before any
+     * selection step, so top-k/top-p/min-p and temperature see valid ones only */
+    for (uint32_t w = 0; w < (nv + 31) / 32; w++) {
+      uint32_t bits = mask[w];
+      if (bits == 0xFFFFFFFFu) continue;
+      uint32_t end = w * 32 + 32 < nv ? w * 32 + 32 : nv;
+      for (uint32_t i = w * 32; i < end; i++)
+        if (!((bits >> (i & 31)) & 1u)) s->work[i] = -INFINITY;
+    }
+  }
 
   int32_t token = -1;
   if (p->temperature == 0.0f) {
@@ -373,8 +390,10 @@ int llorch_sampler_sample(llorch_sampler *s, const float *logits, const int32_t 
   return 0;
 
 fail_all_masked:
-  /* Only reachable when penalties overflow every remaining logit to -inf. */
+  /* Reachable when penalties overflow every remaining logit to -inf, or
+   * when a mask allows no token with a finite logit. */
   return llorch_errmsg_set(em, LLORCH_EINVAL,
-                           "every token is -inf after penalties (repetition_penalty = %g): "
-                           "nothing to sample", (double)p->repetition_penalty);
+                           "every token is -inf after penalties (repetition_penalty = %g)%s: "
+                           "nothing to sample", (double)p->repetition_penalty,
+                           mask ? " and the grammar's mask" : "");
 }

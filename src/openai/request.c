@@ -509,6 +509,8 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
   /* Any JSON value: the grammar engine reads it; here it only travels. */
   r->response_format = cJSON_GetObjectItemCaseSensitive(body, "response_format");
   if (r->response_format && cJSON_IsNull(r->response_format)) r->response_format = NULL;
+  r->grammar = cJSON_GetObjectItemCaseSensitive(body, "grammar");
+  if (r->grammar && cJSON_IsNull(r->grammar)) r->grammar = NULL;
 
   const char *rf = NULL;
   char shown[48];
@@ -571,6 +573,7 @@ char *llorch_openai_request_native_body(const llorch_openai_request *r, const ch
     cJSON_AddStringToObject(ex, "prompt", r->prompt);
   }
   req_copy(ex, r->response_format, "response_format");
+  req_copy(ex, r->grammar, "grammar");
   llorch_reasoning_format rf = r->reasoning_format ? r->reasoning_format : default_reasoning;
   if (rf != LLORCH_REASONING_UNSET)
     cJSON_AddStringToObject(ex, "reasoning_format", llorch_reasoning_format_name(rf));

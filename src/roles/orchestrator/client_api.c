@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "llorch/grammar.h"
 #include "llorch/log.h"
 #include "orchestrator-impl.h"
 
@@ -46,6 +47,25 @@ static void respond_error(llorch_http_request *http, int status, const char *typ
 static llorch_openai_meta req_meta(const orch_req *r) {
   return (llorch_openai_meta){.id = r->id, .created = r->created, .model = r->model_name,
                               .chat = r->chat};
+}
+
+/*
+ * response_format / grammar: compiled here only to refuse a bad schema or
+ * grammar before the request queues (the worker compiles it again to
+ * enforce it; the body passes on unchanged). A non-strict schema's ignored
+ * keyword becomes an X-Llorch-Warning header. Fills param and *code on
+ * failure.
+ */
+static int validate_structured(llorch_http_request *req, const cJSON *body, char *param,
+                               size_t param_size, const char **code, llorch_errmsg *em) {
+  llorch_grammar *g = NULL;
+  char warning[256];
+  int rc = llorch_grammar_from_request(body, NULL, &g, param, param_size, warning,
+                                       sizeof warning, em);
+  llorch_grammar_free(g);
+  *code = rc == LLORCH_EUNSUPPORTED ? "unsupported_value" : "invalid_value";
+  if (rc == 0 && warning[0]) llorch_http_response_header(req, "X-Llorch-Warning", warning);
+  return rc == LLORCH_EUNSUPPORTED || rc == LLORCH_ELIMIT ? LLORCH_EINVAL : rc;
 }
 
 /* ---- OpenAI output (the shared writers of openai.h) ---- */
@@ -582,6 +602,15 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   if (llorch_openai_request_parse(body, chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION, NULL,
                                   &oreq, &oerr) < 0) {
     llorch_openai_respond_error(req, &oerr);
+    cJSON_Delete(body);
+    return;
+  }
+  char sparam[96] = "";
+  const char *scode = "invalid_value";
+  int src = validate_structured(req, body, sparam, sizeof sparam, &scode, &em);
+  if (src < 0) {
+    if (src == LLORCH_ENOMEM) respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+    else respond_error(req, 400, "invalid_request_error", em.text, sparam, scode);
     cJSON_Delete(body);
     return;
   }

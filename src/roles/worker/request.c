@@ -84,6 +84,35 @@ oom:
   return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
 }
 
+/* ---- structured output ---- */
+
+/*
+ * response_format / grammar -> the job's grammar state (grammar.h parses
+ * and compiles; one implementation for every role). A non-strict schema's
+ * ignored keyword is reported in an X-Llorch-Warning response header.
+ */
+static int request_structured(worker *w, const cJSON *body, worker_stream *st, worker_job *j,
+                              llorch_openai_error *err) {
+  llorch_grammar *g = NULL;
+  llorch_errmsg em = {{0}};
+  char param[96], warning[256];
+  int rc = llorch_grammar_from_request(body, NULL, &g, param, sizeof param, warning,
+                                       sizeof warning, &em);
+  if (rc == LLORCH_ENOMEM)
+    return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+  if (rc < 0)
+    return llorch_openai_fail(err, 400, "invalid_request_error",
+                              rc == LLORCH_EUNSUPPORTED ? "unsupported_value" : "invalid_value",
+                              param, "%s", em.text);
+  if (!g) return 0;
+  rc = llorch_grammar_state_init(&j->grammar, g, w->gvocab, &em);
+  llorch_grammar_free(g); /* the state holds its own reference */
+  if (rc < 0)
+    return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "%s", em.text);
+  if (warning[0] && st->req) llorch_http_response_header(st->req, "X-Llorch-Warning", warning);
+  return 0;
+}
+
 /* Test hook: the first scripted reply whose "match" occurs in the prompt. */
 static const char *request_script_reply(const worker *w, const char *prompt) {
   for (const cJSON *e = w->script ? w->script->child : NULL; e; e = e->next) {
@@ -184,6 +213,8 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
                             vem.text);
     goto fail;
   }
+
+  if ((rc = request_structured(w, body, st, j, err)) < 0) goto fail;
 
   st->prompt_text = text; /* moves to the stream */
   llorch_jbuf_init(&text);

@@ -37,6 +37,7 @@ struct worker_sched {
   int8_t *b_logits;
   worker_job **b_job;         /* (n_batch_max) job of each logits row */
   float *logits;              /* (n_slots, n_vocab) */
+  uint32_t *mask;             /* (ceil(n_vocab / 32)) a grammar's allowed tokens, one row at a time */
   worker_event **tok_ev, **fin_ev; /* (n_slots) events of each logits row */
 };
 
@@ -78,6 +79,7 @@ void worker_job_free(worker_job *j) {
   llorch_sampler_free(j->sampler);
   free(j->history);
   llorch_textstream_free(j->text);
+  llorch_grammar_state_free(j->grammar);
   free(j);
 }
 
@@ -190,8 +192,9 @@ int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch
   s->logits = malloc((size_t)cfg->n_slots * s->n_vocab * sizeof *s->logits);
   s->tok_ev = calloc(cfg->n_slots, sizeof *s->tok_ev);
   s->fin_ev = calloc(cfg->n_slots, sizeof *s->fin_ev);
+  s->mask = malloc(((size_t)s->n_vocab + 31) / 32 * sizeof *s->mask);
   if (!s->slots || !s->b_token || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_job ||
-      !s->logits || !s->tok_ev || !s->fin_ev)
+      !s->logits || !s->tok_ev || !s->fin_ev || !s->mask)
     goto fail_alloc;
   if (uv_mutex_init(&s->mu)) goto fail_alloc;
   if (uv_cond_init(&s->cv)) goto fail_mutex;
@@ -210,6 +213,7 @@ fail_alloc:
   free(s->logits);
   free(s->tok_ev);
   free(s->fin_ev);
+  free(s->mask);
   free(s);
   return llorch_errmsg_set(em, LLORCH_ENOMEM, "scheduler: out of memory (%u slots x %u vocab)",
                            cfg->n_slots, be->model->hp.n_vocab);
@@ -233,6 +237,7 @@ void worker_sched_free(worker_sched *s) {
   free(s->logits);
   free(s->tok_ev);
   free(s->fin_ev);
+  free(s->mask);
   free(s);
 }
 
@@ -451,7 +456,9 @@ static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample
   j->t_last_tok_ns = now;
   j->history[j->n_prompt + j->n_gen] = tok;
   j->n_gen++;
-  bool eog = !j->ignore_eos && s->tok && llorch_tokenizer_is_eog(s->tok, tok);
+  /* with a grammar, end-of-generation (allowed only once the output is
+   * complete) always ends the job, ignore_eos or not */
+  bool eog = (!j->ignore_eos || j->grammar) && s->tok && llorch_tokenizer_is_eog(s->tok, tok);
   /* The released text of this token (and, at the end, of whatever was
    * still held back), copied out of the textstream's buffer. */
   llorch_jbuf text;
@@ -463,6 +470,8 @@ static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample
     if (rc == 0 && out.len) llorch_jbuf_raw(&text, out.text, out.len);
   }
   bool stopped = j->text && llorch_textstream_stopped(j->text);
+  /* a grammar whose output is complete with nothing allowed after it */
+  if (j->grammar && llorch_grammar_state_finished(j->grammar)) stopped = true;
   worker_finish fin = WORKER_FINISH_NONE;
   if (eog || stopped) fin = WORKER_FINISH_STOP;
   else if (j->n_gen >= j->max_tokens) fin = WORKER_FINISH_LENGTH;
@@ -552,8 +561,20 @@ int worker_sched_step(worker_sched *s) {
     llorch_sample_result res;
     llorch_errmsg sem = {{0}};
     tok_ev[r] = fin_ev[r] = NULL;
-    int src = llorch_sampler_sample(j->sampler, row, j->history, j->n_prompt + j->n_gen, &res,
-                                    &sem);
+    const uint32_t *mask = NULL;
+    if (j->grammar) {
+      int allowed = llorch_grammar_state_mask(j->grammar, s->mask, &sem);
+      if (allowed <= 0) {
+        fin_ev[r] = sched_error_event(j, "grammar_error", false,
+                                      allowed == 0 ? "the grammar allows no token of this "
+                                                     "vocabulary here" : sem.text);
+        continue;
+      }
+      mask = s->mask;
+    }
+    int src = llorch_sampler_sample_masked(j->sampler, row, mask, j->history,
+                                           j->n_prompt + j->n_gen, &res, &sem);
+    if (src == 0 && j->grammar) src = llorch_grammar_state_accept(j->grammar, res.token, &sem);
     if (src < 0) {
       /* NaN/inf logits: the model or backend misbehaved for this sequence. */
       fin_ev[r] = sched_error_event(j, "internal_error", false, sem.text);

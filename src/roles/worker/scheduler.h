@@ -28,6 +28,7 @@
 
 #include "llorch/backend.h"
 #include "llorch/error.h"
+#include "llorch/grammar.h"
 #include "llorch/sampler.h"
 #include "llorch/textstream.h"
 #include "llorch/tokenizer.h"
@@ -72,6 +73,11 @@ typedef struct worker_job {
   int32_t *script;               /* (n_script) token ids, owned by the job */
   uint32_t n_script;
   void *owner;                   /* the caller's (the HTTP side's) pointer */
+  /* Structured output (response_format / grammar), owned by the job, or
+   * NULL. Used only on the inference thread after submit: each step masks
+   * the logits with it and feeds it the sampled token; the job ends (stop)
+   * when the grammar's output is complete and nothing may follow. */
+  llorch_grammar_state *grammar;
 
   /* ---- inference-thread state ---- */
   int32_t slot;                  /* backend sequence, -1 while queued */

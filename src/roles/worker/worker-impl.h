@@ -19,6 +19,7 @@
 #include "llorch/backend.h"
 #include "llorch/chat.h"
 #include "llorch/config.h"
+#include "llorch/grammar.h"
 #include "llorch/http.h"
 #include "llorch/http_client.h"
 #include "llorch/json.h"
@@ -77,6 +78,7 @@ typedef struct worker {
   llorch_backend backend;
   bool backend_open;
   llorch_tokenizer *tok;
+  llorch_grammar_vocab *gvocab;   /* token texts as a trie: structured output masks */
   llorch_chat *chat;              /* the model's chat template, or NULL (chat_error says why) */
   char chat_error[600];           /* why chat requests are refused, when chat is NULL */
   llorch_tool_format tool_format; /* how the model writes tool calls (its template, or the option) */

@@ -559,6 +559,46 @@ static void test_large_vocab_sets(void **state) {
   free(sorted);
 }
 
+/* A grammar mask removes tokens before every step: greedy picks the best
+ * allowed one, sampling never draws a masked one, and all-masked is an error. */
+static void test_mask(void **state) {
+  (void)state;
+  float logits[40];
+  for (int i = 0; i < 40; i++) logits[i] = (float)(40 - i); /* token 0 best */
+  uint32_t mask[2] = {0, 0};
+  mask[0] |= 1u << 7;
+  mask[1] |= 1u << (33 - 32);
+  logits[33] = logits[7] - 0.5f; /* close enough to be drawn */
+  llorch_sampler_params p = greedy();
+  llorch_sampler *s = make(&p, 40);
+  llorch_sample_result r;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(llorch_sampler_sample_masked(s, logits, mask, NULL, 0, &r, &em), 0);
+  assert_int_equal(r.token, 7);
+  llorch_sampler_free(s);
+  p.temperature = 1.5f;
+  p.top_k = 1; /* top-k acts on allowed tokens: still 7 */
+  s = make(&p, 40);
+  for (int k = 0; k < 50; k++) {
+    assert_int_equal(llorch_sampler_sample_masked(s, logits, mask, NULL, 0, &r, &em), 0);
+    assert_int_equal(r.token, 7);
+  }
+  llorch_sampler_free(s);
+  p.top_k = 0;
+  s = make(&p, 40);
+  int seen33 = 0;
+  for (int k = 0; k < 2000; k++) {
+    assert_int_equal(llorch_sampler_sample_masked(s, logits, mask, NULL, 0, &r, &em), 0);
+    assert_true(r.token == 7 || r.token == 33);
+    seen33 += r.token == 33;
+  }
+  assert_true(seen33 > 0);
+  mask[0] = mask[1] = 0;
+  assert_int_equal(llorch_sampler_sample_masked(s, logits, mask, NULL, 0, &r, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "mask"));
+  llorch_sampler_free(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_params_validate),    cmocka_unit_test(test_bad_inputs),
@@ -567,7 +607,7 @@ int main(void) {
       cmocka_unit_test(test_penalty_window),     cmocka_unit_test(test_top_k),
       cmocka_unit_test(test_top_p),              cmocka_unit_test(test_min_p),
       cmocka_unit_test(test_distribution),       cmocka_unit_test(test_determinism),
-      cmocka_unit_test(test_large_vocab_sets),
+      cmocka_unit_test(test_large_vocab_sets), cmocka_unit_test(test_mask),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
