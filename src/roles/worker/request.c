@@ -87,17 +87,59 @@ oom:
 /* ---- structured output ---- */
 
 /*
- * response_format / grammar -> the job's grammar state (grammar.h parses
- * and compiles; one implementation for every role). A non-strict schema's
- * ignored keyword is reported in an X-Llorch-Warning response header.
+ * tool_choice "required" or a named function: the output is forced to be one
+ * call in the model's tool-call syntax (grammar.h llorch_grammar_for_tools).
+ * Only the JSON-bodied syntaxes can be written as prefix + JSON + suffix;
+ * for the others (Qwen3-Coder's XML, DeepSeek's and Functionary's markers)
+ * and for prompts that open a thinking block the choice is not enforced
+ * (*out stays NULL).
  */
-static int request_structured(worker *w, const cJSON *body, worker_stream *st, worker_job *j,
-                              llorch_openai_error *err) {
+static int request_tool_grammar(worker *w, const llorch_openai_request *r, const worker_stream *st,
+                                llorch_grammar **out, llorch_errmsg *em) {
+  *out = NULL;
+  if (!r->chat || !r->tools || (r->tool_choice != LLORCH_OPENAI_TOOL_CHOICE_REQUIRED &&
+                                r->tool_choice != LLORCH_OPENAI_TOOL_CHOICE_NAMED))
+    return 0;
+  const char *prefix = NULL, *suffix = NULL;
+  switch (w->tool_format) {
+  case LLORCH_TOOL_FORMAT_HERMES:
+    prefix = "<tool_call>\n";
+    suffix = "\n</tool_call>";
+    break;
+  case LLORCH_TOOL_FORMAT_MISTRAL:
+    prefix = "[TOOL_CALLS][";
+    suffix = "]";
+    break;
+  case LLORCH_TOOL_FORMAT_JSON:
+  case LLORCH_TOOL_FORMAT_LLAMA3: /* a bare {"name", "arguments"} object */
+    break;
+  default:
+    return 0;
+  }
+  const char *p = st->chat_prompt.text ? st->chat_prompt.text : "";
+  if (request_ends_with(p, st->chat_prompt.len, "<think>")) return 0;
+  const char *name = r->tool_choice_name;
+  return llorch_grammar_for_tools(r->tools, name ? &name : NULL, name ? 1 : 0, prefix, suffix, NULL,
+                                  out, em);
+}
+
+/*
+ * response_format / grammar (or a forced tool call) -> the job's grammar
+ * state (grammar.h parses and compiles; one implementation for every
+ * role). A non-strict schema's ignored keyword is reported in an
+ * X-Llorch-Warning response header.
+ */
+static int request_structured(worker *w, const cJSON *body, const llorch_openai_request *r,
+                              worker_stream *st, worker_job *j, llorch_openai_error *err) {
   llorch_grammar *g = NULL;
   llorch_errmsg em = {{0}};
   char param[96], warning[256];
   int rc = llorch_grammar_from_request(body, NULL, &g, param, sizeof param, warning,
                                        sizeof warning, &em);
+  if (rc == 0 && !g) {
+    snprintf(param, sizeof param, "tools");
+    rc = request_tool_grammar(w, r, st, &g, &em);
+  }
   if (rc == LLORCH_ENOMEM)
     return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
   if (rc < 0)
@@ -214,7 +256,7 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
     goto fail;
   }
 
-  if ((rc = request_structured(w, body, st, j, err)) < 0) goto fail;
+  if ((rc = request_structured(w, body, &r, st, j, err)) < 0) goto fail;
 
   st->prompt_text = text; /* moves to the stream */
   llorch_jbuf_init(&text);

@@ -204,6 +204,41 @@ test('text that only looks like a call stays content; tool_choice none turns par
   assert.match(none.choices[0].message.content, /<tool_call>\n\{"name": "get_weather"/);
 });
 
+test('tool_choice required / named: the sampled output is forced into a call (grammar, no script)', async () => {
+  // No scripted reply matches: the random model samples under the tool-call
+  // grammar in the template's Hermes syntax.
+  const unit = {
+    type: 'function',
+    function: {
+      name: 'set_unit',
+      parameters: {
+        type: 'object', properties: { unit: { type: 'string', enum: ['celsius', 'fahrenheit'] } },
+        required: ['unit'], additionalProperties: false,
+      },
+    },
+  };
+  const clock = {
+    type: 'function',
+    function: { name: 'get_time', parameters: { type: 'object', properties: {}, additionalProperties: false } },
+  };
+  for (const tool_choice of ['required', { type: 'function', function: { name: 'set_unit' } }]) {
+    for (const seed of [1, 2, 3]) {
+      const r = await client.chat.completions.create({
+        model: 'tools', messages: [{ role: 'user', content: 'pick any unit you like' }],
+        tools: [unit, clock], tool_choice, max_tokens: 200, temperature: 1, seed,
+      });
+      const c = r.choices[0];
+      assert.equal(c.finish_reason, 'tool_calls', JSON.stringify(c));
+      assert.equal(c.message.tool_calls.length, 1);
+      const call = c.message.tool_calls[0].function;
+      if (typeof tool_choice === 'object') assert.equal(call.name, 'set_unit');
+      else assert.ok(['set_unit', 'get_time'].includes(call.name), call.name);
+      const args = JSON.parse(call.arguments);
+      if (call.name === 'set_unit') assert.ok(['celsius', 'fahrenheit'].includes(args.unit), call.arguments);
+    }
+  }
+});
+
 test('the native API carries the parsed deltas (what the orchestrator relays)', async () => {
   const r = await execute(worker, {
     messages: [{ role: 'user', content: "What's the weather in Paris?" }], tools: TOOLS, max_tokens: 200,
