@@ -32,6 +32,7 @@ static const char *const role_names[] = {"system", "user", "assistant", "tool", 
 static void req_free(orch_req *r) {
   if (!r) return;
   r->o->n_active--;
+  r->o->held_bytes -= r->held_bytes;
   free(r->exec_body);
   free(r->model_name);
   llorch_jbuf_free(&r->text);
@@ -54,13 +55,24 @@ static void copy_field(cJSON *dst, const cJSON *obj, const char *key, const char
   if (dup) cJSON_AddItemToObject(dst, as ? as : key, dup);
 }
 
-static int validate_messages(const cJSON *body, llorch_errmsg *em) {
+/*
+ * Every loop over a client's arrays walks the cJSON list once
+ * (cJSON_ArrayForEach): cJSON_GetArrayItem(i) walks from the head, and in a
+ * loop that made 100k tiny messages cost seconds of the event loop.
+ */
+static int validate_messages(const cJSON *body, const llorch_config *cfg, llorch_errmsg *em) {
   const cJSON *msgs = NULL;
   int rc = llorch_json_get_array(body, "", "messages", true, 1, &msgs, em);
   if (rc < 0) return rc;
+  int n = cJSON_GetArraySize(msgs);
+  if (n > cfg->request.max_messages)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "'messages' has %d items, at most %d (request.max_messages)",
+                             n, cfg->request.max_messages);
   char where[64];
-  for (int i = 0; i < cJSON_GetArraySize(msgs); i++) {
-    const cJSON *m = cJSON_GetArrayItem(msgs, i);
+  int i = -1, n_parts = 0;
+  const cJSON *m;
+  cJSON_ArrayForEach(m, msgs) {
+    i++;
     snprintf(where, sizeof where, "messages[%d]", i);
     if (!cJSON_IsObject(m))
       return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s' must be an object", where);
@@ -69,8 +81,13 @@ static int validate_messages(const cJSON *body, llorch_errmsg *em) {
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
     if (cJSON_IsString(c) || (cJSON_IsNull(c) && role == 2)) continue;
     if (cJSON_IsArray(c)) {
-      for (int k = 0; k < cJSON_GetArraySize(c); k++) {
-        const cJSON *part = cJSON_GetArrayItem(c, k);
+      int k = -1;
+      const cJSON *part;
+      cJSON_ArrayForEach(part, c) {
+        k++;
+        if (++n_parts > cfg->request.max_content_parts)
+          return llorch_errmsg_set(em, LLORCH_EINVAL, "the messages have more than %d content parts "
+                                   "in all (request.max_content_parts)", cfg->request.max_content_parts);
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
         if (!cJSON_IsObject(part) || !cJSON_IsString(t))
           return llorch_errmsg_set(em, LLORCH_EINVAL,
@@ -85,26 +102,42 @@ static int validate_messages(const cJSON *body, llorch_errmsg *em) {
   return 0;
 }
 
-/* stop: a string or a list of at most 4 non-empty strings. */
-static int validate_stop(const cJSON *body, llorch_errmsg *em) {
+/* stop: a string or a list of at most request.max_stop non-empty strings. */
+static int validate_stop(const cJSON *body, const llorch_config *cfg, llorch_errmsg *em) {
   const cJSON *st = cJSON_GetObjectItemCaseSensitive(body, "stop");
+  int max = cfg->request.max_stop;
   if (!st || cJSON_IsNull(st) || cJSON_IsString(st)) return 0;
-  if (cJSON_IsArray(st) && cJSON_GetArraySize(st) <= 4) {
-    for (int i = 0; i < cJSON_GetArraySize(st); i++) {
-      const cJSON *s = cJSON_GetArrayItem(st, i);
+  if (cJSON_IsArray(st) && cJSON_GetArraySize(st) <= max) {
+    int i = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, st) {
       if (!cJSON_IsString(s) || !s->valuestring[0])
         return llorch_errmsg_set(em, LLORCH_EINVAL, "'stop[%d]' must be a non-empty string", i);
+      i++;
     }
     return 0;
   }
-  return llorch_errmsg_set(em, LLORCH_EINVAL, "'stop' must be a string or a list of at most 4 strings");
+  return llorch_errmsg_set(em, LLORCH_EINVAL,
+                           "'stop' must be a string or a list of at most %d strings (request.max_stop)", max);
+}
+
+/* tools: not run here, but the worker gets the body: a huge list is refused first. */
+static int validate_tools(const cJSON *body, const llorch_config *cfg, llorch_errmsg *em) {
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(body, "tools");
+  if (!cJSON_IsArray(t)) return 0;
+  int n = cJSON_GetArraySize(t);
+  if (n > cfg->request.max_tools)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "'tools' has %d items, at most %d (request.max_tools)", n,
+                             cfg->request.max_tools);
+  return 0;
 }
 
 /*
  * Checks the client's body and builds the worker's /v2/execute body (without
  * job_id). Returns 0 or LLORCH_EINVAL with em; *param names the field.
  */
-static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
+int orch_req_build_exec_body(orch_req *r, const cJSON *body, const llorch_config *cfg,
+                             llorch_errmsg *em) {
   int rc;
   int64_t iv;
   double dv;
@@ -112,12 +145,12 @@ static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
   cJSON *ex = cJSON_CreateObject();
   if (!ex) return LLORCH_ENOMEM;
   if (r->chat) {
-    if ((rc = validate_messages(body, em)) < 0) goto fail;
+    if ((rc = validate_messages(body, cfg, em)) < 0) goto fail;
     copy_field(ex, body, "messages", NULL);
   } else {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
-    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0))) {
-      cJSON_AddStringToObject(ex, "prompt", cJSON_GetArrayItem(p, 0)->valuestring);
+    if (cJSON_IsArray(p) && p->child && !p->child->next && cJSON_IsString(p->child)) {
+      cJSON_AddStringToObject(ex, "prompt", p->child->valuestring);
     } else if (cJSON_IsString(p)) {
       cJSON_AddStringToObject(ex, "prompt", p->valuestring);
     } else {
@@ -151,7 +184,8 @@ static int build_exec_body(orch_req *r, const cJSON *body, llorch_errmsg *em) {
   if ((rc = llorch_json_get_int(body, "", "seed", false, INT64_MIN, INT64_MAX, &iv, em)) < 0) goto fail;
   if ((rc = llorch_json_get_number(body, "", "presence_penalty", false, -2, 2, &dv, em)) < 0) goto fail;
   if ((rc = llorch_json_get_number(body, "", "frequency_penalty", false, -2, 2, &dv, em)) < 0) goto fail;
-  if ((rc = validate_stop(body, em)) < 0) goto fail;
+  if ((rc = validate_stop(body, cfg, em)) < 0) goto fail;
+  if ((rc = validate_tools(body, cfg, em)) < 0) goto fail;
   if (r->chat) {
     bv = false;
     if ((rc = llorch_json_get_bool(body, "", "logprobs", false, &bv, em)) < 0) goto fail;
@@ -233,22 +267,24 @@ static void completion_logprobs(llorch_jbuf *b, const cJSON *lps, int text_offse
     if (p) llorch_jbuf_cstr(b, ",");
     llorch_jbuf_key(b, parts[p]);
     llorch_jbuf_cstr(b, "[");
-    for (int i = 0; i < cJSON_GetArraySize(lps); i++) {
-      const cJSON *e = cJSON_GetArrayItem(lps, i);
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, lps) {
       const cJSON *tok = cJSON_GetObjectItemCaseSensitive(e, "token");
       const cJSON *lp = cJSON_GetObjectItemCaseSensitive(e, "logprob");
-      if (i) llorch_jbuf_cstr(b, ",");
+      if (i++) llorch_jbuf_cstr(b, ",");
       if (p == 0) llorch_jbuf_str(b, cJSON_IsString(tok) ? tok->valuestring : "");
       else if (p == 1) llorch_jbuf_num(b, cJSON_IsNumber(lp) ? lp->valuedouble : 0);
       else if (p == 3) llorch_jbuf_int(b, text_offset);
       else {
         llorch_jbuf_cstr(b, "{");
         const cJSON *tops = cJSON_GetObjectItemCaseSensitive(e, "top_logprobs");
-        for (int k = 0; k < cJSON_GetArraySize(tops); k++) {
-          const cJSON *t = cJSON_GetArrayItem(tops, k);
+        int k = 0;
+        const cJSON *t;
+        cJSON_ArrayForEach(t, tops) {
           const cJSON *tt = cJSON_GetObjectItemCaseSensitive(t, "token");
           const cJSON *tl = cJSON_GetObjectItemCaseSensitive(t, "logprob");
-          if (k) llorch_jbuf_cstr(b, ",");
+          if (k++) llorch_jbuf_cstr(b, ",");
           llorch_jbuf_key(b, cJSON_IsString(tt) ? tt->valuestring : "");
           llorch_jbuf_num(b, cJSON_IsNumber(tl) ? tl->valuedouble : 0);
         }
@@ -274,8 +310,9 @@ static void relay_token(orch_req *r, const cJSON *ev) {
     llorch_jbuf_cstr(&r->text, t);
     if (has_lp) {
       if (r->chat) {
-        for (int i = 0; i < cJSON_GetArraySize(lps); i++) {
-          char *s = llorch_json_print(cJSON_GetArrayItem(lps, i));
+        const cJSON *e;
+        cJSON_ArrayForEach(e, lps) {
+          char *s = llorch_json_print(e);
           if (!s) continue;
           if (r->n_lp++) llorch_jbuf_cstr(&r->lp, ",");
           llorch_jbuf_cstr(&r->lp, s);
@@ -335,8 +372,9 @@ static void completion_logprobs_merge(llorch_jbuf *out, const char *events) {
       size_t len = end ? (size_t)(end - s) : strlen(s);
       cJSON *o = cJSON_ParseWithLength(s, len);
       const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, parts[p]);
-      for (int i = 0; i < cJSON_GetArraySize(arr); i++) {
-        char *v = llorch_json_print(cJSON_GetArrayItem(arr, i));
+      const cJSON *e;
+      cJSON_ArrayForEach(e, arr) {
+        char *v = llorch_json_print(e);
         if (!v) continue;
         if (!first) llorch_jbuf_cstr(out, ",");
         first = false;
@@ -765,6 +803,24 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   }
   size_t len = 0;
   const char *text = llorch_http_request_body(req, &len);
+  /*
+   * Bytes budget: what admitted requests hold (their execute bodies, about
+   * the size of what the client sent) is bounded, whatever the number of
+   * requests. Refused before parsing, like a full queue.
+   */
+  uint64_t max_bytes = o->cfg->orchestrator.queue.max_bytes;
+  if (max_bytes > 0 && o->held_bytes + len > max_bytes) {
+    int wait = sched_retry_after_s(&o->s);
+    char v[16], msg[200];
+    snprintf(v, sizeof v, "%d", wait);
+    llorch_http_response_header(req, "Retry-After", v);
+    snprintf(msg, sizeof msg, "admitted requests already hold %" PRIu64 " bytes; this one (%zu bytes) "
+             "would pass orchestrator.queue.max_bytes (%" PRIu64 "); retry after %d s",
+             o->held_bytes, len, max_bytes, wait);
+    respond_error(req, 429, "rate_limit_error", msg, NULL, "queue_full");
+    orch_count(o, "rejected");
+    return;
+  }
   cJSON *body = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &body, &em) < 0) {
@@ -800,8 +856,14 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   llorch_jbuf_init(&r->lp);
   snprintf(r->rid, sizeof r->rid, "%s", rid);
   r->model_name = strdup(model);
-  int rc = r->model_name ? build_exec_body(r, body, &em) : LLORCH_ENOMEM;
+  int rc = r->model_name ? orch_req_build_exec_body(r, body, o->cfg, &em) : LLORCH_ENOMEM;
   cJSON_Delete(body);
+  /* From here the execute body is the request: the raw one is not kept while it waits. */
+  llorch_http_request_release_body(req);
+  if (rc == 0) {
+    r->held_bytes = strlen(r->exec_body);
+    o->held_bytes += r->held_bytes;
+  }
   if (rc < 0) {
     if (rc == LLORCH_ENOMEM) respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
     else respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(), "invalid_value");
@@ -827,7 +889,7 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   }
   orch_count(o, "admitted");
   llorch_http_request_set_data(req, r, req_on_close);
-  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", model,
+  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
   sched_dispatch(&o->s, now);
 }

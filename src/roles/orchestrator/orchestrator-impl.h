@@ -42,6 +42,7 @@ typedef struct orch_req {
   int logprobs;                 /* completions: top-n; chat: 1 when requested */
   int top_logprobs;
   char *exec_body;              /* the /v2/execute body without job_id (JSON) */
+  size_t held_bytes;            /* counted in orch->held_bytes while the request lives */
   char *model_name;             /* as the client named it */
   char id[48];                  /* chatcmpl-... / cmpl-... */
   int64_t created;              /* unix seconds */
@@ -89,6 +90,7 @@ struct llorch_orchestrator {
   int64_t started_unix;
   bool stopping;
   int n_active;                 /* client requests alive */
+  uint64_t held_bytes;          /* request bytes of admitted requests (queue.max_bytes) */
   const char **api_keys;        /* (n_api_keys) */
   size_t n_api_keys;
   /* metrics */
@@ -125,6 +127,15 @@ void orch_kick(orch *o);
 void orch_dispatch_soon(orch *o);
 
 /* ---- client_api.c ---- */
+/*
+ * Checks a client's chat (r->chat) or completions body against the OpenAI
+ * schema and cfg's request limits, and builds r->exec_body (the worker's
+ * /v2/execute body without job_id) plus r's stream/logprobs flags. Linear in
+ * the body. Returns 0, LLORCH_EINVAL with em (llorch_json_errparam() names
+ * the field when a json.h getter failed) or LLORCH_ENOMEM.
+ */
+int orch_req_build_exec_body(orch_req *r, const cJSON *body, const llorch_config *cfg,
+                             llorch_errmsg *em);
 void orch_on_chat(llorch_http_request *req, void *user);
 void orch_on_completions(llorch_http_request *req, void *user);
 void orch_on_models(llorch_http_request *req, void *user);

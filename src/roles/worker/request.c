@@ -92,6 +92,23 @@ static int request_render_chat(worker *w, const cJSON *messages, llorch_jbuf *ou
                                worker_error *err) {
   static const char *const roles[] = {"system", "user", "assistant", "developer", "tool", NULL};
   size_t n = (size_t)cJSON_GetArraySize(messages);
+  /* Bounded before anything is allocated per message (request.max_messages). */
+  size_t max_messages = w->cfg ? (size_t)w->cfg->request.max_messages : 1024;
+  size_t max_parts = w->cfg ? (size_t)w->cfg->request.max_content_parts : 1024;
+  if (n > max_messages)
+    return request_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
+                        "'messages' has %zu items, at most %zu (request.max_messages)", n,
+                        max_messages);
+  size_t n_parts = 0;
+  for (const cJSON *m = messages->child; m; m = m->next) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (cJSON_IsArray(c)) n_parts += (size_t)cJSON_GetArraySize(c);
+  }
+  if (n_parts > max_parts)
+    return request_fail(err, 400, "invalid_request_error", "invalid_value", "messages",
+                        "the messages have %zu content parts in all, at most %zu "
+                        "(request.max_content_parts)",
+                        n_parts, max_parts);
   llorch_chat_message *msgs = calloc(n, sizeof *msgs);
   llorch_jbuf *contents = calloc(n, sizeof *contents);
   char *text = NULL;
@@ -149,7 +166,9 @@ out:
 
 /* ---- fields ---- */
 
-static int request_stop(const cJSON *body, worker_job *j, worker_error *err) {
+static int request_stop(const worker *w, const cJSON *body, worker_job *j, worker_error *err) {
+  int max_stop = w->cfg ? w->cfg->request.max_stop : 4;
+  if (max_stop > WORKER_MAX_STOP) max_stop = WORKER_MAX_STOP;
   const cJSON *stop = cJSON_GetObjectItemCaseSensitive(body, "stop");
   if (!stop || cJSON_IsNull(stop)) return 0;
   if (cJSON_IsString(stop)) {
@@ -160,8 +179,7 @@ static int request_stop(const cJSON *body, worker_job *j, worker_error *err) {
   }
   if (!cJSON_IsArray(stop))
     return request_fail(err, 400, "invalid_request_error", "invalid_value", "stop",
-                        "'stop' must be a string or an array of up to %d strings",
-                        WORKER_MAX_STOP);
+                        "'stop' must be a string or an array of up to %d strings", max_stop);
   int i = 0;
   for (const cJSON *s = stop->child; s; s = s->next, i++) {
     char p[32];
@@ -169,9 +187,9 @@ static int request_stop(const cJSON *body, worker_job *j, worker_error *err) {
     if (!cJSON_IsString(s) || !s->valuestring[0])
       return request_fail(err, 400, "invalid_request_error", "invalid_value", p,
                           "'%s' must be a non-empty string", p);
-    if (i >= WORKER_MAX_STOP)
+    if (i >= max_stop)
       return request_fail(err, 400, "invalid_request_error", "invalid_value", "stop",
-                          "'stop' has more than %d strings", WORKER_MAX_STOP);
+                          "'stop' has more than %d strings (request.max_stop)", max_stop);
     if (worker_job_add_stop(j, s->valuestring, strlen(s->valuestring)) < 0)
       return request_fail(err, 500, "server_error", "internal_error", "stop", "out of memory");
   }
@@ -305,6 +323,18 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
     goto fail;
   }
 
+  /* tools: not run by this worker, but a huge list is refused before any work */
+  const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
+  if (cJSON_IsArray(tools)) {
+    int max_tools = w->cfg ? w->cfg->request.max_tools : 128;
+    int nt = cJSON_GetArraySize(tools);
+    if (nt > max_tools) {
+      rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "tools",
+                        "'tools' has %d items, at most %d (request.max_tools)", nt, max_tools);
+      goto fail;
+    }
+  }
+
   /* stream */
   bool stream = api == WORKER_API_NATIVE;
   if (api != WORKER_API_NATIVE) {
@@ -417,7 +447,7 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
     rc = request_fail_field(err, &em);
     goto fail;
   }
-  if ((rc = request_stop(body, j, err)) < 0) goto fail;
+  if ((rc = request_stop(w, body, j, err)) < 0) goto fail;
   if ((rc = request_sampling(api, body, &j->sp, &j->want_logprobs, err)) < 0) goto fail;
 
   st->prompt_text = text; /* moves to the stream */
