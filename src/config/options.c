@@ -285,7 +285,7 @@ const config_option config_options[] = {
      .help = "request bytes held by queued and running requests before 429; 0 = unbounded"},
     {.name = "orchestrator.pools.max", .type = CONFIG_TYPE_INT, .roles = ORCH,
      .offset = OFF(orchestrator.pools.max), .def = "64", .min = 1, .max = 100000,
-     .help = "registered pools; a new pool past it gets 429 (pools down are forgotten first)"},
+     .help = "registered pools; a new pool past it gets 429 (see forget_after)"},
     {.name = "orchestrator.pools.forget_after", .type = CONFIG_TYPE_DURATION, .roles = ORCH,
      .offset = OFF(orchestrator.pools.forget_after_ms), .def = "10m", .min = 0, .max = 30 * DAY,
      .help = "a pool down this long is forgotten with its workers; 0 = never"},

@@ -57,6 +57,27 @@ static void respond_ack(orch *o, llorch_http_request *req, const sched_pool *p, 
   llorch_jbuf_free(&b);
 }
 
+/*
+ * The configured bounds on a state document (orchestrator.pools.max_*),
+ * checked before the document is parsed: 413 naming the list and the bound.
+ */
+static bool check_report_size(orch *o, llorch_http_request *req, const cJSON *doc) {
+  static const char *const lists[] = {"devices", "models", "workers"};
+  const int bounds[] = {o->cfg->orchestrator.pools.max_devices, o->cfg->orchestrator.pools.max_models,
+                        o->cfg->orchestrator.pools.max_workers};
+  for (int k = 0; k < 3; k++) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(doc, lists[k]);
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
+    if (n <= bounds[k]) continue;
+    char msg[200];
+    snprintf(msg, sizeof msg, "'%s' has %d items, at most %d (orchestrator.pools.max_%s)", lists[k], n,
+             bounds[k], lists[k]);
+    llorch_http_respond_error(req, 413, "invalid_request_error", msg, lists[k], "INVALID_REQUEST");
+    return false;
+  }
+  return true;
+}
+
 static void on_state_doc(orch *o, llorch_http_request *req, const char *path_pool, bool is_register) {
   size_t len = 0;
   const char *text = llorch_http_request_body(req, &len);
@@ -64,6 +85,10 @@ static void on_state_doc(orch *o, llorch_http_request *req, const char *path_poo
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
     llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
+    return;
+  }
+  if (!check_report_size(o, req, doc)) {
+    cJSON_Delete(doc);
     return;
   }
   sched_pool_report rep;
@@ -88,6 +113,14 @@ static void on_state_doc(orch *o, llorch_http_request *req, const char *path_poo
   rc = sched_pool_apply(&o->s, &rep, is_register, orch_now_ms(o), &adopted);
   if (rc == LLORCH_ENOTFOUND) {
     respond_pool_unknown(req, rep.pool);
+  } else if (rc == LLORCH_ELIMIT) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "pool '%s' cannot register: %d pools are registered, at most %d "
+             "(orchestrator.pools.max; pools down for orchestrator.pools.forget_after are forgotten)",
+             rep.pool, o->s.n_pools, o->s.lim.max_pools);
+    LOG_WARN("pools", NULL, "%s", msg);
+    llorch_http_response_header(req, "Retry-After", "60");
+    llorch_http_respond_error(req, 429, "rate_limit_error", msg, NULL, "TOO_MANY_POOLS");
   } else if (rc < 0) {
     llorch_http_respond_error(req, 500, "server_error", llorch_strerror(rc), NULL, "internal_error");
   } else {
@@ -125,6 +158,14 @@ static void on_events(orch *o, llorch_http_request *req, const char *pool) {
                                       "worker_exited", NULL};
   /* Validate everything first: a bad event must not leave half the batch applied. */
   int n = cJSON_GetArraySize(events);
+  if (n > o->cfg->orchestrator.pools.max_events) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "'events' has %d items, at most %d (orchestrator.pools.max_events)", n,
+             o->cfg->orchestrator.pools.max_events);
+    llorch_http_respond_error(req, 413, "invalid_request_error", msg, "events", "INVALID_REQUEST");
+    cJSON_Delete(doc);
+    return;
+  }
   sched_worker_report *ws = n ? calloc((size_t)n, sizeof *ws) : NULL;
   if (n && !ws) {
     llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
@@ -132,8 +173,10 @@ static void on_events(orch *o, llorch_http_request *req, const char *pool) {
     return;
   }
   char where[48], wwhere[64];
-  for (int i = 0; i < n; i++) {
-    const cJSON *ev = cJSON_GetArrayItem(events, i);
+  int ei = -1;
+  const cJSON *ev;
+  cJSON_ArrayForEach(ev, events) {
+    int i = ++ei;
     const cJSON *w = NULL;
     int type;
     snprintf(where, sizeof where, "events[%d]", i);

@@ -50,6 +50,7 @@ static void routes_not_ready(worker *w, llorch_http_request *req) {
 
 /* Frees a stream that never reached the scheduler. */
 static void routes_stream_discard(worker_stream *st) {
+  st->w->held_bytes -= st->held_bytes;
   worker_job_free(st->job);
   llorch_tokens_free(&st->toks);
   llorch_jbuf_free(&st->prompt_text);
@@ -134,6 +135,24 @@ static void routes_generate(worker *w, llorch_http_request *req, worker_api api)
   }
   size_t len;
   const char *body = llorch_http_request_body(req, &len);
+  /*
+   * Bytes budget over everything the worker holds for requests (their
+   * bodies' worth: prompt text, then tokens), whatever their number: a few
+   * large queued prompts must not take the process's memory.
+   */
+  uint64_t max_bytes = w->cfg ? w->cfg->worker.queue_max_bytes : 0;
+  if (max_bytes > 0 && w->held_bytes + len > max_bytes) {
+    worker_error err = {.status = 429, .type = "rate_limit_error", .code = "overloaded",
+                        .retry_after_s = 1};
+    snprintf(err.message, sizeof err.message,
+             "requests in progress already hold %llu bytes; this one (%zu bytes) would pass "
+             "worker.queue_max_bytes (%llu)",
+             (unsigned long long)w->held_bytes, len, (unsigned long long)max_bytes);
+    w->n_rejected++;
+    llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
+    worker_respond_error(req, &err);
+    return;
+  }
   cJSON *json = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(body, len, true, &json, &em) < 0) {
@@ -147,6 +166,8 @@ static void routes_generate(worker *w, llorch_http_request *req, worker_api api)
     return;
   }
   st->w = w;
+  st->held_bytes = len;
+  w->held_bytes += len;
   st->api = api;
   st->req = req;
   st->created = (int64_t)time(NULL);
@@ -162,6 +183,8 @@ static void routes_generate(worker *w, llorch_http_request *req, worker_api api)
   worker_job *job = NULL;
   int rc = worker_request_build(w, api, json, st, &job, &err);
   cJSON_Delete(json);
+  /* The job holds what it needs (prompt text, then tokens): not the raw body too. */
+  llorch_http_request_release_body(req);
   if (rc < 0) {
     routes_fail(w, req, &err);
     routes_stream_discard(st);
