@@ -162,9 +162,10 @@ const config_option config_options[] = {
      .offset = OFF(http.sse_keepalive_ms), .def = "15s", .min = 100, .max = HOUR,
      .help = "interval of ': keep-alive' lines on event streams"},
     {.name = "http.max_connections", .type = CONFIG_TYPE_INT, .roles = CONFIG_ROLES_ANY,
-     .offset = OFF(http.max_connections), .def = "0", .min = 0, .max = 1000000,
+     .offset = OFF(http.max_connections), .def = "1024", .min = 0, .max = 1000000,
      .help = "open connections accepted at once (lowered to fit RLIMIT_NOFILE); at the cap the "
-             "oldest idle or unfinished connection is closed for a new one; 0 = unlimited"},
+             "oldest idle or unfinished connection is closed for a new one; 0 = only the descriptor "
+             "limit"},
     {.name = "http.max_connections_per_peer", .type = CONFIG_TYPE_INT, .roles = CONFIG_ROLES_ANY,
      .offset = OFF(http.max_connections_per_peer), .def = "512", .min = 0, .max = 1000000,
      .help = "open connections from one IP address; 0 = unlimited"},
@@ -185,6 +186,10 @@ const config_option config_options[] = {
     {.name = "request.max_tools", .type = CONFIG_TYPE_INT, .roles = ORCH | WORKER,
      .offset = OFF(request.max_tools), .def = "128", .min = 0, .max = 100000,
      .help = "tool definitions in one request (400 past it)"},
+    {.name = "request.max_json_values", .type = CONFIG_TYPE_INT, .roles = ORCH | WORKER,
+     .offset = OFF(request.max_json_values), .def = "65536", .min = 16, .max = 100000000,
+     .help = "JSON values in one request or pool document, counted before parsing (each costs "
+             "~64 bytes parsed); 413 past it"},
     {.name = "shutdown_grace", .flag = "shutdown-grace", .type = CONFIG_TYPE_DURATION,
      .roles = CONFIG_ROLES_ANY, .offset = OFF(shutdown_grace_ms), .def = "30s", .min = 0,
      .max = HOUR, .meta = "DURATION",

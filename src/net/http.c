@@ -1070,10 +1070,10 @@ static void conn_on_timer(uv_timer_t *t) {
       c->timer_mode = HTTP_TIMER_NONE;
       char msg[120];
       if (c->body_deadline != 0 && uv_now(c->srv->loop) >= c->body_deadline)
-        snprintf(msg, sizeof msg, "request body not complete within %u ms (http.body_deadline)",
+        snprintf(msg, sizeof msg, "request body not received in time: not complete within %u ms (http.body_deadline)",
                  c->srv->cfg.body_deadline_ms);
       else
-        snprintf(msg, sizeof msg, "no request body bytes for %u ms (http.body_timeout)",
+        snprintf(msg, sizeof msg, "request body not received in time: no bytes for %u ms (http.body_timeout)",
                  c->srv->cfg.body_timeout_ms);
       conn_fail(c, 408, msg);
       break;
@@ -1121,7 +1121,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (c->timer_mode == HTTP_TIMER_BODY && !conn_arm_body_timer(c)) {
     c->timer_mode = HTTP_TIMER_NONE;
     char msg[120];
-    snprintf(msg, sizeof msg, "request body not complete within %u ms (http.body_deadline)",
+    snprintf(msg, sizeof msg, "request body not received in time: not complete within %u ms (http.body_deadline)",
              c->srv->cfg.body_deadline_ms);
     conn_fail(c, 408, msg);
     return;

@@ -325,7 +325,9 @@ static void service_fit_connections(llorch_http_config *hc) {
   if (nofile == 0 || nofile == (unsigned long)-1) return;
   unsigned long fit = nofile > 128 ? (nofile - 64) / 2 : nofile / 4;
   if (fit < 1) fit = 1;
-  if (hc->max_connections == 0 || hc->max_connections > fit) {
+  if (hc->max_connections == 0) {
+    hc->max_connections = (unsigned)fit;
+  } else if (hc->max_connections > fit) {
     LOG_WARN("http", NULL, "http.max_connections %u lowered to %lu to fit the descriptor limit "
              "(RLIMIT_NOFILE %lu: half for client connections, half for their calls onwards)",
              hc->max_connections, fit, nofile);

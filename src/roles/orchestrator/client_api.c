@@ -781,9 +781,129 @@ static int request_priority(orch *o, llorch_http_request *req, int model) {
   return o->s.models[model].priority;
 }
 
+/*
+ * Parsing and checking a large body costs milliseconds per MiB (and 8 MiB of
+ * a bad shape tens of them); on the loop that would stall every other
+ * connection, /health/live included. Bodies past this size are parsed on
+ * libuv's thread pool; small ones inline, where a thread hop costs more.
+ */
+#define ORCH_PARSE_OFFLOAD_BYTES (64u << 10)
+
+/* One body being parsed (inline or on the thread pool) before admission. */
+typedef struct orch_parse {
+  uv_work_t work;
+  orch_req *r;                  /* r->http is the request; r->model_name set by the parse */
+  const char *text;             /* the request's body: it outlives the parse (see parse_start) */
+  size_t len;
+  int rc;
+  int status;                   /* 400, 413 or 500 when rc < 0 */
+  const char *code;
+  llorch_errmsg em;
+  char param[128];              /* llorch_json_errparam() is per thread: copied here */
+} orch_parse;
+
+/* Parses and checks the body; touches nothing but p and p->r (thread-safe). */
+static void parse_body(orch_parse *p) {
+  orch_req *r = p->r;
+  const llorch_config *cfg = r->o->cfg;
+  cJSON *body = NULL;
+  p->status = 400;
+  p->code = "invalid_value";
+  p->rc = llorch_json_parse_bounded(p->text, p->len, (size_t)cfg->request.max_json_values,
+                                    "request.max_json_values", &body, &p->em);
+  if (p->rc < 0) {
+    p->status = p->rc == LLORCH_ELIMIT ? 413 : 400;
+    p->code = p->rc == LLORCH_ELIMIT ? "request_too_large" : "invalid_json";
+    return;
+  }
+  const char *model = NULL;
+  p->rc = llorch_json_get_string(body, "", "model", true, &model, &p->em);
+  if (p->rc == 0) {
+    r->model_name = strdup(model);
+    p->rc = r->model_name ? orch_req_build_exec_body(r, body, cfg, &p->em) : LLORCH_ENOMEM;
+  }
+  if (p->rc < 0) snprintf(p->param, sizeof p->param, "%s", llorch_json_errparam());
+  if (p->rc == LLORCH_ENOMEM) {
+    p->status = 500;
+    p->code = "internal_error";
+    snprintf(p->em.text, sizeof p->em.text, "out of memory");
+  }
+  cJSON_Delete(body);
+}
+
+/* Back on the loop with a parsed (or refused) body: model lookup and admission. */
+static void parse_finish(orch_parse *p) {
+  orch_req *r = p->r;
+  orch *o = r->o;
+  llorch_http_request *req = r->http;
+  if (llorch_http_request_closed(req)) {
+    /* The client left meanwhile: finishing the detached request frees it. */
+    llorch_http_respond(req, 499, NULL, NULL, 0);
+    r->http = NULL;
+    req_free(r);
+    free(p);
+    return;
+  }
+  /* From here the execute body is the request: the raw one is not kept while it waits. */
+  llorch_http_request_release_body(req);
+  if (p->rc < 0) {
+    respond_error(req, p->status, p->status == 500 ? "server_error" : "invalid_request_error", p->em.text,
+                  p->param[0] ? p->param : NULL, p->code);
+    req_free(r);
+    free(p);
+    return;
+  }
+  free(p);
+  int mi = sched_model_find(&o->s, r->model_name);
+  if (mi < 0) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model_name);
+    respond_error(req, 404, "invalid_request_error", msg, "model", "model_not_found");
+    req_free(r);
+    return;
+  }
+  r->held_bytes = strlen(r->exec_body);
+  o->held_bytes += r->held_bytes;
+  snprintf(r->id, sizeof r->id, "%s-%.32s", r->chat ? "chatcmpl" : "cmpl", r->rid);
+  r->created = (int64_t)time(NULL);
+  r->sr.model = mi;
+  r->sr.priority = request_priority(o, req, mi);
+  r->t_admit_ns = orch_now_ns();
+  int64_t now = orch_now_ms(o);
+  int ra = 1;
+  if (sched_submit(&o->s, &r->sr, now, &ra) < 0) {
+    char v[16], msg[160];
+    snprintf(v, sizeof v, "%d", ra);
+    llorch_http_response_header(req, "Retry-After", v);
+    snprintf(msg, sizeof msg, "the %s queue is full; retry after %d s",
+             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", ra);
+    respond_error(req, 429, "rate_limit_error", msg, NULL, "queue_full");
+    orch_count(o, "rejected");
+    req_free(r);
+    return;
+  }
+  orch_count(o, "admitted");
+  llorch_http_request_set_data(req, r, req_on_close);
+  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
+            r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
+  sched_dispatch(&o->s, now);
+}
+
+static void parse_work(uv_work_t *w) { parse_body(w->data); }
+
+static void parse_after(uv_work_t *w, int status) {
+  orch_parse *p = w->data;
+  if (status < 0) { /* cancelled: the loop is closing */
+    p->rc = LLORCH_ECLOSED;
+    p->status = 503;
+    p->code = "shutting_down";
+    snprintf(p->em.text, sizeof p->em.text, "the orchestrator is shutting down");
+  }
+  parse_finish(p);
+}
+
 static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   if (!orch_check_api_key(o, req)) return;
-  const char *rid = llorch_http_request_id(req);
   if (o->stopping) {
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
     return;
@@ -821,30 +941,12 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
     orch_count(o, "rejected");
     return;
   }
-  cJSON *body = NULL;
-  llorch_errmsg em = {{0}};
-  if (llorch_json_parse(text, len, true, &body, &em) < 0) {
-    respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
-    return;
-  }
-  const char *model = NULL;
-  if (llorch_json_get_string(body, "", "model", true, &model, &em) < 0) {
-    respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(), "invalid_value");
-    cJSON_Delete(body);
-    return;
-  }
-  int mi = sched_model_find(&o->s, model);
-  if (mi < 0) {
-    char msg[300];
-    snprintf(msg, sizeof msg, "The model '%.200s' does not exist", model);
-    respond_error(req, 404, "invalid_request_error", msg, "model", "model_not_found");
-    cJSON_Delete(body);
-    return;
-  }
   orch_req *r = calloc(1, sizeof *r);
-  if (!r) {
+  orch_parse *p = calloc(1, sizeof *p);
+  if (!r || !p) {
+    free(r);
+    free(p);
     respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    cJSON_Delete(body);
     return;
   }
   o->n_active++;
@@ -854,44 +956,20 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   r->http = req;
   llorch_jbuf_init(&r->text);
   llorch_jbuf_init(&r->lp);
-  snprintf(r->rid, sizeof r->rid, "%s", rid);
-  r->model_name = strdup(model);
-  int rc = r->model_name ? orch_req_build_exec_body(r, body, o->cfg, &em) : LLORCH_ENOMEM;
-  cJSON_Delete(body);
-  /* From here the execute body is the request: the raw one is not kept while it waits. */
-  llorch_http_request_release_body(req);
-  if (rc == 0) {
-    r->held_bytes = strlen(r->exec_body);
-    o->held_bytes += r->held_bytes;
-  }
-  if (rc < 0) {
-    if (rc == LLORCH_ENOMEM) respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    else respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(), "invalid_value");
-    req_free(r);
+  snprintf(r->rid, sizeof r->rid, "%s", llorch_http_request_id(req));
+  p->r = r;
+  p->text = text;
+  p->len = len;
+  p->work.data = p;
+  /*
+   * Offloaded: no on_close is set while the thread reads the body, so a
+   * client that leaves only detaches the request, which (and its body)
+   * lives until parse_finish answers it.
+   */
+  if (len > ORCH_PARSE_OFFLOAD_BYTES && uv_queue_work(o->loop, &p->work, parse_work, parse_after) == 0)
     return;
-  }
-  snprintf(r->id, sizeof r->id, "%s-%.32s", chat ? "chatcmpl" : "cmpl", rid);
-  r->created = (int64_t)time(NULL);
-  r->sr.model = mi;
-  r->sr.priority = request_priority(o, req, mi);
-  r->t_admit_ns = orch_now_ns();
-  int64_t now = orch_now_ms(o);
-  if (sched_submit(&o->s, &r->sr, now, &ra) < 0) {
-    char v[16], msg[160];
-    snprintf(v, sizeof v, "%d", ra);
-    llorch_http_response_header(req, "Retry-After", v);
-    snprintf(msg, sizeof msg, "the %s queue is full; retry after %d s",
-             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", ra);
-    respond_error(req, 429, "rate_limit_error", msg, NULL, "queue_full");
-    orch_count(o, "rejected");
-    req_free(r);
-    return;
-  }
-  orch_count(o, "admitted");
-  llorch_http_request_set_data(req, r, req_on_close);
-  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
-            r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
-  sched_dispatch(&o->s, now);
+  parse_body(p);
+  parse_finish(p);
 }
 
 void orch_on_chat(llorch_http_request *req, void *user) { on_generate(req, user, true); }

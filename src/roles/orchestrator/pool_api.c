@@ -83,8 +83,11 @@ static void on_state_doc(orch *o, llorch_http_request *req, const char *path_poo
   const char *text = llorch_http_request_body(req, &len);
   cJSON *doc = NULL;
   llorch_errmsg em = {{0}};
-  if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
+  int prc = llorch_json_parse_bounded(text, len, (size_t)o->cfg->request.max_json_values,
+                                      "request.max_json_values", &doc, &em);
+  if (prc < 0) {
+    llorch_http_respond_error(req, prc == LLORCH_ELIMIT ? 413 : 400, "invalid_request_error", em.text,
+                              NULL, "INVALID_REQUEST");
     return;
   }
   if (!check_report_size(o, req, doc)) {
@@ -138,8 +141,11 @@ static void on_events(orch *o, llorch_http_request *req, const char *pool) {
   const char *text = llorch_http_request_body(req, &len);
   cJSON *doc = NULL;
   llorch_errmsg em = {{0}};
-  if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
+  int prc = llorch_json_parse_bounded(text, len, (size_t)o->cfg->request.max_json_values,
+                                      "request.max_json_values", &doc, &em);
+  if (prc < 0) {
+    llorch_http_respond_error(req, prc == LLORCH_ELIMIT ? 413 : 400, "invalid_request_error", em.text,
+                              NULL, "INVALID_REQUEST");
     return;
   }
   const char *boot = NULL;

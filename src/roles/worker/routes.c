@@ -155,8 +155,11 @@ static void routes_generate(worker *w, llorch_http_request *req, worker_api api)
   }
   cJSON *json = NULL;
   llorch_errmsg em = {{0}};
-  if (llorch_json_parse(body, len, true, &json, &em) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
+  size_t max_values = w->cfg ? (size_t)w->cfg->request.max_json_values : 65536;
+  int prc = llorch_json_parse_bounded(body, len, max_values, "request.max_json_values", &json, &em);
+  if (prc < 0) {
+    llorch_http_respond_error(req, prc == LLORCH_ELIMIT ? 413 : 400, "invalid_request_error", em.text,
+                              NULL, prc == LLORCH_ELIMIT ? "request_too_large" : "invalid_json");
     return;
   }
   worker_stream *st = calloc(1, sizeof *st);
