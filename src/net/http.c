@@ -814,6 +814,12 @@ static int on_headers_complete(llhttp_t *p) {
     return -1;
   }
   if (chunked || (has_length && p->content_length > 0)) {
+    /* The declared length is within max_body_bytes: one allocation, no regrowth copies. */
+    if (has_length && net_buf_reserve(&req->body, (size_t)p->content_length) < 0) {
+      c->err_status = 500;
+      c->err_msg = "out of memory";
+      return -1;
+    }
     c->body_deadline = 0;
     if (!c->fake && cfg->body_deadline_ms > 0)
       c->body_deadline = uv_now(c->srv->loop) + cfg->body_deadline_ms;

@@ -141,40 +141,54 @@ def percentile(values, p):
 
 
 class HealthProbe:
-    """GET /health/live every interval on a fresh connection; keeps latencies (ms)."""
+    """GET /health/live every interval on a fresh connection; keeps latencies (ms).
+
+    Runs in a child process so that the attack threads of the test (and
+    Python's GIL) do not add their own delays to the figures.
+    """
 
     def __init__(self, port, interval=0.01):
         self.port = port
         self.interval = interval
         self.lat = []
         self.errors = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                st, _, _ = request(self.port, "GET", "/health/live", timeout=10)
-                if st != 200:
-                    self.errors.append("status %d" % st)
-            except Exception as e:  # noqa: BLE001 - any failure is a failed probe
-                self.errors.append(repr(e))
-            self.lat.append((time.perf_counter() - t0) * 1000.0)
-            self._stop.wait(self.interval)
+        self._proc = None
 
     def start(self):
-        self._t.start()
+        self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "probe",
+                                       str(self.port), str(self.interval)],
+                                      stdout=subprocess.PIPE)
         return self
 
     def stop(self):
-        self._stop.set()
-        self._t.join(timeout=15)
+        self._proc.send_signal(signal.SIGTERM)
+        out, _ = self._proc.communicate(timeout=30)
+        res = json.loads(out.decode() or "{}")
+        self.lat = res.get("lat", [])
+        self.errors = res.get("errors", [])
 
     def summary(self):
         return "n=%d p50=%.1f ms p99=%.1f ms max=%.1f ms errors=%d" % (
             len(self.lat), percentile(self.lat, 50), percentile(self.lat, 99),
             max(self.lat) if self.lat else float("nan"), len(self.errors))
+
+
+def _probe_main(port, interval):
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    lat, errors = [], []
+    deadline = time.time() + 600
+    while not stop.is_set() and time.time() < deadline:
+        t0 = time.perf_counter()
+        try:
+            st, _, _ = request(port, "GET", "/health/live", timeout=10)
+            if st != 200:
+                errors.append("status %d" % st)
+        except Exception as e:  # noqa: BLE001 - any failure is a failed probe
+            errors.append(repr(e))
+        lat.append((time.perf_counter() - t0) * 1000.0)
+        stop.wait(interval)
+    sys.stdout.write(json.dumps({"lat": lat, "errors": errors[:20]}))
 
 
 def synth_model(binary, tmp, name="tiny"):
@@ -202,3 +216,7 @@ def raw_connect(port, timeout=10):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "probe":
+    _probe_main(int(sys.argv[2]), float(sys.argv[3]))
