@@ -818,6 +818,15 @@ static void parse_body(orch_parse *p) {
   }
   const char *model = NULL;
   p->rc = llorch_json_get_string(body, "", "model", true, &model, &p->em);
+  if (p->rc == 0 && model[strcspn(model, "\x01\x02\x03\x04\x05\x06\x07\x08\t\n\x0b\x0c\r\x0e"
+                                   "\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b"
+                                   "\x1c\x1d\x1e\x1f\x7f")] != '\0') {
+    /* Echoed in messages and logs: a name with line breaks could forge lines. */
+    p->rc = llorch_errmsg_set(&p->em, LLORCH_EINVAL, "'model' must not contain control characters");
+    snprintf(p->param, sizeof p->param, "model");
+    cJSON_Delete(body);
+    return;
+  }
   if (p->rc == 0) {
     r->model_name = strdup(model);
     p->rc = r->model_name ? orch_req_build_exec_body(r, body, cfg, &p->em) : LLORCH_ENOMEM;
@@ -854,6 +863,11 @@ static void parse_finish(orch_parse *p) {
     return;
   }
   free(p);
+  if (o->stopping) { /* the shutdown began while the body was being parsed */
+    respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
+    req_free(r);
+    return;
+  }
   int mi = sched_model_find(&o->s, r->model_name);
   if (mi < 0) {
     char msg[300];

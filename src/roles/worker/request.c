@@ -302,6 +302,14 @@ int worker_request_build(worker *w, worker_api api, const cJSON *body, worker_st
     rc = request_fail_field(err, &em);
     goto fail;
   }
+  if (model && model[strcspn(model, "\x01\x02\x03\x04\x05\x06\x07\x08\t\n\x0b\x0c\r\x0e\x0f"
+                             "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e"
+                             "\x1f\x7f")] != '\0') {
+    /* Echoed in messages and logs: a name with line breaks could forge lines. */
+    rc = request_fail(err, 400, "invalid_request_error", "invalid_value", "model",
+                      "'model' must not contain control characters");
+    goto fail;
+  }
   if (model && !worker_model_name_matches(w, model)) {
     rc = request_fail(err, 404, "invalid_request_error", "model_not_found", "model",
                       "The model '%s' does not exist on this worker; it serves '%s' (file %s)",
