@@ -69,7 +69,7 @@ def main():
             "log": {"level": "info", "format": "text"},
             "orchestrator": {"api_keys": [API_KEY], "cluster_token": CLUSTER_TOKEN,
                              "heartbeat_miss_limit": 1,
-                             "pools": {"max": 30, "forget_after": "2s"},
+                             "pools": {"max": 30, "forget_after": "4s"},
                              "models": [{"name": "tiny", "file": "tiny.gguf"}]},
         }, tmp)
         port = orch.port
@@ -140,17 +140,21 @@ def main():
                   "registration time stays flat (median of first 3 %.0f ms, of last 3 %.0f ms)"
                   % (first3, last3))
 
-            for i in range(26, 30):
-                st, _, msg, _ = post(port, "/v2/pools/register", state_doc("p-%d" % i, 1, 1), CLUSTER_TOKEN)
+            # Pools 26..29 are new; 0..25 re-register (a known name is no new pool), which also
+            # restarts their forget_after clock on a slow (sanitized) build.
+            for i in range(0, 30):
+                st, _, msg, _ = post(port, "/v2/pools/register", state_doc("p-%d" % i, 1, 1, seq=10),
+                                     CLUSTER_TOKEN)
                 if st != 200:
                     check(False, "registration %d accepted (%d %s)" % (i, st, msg))
-            check(pools_known(port) == 30, "30 pools registered")
+            n = pools_known(port)
+            check(n == 30, "30 pools registered (%d)" % n)
             st, h, msg, _ = post(port, "/v2/pools/register", state_doc("p-30", 1, 1), CLUSTER_TOKEN)
             check(st == 429 and "orchestrator.pools.max" in msg and "retry-after" in h,
                   "the 31st pool: 429 with Retry-After (%s)" % msg)
 
-            # No heartbeats: down after 1 x 100 ms, forgotten 2 s later.
-            deadline = time.time() + 15
+            # No heartbeats: down after 1 x 100 ms, forgotten 4 s later.
+            deadline = time.time() + 20
             while pools_known(port) > 0 and time.time() < deadline:
                 time.sleep(0.2)
             n = pools_known(port)

@@ -186,7 +186,10 @@ def orchestrator_tests(binary, tmp):
                               {**bearer(API_KEY), "Content-Type": "application/json"})
         check(st == 429 and "retry-after" in h and b"orchestrator.queue.max_bytes" in data,
               "the 429 names orchestrator.queue.max_bytes and carries Retry-After")
-        check(per < 12, "a queued 7 MB request costs %.1f MiB (issue: ~15 MiB)" % per)
+        if os.environ.get("LLORCH_SANITIZED"):
+            print("(sanitized build: its allocator keeps freed memory in quarantine; RSS not checked)")
+        else:
+            check(per < 12, "a queued 7 MB request costs %.1f MiB (issue: ~15 MiB)" % per)
         for s in held:
             s.close()
         time.sleep(1)

@@ -108,7 +108,13 @@ def main():
             threads = [threading.Thread(target=attacker, args=(i,), daemon=True) for i in range(2)]
             for t in threads:
                 t.start()
-            time.sleep(float(os.environ.get("LLORCH_STALL_SECONDS", "15")))
+            # At least LLORCH_STALL_SECONDS, and until every shape went twice (a sanitized
+            # build is slow), never past two minutes.
+            t0 = time.time()
+            min_s = float(os.environ.get("LLORCH_STALL_SECONDS", "15"))
+            while time.time() - t0 < 120 and (time.time() - t0 < min_s or
+                                               min(len(r) for r in results.values()) < 2):
+                time.sleep(0.2)
             stop.set()
             for t in threads:
                 t.join(timeout=60)
