@@ -129,6 +129,9 @@ def orchestrator_tests(binary, tmp):
         st, secs = trickle_body(port)
         print("body trickled 1 byte/s: %s after %.1f s" % (st, secs))
         check(st == 408 and secs < 8, "a trickled body is cut by http.body_deadline (408 after %.1f s)" % secs)
+        deadline = time.time() + 5
+        while not any("http.body_deadline" in l for l in orch.logs) and time.time() < deadline:
+            time.sleep(0.1)
         check(any("http.body_deadline" in l for l in orch.logs), "the log names http.body_deadline")
         st, secs = trickle_headers(port)
         print("headers trickled 2 bytes/s: %s after %.1f s" % (st, secs))
