@@ -903,7 +903,10 @@ static void parse_finish(orch_parse *p) {
   sched_dispatch(&o->s, now);
 }
 
-static void parse_work(uv_work_t *w) { parse_body(w->data); }
+static void parse_work(uv_work_t *w) {
+  orch_thread_yield_to_loop();
+  parse_body(w->data);
+}
 
 static void parse_after(uv_work_t *w, int status) {
   orch_parse *p = w->data;

@@ -112,6 +112,8 @@ struct llorch_orchestrator {
 /* ---- orchestrator.c ---- */
 int64_t orch_now_ms(orch *o);
 uint64_t orch_now_ns(void);
+/* On a thread-pool thread: lowers its CPU priority below the loop's (once per thread). */
+void orch_thread_yield_to_loop(void);
 /* 401 unless the client's bearer key is accepted (answers the request). */
 bool orch_check_api_key(orch *o, llorch_http_request *req);
 /* Counts an outcome: admitted, rejected, completed, cancelled, failed, timed_out. */

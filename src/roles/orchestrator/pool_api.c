@@ -256,7 +256,10 @@ static void pool_doc_finish(pool_doc *d) {
   free(d);
 }
 
-static void pool_doc_work(uv_work_t *w) { pool_doc_parse(w->data); }
+static void pool_doc_work(uv_work_t *w) {
+  orch_thread_yield_to_loop();
+  pool_doc_parse(w->data);
+}
 
 static void pool_doc_after(uv_work_t *w, int status) {
   pool_doc *d = w->data;
