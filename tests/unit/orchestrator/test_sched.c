@@ -597,31 +597,45 @@ static void test_pool_down_and_back(void **state) {
  * pool cap refuses a new pool, and a pool down for forget_after leaves with
  * its workers once none is busy.
  */
+/* Adds ready workers w-<first>, w-<first+step>, ... below end, with one allocation. */
+static void report_add_workers(sched_pool_report *r, int first, int end, int step) {
+  int n = (end - first + step - 1) / step;
+  r->workers = realloc(r->workers, (size_t)(r->n_workers + n) * sizeof *r->workers);
+  for (int i = first; i < end; i += step) {
+    sched_worker_report *w = &r->workers[r->n_workers++];
+    memset(w, 0, sizeof *w);
+    snprintf(w->id, sizeof w->id, "w-%d", i);
+    snprintf(w->model, sizeof w->model, "m");
+    snprintf(w->file, sizeof w->file, "m.gguf");
+    snprintf(w->devices[0], sizeof w->devices[0], "gpu0");
+    w->n_devices = 1;
+    w->state = SCHED_WORKER_READY;
+    w->slots = 1;
+    w->ctx = 1024;
+    w->memory_bytes = 1;
+    w->exit_code = -1;
+    snprintf(w->url, sizeof w->url, "http://w/w-%d", i);
+  }
+}
+
 static void test_many_workers_cap_and_forget(void **state) {
   (void)state;
   fx *f = fx_new(100, 1);
   f->s.lim.max_pools = 3;
   f->s.lim.forget_after_ms = 10000;
   int m = add_model(f, "m", "m.gguf", 1, 60000, NULL);
-  char id[32];
   sched_pool_report rep;
   pool_spec pa = {"pa", NULL, 1, {0}, {"m.gguf"}, GiB, 0};
   pool_spec pb = {"pb", NULL, 1, {0}, {"m.gguf"}, GiB, 0};
   for (int k = 0; k < 2; k++) {
     report_init(&rep, k ? &pb : &pa, ++f->seq);
-    for (int i = 0; i < 3000; i++) {
-      snprintf(id, sizeof id, "w-%d", i);
-      report_add_worker(&rep, id, "m", "m.gguf", "gpu0", SCHED_WORKER_READY, 1, 1);
-    }
+    report_add_workers(&rep, 0, 3000, 1);
     apply(f, &rep, true);
   }
   assert_int_equal(f->s.n_workers, 6000);
   /* pa lists only its even workers now: the odd ones are gone, pb's untouched. */
   report_init(&rep, &pa, ++f->seq);
-  for (int i = 0; i < 3000; i += 2) {
-    snprintf(id, sizeof id, "w-%d", i);
-    report_add_worker(&rep, id, "m", "m.gguf", "gpu0", SCHED_WORKER_READY, 1, 1);
-  }
+  report_add_workers(&rep, 0, 3000, 2);
   apply(f, &rep, false);
   sched_dispatch(&f->s, f->now); /* reaps the exited */
   assert_int_equal(f->s.n_workers, 4500);
