@@ -102,10 +102,19 @@ typedef struct llorch_config {
     uint64_t max_body_bytes;   /* bytes of request body (-> 413) */
     int64_t header_timeout_ms; /* all headers must arrive within this */
     int64_t body_timeout_ms;   /* longest gap between body bytes */
+    int64_t body_deadline_ms;  /* a whole body must arrive within this; 0 = no bound */
     int64_t idle_timeout_ms;   /* idle keep-alive connections are closed after this */
     int64_t sse_keepalive_ms;  /* ": keep-alive" comment interval on SSE streams */
     int max_connections;       /* open connections; 0 = unlimited */
+    int max_connections_per_peer; /* open connections from one IP address; 0 = unlimited */
   } http;
+  struct {
+    int max_messages;          /* chat messages per request (-> 400) */
+    int max_content_parts;     /* content parts over all messages (-> 400) */
+    int max_stop;              /* stop strings (-> 400) */
+    int max_tools;             /* tool definitions (-> 400) */
+    int max_json_values;       /* JSON values in one body, checked before parsing (-> 400/413) */
+  } request;
   int64_t shutdown_grace_ms;   /* SIGTERM: in-flight work gets this long */
 
   /* worker */
@@ -118,6 +127,7 @@ typedef struct llorch_config {
     char *token;               /* bearer token for every non-/health endpoint, or NULL */
     int queue_max;             /* requests waiting for a slot before 503 */
     int64_t queue_timeout_ms;  /* longest wait for a slot before 503 */
+    uint64_t queue_max_bytes;  /* request bytes of queued jobs before 429; 0 = unbounded */
     char *id;                  /* worker id given by the pool, or NULL */
     char *pool_callback;       /* URL the ready/failed report goes to, or NULL */
     char *spawn_token;         /* token echoed to the pool in that report, or NULL */
@@ -151,7 +161,16 @@ typedef struct llorch_config {
       int64_t timeout_ms;      /* longest wait in the queue (-> 503) */
       int max_interactive;     /* per-class bound; 0 = only max_total */
       int max_batch;           /* per-class bound; 0 = only max_total */
+      uint64_t max_bytes;      /* bytes held by admitted requests (-> 429); 0 = unbounded */
     } queue;
+    struct {
+      int max;                 /* registered pools (-> 429 on register) */
+      int64_t forget_after_ms; /* a pool down this long is forgotten; 0 = never */
+      int max_events;          /* events per POST .../events (-> 413) */
+      int max_devices;         /* devices per state document (-> 413) */
+      int max_models;          /* models per state document (-> 413) */
+      int max_workers;         /* workers per state document (-> 413) */
+    } pools;
     int heartbeat_miss_limit;  /* missed heartbeats before a pool is down */
     int retry_max;             /* retries of a request whose worker died before its first token */
     llorch_model_list models;  /* the catalog */

@@ -60,12 +60,23 @@ typedef struct llorch_http_config {
   unsigned body_timeout_ms;    /* longest gap between body bytes; default 30000 */
   unsigned idle_timeout_ms;    /* keep-alive connection with no request; default 60000 */
   unsigned sse_keepalive_ms;   /* ": keep-alive" comment interval on SSE streams; 0 = off; default 15000 */
-  unsigned max_connections;    /* open connections; 0 = unlimited; default 0 */
+  unsigned body_deadline_ms;   /* end of headers to end of body, in total; 0 = none; default 60000 */
+  unsigned max_connections;    /* open connections; 0 = unlimited; default 1024 */
+  unsigned max_connections_per_peer; /* open connections from one IP address; 0 = unlimited;
+                                      * default 0 (the role sets it from the config) */
   int backlog;                 /* listen() backlog; default 511 */
 } llorch_http_config;
 
 /* Fills cfg with the defaults above. */
 void llorch_http_config_default(llorch_http_config *cfg);
+
+/*
+ * Raises the soft RLIMIT_NOFILE to the hard limit and returns the soft limit
+ * now in force (0 when it cannot be read). A server sizes max_connections
+ * against it so that a flood of connections ends at the cap, not at EMFILE
+ * (which would also starve the outgoing calls to pools and workers).
+ */
+unsigned long llorch_net_raise_nofile(void);
 
 /* ---- server ---- */
 
@@ -87,6 +98,8 @@ typedef struct llorch_http_stats {
   uint64_t responses_by_class[6]; /* [1]..[5] = 1xx..5xx, incl. the server's own errors */
   uint64_t client_aborts;       /* client went away before the response finished */
   uint64_t parse_errors;        /* 400/408/413/431 answered by the server itself */
+  uint64_t connections_evicted; /* idle or unfinished ones closed to make room (caps) */
+  uint64_t connections_refused; /* new ones closed at once: at a cap with nothing to evict */
 } llorch_http_stats;
 
 /*
@@ -177,6 +190,12 @@ void llorch_http_request_header_at(const llorch_http_request *req, size_t i,
                                    const char **name, const char **value);
 /* The body (NUL-terminated for convenience; may contain NULs), "" when empty. */
 const char *llorch_http_request_body(const llorch_http_request *req, size_t *len);
+/*
+ * Frees the body once the handler has taken what it needs from it (a
+ * request that waits in a queue would otherwise hold its raw body next to
+ * the parsed copy); the body reads as "" afterwards.
+ */
+void llorch_http_request_release_body(llorch_http_request *req);
 /* The request id (validated X-Request-Id or generated); use it in log lines. */
 const char *llorch_http_request_id(const llorch_http_request *req);
 /* The peer address, "127.0.0.1:54321" or "[::1]:54321". */

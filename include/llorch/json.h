@@ -80,6 +80,24 @@ int llorch_json_get_enum(const cJSON *obj, const char *where, const char *key,
                          llorch_errmsg *em);
 
 /*
+ * Counts the JSON values (objects, arrays, strings, numbers, literals) in
+ * text[0..len) in one pass without building anything; stops counting past
+ * max. A body's cJSON tree costs about 64 bytes and one allocation per value
+ * whatever the value's size, so 8 MiB of "0," is four million nodes: the
+ * count is checked before parsing. Malformed text gives some count; the
+ * parser refuses it later.
+ */
+size_t llorch_json_count_values(const char *text, size_t len, size_t max);
+
+/*
+ * llorch_json_parse(require_object = true) for bodies from outside, refused
+ * first with LLORCH_ELIMIT ("request body has more than N JSON values (NAME)")
+ * when it holds more than max_values values; limit_name names the setting.
+ */
+int llorch_json_parse_bounded(const char *text, size_t len, size_t max_values,
+                              const char *limit_name, cJSON **out, llorch_errmsg *em);
+
+/*
  * The field path of the last getter (or llorch_json_parse) failure on this
  * thread since llorch_json_parse last started ("messages[2].role"), "" if
  * none. Valid until the next failure.

@@ -75,7 +75,7 @@ typedef enum llorch_reasoning_format {
 int llorch_reasoning_format_parse(const char *s, llorch_reasoning_format *out);
 const char *llorch_reasoning_format_name(llorch_reasoning_format f);
 
-#define LLORCH_OPENAI_MAX_STOP 4
+#define LLORCH_OPENAI_MAX_STOP 16 /* request.max_stop may not exceed it */
 #define LLORCH_OPENAI_MAX_TOP_LOGPROBS 20
 #define LLORCH_OPENAI_MAX_TOOLS 128
 
@@ -89,7 +89,11 @@ typedef struct llorch_openai_limits {
 } llorch_openai_limits;
 
 /* The defaults used when no limits are given. */
-#define LLORCH_OPENAI_LIMITS_DEFAULT {100000, 100000, LLORCH_OPENAI_MAX_STOP, LLORCH_OPENAI_MAX_TOOLS}
+#define LLORCH_OPENAI_LIMITS_DEFAULT {100000, 100000, 4, LLORCH_OPENAI_MAX_TOOLS}
+
+struct llorch_config;
+/* The operator's request.* options as limits (both roles read them so). */
+llorch_openai_limits llorch_openai_limits_from_config(const struct llorch_config *cfg);
 
 /*
  * A validated request. Pointers point into the parsed body, which must

@@ -15,13 +15,23 @@
  * and the handler's on_close runs (the worker cancels generation on it).
  *
  * One timer per connection serves every timeout, with a mode saying which:
- * header deadline, body gap, keep-alive idle, SSE keep-alive comments, or the
- * lingering close.
+ * header deadline, body gap (never past the body's total deadline), keep-alive
+ * idle, SSE keep-alive comments, or the lingering close.
+ *
+ * Connection caps (max_connections, max_connections_per_peer): a new
+ * connection over a cap makes room instead of being refused while there is
+ * something cheap to close. It closes, oldest first, a lingering close, then an
+ * idle keep-alive connection (or one that has not sent a byte), then one still
+ * sending an unfinished request; only connections whose request is with the
+ * handler are never taken. So a flood of slow or idle connections cannot lock
+ * out a health checker: its connection pushes out the oldest of the flood. The
+ * scan is over the open connections (bounded by the cap) on each accept.
  */
 #include "llorch/http.h"
 
 #include <inttypes.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +118,7 @@ struct http_conn {
   net_buf pending;          /* received, not yet parsed */
   size_t pending_pos;       /* parsed bytes at the front of pending */
   size_t header_bytes;      /* of the message being parsed */
+  uint64_t body_deadline;   /* uv_now() by which the body must be complete; 0 = none */
   int err_status;           /* limit hit inside a parser callback (413, 431) */
   const char *err_msg;
   http_timer_mode timer_mode;
@@ -120,6 +131,7 @@ struct http_conn {
   bool in_process;          /* conn_process is on the stack */
   bool close_after;         /* no more requests on this connection */
   char peer[64];
+  char ip[48];              /* peer address without the port: the per-peer cap's key */
   /* llorch_http_parse_buffer only */
   int fake_count;
   int fake_status;
@@ -173,9 +185,11 @@ void llorch_http_config_default(llorch_http_config *cfg) {
   cfg->max_body_bytes = 4u << 20;
   cfg->header_timeout_ms = 10000;
   cfg->body_timeout_ms = 30000;
+  cfg->body_deadline_ms = 60000;
   cfg->idle_timeout_ms = 60000;
   cfg->sse_keepalive_ms = 15000;
-  cfg->max_connections = 0;
+  cfg->max_connections = 1024;
+  cfg->max_connections_per_peer = 0;
   cfg->backlog = 511;
 }
 
@@ -275,6 +289,8 @@ void llorch_http_request_set_data(llorch_http_request *req, void *data,
   req->data = data;
   req->on_close = on_close;
 }
+
+void llorch_http_request_release_body(llorch_http_request *req) { net_buf_free(&req->body); }
 
 void *llorch_http_request_data(const llorch_http_request *req) { return req->data; }
 bool llorch_http_request_closed(const llorch_http_request *req) { return req->detached; }
@@ -389,6 +405,23 @@ static void conn_set_timer(http_conn *c, http_timer_mode mode, unsigned ms) {
   }
   uint64_t repeat = mode == HTTP_TIMER_SSE ? ms : 0;
   uv_timer_start(&c->timer, conn_on_timer, ms, repeat);
+}
+
+/*
+ * Arms the body timer: the gap limit, cut short by the total deadline, so a
+ * client trickling one byte per gap cannot hold a body open for ever.
+ * Returns false when the deadline has already passed.
+ */
+static bool conn_arm_body_timer(http_conn *c) {
+  if (c->fake) return true;
+  unsigned ms = c->srv->cfg.body_timeout_ms;
+  if (c->body_deadline != 0) {
+    uint64_t now = uv_now(c->srv->loop);
+    if (now >= c->body_deadline) return false;
+    if (ms == 0 || c->body_deadline - now < ms) ms = (unsigned)(c->body_deadline - now);
+  }
+  conn_set_timer(c, HTTP_TIMER_BODY, ms);
+  return true;
 }
 
 /* ---- the response ---- */
@@ -820,7 +853,16 @@ static int on_headers_complete(llhttp_t *p) {
     return -1;
   }
   if (chunked || (has_length && p->content_length > 0)) {
-    conn_set_timer(c, HTTP_TIMER_BODY, cfg->body_timeout_ms);
+    /* The declared length is within max_body_bytes: one allocation, no regrowth copies. */
+    if (has_length && net_buf_reserve(&req->body, (size_t)p->content_length) < 0) {
+      c->err_status = 500;
+      c->err_msg = "out of memory";
+      return -1;
+    }
+    c->body_deadline = 0;
+    if (!c->fake && cfg->body_deadline_ms > 0)
+      c->body_deadline = uv_now(c->srv->loop) + cfg->body_deadline_ms;
+    conn_arm_body_timer(c);
     const char *expect = llorch_http_request_header(req, "Expect");
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && !req->http10)
       conn_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
@@ -1069,10 +1111,18 @@ static void conn_on_timer(uv_timer_t *t) {
         conn_close(c);
       }
       break;
-    case HTTP_TIMER_BODY:
+    case HTTP_TIMER_BODY: {
       c->timer_mode = HTTP_TIMER_NONE;
-      conn_fail(c, 408, "request body not received in time");
+      char msg[120];
+      if (c->body_deadline != 0 && uv_now(c->srv->loop) >= c->body_deadline)
+        snprintf(msg, sizeof msg, "request body not received in time: not complete within %u ms (http.body_deadline)",
+                 c->srv->cfg.body_deadline_ms);
+      else
+        snprintf(msg, sizeof msg, "request body not received in time: no bytes for %u ms (http.body_timeout)",
+                 c->srv->cfg.body_timeout_ms);
+      conn_fail(c, 408, msg);
       break;
+    }
     case HTTP_TIMER_IDLE:
       conn_close(c);
       break;
@@ -1113,8 +1163,14 @@ static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (n == 0) return;
   c->pending.len += (size_t)n;
   c->pending.data[c->pending.len] = '\0';
-  if (c->timer_mode == HTTP_TIMER_BODY)
-    conn_set_timer(c, HTTP_TIMER_BODY, c->srv->cfg.body_timeout_ms);
+  if (c->timer_mode == HTTP_TIMER_BODY && !conn_arm_body_timer(c)) {
+    c->timer_mode = HTTP_TIMER_NONE;
+    char msg[120];
+    snprintf(msg, sizeof msg, "request body not received in time: not complete within %u ms (http.body_deadline)",
+             c->srv->cfg.body_deadline_ms);
+    conn_fail(c, 408, msg);
+    return;
+  }
   if (c->req != NULL && c->req->state != HTTP_REQ_PARSING) {
     /* Pipelined bytes while the handler works: buffer, within bounds. */
     if (c->pending.len - c->pending_pos >
@@ -1132,19 +1188,85 @@ static void conn_read_start(http_conn *c) {
   if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) == 0) c->reading = true;
 }
 
-static void format_peer(const struct sockaddr_storage *ss, char *out, size_t size) {
-  char ip[INET6_ADDRSTRLEN] = "?";
+static void format_peer(const struct sockaddr_storage *ss, char *out, size_t size, char *ip,
+                        size_t ip_size) {
+  snprintf(ip, ip_size, "?");
   if (ss->ss_family == AF_INET) {
     const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-    uv_ip4_name(a, ip, sizeof ip);
+    uv_ip4_name(a, ip, ip_size);
     snprintf(out, size, "%s:%d", ip, ntohs(a->sin_port));
   } else if (ss->ss_family == AF_INET6) {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-    uv_ip6_name(a, ip, sizeof ip);
+    uv_ip6_name(a, ip, ip_size);
     snprintf(out, size, "[%s]:%d", ip, ntohs(a->sin6_port));
   } else {
     snprintf(out, size, "?");
   }
+}
+
+/* ---- connection caps ---- */
+
+/* How cheap a connection is to close for room: lower goes first; -1 never. */
+static int conn_evict_class(const http_conn *c) {
+  if (uv_is_closing((const uv_handle_t *)&c->tcp)) return -2; /* already going: not counted */
+  if (c->closing) return c->timer_mode == HTTP_TIMER_LINGER ? 0 : -1;
+  if (c->req == NULL && !c->in_message) return 1;  /* keep-alive idle, or no byte yet */
+  if (c->req != NULL && c->req->state == HTTP_REQ_PARSING) return 2; /* unfinished request */
+  return -1;                                        /* with the handler: real work */
+}
+
+/*
+ * Makes room for the new connection nc under both caps; false when a cap is
+ * reached and every other connection is busy with a handler.
+ */
+static bool srv_make_room(llorch_http_server *srv, http_conn *nc) {
+  const llorch_http_config *cfg = &srv->cfg;
+  if (cfg->max_connections == 0 && cfg->max_connections_per_peer == 0) return true;
+  unsigned live = 1, same = 1;
+  http_conn *oldest[3] = {NULL, NULL, NULL}, *oldest_same[3] = {NULL, NULL, NULL};
+  /* The list runs newest to oldest: the last one seen of a class is its oldest. */
+  for (http_conn *c = srv->conns; c != NULL; c = c->next) {
+    if (c == nc) continue;
+    int cls = conn_evict_class(c);
+    if (cls == -2) continue;
+    live++;
+    bool peer = strcmp(c->ip, nc->ip) == 0;
+    if (peer) same++;
+    if (cls < 0) continue;
+    oldest[cls] = c;
+    if (peer) oldest_same[cls] = c;
+  }
+  http_conn *victim[2] = {NULL, NULL};
+  if (cfg->max_connections_per_peer > 0 && same > cfg->max_connections_per_peer) {
+    for (int k = 0; k < 3 && !victim[0]; k++) victim[0] = oldest_same[k];
+    if (!victim[0]) return false;
+    live--;
+  }
+  if (cfg->max_connections > 0 && live > cfg->max_connections) {
+    for (int k = 0; k < 3 && !victim[1]; k++)
+      if (oldest[k] != victim[0]) victim[1] = oldest[k];
+    if (!victim[1]) return false;
+  }
+  for (int k = 0; k < 2; k++) {
+    if (!victim[k]) continue;
+    srv->stats.connections_evicted++;
+    LOG_DEBUG("http", NULL, "connection cap: closing %s connection from %s for one from %s",
+              conn_evict_class(victim[k]) == 2 ? "an unfinished" : "an idle", victim[k]->peer,
+              nc->peer);
+    conn_close(victim[k]);
+  }
+  return true;
+}
+
+unsigned long llorch_net_raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+  if (rl.rlim_cur < rl.rlim_max) {
+    struct rlimit want = rl;
+    want.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &want) == 0) rl = want;
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? (unsigned long)-1 : (unsigned long)rl.rlim_cur;
 }
 
 static void srv_on_connection(uv_stream_t *listener, int status) {
@@ -1172,18 +1294,29 @@ static void srv_on_connection(uv_stream_t *listener, int status) {
     return;
   }
   srv->stats.connections_accepted++;
-  if (srv->shutting_down ||
-      (srv->cfg.max_connections > 0 && srv->n_conns > srv->cfg.max_connections)) {
+  if (srv->shutting_down) {
+    conn_close(c);
+    return;
+  }
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    format_peer(&ss, c->peer, sizeof c->peer, c->ip, sizeof c->ip);
+  } else {
+    snprintf(c->peer, sizeof c->peer, "?");
+    snprintf(c->ip, sizeof c->ip, "?");
+  }
+  if (!srv_make_room(srv, c)) {
+    /* Every connection is working on a request: this one waits for nothing. */
+    if (srv->stats.connections_refused++ % 1000 == 0)
+      LOG_WARN("http", NULL, "connection from %s refused: at the connection cap (%u, %u per peer) "
+               "with every connection busy (%" PRIu64 " refused so far)", c->peer,
+               srv->cfg.max_connections, srv->cfg.max_connections_per_peer,
+               srv->stats.connections_refused);
     conn_close(c);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
-    format_peer(&ss, c->peer, sizeof c->peer);
-  else
-    snprintf(c->peer, sizeof c->peer, "?");
   http_settings_init();
   llhttp_init(&c->parser, HTTP_REQUEST, &http_settings);
   c->parser.data = c;

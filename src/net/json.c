@@ -241,6 +241,42 @@ int llorch_json_parse(const char *text, size_t len, bool require_object, cJSON *
   return 0;
 }
 
+size_t llorch_json_count_values(const char *text, size_t len, size_t max) {
+  /*
+   * For valid JSON, 1 (the top value) plus the commas plus the non-empty
+   * containers' openers, outside strings, is the number of values: each
+   * value but the first in a container follows a comma, and each container's
+   * first value (or member) follows its opener. Keys are not counted.
+   */
+  size_t n = 1, i = 0;
+  while (i < len && n <= max) {
+    char c = text[i++];
+    if (c == '"') {
+      while (i < len && text[i] != '"') i += text[i] == '\\' ? 2 : 1;
+      i++;
+    } else if (c == ',' || c == '[' || c == '{') {
+      n++;
+      if (c != ',') {
+        /* An empty container holds no value. */
+        size_t k = i;
+        while (k < len && (text[k] == ' ' || text[k] == '\t' || text[k] == '\r' || text[k] == '\n'))
+          k++;
+        if (k < len && (text[k] == ']' || text[k] == '}')) n--;
+      }
+    }
+  }
+  return n;
+}
+
+int llorch_json_parse_bounded(const char *text, size_t len, size_t max_values,
+                              const char *limit_name, cJSON **out, llorch_errmsg *em) {
+  *out = NULL;
+  if (max_values > 0 && llorch_json_count_values(text, len, max_values) > max_values)
+    return llorch_errmsg_set(em, LLORCH_ELIMIT, "request body has more than %zu JSON values (%s)",
+                             max_values, limit_name);
+  return llorch_json_parse(text, len, true, out, em);
+}
+
 /* ---- describing values for messages ---- */
 
 const char *llorch_json_describe(const cJSON *v, char *buf, size_t size) {

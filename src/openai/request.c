@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llorch/config.h"
 #include "llorch/openai.h"
 
 /* ---- errors ---- */
@@ -98,7 +99,7 @@ static int req_content(const cJSON *m, const char *where, bool null_ok,
   int i = 0;
   for (const cJSON *part = c->child; part; part = part->next, i++) {
     if (++*n_parts > lim->max_content_parts)
-      return REQ_BAD(param, "the messages have more than %d content parts in all",
+      return REQ_BAD(param, "the messages have more than %d content parts in all (request.max_content_parts)",
                      lim->max_content_parts);
     char pw[128];
     snprintf(pw, sizeof pw, "%s[%d]", param, i);
@@ -129,7 +130,7 @@ static int req_tool_calls(const cJSON *calls, const char *where, const llorch_op
     return REQ_BAD(p, "'%s' must be an array of tool calls, got %s", p,
                    llorch_json_describe(calls, desc, sizeof desc));
   if (cJSON_GetArraySize(calls) > lim->max_tools)
-    return REQ_BAD(p, "'%s' has %d calls; at most %d are accepted", p, cJSON_GetArraySize(calls),
+    return REQ_BAD(p, "'%s' has %d calls; at most %d are accepted (request.max_tools)", p, cJSON_GetArraySize(calls),
                    lim->max_tools);
   int i = 0;
   for (const cJSON *c = calls->child; c; c = c->next, i++) {
@@ -184,7 +185,7 @@ static int req_messages(const cJSON *messages, const llorch_openai_limits *lim,
                         llorch_openai_error *err) {
   int n = cJSON_GetArraySize(messages);
   if (n > lim->max_messages)
-    return REQ_BAD("messages", "'messages' has %d items; at most %d are accepted", n,
+    return REQ_BAD("messages", "'messages' has %d items; at most %d are accepted (request.max_messages)", n,
                    lim->max_messages);
   int i = 0, n_parts = 0;
   const cJSON *last_calls = NULL; /* tool_calls of the latest assistant message that had some */
@@ -236,7 +237,7 @@ static int req_tools(const cJSON *body, const llorch_openai_limits *lim, llorch_
     return req_fail_field(err, &em);
   int n = tools ? cJSON_GetArraySize(tools) : 0;
   if (n > lim->max_tools)
-    return REQ_BAD("tools", "'tools' has %d entries; at most %d are accepted", n, lim->max_tools);
+    return REQ_BAD("tools", "'tools' has %d entries; at most %d are accepted (request.max_tools)", n, lim->max_tools);
   int i = 0;
   for (const cJSON *t = tools ? tools->child : NULL; t; t = t->next, i++) {
     char w[32], fw[48], desc[64];
@@ -362,7 +363,7 @@ static int req_stop(const cJSON *body, const llorch_openai_limits *lim, llorch_o
     snprintf(p, sizeof p, "stop[%d]", i);
     if (!cJSON_IsString(s) || !s->valuestring[0])
       return REQ_BAD(p, "'%s' must be a non-empty string", p);
-    if (i >= max) return REQ_BAD("stop", "'stop' has more than %d strings", max);
+    if (i >= max) return REQ_BAD("stop", "'stop' has more than %d strings (request.max_stop)", max);
     r->stop[r->n_stop++] = s->valuestring;
   }
   return 0;
@@ -436,6 +437,16 @@ static bool req_job_id_valid(const char *s) {
 
 /* ---- the request ---- */
 
+llorch_openai_limits llorch_openai_limits_from_config(const llorch_config *cfg) {
+  llorch_openai_limits lim = LLORCH_OPENAI_LIMITS_DEFAULT;
+  if (!cfg) return lim;
+  lim.max_messages = cfg->request.max_messages;
+  lim.max_content_parts = cfg->request.max_content_parts;
+  lim.max_stop = cfg->request.max_stop;
+  lim.max_tools = cfg->request.max_tools;
+  return lim;
+}
+
 int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
                                 const llorch_openai_limits *lim, llorch_openai_request *r,
                                 llorch_openai_error *err) {
@@ -448,6 +459,10 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
 
   if (llorch_json_get_string(body, NULL, "model", false, &r->model, &em) < 0)
     return req_fail_field(err, &em);
+  /* Echoed in messages and logs: a name with line breaks could forge lines. */
+  for (const char *c = r->model; c && *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7f)
+      return REQ_BAD("model", "'model' must not contain control characters");
 
   /* n: one choice only. Any integer is read so that the error says what was asked. */
   int64_t n = 1;

@@ -6,6 +6,9 @@
 
 #include <signal.h>
 #include <stdio.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -423,6 +426,43 @@ static unsigned ms_to_unsigned(int64_t ms) {
   return ms < 0 ? 0 : ms > (int64_t)UINT32_MAX ? UINT32_MAX : (unsigned)ms;
 }
 
+/*
+ * The connection cap must end a flood before descriptors run out: each
+ * client connection may need one outgoing connection (orchestrator -> worker)
+ * and the process keeps some for files, pipes and listeners. The soft
+ * RLIMIT_NOFILE is raised to the hard one first.
+ */
+/*
+ * Request bodies of megabytes are allocated and freed all the time. glibc
+ * raises its mmap threshold to the size of each freed mmapped block (up to
+ * 32 MiB), after which such buffers come from the heap and per-thread arenas
+ * and stay in the process when freed: a few queued 7 MB requests then cost
+ * twice their size for good. A fixed threshold keeps large buffers mmapped,
+ * so freeing one gives its memory back.
+ */
+static void service_tune_malloc(void) {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+#endif
+}
+
+static void service_fit_connections(llorch_http_config *hc) {
+  unsigned long nofile = llorch_net_raise_nofile();
+  if (nofile == 0 || nofile == (unsigned long)-1) return;
+  unsigned long fit = nofile > 128 ? (nofile - 64) / 2 : nofile / 4;
+  if (fit < 1) fit = 1;
+  if (hc->max_connections == 0) {
+    hc->max_connections = (unsigned)fit;
+  } else if (hc->max_connections > fit) {
+    LOG_WARN("http", NULL, "http.max_connections %u lowered to %lu to fit the descriptor limit "
+             "(RLIMIT_NOFILE %lu: half for client connections, half for their calls onwards)",
+             hc->max_connections, fit, nofile);
+    hc->max_connections = (unsigned)fit;
+  }
+  if (hc->max_connections_per_peer > hc->max_connections)
+    hc->max_connections_per_peer = hc->max_connections;
+}
+
 int llorch_service_init(llorch_service **out, const llorch_config *cfg, const char *component,
                         llorch_errmsg *em) {
   int err;
@@ -458,7 +498,11 @@ int llorch_service_init(llorch_service **out, const llorch_config *cfg, const ch
   hc.body_timeout_ms = ms_to_unsigned(cfg->http.body_timeout_ms);
   hc.idle_timeout_ms = ms_to_unsigned(cfg->http.idle_timeout_ms);
   hc.sse_keepalive_ms = ms_to_unsigned(cfg->http.sse_keepalive_ms);
+  hc.body_deadline_ms = ms_to_unsigned(cfg->http.body_deadline_ms);
   hc.max_connections = (unsigned)cfg->http.max_connections;
+  hc.max_connections_per_peer = (unsigned)cfg->http.max_connections_per_peer;
+  service_fit_connections(&hc);
+  service_tune_malloc();
   if ((err = llorch_http_server_init(&svc->http, &svc->loop, &hc, service_on_request, svc, em)) != 0)
     goto fail_http;
   llorch_http_server_set_authorize(svc->http, service_on_headers, svc);

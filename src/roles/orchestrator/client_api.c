@@ -31,6 +31,7 @@
 static void req_free(orch_req *r) {
   if (!r) return;
   r->o->n_active--;
+  r->o->held_bytes -= r->held_bytes;
   free(r->exec_body);
   free(r->model_name);
   llorch_openai_message_free(&r->msg);
@@ -47,25 +48,6 @@ static void respond_error(llorch_http_request *http, int status, const char *typ
 static llorch_openai_meta req_meta(const orch_req *r) {
   return (llorch_openai_meta){.id = r->id, .created = r->created, .model = r->model_name,
                               .chat = r->chat};
-}
-
-/*
- * response_format / grammar: compiled here only to refuse a bad schema or
- * grammar before the request queues (the worker compiles it again to
- * enforce it; the body passes on unchanged). A non-strict schema's ignored
- * keyword becomes an X-Llorch-Warning header. Fills param and *code on
- * failure.
- */
-static int validate_structured(llorch_http_request *req, const cJSON *body, char *param,
-                               size_t param_size, const char **code, llorch_errmsg *em) {
-  llorch_grammar *g = NULL;
-  char warning[256];
-  int rc = llorch_grammar_from_request(body, NULL, &g, param, param_size, warning,
-                                       sizeof warning, em);
-  llorch_grammar_free(g);
-  *code = rc == LLORCH_EUNSUPPORTED ? "unsupported_value" : "invalid_value";
-  if (rc == 0 && warning[0]) llorch_http_response_header(req, "X-Llorch-Warning", warning);
-  return rc == LLORCH_EUNSUPPORTED || rc == LLORCH_ELIMIT ? LLORCH_EINVAL : rc;
 }
 
 /* ---- OpenAI output (the shared writers of openai.h) ---- */
@@ -567,8 +549,175 @@ static int request_priority(orch *o, llorch_http_request *req, int model) {
   return o->s.models[model].priority;
 }
 
+/*
+ * Parsing and checking a large body costs milliseconds per MiB (and 8 MiB of
+ * a bad shape tens of them); on the loop that would stall every other
+ * connection, /health/live included. Bodies past this size are parsed on
+ * libuv's thread pool; small ones inline, where a thread hop costs more.
+ */
+#define ORCH_PARSE_OFFLOAD_BYTES (64u << 10)
+
+/* One body being parsed (inline or on the thread pool) before admission. */
+typedef struct orch_parse {
+  uv_work_t work;
+  orch_req *r;                  /* r->http is the request; r->model_name set by the parse */
+  const char *text;             /* the request's body: it outlives the parse (see on_generate) */
+  size_t len;
+  int rc;
+  llorch_openai_error err;      /* the answer when rc < 0 (param copied: errparam is per thread) */
+  char warning[256];            /* X-Llorch-Warning of a non-strict schema, set on the loop */
+} orch_parse;
+
+/* The catalog entry's reasoning_format (config is read-only: any thread may read it). */
+static llorch_reasoning_format catalog_reasoning(const llorch_config *cfg, const char *model) {
+  for (size_t i = 0; i < cfg->orchestrator.models.count; i++)
+    if (strcmp(cfg->orchestrator.models.items[i].name, model) == 0)
+      return cfg->orchestrator.models.items[i].reasoning_format == 1 ? LLORCH_REASONING_NONE
+                                                                      : LLORCH_REASONING_CONTENT;
+  return LLORCH_REASONING_CONTENT;
+}
+
+/*
+ * Parses and checks the body with the OpenAI layer (the worker's own
+ * validation, so both give the same 400), compiles response_format/grammar
+ * to refuse a bad one before queueing, and builds the worker's /v2/execute
+ * body (exec_start splices the job_id in). Touches nothing but p and p->r:
+ * it runs on the thread pool for large bodies.
+ */
+static void parse_body(orch_parse *p) {
+  orch_req *r = p->r;
+  const llorch_config *cfg = r->o->cfg;
+  cJSON *body = NULL;
+  llorch_errmsg em = {{0}};
+  p->rc = llorch_json_parse_bounded(p->text, p->len, (size_t)cfg->request.max_json_values,
+                                    "request.max_json_values", &body, &em);
+  if (p->rc < 0) {
+    /* A NUL, invalid UTF-8 or a lone surrogate names its field; malformed JSON none. */
+    const char *param = llorch_json_errparam();
+    bool big = p->rc == LLORCH_ELIMIT;
+    llorch_openai_fail(&p->err, big ? 413 : 400, "invalid_request_error",
+                       big ? "request_too_large" : param[0] ? "invalid_value" : "invalid_json",
+                       param[0] ? param : NULL, "%s", em.text);
+    return;
+  }
+  llorch_openai_request oreq;
+  llorch_openai_limits lim = llorch_openai_limits_from_config(cfg);
+  p->rc = llorch_openai_request_parse(body, r->chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION,
+                                      &lim, &oreq, &p->err);
+  if (p->rc < 0) goto out;
+  if (!oreq.model) {
+    p->rc = llorch_openai_fail(&p->err, 400, "invalid_request_error", "missing_field", "model",
+                               "'model' is required");
+    goto out;
+  }
+  llorch_grammar *g = NULL;
+  char sparam[96] = "";
+  p->rc = llorch_grammar_from_request(body, NULL, &g, sparam, sizeof sparam, p->warning,
+                                      sizeof p->warning, &em);
+  llorch_grammar_free(g);
+  if (p->rc == LLORCH_ENOMEM) goto nomem;
+  if (p->rc < 0) {
+    llorch_openai_fail(&p->err, 400, "invalid_request_error",
+                       p->rc == LLORCH_EUNSUPPORTED ? "unsupported_value" : "invalid_value", sparam,
+                       "%s", em.text);
+    goto out;
+  }
+  r->stream = oreq.stream;
+  r->include_usage = oreq.include_usage;
+  r->logprobs = oreq.logprobs;
+  r->top_logprobs = oreq.top_logprobs;
+  r->model_name = strdup(oreq.model);
+  if (!r->model_name) goto nomem;
+  /* the catalog's reasoning_format travels with each request */
+  r->exec_body = llorch_openai_request_native_body(&oreq, NULL, catalog_reasoning(cfg, oreq.model));
+  if (!r->exec_body) goto nomem;
+  goto out;
+nomem:
+  p->rc = llorch_openai_fail(&p->err, 500, "server_error", "internal_error", NULL, "out of memory");
+out:
+  cJSON_Delete(body);
+}
+
+/* Back on the loop with a parsed (or refused) body: model lookup and admission. */
+static void parse_finish(orch_parse *p) {
+  orch_req *r = p->r;
+  orch *o = r->o;
+  llorch_http_request *req = r->http;
+  if (llorch_http_request_closed(req)) {
+    /* The client left meanwhile: finishing the detached request frees it. */
+    llorch_http_respond(req, 499, NULL, NULL, 0);
+    r->http = NULL;
+    req_free(r);
+    free(p);
+    return;
+  }
+  /* From here the execute body is the request: the raw one is not kept while it waits. */
+  llorch_http_request_release_body(req);
+  if (p->rc < 0) {
+    llorch_openai_respond_error(req, &p->err);
+    req_free(r);
+    free(p);
+    return;
+  }
+  if (p->warning[0]) llorch_http_response_header(req, "X-Llorch-Warning", p->warning);
+  free(p);
+  if (o->stopping) { /* the shutdown began while the body was being parsed */
+    respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
+    req_free(r);
+    return;
+  }
+  int mi = sched_model_find(&o->s, r->model_name);
+  if (mi < 0) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "The model '%.200s' does not exist", r->model_name);
+    respond_error(req, 404, "invalid_request_error", msg, "model", "model_not_found");
+    req_free(r);
+    return;
+  }
+  r->held_bytes = strlen(r->exec_body);
+  o->held_bytes += r->held_bytes;
+  char cid[LLORCH_REQID_MAX + 1];
+  llorch_reqid_generate(cid);
+  snprintf(r->id, sizeof r->id, "%s-%.32s", r->chat ? "chatcmpl" : "cmpl", cid);
+  r->created = (int64_t)time(NULL);
+  r->sr.model = mi;
+  r->sr.priority = request_priority(o, req, mi);
+  r->t_admit_ns = orch_now_ns();
+  int64_t now = orch_now_ms(o);
+  int ra = 1;
+  if (sched_submit(&o->s, &r->sr, now, &ra) < 0) {
+    char v[16], msg[160];
+    snprintf(v, sizeof v, "%d", ra);
+    llorch_http_response_header(req, "Retry-After", v);
+    snprintf(msg, sizeof msg, "the %s queue is full; retry after %d s",
+             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", ra);
+    respond_error(req, 429, "rate_limit_error", msg, NULL, "queue_full");
+    orch_count(o, "rejected");
+    req_free(r);
+    return;
+  }
+  orch_count(o, "admitted");
+  llorch_http_request_set_data(req, r, req_on_close);
+  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
+            r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
+  sched_dispatch(&o->s, now);
+}
+
+static void parse_work(uv_work_t *w) {
+  orch_thread_yield_to_loop();
+  parse_body(w->data);
+}
+
+static void parse_after(uv_work_t *w, int status) {
+  orch_parse *p = w->data;
+  if (status < 0) { /* cancelled: the loop is closing */
+    p->rc = llorch_openai_fail(&p->err, 503, "server_error", "shutting_down", NULL,
+                               "the orchestrator is shutting down");
+  }
+  parse_finish(p);
+}
+
 static void on_generate(llorch_http_request *req, orch *o, bool chat) {
-  const char *rid = llorch_http_request_id(req);
   if (o->stopping) {
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
     return;
@@ -588,50 +737,30 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   }
   size_t len = 0;
   const char *text = llorch_http_request_body(req, &len);
-  cJSON *body = NULL;
-  llorch_errmsg em = {{0}};
-  if (llorch_json_parse(text, len, true, &body, &em) < 0) {
-    /* A NUL, invalid UTF-8 or a lone surrogate names its field; malformed JSON none. */
-    respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(),
-                  llorch_json_errparam()[0] ? "invalid_value" : "invalid_json");
-    return;
-  }
-  /* The same validation as the worker's (one OpenAI layer), before queueing. */
-  llorch_openai_request oreq;
-  llorch_openai_error oerr = {0};
-  if (llorch_openai_request_parse(body, chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION, NULL,
-                                  &oreq, &oerr) < 0) {
-    llorch_openai_respond_error(req, &oerr);
-    cJSON_Delete(body);
-    return;
-  }
-  char sparam[96] = "";
-  const char *scode = "invalid_value";
-  int src = validate_structured(req, body, sparam, sizeof sparam, &scode, &em);
-  if (src < 0) {
-    if (src == LLORCH_ENOMEM) respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    else respond_error(req, 400, "invalid_request_error", em.text, sparam, scode);
-    cJSON_Delete(body);
-    return;
-  }
-  const char *model = oreq.model;
-  if (!model) {
-    respond_error(req, 400, "invalid_request_error", "'model' is required", "model", "missing_field");
-    cJSON_Delete(body);
-    return;
-  }
-  int mi = sched_model_find(&o->s, model);
-  if (mi < 0) {
-    char msg[300];
-    snprintf(msg, sizeof msg, "The model '%.200s' does not exist", model);
-    respond_error(req, 404, "invalid_request_error", msg, "model", "model_not_found");
-    cJSON_Delete(body);
+  /*
+   * Bytes budget: what admitted requests hold (their execute bodies, about
+   * the size of what the client sent) is bounded, whatever the number of
+   * requests. Refused before parsing, like a full queue.
+   */
+  uint64_t max_bytes = o->cfg->orchestrator.queue.max_bytes;
+  if (max_bytes > 0 && o->held_bytes + len > max_bytes) {
+    int wait = sched_retry_after_s(&o->s);
+    char v[16], msg[200];
+    snprintf(v, sizeof v, "%d", wait);
+    llorch_http_response_header(req, "Retry-After", v);
+    snprintf(msg, sizeof msg, "admitted requests already hold %" PRIu64 " bytes; this one (%zu bytes) "
+             "would pass orchestrator.queue.max_bytes (%" PRIu64 "); retry after %d s",
+             o->held_bytes, len, max_bytes, wait);
+    respond_error(req, 429, "rate_limit_error", msg, NULL, "queue_full");
+    orch_count(o, "rejected");
     return;
   }
   orch_req *r = calloc(1, sizeof *r);
-  if (!r) {
+  orch_parse *p = calloc(1, sizeof *p);
+  if (!r || !p) {
+    free(r);
+    free(p);
     respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    cJSON_Delete(body);
     return;
   }
   o->n_active++;
@@ -639,52 +768,23 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   r->sr.user = r;
   r->chat = chat;
   r->http = req;
-  r->stream = oreq.stream;
-  r->include_usage = oreq.include_usage;
-  r->logprobs = oreq.logprobs;
-  r->top_logprobs = oreq.top_logprobs;
   llorch_openai_message_init(&r->msg);
   llorch_jbuf_init(&r->text);
   llorch_openai_logprobs_init(&r->lp, chat);
-  snprintf(r->rid, sizeof r->rid, "%s", rid);
-  r->model_name = strdup(model);
-  /* the catalog's reasoning_format travels with each request */
-  llorch_reasoning_format rf = o->cfg->orchestrator.models.items[mi].reasoning_format == 1
-                                   ? LLORCH_REASONING_NONE
-                                   : LLORCH_REASONING_CONTENT;
-  /* The worker's /v2/execute body; exec_start splices the job_id in. */
-  r->exec_body = r->model_name ? llorch_openai_request_native_body(&oreq, NULL, rf) : NULL;
-  cJSON_Delete(body);
-  if (!r->exec_body) {
-    respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    req_free(r);
+  snprintf(r->rid, sizeof r->rid, "%s", llorch_http_request_id(req));
+  p->r = r;
+  p->text = text;
+  p->len = len;
+  p->work.data = p;
+  /*
+   * Offloaded: no on_close is set while the thread reads the body, so a
+   * client that leaves only detaches the request, which (and its body)
+   * lives until parse_finish answers it.
+   */
+  if (len > ORCH_PARSE_OFFLOAD_BYTES && uv_queue_work(o->loop, &p->work, parse_work, parse_after) == 0)
     return;
-  }
-  char cid[LLORCH_REQID_MAX + 1];
-  llorch_reqid_generate(cid);
-  snprintf(r->id, sizeof r->id, "%s-%.32s", chat ? "chatcmpl" : "cmpl", cid);
-  r->created = (int64_t)time(NULL);
-  r->sr.model = mi;
-  r->sr.priority = request_priority(o, req, mi);
-  r->t_admit_ns = orch_now_ns();
-  int64_t now = orch_now_ms(o);
-  if (sched_submit(&o->s, &r->sr, now, &ra) < 0) {
-    char v[16], msg[160];
-    snprintf(v, sizeof v, "%d", ra);
-    llorch_http_response_header(req, "Retry-After", v);
-    snprintf(msg, sizeof msg, "the %s queue is full; retry after %d s",
-             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", ra);
-    respond_error(req, 429, "rate_limit_error", msg, NULL, "queue_full");
-    orch_count(o, "rejected");
-    req_free(r);
-    return;
-  }
-  orch_count(o, "admitted");
-  llorch_http_request_set_data(req, r, req_on_close);
-  /* r->model_name, not model: that pointed into the body, deleted above. */
-  LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
-            r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
-  sched_dispatch(&o->s, now);
+  parse_body(p);
+  parse_finish(p);
 }
 
 void orch_on_chat(llorch_http_request *req, void *user) { on_generate(req, user, true); }

@@ -43,6 +43,7 @@ typedef struct orch_req {
   int logprobs;                 /* completions: top-n; chat: 1 when requested */
   int top_logprobs;
   char *exec_body;              /* the /v2/execute body without job_id (JSON) */
+  size_t held_bytes;            /* counted in orch->held_bytes while the request lives */
   char *model_name;             /* as the client named it */
   char id[48];                  /* chatcmpl-... / cmpl-... */
   int64_t created;              /* unix seconds */
@@ -93,6 +94,7 @@ struct llorch_orchestrator {
   bool stopping;
   int n_active;                 /* client requests alive */
   const char *cluster_token;    /* presented to pools: the configured one, or all-mode's internal one; NULL = none */
+  uint64_t held_bytes;          /* request bytes of admitted requests (queue.max_bytes) */
   /* metrics */
   llorch_metrics *m;
   llorch_metric *m_queue;       /* gauge {priority} */
@@ -112,6 +114,8 @@ struct llorch_orchestrator {
 /* ---- orchestrator.c ---- */
 int64_t orch_now_ms(orch *o);
 uint64_t orch_now_ns(void);
+/* On a thread-pool thread: lowers its CPU priority below the loop's (once per thread). */
+void orch_thread_yield_to_loop(void);
 /* Counts an outcome: admitted, rejected, completed, cancelled, failed, timed_out. */
 void orch_count(orch *o, const char *outcome);
 /* Schedules the deferred-work timer. */
@@ -125,6 +129,15 @@ void orch_kick(orch *o);
 void orch_dispatch_soon(orch *o);
 
 /* ---- client_api.c ---- */
+/*
+ * Checks a client's chat (r->chat) or completions body against the OpenAI
+ * schema and cfg's request limits, and builds r->exec_body (the worker's
+ * /v2/execute body without job_id) plus r's stream/logprobs flags. Linear in
+ * the body. Returns 0, LLORCH_EINVAL with em (llorch_json_errparam() names
+ * the field when a json.h getter failed) or LLORCH_ENOMEM.
+ */
+int orch_req_build_exec_body(orch_req *r, const cJSON *body, const llorch_config *cfg,
+                             llorch_errmsg *em);
 void orch_on_chat(llorch_http_request *req, void *user);
 void orch_on_completions(llorch_http_request *req, void *user);
 void orch_on_models(llorch_http_request *req, void *user);

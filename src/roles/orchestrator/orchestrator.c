@@ -5,6 +5,11 @@
  * readiness. The client and pool protocols live in client_api.c and
  * pool_api.c.
  */
+#include <sys/resource.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +24,22 @@
 /* ---- shared helpers ---- */
 
 uint64_t orch_now_ns(void) { return uv_hrtime(); }
+
+void orch_thread_yield_to_loop(void) {
+#ifdef __linux__
+  /*
+   * Parsing large bodies runs on libuv's pool threads; with the CPUs busy
+   * they would share them equally with the event loop, and every request
+   * waiting on the loop (health checks included) would wait longer. A nicer
+   * pool thread lets the loop run first. Linux nice values are per thread.
+   */
+  static _Thread_local bool done;
+  if (!done) {
+    done = true;
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+  }
+#endif
+}
 
 int64_t orch_now_ms(orch *o) {
   (void)o;

@@ -53,85 +53,102 @@ static void respond_ack(orch *o, llorch_http_request *req, const sched_pool *p, 
 
 static void pool_fetch_tokens(orch *o, sched_pool *p);
 
-static void on_state_doc(orch *o, llorch_http_request *req, const char *path_pool, bool is_register) {
-  size_t len = 0;
-  const char *text = llorch_http_request_body(req, &len);
-  cJSON *doc = NULL;
-  llorch_errmsg em = {{0}};
-  if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
-    return;
-  }
-  sched_pool_report rep;
-  int rc = orch_pool_report_parse(doc, &rep, &em);
-  cJSON_Delete(doc);
-  if (rc < 0) {
-    LOG_WARN("pools", llorch_http_request_id(req), "bad pool state from %s: %s",
-             llorch_http_request_peer(req), em.text);
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(),
-                              "INVALID_REQUEST");
-    return;
-  }
-  if (path_pool && strcmp(path_pool, rep.pool) != 0) {
-    char msg[300];
-    snprintf(msg, sizeof msg, "'pool' is \"%s\" but the path names pool \"%.100s\"", rep.pool, path_pool);
-    llorch_http_respond_error(req, 400, "invalid_request_error", msg, "pool", "INVALID_REQUEST");
-    sched_pool_report_free(&rep);
-    return;
-  }
-  bool known = sched_pool_find(&o->s, rep.pool) != NULL;
-  int adopted = 0;
-  rc = sched_pool_apply(&o->s, &rep, is_register, orch_now_ms(o), &adopted);
-  if (rc == LLORCH_ENOTFOUND) {
-    respond_pool_unknown(req, rep.pool);
-  } else if (rc < 0) {
-    llorch_http_respond_error(req, 500, "server_error", llorch_strerror(rc), NULL, "internal_error");
-  } else {
-    if (is_register)
-      LOG_INFO("pools", NULL, "pool %s %sregistered from %s (%s): %d devices, %d models, %d workers, %d adopted",
-               rep.pool, known ? "re-" : "", llorch_http_request_peer(req), rep.url, rep.n_devices,
-               rep.n_models, rep.n_workers, adopted);
-    respond_ack(o, req, sched_pool_find(&o->s, rep.pool), is_register);
-    sched_pool *sp = sched_pool_find(&o->s, rep.pool);
-    if (sp) pool_fetch_tokens(o, sp);
-  }
-  sched_pool_report_free(&rep);
+/*
+ * A pool document is parsed and checked off the loop when it is large (see
+ * client_api.c: an 8 MiB document costs the loop tens of milliseconds), then
+ * applied to the scheduler on the loop. While the thread reads the body no
+ * on_close is set, so a pool that hangs up only detaches the request, which
+ * keeps its body until pool_doc_finish answers it.
+ */
+#define POOL_PARSE_OFFLOAD_BYTES (64u << 10)
+
+typedef struct pool_doc {
+  uv_work_t work;
+  orch *o;
+  llorch_http_request *req;
+  bool events;                  /* POST .../events, else a state document */
+  bool is_register;
+  char path_pool[SCHED_NAME_MAX]; /* "" for /register */
+  const char *text;
+  size_t len;
+  /* parse results */
+  int status;                   /* 0 = parsed; else the answer (400, 413, 500) */
+  char msg[512];                /* as llorch_errmsg.text */
+  char param[128];
+  sched_pool_report rep;        /* state documents */
+  char boot[SCHED_NAME_MAX];    /* events */
+  uint64_t seq;
+  sched_worker_report *ws;      /* (n_ws) events */
+  int n_ws;
+} pool_doc;
+
+static void pool_doc_fail(pool_doc *d, int status, const char *param, const char *msg) {
+  d->status = status;
+  snprintf(d->param, sizeof d->param, "%s", param ? param : "");
+  snprintf(d->msg, sizeof d->msg, "%s", msg);
 }
 
-static void on_events(orch *o, llorch_http_request *req, const char *pool) {
-  size_t len = 0;
-  const char *text = llorch_http_request_body(req, &len);
-  cJSON *doc = NULL;
-  llorch_errmsg em = {{0}};
-  if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
-    return;
+/*
+ * The configured bounds on a state document (orchestrator.pools.max_*),
+ * checked before its contents are: 413 naming the list and the bound.
+ */
+static bool check_report_size(pool_doc *d, const cJSON *doc) {
+  static const char *const lists[] = {"devices", "models", "workers"};
+  const llorch_config *cfg = d->o->cfg;
+  const int bounds[] = {cfg->orchestrator.pools.max_devices, cfg->orchestrator.pools.max_models,
+                        cfg->orchestrator.pools.max_workers};
+  for (int k = 0; k < 3; k++) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(doc, lists[k]);
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
+    if (n <= bounds[k]) continue;
+    char msg[200];
+    snprintf(msg, sizeof msg, "'%s' has %d items, at most %d (orchestrator.pools.max_%s)", lists[k], n,
+             bounds[k], lists[k]);
+    pool_doc_fail(d, 413, lists[k], msg);
+    return false;
   }
+  return true;
+}
+
+static void parse_state_doc(pool_doc *d, const cJSON *doc) {
+  llorch_errmsg em = {{0}};
+  if (!check_report_size(d, doc)) return;
+  if (orch_pool_report_parse(doc, &d->rep, &em) < 0) pool_doc_fail(d, 400, llorch_json_errparam(), em.text);
+}
+
+static void parse_events(pool_doc *d, const cJSON *doc) {
+  static const char *const types[] = {"worker_started", "worker_ready", "worker_failed",
+                                      "worker_exited", NULL};
+  llorch_errmsg em = {{0}};
   const char *boot = NULL;
   int64_t seq = 0;
   const cJSON *events = NULL;
-  int rc;
-  if ((rc = llorch_json_get_string(doc, "", "boot_id", true, &boot, &em)) < 0 ||
-      (rc = llorch_json_get_int(doc, "", "seq", true, 0, INT64_MAX, &seq, &em)) < 0 ||
-      (rc = llorch_json_get_array(doc, "", "events", true, 0, &events, &em)) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, llorch_json_errparam(),
-                              "INVALID_REQUEST");
-    cJSON_Delete(doc);
+  if (llorch_json_get_string(doc, "", "boot_id", true, &boot, &em) < 0 ||
+      llorch_json_get_int(doc, "", "seq", true, 0, INT64_MAX, &seq, &em) < 0 ||
+      llorch_json_get_array(doc, "", "events", true, 0, &events, &em) < 0) {
+    pool_doc_fail(d, 400, llorch_json_errparam(), em.text);
     return;
   }
-  static const char *const types[] = {"worker_started", "worker_ready", "worker_failed",
-                                      "worker_exited", NULL};
+  snprintf(d->boot, sizeof d->boot, "%s", boot);
+  d->seq = (uint64_t)seq;
   /* Validate everything first: a bad event must not leave half the batch applied. */
   int n = cJSON_GetArraySize(events);
-  sched_worker_report *ws = n ? calloc((size_t)n, sizeof *ws) : NULL;
-  if (n && !ws) {
-    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
-    cJSON_Delete(doc);
+  int max = d->o->cfg->orchestrator.pools.max_events;
+  if (n > max) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "'events' has %d items, at most %d (orchestrator.pools.max_events)", n, max);
+    pool_doc_fail(d, 413, "events", msg);
+    return;
+  }
+  d->ws = n ? calloc((size_t)n, sizeof *d->ws) : NULL;
+  if (n && !d->ws) {
+    pool_doc_fail(d, 500, NULL, "out of memory");
     return;
   }
   char where[48], wwhere[64];
-  for (int i = 0; i < n; i++) {
-    const cJSON *ev = cJSON_GetArrayItem(events, i);
+  int i = 0, rc = 0;
+  const cJSON *ev;
+  cJSON_ArrayForEach(ev, events) {
     const cJSON *w = NULL;
     int type;
     snprintf(where, sizeof where, "events[%d]", i);
@@ -139,34 +156,141 @@ static void on_events(orch *o, llorch_http_request *req, const char *pool) {
     if (!cJSON_IsObject(ev)) rc = llorch_errmsg_set(&em, LLORCH_EINVAL, "'%s' must be an object", where);
     else if ((rc = llorch_json_get_enum(ev, where, "type", true, types, &type, &em)) >= 0 &&
              (rc = llorch_json_get_object(ev, where, "worker", true, &w, &em)) >= 0)
-      rc = orch_worker_report_parse(w, wwhere, &ws[i], &em);
+      rc = orch_worker_report_parse(w, wwhere, &d->ws[i], &em);
     if (rc < 0) {
-      llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "INVALID_REQUEST");
-      free(ws);
-      cJSON_Delete(doc);
+      pool_doc_fail(d, 400, NULL, em.text);
       return;
     }
+    i++;
   }
+  d->n_ws = n;
+}
+
+/* Parses and checks; touches nothing but d (thread-safe). */
+static void pool_doc_parse(pool_doc *d) {
+  cJSON *doc = NULL;
+  llorch_errmsg em = {{0}};
+  int rc = llorch_json_parse_bounded(d->text, d->len, (size_t)d->o->cfg->request.max_json_values,
+                                     "request.max_json_values", &doc, &em);
+  if (rc < 0) {
+    pool_doc_fail(d, rc == LLORCH_ELIMIT ? 413 : 400, NULL, em.text);
+    return;
+  }
+  if (d->events) parse_events(d, doc);
+  else parse_state_doc(d, doc);
+  cJSON_Delete(doc);
+}
+
+static void apply_state_doc(pool_doc *d) {
+  orch *o = d->o;
+  llorch_http_request *req = d->req;
+  sched_pool_report *rep = &d->rep;
+  if (d->path_pool[0] && strcmp(d->path_pool, rep->pool) != 0) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "'pool' is \"%s\" but the path names pool \"%.100s\"", rep->pool, d->path_pool);
+    llorch_http_respond_error(req, 400, "invalid_request_error", msg, "pool", "INVALID_REQUEST");
+    return;
+  }
+  bool known = sched_pool_find(&o->s, rep->pool) != NULL;
+  int adopted = 0;
+  int rc = sched_pool_apply(&o->s, rep, d->is_register, orch_now_ms(o), &adopted);
+  if (rc == LLORCH_ENOTFOUND) {
+    respond_pool_unknown(req, rep->pool);
+  } else if (rc == LLORCH_ELIMIT) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "pool '%s' cannot register: %d pools are registered, at most %d "
+             "(orchestrator.pools.max; pools down for orchestrator.pools.forget_after are forgotten)",
+             rep->pool, o->s.n_pools, o->s.lim.max_pools);
+    LOG_WARN("pools", NULL, "%s", msg);
+    llorch_http_response_header(req, "Retry-After", "60");
+    llorch_http_respond_error(req, 429, "rate_limit_error", msg, NULL, "TOO_MANY_POOLS");
+  } else if (rc < 0) {
+    llorch_http_respond_error(req, 500, "server_error", llorch_strerror(rc), NULL, "internal_error");
+  } else {
+    if (d->is_register)
+      LOG_INFO("pools", NULL, "pool %s %sregistered from %s (%s): %d devices, %d models, %d workers, %d adopted",
+               rep->pool, known ? "re-" : "", llorch_http_request_peer(req), rep->url, rep->n_devices,
+               rep->n_models, rep->n_workers, adopted);
+    respond_ack(o, req, sched_pool_find(&o->s, rep->pool), d->is_register);
+    sched_pool *sp = sched_pool_find(&o->s, rep->pool);
+    if (sp) pool_fetch_tokens(o, sp);
+  }
+}
+
+static void apply_events(pool_doc *d) {
+  orch *o = d->o;
   int64_t now = orch_now_ms(o);
-  rc = 0;
-  for (int i = 0; i < n && rc == 0; i++) {
-    const sched_worker_report *w = &ws[i];
-    LOG_INFO("pools", NULL, "pool %s: worker %s (%s) is %s%s%s", pool, w->id, w->model,
+  int rc = 0;
+  for (int i = 0; i < d->n_ws && rc == 0; i++) {
+    const sched_worker_report *w = &d->ws[i];
+    LOG_INFO("pools", NULL, "pool %s: worker %s (%s) is %s%s%s", d->path_pool, w->id, w->model,
              sched_worker_state_name(w->state), w->exit_reason[0] ? ": " : "", w->exit_reason);
     /* One seq for the batch: only its first event is checked against it. */
-    rc = sched_pool_event(&o->s, pool, boot, i == 0 ? (uint64_t)seq : 0, w, now);
+    rc = sched_pool_event(&o->s, d->path_pool, d->boot, i == 0 ? d->seq : 0, w, now);
   }
-  if (rc == LLORCH_ENOTFOUND) respond_pool_unknown(req, pool);
-  else respond_ack(o, req, NULL, false);
-  free(ws);
-  cJSON_Delete(doc);
+  if (rc == LLORCH_ENOTFOUND) respond_pool_unknown(d->req, d->path_pool);
+  else respond_ack(o, d->req, NULL, false);
+}
+
+/* Back on the loop: answer a refused document, or apply a parsed one. */
+static void pool_doc_finish(pool_doc *d) {
+  llorch_http_request *req = d->req;
+  if (llorch_http_request_closed(req)) {
+    llorch_http_respond(req, 499, NULL, NULL, 0); /* frees the detached request */
+  } else if (d->status != 0) {
+    if (d->status == 400 && !d->events)
+      LOG_WARN("pools", llorch_http_request_id(req), "bad pool state from %s: %s",
+               llorch_http_request_peer(req), d->msg);
+    llorch_http_respond_error(req, d->status, d->status == 500 ? "server_error" : "invalid_request_error",
+                              d->msg, d->param[0] ? d->param : NULL,
+                              d->status == 500 ? "internal_error" : "INVALID_REQUEST");
+  } else {
+    llorch_http_request_release_body(req);
+    if (d->events) apply_events(d);
+    else apply_state_doc(d);
+  }
+  sched_pool_report_free(&d->rep);
+  free(d->ws);
+  free(d);
+}
+
+static void pool_doc_work(uv_work_t *w) {
+  orch_thread_yield_to_loop();
+  pool_doc_parse(w->data);
+}
+
+static void pool_doc_after(uv_work_t *w, int status) {
+  pool_doc *d = w->data;
+  if (status < 0 && d->status == 0) pool_doc_fail(d, 503, NULL, "the orchestrator is shutting down");
+  pool_doc_finish(d);
+}
+
+static void on_pool_doc(orch *o, llorch_http_request *req, const char *path_pool, bool is_register,
+                        bool events) {
+  pool_doc *d = calloc(1, sizeof *d);
+  if (!d) {
+    llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
+    return;
+  }
+  d->o = o;
+  d->req = req;
+  d->events = events;
+  d->is_register = is_register;
+  snprintf(d->path_pool, sizeof d->path_pool, "%s", path_pool ? path_pool : "");
+  d->text = llorch_http_request_body(req, &d->len);
+  d->work.data = d;
+  if (d->len > POOL_PARSE_OFFLOAD_BYTES &&
+      uv_queue_work(o->loop, &d->work, pool_doc_work, pool_doc_after) == 0)
+    return;
+  pool_doc_parse(d);
+  pool_doc_finish(d);
 }
 
 void orch_on_pools(llorch_http_request *req, void *user) {
   orch *o = user;
   const char *path = llorch_http_request_path(req) + strlen("/v2/pools/");
   if (strcmp(path, "register") == 0) {
-    on_state_doc(o, req, NULL, true);
+    on_pool_doc(o, req, NULL, true, false);
     return;
   }
   const char *slash = strchr(path, '/');
@@ -178,8 +302,8 @@ void orch_on_pools(llorch_http_request *req, void *user) {
   }
   memcpy(pool, path, plen);
   pool[plen] = '\0';
-  if (strcmp(slash, "/heartbeat") == 0) on_state_doc(o, req, pool, false);
-  else if (strcmp(slash, "/events") == 0) on_events(o, req, pool);
+  if (strcmp(slash, "/heartbeat") == 0) on_pool_doc(o, req, pool, false, false);
+  else if (strcmp(slash, "/events") == 0) on_pool_doc(o, req, pool, false, true);
   else llorch_http_respond_error(req, 404, "invalid_request_error", "no such route", NULL, "not_found");
 }
 

@@ -162,13 +162,15 @@ int orch_worker_report_parse(const cJSON *w, const char *where, sched_worker_rep
     if (n > SCHED_MAX_WORKER_DEVICES)
       return llorch_errmsg_set(em, LLORCH_EINVAL, "'%s.devices' has %d items, at most %d", where, n,
                                SCHED_MAX_WORKER_DEVICES);
-    for (int i = 0; i < n; i++) {
-      const cJSON *d = cJSON_GetArrayItem(devs, i);
+    int i = 0;
+    const cJSON *d;
+    cJSON_ArrayForEach(d, devs) {
       if (!cJSON_IsString(d) || strlen(d->valuestring) >= SCHED_DEV_ID_MAX)
         return llorch_errmsg_set(em, LLORCH_EINVAL,
                                  "'%s.devices[%d]' must be a device id string (< %d bytes)", where,
                                  i, SCHED_DEV_ID_MAX);
       snprintf(out->devices[i], sizeof out->devices[i], "%s", d->valuestring);
+      i++;
     }
     out->n_devices = n;
   }
@@ -204,8 +206,9 @@ int orch_worker_report_parse(const cJSON *w, const char *where, sched_worker_rep
     if ((rc = llorch_json_get_string(ex, path, "reason", false, &reason, em)) < 0) return rc;
     if (reason) snprintf(out->exit_reason, sizeof out->exit_reason, "%s", reason);
     const cJSON *tail = cJSON_GetObjectItemCaseSensitive(ex, "stderr_tail");
-    if (!out->exit_reason[0] && cJSON_IsArray(tail) && cJSON_GetArraySize(tail) > 0) {
-      const cJSON *last = cJSON_GetArrayItem(tail, cJSON_GetArraySize(tail) - 1);
+    if (!out->exit_reason[0] && cJSON_IsArray(tail) && tail->child) {
+      const cJSON *last = tail->child;
+      while (last->next) last = last->next;
       if (cJSON_IsString(last)) snprintf(out->exit_reason, sizeof out->exit_reason, "%s", last->valuestring);
     }
   }
@@ -241,10 +244,12 @@ int orch_pool_report_parse(const cJSON *doc, sched_pool_report *out, llorch_errm
                            cJSON_GetArraySize(arr), SCHED_MAX_DEVICES);
     goto fail;
   }
-  for (int i = 0; i < cJSON_GetArraySize(arr); i++) {
+  const cJSON *item;
+  int i = 0;
+  cJSON_ArrayForEach(item, arr) {
     snprintf(where, sizeof where, "devices[%d]", i);
-    if ((rc = parse_device(cJSON_GetArrayItem(arr, i), where, &out->devices[i], em)) < 0) goto fail;
-    out->n_devices = i + 1;
+    if ((rc = parse_device(item, where, &out->devices[i], em)) < 0) goto fail;
+    out->n_devices = ++i;
   }
 
   if ((rc = llorch_json_get_array(doc, "", "models", true, 0, &arr, em)) < 0) goto fail;
@@ -260,10 +265,11 @@ int orch_pool_report_parse(const cJSON *doc, sched_pool_report *out, llorch_errm
       goto fail;
     }
   }
-  for (int i = 0; i < nm; i++) {
+  i = 0;
+  cJSON_ArrayForEach(item, arr) {
     snprintf(where, sizeof where, "models[%d]", i);
-    if ((rc = parse_model(cJSON_GetArrayItem(arr, i), where, &out->models[i], em)) < 0) goto fail;
-    out->n_models = i + 1;
+    if ((rc = parse_model(item, where, &out->models[i], em)) < 0) goto fail;
+    out->n_models = ++i;
   }
 
   if ((rc = llorch_json_get_array(doc, "", "workers", true, 0, &arr, em)) < 0) goto fail;
@@ -279,11 +285,11 @@ int orch_pool_report_parse(const cJSON *doc, sched_pool_report *out, llorch_errm
       goto fail;
     }
   }
-  for (int i = 0; i < nw; i++) {
+  i = 0;
+  cJSON_ArrayForEach(item, arr) {
     snprintf(where, sizeof where, "workers[%d]", i);
-    if ((rc = orch_worker_report_parse(cJSON_GetArrayItem(arr, i), where, &out->workers[i], em)) < 0)
-      goto fail;
-    out->n_workers = i + 1;
+    if ((rc = orch_worker_report_parse(item, where, &out->workers[i], em)) < 0) goto fail;
+    out->n_workers = ++i;
   }
   return 0;
 

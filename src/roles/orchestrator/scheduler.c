@@ -157,6 +157,7 @@ void sched_free(sched *s) {
   free(s->pools);
   for (int i = 0; i < s->n_workers; i++) free(s->workers[i]);
   free(s->workers);
+  free(s->whash);
   for (int i = 0; i < s->n_starts; i++) free(s->starts[i]);
   free(s->starts);
   memset(s, 0, sizeof *s);
@@ -171,6 +172,8 @@ void sched_limits_from_config(sched_limits *lim, const llorch_config *cfg) {
   lim->heartbeat_miss_limit = cfg->orchestrator.heartbeat_miss_limit;
   lim->retry_max = cfg->orchestrator.retry_max;
   lim->start_timeout_ms = 30000;
+  lim->max_pools = cfg->orchestrator.pools.max;
+  lim->forget_after_ms = cfg->orchestrator.pools.forget_after_ms;
 }
 
 int sched_model_add(sched *s, const llorch_model_entry *e, llorch_errmsg *em) {
@@ -213,13 +216,50 @@ int sched_model_find(const sched *s, const char *name) {
 
 /* ---- workers and starts bookkeeping ---- */
 
+/* FNV-1a over the pool's address and the worker id. */
+static size_t worker_hash(const sched *s, const sched_pool *p, const char *id) {
+  uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)p;
+  for (const unsigned char *c = (const unsigned char *)id; *c; c++) h = (h ^ *c) * 1099511628211ull;
+  return (size_t)(h ^ (h >> 29)) & (size_t)(s->whash_cap - 1);
+}
+
 static sched_worker *worker_find(const sched *s, const sched_pool *p, const char *id) {
-  for (int i = 0; i < s->n_workers; i++)
-    if (s->workers[i]->pool == p && strcmp(s->workers[i]->id, id) == 0) return s->workers[i];
+  if (s->whash_cap == 0) return NULL;
+  for (sched_worker *w = s->whash[worker_hash(s, p, id)]; w; w = w->hnext)
+    if (w->pool == p && strcmp(w->id, id) == 0) return w;
   return NULL;
 }
 
+/* Links w (pool and id set) into the hash; the table grows with cap_workers. */
+static void worker_hash_insert(sched *s, sched_worker *w) {
+  size_t b = worker_hash(s, w->pool, w->id);
+  w->hnext = s->whash[b];
+  s->whash[b] = w;
+}
+
+static void worker_hash_remove(sched *s, sched_worker *w) {
+  sched_worker **pp = &s->whash[worker_hash(s, w->pool, w->id)];
+  while (*pp && *pp != w) pp = &(*pp)->hnext;
+  if (*pp) *pp = w->hnext;
+}
+
+static int worker_hash_grow(sched *s, int want) {
+  if (want <= s->whash_cap) return 0;
+  int cap = s->whash_cap ? s->whash_cap : 16;
+  while (cap < want) cap *= 2;
+  sched_worker **nh = calloc((size_t)cap, sizeof *nh);
+  if (!nh) return LLORCH_ENOMEM;
+  free(s->whash);
+  s->whash = nh;
+  s->whash_cap = cap;
+  /* Workers not yet named (worker_new before worker_apply copies the id) are linked later. */
+  for (int i = 0; i < s->n_workers; i++)
+    if (s->workers[i]->pool) worker_hash_insert(s, s->workers[i]);
+  return 0;
+}
+
 static void worker_remove_at(sched *s, int i) {
+  if (s->workers[i]->pool) worker_hash_remove(s, s->workers[i]);
   free(s->workers[i]);
   s->workers[i] = s->workers[--s->n_workers];
 }
@@ -241,6 +281,7 @@ static sched_worker *worker_new(sched *s) {
     s->workers = nw;
     s->cap_workers = cap;
   }
+  if (worker_hash_grow(s, s->cap_workers) < 0) return NULL;
   sched_worker *w = calloc(1, sizeof *w);
   if (!w) return NULL;
   w->exit_code = -1;
@@ -872,6 +913,7 @@ static sched_worker *worker_apply(sched *s, sched_pool *p, const sched_worker_re
     if (!w) return NULL;
     w->pool = p;
     copy_str(w->id, sizeof w->id, r->id);
+    worker_hash_insert(s, w);
     w->last_used_ms = now;
     *created = true;
     /* Ours: the pool's 201 answer may have come before this report. */
@@ -907,6 +949,7 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
   if (adopted) *adopted = 0;
   sched_pool *p = sched_pool_find(s, rep->pool);
   if (!p && !is_register) return LLORCH_ENOTFOUND;
+  if (!p && s->lim.max_pools > 0 && s->n_pools >= s->lim.max_pools) return LLORCH_ELIMIT;
   if (!p) {
     sched_pool **np = realloc(s->pools, (size_t)(s->n_pools + 1) * sizeof *np);
     if (!np) return LLORCH_ENOMEM;
@@ -960,11 +1003,17 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
   for (int i = 0; i < s->n_starts;)
     if (s->starts[i]->pool == p && s->starts[i]->seen) start_remove(s, s->starts[i]);
     else i++;
-  /* Workers: listed ones are updated or adopted; unlisted ones are gone. */
+  /*
+   * Workers: listed ones are updated or adopted; unlisted ones are gone.
+   * Each listed worker is stamped with this document's generation, so the
+   * unlisted ones are found in one pass instead of a search per worker.
+   */
+  uint64_t gen = ++s->apply_gen;
   for (int i = 0; i < rep->n_workers; i++) {
     bool created;
     sched_worker *w = worker_apply(s, p, &rep->workers[i], now, true, &created);
     if (!w) return LLORCH_ENOMEM;
+    w->listed_gen = gen;
     if (created && (w->state == SCHED_WORKER_READY || w->state == SCHED_WORKER_STARTING)) {
       w->adopted = true;
       if (adopted) (*adopted)++;
@@ -975,9 +1024,7 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
   for (int i = 0; i < s->n_workers; i++) {
     sched_worker *w = s->workers[i];
     if (w->pool != p) continue;
-    bool found = false;
-    for (int j = 0; j < rep->n_workers && !found; j++) found = strcmp(rep->workers[j].id, w->id) == 0;
-    if (!found) worker_gone(w, "no longer listed by its pool");
+    if (w->listed_gen != gen) worker_gone(w, "no longer listed by its pool");
   }
   sched_dispatch(s, now);
   return 0;
@@ -1040,7 +1087,45 @@ void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t
 
 /* ---- the periodic tick ---- */
 
+/*
+ * A pool down for lim.forget_after_ms leaves the cluster view with its
+ * workers, so registrations under ever new names cannot grow the state (and
+ * every pass over it) without bound. Workers still running a request keep
+ * the pool until they finish.
+ */
+static void pools_forget(sched *s, int64_t now) {
+  if (s->lim.forget_after_ms <= 0) return;
+  for (int i = 0; i < s->n_pools;) {
+    sched_pool *p = s->pools[i];
+    if (p->up || now - p->last_seen_ms < s->lim.forget_after_ms) {
+      i++;
+      continue;
+    }
+    bool busy = false;
+    for (int k = 0; k < s->n_workers; k++)
+      if (s->workers[k]->pool == p) {
+        worker_gone(s->workers[k], "pool forgotten");
+        busy = busy || s->workers[k]->busy > 0;
+      }
+    if (busy) {
+      i++;
+      continue;
+    }
+    for (int k = 0; k < s->n_workers;)
+      if (s->workers[k]->pool == p) worker_remove_at(s, k);
+      else k++;
+    for (int k = 0; k < s->n_starts;)
+      if (s->starts[k]->pool == p) start_remove(s, s->starts[k]);
+      else k++;
+    LOG_INFO("sched", NULL, "pool %s forgotten: down for %" PRId64 " ms (orchestrator.pools.forget_after %"
+             PRId64 " ms)", p->name, now - p->last_seen_ms, s->lim.forget_after_ms);
+    pool_free(p);
+    s->pools[i] = s->pools[--s->n_pools];
+  }
+}
+
 void sched_tick(sched *s, int64_t now) {
+  pools_forget(s, now);
   for (int i = 0; i < s->n_pools; i++) {
     sched_pool *p = s->pools[i];
     if (!p->up) continue;

@@ -156,6 +156,8 @@ typedef struct sched_worker {
   int exit_code;               /* -1 unknown */
   char exit_signal[16];
   char exit_reason[SCHED_REASON_MAX];
+  struct sched_worker *hnext;  /* chain in sched.whash */
+  uint64_t listed_gen;         /* sched_pool_apply: the document that listed it last */
 } sched_worker;
 
 /* A start we asked a pool for and have not yet seen in its state. */
@@ -225,6 +227,8 @@ typedef struct sched_limits {
   int heartbeat_miss_limit;
   int retry_max;
   int64_t start_timeout_ms;    /* a start not seen in the pool's state after this is dropped */
+  int max_pools;               /* registered pools; 0 = no bound */
+  int64_t forget_after_ms;     /* a pool down this long is forgotten; 0 = never */
 } sched_limits;
 
 typedef struct sched_stats {
@@ -241,6 +245,10 @@ typedef struct sched {
   int n_pools;
   sched_worker **workers;      /* (n_workers) */
   int n_workers, cap_workers;
+  sched_worker **whash;        /* (whash_cap) chains by (pool, id): lookups stay O(1) with
+                                * thousands of workers */
+  int whash_cap;               /* power of two, >= cap_workers */
+  uint64_t apply_gen;          /* counts sched_pool_apply calls (sched_worker.listed_gen) */
   sched_pending_start **starts; /* (n_starts) */
   int n_starts, cap_starts;
   uint64_t next_start_id;
@@ -309,7 +317,8 @@ void sched_pool_report_free(sched_pool_report *r);
 /*
  * Applies a register (is_register) or heartbeat document. A heartbeat of a
  * pool the scheduler does not know returns LLORCH_ENOTFOUND (-> 404
- * POOL_UNKNOWN). A document older than the last applied one is ignored and
+ * POOL_UNKNOWN); a registration past lim.max_pools returns LLORCH_ELIMIT.
+ * Linear in the document plus the workers known. A document older than the last applied one is ignored and
  * returns 0. adopted (may be NULL) receives the number of workers taken
  * over from a registration. Runs a dispatch pass.
  */

@@ -432,8 +432,10 @@ static void on_start(pool *p, llorch_http_request *req) {
   pool_refresh(p);
   const llorch_device_info *dinfo[POOL_MAX_WORKER_DEVICES];
   bool gpu = false;
-  for (int i = 0; i < n_devs; i++) {
-    const cJSON *d = cJSON_GetArrayItem(devs, i);
+  int di = -1;
+  const cJSON *d;
+  cJSON_ArrayForEach(d, devs) {
+    int i = ++di;
     if (!cJSON_IsString(d)) {
       char desc[64];
       llorch_errmsg_set(&em, LLORCH_EINVAL, "'devices[%d]' must be a device id string, got %s", i,

@@ -176,7 +176,8 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   worker_job *j = NULL;
   llorch_jbuf text;
   llorch_jbuf_init(&text);
-  int rc = llorch_openai_request_parse(body, api, NULL, &r, err);
+  llorch_openai_limits lim = llorch_openai_limits_from_config(w->cfg);
+  int rc = llorch_openai_request_parse(body, api, &lim, &r, err);
   if (rc < 0) goto fail;
 
   if (r.model && !worker_model_name_matches(w, r.model)) {

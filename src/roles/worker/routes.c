@@ -49,7 +49,10 @@ static void routes_not_ready(worker *w, llorch_http_request *req) {
 }
 
 /* Frees a stream that never reached the scheduler. */
-static void routes_stream_discard(worker_stream *st) { worker_stream_destroy(st); }
+static void routes_stream_discard(worker_stream *st) {
+  st->w->held_bytes -= st->held_bytes;
+  worker_stream_destroy(st);
+}
 
 static void routes_fail(worker *w, llorch_http_request *req, const llorch_openai_error *err) {
   if (err->status >= 400 && err->status < 500)
@@ -127,10 +130,31 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
   }
   size_t len;
   const char *body = llorch_http_request_body(req, &len);
+  /*
+   * Bytes budget over everything the worker holds for requests (their
+   * bodies' worth: prompt text, then tokens), whatever their number: a few
+   * large queued prompts must not take the process's memory.
+   */
+  uint64_t max_bytes = w->cfg ? w->cfg->worker.queue_max_bytes : 0;
+  if (max_bytes > 0 && w->held_bytes + len > max_bytes) {
+    llorch_openai_error err = {.status = 429, .type = "rate_limit_error", .code = "overloaded",
+                        .retry_after_s = 1};
+    snprintf(err.message, sizeof err.message,
+             "requests in progress already hold %llu bytes; this one (%zu bytes) would pass "
+             "worker.queue_max_bytes (%llu)",
+             (unsigned long long)w->held_bytes, len, (unsigned long long)max_bytes);
+    w->n_rejected++;
+    llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
+    llorch_openai_respond_error(req, &err);
+    return;
+  }
   cJSON *json = NULL;
   llorch_errmsg em = {{0}};
-  if (llorch_json_parse(body, len, true, &json, &em) < 0) {
-    llorch_http_respond_error(req, 400, "invalid_request_error", em.text, NULL, "invalid_json");
+  size_t max_values = w->cfg ? (size_t)w->cfg->request.max_json_values : 65536;
+  int prc = llorch_json_parse_bounded(body, len, max_values, "request.max_json_values", &json, &em);
+  if (prc < 0) {
+    llorch_http_respond_error(req, prc == LLORCH_ELIMIT ? 413 : 400, "invalid_request_error", em.text,
+                              NULL, prc == LLORCH_ELIMIT ? "request_too_large" : "invalid_json");
     return;
   }
   worker_stream *st = calloc(1, sizeof *st);
@@ -140,6 +164,8 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
     return;
   }
   st->w = w;
+  st->held_bytes = len;
+  w->held_bytes += len;
   st->api = api;
   st->req = req;
   st->created = (int64_t)time(NULL);
@@ -157,6 +183,8 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
   worker_job *job = NULL;
   int rc = worker_request_build(w, api, json, st, &job, &err);
   cJSON_Delete(json);
+  /* The job holds what it needs (prompt text, then tokens): not the raw body too. */
+  llorch_http_request_release_body(req);
   if (rc < 0) {
     routes_fail(w, req, &err);
     routes_stream_discard(st);

@@ -33,7 +33,7 @@
 #include "llorch/textstream.h"
 #include "llorch/tokenizer.h"
 
-#define WORKER_MAX_STOP 4
+#define WORKER_MAX_STOP 16  /* request.max_stop may not exceed it */
 #define WORKER_MAX_TOP_LOGPROBS LLORCH_SAMPLER_MAX_LOGPROBS
 
 /* ---- jobs ---- */

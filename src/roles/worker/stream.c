@@ -379,6 +379,7 @@ void worker_stream_destroy(worker_stream *st) {
 }
 
 static void stream_free(worker *w, worker_stream *st) {
+  w->held_bytes -= st->held_bytes;
   if (st->prev) st->prev->next = st->next;
   else w->streams = st->next;
   if (st->next) st->next->prev = st->prev;

@@ -111,6 +111,7 @@ typedef struct worker {
   char finished_ids[WORKER_FINISHED_IDS][72];
   unsigned finished_next;
   uint64_t n_completed, n_cancelled, n_failed, n_rejected;
+  uint64_t held_bytes;            /* request bytes of live streams (worker.queue_max_bytes) */
 
   /* ---- pool callback ---- */
   int cb_attempt;
@@ -126,6 +127,7 @@ typedef struct worker {
 /* One request being answered from scheduler events. */
 struct worker_stream {
   worker *w;
+  size_t held_bytes;              /* counted in w->held_bytes until the stream is freed */
   llorch_openai_api api;
   llorch_http_request *req;       /* NULL once the client went away */
   worker_job *job;

@@ -253,12 +253,12 @@ static void test_error_syntax(void **state) {
 static void test_error_unknown_key(void **state) {
   expect_error("listen: 127.0.0.1:1\nworkr:\n  slots: 2\n", LLORCH_EFORMAT,
                "t.yaml:2:1: 'workr': unknown key, expected one of: listen, log, http, "
-               "shutdown_grace, worker, pool, orchestrator");
+               "request, shutdown_grace, worker, pool, orchestrator");
   expect_error("log:\n  levl: debug\n", LLORCH_EFORMAT,
                "t.yaml:2:3: 'log.levl': unknown key, expected one of: level, format");
   expect_error("orchestrator:\n  queue:\n    max: 3\n", LLORCH_EFORMAT,
                "t.yaml:3:5: 'orchestrator.queue.max': unknown key, expected one of: max_total, "
-               "timeout, max_interactive, max_batch");
+               "timeout, max_interactive, max_batch, max_bytes");
 }
 
 static void test_error_wrong_type(void **state) {

@@ -197,8 +197,44 @@ static void test_error_envelope(void **state) {
   free(s);
 }
 
+/* The count before parsing equals the values cJSON would build (keys are not values). */
+static void test_count_values(void **state) {
+  static const struct { const char *text; size_t want; } cases[] = {
+      {"{}", 1},
+      {"[]", 1},
+      {"[ ]", 1},
+      {"0", 1},
+      {"{\"a\":1,\"b\":[1,2]}", 5},
+      {"[[],{},\"x\"]", 4},
+      {"{\"s\":\"a,b[c{\\\"d,\"}", 2},       /* commas and brackets inside a string */
+      {"[{\"k\":[1,[2,{}]]},3]", 8},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cJSON *v = cJSON_Parse(cases[i].text);
+    assert_non_null(v);
+    assert_int_equal(llorch_json_count_values(cases[i].text, strlen(cases[i].text), 1000),
+                     cases[i].want);
+    cJSON_Delete(v);
+  }
+  /* Past max the count stops early but still says "more". */
+  assert_true(llorch_json_count_values("[0,0,0,0,0,0]", 13, 3) > 3);
+}
+
+static void test_parse_bounded(void **state) {
+  cJSON *v = NULL;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(llorch_json_parse_bounded("{\"a\":[1,2,3]}", 13, 4, "request.max_json_values", &v,
+                                             &em), LLORCH_ELIMIT);
+  assert_null(v);
+  assert_string_equal(em.text, "request body has more than 4 JSON values (request.max_json_values)");
+  assert_int_equal(llorch_json_parse_bounded("{\"a\":[1,2,3]}", 13, 5, "x", &v, &em), 0);
+  cJSON_Delete(v);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_count_values),
+      cmocka_unit_test(test_parse_bounded),
       cmocka_unit_test(test_parse_errors),
       cmocka_unit_test(test_int_messages),
       cmocka_unit_test(test_null_is_absent_for_optional),

@@ -806,6 +806,100 @@ static void test_pool_down_and_back(void **state) {
   fx_free(f);
 }
 
+/*
+ * Many workers: lookups go through the hash (a pool's own document and
+ * events find their workers among thousands), unlisted ones are gone, the
+ * pool cap refuses a new pool, and a pool down for forget_after leaves with
+ * its workers once none is busy.
+ */
+/* Adds ready workers w-<first>, w-<first+step>, ... below end, with one allocation. */
+static void report_add_workers(sched_pool_report *r, int first, int end, int step) {
+  int n = (end - first + step - 1) / step;
+  r->workers = realloc(r->workers, (size_t)(r->n_workers + n) * sizeof *r->workers);
+  for (int i = first; i < end; i += step) {
+    sched_worker_report *w = &r->workers[r->n_workers++];
+    memset(w, 0, sizeof *w);
+    snprintf(w->id, sizeof w->id, "w-%d", i);
+    snprintf(w->model, sizeof w->model, "m");
+    snprintf(w->file, sizeof w->file, "m.gguf");
+    snprintf(w->devices[0], sizeof w->devices[0], "gpu0");
+    w->n_devices = 1;
+    w->state = SCHED_WORKER_READY;
+    w->slots = 1;
+    w->ctx = 1024;
+    w->memory_bytes = 1;
+    w->exit_code = -1;
+    snprintf(w->url, sizeof w->url, "http://w/w-%d", i);
+    snprintf(w->token, sizeof w->token, "tok-w-%d", i); /* as report_worker: the token came */
+  }
+}
+
+static void test_many_workers_cap_and_forget(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  f->s.lim.max_pools = 3;
+  f->s.lim.forget_after_ms = 10000;
+  int m = add_model(f, "m", "m.gguf", 1, 60000, NULL);
+  sched_pool_report rep;
+  pool_spec pa = {"pa", NULL, 1, {0}, {"m.gguf"}, GiB, 0};
+  pool_spec pb = {"pb", NULL, 1, {0}, {"m.gguf"}, GiB, 0};
+  for (int k = 0; k < 2; k++) {
+    report_init(&rep, k ? &pb : &pa, ++f->seq);
+    report_add_workers(&rep, 0, 3000, 1);
+    apply(f, &rep, true);
+  }
+  assert_int_equal(f->s.n_workers, 6000);
+  /* pa lists only its even workers now: the odd ones are gone, pb's untouched. */
+  report_init(&rep, &pa, ++f->seq);
+  report_add_workers(&rep, 0, 3000, 2);
+  apply(f, &rep, false);
+  sched_dispatch(&f->s, f->now); /* reaps the exited */
+  assert_int_equal(f->s.n_workers, 4500);
+  /* An event for one of pb's workers finds it (not a new one). */
+  sched_worker_report ev;
+  memset(&ev, 0, sizeof ev);
+  snprintf(ev.id, sizeof ev.id, "w-7");
+  snprintf(ev.model, sizeof ev.model, "m");
+  ev.state = SCHED_WORKER_EXITED;
+  ev.exit_code = -1;
+  assert_int_equal(sched_pool_event(&f->s, "pb", "b1", 0, &ev, f->now), 0);
+  sched_dispatch(&f->s, f->now);
+  assert_int_equal(f->s.n_workers, 4499);
+  /* The cap: a third pool fits, a fourth does not. */
+  pool_spec pc = {"pc", NULL, 1, {0}, {"m.gguf"}, GiB, 0};
+  pool_spec pd = {"pd", NULL, 1, {0}, {"m.gguf"}, GiB, 0};
+  report_init(&rep, &pc, ++f->seq);
+  apply(f, &rep, true);
+  report_init(&rep, &pd, ++f->seq);
+  assert_int_equal(sched_pool_apply(&f->s, &rep, true, f->now, NULL), LLORCH_ELIMIT);
+  sched_pool_report_free(&rep);
+  assert_int_equal(f->s.n_pools, 3);
+  /* A request runs on one of pa's workers, then every pool goes quiet. */
+  sched_req *r = req_new(m, 0);
+  assert_int_equal(submit(f, r), 0);
+  assert_int_equal(r->state, SCHED_REQ_RUNNING);
+  sched_pool *busy_pool = r->worker->pool;
+  f->now += 1600; /* down: 3 x 500 ms */
+  sched_tick(&f->s, f->now);
+  assert_int_equal(sched_pools_up(&f->s), 0);
+  f->now += 10000;
+  sched_tick(&f->s, f->now);
+  /* The busy worker keeps its pool; the others are forgotten with their workers. */
+  assert_int_equal(f->s.n_pools, 1);
+  assert_ptr_equal(f->s.pools[0], busy_pool);
+  sched_request_done(&f->s, r, f->now);
+  f->now += 100;
+  sched_tick(&f->s, f->now);
+  assert_int_equal(f->s.n_pools, 0);
+  assert_int_equal(f->s.n_workers, 0);
+  /* Room again: a new pool registers. */
+  report_init(&rep, &pd, ++f->seq);
+  apply(f, &rep, true);
+  assert_int_equal(f->s.n_pools, 1);
+  free(r);
+  fx_free(f);
+}
+
 static void test_adopt_and_seq(void **state) {
   (void)state;
   fx *f = fx_new(100, 1);
@@ -1131,6 +1225,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_retry_bounded),
       cmocka_unit_test(test_pool_down_and_back),
       cmocka_unit_test(test_adopt_and_seq),
+      cmocka_unit_test(test_many_workers_cap_and_forget),
       cmocka_unit_test(test_min_replicas_and_unload),
       cmocka_unit_test(test_event_keeps_reservation),
       cmocka_unit_test(test_short_lived_worker_settles),
