@@ -215,7 +215,9 @@ static void usage_json(orch_req *r, llorch_jbuf *b) {
   llorch_jbuf_int(b, r->completion_tokens);
   llorch_jbuf_cstr(b, ",\"total_tokens\":");
   llorch_jbuf_int(b, (int64_t)r->prompt_tokens + r->completion_tokens);
-  llorch_jbuf_cstr(b, "}");
+  llorch_jbuf_cstr(b, ",\"prompt_tokens_details\":{\"cached_tokens\":");
+  llorch_jbuf_int(b, r->cached_tokens);
+  llorch_jbuf_cstr(b, "}}");
 }
 
 static void sse_send_buf(orch_req *r, llorch_jbuf *b) {
@@ -540,6 +542,8 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     const cJSON *fr = cJSON_GetObjectItemCaseSensitive(d, "finish_reason");
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(d, "prompt_tokens");
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(d, "completion_tokens");
+    const cJSON *cached = cJSON_GetObjectItemCaseSensitive(d, "cached_tokens");
+    if (cJSON_IsNumber(cached)) r->cached_tokens = cached->valueint;
     snprintf(r->finish_reason, sizeof r->finish_reason, "%s", cJSON_IsString(fr) ? fr->valuestring : "stop");
     if (cJSON_IsNumber(pt)) r->prompt_tokens = pt->valueint;
     if (cJSON_IsNumber(ct)) r->completion_tokens = ct->valueint;

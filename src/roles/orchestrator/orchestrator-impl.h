@@ -68,6 +68,7 @@ typedef struct orch_req {
   llorch_jbuf lp;               /* non-streaming chat: logprobs content entries */
   int n_lp;
   int prompt_tokens;
+  int cached_tokens;            /* of those, served from the worker's prefix cache */
   int completion_tokens;
   char finish_reason[16];
   char err_code[48];

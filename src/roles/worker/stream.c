@@ -130,7 +130,7 @@ static void stream_openai_head(const worker_stream *st, llorch_jbuf *b, const ch
   llorch_jbuf_raw(b, ",", 1);
 }
 
-static void stream_usage(llorch_jbuf *b, uint32_t prompt, uint32_t completion) {
+static void stream_usage(llorch_jbuf *b, uint32_t prompt, uint32_t completion, uint32_t cached) {
   llorch_jbuf_key(b, "usage");
   llorch_jbuf_raw(b, "{", 1);
   llorch_jbuf_key(b, "prompt_tokens");
@@ -141,7 +141,9 @@ static void stream_usage(llorch_jbuf *b, uint32_t prompt, uint32_t completion) {
   llorch_jbuf_raw(b, ",", 1);
   llorch_jbuf_key(b, "total_tokens");
   llorch_jbuf_int(b, (int64_t)prompt + completion);
-  llorch_jbuf_raw(b, "}", 1);
+  llorch_jbuf_cstr(b, ",\"prompt_tokens_details\":{\"cached_tokens\":");
+  llorch_jbuf_int(b, cached);
+  llorch_jbuf_raw(b, "}}", 2);
 }
 
 /* Sends one "data: <json>" SSE event (OpenAI streams have no event names). */
@@ -203,6 +205,8 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
     llorch_jbuf_int(&b, e->prompt_tokens);
     llorch_jbuf_cstr(&b, ",\"completion_tokens\":");
     llorch_jbuf_int(&b, e->completion_tokens);
+    llorch_jbuf_cstr(&b, ",\"cached_tokens\":");
+    llorch_jbuf_int(&b, e->cached_tokens);
     llorch_jbuf_cstr(&b, ",\"timings\":{\"queue_ms\":");
     llorch_jbuf_num(&b, e->queue_ms);
     llorch_jbuf_cstr(&b, ",\"ttft_ms\":");
@@ -334,7 +338,7 @@ static void stream_openai_respond(worker_stream *st, const worker_event *e) {
   llorch_jbuf_cstr(&b, ",\"finish_reason\":");
   llorch_jbuf_str(&b, stream_finish_name(e->finish));
   llorch_jbuf_cstr(&b, "}],");
-  stream_usage(&b, e->prompt_tokens, e->completion_tokens);
+  stream_usage(&b, e->prompt_tokens, e->completion_tokens, e->cached_tokens);
   llorch_jbuf_raw(&b, "}", 1);
   if (st->req) {
     if (llorch_jbuf_error(&b) == 0) {
@@ -391,7 +395,7 @@ static void stream_openai_event(worker_stream *st, const worker_event *e) {
       stream_openai_head(st, &b, st->api == WORKER_API_CHAT ? "chat.completion.chunk"
                                                             : "text_completion");
       llorch_jbuf_cstr(&b, "\"choices\":[],");
-      stream_usage(&b, e->prompt_tokens, e->completion_tokens);
+      stream_usage(&b, e->prompt_tokens, e->completion_tokens, e->cached_tokens);
       llorch_jbuf_raw(&b, "}", 1);
       stream_send_data(st, &b);
       llorch_jbuf_free(&b);
