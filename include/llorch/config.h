@@ -151,6 +151,7 @@ typedef struct llorch_config {
     } queue;
     int heartbeat_miss_limit;  /* missed heartbeats before a pool is down */
     int retry_max;             /* retries of a request whose worker died before its first token */
+    bool prefix_routing;       /* prefer the replica likely to hold a request's prefix */
     llorch_model_list models;  /* the catalog */
   } orchestrator;
 } llorch_config;

@@ -292,6 +292,11 @@ const config_option config_options[] = {
     {.name = "orchestrator.heartbeat_miss_limit", .type = CONFIG_TYPE_INT, .roles = ORCH,
      .offset = OFF(orchestrator.heartbeat_miss_limit), .def = "3", .min = 1, .max = 100,
      .help = "missed heartbeats before a pool is marked down"},
+    {.name = "orchestrator.prefix_routing", .flag = "prefix-routing", .type = CONFIG_TYPE_BOOL,
+     .roles = ORCH, .offset = OFF(orchestrator.prefix_routing), .def = "true",
+     .help = "send a request to the replica that was sent the longest prefix of its text (its "
+             "prefix cache likely holds it) unless that one is clearly busier; false: least "
+             "loaded, equal ones in turn"},
     {.name = "orchestrator.retry_max", .type = CONFIG_TYPE_INT, .roles = ORCH,
      .offset = OFF(orchestrator.retry_max), .def = "2", .min = 0, .max = 10,
      .help = "retries of a request whose worker died before its first token"},

@@ -24,6 +24,7 @@
 
 #include "llorch/log.h"
 #include "orchestrator-impl.h"
+#include "prefix_route.h"
 
 /* ---- small helpers ---- */
 
@@ -34,6 +35,7 @@ static void req_free(orch_req *r) {
   r->o->n_active--;
   free(r->exec_body);
   free(r->model_name);
+  free(r->prefix);
   llorch_jbuf_free(&r->text);
   llorch_jbuf_free(&r->lp);
   free(r);
@@ -112,6 +114,47 @@ static int validate_stop(const cJSON *body, llorch_errmsg *em) {
   }
   llorch_json_set_errparam("stop");
   return llorch_errmsg_set(em, LLORCH_EINVAL, "'stop' must be a string or a list of at most 4 strings");
+}
+
+/*
+ * The chunk hashes prefix routing compares (prefix_route.h): the text the
+ * worker's prompt is rendered from, in order - each message's role and text
+ * (string content or its text parts), or the completion prompt. Without
+ * memory the request is routed without them (never an error).
+ */
+static void req_prefix_hashes(orch_req *r, const cJSON *body) {
+  llorch_jbuf t;
+  llorch_jbuf_init(&t);
+  if (r->chat) {
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(body, "messages")) {
+      const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+      const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+      if (cJSON_IsString(role)) llorch_jbuf_cstr(&t, role->valuestring);
+      llorch_jbuf_raw(&t, "\n", 1);
+      if (cJSON_IsString(content)) {
+        llorch_jbuf_cstr(&t, content->valuestring);
+      } else {
+        const cJSON *part;
+        cJSON_ArrayForEach(part, content) {
+          const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+          if (cJSON_IsString(text)) llorch_jbuf_cstr(&t, text->valuestring);
+        }
+      }
+      llorch_jbuf_raw(&t, "\n", 1);
+    }
+  } else {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
+    if (cJSON_IsArray(p)) p = cJSON_GetArrayItem(p, 0);
+    if (cJSON_IsString(p)) llorch_jbuf_cstr(&t, p->valuestring);
+  }
+  size_t n = t.len / PREFIX_ROUTE_CHUNK;
+  if (n > PREFIX_ROUTE_MAX_CHUNKS) n = PREFIX_ROUTE_MAX_CHUNKS;
+  if (n && llorch_jbuf_error(&t) == 0 && (r->prefix = malloc(n * sizeof *r->prefix))) {
+    r->sr.n_prefix = prefix_route_hash(t.data, t.len, r->prefix, (uint32_t)n);
+    r->sr.prefix = r->prefix;
+  }
+  llorch_jbuf_free(&t);
 }
 
 /*
@@ -845,6 +888,7 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   snprintf(r->rid, sizeof r->rid, "%s", rid);
   r->model_name = strdup(model);
   int rc = r->model_name ? build_exec_body(r, body, &em) : LLORCH_ENOMEM;
+  if (rc == 0 && o->s.prefix) req_prefix_hashes(r, body);
   cJSON_Delete(body);
   if (rc < 0) {
     if (rc == LLORCH_ENOMEM) respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");

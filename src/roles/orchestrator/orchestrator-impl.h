@@ -46,6 +46,7 @@ typedef struct orch_req {
   int top_logprobs;
   char *exec_body;              /* the /v2/execute body without job_id (JSON) */
   char *model_name;             /* as the client named it */
+  uint64_t *prefix;             /* (sr.n_prefix) chunk hashes for prefix routing, or NULL */
   char id[48];                  /* chatcmpl-... / cmpl-... */
   int64_t created;              /* unix seconds */
   /* the current attempt */
