@@ -12,7 +12,10 @@ typedef struct kv_block {
   int32_t refs;          /* running sequences holding it */
   int32_t prev, next;    /* free/LRU list links (-1 ends) while refs == 0 */
   int32_t hnext;         /* hash bucket chain while committed */
-  bool committed;
+  int32_t pnext;         /* parent bucket chain while committed or partial */
+  uint32_t n_tok;        /* tokens it holds: block_tokens when committed, fewer when partial */
+  bool committed;        /* full, in the hash index */
+  bool partial;          /* a finished request's last, partly filled block (parent index only) */
 } kv_block;
 
 struct worker_kv {
@@ -21,6 +24,7 @@ struct worker_kv {
   kv_block *b;           /* (n_blocks) */
   int32_t *tokens;       /* (n_blocks, bt) token ids of committed blocks */
   int32_t *bucket;       /* (n_buckets) first block of each hash chain, -1 none */
+  int32_t *pbucket;      /* (n_buckets) the same by parent hash: a block's continuations */
   uint32_t n_buckets;    /* power of two */
   /* One list of unreferenced blocks: never-committed ones at the head (taken
    * first), committed ones appended at the tail as they are released, so the
@@ -58,7 +62,7 @@ static void kv_list_unlink(worker_kv *kv, int32_t i) {
   else kv->tail = b->prev;
   b->prev = b->next = -1;
   kv->n_free--;
-  if (b->committed) kv->n_cached--;
+  if (b->committed || b->partial) kv->n_cached--;
 }
 
 static void kv_list_push_head(worker_kv *kv, int32_t i) {
@@ -84,12 +88,26 @@ static void kv_list_push_tail(worker_kv *kv, int32_t i) {
 
 /* ---- the hash index ---- */
 
+/* Takes block i out of both indexes (it is about to hold something else). */
 static void kv_index_remove(worker_kv *kv, int32_t i) {
-  int32_t *pp = &kv->bucket[kv->b[i].hash & (kv->n_buckets - 1)];
-  while (*pp >= 0 && *pp != i) pp = &kv->b[*pp].hnext;
-  if (*pp == i) *pp = kv->b[i].hnext;
-  kv->b[i].hnext = -1;
-  kv->b[i].committed = false;
+  kv_block *b = &kv->b[i];
+  if (b->committed) {
+    int32_t *pp = &kv->bucket[b->hash & (kv->n_buckets - 1)];
+    while (*pp >= 0 && *pp != i) pp = &kv->b[*pp].hnext;
+    if (*pp == i) *pp = b->hnext;
+  }
+  int32_t *pp = &kv->pbucket[b->parent & (kv->n_buckets - 1)];
+  while (*pp >= 0 && *pp != i) pp = &kv->b[*pp].pnext;
+  if (*pp == i) *pp = b->pnext;
+  b->hnext = b->pnext = -1;
+  b->committed = b->partial = false;
+  b->n_tok = 0;
+}
+
+static void kv_parent_insert(worker_kv *kv, int32_t i) {
+  int32_t *head = &kv->pbucket[kv->b[i].parent & (kv->n_buckets - 1)];
+  kv->b[i].pnext = *head;
+  *head = i;
 }
 
 static int32_t kv_index_find(const worker_kv *kv, uint64_t hash, uint64_t parent,
@@ -121,14 +139,15 @@ int worker_kv_init(worker_kv **out, uint32_t n_blocks, uint32_t block_tokens, bo
   kv->b = calloc(n_blocks, sizeof *kv->b);
   kv->tokens = prefix_cache ? malloc((size_t)n_blocks * block_tokens * sizeof *kv->tokens) : NULL;
   kv->bucket = malloc(kv->n_buckets * sizeof *kv->bucket);
-  if (!kv->b || (prefix_cache && !kv->tokens) || !kv->bucket) {
+  kv->pbucket = malloc(kv->n_buckets * sizeof *kv->pbucket);
+  if (!kv->b || (prefix_cache && !kv->tokens) || !kv->bucket || !kv->pbucket) {
     worker_kv_free(kv);
     return llorch_errmsg_set(em, LLORCH_ENOMEM, "kv cache: out of memory for %u blocks", n_blocks);
   }
-  for (uint32_t i = 0; i < kv->n_buckets; i++) kv->bucket[i] = -1;
+  for (uint32_t i = 0; i < kv->n_buckets; i++) kv->bucket[i] = kv->pbucket[i] = -1;
   kv->head = kv->tail = -1;
   for (uint32_t i = n_blocks; i-- > 0;) {
-    kv->b[i].hnext = -1;
+    kv->b[i].hnext = kv->b[i].pnext = -1;
     kv_list_push_head(kv, (int32_t)i);
   }
   *out = kv;
@@ -140,6 +159,7 @@ void worker_kv_free(worker_kv *kv) {
   free(kv->b);
   free(kv->tokens);
   free(kv->bucket);
+  free(kv->pbucket);
   free(kv);
 }
 
@@ -151,7 +171,7 @@ int32_t worker_kv_alloc(worker_kv *kv) {
   int32_t i = kv->head;
   if (i < 0) return -1;
   kv_list_unlink(kv, i);
-  if (kv->b[i].committed) {
+  if (kv->b[i].committed || kv->b[i].partial) {
     kv_index_remove(kv, i);
     kv->evictions++;
   }
@@ -162,7 +182,7 @@ int32_t worker_kv_alloc(worker_kv *kv) {
 void worker_kv_release(worker_kv *kv, int32_t i) {
   if (i < 0 || (uint32_t)i >= kv->n_blocks || kv->b[i].refs <= 0) return;
   if (--kv->b[i].refs > 0) return;
-  if (kv->b[i].committed) kv_list_push_tail(kv, i);
+  if (kv->b[i].committed || kv->b[i].partial) kv_list_push_tail(kv, i);
   else kv_list_push_head(kv, i);
 }
 
@@ -193,11 +213,47 @@ uint64_t worker_kv_commit(worker_kv *kv, int32_t i, uint64_t parent, const int32
   b->hash = h;
   b->parent = parent;
   b->committed = true;
+  b->n_tok = kv->bt;
   memcpy(kv->tokens + (size_t)i * kv->bt, tokens, kv->bt * sizeof *tokens);
   int32_t *head = &kv->bucket[h & (kv->n_buckets - 1)];
   b->hnext = *head;
   *head = i;
+  kv_parent_insert(kv, i);
   return h;
+}
+
+void worker_kv_commit_partial(worker_kv *kv, int32_t i, uint64_t parent, const int32_t *tokens,
+                              uint32_t n) {
+  if (!kv->prefix_cache || i < 0 || (uint32_t)i >= kv->n_blocks || !n || n >= kv->bt) return;
+  kv_block *b = &kv->b[i];
+  if (b->committed || b->partial || b->refs != 1) return; /* shared or already registered */
+  b->parent = parent;
+  b->partial = true;
+  b->n_tok = n;
+  memcpy(kv->tokens + (size_t)i * kv->bt, tokens, n * sizeof *tokens);
+  kv_parent_insert(kv, i);
+}
+
+uint32_t worker_kv_match_partial(worker_kv *kv, uint64_t parent, const int32_t *tokens, uint32_t n,
+                                 int32_t *block) {
+  if (!kv->prefix_cache || !n) return 0;
+  uint32_t best = 0;
+  int32_t best_i = -1;
+  for (int32_t i = kv->pbucket[parent & (kv->n_buckets - 1)]; i >= 0; i = kv->b[i].pnext) {
+    const kv_block *b = &kv->b[i];
+    if (b->parent != parent) continue;
+    const int32_t *t = kv->tokens + (size_t)i * kv->bt;
+    uint32_t c = 0;
+    while (c < b->n_tok && c < n && t[c] == tokens[c]) c++;
+    if (c > best) {
+      best = c;
+      best_i = i;
+    }
+  }
+  if (!best) return 0;
+  if (kv->b[best_i].refs++ == 0) kv_list_unlink(kv, best_i);
+  *block = best_i;
+  return best;
 }
 
 void worker_kv_stats_get(const worker_kv *kv, worker_kv_stats *out) {

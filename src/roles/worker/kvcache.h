@@ -14,7 +14,11 @@
  * with no references stays in the cache and in an LRU list; allocation takes
  * never-committed free blocks first, then evicts the least recently released
  * committed block. A lookup verifies the tokens and the parent hash of every
- * candidate, so a hash collision costs a miss, never a wrong answer.
+ * candidate, so a hash collision costs a miss, never a wrong answer. After
+ * the chain of whole blocks, a request may also copy the start of a block
+ * that continues it (another request's partly equal block, or a finished
+ * request's partly filled last block), so a repeated prompt reuses all but
+ * its last tokens.
  *
  * Not thread-safe: the scheduler's inference thread is its only user.
  */
@@ -66,6 +70,24 @@ uint32_t worker_kv_match(worker_kv *kv, const int32_t *tokens, uint32_t n, int32
  * when the prefix cache is off.
  */
 uint64_t worker_kv_commit(worker_kv *kv, int32_t block, uint64_t parent_hash, const int32_t *tokens);
+
+/*
+ * Registers the last, partly filled block of a finishing request (held by
+ * it alone): its first n tokens (0 < n < block_tokens) after parent. Such a
+ * block is never matched as a whole, only copied from (worker_kv_match_partial).
+ */
+void worker_kv_commit_partial(worker_kv *kv, int32_t block, uint64_t parent, const int32_t *tokens,
+                              uint32_t n);
+
+/*
+ * Among the cached blocks that follow parent (full or partial), the one
+ * whose tokens share the longest start with tokens[0..n): takes a reference
+ * on it, writes it to *block and returns that length (0: none, no
+ * reference). The caller copies the positions it uses out of it (the block
+ * may be another request's or be handed out once released).
+ */
+uint32_t worker_kv_match_partial(worker_kv *kv, uint64_t parent, const int32_t *tokens, uint32_t n,
+                                 int32_t *block);
 
 void worker_kv_stats_get(const worker_kv *kv, worker_kv_stats *out);
 

@@ -135,6 +135,16 @@ static void sched_release_blocks(worker_sched *s, worker_job *j) {
   j->n_blocks = j->n_hashed = 0;
 }
 
+/* Registers the job's partly filled last block (its computed positions are
+ * final: the job is finishing or being preempted), then releases all. */
+static void sched_retire_blocks(worker_sched *s, worker_job *j) {
+  const uint32_t k = j->n_hashed;
+  if (k < j->n_blocks && j->n_computed > k * s->bt && j->n_computed < (k + 1) * s->bt)
+    worker_kv_commit_partial(s->kv, j->blocks[k], k ? j->hashes[k - 1] : 0,
+                             j->history + (size_t)k * s->bt, j->n_computed - k * s->bt);
+  sched_release_blocks(s, j);
+}
+
 /* Commits the job's full blocks whose positions are all computed. */
 static void sched_commit_blocks(worker_sched *s, worker_job *j) {
   while (j->n_hashed < j->n_blocks && (j->n_hashed + 1) * s->bt <= j->n_computed) {
@@ -174,7 +184,11 @@ static void sched_job_finish(worker_sched *s, worker_job *j, worker_event *final
     s->be->ops->seq_reset(s->be->ctx, j->slot);
     j->slot = -1;
   }
-  if (s->kv) sched_release_blocks(s, j);
+  if (s->kv) {
+    /* after a failed forward the job's cache is in an unknown state */
+    if (final->kind == WORKER_EV_END) sched_retire_blocks(s, j);
+    else sched_release_blocks(s, j);
+  }
   j->state = WORKER_JOB_DONE;
   sched_event_push(s, final);
 }
@@ -296,6 +310,8 @@ void worker_sched_free(worker_sched *s) {
 /* ---- loop side ---- */
 
 int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
+  if (j->state != WORKER_JOB_NEW)
+    return llorch_errmsg_set(em, LLORCH_ESTATE, "job %s was submitted already", j->id);
   if (!j->n_prompt) return llorch_errmsg_set(em, LLORCH_EINVAL, "the prompt is empty (0 tokens)");
   /* Generating k tokens feeds k-1 of them back, so a prompt of n tokens can
    * produce ctx - n + 1; we keep one position spare and allow ctx - n. */
@@ -422,7 +438,7 @@ static void sched_preempt(worker_sched *s, worker_job *j) {
   LOG_INFO("worker", j->request_id,
            "job %s preempted: no free KV block (%u tokens generated; it resumes when blocks "
            "free up)", j->id, j->n_gen);
-  sched_release_blocks(s, j);
+  sched_retire_blocks(s, j);
   s->be->ops->seq_reset(s->be->ctx, j->slot);
   s->slots[j->slot] = NULL;
   s->n_busy--;
@@ -483,8 +499,18 @@ static bool sched_grow_locked(worker_sched *s) {
  */
 static int sched_admit_paged(worker_sched *s, worker_job *j, uint32_t k) {
   const uint32_t bt = s->bt, target = j->n_target;
-  uint32_t m = worker_kv_match(s->kv, j->history, target, j->blocks, j->hashes, s->bps);
-  uint32_t reuse = m * bt;
+  const uint32_t m = worker_kv_match(s->kv, j->history, target, j->blocks, j->hashes, s->bps);
+  uint32_t reuse = m * bt, have = m;
+  if (m < s->bps && target > m * bt) {
+    /* the start of a block that continues the chain, to copy from */
+    const uint32_t left = target - m * bt < bt ? target - m * bt : bt;
+    const uint32_t r = worker_kv_match_partial(s->kv, m ? j->hashes[m - 1] : 0,
+                                               j->history + (size_t)m * bt, left, &j->blocks[m]);
+    if (r) {
+      reuse += r;
+      have++;
+    }
+  }
   if (!j->n_gen) {
     const uint32_t cap = target >= 2 ? target - 2 : 0;
     if (reuse > cap) reuse = cap;
@@ -496,7 +522,7 @@ static int sched_admit_paged(worker_sched *s, worker_job *j, uint32_t k) {
   const bool cow = reuse % bt != 0;
   uint32_t need_total = (target + 1 + bt - 1) / bt; /* positions 0..target */
   if (need_total > s->bps) need_total = s->bps;
-  for (uint32_t i = m; i-- > keep;) worker_kv_release(s->kv, j->blocks[i]);
+  for (uint32_t i = have; i-- > keep;) worker_kv_release(s->kv, j->blocks[i]);
   if (worker_kv_available(s->kv) < need_total - keep + (cow ? 1u : 0u)) {
     for (uint32_t i = keep; i-- > 0;) worker_kv_release(s->kv, j->blocks[i]);
     return 0;

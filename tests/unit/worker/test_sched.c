@@ -765,12 +765,13 @@ static worker_job *prefix_job(int idx, uint32_t n_shared, uint32_t n_own, uint32
  */
 static void test_prefix_cache_equal(void **state) {
   (void)state;
-  enum { N = 10 };
+  enum { N = 11 };
   /* (shared, own) in blocks of 8: 13 ends inside block 1, 16 on a boundary;
-   * jobs 2 and 3 repeat job 0's prompt, job 9 repeats job 4's */
-  const uint32_t shared[N] = {13, 13, 13, 13, 16, 16, 16, 16, 1, 16};
-  const uint32_t own[N] = {6, 9, 6, 6, 0, 5, 5, 5, 2, 0};
-  const int same_as[N] = {0, 1, 0, 0, 4, 5, 6, 7, 8, 4};
+   * jobs 2 and 3 repeat job 0's prompt, job 9 repeats job 4's; job 10 is
+   * job 0's prompt and output continued (built in the loop) */
+  const uint32_t shared[N] = {13, 13, 13, 13, 16, 16, 16, 16, 1, 16, 13};
+  const uint32_t own[N] = {6, 9, 6, 6, 0, 5, 5, 5, 2, 0, 6};
+  const int same_as[N] = {0, 1, 0, 0, 4, 5, 6, 7, 8, 4, 0};
   result off[N], on[N];
   memset(off, 0, sizeof off);
   memset(on, 0, sizeof on);
@@ -782,13 +783,22 @@ static void test_prefix_cache_equal(void **state) {
     for (int i = 0; i < N; i++) jobs[i]->owner = (void *)(intptr_t)i;
     llorch_errmsg em = {{0}};
     /* jobs 0, 1 alone first (they fill the cache), then 2..8 at once
-     * (2 and 3 share job 0's cached blocks), then 9 alone */
+     * (2 and 3 share job 0's cached blocks), then 9 and 10 alone */
     for (int i = 0; i < 2; i++) {
       assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
       prun(f, r, i, 1);
     }
-    for (int i = 2; i < N - 1; i++) assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
-    prun(f, r, 2, N - 3);
+    for (int i = 2; i < N - 2; i++) assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+    prun(f, r, 2, N - 4);
+    assert_int_equal(worker_sched_submit(f->s, jobs[N - 2], &em), 0);
+    prun(f, r, N - 2, 1);
+    /* job 0's 19 prompt tokens, its first 9 outputs and 4 more: positions
+     * 24..27 come from job 0's registered last, partly filled block */
+    int32_t cont[32];
+    memcpy(cont, jobs[0]->prompt, 19 * sizeof *cont);
+    memcpy(cont + 19, r[0].tokens, 9 * sizeof *cont);
+    for (int i = 28; i < 32; i++) cont[i] = i;
+    assert_int_equal(worker_job_set_prompt(jobs[N - 1], cont, 32), 0);
     assert_int_equal(worker_sched_submit(f->s, jobs[N - 1], &em), 0);
     prun(f, r, N - 1, 1);
     assert_int_equal(f->ctx.violations, 0);
@@ -814,11 +824,13 @@ static void test_prefix_cache_equal(void **state) {
     assert_int_equal(off[i].cached_tokens, 0);
   }
   assert_int_equal(on[0].cached_tokens, 0);
-  assert_int_equal(on[1].cached_tokens, 8);  /* block 0; block 1 holds job 0's own tokens */
+  /* block 0 and the start of block 1 that job 0 shares (copied), down to 12 */
+  assert_int_equal(on[1].cached_tokens, 12);
   assert_int_equal(on[2].cached_tokens, 16); /* job 0's 19 tokens: its 2 full blocks */
   assert_int_equal(on[3].cached_tokens, 16);
   /* job 4's 16 tokens again: at least 2 computed, from a multiple of 4 */
   assert_int_equal(on[9].cached_tokens, 12);
+  assert_int_equal(on[10].cached_tokens, 28);
 }
 
 /* A pool too small for everyone: jobs are preempted and resumed, and every
