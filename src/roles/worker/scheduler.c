@@ -664,8 +664,9 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     n++;
   }
   /* the step's token budget: what decode left, but never less than
-   * WORKER_MIN_PREFILL prompt tokens */
-  if (s->cfg.step_tokens) {
+   * WORKER_MIN_PREFILL prompt tokens; with no stream decoding there is
+   * nobody to protect, and prompts get the whole batch */
+  if (s->cfg.step_tokens && n) {
     uint32_t room = s->cfg.step_tokens > n ? s->cfg.step_tokens - n : 0;
     if (room < WORKER_MIN_PREFILL) room = WORKER_MIN_PREFILL;
     if (n + room < budget) budget = n + room;

@@ -716,6 +716,8 @@ typedef struct pfixture {
   int notified;
 } pfixture;
 
+static void pfixture_notify(void *arg) { ((pfixture *)arg)->notified++; }
+
 static pfixture *pfixture_new(uint32_t slots, uint32_t ctx, uint32_t n_blocks, bool prefix_cache,
                               uint32_t step_tokens) {
   pfixture *f = calloc(1, sizeof *f);
@@ -732,7 +734,7 @@ static pfixture *pfixture_new(uint32_t slots, uint32_t ctx, uint32_t n_blocks, b
                              .prefill_chunk = 16, .queue_max = 64, .step_tokens = step_tokens,
                              .prefix_cache = prefix_cache};
   llorch_errmsg em = {{0}};
-  assert_int_equal(worker_sched_init(&f->s, &cfg, &f->be, NULL, fixture_notify, f, &em), 0);
+  assert_int_equal(worker_sched_init(&f->s, &cfg, &f->be, NULL, pfixture_notify, f, &em), 0);
   return f;
 }
 
