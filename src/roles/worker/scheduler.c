@@ -135,19 +135,19 @@ static void sched_release_blocks(worker_sched *s, worker_job *j) {
   j->n_blocks = j->n_hashed = 0;
 }
 
-/* Registers the job's partly filled last block (its computed positions are
+/* Registers the job's partly filled last block (its exact positions are
  * final: the job is finishing or being preempted), then releases all. */
 static void sched_retire_blocks(worker_sched *s, worker_job *j) {
   const uint32_t k = j->n_hashed;
-  if (k < j->n_blocks && j->n_computed > k * s->bt && j->n_computed < (k + 1) * s->bt)
+  if (k < j->n_blocks && j->n_exact > k * s->bt && j->n_exact < (k + 1) * s->bt)
     worker_kv_commit_partial(s->kv, j->blocks[k], k ? j->hashes[k - 1] : 0,
-                             j->history + (size_t)k * s->bt, j->n_computed - k * s->bt);
+                             j->history + (size_t)k * s->bt, j->n_exact - k * s->bt);
   sched_release_blocks(s, j);
 }
 
-/* Commits the job's full blocks whose positions are all computed. */
+/* Commits the job's full blocks whose positions are all exact (n_exact). */
 static void sched_commit_blocks(worker_sched *s, worker_job *j) {
-  while (j->n_hashed < j->n_blocks && (j->n_hashed + 1) * s->bt <= j->n_computed) {
+  while (j->n_hashed < j->n_blocks && (j->n_hashed + 1) * s->bt <= j->n_exact) {
     const uint32_t k = j->n_hashed;
     const uint64_t parent = k ? j->hashes[k - 1] : 0;
     j->hashes[k] = worker_kv_commit(s->kv, j->blocks[k], parent, j->history + (size_t)k * s->bt);
@@ -444,7 +444,7 @@ static void sched_preempt(worker_sched *s, worker_job *j) {
   s->n_busy--;
   j->slot = -1;
   if (j->n_gen) j->n_target = j->n_prompt + j->n_gen - 1;
-  j->n_fed = j->n_computed = 0;
+  j->n_fed = j->n_exact = 0;
   j->state = WORKER_JOB_QUEUED;
   j->n_preempted++;
   j->next = s->queue_head;
@@ -511,13 +511,9 @@ static int sched_admit_paged(worker_sched *s, worker_job *j, uint32_t k) {
       have++;
     }
   }
-  if (!j->n_gen) {
-    const uint32_t cap = target >= 2 ? target - 2 : 0;
-    if (reuse > cap) reuse = cap;
-    reuse = reuse / 4 * 4;
-  } else if (reuse > target) {
-    reuse = target;
-  }
+  if (!j->n_gen && reuse + 2 > target) reuse = target >= 2 ? target - 2 : 0;
+  if (reuse > target) reuse = target;
+  reuse = reuse / 4 * 4; /* chunks start on multiples of 4 (see sched_build_batch) */
   const uint32_t keep = (reuse + bt - 1) / bt;
   const bool cow = reuse % bt != 0;
   uint32_t need_total = (target + 1 + bt - 1) / bt; /* positions 0..target */
@@ -553,7 +549,7 @@ static int sched_admit_paged(worker_sched *s, worker_job *j, uint32_t k) {
     s->stats.prefix_query_tokens += target;
     s->stats.prefix_hit_tokens += reuse;
   }
-  j->n_fed = j->n_computed = reuse;
+  j->n_fed = j->n_exact = reuse;
   j->state = j->n_gen && reuse == target ? WORKER_JOB_DECODE : WORKER_JOB_PREFILL;
   return 1;
 }
@@ -660,7 +656,6 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     s->b_seq[n] = (int32_t)k;
     s->b_logits[n] = 1;
     s->b_job[rows++] = j;
-    j->n_computed = (uint32_t)s->b_pos[n] + 1;
     n++;
   }
   /* the step's token budget: what decode left, but never less than
@@ -675,8 +670,11 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     worker_job *j = s->slots[k];
     if (!j || j->state != WORKER_JOB_PREFILL) continue;
     const uint32_t left = j->n_target - j->n_fed;
-    uint32_t chunk = left;
-    if (chunk > s->cfg.prefill_chunk) chunk = s->cfg.prefill_chunk;
+    /* chunks end on multiples of prefill_chunk, wherever the prompt's
+     * computation started (after a cached prefix too): the same chunks as
+     * computing the prompt from position 0, so the same rounding */
+    uint32_t chunk = s->cfg.prefill_chunk - j->n_fed % s->cfg.prefill_chunk;
+    if (chunk > left) chunk = left;
     if (chunk > budget - n) {
       /* cut by the budget: whole groups of 4 (the order of repacked
        * weights counts groups from a chunk's start), and never a lone last
@@ -694,8 +692,13 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
       if (s->b_logits[n]) s->b_job[rows++] = j;
       n++;
     }
+    /* Exact positions: computed in a chunk of 2 or more entries (the
+     * multi-token reduction order) and within its whole groups of 4
+     * (repacked weights); every chunk starts at a multiple of 4. Only these
+     * are cached, so a reused prefix is what recomputing it would give;
+     * decode steps (one token) are never exact. */
+    if (j->n_exact == j->n_fed && chunk >= 2) j->n_exact += chunk / 4 * 4;
     j->n_fed += chunk;
-    j->n_computed = j->n_fed;
   }
   *n_rows = rows;
   return n;

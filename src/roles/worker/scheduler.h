@@ -82,7 +82,8 @@ typedef struct worker_job {
                                     preemption the prompt and all generated tokens but the last */
   uint32_t n_fed;                /* of those, already in the KV cache */
   uint32_t n_cached;             /* prompt tokens taken from the prefix cache (first admission) */
-  uint32_t n_computed;           /* positions in the KV cache after the current step */
+  uint32_t n_exact;              /* leading positions computed as a recomputation would (prompt
+                                    chunks; see sched_build_batch): only these are cached */
   int32_t *blocks;               /* (ceil(n_ctx / block tokens)) the sequence's block table */
   uint64_t *hashes;              /* chain hash of each committed leading block */
   uint32_t n_blocks, n_hashed;
