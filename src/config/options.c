@@ -202,9 +202,9 @@ const config_option config_options[] = {
      .roles = WORKER, .offset = OFF(worker.prefix_cache), .def = "true",
      .help = "reuse the KV cache of a prompt's longest cached prefix (automatic prefix caching)"},
     {.name = "worker.step_tokens", .flag = "step-tokens", .type = CONFIG_TYPE_INT, .roles = WORKER,
-     .offset = OFF(worker.step_tokens), .def = "32", .min = 0, .max = 65536, .meta = "N",
-     .help = "tokens per engine step while streams decode, their tokens and prompt chunks together "
-             "(running streams keep their pace while prompts are admitted); 0 = no limit"},
+     .offset = OFF(worker.step_tokens), .def = "64", .min = 0, .max = 65536, .meta = "N",
+     .help = "tokens per engine step while streams decode, their tokens and prompt chunks (no more "
+             "than decode tokens) together: running streams keep their pace; 0 = no limit"},
     {.name = "worker.threads", .flag = "threads", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.threads), .def = "0", .min = 0, .max = 1024, .meta = "N",
      .help = "CPU threads; 0 = online CPUs"},

@@ -658,11 +658,15 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     s->b_job[rows++] = j;
     n++;
   }
-  /* the step's token budget: what decode left, but never less than
-   * WORKER_MIN_PREFILL prompt tokens; with no stream decoding there is
-   * nobody to protect, and prompts get the whole batch */
+  /* The step's token budget while streams decode: what their tokens leave
+   * of step_tokens, and no more prompt tokens than decode tokens - on the
+   * CPU a step's time grows with its tokens, so a step then takes at most
+   * about twice a decode-only step - but never fewer than
+   * WORKER_MIN_PREFILL, so prompts keep moving. With no stream decoding
+   * there is nobody to protect, and prompts get the whole batch. */
   if (s->cfg.step_tokens && n) {
     uint32_t room = s->cfg.step_tokens > n ? s->cfg.step_tokens - n : 0;
+    if (room > n) room = n;
     if (room < WORKER_MIN_PREFILL) room = WORKER_MIN_PREFILL;
     if (n + room < budget) budget = n + room;
   }

@@ -164,8 +164,8 @@ typedef struct worker_sched_config {
   uint32_t n_batch_max;    /* entries per forward (backend's n_batch_max) */
   uint32_t prefill_chunk;  /* most prompt tokens of ONE job per step */
   uint32_t step_tokens;    /* tokens per step while some job decodes, decode and prompt chunks
-                              together (prompt chunks get at least WORKER_MIN_PREFILL);
-                              0 = n_batch_max */
+                              together; prompt tokens at most as many as decode tokens, at
+                              least WORKER_MIN_PREFILL; 0 = n_batch_max */
   bool prefix_cache;       /* reuse cached KV blocks of equal prefixes (paged backends) */
   uint32_t queue_max;      /* waiting jobs beyond the slots */
   double queue_timeout_s;  /* longest wait for a slot; 0 = forever */

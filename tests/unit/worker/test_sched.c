@@ -617,6 +617,7 @@ typedef struct paged_ctx {
   int32_t table[FAKE_MAX_SEQ][FAKE_MAX_CTX / PAGED_BT];
   uint32_t n_table[FAKE_MAX_SEQ], len[FAKE_MAX_SEQ];
   int violations, max_seqs_in_batch, copies;
+  int max_mixed_tokens;        /* largest batch that had a one-entry (decode) sequence */
 } paged_ctx;
 
 static bool paged_shared_write(const paged_ctx *c, int32_t s, int32_t blk, uint32_t off) {
@@ -656,6 +657,8 @@ static int paged_forward(void *vctx, const llorch_batch *b, float *logits, llorc
     }
   }
   if (n_seen > c->max_seqs_in_batch) c->max_seqs_in_batch = n_seen;
+  for (uint32_t t = 0; t < c->n_seq; t++)
+    if (seen[t] == 1 && b->n_tokens > c->max_mixed_tokens) c->max_mixed_tokens = b->n_tokens;
   return 0;
 }
 
@@ -908,6 +911,40 @@ static void test_short_requests_share_memory(void **state) {
   free(f);
 }
 
+/* While streams decode, a step carries no more prompt tokens than decode
+ * tokens (at least WORKER_MIN_PREFILL): a long prompt arriving does not
+ * make the running streams' steps much longer. */
+static void test_step_budget(void **state) {
+  (void)state;
+  enum { N = 5 };
+  result r[N];
+  memset(r, 0, sizeof r);
+  pfixture *f = pfixture_new(8, 256, 256, false, 64);
+  worker_job *jobs[N];
+  llorch_errmsg em = {{0}};
+  for (int i = 0; i < N - 1; i++) {
+    jobs[i] = make_job(i, 5, 40);
+    assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+  }
+  for (int k = 0; k < 3; k++) {
+    worker_sched_step(f->s);
+    drain_sched(f->s, r);
+  }
+  jobs[N - 1] = make_job(N - 1, 100, 4);
+  assert_int_equal(worker_sched_submit(f->s, jobs[N - 1], &em), 0);
+  prun(f, r, 0, N);
+  assert_int_equal(f->ctx.violations, 0);
+  /* 4 decode tokens + at most 8 prompt tokens */
+  assert_true(f->ctx.max_mixed_tokens <= 4 + (int)WORKER_MIN_PREFILL);
+  assert_true(f->ctx.max_mixed_tokens > 4);
+  for (int i = 0; i < N; i++) {
+    assert_true(r[i].ended);
+    worker_job_free(jobs[i]);
+  }
+  worker_sched_free(f->s);
+  free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_batched_equals_alone),
@@ -925,6 +962,7 @@ int main(void) {
       cmocka_unit_test(test_prefix_cache_equal),
       cmocka_unit_test(test_preemption),
       cmocka_unit_test(test_short_requests_share_memory),
+      cmocka_unit_test(test_step_budget),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
