@@ -670,9 +670,23 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     if (room < WORKER_MIN_PREFILL) room = WORKER_MIN_PREFILL;
     if (n + room < budget) budget = n + room;
   }
-  for (uint32_t k = 0; k < s->cfg.n_slots && n < budget; k++) {
-    worker_job *j = s->slots[k];
-    if (!j || j->state != WORKER_JOB_PREFILL) continue;
+  /* Prompts in admission order (oldest first), not slot order: with slot
+   * order a busy low slot's new prompts took every step's budget and a
+   * prompt in a higher slot starved. */
+  uint64_t after = 0;
+  while (n < budget) {
+    worker_job *j = NULL;
+    uint32_t k = 0;
+    for (uint32_t q = 0; q < s->cfg.n_slots; q++) {
+      worker_job *c = s->slots[q];
+      if (c && c->state == WORKER_JOB_PREFILL && c->admit_seq > after &&
+          (!j || c->admit_seq < j->admit_seq)) {
+        j = c;
+        k = q;
+      }
+    }
+    if (!j) break;
+    after = j->admit_seq;
     const uint32_t left = j->n_target - j->n_fed;
     /* chunks end on multiples of prefill_chunk, wherever the prompt's
      * computation started (after a cached prefix too): the same chunks as
