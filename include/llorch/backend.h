@@ -4,10 +4,21 @@
  * void *ctx; no CUDA type ever appears here).
  *
  * A backend owns the weights it needs (the CPU backend uses the mmapped GGUF
- * in place; CUDA copies them to VRAM) and the KV cache: n_seq sequence slots
- * of n_ctx positions each. One forward call runs a batch of (sequence,
- * position, token) entries from any mix of sequences - prefill chunks and
- * decode steps together - and returns logits for the entries that ask.
+ * in place; CUDA copies them to VRAM) and the KV cache. One forward call
+ * runs a batch of (sequence, position, token) entries from any mix of
+ * sequences - prefill chunks and decode steps together - and returns logits
+ * for the entries that ask.
+ *
+ * Paged KV cache (CPU backend; see seq_set_blocks): the cache is one pool of
+ * n_kv_blocks blocks of kv_block_tokens positions each, and each sequence
+ * reads and writes its positions through a block table (position p lives in
+ * block table[p / kv_block_tokens] at offset p % kv_block_tokens). A caller
+ * that never sets a table gets the fixed layout of the slot model: sequence s
+ * owns blocks [s * ceil(n_ctx / kv_block_tokens), ...), so n_seq slots of
+ * n_ctx positions each. A caller that manages blocks itself (the worker's
+ * scheduler) sets every sequence's table before feeding it; blocks may then
+ * be shared between sequences for the positions both have computed (prefix
+ * caching), since a forward only writes positions >= the sequence's length.
  *
  * Contract for a batch:
  *   - entries of one sequence appear in increasing position order, and the
@@ -46,8 +57,10 @@ typedef struct llorch_batch {
 } llorch_batch;
 
 typedef struct llorch_backend_params {
-  uint32_t n_ctx;        /* positions per sequence slot */
-  uint32_t n_seq;        /* sequence slots */
+  uint32_t n_ctx;        /* most positions of one sequence */
+  uint32_t n_seq;        /* sequence ids [0, n_seq) */
+  uint32_t kv_block_tokens; /* positions per KV block; 0 = 16 */
+  uint32_t n_kv_blocks;  /* KV blocks in the pool; 0 = n_seq * ceil(n_ctx / kv_block_tokens) */
   uint32_t n_batch_max;  /* most entries in one forward call */
   int n_threads;         /* CPU threads (CPU backend; host work of others) */
   int n_devices;         /* CUDA: number of entries in devices */
@@ -58,6 +71,8 @@ typedef struct llorch_backend_params {
 typedef struct llorch_backend_memory {
   uint64_t weights_bytes;   /* bytes of weights held by the backend */
   uint64_t kv_bytes;        /* bytes of KV cache */
+  uint32_t kv_block_tokens; /* positions per KV block; 0: not paged (one region per slot) */
+  uint32_t kv_blocks;       /* blocks in the pool; 0: not paged */
   uint64_t scratch_bytes;   /* bytes of activations/workspace */
   char weights_location[32];/* "host-mmap", "cuda:0", "cuda:0,1" */
   char kv_location[32];     /* "host", "cuda:0", ... */
@@ -76,11 +91,30 @@ typedef struct llorch_backend_ops {
   void (*free)(void *ctx);
   /* logits: (number of entries with logits != 0, n_vocab) floats, caller-owned */
   int (*forward)(void *ctx, const llorch_batch *b, float *logits, llorch_errmsg *em);
-  /* Forgets a sequence slot's cache; its next entry starts at position 0. */
+  /* Forgets a sequence slot's cache; its next entry starts at position 0.
+   * With caller-managed tables (seq_set_blocks) the table is emptied too;
+   * the blocks' contents stay (another table may still point at them). */
   void (*seq_reset)(void *ctx, int32_t seq);
   void (*memory)(void *ctx, llorch_backend_memory *out);
   /* Re-checks residency (CUDA); NULL for backends that hold nothing remote. */
   int (*verify_residency)(void *ctx, llorch_errmsg *em);
+  /* The paged-cache ops come last: backends written with positional
+   * initializers (the CUDA table) leave them NULL. */
+  /*
+   * Paged backends (NULL otherwise): gives sequence seq the block table
+   * blocks[0..n_blocks) (copied) and the length n_past: positions < n_past
+   * are taken as already computed in those blocks (a cached prefix), the
+   * next entry of the sequence has position n_past. From the first call on,
+   * the caller manages every sequence's table (no fixed layout any more).
+   * Errors: LLORCH_EINVAL for a block id outside the pool, more blocks than
+   * n_ctx needs, or n_past beyond the blocks.
+   */
+  int (*seq_set_blocks)(void *ctx, int32_t seq, const int32_t *blocks, uint32_t n_blocks,
+                        uint32_t n_past, llorch_errmsg *em);
+  /* Paged backends (NULL otherwise): copies positions [0, n_pos) of block
+   * src into block dst in every layer (copy-on-write of a shared block that
+   * a sequence continues in the middle). LLORCH_EINVAL for bad ids. */
+  int (*kv_copy_block)(void *ctx, int32_t dst, int32_t src, uint32_t n_pos, llorch_errmsg *em);
 } llorch_backend_ops;
 
 typedef struct llorch_backend {

@@ -122,8 +122,11 @@ typedef struct llorch_config {
     char *model;               /* GGUF path (required to serve) */
     char *device;              /* "cpu" | "cuda:N[,M...]" */
     int ctx;                   /* tokens per slot; 0 = the model's context length */
-    int slots;                 /* concurrent sequences */
+    int slots;                 /* concurrent sequences (a cap, not a memory reservation) */
     int threads;               /* CPU threads; 0 = online CPUs */
+    int kv_cache_tokens;       /* KV pool size in tokens; 0 = slots * ctx */
+    bool prefix_cache;         /* reuse the KV of equal prompt prefixes */
+    int step_tokens;           /* tokens per engine step, decode + prompt chunks; 0 = no limit */
     char *token;               /* bearer token for every non-/health endpoint, or NULL */
     int queue_max;             /* requests waiting for a slot before 503 */
     int64_t queue_timeout_ms;  /* longest wait for a slot before 503 */
@@ -173,6 +176,7 @@ typedef struct llorch_config {
     } pools;
     int heartbeat_miss_limit;  /* missed heartbeats before a pool is down */
     int retry_max;             /* retries of a request whose worker died before its first token */
+    bool prefix_routing;       /* prefer the replica likely to hold a request's prefix */
     llorch_model_list models;  /* the catalog */
   } orchestrator;
 } llorch_config;

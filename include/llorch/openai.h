@@ -172,6 +172,7 @@ typedef struct llorch_openai_meta {
   int64_t created;         /* unix seconds */
   const char *model;       /* as the client named it */
   bool chat;               /* chat.completion(.chunk), else text_completion */
+  uint32_t cached_tokens;  /* prompt tokens served from the prefix cache (usage.prompt_tokens_details) */
 } llorch_openai_meta;
 
 /*
@@ -275,8 +276,10 @@ void llorch_openai_write_completion_chunk(llorch_jbuf *b, const llorch_openai_me
 /* The last chunk of stream_options.include_usage: "choices":[] and usage. */
 void llorch_openai_write_usage_chunk(llorch_jbuf *b, const llorch_openai_meta *m,
                                      uint32_t prompt_tokens, uint32_t completion_tokens);
-/* "usage":{prompt_tokens, completion_tokens, total_tokens} (with the key). */
-void llorch_openai_write_usage(llorch_jbuf *b, uint32_t prompt_tokens, uint32_t completion_tokens);
+/* "usage":{prompt_tokens, completion_tokens, total_tokens,
+ * prompt_tokens_details:{cached_tokens}} (with the key). */
+void llorch_openai_write_usage(llorch_jbuf *b, uint32_t prompt_tokens, uint32_t completion_tokens,
+                               uint32_t cached_tokens);
 /* The whole non-streaming chat answer: message (content null when empty and
  * there are tool calls; reasoning_content when any; tool_calls when any). */
 void llorch_openai_write_chat_response(llorch_jbuf *b, const llorch_openai_meta *m,

@@ -234,7 +234,19 @@ const config_option config_options[] = {
              "default: the GGUF's tokenizer.chat_template"},
     {.name = "worker.slots", .flag = "slots", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.slots), .def = "4", .min = 1, .max = 256, .meta = "N",
-     .help = "sequences decoded together (continuous batching)"},
+     .help = "requests decoded together (continuous batching): a cap, the KV memory is "
+             "worker.kv_cache_tokens"},
+    {.name = "worker.kv_cache_tokens", .flag = "kv-cache-tokens", .type = CONFIG_TYPE_INT,
+     .roles = WORKER, .offset = OFF(worker.kv_cache_tokens), .def = "0", .min = 0,
+     .max = 1 << 30, .meta = "N",
+     .help = "KV cache pool in tokens, shared by all slots in blocks of 16; 0 = slots x ctx"},
+    {.name = "worker.prefix_cache", .flag = "prefix-cache", .type = CONFIG_TYPE_BOOL,
+     .roles = WORKER, .offset = OFF(worker.prefix_cache), .def = "true",
+     .help = "reuse the KV cache of a prompt's longest cached prefix (automatic prefix caching)"},
+    {.name = "worker.step_tokens", .flag = "step-tokens", .type = CONFIG_TYPE_INT, .roles = WORKER,
+     .offset = OFF(worker.step_tokens), .def = "64", .min = 0, .max = 65536, .meta = "N",
+     .help = "tokens per engine step while streams decode, their tokens and prompt chunks (no more "
+             "than decode tokens) together: running streams keep their pace; 0 = no limit"},
     {.name = "worker.threads", .flag = "threads", .type = CONFIG_TYPE_INT, .roles = WORKER,
      .offset = OFF(worker.threads), .def = "0", .min = 0, .max = 1024, .meta = "N",
      .help = "CPU threads; 0 = online CPUs"},
@@ -359,6 +371,11 @@ const config_option config_options[] = {
     {.name = "orchestrator.heartbeat_miss_limit", .type = CONFIG_TYPE_INT, .roles = ORCH,
      .offset = OFF(orchestrator.heartbeat_miss_limit), .def = "3", .min = 1, .max = 100,
      .help = "missed heartbeats before a pool is marked down"},
+    {.name = "orchestrator.prefix_routing", .flag = "prefix-routing", .type = CONFIG_TYPE_BOOL,
+     .roles = ORCH, .offset = OFF(orchestrator.prefix_routing), .def = "true",
+     .help = "send a request to the replica that was sent the longest prefix of its text (its "
+             "prefix cache likely holds it) unless that one is clearly busier; false: least "
+             "loaded, equal ones in turn"},
     {.name = "orchestrator.retry_max", .type = CONFIG_TYPE_INT, .roles = ORCH,
      .offset = OFF(orchestrator.retry_max), .def = "2", .min = 0, .max = 10,
      .help = "retries of a request whose worker died before its first token"},

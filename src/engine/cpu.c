@@ -1,9 +1,9 @@
 /*
- * The CPU backend: weights used in place from the mmapped GGUF, an F16 KV
- * cache per sequence slot, and a forward pass over a batch of (sequence,
- * position, token) entries that follows llama.cpp's graph for llama, qwen2
- * and qwen3 operation by operation (see kernels.h for why the rounding must
- * match).
+ * The CPU backend: weights used in place from the mmapped GGUF, a paged F16
+ * KV cache (one pool of fixed-size blocks, a block table per sequence; see
+ * backend.h), and a forward pass over a batch of (sequence, position, token)
+ * entries that follows llama.cpp's graph for llama, qwen2 and qwen3
+ * operation by operation (see kernels.h for why the rounding must match).
  *
  * Batch invariance: every reduction's order is fixed per output element by
  * its own row, column and a per-sequence order flag (kernels.h); the flag
@@ -36,16 +36,28 @@ typedef struct cpu_ctx {
   llorch_hparams hp;
   const kern_table *kt;
   llorch_threadpool *tp;
-  uint32_t n_ctx;        /* positions per slot */
+  uint32_t n_ctx;        /* most positions of one sequence */
   uint32_t n_ctx_pad;    /* n_ctx rounded up to 4 vectors: attention dots run over padded lengths */
   uint32_t n_seq;
   uint32_t n_batch_max;
   uint32_t kv_dim;       /* n_head_kv * head_dim */
   uint32_t q_dim;        /* n_head * head_dim */
-  uint16_t *k_cache;     /* (n_layer, n_seq, n_ctx, kv_dim) f16 */
-  uint16_t *v_cache;     /* (n_layer, n_seq, kv_dim, n_ctx_pad) f16, transposed: the
-                            weighted sum over positions is a contiguous dot */
+  uint32_t bt;           /* positions per KV block */
+  uint32_t n_blocks;     /* blocks in the pool */
+  uint32_t bps;          /* most blocks of one sequence: ceil(n_ctx / bt) */
+  uint16_t *k_cache;     /* (n_layer, n_blocks, bt, kv_dim) f16 */
+  uint16_t *v_cache;     /* (n_layer, n_blocks, kv_dim, bt) f16, transposed within a block */
   int32_t *seq_len;      /* (n_seq) positions cached */
+  int32_t *table;        /* (n_seq, bps) block of each block-sized run of positions */
+  uint32_t *n_table;     /* (n_seq) valid entries of each table */
+  bool managed;          /* tables come from seq_set_blocks (else the fixed slot layout) */
+  /* V of the batch's sequences gathered into position order for the
+   * weighted sum (see att_gather), per forward: */
+  uint16_t *vg;          /* (sum over batch sequences of kv_dim * their n32) f16 */
+  size_t vg_cap;         /* elements allocated */
+  size_t *vg_off;        /* (n_seq) offset of each batch sequence's rows in vg */
+  uint32_t *vg_n32;      /* (n_seq) padded length gathered, 0: not in the batch */
+  int32_t *vg_seqs;      /* (n_seq) the distinct sequences of the batch */
   /* scratch, sized for n_batch_max entries */
   float *x;              /* (B, n_embd) residual stream */
   float *xn;             /* (B, max(n_embd, q_dim)) normed input / attention output */
@@ -261,8 +273,42 @@ typedef struct att_job {
   cpu_ctx *c;
   const llorch_batch *b;
   uint32_t layer;
+  int n_seqs;           /* distinct sequences of the batch (gather items) */
   atomic_int next;
 } att_job;
+
+/* Cache cells of (layer, block): K rows are positions, V rows are dims. */
+static inline uint16_t *kv_k_block(const cpu_ctx *c, uint32_t layer, int32_t blk) {
+  return c->k_cache + ((size_t)layer * c->n_blocks + (size_t)blk) * c->bt * c->kv_dim;
+}
+static inline uint16_t *kv_v_block(const cpu_ctx *c, uint32_t layer, int32_t blk) {
+  return c->v_cache + ((size_t)layer * c->n_blocks + (size_t)blk) * c->kv_dim * c->bt;
+}
+
+/*
+ * The weighted sum over positions is ONE dot per output dimension over the
+ * padded length, and its rounding depends on how the kernel walks it (lanes
+ * over steps of 8 or 32), so it must see the positions contiguously, as in
+ * an unpaged cache: each batch sequence's V rows are gathered out of its
+ * blocks into position order once per layer, zero-padded to 4 vectors (zeros meet
+ * zero probabilities, as the unwritten cells of an unpaged cache did). The
+ * K side needs no copy: each score is its own dot, so scores are computed
+ * block by block (kernels.h: an element's order never depends on the tile).
+ */
+static void att_gather(cpu_ctx *c, uint32_t layer, int32_t s) {
+  const uint32_t n32 = c->vg_n32[s], n_kv = (uint32_t)c->seq_len[s];
+  uint16_t *dst = c->vg + c->vg_off[s];
+  const int32_t *tb = c->table + (size_t)s * c->bps;
+  for (uint32_t d = 0; d < c->kv_dim; d++) {
+    uint16_t *row = dst + (size_t)d * n32;
+    for (uint32_t t0 = 0; t0 < n_kv; t0 += c->bt) {
+      const uint32_t nt = n_kv - t0 < c->bt ? n_kv - t0 : c->bt;
+      memcpy(row + t0, kv_v_block(c, layer, tb[t0 / c->bt]) + (size_t)d * c->bt,
+             nt * sizeof(uint16_t));
+    }
+    memset(row + n_kv, 0, (n32 - n_kv) * sizeof(uint16_t));
+  }
+}
 
 /*
  * One (entry, head): KQ in F16 (Q rounded to F16 like ggml's vec_dot_type
@@ -276,9 +322,9 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   const int s = b->seq[i], p = b->pos[i];
   const int kvh = h / (int)(c->hp.n_head / c->hp.n_head_kv);
   const kern_order ord = (kern_order)c->order_all[i];
-  const size_t slot = (size_t)layer * c->n_seq + (size_t)s;
-  const uint16_t *kc = c->k_cache + slot * c->n_ctx * c->kv_dim + (size_t)kvh * hd;
-  const uint16_t *vc = c->v_cache + (slot * c->kv_dim + (size_t)kvh * hd) * c->n_ctx_pad;
+  const int32_t *tb = c->table + (size_t)s * c->bps;
+  const uint32_t n32s = c->vg_n32[s];
+  const uint16_t *vc = c->vg + c->vg_off[s] + (size_t)kvh * hd * n32s;
   float *q16 = scr;                     /* (hd) */
   float *sc = scr + hd;                 /* (n_ctx_pad) scores */
   float *pr = sc + c->n_ctx_pad;        /* (n_ctx_pad) probabilities */
@@ -286,8 +332,12 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   for (int d = 0; d < hd; d++) q16[d] = kern_round_f16(qv[d]);
   const int n_kv = p + 1;
   const kern_tile_fn tile_f16 = c->kt->tile[LLORCH_TYPE_F16];
-  /* scores[t] = K[t] . q for t <= p: a tile of n_kv rows x 1 column */
-  tile_f16(hd, kc, (size_t)c->kv_dim * sizeof(uint16_t), n_kv, q16, 0, 1, sc, 0, ord);
+  /* scores[t] = K[t] . q for t <= p: per block a tile of its rows x 1 column */
+  for (int t0 = 0; t0 < n_kv; t0 += (int)c->bt) {
+    const int nt = n_kv - t0 < (int)c->bt ? n_kv - t0 : (int)c->bt;
+    const uint16_t *kc = kv_k_block(c, layer, tb[t0 / (int)c->bt]) + (size_t)kvh * hd;
+    tile_f16(hd, kc, (size_t)c->kv_dim * sizeof(uint16_t), nt, q16, 0, 1, sc + t0, 0, ord);
+  }
   const float scale = 1.0f / sqrtf((float)hd);
   const int L = c->kt->lanes;
   const int n_sm = (n_kv + L - 1) / L * L;
@@ -304,7 +354,18 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   for (int t = n_sm; t < n_v; t++) pr[t] = 0.0f;
   /* out[d] = V^T[d] . probs: a tile of hd rows x 1 column over n_v */
   float *out = c->xn + (size_t)i * c->q_dim + (size_t)h * hd;
-  tile_f16(n_v, vc, (size_t)c->n_ctx_pad * sizeof(uint16_t), hd, pr, 0, 1, out, 0, ord);
+  tile_f16(n_v, vc, (size_t)n32s * sizeof(uint16_t), hd, pr, 0, 1, out, 0, ord);
+}
+
+static void att_gather_worker(void *arg, int ith, int nth) {
+  (void)ith;
+  (void)nth;
+  att_job *j = arg;
+  for (;;) {
+    int k = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+    if (k >= j->n_seqs) break;
+    att_gather(j->c, j->layer, j->c->vg_seqs[k]);
+  }
 }
 
 static void att_worker(void *arg, int ith, int nth) {
@@ -349,7 +410,43 @@ static int cpu_check_batch(cpu_ctx *c, const llorch_batch *b, llorch_errmsg *em)
       return llorch_errmsg_set(em, LLORCH_ELIMIT,
                                "forward: entry %d: position %d is past the context of %u tokens", i,
                                p, c->n_ctx);
+    if ((uint32_t)p / c->bt >= c->n_table[s])
+      return llorch_errmsg_set(em, LLORCH_ELIMIT,
+                               "forward: entry %d: sequence %d has %u KV blocks of %u positions, "
+                               "none for position %d", i, s, c->n_table[s], c->bt, p);
     next[s] = p + 1;
+  }
+  return 0;
+}
+
+/*
+ * Sizes the V gather area for this batch: each distinct sequence gets
+ * kv_dim rows of its final length (after the batch) padded to 32. Called
+ * after the lengths are advanced past the batch's entries.
+ */
+static int cpu_gather_plan(cpu_ctx *c, const llorch_batch *b, int *n_seqs, llorch_errmsg *em) {
+  int n = 0;
+  size_t total = 0;
+  /* vg_n32 is 0 for every sequence between forwards: it marks the seen ones */
+  for (int i = 0; i < b->n_tokens; i++) {
+    const int32_t s = b->seq[i];
+    if (c->vg_n32[s]) continue;
+    const uint32_t pad = 4u * (uint32_t)c->kt->lanes; /* the weighted sum's padded length */
+    c->vg_n32[s] = ((uint32_t)c->seq_len[s] + pad - 1) / pad * pad;
+    c->vg_off[s] = total;
+    total += (size_t)c->kv_dim * c->vg_n32[s];
+    c->vg_seqs[n++] = s;
+  }
+  *n_seqs = n;
+  if (total > c->vg_cap) {
+    uint16_t *g = realloc(c->vg, total * sizeof(uint16_t));
+    if (!g) {
+      for (int k = 0; k < n; k++) c->vg_n32[c->vg_seqs[k]] = 0;
+      return llorch_errmsg_set(em, LLORCH_ENOMEM, "forward: out of memory for attention (%zu KiB)",
+                               (total * sizeof(uint16_t)) >> 10);
+    }
+    c->vg = g;
+    c->vg_cap = total;
   }
   return 0;
 }
@@ -398,6 +495,17 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
     llorch_dequantize_row(te->type, (const char *)te->data + (size_t)b->token[i] * te_row,
                           c->x + (size_t)i * E, E);
 
+  /* The lengths after this batch: the gather copies every position the
+   * batch writes (each layer writes them before its attention runs). */
+  for (int i = 0; i < T; i++) c->seq_len[b->seq[i]] = b->pos[i] + 1;
+  int n_seqs = 0;
+  rc = cpu_gather_plan(c, b, &n_seqs, em);
+  if (rc) {
+    for (int i = 0; i < T; i++) /* undo: the cache was not touched */
+      if (b->pos[i] < c->seq_len[b->seq[i]]) c->seq_len[b->seq[i]] = b->pos[i];
+    return rc;
+  }
+
   float cs[1024];
   for (uint32_t il = 0; il < hp->n_layer; il++) {
     const llorch_layer *L = &c->m->layers[il];
@@ -425,14 +533,18 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
       for (uint32_t h = 0; h < hp->n_head; h++) cpu_rope_apply(c, q + h * HD, cs);
       for (uint32_t h = 0; h < hp->n_head_kv; h++) cpu_rope_apply(c, k + h * HD, cs);
       /* cache write: K and V rounded to F16 (ggml_cpy into the F16 cache) */
-      const size_t slot = (size_t)il * c->n_seq + (size_t)b->seq[i];
-      uint16_t *kc = c->k_cache + (slot * c->n_ctx + (size_t)b->pos[i]) * KD;
+      const uint32_t p = (uint32_t)b->pos[i], off = p % c->bt;
+      const int32_t blk = c->table[(size_t)b->seq[i] * c->bps + p / c->bt];
+      uint16_t *kc = kv_k_block(c, il, blk) + (size_t)off * KD;
       for (int d = 0; d < KD; d++) kc[d] = llorch_fp32_to_fp16(k[d]);
-      uint16_t *vc = c->v_cache + slot * KD * c->n_ctx_pad + (size_t)b->pos[i];
-      for (int d = 0; d < KD; d++) vc[(size_t)d * c->n_ctx_pad] = llorch_fp32_to_fp16(v[d]);
+      uint16_t *vc = kv_v_block(c, il, blk) + off;
+      for (int d = 0; d < KD; d++) vc[(size_t)d * c->bt] = llorch_fp32_to_fp16(v[d]);
     }
-    att_job aj = {.c = c, .b = b, .layer = il};
+    att_job aj = {.c = c, .b = b, .layer = il, .n_seqs = n_seqs};
     atomic_init(&aj.next, 0);
+    if (n_seqs > 1) llorch_threadpool_run(c->tp, att_gather_worker, &aj);
+    else att_gather_worker(&aj, 0, 1);
+    atomic_store(&aj.next, 0);
     llorch_threadpool_run(c->tp, att_worker, &aj);
     /* attention output (in xn) through wo, into q as scratch */
     cpu_matmul(c, L->wo, c->xn, QD, T, false, c->q, E);
@@ -460,7 +572,7 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
       for (int d = 0; d < E; d++) xr[d] = fo[d] + xr[d];
     }
   }
-  for (int i = 0; i < T; i++) c->seq_len[b->seq[i]] = b->pos[i] + 1;
+  for (int k = 0; k < n_seqs; k++) c->vg_n32[c->vg_seqs[k]] = 0;
   if (n_out == 0) return 0;
   for (int r = 0; r < n_out; r++)
     cpu_rmsnorm(c->xn + (size_t)r * E, c->x + (size_t)r * E, c->m->output_norm->data, E, hp->rms_eps);
@@ -477,6 +589,12 @@ static void cpu_free(void *ctx) {
   free(c->k_cache);
   free(c->v_cache);
   free(c->seq_len);
+  free(c->table);
+  free(c->n_table);
+  free(c->vg);
+  free(c->vg_off);
+  free(c->vg_n32);
+  free(c->vg_seqs);
   free(c->x);
   free(c->xn);
   free(c->q);
@@ -533,7 +651,18 @@ static int cpu_init(void **out, const llorch_model *m, const char *device,
   c->n_batch_max = p->n_batch_max;
   c->kv_dim = hp->n_head_kv * hp->head_dim;
   c->q_dim = hp->n_head * hp->head_dim;
-  int rc = llorch_threadpool_init(&c->tp, p->n_threads);
+  c->bt = p->kv_block_tokens ? p->kv_block_tokens : 16;
+  c->bps = (n_ctx + c->bt - 1) / c->bt;
+  int rc = 0;
+  if (c->bt > 4096 || (p->n_kv_blocks == 0 && (uint64_t)c->bps * c->n_seq > INT32_MAX) ||
+      p->n_kv_blocks > INT32_MAX) {
+    rc = llorch_errmsg_set(em, LLORCH_EINVAL,
+                           "cpu backend: KV blocks of %u positions x %u blocks (allowed 1..4096 "
+                           "positions, fewer than 2^31 blocks)", c->bt, p->n_kv_blocks);
+    goto fail;
+  }
+  c->n_blocks = p->n_kv_blocks ? p->n_kv_blocks : c->bps * c->n_seq;
+  rc = llorch_threadpool_init(&c->tp, p->n_threads);
   if (rc) {
     llorch_errmsg_set(em, rc, "cpu backend: cannot start %d threads", p->n_threads);
     goto fail;
@@ -541,11 +670,16 @@ static int cpu_init(void **out, const llorch_model *m, const char *device,
   const size_t B = p->n_batch_max, E = hp->n_embd, F = hp->n_ff;
   const size_t XW = E > c->q_dim ? E : c->q_dim;
   const size_t QW = c->q_dim > E ? c->q_dim : E;
-  const size_t kv_cells = (size_t)hp->n_layer * c->n_seq * c->kv_dim;
-  /* calloc: untouched V cells must be finite (they meet zero probabilities) */
-  c->k_cache = calloc(kv_cells * c->n_ctx, sizeof(uint16_t));
-  c->v_cache = calloc(kv_cells * c->n_ctx_pad, sizeof(uint16_t));
+  const size_t kv_cells = (size_t)hp->n_layer * c->n_blocks * c->bt * c->kv_dim;
+  /* calloc: a block handed out before it was written must hold finite values */
+  c->k_cache = calloc(kv_cells, sizeof(uint16_t));
+  c->v_cache = calloc(kv_cells, sizeof(uint16_t));
   c->seq_len = calloc(c->n_seq, sizeof(int32_t));
+  c->table = malloc((size_t)c->n_seq * c->bps * sizeof(int32_t));
+  c->n_table = calloc(c->n_seq, sizeof(uint32_t));
+  c->vg_off = calloc(c->n_seq, sizeof(size_t));
+  c->vg_n32 = calloc(c->n_seq, sizeof(uint32_t));
+  c->vg_seqs = calloc(c->n_seq, sizeof(int32_t));
   c->x = malloc(B * E * sizeof(float));
   c->xn = malloc(B * XW * sizeof(float));
   c->q = malloc(B * QW * sizeof(float));
@@ -571,14 +705,23 @@ static int cpu_init(void **out, const llorch_model *m, const char *device,
   c->seq_count = malloc(c->n_seq * sizeof(int32_t));
   c->seq_outs = malloc(c->n_seq * sizeof(int32_t));
   c->mm_blocks = malloc((B + 1) * sizeof *c->mm_blocks);
-  if (!c->k_cache || !c->v_cache || !c->seq_len || !c->x || !c->xn || !c->q || !c->k || !c->v ||
+  if (!c->k_cache || !c->v_cache || !c->seq_len || !c->table || !c->n_table || !c->vg_off ||
+      !c->vg_n32 || !c->vg_seqs || !c->x || !c->xn || !c->q || !c->k || !c->v ||
       !c->gate || !c->up || !c->act || !c->att_scratch || !c->order_all || !c->order_out ||
       !c->order_all_rp || !c->order_out_rp || !c->seq_rank ||
       !c->out_idx || !c->seq_count || !c->seq_outs || !c->mm_blocks) {
     rc = llorch_errmsg_set(em, LLORCH_EINSUFFICIENT_MEMORY,
-                           "cpu backend: cannot allocate KV cache (%zu MiB) and scratch for %u x %u",
-                           (kv_cells * (c->n_ctx + c->n_ctx_pad) * 2) >> 20, c->n_seq, c->n_ctx);
+                           "cpu backend: cannot allocate KV cache (%zu MiB: %u blocks of %u "
+                           "positions) and scratch for %u sequences of up to %u positions",
+                           (kv_cells * 4) >> 20, c->n_blocks, c->bt, c->n_seq, c->n_ctx);
     goto fail;
+  }
+  /* the slot layout until a caller manages tables: s owns [s * bps, ...) */
+  for (uint32_t s = 0; s < c->n_seq; s++) {
+    const uint32_t first = s * c->bps;
+    const uint32_t have = first >= c->n_blocks ? 0 : c->n_blocks - first;
+    c->n_table[s] = have < c->bps ? have : c->bps;
+    for (uint32_t k = 0; k < c->n_table[s]; k++) c->table[(size_t)s * c->bps + k] = (int32_t)(first + k);
   }
   if (m->rope_freqs) {
     c->rope_ff = malloc(hp->n_rot / 2 * sizeof(float));
@@ -588,8 +731,9 @@ static int cpu_init(void **out, const llorch_model *m, const char *device,
     }
     memcpy(c->rope_ff, m->rope_freqs->data, hp->n_rot / 2 * sizeof(float));
   }
-  LOG_DEBUG("engine", NULL, "cpu backend: %s kernels, %d threads, %u x %u context", c->kt->name,
-            p->n_threads, c->n_seq, c->n_ctx);
+  LOG_DEBUG("engine", NULL,
+            "cpu backend: %s kernels, %d threads, %u sequences of up to %u positions, KV pool %u "
+            "blocks of %u", c->kt->name, p->n_threads, c->n_seq, c->n_ctx, c->n_blocks, c->bt);
   *out = c;
   return 0;
 fail:
@@ -599,15 +743,66 @@ fail:
 
 static void cpu_seq_reset(void *ctx, int32_t seq) {
   cpu_ctx *c = ctx;
-  if (seq >= 0 && (uint32_t)seq < c->n_seq) c->seq_len[seq] = 0;
+  if (seq < 0 || (uint32_t)seq >= c->n_seq) return;
+  c->seq_len[seq] = 0;
+  if (c->managed) c->n_table[seq] = 0;
+}
+
+static int cpu_seq_set_blocks(void *ctx, int32_t seq, const int32_t *blocks, uint32_t n_blocks,
+                              uint32_t n_past, llorch_errmsg *em) {
+  cpu_ctx *c = ctx;
+  if (seq < 0 || (uint32_t)seq >= c->n_seq)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "seq_set_blocks: sequence %d outside 0..%u", seq,
+                             c->n_seq - 1);
+  if (n_blocks > c->bps)
+    return llorch_errmsg_set(em, LLORCH_EINVAL,
+                             "seq_set_blocks: %u blocks, a sequence of up to %u positions needs "
+                             "at most %u", n_blocks, c->n_ctx, c->bps);
+  if ((uint64_t)n_past > (uint64_t)n_blocks * c->bt)
+    return llorch_errmsg_set(em, LLORCH_EINVAL,
+                             "seq_set_blocks: length %u is beyond %u blocks of %u positions", n_past,
+                             n_blocks, c->bt);
+  for (uint32_t k = 0; k < n_blocks; k++)
+    if (blocks[k] < 0 || (uint32_t)blocks[k] >= c->n_blocks)
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "seq_set_blocks: block %d outside 0..%u",
+                               blocks[k], c->n_blocks - 1);
+  if (!c->managed) {
+    /* the fixed layout ends for every sequence at once: no two tables may
+     * alias by accident afterwards */
+    c->managed = true;
+    memset(c->n_table, 0, c->n_seq * sizeof *c->n_table);
+  }
+  memcpy(c->table + (size_t)seq * c->bps, blocks, n_blocks * sizeof *blocks);
+  c->n_table[seq] = n_blocks;
+  c->seq_len[seq] = (int32_t)n_past;
+  return 0;
+}
+
+static int cpu_kv_copy_block(void *ctx, int32_t dst, int32_t src, uint32_t n_pos, llorch_errmsg *em) {
+  cpu_ctx *c = ctx;
+  if (dst < 0 || src < 0 || (uint32_t)dst >= c->n_blocks || (uint32_t)src >= c->n_blocks ||
+      n_pos > c->bt)
+    return llorch_errmsg_set(em, LLORCH_EINVAL,
+                             "kv_copy_block: blocks %d <- %d, %u positions (blocks 0..%u, up to %u "
+                             "positions)", dst, src, n_pos, c->n_blocks - 1, c->bt);
+  if (dst == src) return 0;
+  for (uint32_t il = 0; il < c->hp.n_layer; il++) {
+    memcpy(kv_k_block(c, il, dst), kv_k_block(c, il, src), (size_t)n_pos * c->kv_dim * sizeof(uint16_t));
+    const uint16_t *vs = kv_v_block(c, il, src);
+    uint16_t *vd = kv_v_block(c, il, dst);
+    for (uint32_t d = 0; d < c->kv_dim; d++)
+      memcpy(vd + (size_t)d * c->bt, vs + (size_t)d * c->bt, n_pos * sizeof(uint16_t));
+  }
+  return 0;
 }
 
 static void cpu_memory(void *ctx, llorch_backend_memory *out) {
   cpu_ctx *c = ctx;
   memset(out, 0, sizeof *out);
   out->weights_bytes = c->m->weight_bytes;
-  const size_t kv_cells = (size_t)c->hp.n_layer * c->n_seq * c->kv_dim;
-  out->kv_bytes = kv_cells * (c->n_ctx + c->n_ctx_pad) * sizeof(uint16_t);
+  out->kv_bytes = 2ull * c->hp.n_layer * c->n_blocks * c->bt * c->kv_dim * sizeof(uint16_t);
+  out->kv_block_tokens = c->bt;
+  out->kv_blocks = c->n_blocks;
   const size_t B = c->n_batch_max, E = c->hp.n_embd, F = c->hp.n_ff;
   out->scratch_bytes = B * (E * 2 + c->q_dim * 2 + c->kv_dim * 2 + F * 2) * sizeof(float) +
                        B * c->act_row_max;
@@ -623,4 +818,6 @@ const llorch_backend_ops llorch_backend_cpu_ops = {
     .seq_reset = cpu_seq_reset,
     .memory = cpu_memory,
     .verify_residency = NULL,
+    .seq_set_blocks = cpu_seq_set_blocks,
+    .kv_copy_block = cpu_kv_copy_block,
 };

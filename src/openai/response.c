@@ -25,14 +25,16 @@ static void resp_head(llorch_jbuf *b, const llorch_openai_meta *m, bool chunk) {
   llorch_jbuf_cstr(b, ",\"system_fingerprint\":null,");
 }
 
-void llorch_openai_write_usage(llorch_jbuf *b, uint32_t prompt, uint32_t completion) {
+void llorch_openai_write_usage(llorch_jbuf *b, uint32_t prompt, uint32_t completion, uint32_t cached) {
   llorch_jbuf_cstr(b, "\"usage\":{\"prompt_tokens\":");
   llorch_jbuf_int(b, prompt);
   llorch_jbuf_cstr(b, ",\"completion_tokens\":");
   llorch_jbuf_int(b, completion);
   llorch_jbuf_cstr(b, ",\"total_tokens\":");
   llorch_jbuf_int(b, (int64_t)prompt + completion);
-  llorch_jbuf_raw(b, "}", 1);
+  llorch_jbuf_cstr(b, ",\"prompt_tokens_details\":{\"cached_tokens\":");
+  llorch_jbuf_int(b, cached);
+  llorch_jbuf_raw(b, "}}", 2);
 }
 
 /* ---- deltas ---- */
@@ -320,7 +322,7 @@ void llorch_openai_write_usage_chunk(llorch_jbuf *b, const llorch_openai_meta *m
                                      uint32_t prompt_tokens, uint32_t completion_tokens) {
   resp_head(b, m, true);
   llorch_jbuf_cstr(b, "\"choices\":[],");
-  llorch_openai_write_usage(b, prompt_tokens, completion_tokens);
+  llorch_openai_write_usage(b, prompt_tokens, completion_tokens, m->cached_tokens);
   llorch_jbuf_raw(b, "}", 1);
 }
 
@@ -356,7 +358,7 @@ void llorch_openai_write_chat_response(llorch_jbuf *b, const llorch_openai_meta 
   llorch_jbuf_cstr(b, ",\"finish_reason\":");
   llorch_jbuf_str(b, finish);
   llorch_jbuf_cstr(b, "}],");
-  llorch_openai_write_usage(b, prompt_tokens, completion_tokens);
+  llorch_openai_write_usage(b, prompt_tokens, completion_tokens, m->cached_tokens);
   llorch_jbuf_raw(b, "}", 1);
 }
 
@@ -372,6 +374,6 @@ void llorch_openai_write_completion_response(llorch_jbuf *b, const llorch_openai
   llorch_jbuf_cstr(b, ",\"finish_reason\":");
   llorch_jbuf_str(b, finish);
   llorch_jbuf_cstr(b, "}],");
-  llorch_openai_write_usage(b, prompt_tokens, completion_tokens);
+  llorch_openai_write_usage(b, prompt_tokens, completion_tokens, m->cached_tokens);
   llorch_jbuf_raw(b, "}", 1);
 }

@@ -691,4 +691,7 @@ static int cuda_forward(void *ctx, const llorch_batch *b, float *logits, llorch_
 
 extern "C" const llorch_backend_ops llorch_backend_cuda_ops = {
     "cuda", cuda_init, cuda_free_ctx, cuda_forward, cuda_seq_reset, cuda_memory, cuda_verify,
+    /* not paged: one region of n_ctx positions per slot (the worker then
+     * schedules by slots and has no prefix cache) */
+    NULL, NULL,
 };

@@ -25,6 +25,7 @@
 #include "llorch/grammar.h"
 #include "llorch/log.h"
 #include "orchestrator-impl.h"
+#include "prefix_route.h"
 
 /* ---- small helpers ---- */
 
@@ -35,6 +36,7 @@ static void req_free(orch_req *r) {
   free(r->exec_body);
   free(r->model_name);
   llorch_openai_message_free(&r->msg);
+  free(r->prefix);
   llorch_jbuf_free(&r->text);
   llorch_openai_logprobs_free(&r->lp);
   free(r);
@@ -47,7 +49,48 @@ static void respond_error(llorch_http_request *http, int status, const char *typ
 
 static llorch_openai_meta req_meta(const orch_req *r) {
   return (llorch_openai_meta){.id = r->id, .created = r->created, .model = r->model_name,
-                              .chat = r->chat};
+                              .chat = r->chat, .cached_tokens = (uint32_t)r->cached_tokens};
+}
+
+/*
+ * The chunk hashes prefix routing compares (prefix_route.h): the text the
+ * worker's prompt is rendered from, in order - each message's role and text
+ * (string content or its text parts), or the completion prompt. Without
+ * memory the request is routed without them (never an error).
+ */
+static void req_prefix_hashes(orch_req *r, const cJSON *body) {
+  llorch_jbuf t;
+  llorch_jbuf_init(&t);
+  if (r->chat) {
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(body, "messages")) {
+      const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+      const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+      if (cJSON_IsString(role)) llorch_jbuf_cstr(&t, role->valuestring);
+      llorch_jbuf_raw(&t, "\n", 1);
+      if (cJSON_IsString(content)) {
+        llorch_jbuf_cstr(&t, content->valuestring);
+      } else {
+        const cJSON *part;
+        cJSON_ArrayForEach(part, content) {
+          const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+          if (cJSON_IsString(text)) llorch_jbuf_cstr(&t, text->valuestring);
+        }
+      }
+      llorch_jbuf_raw(&t, "\n", 1);
+    }
+  } else {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
+    if (cJSON_IsArray(p)) p = cJSON_GetArrayItem(p, 0);
+    if (cJSON_IsString(p)) llorch_jbuf_cstr(&t, p->valuestring);
+  }
+  size_t n = t.len / PREFIX_ROUTE_CHUNK;
+  if (n > PREFIX_ROUTE_MAX_CHUNKS) n = PREFIX_ROUTE_MAX_CHUNKS;
+  if (n && llorch_jbuf_error(&t) == 0 && (r->prefix = malloc(n * sizeof *r->prefix))) {
+    r->sr.n_prefix = prefix_route_hash(t.data, t.len, r->prefix, (uint32_t)n);
+    r->sr.prefix = r->prefix;
+  }
+  llorch_jbuf_free(&t);
 }
 
 /* ---- OpenAI output (the shared writers of openai.h) ---- */
@@ -304,6 +347,8 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     const cJSON *fr = cJSON_GetObjectItemCaseSensitive(d, "finish_reason");
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(d, "prompt_tokens");
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(d, "completion_tokens");
+    const cJSON *cached = cJSON_GetObjectItemCaseSensitive(d, "cached_tokens");
+    if (cJSON_IsNumber(cached)) r->cached_tokens = cached->valueint;
     snprintf(r->finish_reason, sizeof r->finish_reason, "%s", cJSON_IsString(fr) ? fr->valuestring : "stop");
     if (cJSON_IsNumber(pt)) r->prompt_tokens = pt->valueint;
     if (cJSON_IsNumber(ct)) r->completion_tokens = ct->valueint;
@@ -631,6 +676,7 @@ static void parse_body(orch_parse *p) {
   /* the catalog's reasoning_format travels with each request */
   r->exec_body = llorch_openai_request_native_body(&oreq, NULL, catalog_reasoning(cfg, oreq.model));
   if (!r->exec_body) goto nomem;
+  if (cfg->orchestrator.prefix_routing) req_prefix_hashes(r, body);
   goto out;
 nomem:
   p->rc = llorch_openai_fail(&p->err, 500, "server_error", "internal_error", NULL, "out of memory");

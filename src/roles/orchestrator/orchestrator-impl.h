@@ -45,6 +45,7 @@ typedef struct orch_req {
   char *exec_body;              /* the /v2/execute body without job_id (JSON) */
   size_t held_bytes;            /* counted in orch->held_bytes while the request lives */
   char *model_name;             /* as the client named it */
+  uint64_t *prefix;             /* (sr.n_prefix) chunk hashes for prefix routing, or NULL */
   char id[48];                  /* chatcmpl-... / cmpl-... */
   int64_t created;              /* unix seconds */
   /* the current attempt */
@@ -68,6 +69,7 @@ typedef struct orch_req {
   llorch_openai_logprobs lp;    /* non-streaming: logprobs */
   size_t stream_offset;         /* streamed completions: text_offset of the next token */
   int prompt_tokens;
+  int cached_tokens;            /* of those, served from the worker's prefix cache */
   int completion_tokens;
   char finish_reason[24];
   char err_code[48];

@@ -512,7 +512,10 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
   sched_limits lim;
   sched_limits_from_config(&lim, cfg);
   sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail};
-  sched_init(&o->s, &lim, &ops);
+  if ((rc = sched_init(&o->s, &lim, &ops)) < 0) {
+    llorch_errmsg_set(em, rc, "out of memory for the scheduler");
+    goto fail_sched;
+  }
   for (size_t i = 0; i < cfg->orchestrator.models.count; i++) {
     if ((rc = sched_model_add(&o->s, &cfg->orchestrator.models.items[i], em)) < 0) goto fail_sched;
   }

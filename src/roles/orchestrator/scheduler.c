@@ -19,6 +19,12 @@
 
 #include "llorch/log.h"
 #include "llorch/memory.h"
+#include "prefix_route.h"
+
+/* Prefix routing: remembered (worker, chunk) pairs, and how much busier (in
+ * fraction of slots) the prefix holder may be than the least loaded worker. */
+#define SCHED_PREFIX_ENTRIES (1u << 16)
+#define SCHED_PREFIX_MAX_LOAD_GAP 0.5
 
 /* ---- small helpers ---- */
 
@@ -141,6 +147,11 @@ int sched_init(sched *s, const sched_limits *lim, const sched_ops *ops) {
   if (s->lim.start_timeout_ms <= 0) s->lim.start_timeout_ms = 30000;
   s->ops = *ops;
   for (int p = 0; p < SCHED_N_PRIO; p++) queue_init(&s->queues[p]);
+  if (s->lim.prefix_routing) {
+    if (s->lim.prefix_ttl_ms <= 0) s->lim.prefix_ttl_ms = 600000;
+    int rc = prefix_route_init(&s->prefix, SCHED_PREFIX_ENTRIES, s->lim.prefix_ttl_ms);
+    if (rc < 0) return rc;
+  }
   return 0;
 }
 
@@ -160,6 +171,7 @@ void sched_free(sched *s) {
   free(s->whash);
   for (int i = 0; i < s->n_starts; i++) free(s->starts[i]);
   free(s->starts);
+  prefix_route_free(s->prefix);
   memset(s, 0, sizeof *s);
 }
 
@@ -174,6 +186,8 @@ void sched_limits_from_config(sched_limits *lim, const llorch_config *cfg) {
   lim->start_timeout_ms = 30000;
   lim->max_pools = cfg->orchestrator.pools.max;
   lim->forget_after_ms = cfg->orchestrator.pools.forget_after_ms;
+  lim->prefix_routing = cfg->orchestrator.prefix_routing;
+  lim->prefix_ttl_ms = 600000;
 }
 
 int sched_model_add(sched *s, const llorch_model_entry *e, llorch_errmsg *em) {
@@ -654,15 +668,43 @@ static bool place_model(sched *s, int model, int64_t now, bool may_evict) {
 
 /* ---- dispatch ---- */
 
-static sched_worker *pick_worker(sched *s, int model) {
-  sched_worker *best = NULL;
-  for (int i = 0; i < s->n_workers; i++) {
-    sched_worker *w = s->workers[i];
-    if (w->model != model || !sched_worker_routable(w) || w->busy >= w->slots) continue;
-    /* Least loaded by fraction of slots busy (cross-multiplied). */
-    if (!best || (int64_t)w->busy * best->slots < (int64_t)best->busy * w->slots) best = w;
+/* Load as the fraction of slots busy, compared cross-multiplied. */
+static bool less_loaded(const sched_worker *a, const sched_worker *b) {
+  return (int64_t)a->busy * b->slots < (int64_t)b->busy * a->slots;
+}
+
+/*
+ * The least loaded routable worker of the model with a free slot; equally
+ * loaded ones take turns (the scan starts one further each time). With
+ * prefix routing, the worker that was sent the longest prefix of this
+ * request's text (prefix_route.h) wins instead - ties to the less loaded -
+ * unless its load is clearly higher: its busy fraction exceeds the least
+ * loaded one's by more than SCHED_PREFIX_MAX_LOAD_GAP. A cache hit saves a
+ * prefill; a much busier worker costs every token of the request.
+ */
+static sched_worker *pick_worker(sched *s, const sched_req *r, int64_t now) {
+  sched_worker *least = NULL, *best = NULL;
+  uint32_t best_match = 0;
+  const int n = s->n_workers;
+  for (int k = 0; k < n; k++) {
+    sched_worker *w = s->workers[(s->rr + (uint32_t)k) % (uint32_t)n];
+    if (w->model != r->model || !sched_worker_routable(w) || w->busy >= w->slots) continue;
+    if (!least || less_loaded(w, least)) least = w;
+    if (!s->prefix || !r->n_prefix) continue;
+    const uint32_t m = prefix_route_match(s->prefix, w->id, r->prefix, r->n_prefix, now);
+    if (m > best_match || (m && m == best_match && less_loaded(w, best))) {
+      best = w;
+      best_match = m;
+    }
   }
-  return best;
+  if (!least) return NULL;
+  s->rr++;
+  if (best && (double)best->busy / best->slots - (double)least->busy / least->slots <=
+                  SCHED_PREFIX_MAX_LOAD_GAP) {
+    s->stats.prefix_routed++;
+    return best;
+  }
+  return least;
 }
 
 static void assign(sched *s, sched_req *r, sched_worker *w, int64_t now) {
@@ -672,6 +714,7 @@ static void assign(sched *s, sched_req *r, sched_worker *w, int64_t now) {
   r->attempts++;
   w->busy++;
   w->last_used_ms = now;
+  if (s->prefix && r->n_prefix) prefix_route_record(s->prefix, w->id, r->prefix, r->n_prefix, now);
   s->models[r->model].running++;
   s->models[r->model].last_used_ms = now;
   s->stats.decisions++;
@@ -710,7 +753,7 @@ void sched_dispatch(sched *s, int64_t now) {
       next = r->next;
       sched_model *m = &s->models[r->model];
       if (m->pass_blocked) continue;
-      sched_worker *w = pick_worker(s, r->model);
+      sched_worker *w = pick_worker(s, r, now);
       if (w) {
         assign(s, r, w, now);
         continue;

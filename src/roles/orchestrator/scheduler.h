@@ -194,6 +194,8 @@ typedef struct sched_req {
   int attempts;                /* assignments so far */
   sched_worker *worker;        /* while RUNNING */
   void *user;                  /* the caller's request */
+  const uint64_t *prefix;      /* (n_prefix) chunk chain hashes of its text (prefix_route.h), caller-owned */
+  uint32_t n_prefix;
 } sched_req;
 
 /* ---- decisions out ---- */
@@ -229,11 +231,14 @@ typedef struct sched_limits {
   int64_t start_timeout_ms;    /* a start not seen in the pool's state after this is dropped */
   int max_pools;               /* registered pools; 0 = no bound */
   int64_t forget_after_ms;     /* a pool down this long is forgotten; 0 = never */
+  bool prefix_routing;         /* prefer the replica that likely holds the request's prefix */
+  int64_t prefix_ttl_ms;       /* how long a routed prefix is remembered */
 } sched_limits;
 
 typedef struct sched_stats {
   uint64_t admitted, rejected, timed_out, retries, evictions, starts, start_failures;
   uint64_t decisions;          /* assignments + starts + stops + fails */
+  uint64_t prefix_routed;      /* assignments that went where a prefix matched */
 } sched_stats;
 
 typedef struct sched {
@@ -260,6 +265,8 @@ typedef struct sched {
   int rate_count;
   sched_stats stats;
   bool in_dispatch;
+  struct prefix_route *prefix; /* NULL: prefix routing off */
+  uint32_t rr;                 /* rotates the scan start: equally loaded workers take turns */
 } sched;
 
 /* ---- lifecycle ---- */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvcache.h"
 #include "llorch/json.h"
 #include "llorch/log.h"
 
@@ -18,6 +19,11 @@ struct worker_sched {
   uint32_t n_vocab;
   void (*notify)(void *);
   void *notify_arg;
+  /* paged KV (NULL kv: every slot owns ctx positions in the backend) */
+  worker_kv *kv;
+  uint32_t bt;                /* positions per block */
+  uint32_t bps;               /* most blocks of one sequence: ceil(n_ctx / bt) */
+  uint64_t admit_counter;
 
   /* ---- shared under mu ---- */
   uv_mutex_t mu;
@@ -75,6 +81,8 @@ void worker_job_free(worker_job *j) {
   if (!j) return;
   free(j->prompt);
   free(j->script);
+  free(j->blocks);
+  free(j->hashes);
   for (int k = 0; k < j->n_stop; k++) free(j->stop[k]);
   llorch_sampler_free(j->sampler);
   free(j->history);
@@ -121,10 +129,48 @@ static void sched_event_push(worker_sched *s, worker_event *e) {
  * fails we log and retry on the next step (the job stays DONE-pending).
  * Caller holds mu.
  */
+/* ---- KV blocks of a job (inference thread) ---- */
+
+/* Gives every block back, the tail first: when they are cached, the end of
+ * a chain is evicted before its beginning, which more requests share. */
+static void sched_release_blocks(worker_sched *s, worker_job *j) {
+  for (uint32_t k = j->n_blocks; k-- > 0;) worker_kv_release(s->kv, j->blocks[k]);
+  j->n_blocks = j->n_hashed = 0;
+}
+
+/* Registers the job's partly filled last block (its exact positions are
+ * final: the job is finishing or being preempted), then releases all. */
+static void sched_retire_blocks(worker_sched *s, worker_job *j) {
+  const uint32_t k = j->n_hashed;
+  if (k < j->n_blocks && j->n_exact > k * s->bt && j->n_exact < (k + 1) * s->bt)
+    worker_kv_commit_partial(s->kv, j->blocks[k], k ? j->hashes[k - 1] : 0,
+                             j->history + (size_t)k * s->bt, j->n_exact - k * s->bt);
+  sched_release_blocks(s, j);
+}
+
+/* Commits the job's full blocks whose positions are all exact (n_exact). */
+static void sched_commit_blocks(worker_sched *s, worker_job *j) {
+  while (j->n_hashed < j->n_blocks && (j->n_hashed + 1) * s->bt <= j->n_exact) {
+    const uint32_t k = j->n_hashed;
+    const uint64_t parent = k ? j->hashes[k - 1] : 0;
+    j->hashes[k] = worker_kv_commit(s->kv, j->blocks[k], parent, j->history + (size_t)k * s->bt);
+    j->n_hashed++;
+  }
+}
+
+static int sched_set_table(worker_sched *s, worker_job *j, uint32_t n_past) {
+  llorch_errmsg em = {{0}};
+  int rc = s->be->ops->seq_set_blocks(s->be->ctx, j->slot, j->blocks, j->n_blocks, n_past, &em);
+  if (rc < 0)
+    LOG_ERROR("worker", j->request_id, "job %s: block table rejected: %s", j->id, em.text);
+  return rc;
+}
+
 static void sched_job_finish(worker_sched *s, worker_job *j, worker_event *final) {
   uint64_t now = uv_hrtime();
   if (final->kind == WORKER_EV_END || final->kind == WORKER_EV_ERROR) {
     final->prompt_tokens = j->n_prompt;
+    final->cached_tokens = j->n_cached;
     final->completion_tokens = j->n_gen;
     uint64_t start = j->t_start_ns ? j->t_start_ns : now;
     final->queue_ms = ns_to_ms(start - j->t_submit_ns);
@@ -140,6 +186,11 @@ static void sched_job_finish(worker_sched *s, worker_job *j, worker_event *final
      * backend that tracks lengths never sees a stale sequence. */
     s->be->ops->seq_reset(s->be->ctx, j->slot);
     j->slot = -1;
+  }
+  if (s->kv) {
+    /* after a failed forward the job's cache is in an unknown state */
+    if (final->kind == WORKER_EV_END) sched_retire_blocks(s, j);
+    else sched_release_blocks(s, j);
   }
   j->state = WORKER_JOB_DONE;
   sched_event_push(s, final);
@@ -180,6 +231,25 @@ int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch
   s->n_vocab = be->model->hp.n_vocab;
   s->notify = notify;
   s->notify_arg = notify_arg;
+  llorch_backend_memory mem;
+  be->ops->memory(be->ctx, &mem);
+  if (be->ops->seq_set_blocks && be->ops->kv_copy_block && mem.kv_blocks && mem.kv_block_tokens) {
+    const uint32_t bt = mem.kv_block_tokens, bps = (cfg->n_ctx + bt - 1) / bt;
+    if (mem.kv_blocks < bps) {
+      free(s);
+      return llorch_errmsg_set(em, LLORCH_EINVAL,
+                               "scheduler: the KV cache holds %u blocks of %u tokens, fewer than "
+                               "one request of ctx %u tokens needs (%u)", mem.kv_blocks, bt,
+                               cfg->n_ctx, bps);
+    }
+    s->bt = bt;
+    s->bps = bps;
+    int rc = worker_kv_init(&s->kv, mem.kv_blocks, s->bt, cfg->prefix_cache, em);
+    if (rc < 0) {
+      free(s);
+      return rc;
+    }
+  }
   uint32_t nb = cfg->n_batch_max;
   s->slots = calloc(cfg->n_slots, sizeof *s->slots);
   s->b_token = malloc(nb * sizeof *s->b_token);
@@ -204,6 +274,7 @@ int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch
 fail_mutex:
   uv_mutex_destroy(&s->mu);
 fail_alloc:
+  worker_kv_free(s->kv);
   free(s->slots);
   free(s->b_token);
   free(s->b_pos);
@@ -228,6 +299,7 @@ void worker_sched_free(worker_sched *s) {
   }
   uv_cond_destroy(&s->cv);
   uv_mutex_destroy(&s->mu);
+  worker_kv_free(s->kv);
   free(s->slots);
   free(s->b_token);
   free(s->b_pos);
@@ -244,6 +316,8 @@ void worker_sched_free(worker_sched *s) {
 /* ---- loop side ---- */
 
 int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
+  if (j->state != WORKER_JOB_NEW)
+    return llorch_errmsg_set(em, LLORCH_ESTATE, "job %s was submitted already", j->id);
   if (!j->n_prompt) return llorch_errmsg_set(em, LLORCH_EINVAL, "the prompt is empty (0 tokens)");
   /* Generating k tokens feeds k-1 of them back, so a prompt of n tokens can
    * produce ctx - n + 1; we keep one position spare and allow ctx - n. */
@@ -254,6 +328,13 @@ int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
                              j->n_prompt, s->cfg.n_ctx);
   uint32_t room = s->cfg.n_ctx - j->n_prompt;
   if (!j->max_tokens || j->max_tokens > room) j->max_tokens = room;
+  j->n_target = j->n_prompt;
+  if (s->kv) {
+    j->blocks = malloc(s->bps * sizeof *j->blocks);
+    j->hashes = malloc(s->bps * sizeof *j->hashes);
+    if (!j->blocks || !j->hashes)
+      return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for the block table");
+  }
 
   int rc = llorch_sampler_init(&j->sampler, &j->sp, s->n_vocab, em);
   if (rc < 0) return rc;
@@ -314,6 +395,14 @@ void worker_sched_stats_get(worker_sched *s, worker_sched_stats *out) {
   *out = s->stats;
   out->slots_busy = s->n_busy;
   out->queued = s->n_queued;
+  if (s->kv) {
+    worker_kv_stats ks;
+    worker_kv_stats_get(s->kv, &ks);
+    out->kv_block_tokens = s->bt;
+    out->kv_blocks_total = ks.blocks_total;
+    out->kv_blocks_used = ks.blocks_used;
+    out->kv_blocks_cached = ks.blocks_cached;
+  }
   uv_mutex_unlock(&s->mu);
 }
 
@@ -347,10 +436,134 @@ static void sched_queue_remove(worker_sched *s, worker_job *j) {
   s->n_queued--;
 }
 
+/* Puts a running job back at the head of the queue, its blocks released
+ * (their full ones stay cached, so the recompute is mostly a cache hit).
+ * It resumes by recomputing its prompt and all generated tokens but the
+ * last one, which is then fed as the next decode token. Caller holds mu. */
+static void sched_preempt(worker_sched *s, worker_job *j) {
+  LOG_INFO("worker", j->request_id,
+           "job %s preempted: no free KV block (%u tokens generated; it resumes when blocks "
+           "free up)", j->id, j->n_gen);
+  sched_retire_blocks(s, j);
+  s->be->ops->seq_reset(s->be->ctx, j->slot);
+  s->slots[j->slot] = NULL;
+  s->n_busy--;
+  j->slot = -1;
+  if (j->n_gen) j->n_target = j->n_prompt + j->n_gen - 1;
+  j->n_fed = j->n_exact = 0;
+  j->state = WORKER_JOB_QUEUED;
+  j->n_preempted++;
+  j->next = s->queue_head;
+  s->queue_head = j;
+  if (!s->queue_tail) s->queue_tail = j;
+  s->n_queued++;
+  s->stats.preemptions++;
+}
+
+/* Every decoding job gets a block for the position it feeds next; when none
+ * is free, the most recently admitted job (maybe that one) is preempted.
+ * Caller holds mu. Returns true when a job ended (events queued). */
+static bool sched_grow_locked(worker_sched *s) {
+  bool emitted = false;
+  for (uint32_t k = 0; k < s->cfg.n_slots; k++) {
+    worker_job *j = s->slots[k];
+    if (!j || j->state != WORKER_JOB_DECODE) continue;
+    const uint32_t p = j->n_prompt + j->n_gen - 1;
+    while (j->slot >= 0 && p / s->bt >= j->n_blocks) {
+      int32_t b = worker_kv_alloc(s->kv);
+      if (b < 0) {
+        worker_job *victim = j;
+        for (uint32_t v = 0; v < s->cfg.n_slots; v++)
+          if (s->slots[v] && s->slots[v]->admit_seq > victim->admit_seq) victim = s->slots[v];
+        sched_preempt(s, victim);
+        continue;
+      }
+      j->blocks[j->n_blocks++] = b;
+      if (sched_set_table(s, j, p) < 0) {
+        worker_event *e = sched_error_event(j, "internal_error", false,
+                                            "the backend rejected the KV block table");
+        if (e) {
+          sched_job_finish(s, j, e);
+          emitted = true;
+        }
+        break;
+      }
+    }
+  }
+  return emitted;
+}
+
+/*
+ * Gives queued job j the free slot k and its blocks: the longest cached
+ * prefix of what it must compute, then fresh blocks for the rest and the
+ * first generated token. A fresh prompt always computes at least its last
+ * 2 tokens, starting at a multiple of 4 (a lone token, or one off the
+ * groups of 4, is computed in another reduction order than inside a prompt;
+ * see docs/worker-api.md), so its logits are the ones a recomputation
+ * gives. Returns 1 admitted, 0 not enough free blocks (nothing changed), or
+ * a negative code when the backend rejected the table. Caller holds mu.
+ */
+static int sched_admit_paged(worker_sched *s, worker_job *j, uint32_t k) {
+  const uint32_t bt = s->bt, target = j->n_target;
+  const uint32_t m = worker_kv_match(s->kv, j->history, target, j->blocks, j->hashes, s->bps);
+  uint32_t reuse = m * bt, have = m;
+  if (m < s->bps && target > m * bt) {
+    /* the start of a block that continues the chain, to copy from */
+    const uint32_t left = target - m * bt < bt ? target - m * bt : bt;
+    const uint32_t r = worker_kv_match_partial(s->kv, m ? j->hashes[m - 1] : 0,
+                                               j->history + (size_t)m * bt, left, &j->blocks[m]);
+    if (r) {
+      reuse += r;
+      have++;
+    }
+  }
+  if (!j->n_gen && reuse + 2 > target) reuse = target >= 2 ? target - 2 : 0;
+  if (reuse > target) reuse = target;
+  reuse = reuse / 4 * 4; /* chunks start on multiples of 4 (see sched_build_batch) */
+  const uint32_t keep = (reuse + bt - 1) / bt;
+  const bool cow = reuse % bt != 0;
+  uint32_t need_total = (target + 1 + bt - 1) / bt; /* positions 0..target */
+  if (need_total > s->bps) need_total = s->bps;
+  for (uint32_t i = have; i-- > keep;) worker_kv_release(s->kv, j->blocks[i]);
+  if (worker_kv_available(s->kv) < need_total - keep + (cow ? 1u : 0u)) {
+    for (uint32_t i = keep; i-- > 0;) worker_kv_release(s->kv, j->blocks[i]);
+    return 0;
+  }
+  j->slot = (int32_t)k;
+  j->n_blocks = keep;
+  j->n_hashed = reuse / bt;
+  int rc = 0;
+  if (cow) {
+    /* the shared block is full but this job continues it in the middle:
+     * a private copy of the positions it reuses */
+    llorch_errmsg em = {{0}};
+    const int32_t src = j->blocks[keep - 1], dst = worker_kv_alloc(s->kv);
+    rc = s->be->ops->kv_copy_block(s->be->ctx, dst, src, reuse % bt, &em);
+    worker_kv_release(s->kv, src);
+    j->blocks[keep - 1] = dst;
+    if (rc < 0) LOG_ERROR("worker", j->request_id, "job %s: KV block copy failed: %s", j->id, em.text);
+  }
+  while (j->n_blocks < need_total) j->blocks[j->n_blocks++] = worker_kv_alloc(s->kv);
+  if (rc == 0) rc = sched_set_table(s, j, reuse);
+  if (rc < 0) {
+    sched_release_blocks(s, j);
+    j->slot = -1;
+    return rc;
+  }
+  if (!j->started) {
+    j->n_cached = reuse;
+    s->stats.prefix_query_tokens += target;
+    s->stats.prefix_hit_tokens += reuse;
+  }
+  j->n_fed = j->n_exact = reuse;
+  j->state = j->n_gen && reuse == target ? WORKER_JOB_DECODE : WORKER_JOB_PREFILL;
+  return 1;
+}
+
 /*
  * Housekeeping before a batch is built, under mu: cancels, shutdown, queue
- * timeouts, and moving waiting jobs into free slots. Returns true when events
- * were queued (so the loop must be notified).
+ * timeouts, block growth (and preemption), and moving waiting jobs into free
+ * slots. Returns true when events were queued (so the loop must be notified).
  */
 static bool sched_admit_locked(worker_sched *s) {
   bool emitted = false;
@@ -374,7 +587,7 @@ static bool sched_admit_locked(worker_sched *s) {
     if (j->cancel_requested) e = sched_end_event(j, WORKER_FINISH_CANCELLED);
     else if (s->draining || s->aborting)
       e = sched_error_event(j, "shutting_down", true, "the worker is shutting down");
-    else if (s->cfg.queue_timeout_s > 0 &&
+    else if (s->cfg.queue_timeout_s > 0 && !j->started &&
              (double)(now - j->t_submit_ns) / 1e9 > s->cfg.queue_timeout_s) {
       char msg[128];
       snprintf(msg, sizeof msg, "waited %.1f s for a free slot (queue_timeout %.1f s)",
@@ -386,17 +599,44 @@ static bool sched_admit_locked(worker_sched *s) {
     sched_job_finish(s, j, e);
     emitted = true;
   }
-  for (uint32_t k = 0; k < s->cfg.n_slots && s->queue_head; k++) {
+  const uint64_t preemptions = s->stats.preemptions;
+  if (s->kv && sched_grow_locked(s)) emitted = true;
+  /* After a preemption nobody is admitted this step: the blocks just freed
+   * are for the running jobs, not for the job that gave them up. */
+  for (uint32_t k = 0; k < s->cfg.n_slots && s->queue_head && s->stats.preemptions == preemptions;
+       k++) {
     if (s->slots[k]) continue;
     worker_job *j = s->queue_head;
-    worker_event *e = sched_event_new(WORKER_EV_STARTED, j);
-    if (!e) break;
+    worker_event *e = NULL;
+    if (!j->started && !(e = sched_event_new(WORKER_EV_STARTED, j))) break;
+    if (s->kv) {
+      int rc = sched_admit_paged(s, j, k);
+      if (rc == 0) { /* FIFO: nobody passes the head while it waits for blocks */
+        worker_event_free(e);
+        break;
+      }
+      if (rc < 0) {
+        worker_event_free(e);
+        worker_event *err = sched_error_event(j, "internal_error", false,
+                                              "the backend rejected the KV block table");
+        if (!err) break;
+        sched_queue_remove(s, j);
+        sched_job_finish(s, j, err);
+        emitted = true;
+        k--; /* the slot is still free */
+        continue;
+      }
+    } else {
+      j->slot = (int32_t)k;
+      j->state = WORKER_JOB_PREFILL;
+    }
     sched_queue_remove(s, j);
-    j->slot = (int32_t)k;
-    j->state = WORKER_JOB_PREFILL;
-    j->t_start_ns = now;
+    j->admit_seq = ++s->admit_counter;
     s->slots[k] = j;
     s->n_busy++;
+    if (!e) continue; /* resumed after a preemption: STARTED went out already */
+    j->started = true;
+    j->t_start_ns = now;
     e->slot = j->slot;
     e->max_tokens = j->max_tokens;
     e->queue_ms = ns_to_ms(now - j->t_submit_ns);
@@ -424,21 +664,64 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     s->b_job[rows++] = j;
     n++;
   }
-  for (uint32_t k = 0; k < s->cfg.n_slots && n < budget; k++) {
-    worker_job *j = s->slots[k];
-    if (!j || j->state != WORKER_JOB_PREFILL) continue;
-    uint32_t chunk = j->n_prompt - j->n_fed;
-    if (chunk > s->cfg.prefill_chunk) chunk = s->cfg.prefill_chunk;
-    if (chunk > budget - n) chunk = budget - n;
+  /* The step's token budget while streams decode: what their tokens leave
+   * of step_tokens, and no more prompt tokens than decode tokens - on the
+   * CPU a step's time grows with its tokens, so a step then takes at most
+   * about twice a decode-only step - but never fewer than
+   * WORKER_MIN_PREFILL, so prompts keep moving. With no stream decoding
+   * there is nobody to protect, and prompts get the whole batch. */
+  if (s->cfg.step_tokens && n) {
+    uint32_t room = s->cfg.step_tokens > n ? s->cfg.step_tokens - n : 0;
+    if (room > n) room = n;
+    if (room < WORKER_MIN_PREFILL) room = WORKER_MIN_PREFILL;
+    if (n + room < budget) budget = n + room;
+  }
+  /* Prompts in admission order (oldest first), not slot order: with slot
+   * order a busy low slot's new prompts took every step's budget and a
+   * prompt in a higher slot starved. */
+  uint64_t after = 0;
+  while (n < budget) {
+    worker_job *j = NULL;
+    uint32_t k = 0;
+    for (uint32_t q = 0; q < s->cfg.n_slots; q++) {
+      worker_job *c = s->slots[q];
+      if (c && c->state == WORKER_JOB_PREFILL && c->admit_seq > after &&
+          (!j || c->admit_seq < j->admit_seq)) {
+        j = c;
+        k = q;
+      }
+    }
+    if (!j) break;
+    after = j->admit_seq;
+    const uint32_t left = j->n_target - j->n_fed;
+    /* chunks end on multiples of prefill_chunk, wherever the prompt's
+     * computation started (after a cached prefix too): the same chunks as
+     * computing the prompt from position 0, so the same rounding */
+    uint32_t chunk = s->cfg.prefill_chunk - j->n_fed % s->cfg.prefill_chunk;
+    if (chunk > left) chunk = left;
+    if (chunk > budget - n) {
+      /* cut by the budget: whole groups of 4 (the order of repacked
+       * weights counts groups from a chunk's start), and never a lone last
+       * token (it would be computed in the single-token order) */
+      chunk = budget - n >= 4 ? (budget - n) / 4 * 4 : budget - n;
+      if (left - chunk == 1 && n + chunk + 1 <= s->cfg.n_batch_max) chunk++;
+    }
     for (uint32_t i = 0; i < chunk; i++) {
       uint32_t p = j->n_fed + i;
-      s->b_token[n] = j->prompt[p];
+      s->b_token[n] = j->history[p];
       s->b_pos[n] = (int32_t)p;
       s->b_seq[n] = (int32_t)k;
-      s->b_logits[n] = (p + 1 == j->n_prompt);
+      /* a job resumed after a preemption already has its next token */
+      s->b_logits[n] = (p + 1 == j->n_target && j->n_gen == 0);
       if (s->b_logits[n]) s->b_job[rows++] = j;
       n++;
     }
+    /* Exact positions: computed in a chunk of 2 or more entries (the
+     * multi-token reduction order) and within its whole groups of 4
+     * (repacked weights); every chunk starts at a multiple of 4. Only these
+     * are cached, so a reused prefix is what recomputing it would give;
+     * decode steps (one token) are never exact. */
+    if (j->n_exact == j->n_fed && chunk >= 2) j->n_exact += chunk / 4 * 4;
     j->n_fed += chunk;
   }
   *n_rows = rows;
@@ -596,6 +879,13 @@ int worker_sched_step(worker_sched *s) {
   uv_mutex_lock(&s->mu);
   s->stats.steps++;
   s->stats.prompt_tokens += n_prompt_fed;
+  for (uint32_t k = 0; k < s->cfg.n_slots; k++) {
+    worker_job *j = s->slots[k];
+    if (!j) continue;
+    if (s->kv) sched_commit_blocks(s, j);
+    if (j->state == WORKER_JOB_PREFILL && j->n_gen && j->n_fed == j->n_target)
+      j->state = WORKER_JOB_DECODE;
+  }
   for (uint32_t r = 0; r < n_rows; r++) {
     worker_job *j = s->b_job[r];
     /* A cancel that arrived during the forward wins: no token goes out after

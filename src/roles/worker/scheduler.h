@@ -1,12 +1,22 @@
 /*
  * The worker's continuous-batching scheduler (internal to src/roles/worker).
  *
- * N slots, each one backend sequence (its own KV region). Jobs wait in a
- * bounded FIFO until a slot is free. Every engine step builds ONE batch: the
- * decode token of every running slot first (so decode latency does not grow
- * with waiting prompts), then chunks of prompts still being prefilled, up to
- * the batch budget; runs one forward; samples per slot; turns tokens into
- * text (complete UTF-8 only, stop strings held back) and queues events.
+ * N slots, each one backend sequence id: a cap on concurrency, not a memory
+ * reservation. With a paged backend (seq_set_blocks) the KV cache is a pool
+ * of blocks (kvcache.h): a job is admitted when a slot is free AND the blocks
+ * for its prompt are, after reusing the longest cached prefix (prefix
+ * caching); a decoding job that needs a block when none is free preempts the
+ * most recently admitted job, which goes back to the head of the queue and
+ * later recomputes what it had (mostly from the cache), so nothing is
+ * corrupted and no tokens are repeated. Without a paged backend every slot
+ * owns ctx positions, as before.
+ *
+ * Jobs wait in a bounded FIFO. Every engine step builds ONE batch: the
+ * decode token of every running slot first, then chunks of prompts still
+ * being prefilled within the step's token budget (step_tokens, shared with
+ * the decode tokens: running streams keep their pace while prompts are
+ * admitted); runs one forward; samples per slot; turns tokens into text
+ * (complete UTF-8 only, stop strings held back) and queues events.
  *
  * Threads: the HTTP loop calls submit/cancel/events_take; the engine step runs
  * on a dedicated inference thread (worker_sched_start) or, in unit tests,
@@ -81,7 +91,18 @@ typedef struct worker_job {
 
   /* ---- inference-thread state ---- */
   int32_t slot;                  /* backend sequence, -1 while queued */
-  uint32_t n_fed;                /* prompt tokens already in the KV cache */
+  uint32_t n_target;             /* positions to compute before decoding: the prompt, or after a
+                                    preemption the prompt and all generated tokens but the last */
+  uint32_t n_fed;                /* of those, already in the KV cache */
+  uint32_t n_cached;             /* prompt tokens taken from the prefix cache (first admission) */
+  uint32_t n_exact;              /* leading positions computed as a recomputation would (prompt
+                                    chunks; see sched_build_batch): only these are cached */
+  int32_t *blocks;               /* (ceil(n_ctx / block tokens)) the sequence's block table */
+  uint64_t *hashes;              /* chain hash of each committed leading block */
+  uint32_t n_blocks, n_hashed;
+  uint64_t admit_seq;            /* admission order: the newest is preempted first */
+  bool started;                  /* STARTED was sent (not again after a preemption) */
+  uint32_t n_preempted;
   uint32_t n_gen;                /* tokens generated */
   int32_t next_token;            /* sampled token to feed next step */
   llorch_sampler *sampler;
@@ -137,6 +158,7 @@ typedef struct worker_event {
   /* END */
   worker_finish finish;
   uint32_t prompt_tokens, completion_tokens;
+  uint32_t cached_tokens;         /* prompt tokens served from the prefix cache */
   double queue_ms, ttft_ms, prefill_ms, decode_ms, total_ms;
   /* ERROR */
   const char *code;               /* static: "internal_error", "queue_timeout", "shutting_down" */
@@ -154,6 +176,10 @@ typedef struct worker_sched_config {
   uint32_t n_ctx;          /* positions per slot */
   uint32_t n_batch_max;    /* entries per forward (backend's n_batch_max) */
   uint32_t prefill_chunk;  /* most prompt tokens of ONE job per step */
+  uint32_t step_tokens;    /* tokens per step while some job decodes, decode and prompt chunks
+                              together; prompt tokens at most as many as decode tokens, at
+                              least WORKER_MIN_PREFILL; 0 = n_batch_max */
+  bool prefix_cache;       /* reuse cached KV blocks of equal prefixes (paged backends) */
   uint32_t queue_max;      /* waiting jobs beyond the slots */
   double queue_timeout_s;  /* longest wait for a slot; 0 = forever */
   /* Called on the inference thread after each forward (metrics); may be NULL. */
@@ -167,7 +193,19 @@ typedef struct worker_sched_stats {
   uint64_t steps;
   uint64_t prompt_tokens;      /* fed to the backend */
   uint64_t generated_tokens;
+  /* paged backends (0 otherwise) */
+  uint32_t kv_block_tokens;
+  uint32_t kv_blocks_total;
+  uint32_t kv_blocks_used;     /* held by running sequences */
+  uint32_t kv_blocks_cached;   /* unreferenced, holding a reusable prefix */
+  uint64_t prefix_query_tokens; /* prompt tokens looked up in the prefix cache */
+  uint64_t prefix_hit_tokens;  /* of those, served from it */
+  uint64_t preemptions;
 } worker_sched_stats;
+
+/* Prompt tokens a step feeds at least, whatever the decode tokens took of
+ * step_tokens, so prompts keep moving when many streams decode. */
+#define WORKER_MIN_PREFILL 8u
 
 typedef struct worker_sched worker_sched;
 

@@ -171,6 +171,8 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
     llorch_jbuf_int(&b, e->prompt_tokens);
     llorch_jbuf_cstr(&b, ",\"completion_tokens\":");
     llorch_jbuf_int(&b, e->completion_tokens);
+    llorch_jbuf_cstr(&b, ",\"cached_tokens\":");
+    llorch_jbuf_int(&b, e->cached_tokens);
     llorch_jbuf_cstr(&b, ",\"timings\":{\"queue_ms\":");
     llorch_jbuf_num(&b, e->queue_ms);
     llorch_jbuf_cstr(&b, ",\"ttft_ms\":");
@@ -220,6 +222,7 @@ static void stream_openai_respond(worker_stream *st, const worker_event *e) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   llorch_openai_meta m = stream_meta(st);
+  m.cached_tokens = e->cached_tokens;
   const llorch_openai_logprobs *lp = st->job->want_logprobs ? &st->lp : NULL;
   const char *finish = stream_finish_reason(st, e->finish);
   if (st->api == LLORCH_OPENAI_CHAT)
@@ -273,6 +276,7 @@ static void stream_openai_token(worker_stream *st, const worker_event *e) {
 
 static void stream_openai_event(worker_stream *st, const worker_event *e) {
   llorch_openai_meta m = stream_meta(st);
+  m.cached_tokens = e->cached_tokens; /* in the usage chunk of the end */
   switch (e->kind) {
   case WORKER_EV_STARTED:
     if (st->stream) {

@@ -58,6 +58,12 @@ typedef struct worker_metrics {
   llorch_metric *batch_tokens;    /* entries per step */
   llorch_metric *memory;          /* {kind} bytes */
   llorch_metric *residency;       /* {state}: allocations checked device / not_device */
+  llorch_metric *prefix_queries;  /* prompt tokens looked up in the prefix cache */
+  llorch_metric *prefix_hits;     /* of those, served from it */
+  llorch_metric *kv_blocks_used;
+  llorch_metric *kv_blocks_cached;
+  llorch_metric *kv_blocks_total;
+  llorch_metric *preemptions;
 } worker_metrics;
 
 typedef struct worker_stream worker_stream;

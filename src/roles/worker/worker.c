@@ -19,6 +19,9 @@
 /* One prefill chunk per step besides the decode tokens: the memory estimate
  * counts the batch this makes. */
 #define WORKER_PREFILL_CHUNK LLORCH_MEM_PREFILL_CHUNK
+/* Positions per KV block: small enough that prefixes are reused at a fine
+ * grain, large enough that block tables and per-block work stay cheap. */
+#define WORKER_KV_BLOCK_TOKENS 16u
 
 /* ---- metrics ---- */
 
@@ -60,9 +63,26 @@ static int worker_metrics_register(worker *w) {
       m, "llorch_worker_residency_allocations",
       "Backend allocations by verified residency (device = VRAM; CPU backend: none checked).",
       state);
+  w->m.prefix_queries = llorch_metrics_counter(
+      m, "llorch_worker_prefix_cache_query_tokens_total",
+      "Prompt tokens looked up in the prefix cache.", NULL);
+  w->m.prefix_hits = llorch_metrics_counter(m, "llorch_worker_prefix_cache_hit_tokens_total",
+                                            "Prompt tokens served from the prefix cache.", NULL);
+  w->m.kv_blocks_used = llorch_metrics_gauge(m, "llorch_worker_kv_blocks_used",
+                                             "KV cache blocks held by running requests.", NULL);
+  w->m.kv_blocks_cached = llorch_metrics_gauge(
+      m, "llorch_worker_kv_blocks_cached",
+      "KV cache blocks held by no request but keeping a reusable prefix (evicted LRU).", NULL);
+  w->m.kv_blocks_total = llorch_metrics_gauge(m, "llorch_worker_kv_blocks_total",
+                                              "KV cache blocks in the pool.", NULL);
+  w->m.preemptions = llorch_metrics_counter(
+      m, "llorch_worker_preemptions_total",
+      "Requests preempted for lack of KV blocks (resumed later by recomputing).", NULL);
   if (!w->m.requests || !w->m.prompt_tokens || !w->m.generated_tokens || !w->m.ttft ||
       !w->m.inter_token || !w->m.queue_wait || !w->m.slots_busy || !w->m.slots_total ||
-      !w->m.queue_depth || !w->m.batch_tokens || !w->m.memory || !w->m.residency)
+      !w->m.queue_depth || !w->m.batch_tokens || !w->m.memory || !w->m.residency ||
+      !w->m.prefix_queries || !w->m.prefix_hits || !w->m.kv_blocks_used ||
+      !w->m.kv_blocks_cached || !w->m.kv_blocks_total || !w->m.preemptions)
     return LLORCH_ENOMEM;
   return 0;
 }
@@ -73,6 +93,16 @@ void worker_metrics_refresh(worker *w) {
   worker_sched_stats_get(w->sched, &ss);
   llorch_metric_set(w->m.slots_busy, NULL, ss.slots_busy);
   llorch_metric_set(w->m.queue_depth, NULL, ss.queued);
+  llorch_metric_set(w->m.kv_blocks_used, NULL, ss.kv_blocks_used);
+  llorch_metric_set(w->m.kv_blocks_cached, NULL, ss.kv_blocks_cached);
+  llorch_metric_set(w->m.kv_blocks_total, NULL, ss.kv_blocks_total);
+  /* the scheduler counts; the counters follow (this loop is their only writer) */
+  llorch_metric_inc(w->m.prefix_queries, NULL,
+                    (double)ss.prefix_query_tokens - llorch_metric_value(w->m.prefix_queries, NULL));
+  llorch_metric_inc(w->m.prefix_hits, NULL,
+                    (double)ss.prefix_hit_tokens - llorch_metric_value(w->m.prefix_hits, NULL));
+  llorch_metric_inc(w->m.preemptions, NULL,
+                    (double)ss.preemptions - llorch_metric_value(w->m.preemptions, NULL));
 }
 
 /* The scheduler calls this on the inference thread (metrics are thread-safe). */
@@ -181,6 +211,19 @@ static void worker_load_thread(void *arg) {
   llorch_backend_params p = {0};
   p.n_ctx = n_ctx;
   p.n_seq = w->n_slots;
+  /* The KV pool: by default the memory the slots reserved when each owned
+   * ctx positions; slots are now only a cap on concurrent requests. */
+  p.kv_block_tokens = WORKER_KV_BLOCK_TOKENS;
+  if (cfg->worker.kv_cache_tokens > 0) {
+    if ((uint32_t)cfg->worker.kv_cache_tokens < n_ctx) {
+      snprintf(w->load_error, sizeof w->load_error,
+               "worker.kv_cache_tokens %d is less than the context of %u tokens (one request "
+               "must fit)", cfg->worker.kv_cache_tokens, n_ctx);
+      goto done;
+    }
+    p.n_kv_blocks = ((uint32_t)cfg->worker.kv_cache_tokens + WORKER_KV_BLOCK_TOKENS - 1) /
+                    WORKER_KV_BLOCK_TOKENS;
+  }
   /* One decode token per slot plus one prefill chunk per step. */
   p.n_batch_max = w->n_slots + WORKER_PREFILL_CHUNK;
   p.n_threads = cfg->worker.threads > 0 ? cfg->worker.threads : (int)uv_available_parallelism();
@@ -223,6 +266,8 @@ static void worker_on_loaded(uv_async_t *a) {
                             .n_ctx = w->n_ctx,
                             .n_batch_max = w->backend.params.n_batch_max,
                             .prefill_chunk = WORKER_PREFILL_CHUNK,
+                            .step_tokens = (uint32_t)w->cfg->worker.step_tokens,
+                            .prefix_cache = w->cfg->worker.prefix_cache,
                             .queue_max = (uint32_t)w->cfg->worker.queue_max,
                             .queue_timeout_s = (double)w->cfg->worker.queue_timeout_ms / 1000.0,
                             .on_step = worker_on_step,
@@ -243,12 +288,13 @@ static void worker_on_loaded(uv_async_t *a) {
   snprintf(w->model_name, sizeof w->model_name, "%s", w->model->name);
   w->state = WORKER_STATE_READY;
   LOG_INFO("worker", NULL,
-           "ready: model %s (%s, %s, %llu params), ctx %u x %u slots on %s, weights %llu bytes "
-           "(%s), KV %llu bytes (%s)",
+           "ready: model %s (%s, %s, %llu params), ctx %u, %u slots on %s, weights %llu bytes "
+           "(%s), KV %llu bytes (%s, %u blocks of %u tokens, prefix cache %s)",
            w->model_name, w->model->arch_name, llorch_type_name(w->model->main_type),
            (unsigned long long)w->model->n_params, w->n_ctx, w->n_slots, w->cfg->worker.device,
            (unsigned long long)w->mem.weights_bytes, w->mem.weights_location,
-           (unsigned long long)w->mem.kv_bytes, w->mem.kv_location);
+           (unsigned long long)w->mem.kv_bytes, w->mem.kv_location, w->mem.kv_blocks,
+           w->mem.kv_block_tokens, w->cfg->worker.prefix_cache && w->mem.kv_blocks ? "on" : "off");
   worker_callback_start(w, false);
 }
 

@@ -109,7 +109,8 @@ export class FakeWorker {
       }
       send('token', { job_id: b.job_id, index: i, text: `t${i} `, token_ids: [i + 10] });
     }
-    send('end', { job_id: b.job_id, finish_reason: 'length', prompt_tokens: 5, completion_tokens: beh.tokens });
+    send('end', { job_id: b.job_id, finish_reason: 'length', prompt_tokens: 5, completion_tokens: beh.tokens,
+      cached_tokens: 3 });
     res.end();
     job.done = true;
   }

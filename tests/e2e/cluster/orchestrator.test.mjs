@@ -45,7 +45,9 @@ test('chat streaming and non-streaming are relayed; request id reaches the worke
   assert.equal(r.object, 'chat.completion');
   assert.equal(r.choices[0].message.content, 't0 t1 t2 t3 ');
   assert.equal(r.choices[0].finish_reason, 'length');
-  assert.deepEqual(r.usage, { prompt_tokens: 5, completion_tokens: 4, total_tokens: 9 });
+  // cached_tokens: the worker's prefix-cache hit, relayed
+  assert.deepEqual(r.usage, { prompt_tokens: 5, completion_tokens: 4, total_tokens: 9,
+    prompt_tokens_details: { cached_tokens: 3 } });
   assert.equal(pa.starts.length, 1, 'one worker started on demand');
 
   const stream = await client.chat.completions.create({

@@ -465,6 +465,109 @@ static void test_batch_invariance(void **s) {
   }
 }
 
+/* ---- the paged KV cache ---- */
+
+static llorch_backend open_paged(const llorch_model *m, int n_seq, uint32_t block_tokens,
+                                 uint32_t n_blocks) {
+  llorch_backend be;
+  llorch_backend_params p = {.n_ctx = 64, .n_seq = (uint32_t)n_seq, .n_batch_max = 32,
+                             .n_threads = 2, .kv_block_tokens = block_tokens,
+                             .n_kv_blocks = n_blocks};
+  llorch_errmsg em = {{0}};
+  if (llorch_backend_open(&be, m, "cpu", &p, &em)) fail_msg("backend open: %s", em.text);
+  return be;
+}
+
+static void set_blocks(llorch_backend *be, int32_t seq, const int32_t *blk, uint32_t n,
+                       uint32_t n_past) {
+  llorch_errmsg em = {{0}};
+  if (be->ops->seq_set_blocks(be->ctx, seq, blk, n, n_past, &em))
+    fail_msg("seq_set_blocks: %s", em.text);
+}
+
+/* Feeds PROMPT/DECODE tokens [from, to) of the 10-token run as one batch
+ * of sequence seq, every entry wanting logits. */
+static void run_range(llorch_backend *be, int32_t seq, int from, int to, float *out) {
+  int32_t tok[10], pos[10], sq[10];
+  for (int i = from; i < to; i++) {
+    tok[i - from] = i < 7 ? PROMPT[i] : DECODE[i - 7];
+    pos[i - from] = i;
+    sq[i - from] = seq;
+  }
+  run_batch(be, to - from, tok, pos, sq, out);
+}
+
+/*
+ * Blocks of 4 positions in a scrambled order give the same bits as the
+ * unpaged layout; a second sequence that continues a shared full block, or
+ * a copy of a partly used one, gets the same logits as recomputing, and the
+ * owner's blocks are untouched by it.
+ */
+static void test_paged_kv(void **s) {
+  (void)s;
+  const llorch_ggml_type types[] = {LLORCH_TYPE_F16, LLORCH_TYPE_Q8_0};
+  for (int ti = 0; ti < 2; ti++) {
+    tiny_spec sp = tiny_default("qwen2", types[ti]);
+    llorch_model *m = tiny_load(&sp);
+    const int V = (int)m->hp.n_vocab;
+    const size_t row = sizeof(float) * (size_t)V;
+    llorch_backend flat = open_cpu(m, 1, 2);
+    float *ref = run_sequence(&flat, 0);
+    llorch_backend be = open_paged(m, 2, 4, 12);
+    llorch_backend_memory mem;
+    be.ops->memory(be.ctx, &mem);
+    assert_int_equal(mem.kv_block_tokens, 4);
+    assert_int_equal(mem.kv_blocks, 12);
+    float *got = malloc(row * 10);
+    /* the prompt then 3 decode steps across blocks 7, 2, 9 */
+    const int32_t t0[3] = {7, 2, 9};
+    set_blocks(&be, 0, t0, 3, 0);
+    run_range(&be, 0, 0, 7, got);
+    for (int i = 7; i < 10; i++) run_range(&be, 0, i, i + 1, got + (size_t)i * V);
+    if (memcmp(got, ref, row * 10) != 0) fail_msg("%s: paged logits differ", llorch_type_name(types[ti]));
+    /* sequence 1 shares full block 7 (positions 0..3) and computes 4..6 */
+    const int32_t t1[2] = {7, 5};
+    set_blocks(&be, 1, t1, 2, 4);
+    run_range(&be, 1, 4, 7, got);
+    if (memcmp(got, ref + (size_t)4 * V, row * 3) != 0)
+      fail_msg("%s: continuing a shared block differs", llorch_type_name(types[ti]));
+    /* copy-on-write: 3 positions of block 7 copied into block 4, then 3..6 */
+    llorch_errmsg em = {{0}};
+    be.ops->seq_reset(be.ctx, 1);
+    assert_int_equal(be.ops->kv_copy_block(be.ctx, 4, 7, 3, &em), 0);
+    const int32_t t2[2] = {4, 6};
+    set_blocks(&be, 1, t2, 2, 3);
+    run_range(&be, 1, 3, 7, got);
+    if (memcmp(got, ref + (size_t)3 * V, row * 4) != 0)
+      fail_msg("%s: continuing a copied block differs", llorch_type_name(types[ti]));
+    /* the owner's blocks still hold its prompt: decode again from position 7 */
+    set_blocks(&be, 0, t0, 3, 7);
+    for (int i = 7; i < 10; i++) run_range(&be, 0, i, i + 1, got + (size_t)i * V);
+    if (memcmp(got + (size_t)7 * V, ref + (size_t)7 * V, row * 3) != 0)
+      fail_msg("%s: the shared blocks changed", llorch_type_name(types[ti]));
+    /* errors: a block outside the pool, too many blocks, a length past the
+     * blocks, a position without a block */
+    const int32_t bad[1] = {12};
+    assert_int_equal(be.ops->seq_set_blocks(be.ctx, 1, bad, 1, 0, &em), LLORCH_EINVAL);
+    assert_non_null(strstr(em.text, "block 12"));
+    int32_t many[17] = {0};
+    assert_int_equal(be.ops->seq_set_blocks(be.ctx, 1, many, 17, 0, &em), LLORCH_EINVAL);
+    assert_int_equal(be.ops->seq_set_blocks(be.ctx, 1, t1, 1, 5, &em), LLORCH_EINVAL);
+    assert_int_equal(be.ops->kv_copy_block(be.ctx, 12, 0, 1, &em), LLORCH_EINVAL);
+    set_blocks(&be, 1, t1, 1, 0);
+    int32_t tk[5] = {1, 2, 3, 4, 5}, ps[5] = {0, 1, 2, 3, 4}, sq[5] = {1, 1, 1, 1, 1};
+    int8_t want[5] = {0, 0, 0, 0, 1};
+    llorch_batch b = {.n_tokens = 5, .token = tk, .pos = ps, .seq = sq, .logits = want};
+    assert_int_equal(be.ops->forward(be.ctx, &b, got, &em), LLORCH_ELIMIT);
+    assert_non_null(strstr(em.text, "none for position 4"));
+    free(got);
+    free(ref);
+    llorch_backend_close(&be);
+    llorch_backend_close(&flat);
+    llorch_model_free(m);
+  }
+}
+
 /* Only flagged entries get logits, in entry order; others cost nothing. */
 static void test_logits_only_for_flagged(void **s) {
   (void)s;
@@ -612,6 +715,7 @@ int main(void) {
       cmocka_unit_test(test_scalar_and_simd_identical),
       cmocka_unit_test(test_cpu_isa_unknown),
       cmocka_unit_test(test_batch_invariance),
+      cmocka_unit_test(test_paged_kv),
       cmocka_unit_test(test_logits_only_for_flagged),
       cmocka_unit_test(test_batch_errors),
       cmocka_unit_test(test_model_errors),

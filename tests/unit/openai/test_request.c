@@ -108,7 +108,7 @@ static void test_native_body_and_context(void **state) {
 
 static void test_writers(void **state) {
   (void)state;
-  llorch_openai_meta m = {.id = "chatcmpl-1", .created = 5, .model = "m", .chat = true};
+  llorch_openai_meta m = {.id = "chatcmpl-1", .created = 5, .model = "m", .chat = true, .cached_tokens = 2};
   llorch_openai_message msg;
   llorch_openai_message_init(&msg);
   llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
@@ -135,7 +135,7 @@ static void test_writers(void **state) {
       "\"content\":null,\"reasoning_content\":\"hmm\",\"tool_calls\":[{\"id\":\"call_a\",\"type\":"
       "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}}]},\"logprobs\":null,"
       "\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,"
-      "\"total_tokens\":7}}");
+      "\"total_tokens\":7,\"prompt_tokens_details\":{\"cached_tokens\":2}}}");
   /* a delta written and read back is the same delta */
   llorch_jbuf_reset(&b);
   d = (llorch_openai_delta)LLORCH_OPENAI_DELTA_INIT;

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "llorch/log.h"
+#include "roles/orchestrator/prefix_route.h"
 #include "roles/orchestrator/scheduler.h"
 
 #define GiB (1024ull * 1024 * 1024)
@@ -328,6 +329,138 @@ static void test_route_least_loaded(void **state) {
     free(r[i]);
   }
   fx_free(f);
+}
+
+/* ---- prefix routing ---- */
+
+static void route_two_workers(fx *f) {
+  sched_pool_report rep;
+  pool_spec ps = {"pa", NULL, 2, {10 * GiB, 10 * GiB}, {"m.gguf"}, GiB, 1024};
+  report_init(&rep, &ps, ++f->seq);
+  report_add_worker(&rep, "w1", "m", "m.gguf", "gpu0", SCHED_WORKER_READY, 4, GiB);
+  report_add_worker(&rep, "w2", "m", "m.gguf", "gpu1", SCHED_WORKER_READY, 4, GiB);
+  apply(f, &rep, true);
+}
+
+/* Submits a request for the first len bytes of text; it stays running. */
+static sched_req *route_start(fx *f, int m, const char *text, size_t len) {
+  sched_req *r = req_new(m, 0);
+  uint64_t *h = calloc(64, sizeof *h);
+  r->n_prefix = prefix_route_hash(text, len, h, 64);
+  r->prefix = h;
+  assert_int_equal(submit(f, r), 0);
+  assert_int_equal(r->state, SCHED_REQ_RUNNING);
+  return r;
+}
+
+static void route_end(fx *f, sched_req *r) {
+  sched_request_done(&f->s, r, f->now);
+  free((void *)r->prefix);
+  free(r);
+}
+
+/* One request run to completion; returns the worker it ran on. */
+static sched_worker *route_once(fx *f, int m, const char *text, size_t len) {
+  sched_req *r = route_start(f, m, text, len);
+  sched_worker *w = r->worker;
+  route_end(f, r);
+  return w;
+}
+
+/*
+ * Two conversations whose turns grow (A1 B1 A2 A3 B2 B3 ...): with prefix
+ * routing every turn goes back to its conversation's first replica; without
+ * it equally loaded replicas take turns, so the turns scatter. A replica
+ * clearly busier than the other loses the request anyway; the memory
+ * expires.
+ */
+static void test_route_prefix(void **state) {
+  (void)state;
+  char a[1024], b[1024];
+  for (size_t i = 0; i < sizeof a; i++) {
+    a[i] = (char)('a' + i % 23);
+    b[i] = (char)('A' + i % 19);
+  }
+  for (int on = 0; on < 2; on++) {
+    fx *f = calloc(1, sizeof *f);
+    sched_limits lim = {.max_total = 100, .queue_timeout_ms = 10000, .heartbeat_miss_limit = 3,
+                        .retry_max = 1, .prefix_routing = on == 1, .prefix_ttl_ms = 60000};
+    sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail};
+    assert_int_equal(sched_init(&f->s, &lim, &ops), 0);
+    f->now = 1000000;
+    int m = add_model(f, "m", "m.gguf", 4, 60000, NULL);
+    route_two_workers(f);
+    sched_worker *wa = route_once(f, m, a, 256);
+    sched_worker *wb = route_once(f, m, b, 256);
+    assert_ptr_not_equal(wa, wb);
+    int a_home = 0, b_home = 0;
+    for (size_t turn = 1; turn <= 6; turn++) {
+      a_home += route_once(f, m, a, 256 + 64 * (2 * turn - 1)) == wa;
+      a_home += route_once(f, m, a, 256 + 64 * (2 * turn)) == wa;
+      b_home += route_once(f, m, b, 256 + 64 * (2 * turn - 1)) == wb;
+      b_home += route_once(f, m, b, 256 + 64 * (2 * turn)) == wb;
+    }
+    if (on) {
+      assert_int_equal(a_home, 12);
+      assert_int_equal(b_home, 12);
+      assert_int_equal(f->s.stats.prefix_routed, 24);
+      /* 2 of 4 slots busy on A's replica: not clearly busier, A stays */
+      sched_req *busy[3];
+      busy[0] = route_start(f, m, b, 64);
+      busy[1] = route_start(f, m, b, 64);
+      assert_ptr_equal(busy[0]->worker, wb); /* b's chunk 0 is remembered there */
+      assert_ptr_equal(busy[1]->worker, wb);
+      assert_ptr_equal(route_once(f, m, b, 900), wb);
+      /* 3 of 4: 0.75 more than the idle replica, the request goes there */
+      busy[2] = route_start(f, m, b, 64);
+      assert_ptr_equal(busy[2]->worker, wb);
+      assert_ptr_equal(route_once(f, m, b, 900), wa);
+      for (int i = 0; i < 3; i++) route_end(f, busy[i]);
+      /* forgotten after the ttl */
+      uint64_t h[14];
+      const uint32_t n = prefix_route_hash(a, 900, h, 14);
+      assert_int_equal(prefix_route_match(f->s.prefix, wa->id, h, n, f->now), 14);
+      f->now += 60001;
+      assert_int_equal(prefix_route_match(f->s.prefix, wa->id, h, n, f->now), 0);
+    } else {
+      assert_true(a_home < 12 || b_home < 12);
+      assert_int_equal(f->s.stats.prefix_routed, 0);
+    }
+    fx_free(f);
+  }
+}
+
+/* The chunk hashes chain: equal text gives equal hashes up to the first
+ * differing chunk, and nothing after; the table is bounded. */
+static void test_prefix_route_memory(void **state) {
+  (void)state;
+  char t1[640], t2[640];
+  for (size_t i = 0; i < sizeof t1; i++) t1[i] = t2[i] = (char)('a' + i % 26);
+  t2[300] = '#'; /* chunk 4 differs */
+  uint64_t h1[10], h2[10];
+  assert_int_equal(prefix_route_hash(t1, sizeof t1, h1, 10), 10);
+  assert_int_equal(prefix_route_hash(t2, sizeof t2, h2, 10), 10);
+  assert_int_equal(prefix_route_hash(t1, 63, h1, 10), 0); /* no whole chunk */
+  prefix_route_hash(t1, sizeof t1, h1, 10);
+  for (int i = 0; i < 4; i++) assert_true(h1[i] == h2[i]);
+  for (int i = 4; i < 10; i++) assert_true(h1[i] != h2[i]);
+  struct prefix_route *pr;
+  assert_int_equal(prefix_route_init(&pr, 1024, 1000), 0);
+  prefix_route_record(pr, "w1", h1, 10, 0);
+  assert_int_equal(prefix_route_match(pr, "w1", h2, 10, 10), 4);
+  assert_int_equal(prefix_route_match(pr, "w1", h1, 10, 10), 10);
+  assert_int_equal(prefix_route_match(pr, "w2", h1, 10, 10), 0);
+  assert_int_equal(prefix_route_match(pr, "w1", h1, 10, 2000), 0); /* expired */
+  prefix_route_free(pr);
+  /* 16 entries: recording 1000 chunks leaves at most 16 */
+  assert_int_equal(prefix_route_init(&pr, 16, 1000), 0);
+  uint64_t many[1000];
+  for (int i = 0; i < 1000; i++) many[i] = (uint64_t)i * 0x9e3779b97f4a7c15ull + 1;
+  prefix_route_record(pr, "w3", many, 1000, 500);
+  int kept = 0;
+  for (int i = 0; i < 1000; i++) kept += prefix_route_match(pr, "w3", &many[i], 1, 500) == 1;
+  assert_true(kept <= 16);
+  prefix_route_free(pr);
 }
 
 static void test_start_most_free_and_pending_reason(void **state) {
@@ -1214,6 +1347,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_admission_bounds),
       cmocka_unit_test(test_queue_timeout),
       cmocka_unit_test(test_route_least_loaded),
+      cmocka_unit_test(test_route_prefix),
+      cmocka_unit_test(test_prefix_route_memory),
       cmocka_unit_test(test_start_most_free_and_pending_reason),
       cmocka_unit_test(test_pinned),
       cmocka_unit_test(test_evict_idle_lru),

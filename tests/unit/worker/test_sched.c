@@ -148,6 +148,7 @@ typedef struct result {
   int events_after_end;
   int32_t slot;
   uint32_t max_tokens;
+  uint32_t cached_tokens;
   float first_logprob;
   int first_n_top;
   float first_top0;
@@ -156,8 +157,8 @@ typedef struct result {
 } result;
 
 /* Drains the scheduler's events into results[] (indexed by job->owner). */
-static void drain_events(fixture *f, result *results) {
-  for (worker_event *e = worker_sched_events_take(f->s), *n; e; e = n) {
+static void drain_sched(worker_sched *s, result *results) {
+  for (worker_event *e = worker_sched_events_take(s), *n; e; e = n) {
     n = e->next;
     result *r = &results[(intptr_t)e->job->owner];
     if (r->ended || r->errored) r->events_after_end++;
@@ -183,6 +184,7 @@ static void drain_events(fixture *f, result *results) {
     case WORKER_EV_END:
       r->ended = true;
       r->finish = e->finish;
+      r->cached_tokens = e->cached_tokens;
       break;
     case WORKER_EV_ERROR:
       r->errored = true;
@@ -192,6 +194,8 @@ static void drain_events(fixture *f, result *results) {
     worker_event_free(e);
   }
 }
+
+static void drain_events(fixture *f, result *results) { drain_sched(f->s, results); }
 
 static worker_job *make_job(int idx, uint32_t n_prompt, uint32_t max_tokens) {
   int32_t prompt[FAKE_MAX_CTX];
@@ -596,6 +600,351 @@ static void test_ignore_eos_runs_to_length(void **state) {
   tok_fixture_free(t);
 }
 
+/* ---- a paged fake backend: the prefix cache and preemption ---- */
+
+/*
+ * Cells hold the running hash of a sequence's tokens, stored in blocks
+ * through per-sequence tables, so logits depend on every earlier position
+ * being in the right block. A write into a position that another sequence
+ * has computed in the same block (a shared block) is a violation.
+ */
+#define PAGED_MAX_BLOCKS 256
+#define PAGED_BT 8
+
+typedef struct paged_ctx {
+  uint32_t n_seq, n_ctx, n_batch_max, n_blocks;
+  uint64_t cell[PAGED_MAX_BLOCKS][PAGED_BT];
+  int32_t table[FAKE_MAX_SEQ][FAKE_MAX_CTX / PAGED_BT];
+  uint32_t n_table[FAKE_MAX_SEQ], len[FAKE_MAX_SEQ];
+  int violations, max_seqs_in_batch, copies;
+  int max_mixed_tokens;        /* largest batch that had a one-entry (decode) sequence */
+} paged_ctx;
+
+static bool paged_shared_write(const paged_ctx *c, int32_t s, int32_t blk, uint32_t off) {
+  for (uint32_t t = 0; t < c->n_seq; t++) {
+    if ((int32_t)t == s) continue;
+    for (uint32_t k = 0; k < c->n_table[t]; k++)
+      if (c->table[t][k] == blk && k * PAGED_BT + off < c->len[t]) return true;
+  }
+  return false;
+}
+
+static int paged_forward(void *vctx, const llorch_batch *b, float *logits, llorch_errmsg *em) {
+  paged_ctx *c = vctx;
+  int seen[FAKE_MAX_SEQ] = {0}, n_seen = 0;
+  if (b->n_tokens <= 0 || (uint32_t)b->n_tokens > c->n_batch_max) {
+    c->violations++;
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "batch of %d", b->n_tokens);
+  }
+  for (int i = 0; i < b->n_tokens; i++) {
+    const int32_t s = b->seq[i], p = b->pos[i];
+    if (s < 0 || (uint32_t)s >= c->n_seq || (uint32_t)p != c->len[s] ||
+        (uint32_t)p / PAGED_BT >= c->n_table[s]) {
+      c->violations++;
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "entry %d: seq %d pos %d", i, s, p);
+    }
+    if (!seen[s]++) n_seen++;
+    const int32_t blk = c->table[s][p / PAGED_BT];
+    if (paged_shared_write(c, s, blk, (uint32_t)p % PAGED_BT)) c->violations++;
+    const uint64_t prev = p ? c->cell[c->table[s][(p - 1) / PAGED_BT]][(p - 1) % PAGED_BT] : 0x1234;
+    const uint64_t h = fake_mix(prev ^ ((uint64_t)b->token[i] * 0x9E3779B97F4A7C15ull) ^ (uint64_t)p);
+    c->cell[blk][p % PAGED_BT] = h;
+    c->len[s] = (uint32_t)p + 1;
+    if (b->logits[i]) {
+      for (uint32_t v = 0; v < FAKE_VOCAB; v++)
+        logits[v] = (float)(fake_mix(h + (uint64_t)v) >> 40) / 16777216.0f * 8.0f;
+      logits += FAKE_VOCAB;
+    }
+  }
+  if (n_seen > c->max_seqs_in_batch) c->max_seqs_in_batch = n_seen;
+  for (uint32_t t = 0; t < c->n_seq; t++)
+    if (seen[t] == 1 && b->n_tokens > c->max_mixed_tokens) c->max_mixed_tokens = b->n_tokens;
+  return 0;
+}
+
+static void paged_seq_reset(void *vctx, int32_t seq) {
+  paged_ctx *c = vctx;
+  c->len[seq] = 0;
+  c->n_table[seq] = 0;
+}
+
+static int paged_set_blocks(void *vctx, int32_t seq, const int32_t *blocks, uint32_t n,
+                            uint32_t n_past, llorch_errmsg *em) {
+  paged_ctx *c = vctx;
+  if (seq < 0 || (uint32_t)seq >= c->n_seq || n > c->n_ctx / PAGED_BT || n_past > n * PAGED_BT) {
+    c->violations++;
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "bad table");
+  }
+  for (uint32_t k = 0; k < n; k++) {
+    if (blocks[k] < 0 || (uint32_t)blocks[k] >= c->n_blocks) {
+      c->violations++;
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "bad block");
+    }
+    /* a block is in two tables only while both have computed it whole */
+    for (uint32_t t = 0; t < c->n_seq; t++)
+      for (uint32_t q = 0; t != (uint32_t)seq && q < c->n_table[t]; q++)
+        if (c->table[t][q] == blocks[k] && ((k + 1) * PAGED_BT > n_past || (q + 1) * PAGED_BT > c->len[t]))
+          c->violations++;
+  }
+  memcpy(c->table[seq], blocks, n * sizeof *blocks);
+  c->n_table[seq] = n;
+  c->len[seq] = n_past;
+  return 0;
+}
+
+static int paged_copy(void *vctx, int32_t dst, int32_t src, uint32_t n_pos, llorch_errmsg *em) {
+  paged_ctx *c = vctx;
+  (void)em;
+  memcpy(c->cell[dst], c->cell[src], n_pos * sizeof(uint64_t));
+  c->copies++;
+  return 0;
+}
+
+static void paged_memory(void *vctx, llorch_backend_memory *out) {
+  paged_ctx *c = vctx;
+  memset(out, 0, sizeof *out);
+  out->kv_block_tokens = PAGED_BT;
+  out->kv_blocks = c->n_blocks;
+}
+
+static const llorch_backend_ops paged_ops = {
+    .name = "paged", .forward = paged_forward, .seq_reset = paged_seq_reset,
+    .memory = paged_memory, .seq_set_blocks = paged_set_blocks, .kv_copy_block = paged_copy};
+
+typedef struct pfixture {
+  llorch_model model;
+  llorch_backend be;
+  paged_ctx ctx;
+  worker_sched *s;
+  int notified;
+} pfixture;
+
+static void pfixture_notify(void *arg) { ((pfixture *)arg)->notified++; }
+
+static pfixture *pfixture_new(uint32_t slots, uint32_t ctx, uint32_t n_blocks, bool prefix_cache,
+                              uint32_t step_tokens) {
+  pfixture *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  f->model.hp.n_vocab = FAKE_VOCAB;
+  f->ctx.n_seq = slots;
+  f->ctx.n_ctx = ctx;
+  f->ctx.n_batch_max = slots + 16;
+  f->ctx.n_blocks = n_blocks;
+  f->be.ops = &paged_ops;
+  f->be.ctx = &f->ctx;
+  f->be.model = &f->model;
+  worker_sched_config cfg = {.n_slots = slots, .n_ctx = ctx, .n_batch_max = slots + 16,
+                             .prefill_chunk = 16, .queue_max = 64, .step_tokens = step_tokens,
+                             .prefix_cache = prefix_cache};
+  llorch_errmsg em = {{0}};
+  assert_int_equal(worker_sched_init(&f->s, &cfg, &f->be, NULL, pfixture_notify, f, &em), 0);
+  return f;
+}
+
+static void prun(pfixture *f, result *r, int lo, int n) {
+  for (int step = 0; step < 20000 && !all_done(r, lo, n); step++) {
+    worker_sched_step(f->s);
+    drain_sched(f->s, r);
+  }
+  assert_true(all_done(r, lo, n));
+}
+
+/* A prompt from a shared prefix of n_shared tokens and a tail of its own. */
+static worker_job *prefix_job(int idx, uint32_t n_shared, uint32_t n_own, uint32_t max_tokens) {
+  int32_t prompt[FAKE_MAX_CTX];
+  for (uint32_t i = 0; i < n_shared; i++) prompt[i] = (int32_t)((i * 5 + 2) % FAKE_VOCAB);
+  for (uint32_t i = 0; i < n_own; i++) prompt[n_shared + i] = (int32_t)((idx * 11 + i * 3 + 1) % FAKE_VOCAB);
+  char id[32];
+  snprintf(id, sizeof id, "job-%d", idx);
+  worker_job *j = worker_job_new(id, prompt, n_shared + n_own);
+  assert_non_null(j);
+  j->max_tokens = max_tokens;
+  j->owner = (void *)(intptr_t)idx;
+  return j;
+}
+
+/*
+ * Greedy tokens with the prefix cache equal those without it: prompts that
+ * share prefixes ending inside a block and on a block boundary, an exact
+ * repeat (fully cached), and concurrent sharers; cached_tokens as expected.
+ */
+static void test_prefix_cache_equal(void **state) {
+  (void)state;
+  enum { N = 11 };
+  /* (shared, own) in blocks of 8: 13 ends inside block 1, 16 on a boundary;
+   * jobs 2 and 3 repeat job 0's prompt, job 9 repeats job 4's; job 10 is
+   * job 5's prompt continued (built in the loop) */
+  const uint32_t shared[N] = {13, 13, 13, 13, 16, 16, 16, 16, 1, 16, 13};
+  const uint32_t own[N] = {6, 9, 6, 6, 0, 5, 5, 5, 2, 0, 6};
+  const int same_as[N] = {0, 1, 0, 0, 4, 5, 6, 7, 8, 4, 0};
+  result off[N], on[N];
+  memset(off, 0, sizeof off);
+  memset(on, 0, sizeof on);
+  for (int pass = 0; pass < 2; pass++) {
+    result *r = pass ? on : off;
+    pfixture *f = pfixture_new(4, 128, 128, pass == 1, 0);
+    worker_job *jobs[N];
+    for (int i = 0; i < N; i++) jobs[i] = prefix_job(same_as[i], shared[i], own[i], 10);
+    for (int i = 0; i < N; i++) jobs[i]->owner = (void *)(intptr_t)i;
+    llorch_errmsg em = {{0}};
+    /* jobs 0, 1 alone first (they fill the cache), then 2..8 at once
+     * (2 and 3 share job 0's cached blocks), then 9 and 10 alone */
+    for (int i = 0; i < 2; i++) {
+      assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+      prun(f, r, i, 1);
+    }
+    for (int i = 2; i < N - 2; i++) assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+    prun(f, r, 2, N - 4);
+    assert_int_equal(worker_sched_submit(f->s, jobs[N - 2], &em), 0);
+    prun(f, r, N - 2, 1);
+    /* job 5's first 20 prompt tokens and 6 more: positions 16..19 come
+     * from job 5's registered last, partly filled block (its exact
+     * positions end at 20: the chunk 16..20 has one token off the groups
+     * of 4, and generated tokens are never exact) */
+    int32_t cont[26];
+    memcpy(cont, jobs[5]->prompt, 20 * sizeof *cont);
+    for (int i = 20; i < 26; i++) cont[i] = 30 + i;
+    assert_int_equal(worker_job_set_prompt(jobs[N - 1], cont, 26), 0);
+    assert_int_equal(worker_sched_submit(f->s, jobs[N - 1], &em), 0);
+    prun(f, r, N - 1, 1);
+    assert_int_equal(f->ctx.violations, 0);
+    worker_sched_stats st;
+    worker_sched_stats_get(f->s, &st);
+    assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(st.kv_blocks_total, 128);
+    if (pass) {
+      assert_true(st.prefix_hit_tokens > 0);
+      assert_true(st.kv_blocks_cached > 0);
+      assert_true(f->ctx.copies > 0); /* job 9 continues job 4's block 1 in the middle */
+    } else {
+      assert_int_equal(st.prefix_hit_tokens, 0);
+    }
+    for (int i = 0; i < N; i++) worker_job_free(jobs[i]);
+    worker_sched_free(f->s);
+    free(f);
+  }
+  for (int i = 0; i < N; i++) {
+    if (!on[i].ended || !off[i].ended)
+      fail_msg("job %d: %s / %s", i, on[i].err_code ? on[i].err_code : "-", off[i].err_code ? off[i].err_code : "-");
+    assert_int_equal(on[i].n_tokens, 10);
+    assert_memory_equal(on[i].tokens, off[i].tokens, 10 * sizeof(int32_t));
+    assert_int_equal(off[i].cached_tokens, 0);
+  }
+  assert_int_equal(on[0].cached_tokens, 0);
+  /* block 0 and the start of block 1 that job 0 shares (copied), down to 12 */
+  assert_int_equal(on[1].cached_tokens, 12);
+  /* job 0's 19 tokens: its exact positions are 0..15 (16..18 were one
+   * chunk of 3, generated ones single steps) */
+  assert_int_equal(on[2].cached_tokens, 16);
+  assert_int_equal(on[3].cached_tokens, 16);
+  /* job 4's 16 tokens again: at least 2 computed, from a multiple of 4 */
+  assert_int_equal(on[9].cached_tokens, 12);
+  assert_int_equal(on[10].cached_tokens, 20);
+}
+
+/* A pool too small for everyone: jobs are preempted and resumed, and every
+ * job's tokens equal its tokens alone. */
+static void test_preemption(void **state) {
+  (void)state;
+  enum { N = 6 };
+  result alone[N], tight[N];
+  memset(alone, 0, sizeof alone);
+  memset(tight, 0, sizeof tight);
+  for (int i = 0; i < N; i++) {
+    pfixture *f = pfixture_new(1, 64, 16, false, 0);
+    worker_job *j = make_job(i, 9 + (uint32_t)i, 30);
+    llorch_errmsg em = {{0}};
+    assert_int_equal(worker_sched_submit(f->s, j, &em), 0);
+    prun(f, alone, i, 1);
+    worker_job_free(j);
+    worker_sched_free(f->s);
+    free(f);
+  }
+  for (int cache = 0; cache < 2; cache++) {
+    memset(tight, 0, sizeof tight);
+    /* 6 jobs of ~40 positions (10 blocks) each in 24 blocks */
+    pfixture *f = pfixture_new(6, 64, 24, cache == 1, 0);
+    worker_job *jobs[N];
+    llorch_errmsg em = {{0}};
+    for (int i = 0; i < N; i++) {
+      jobs[i] = make_job(i, 9 + (uint32_t)i, 30);
+      assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+    }
+    prun(f, tight, 0, N);
+    assert_int_equal(f->ctx.violations, 0);
+    worker_sched_stats st;
+    worker_sched_stats_get(f->s, &st);
+    assert_true(st.preemptions > 0);
+    assert_int_equal(st.kv_blocks_used, 0);
+    for (int i = 0; i < N; i++) {
+      assert_true(tight[i].ended);
+      assert_int_equal(tight[i].n_tokens, 30);
+      assert_memory_equal(tight[i].tokens, alone[i].tokens, 30 * sizeof(int32_t));
+      assert_int_equal(tight[i].events_after_end, 0);
+      worker_job_free(jobs[i]);
+    }
+    worker_sched_free(f->s);
+    free(f);
+  }
+}
+
+/* Slots are a concurrency cap: the memory of 4 full-context slots runs 16
+ * short requests at once. A step's budget bounds prompt tokens next to the
+ * decode tokens. */
+static void test_short_requests_share_memory(void **state) {
+  (void)state;
+  enum { N = 16 };
+  result r[N];
+  memset(r, 0, sizeof r);
+  pfixture *f = pfixture_new(16, 64, 4 * 64 / PAGED_BT, true, 20);
+  worker_job *jobs[N];
+  llorch_errmsg em = {{0}};
+  for (int i = 0; i < N; i++) {
+    jobs[i] = make_job(i, 5, 8);
+    assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+  }
+  prun(f, r, 0, N);
+  assert_int_equal(f->ctx.violations, 0);
+  assert_int_equal(f->ctx.max_seqs_in_batch, N);
+  for (int i = 0; i < N; i++) worker_job_free(jobs[i]);
+  worker_sched_free(f->s);
+  free(f);
+}
+
+/* While streams decode, a step carries no more prompt tokens than decode
+ * tokens (at least WORKER_MIN_PREFILL): a long prompt arriving does not
+ * make the running streams' steps much longer. */
+static void test_step_budget(void **state) {
+  (void)state;
+  enum { N = 5 };
+  result r[N];
+  memset(r, 0, sizeof r);
+  pfixture *f = pfixture_new(8, 256, 256, false, 64);
+  worker_job *jobs[N];
+  llorch_errmsg em = {{0}};
+  for (int i = 0; i < N - 1; i++) {
+    jobs[i] = make_job(i, 5, 40);
+    assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+  }
+  for (int k = 0; k < 3; k++) {
+    worker_sched_step(f->s);
+    drain_sched(f->s, r);
+  }
+  jobs[N - 1] = make_job(N - 1, 100, 4);
+  assert_int_equal(worker_sched_submit(f->s, jobs[N - 1], &em), 0);
+  prun(f, r, 0, N);
+  assert_int_equal(f->ctx.violations, 0);
+  /* 4 decode tokens + at most 8 prompt tokens */
+  assert_true(f->ctx.max_mixed_tokens <= 4 + (int)WORKER_MIN_PREFILL);
+  assert_true(f->ctx.max_mixed_tokens > 4);
+  for (int i = 0; i < N; i++) {
+    assert_true(r[i].ended);
+    worker_job_free(jobs[i]);
+  }
+  worker_sched_free(f->s);
+  free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_batched_equals_alone),
@@ -610,6 +959,10 @@ int main(void) {
       cmocka_unit_test(test_text_until_eog),
       cmocka_unit_test(test_stop_string_across_tokens),
       cmocka_unit_test(test_ignore_eos_runs_to_length),
+      cmocka_unit_test(test_prefix_cache_equal),
+      cmocka_unit_test(test_preemption),
+      cmocka_unit_test(test_short_requests_share_memory),
+      cmocka_unit_test(test_step_budget),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
