@@ -2,7 +2,7 @@
 # Builds llorch's CPU container image without a container daemon or registry:
 # the Dockerfile's run stage, made from Debian packages.
 #
-#   scripts/build-image.sh [--binary PATH] [--rootfs DIR] [-o llorch-image.oci.tar]
+#   scripts/build-image.sh [--binary PATH] [--rootfs DIR] [--reuse-rootfs] [-o llorch-image.oci.tar]
 #
 # 1. mmdebstrap makes a minimal Debian 12 root file system with the runtime
 #    libraries the Dockerfile's run stage installs (from this machine's apt
@@ -15,18 +15,22 @@
 #    which `podman load -i` and `docker load -i` accept.
 # The root file system stays in --rootfs (default build-image/rootfs) so that
 # tests can run it without a container runtime (tests/integration/deploy).
+# --reuse-rootfs keeps a root file system that this same script made (its
+# hash is in DIR.base) and only installs the binary and packs again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=build-release/llorch
 rootfs=build-image/rootfs
 out=build-image/llorch-image.oci.tar
+reuse=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) bin=$2; shift 2 ;;
     --rootfs) rootfs=$2; shift 2 ;;
     -o) out=$2; shift 2 ;;
-    *) echo "build-image.sh: unknown option '$1' (expected --binary PATH, --rootfs DIR, -o FILE)" >&2; exit 2 ;;
+    --reuse-rootfs) reuse=1; shift ;;
+    *) echo "build-image.sh: unknown option '$1' (expected --binary PATH, --rootfs DIR, --reuse-rootfs, -o FILE)" >&2; exit 2 ;;
   esac
 done
 
@@ -47,9 +51,13 @@ fi
 
 # The same runtime packages as the Dockerfile's run stage.
 packages=libuv1,libcjson1,libyaml-0-2,libpcre2-8-0,curl,ca-certificates
-sources=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -v '^#' || true)
+base_hash=$(sha256sum "$0" | cut -d' ' -f1)
 mkdir -p "$(dirname "$rootfs")" "$(dirname "$out")"
-rm -rf "$rootfs"
+if [ "$reuse" = 1 ] && [ -d "$rootfs/usr" ] && [ "$(cat "$rootfs.base" 2>/dev/null)" = "$base_hash" ]; then
+  echo "build-image.sh: reusing the root file system in $rootfs"
+else
+sources=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -v '^#' || true)
+rm -rf "$rootfs" "$rootfs.base"
 # --mode=root: we run as root here (CI and developers' machines); the tree is a plain directory.
 echo "$sources" | mmdebstrap --quiet --mode=root --variant=minbase --include="$packages" \
   --dpkgopt='path-exclude=/usr/share/{doc,man,locale}/*' \
@@ -57,6 +65,9 @@ echo "$sources" | mmdebstrap --quiet --mode=root --variant=minbase --include="$p
   --customize-hook='mkdir -p "$1/models" "$1/etc/llorch" && chroot "$1" chown llorch /models' \
   --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*' \
   bookworm "$rootfs" -
+echo "$base_hash" > "$rootfs.base"
+fi
+rm -rf "$rootfs/etc/llorch/examples"
 install -m 0755 "$bin" "$rootfs/usr/local/bin/llorch"
 cp -r config "$rootfs/etc/llorch/examples"
 

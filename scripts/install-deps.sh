@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config git curl ca-certificates
       libuv1-dev libcjson-dev libyaml-dev node-llhttp libpcre2-dev libcmocka-dev
-      clang libclang-rt-14-dev iproute2 python3 python3-yaml nodejs npm)
+      clang libclang-rt-14-dev iproute2 python3 python3-yaml nodejs npm mmdebstrap)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -35,7 +35,7 @@ for stage in $stages; do
             -DLLORCH_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug >/dev/null
       cmake --build build-asan -j"$jobs"
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        ctest --test-dir build-asan --output-on-failure -j"$jobs" -LE 'reference|fuzz|bench'
+        ctest --test-dir build-asan --output-on-failure -j"$jobs" -LE 'reference|fuzz|bench|image'
       ;;
     fuzz)
       step "libFuzzer targets, ${LLORCH_FUZZ_SECONDS}s each"
