@@ -89,14 +89,14 @@ static bool worker_terminal(const sched_worker *w) {
 
 bool sched_worker_routable(const sched_worker *w) {
   /* An adopted worker is routed to once its token came (pool_api.c asks its pool). */
-  return w->state == SCHED_WORKER_READY && !w->broken && !w->stop_sent && w->pool && w->pool->up &&
-         w->model >= 0 && !(w->adopted && !w->token[0]);
+  return w->state == SCHED_WORKER_READY && !w->broken && !w->stop_sent && !w->draining && w->pool &&
+         w->pool->up && w->model >= 0 && !(w->adopted && !w->token[0]);
 }
 
 /* Alive and counted as a replica: ready or starting, on an up pool. */
 static bool worker_counts(const sched_worker *w) {
   return (w->state == SCHED_WORKER_READY || w->state == SCHED_WORKER_STARTING) && !w->broken &&
-         !w->stop_sent && w->pool && w->pool->up;
+         !w->stop_sent && !w->draining && w->pool && w->pool->up;
 }
 
 static bool worker_on_device(const sched_worker *w, const sched_pool *p, const char *dev) {
@@ -1209,6 +1209,12 @@ void sched_tick(sched *s, int64_t now) {
       }
     }
   }
+  /* Drained workers whose last request finished (release_slot runs inside
+   * HTTP-client callbacks, so the stop call is made here, not there). */
+  for (int i = 0; i < s->n_workers; i++) {
+    sched_worker *w = s->workers[i];
+    if (w->draining && w->busy == 0 && !w->stop_sent && !worker_terminal(w)) stop_worker(s, w, "drained");
+  }
   for (int i = 0; i < s->n_models; i++) {
     sched_model *m = &s->models[i];
     if (m->unloaded || m->min_replicas <= 0) continue;
@@ -1246,4 +1252,18 @@ int sched_model_unload(sched *s, int model, int64_t now) {
     else i++;
   (void)now;
   return n;
+}
+
+int sched_worker_drain(sched *s, sched_worker *w, int64_t now) {
+  (void)now;
+  if (w->stop_sent || worker_terminal(w)) return LLORCH_ESTATE;
+  w->draining = true;
+  if (w->busy > 0) return 0;
+  stop_worker(s, w, "drained");
+  return 1;
+}
+
+sched_worker *sched_worker_find(const sched *s, const char *pool, const char *id) {
+  const sched_pool *p = sched_pool_find(s, pool);
+  return p ? worker_find(s, p, id) : NULL;
 }

@@ -152,6 +152,7 @@ typedef struct sched_worker {
   bool broken;                 /* a stream to it failed: not routed to again */
   bool stop_sent;              /* we asked its pool to stop it */
   bool adopted;                /* came from a registration, not from our start */
+  bool draining;               /* an operator drained it: no new requests, stopped once idle */
   bool token_asked;            /* adopted without a token: GET {pool}/v2/workers/{id} in flight */
   int exit_code;               /* -1 unknown */
   char exit_signal[16];
@@ -384,6 +385,16 @@ void sched_tick(sched *s, int64_t now_ms);
 int sched_model_load(sched *s, int model, int64_t now_ms, llorch_errmsg *em);
 /* Stops every worker of model once idle; min_replicas is not kept up. */
 int sched_model_unload(sched *s, int model, int64_t now_ms);
+/*
+ * Drains w: it takes no new requests and stops ("drained") once its running
+ * ones finish (at once when idle, else from sched_tick). It no longer counts
+ * as a replica, so min_replicas or waiting requests place another worker.
+ * Returns 1 when it was stopped now, 0 when it stops later, LLORCH_ESTATE when
+ * it is already stopping or gone.
+ */
+int sched_worker_drain(sched *s, sched_worker *w, int64_t now_ms);
+/* The worker id of pool, or NULL. */
+sched_worker *sched_worker_find(const sched *s, const char *pool, const char *id);
 
 /* ---- queries ---- */
 

@@ -1123,6 +1123,45 @@ static void test_min_replicas_and_unload(void **state) {
   fx_free(f);
 }
 
+/* Drain: a busy worker takes no new request, is stopped by the tick once its
+ * request finished, and no longer counts as a replica (another is placed). */
+static void test_drain_worker(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  int m = add_model(f, "m", "m.gguf", 1, 60000, NULL);
+  sched_pool_report rep;
+  pool_spec pa = {"pa", NULL, 2, {8 * GiB, 8 * GiB}, {"m.gguf"}, GiB, 0};
+  report_init(&rep, &pa, ++f->seq);
+  report_add_worker(&rep, "w1", "m", "m.gguf", "gpu0", SCHED_WORKER_READY, 1, GiB);
+  apply(f, &rep, true);
+  sched_worker *w = sched_worker_find(&f->s, "pa", "w1");
+  assert_non_null(w);
+  assert_null(sched_worker_find(&f->s, "pa", "nope"));
+  assert_null(sched_worker_find(&f->s, "nope", "w1"));
+  w->token[0] = 't'; /* adopted: routable once it has a token */
+  sched_req *r1 = req_new(m, 0);
+  assert_int_equal(submit(f, r1), 0);
+  assert_int_equal(r1->state, SCHED_REQ_RUNNING);
+  assert_int_equal(sched_worker_drain(&f->s, w, f->now), 0); /* busy: stops later */
+  assert_false(sched_worker_routable(w));
+  assert_int_equal(count_kind(&f->rec, 'x'), 0);
+  sched_req *r2 = req_new(m, 0);
+  assert_int_equal(submit(f, r2), 0);
+  assert_int_equal(r2->state, SCHED_REQ_QUEUED); /* not on the draining worker */
+  assert_int_equal(count_kind(&f->rec, 's'), 1);  /* a replacement is placed */
+  sched_tick(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'x'), 0);  /* still busy */
+  sched_request_done(&f->s, r1, f->now);
+  sched_tick(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'x'), 1);
+  assert_string_equal(last_kind(&f->rec, 'x')->text, "pa/w1 drained");
+  assert_int_equal(sched_worker_drain(&f->s, w, f->now), LLORCH_ESTATE);
+  sched_request_cancel(&f->s, r2, f->now);
+  free(r1);
+  free(r2);
+  fx_free(f);
+}
+
 /* A worker reported by an event counts as a replica at once, but its memory
  * stays reserved until a full state document shows the pool's new figures. */
 static void test_event_keeps_reservation(void **state) {
@@ -1363,6 +1402,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_many_workers_cap_and_forget),
       cmocka_unit_test(test_min_replicas_and_unload),
       cmocka_unit_test(test_event_keeps_reservation),
+      cmocka_unit_test(test_drain_worker),
       cmocka_unit_test(test_short_lived_worker_settles),
       cmocka_unit_test(test_priority_and_blocking),
   };
