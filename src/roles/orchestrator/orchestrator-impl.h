@@ -111,6 +111,7 @@ struct llorch_orchestrator {
   llorch_metric *m_retries;     /* counter */
   llorch_metric *m_starts;      /* counter {outcome} */
   uint64_t last_evictions, last_retries, last_starts, last_start_failures;
+  struct orch_events *events;   /* timeline and /v2/cluster/events (events.c) */
 };
 
 /* ---- orchestrator.c ---- */

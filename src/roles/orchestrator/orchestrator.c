@@ -19,6 +19,7 @@
 #include "llorch/log.h"
 #include "llorch/orchestrator.h"
 #include "llorch/roles.h"
+#include "events.h"
 #include "orchestrator-impl.h"
 
 /* ---- shared helpers ---- */
@@ -138,6 +139,7 @@ static void on_tick(uv_timer_t *t) {
   orch *o = t->data;
   sched_tick(&o->s, orch_now_ms(o));
   metrics_update(o);
+  orch_events_tick(o, orch_now_ms(o));
 }
 
 /* ---- GET /v2/cluster ---- */
@@ -194,6 +196,8 @@ static void json_worker(llorch_jbuf *b, const sched_worker *w, int64_t now) {
   llorch_jbuf_bool(b, w->stop_sent);
   llorch_jbuf_cstr(b, ",\"adopted\":");
   llorch_jbuf_bool(b, w->adopted);
+  llorch_jbuf_cstr(b, ",\"draining\":");
+  llorch_jbuf_bool(b, w->draining);
   llorch_jbuf_cstr(b, ",\"url\":");
   llorch_jbuf_str(b, w->url[0] ? w->url : NULL);
   llorch_jbuf_cstr(b, ",\"pid\":");
@@ -224,7 +228,7 @@ static void json_worker(llorch_jbuf *b, const sched_worker *w, int64_t now) {
   llorch_jbuf_cstr(b, "}");
 }
 
-static void cluster_json(orch *o, llorch_jbuf *b) {
+void orch_cluster_json(orch *o, llorch_jbuf *b) {
   sched *s = &o->s;
   int64_t now = orch_now_ms(o);
   llorch_jbuf_cstr(b, "{\"orchestrator_id\":");
@@ -367,7 +371,7 @@ static void on_cluster(llorch_http_request *req, void *user) {
   orch *o = user;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  cluster_json(o, &b);
+  orch_cluster_json(o, &b);
   if (llorch_jbuf_error(&b))
     llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
   else
@@ -442,6 +446,7 @@ static void orch_on_stop(llorch_service *svc, void *user) {
   o->stopping = true;
   uv_timer_stop(&o->tick);
   orch_req_abort_all(o);
+  orch_events_stop(o);
 }
 
 static void orch_on_shutdown(llorch_service *svc, void *user) {
@@ -519,6 +524,9 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
   for (size_t i = 0; i < cfg->orchestrator.models.count; i++) {
     if ((rc = sched_model_add(&o->s, &cfg->orchestrator.models.items[i], em)) < 0) goto fail_sched;
   }
+  /* The timeline sees the start/stop decisions on their way to the pools. */
+  if ((rc = orch_events_init(o, em)) < 0 || (rc = orch_dashboard_init(o, em)) < 0) goto fail_sched;
+  orch_events_ops(o, &o->s.ops);
   if ((rc = orch_setup_access(o, opts, em)) < 0) goto fail_sched;
   if ((rc = metrics_register(o)) < 0) {
     llorch_errmsg_set(em, rc, "out of memory registering metrics");
@@ -563,6 +571,7 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
 fail_client:
   llorch_http_client_free(o->client);
 fail_sched:
+  orch_events_free(o);
   sched_free(&o->s);
   free(o);
   return rc;
@@ -570,6 +579,7 @@ fail_sched:
 
 void llorch_orchestrator_free(llorch_orchestrator *o) {
   if (!o) return;
+  orch_events_free(o);
   sched_free(&o->s);
   free(o);
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "llorch/log.h"
+#include "events.h"
 #include "orchestrator-impl.h"
 
 /* ---- server side ---- */
@@ -227,6 +228,7 @@ static void apply_events(pool_doc *d) {
              sched_worker_state_name(w->state), w->exit_reason[0] ? ": " : "", w->exit_reason);
     /* One seq for the batch: only its first event is checked against it. */
     rc = sched_pool_event(&o->s, d->path_pool, d->boot, i == 0 ? d->seq : 0, w, now);
+    if (rc == 0) orch_events_worker(o, d->path_pool, w);
   }
   if (rc == LLORCH_ENOTFOUND) respond_pool_unknown(d->req, d->path_pool);
   else respond_ack(o, d->req, NULL, false);
