@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything llorch needs to build and test on Debian 12.
 # Idempotent: packages already present are not reinstalled. With --with-npm it
-# also installs the npm packages of the end-to-end tests (tests/e2e/node_modules).
+# also installs the npm packages of the end-to-end tests (tests/e2e/node_modules,
+# tests/e2e/dashboard/node_modules).
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config git curl ca-certificates
       libuv1-dev libcjson-dev libyaml-dev node-llhttp libpcre2-dev libcmocka-dev
-      clang libclang-rt-14-dev iproute2 python3 python3-yaml nodejs npm mmdebstrap)
+      clang libclang-rt-14-dev iproute2 python3 python3-yaml nodejs npm mmdebstrap
+      chromium fonts-liberation)  # chromium: the dashboard's browser test (tests/e2e/dashboard)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -36,7 +38,9 @@ npm_missing() {
     const miss = Object.keys(p.dependencies || {}).filter(d => !fs.existsSync(process.argv[1] + "/node_modules/" + d));
     process.exit(miss.length ? 0 : 1);' "$1"
 }
-for dir in "$here/tests/e2e"; do
+# tests/e2e/dashboard: playwright-core, which drives Debian's chromium in the
+# dashboard's browser test (it downloads no browser of its own).
+for dir in "$here/tests/e2e" "$here/tests/e2e/dashboard"; do
   if [ -f "$dir/package.json" ] && npm_missing "$dir"; then
     (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
   fi

@@ -6,7 +6,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, copyFileSync } from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 import {
   ADMIN_KEY, API_KEY, CLUSTER_TOKEN, cluster, freePort, orchestratorConfig, startRole, synthModel,
   tempDir, waitFor,
@@ -17,8 +16,12 @@ const ARTIFACTS = process.env.LLORCH_DASHBOARD_ARTIFACTS || path.resolve('dashbo
 const HB_MS = 300;
 const UI_MS = 15000; // how long the page may take to show a change
 
+// Loud failures, not skips: scripts/install-deps.sh [--with-npm] installs both.
+const { chromium } = await import('playwright-core').catch((e) => {
+  throw new Error(`playwright-core is not installed in tests/e2e/dashboard/node_modules: run ` +
+    `scripts/install-deps.sh --with-npm (or npm install in tests/e2e/dashboard) (${e.message})`);
+});
 if (!existsSync(CHROMIUM)) {
-  // Loud, not a skip: scripts/install-deps.sh installs it.
   throw new Error(`no browser at ${CHROMIUM}: install Debian's chromium (scripts/install-deps.sh, or ` +
     `apt-get install chromium), or point LLORCH_CHROMIUM at one`);
 }
