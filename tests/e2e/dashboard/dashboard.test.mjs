@@ -62,7 +62,7 @@ before(async () => {
       log: { level: 'info', format: 'json' },
       shutdown_grace: '3s',
       pool: { name, orchestrator: orch.url, cluster_token: CLUSTER_TOKEN, model_dirs: [dirs[name]],
-        heartbeat_interval: `${HB_MS}ms`, cpu_memory: '1GiB' },
+        heartbeat_interval: `${HB_MS}ms`, cpu_memory: '160MiB' }, // small: the bars show the workers
     }, { dir: tmp.dir, name }));
   }
   await waitFor('both pools up', async () => (await cluster(orch)).pools.filter((p) => p.up).length === 2, 20000);

@@ -76,7 +76,13 @@ function showError(msg) {
   e.hidden = !msg;
 }
 
-function say(msg) { $('status').textContent = msg; }
+let sayTimer = 0;
+// A short-lived note on what an action did (errors go to the alert instead).
+function say(msg) {
+  $('status').textContent = msg;
+  clearTimeout(sayTimer);
+  if (msg) sayTimer = setTimeout(() => { $('status').textContent = ''; }, 5000);
+}
 
 // The error message of an OpenAI-style envelope, else the status line.
 async function errorText(r) {
@@ -203,7 +209,7 @@ function deviceBar(s, pool, dev) {
   for (const ps of s.pending_starts || []) {
     if (ps.pool !== pool.name || ps.device !== dev.id) continue;
     held += ps.need_bytes;
-    parts.push({ cls: 'starting', bytes: ps.need_bytes, label: `${ps.model} (starting, reserved)` });
+    parts.push({ cls: 'starting', bytes: ps.need_bytes, legend: 'var(--start)', label: `${ps.model} (starting, reserved)` });
   }
   // What the device reports used beyond the workers: other processes, the OS.
   const other = Math.max(0, (dev.memory_total - dev.memory_free) - held);
@@ -222,7 +228,7 @@ function deviceBar(s, pool, dev) {
   const legend = h('ul', { class: 'legend' },
     parts.filter((p) => p.cls !== 'other').map((p) => {
       const li = h('li', { text: `${p.label}: ${bytes(p.bytes)}` });
-      if (p.color) li.style.setProperty('--c', p.color);
+      if (p.color || p.legend) li.style.setProperty('--c', p.color || p.legend);
       return li;
     }));
   const extra = [];
