@@ -74,8 +74,11 @@ before(async () => {
 
 after(async () => {
   if (browser) await browser.close().catch(() => {});
-  for (const p of procs.reverse()) await p.stop().catch(() => {});
+  // A sanitizer report (ASan builds) or a hung process fails the run.
+  const errors = [];
+  for (const p of procs.reverse()) await p.stop().catch((e) => errors.push(e));
   tmp.cleanup();
+  if (errors.length) throw errors[0];
 });
 
 test('without a key, and with a wrong key, the page says so', async () => {
