@@ -235,8 +235,12 @@ void orch_event(orch *o, const char *kind, const char *pool, const char *worker,
 
 /* ---- decisions as they leave the scheduler ---- */
 
+static void diff_pools(orch *o, int64_t now);
+
 static void ev_on_start(void *ud, const sched_start *st) {
   orch *o = ud;
+  /* A registration places models at once: its pool_up goes first. */
+  diff_pools(o, orch_now_ms(o));
   char need[32];
   sched_format_bytes(need, sizeof need, st->need_bytes);
   orch_event(o, "placed", st->pool->name, NULL, st->model->name,
