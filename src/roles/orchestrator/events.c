@@ -109,7 +109,7 @@ static void stream_close(ev_stream *st) {
  * bytes pile up is cut off instead of growing the orchestrator's memory; it
  * can reconnect and gets the ring and the state again.
  */
-static void stream_send(orch *o, ev_stream *st, const char *event, const char *data, size_t len) {
+static void stream_send(ev_stream *st, const char *event, const char *data, size_t len) {
   if (!st->req) return;
   if (llorch_http_request_queued_bytes(st->req) > ORCH_EVENTS_MAX_QUEUED) {
     LOG_WARN("orch", llorch_http_request_id(st->req), "event stream to %s is not read (%zu bytes "
@@ -117,7 +117,6 @@ static void stream_send(orch *o, ev_stream *st, const char *event, const char *d
     stream_close(st);
     return;
   }
-  (void)o;
   if (llorch_http_sse_send(st->req, event, data, len) == LLORCH_ECLOSED) stream_close(st);
 }
 
@@ -136,7 +135,7 @@ static void streams_reap(orch_events *ev) {
 }
 
 static void send_to_all(orch *o, const char *event, const char *data, size_t len) {
-  for (ev_stream *st = o->events->streams; st; st = st->next) stream_send(o, st, event, data, len);
+  for (ev_stream *st = o->events->streams; st; st = st->next) stream_send(st, event, data, len);
   streams_reap(o->events);
 }
 
@@ -147,7 +146,7 @@ static void send_state(orch *o, ev_stream *only) {
   if (llorch_jbuf_error(&b)) {
     LOG_WARN("orch", NULL, "out of memory building the cluster state for the event streams");
   } else if (only) {
-    stream_send(o, only, "cluster", b.data, b.len);
+    stream_send(only, "cluster", b.data, b.len);
   } else {
     send_to_all(o, "cluster", b.data, b.len);
   }
@@ -198,7 +197,7 @@ static void on_events(llorch_http_request *req, void *user) {
   for (uint64_t seq = first; seq < ev->next_seq && st->req; seq++) {
     llorch_jbuf_reset(&b);
     entry_json(&b, &ev->ring[seq % ORCH_EVENTS_RING]);
-    if (!llorch_jbuf_error(&b)) stream_send(o, st, "timeline", b.data, b.len);
+    if (!llorch_jbuf_error(&b)) stream_send(st, "timeline", b.data, b.len);
   }
   llorch_jbuf_free(&b);
   send_state(o, st);

@@ -109,7 +109,8 @@ static int http_call(int port, const char *method, const char *path, const char 
 
 typedef struct script {
   int port;
-  reply no_key, client_key, page, js, missing, drain, drain_bad, reg;
+  reply no_key, client_key, page, js, missing, drain, drain_bad, reg, too_many;
+  int extra_open;             /* more streams that opened next to the first one */
   char stream[65536];
   long stream_first;          /* bytes when the first cluster event was in */
   long stream_up;             /* bytes when the pool_up timeline entry was in */
@@ -130,6 +131,18 @@ static void *client_main(void *arg) {
   int fd = http_open(s->port, "GET", "/v2/cluster/events", ADMIN, NULL);
   if (fd >= 0) {
     s->stream_first = http_read(fd, s->stream, sizeof s->stream, 0, "event: cluster\ndata: {", 5000);
+    /* 64 streams at most: the 65th gets 429. */
+    int extra[63];
+    for (int i = 0; i < 63; i++) {
+      char head[256] = "";
+      extra[i] = http_open(s->port, "GET", "/v2/cluster/events", ADMIN, NULL);
+      if (extra[i] >= 0 && http_read(extra[i], head, sizeof head, 0, "event: ", 5000) > 0 &&
+          strstr(head, "HTTP/1.1 200"))
+        s->extra_open++;
+    }
+    http_call(s->port, "GET", "/v2/cluster/events", ADMIN, &s->too_many);
+    for (int i = 0; i < 63; i++)
+      if (extra[i] >= 0) close(extra[i]);
     /* A pool registers, then sends no heartbeat: up, then down after 3 x 100 ms. */
     int r = http_open(s->port, "POST", "/v2/pools/register", CLUSTER, register_doc);
     if (r >= 0) {
@@ -201,6 +214,9 @@ static void test_events_stream(void **state) {
   assert_int_equal(s->drain_bad.status, 404);
   assert_non_null(strstr(s->drain_bad.text, "/v2/cluster/workers/{pool}/{worker_id}/drain"));
   assert_int_equal(s->reg.status, 200);
+  assert_int_equal(s->extra_open, 63);
+  assert_int_equal(s->too_many.status, 429);
+  assert_non_null(strstr(s->too_many.text, "too many open event streams (limit 64)"));
 
   /* The stream: headers, the state first, then the timeline entry. */
   assert_true(s->stream_first > 0);
