@@ -222,3 +222,14 @@ test('usable at 1280x800 and at a phone width (390x844)', async () => {
     await ctx.close();
   }
 });
+
+test('a wrong key after a good one: the error shows and the cluster is hidden', async () => {
+  await page.locator('[data-pool="pool-a"]').waitFor({ timeout: UI_MS });
+  await page.getByLabel('Operator key').fill('wrong-again');
+  await page.getByRole('button', { name: 'Connect' }).click();
+  await page.waitForFunction(() => /refused \(401/.test(document.getElementById('error').textContent), null, { timeout: UI_MS });
+  assert.equal(await page.locator('[data-pool]').count(), 0, 'pools hidden');
+  assert.equal(await page.locator('#workers tr[data-worker]').count(), 0, 'workers hidden');
+  assert.equal(await page.locator('#timeline li').count(), 0, 'timeline hidden');
+  await shot(page, '10-wrong-key-after-good');
+});

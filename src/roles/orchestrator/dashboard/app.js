@@ -122,6 +122,7 @@ async function readStream(ctl) {
     const why = await errorText(r);
     stream = null;
     setConn('not connected');
+    clearViews(); // what an earlier key showed is not shown to this one
     showError(key ? `The operator key was refused (${why}). Enter another one.`
       : `This orchestrator needs an operator key (${why}). Enter it above.`);
     $('key').focus();
@@ -177,6 +178,16 @@ function onEvent(event, data) {
 }
 
 // ---- rendering ----
+
+function clearViews() {
+  render({ pools: [], workers: [], pending_starts: [], models: [],
+    queue: { interactive: 0, batch: 0, total: 0, max_total: 0, timeout_ms: 0 },
+    stats: { active_requests: 0, admitted: 0, rejected: 0, timed_out: 0, retries: 0, evictions: 0, starts: 0, start_failures: 0 } });
+  $('queue').replaceChildren();
+  $('timeline').replaceChildren();
+  timeline.length = 0;
+  lastSeq = 0;
+}
 
 // Keeps keyboard focus on the control with the same id across a re-render.
 function keepFocus(fn) {
@@ -431,6 +442,7 @@ async function runPlayground(ev) {
   }
   const gen = usage ? usage.completion_tokens : chunks;
   const rows = [['time to first token', tFirst ? `${(tFirst - t0).toFixed(0)} ms` : '—']];
+  // Decode rate: the tokens after the first over the time they took (TTFT is shown apart).
   if (tFirst && tLast > tFirst && gen > 1) rows.push(['tokens/s', ((gen - 1) / ((tLast - tFirst) / 1000)).toFixed(1)]);
   else rows.push(['tokens/s', '—']);
   if (usage) {
@@ -461,6 +473,7 @@ function init() {
     if (stream) stream.abort();
     stream = null;
     setConn('not connected');
+    clearViews();
     say('key forgotten');
   });
   $('play-form').addEventListener('submit', runPlayground);
