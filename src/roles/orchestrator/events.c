@@ -190,7 +190,10 @@ static void on_events(llorch_http_request *req, void *user) {
   ev->streams = st;
   ev->n_streams++;
   llorch_http_request_set_data(req, st, on_stream_close);
-  /* The ring, oldest first, then the state. */
+  LOG_DEBUG("orch", llorch_http_request_id(req), "event stream opened by %s (%d open)",
+            llorch_http_request_peer(req), ev->n_streams);
+  /* The ring, oldest first, then the state (a send may end the stream: req
+   * is not touched after this point). */
   uint64_t first = ev->next_seq > ORCH_EVENTS_RING ? ev->next_seq - ORCH_EVENTS_RING : 1;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
@@ -201,8 +204,6 @@ static void on_events(llorch_http_request *req, void *user) {
   }
   llorch_jbuf_free(&b);
   send_state(o, st);
-  LOG_DEBUG("orch", llorch_http_request_id(req), "event stream opened by %s (%d open)",
-            llorch_http_request_peer(req), ev->n_streams);
 }
 
 /* ---- recording ---- */
