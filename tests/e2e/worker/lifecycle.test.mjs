@@ -69,7 +69,11 @@ test('ready callback reaches the pool with the right fields (after one retry)', 
     // memory on the CPU); the peak only grows, /v2/info reads it later.
     assert.ok(b.memory_bytes > 0 && b.memory_bytes <= i.memory.held_bytes,
       `callback ${b.memory_bytes}, /v2/info held ${i.memory.held_bytes}`);
-    assert.ok(i.memory.estimate.total_bytes >= i.memory.held_bytes);
+    // Under ASan the shadow memory and quarantine inflate the resident set
+    // far past what the estimate models: the bound is checked in normal builds.
+    if (!process.env.LLORCH_SANITIZED)
+      assert.ok(i.memory.estimate.total_bytes >= i.memory.held_bytes,
+        `estimate ${i.memory.estimate.total_bytes} < held ${i.memory.held_bytes}`);
     assert.equal(i.memory.weights_location, 'host-mmap');
     // The CPU backend holds host memory by design: nothing to verify as VRAM.
     assert.deepEqual(i.memory.residency,
