@@ -649,3 +649,31 @@ char *llorch_json_error_envelope(const char *message, const char *type,
   }
   return b.data;
 }
+
+const char *llorch_json_anthropic_error_type(int status) {
+  switch (status) {
+  case 400: return "invalid_request_error";
+  case 401: return "authentication_error";
+  case 403: return "permission_error";
+  case 404: return "not_found_error";
+  case 413: return "request_too_large";
+  case 429: return "rate_limit_error";
+  case 503: return "overloaded_error";
+  default: return "api_error";
+  }
+}
+
+char *llorch_json_error_envelope_anthropic(const char *message, int status) {
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"type\":\"error\",\"error\":{\"type\":");
+  llorch_jbuf_str(&b, llorch_json_anthropic_error_type(status));
+  llorch_jbuf_cstr(&b, ",\"message\":");
+  llorch_jbuf_str(&b, message ? message : "");
+  llorch_jbuf_cstr(&b, "}}");
+  if (b.err) {
+    llorch_jbuf_free(&b);
+    return NULL;
+  }
+  return b.data;
+}
