@@ -321,10 +321,13 @@ static void resp_item_ref(llorch_openai_dout *o, llorch_jbuf *b, bool content) {
   if (content) llorch_jbuf_cstr(b, ",\"content_index\":0");
 }
 
+/* ,"part":{..}: a message's output_text or a reasoning item's reasoning_text */
 static void resp_text_part(llorch_jbuf *b, const llorch_openai_block *k, bool full) {
-  llorch_jbuf_cstr(b, ",\"part\":{\"type\":\"output_text\",\"text\":");
+  bool text = k->kind == LLORCH_BLOCK_TEXT;
+  llorch_jbuf_cstr(b, text ? ",\"part\":{\"type\":\"output_text\",\"text\":"
+                           : ",\"part\":{\"type\":\"reasoning_text\",\"text\":");
   llorch_jbuf_strn(b, full && k->text.data ? k->text.data : "", full ? k->text.len : 0);
-  llorch_jbuf_cstr(b, ",\"annotations\":[],\"logprobs\":[]}");
+  llorch_jbuf_cstr(b, text ? ",\"annotations\":[],\"logprobs\":[]}" : "}");
 }
 
 static void resp_open(llorch_openai_dout *o) {
@@ -338,7 +341,7 @@ static void resp_open(llorch_openai_dout *o) {
   resp_item(&b, k, false);
   llorch_jbuf_raw(&b, "}", 1);
   dout_send(o, "response.output_item.added", &b);
-  if (k->kind == LLORCH_BLOCK_TEXT) {
+  if (k->kind != LLORCH_BLOCK_TOOL) {
     llorch_jbuf_reset(&b);
     resp_event_head(o, &b, "response.content_part.added");
     resp_item_ref(o, &b, true);
@@ -376,6 +379,12 @@ static void resp_close(llorch_openai_dout *o) {
     llorch_jbuf_strn(&b, text, k->text.len);
     llorch_jbuf_raw(&b, "}", 1);
     dout_send(o, "response.reasoning_text.done", &b);
+    llorch_jbuf_reset(&b);
+    resp_event_head(o, &b, "response.content_part.done");
+    resp_item_ref(o, &b, true);
+    resp_text_part(&b, k, true);
+    llorch_jbuf_raw(&b, "}", 1);
+    dout_send(o, "response.content_part.done", &b);
     break;
   case LLORCH_BLOCK_TOOL:
     resp_event_head(o, &b, "response.function_call_arguments.done");
