@@ -322,7 +322,7 @@ static int anth_tools(const cJSON *body, cJSON *chat, llorch_openai_error *err) 
 
 int llorch_anthropic_to_chat(const cJSON *body, cJSON **out, llorch_openai_error *err) {
   *out = NULL;
-  char desc[64], shown[48];
+  char desc[64];
   cJSON *chat = cJSON_CreateObject();
   cJSON *msgs = chat ? cJSON_AddArrayToObject(chat, "messages") : NULL;
   int rc = 0;
@@ -415,7 +415,6 @@ int llorch_anthropic_to_chat(const cJSON *body, cJSON **out, llorch_openai_error
 
   if ((rc = anth_tools(body, chat, err)) < 0) goto fail;
   /* metadata, service_tier, container, mcp_servers: nothing to do here */
-  (void)shown;
   *out = chat;
   return 0;
 fail:

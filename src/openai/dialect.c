@@ -18,6 +18,7 @@ int openai_oom(llorch_openai_error *err) {
   return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
 }
 
+/* at most 40 bytes, cut on a UTF-8 boundary, so the message stays one printable line */
 const char *openai_show(char *buf, size_t cap, const char *s) {
   size_t n = strlen(s), k = n < 40 ? n : 40;
   while (k < n && k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
