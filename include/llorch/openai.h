@@ -313,13 +313,14 @@ typedef enum llorch_openai_dialect {
  * cJSON_Delete; it shares nothing with body): system -> a system message,
  * text / tool_use / tool_result blocks -> content, assistant tool_calls and
  * tool messages, tools' input_schema -> function tools, tool_choice
- * auto/any/tool/none, max_tokens (required), stop_sequences, temperature,
+ * auto/any/tool/none, max_tokens (required), stop_sequences (at most lim->max_stop), temperature,
  * top_p, top_k, stream; thinking {type:enabled|disabled} -> the template's
  * enable_thinking. Every wrong field gets a 400 naming it (param) with the
  * value and what was expected. Returns 0 or LLORCH_EINVAL / LLORCH_ENOMEM
  * with err.
  */
-int llorch_anthropic_to_chat(const cJSON *body, cJSON **out, llorch_openai_error *err);
+int llorch_anthropic_to_chat(const cJSON *body, const llorch_openai_limits *lim, cJSON **out,
+                             llorch_openai_error *err);
 
 /*
  * OpenAI Responses body -> chat completions body (as above): input as text
@@ -330,10 +331,14 @@ int llorch_anthropic_to_chat(const cJSON *body, cJSON **out, llorch_openai_error
  * Stateless: previous_response_id, store: true, conversation and
  * background: true get a 400 saying so.
  */
-int llorch_responses_to_chat(const cJSON *body, cJSON **out, llorch_openai_error *err);
+int llorch_responses_to_chat(const cJSON *body, const llorch_openai_limits *lim, cJSON **out,
+                             llorch_openai_error *err);
 
-/* One of the two above by dialect (LLORCH_DIALECT_OPENAI: a copy of body). */
-int llorch_openai_dialect_to_chat(llorch_openai_dialect d, const cJSON *body, cJSON **out,
+/* One of the two above by dialect (LLORCH_DIALECT_OPENAI: a copy of body).
+ * lim (NULL = LLORCH_OPENAI_LIMITS_DEFAULT) bounds what is counted in the
+ * dialect's own fields (stop_sequences), so the error names them. */
+int llorch_openai_dialect_to_chat(llorch_openai_dialect d, const cJSON *body,
+                                  const llorch_openai_limits *lim, cJSON **out,
                                   llorch_openai_error *err);
 /* The id prefix of the dialect's responses: "msg_", "resp_", "chatcmpl-". */
 const char *llorch_openai_dialect_id_prefix(llorch_openai_dialect d);

@@ -320,7 +320,11 @@ static int anth_tools(const cJSON *body, cJSON *chat, llorch_openai_error *err) 
 
 /* ---- the request ---- */
 
-int llorch_anthropic_to_chat(const cJSON *body, cJSON **out, llorch_openai_error *err) {
+int llorch_anthropic_to_chat(const cJSON *body, const llorch_openai_limits *lim, cJSON **out,
+                             llorch_openai_error *err) {
+  static const llorch_openai_limits defaults = LLORCH_OPENAI_LIMITS_DEFAULT;
+  if (!lim) lim = &defaults;
+  int max_stop = lim->max_stop < LLORCH_OPENAI_MAX_STOP ? lim->max_stop : LLORCH_OPENAI_MAX_STOP;
   *out = NULL;
   char desc[64];
   cJSON *chat = cJSON_CreateObject();
@@ -359,9 +363,9 @@ int llorch_anthropic_to_chat(const cJSON *body, cJSON **out, llorch_openai_error
         rc = BAD(p, "'%s' must be a non-empty string", p);
         goto fail;
       }
-      if (i >= LLORCH_OPENAI_MAX_STOP) {
-        rc = BAD("stop_sequences", "'stop_sequences' has more than %d strings",
-                 LLORCH_OPENAI_MAX_STOP);
+      if (i >= max_stop) {
+        rc = BAD("stop_sequences", "'stop_sequences' has more than %d strings (request.max_stop)",
+                 max_stop);
         goto fail;
       }
     }

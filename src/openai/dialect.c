@@ -39,11 +39,12 @@ int openai_copy_field(cJSON *dst, const cJSON *src, const char *key, const char 
   return 0;
 }
 
-int llorch_openai_dialect_to_chat(llorch_openai_dialect d, const cJSON *body, cJSON **out,
+int llorch_openai_dialect_to_chat(llorch_openai_dialect d, const cJSON *body,
+                                  const llorch_openai_limits *lim, cJSON **out,
                                   llorch_openai_error *err) {
   switch (d) {
-  case LLORCH_DIALECT_ANTHROPIC: return llorch_anthropic_to_chat(body, out, err);
-  case LLORCH_DIALECT_RESPONSES: return llorch_responses_to_chat(body, out, err);
+  case LLORCH_DIALECT_ANTHROPIC: return llorch_anthropic_to_chat(body, lim, out, err);
+  case LLORCH_DIALECT_RESPONSES: return llorch_responses_to_chat(body, lim, out, err);
   default:
     *out = cJSON_Duplicate(body, true);
     return *out ? 0 : openai_oom(err);

@@ -270,7 +270,9 @@ static int resp_text_format(const cJSON *body, cJSON *chat, llorch_openai_error 
 
 /* ---- the request ---- */
 
-int llorch_responses_to_chat(const cJSON *body, cJSON **out, llorch_openai_error *err) {
+int llorch_responses_to_chat(const cJSON *body, const llorch_openai_limits *lim, cJSON **out,
+                             llorch_openai_error *err) {
+  (void)lim; /* nothing counted here that chat does not count under the same name */
   *out = NULL;
   char desc[64];
   int rc = 0;

@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (int d = LLORCH_DIALECT_ANTHROPIC; d <= LLORCH_DIALECT_RESPONSES; d++) {
     cJSON *chat = NULL;
     llorch_openai_error err = {0};
-    if (llorch_openai_dialect_to_chat((llorch_openai_dialect)d, body, &chat, &err) < 0) {
+    if (llorch_openai_dialect_to_chat((llorch_openai_dialect)d, body, &lim, &chat, &err) < 0) {
       if (chat || err.status < 400 || !err.message[0] || strchr(err.message, '\n')) abort();
       continue;
     }

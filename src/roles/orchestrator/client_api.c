@@ -701,16 +701,16 @@ static void parse_body(orch_parse *p) {
                        param[0] ? param : NULL, "%s", em.text);
     return;
   }
+  llorch_openai_limits lim = llorch_openai_limits_from_config(cfg);
   if (r->dialect != LLORCH_DIALECT_OPENAI) {
     /* Anthropic Messages / Responses: the same request as chat completions */
     cJSON *as_chat = NULL;
-    p->rc = llorch_openai_dialect_to_chat(r->dialect, body, &as_chat, &p->err);
+    p->rc = llorch_openai_dialect_to_chat(r->dialect, body, &lim, &as_chat, &p->err);
     cJSON_Delete(body);
     body = as_chat;
     if (p->rc < 0) goto out;
   }
   llorch_openai_request oreq;
-  llorch_openai_limits lim = llorch_openai_limits_from_config(cfg);
   p->rc = llorch_openai_request_parse(body, r->chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION,
                                       &lim, &oreq, &p->err);
   if (p->rc < 0) goto out;

@@ -162,7 +162,8 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
   if (dialect != LLORCH_DIALECT_OPENAI) {
     /* Anthropic Messages / Responses: the same request as chat completions */
     cJSON *chat = NULL;
-    int trc = llorch_openai_dialect_to_chat(dialect, json, &chat, &err);
+    llorch_openai_limits lim = llorch_openai_limits_from_config(w->cfg);
+    int trc = llorch_openai_dialect_to_chat(dialect, json, &lim, &chat, &err);
     cJSON_Delete(json);
     if (trc < 0) {
       routes_fail(w, req, &err);

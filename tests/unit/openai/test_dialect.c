@@ -23,7 +23,7 @@ static char *to_chat(llorch_openai_dialect d, const char *json) {
   assert_non_null(body);
   cJSON *chat = NULL;
   llorch_openai_error err = {0};
-  int rc = llorch_openai_dialect_to_chat(d, body, &chat, &err);
+  int rc = llorch_openai_dialect_to_chat(d, body, NULL, &chat, &err);
   if (rc < 0) fail_msg("%s: %d %s (%s)", json, err.status, err.message, err.param);
   llorch_openai_request r;
   if (llorch_openai_request_parse(chat, LLORCH_OPENAI_CHAT, NULL, &r, &err) < 0)
@@ -51,7 +51,7 @@ static void expect_400(llorch_openai_dialect d, const char *json, const char *pa
   assert_non_null(body);
   cJSON *chat = NULL;
   llorch_openai_error err = {0};
-  assert_int_equal(llorch_openai_dialect_to_chat(d, body, &chat, &err), LLORCH_EINVAL);
+  assert_int_equal(llorch_openai_dialect_to_chat(d, body, NULL, &chat, &err), LLORCH_EINVAL);
   assert_null(chat);
   assert_int_equal(err.status, 400);
   if (strcmp(err.param, param) != 0) fail_msg("%s: param %s, expected %s", json, err.param, param);
