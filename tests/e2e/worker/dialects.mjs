@@ -192,6 +192,11 @@ export function anthropicTests(client, model) {
       /toolu_nope/);
     await bad(ask('hi', { tool_choice: { type: 'sometimes' } }), /tool_choice\.type/);
   });
+
+  test('anthropic: a prompt longer than the context -> 400 in Anthropic\'s format (found after tokenizing)', async () => {
+    // Through the orchestrator this 400 comes from the worker and is answered again in the client's envelope.
+    await bad(ask('word '.repeat(6000)), /context/);
+  });
 }
 
 // ---- OpenAI Responses (openai: client.responses) ----
@@ -291,5 +296,13 @@ export function responsesTests(client, model) {
       /reads text only/, 'input[0].content[0].type');
     await bad({ model, input: [] }, /'input' must be/, 'input');
     await bad({ model, input: [{ type: 'function_call_output', call_id: 'call_nope', output: 'x' }] }, /call_nope/);
+  });
+
+  test('responses: a prompt longer than the context -> 400 context_length_exceeded', async () => {
+    await assert.rejects(client().responses.create({ model, input: 'word '.repeat(6000) }), (e) => {
+      assert.equal(e.status, 400, String(e));
+      assert.equal(e.code, 'context_length_exceeded');
+      return true;
+    });
   });
 }
