@@ -336,7 +336,7 @@ int llorch_responses_to_chat(const cJSON *body, const llorch_openai_limits *lim,
 
 /* One of the two above by dialect (LLORCH_DIALECT_OPENAI: a copy of body).
  * lim (NULL = LLORCH_OPENAI_LIMITS_DEFAULT) bounds what is counted in the
- * dialect's own fields (stop_sequences), so the error names them. */
+ * dialect's own fields (stop_sequences, input items), so the error names them. */
 int llorch_openai_dialect_to_chat(llorch_openai_dialect d, const cJSON *body,
                                   const llorch_openai_limits *lim, cJSON **out,
                                   llorch_openai_error *err);

@@ -272,7 +272,8 @@ static int resp_text_format(const cJSON *body, cJSON *chat, llorch_openai_error 
 
 int llorch_responses_to_chat(const cJSON *body, const llorch_openai_limits *lim, cJSON **out,
                              llorch_openai_error *err) {
-  (void)lim; /* nothing counted here that chat does not count under the same name */
+  static const llorch_openai_limits defaults = LLORCH_OPENAI_LIMITS_DEFAULT;
+  if (!lim) lim = &defaults;
   *out = NULL;
   char desc[64];
   int rc = 0;
@@ -341,6 +342,12 @@ int llorch_responses_to_chat(const cJSON *body, const llorch_openai_limits *lim,
       goto fail;
     }
   } else if (cJSON_IsArray(input) && input->child) {
+    /* counted here so that the error names 'input' (chat would say 'messages') */
+    if (cJSON_GetArraySize(input) > lim->max_messages) {
+      rc = BAD("input", "'input' has %d items; at most %d are accepted (request.max_messages)",
+               cJSON_GetArraySize(input), lim->max_messages);
+      goto fail;
+    }
     int i = 0;
     for (const cJSON *it = input->child; it; it = it->next, i++)
       if ((rc = resp_item(it, i, msgs, err)) < 0) goto fail;

@@ -187,6 +187,17 @@ static void test_responses_errors(void **state) {
   expect_400(R, "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"yaml\"}}}", "text.format.type",
              "\"yaml\"");
   expect_400(R, "{\"input\":[{\"type\":\"reasoning\",\"summary\":[]}]}", "input", "no message");
+  /* too many items, counted against request.max_messages under their own name */
+  llorch_openai_limits lim = LLORCH_OPENAI_LIMITS_DEFAULT;
+  lim.max_messages = 2;
+  cJSON *body = cJSON_Parse("{\"input\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":"
+                            "\"user\",\"content\":\"b\"},{\"role\":\"user\",\"content\":\"c\"}]}");
+  cJSON *chat = NULL;
+  llorch_openai_error err = {0};
+  assert_int_equal(llorch_openai_dialect_to_chat(R, body, &lim, &chat, &err), LLORCH_EINVAL);
+  assert_string_equal(err.param, "input");
+  assert_non_null(strstr(err.message, "'input' has 3 items; at most 2"));
+  cJSON_Delete(body);
 }
 
 /* ---- output ---- */
