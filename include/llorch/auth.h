@@ -27,5 +27,7 @@ bool llorch_auth_token_equal(const char *a, size_t alen, const char *b, size_t b
  * returns 0. Returns 0 or LLORCH_EAUTH.
  */
 int llorch_auth_check(const char *authorization, const char *const *tokens, size_t n);
+/* The same check for a token already taken from a request (NULL = none). */
+int llorch_auth_check_token(const char *tok, size_t len, const char *const *tokens, size_t n);
 
 #endif /* LLORCH_AUTH_H */

@@ -196,6 +196,22 @@ const char *llorch_http_request_body(const llorch_http_request *req, size_t *len
  * the parsed copy); the body reads as "" afterwards.
  */
 void llorch_http_request_release_body(llorch_http_request *req);
+/*
+ * The client's key: the token of "Authorization: Bearer <token>", else the
+ * value of "x-api-key" (how Anthropic's clients send it), spaces trimmed.
+ * Returns 0 with *token and *len pointing into the headers, or LLORCH_EAUTH.
+ * Every key check goes through here, so both headers work everywhere.
+ */
+int llorch_http_request_api_key(const llorch_http_request *req, const char **token, size_t *len);
+
+/* Which envelope llorch_http_respond_error writes for this request. */
+typedef enum llorch_http_error_format {
+  LLORCH_HTTP_ERRORS_OPENAI = 0,    /* {"error":{message,type,param,code}} */
+  LLORCH_HTTP_ERRORS_ANTHROPIC = 1, /* {"type":"error","error":{type,message}}, for /v1/messages */
+} llorch_http_error_format;
+void llorch_http_request_set_error_format(llorch_http_request *req, llorch_http_error_format f);
+llorch_http_error_format llorch_http_request_error_format(const llorch_http_request *req);
+
 /* The request id (validated X-Request-Id or generated); use it in log lines. */
 const char *llorch_http_request_id(const llorch_http_request *req);
 /* The peer address, "127.0.0.1:54321" or "[::1]:54321". */
@@ -253,7 +269,8 @@ int llorch_http_respond_json(llorch_http_request *req, int status, const char *j
 
 /*
  * An OpenAI-style error: {"error":{"message":message,"type":type,"param":param,
- * "code":code}} with the given status. param and code may be NULL (null in the
+ * "code":code}} with the given status (Anthropic's envelope instead when the
+ * request's error format says so, its type chosen from the status). param and code may be NULL (null in the
  * JSON). message is escaped. type e.g. "invalid_request_error".
  */
 int llorch_http_respond_error(llorch_http_request *req, int status, const char *type,
@@ -286,7 +303,7 @@ int llorch_http_sse_comment(llorch_http_request *req, const char *text);
 int llorch_http_sse_end(llorch_http_request *req);
 
 /*
- * Checks Authorization: Bearer against n accepted tokens (n == 0: auth off,
+ * Checks the request's key (llorch_http_request_api_key) against n accepted tokens (n == 0: auth off,
  * returns 0). On failure answers 401 with an OpenAI error envelope
  * (type "authentication_error", WWW-Authenticate: Bearer), which finishes
  * the response, and returns LLORCH_EAUTH.

@@ -154,5 +154,15 @@ int llorch_jbuf_error(const llorch_jbuf *b);
  */
 char *llorch_json_error_envelope(const char *message, const char *type,
                                  const char *param, const char *code);
+/*
+ * Anthropic's error body {"type":"error","error":{"type":..,"message":..}},
+ * the type from the HTTP status (400 invalid_request_error, 401
+ * authentication_error, 403 permission_error, 404 not_found_error, 413
+ * request_too_large, 429 rate_limit_error, 503 overloaded_error, else
+ * api_error). malloc'd, NULL when out of memory.
+ */
+char *llorch_json_error_envelope_anthropic(const char *message, int status);
+/* The Anthropic error type of an HTTP status (as above). */
+const char *llorch_json_anthropic_error_type(int status);
 
 #endif /* LLORCH_JSON_H */

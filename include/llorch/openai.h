@@ -292,6 +292,130 @@ void llorch_openai_write_completion_response(llorch_jbuf *b, const llorch_openai
                                              const llorch_openai_logprobs *lp, const char *finish,
                                              uint32_t prompt_tokens, uint32_t completion_tokens);
 
+/* ---- other APIs: Anthropic Messages and OpenAI Responses ---- */
+
+/*
+ * The APIs translated onto chat completions. A request of either is turned
+ * into the equivalent chat completions body (llorch_openai_dialect_to_chat)
+ * and validated by llorch_openai_request_parse like any chat request; the
+ * output (the same deltas) is written back in the API's own shape by a
+ * llorch_openai_dout. So both roles serve them with the code they run for
+ * chat, and the orchestrator forwards the usual /v2/execute body.
+ */
+typedef enum llorch_openai_dialect {
+  LLORCH_DIALECT_OPENAI = 0,    /* chat completions / completions as they are */
+  LLORCH_DIALECT_ANTHROPIC = 1, /* POST /v1/messages */
+  LLORCH_DIALECT_RESPONSES = 2, /* POST /v1/responses (stateless) */
+} llorch_openai_dialect;
+
+/*
+ * Anthropic Messages body -> chat completions body (a new object; free with
+ * cJSON_Delete; it shares nothing with body): system -> a system message,
+ * text / tool_use / tool_result blocks -> content, assistant tool_calls and
+ * tool messages, tools' input_schema -> function tools, tool_choice
+ * auto/any/tool/none, max_tokens (required), stop_sequences (at most lim->max_stop), temperature,
+ * top_p, top_k, stream; thinking {type:enabled|disabled} -> the template's
+ * enable_thinking. Every wrong field gets a 400 naming it (param) with the
+ * value and what was expected. Returns 0 or LLORCH_EINVAL / LLORCH_ENOMEM
+ * with err.
+ */
+int llorch_anthropic_to_chat(const cJSON *body, const llorch_openai_limits *lim, cJSON **out,
+                             llorch_openai_error *err);
+
+/*
+ * OpenAI Responses body -> chat completions body (as above): input as text
+ * or items (messages with input_text/output_text parts, function_call,
+ * function_call_output; reasoning items dropped), instructions -> a system
+ * message, function tools, tool_choice, max_output_tokens, text.format ->
+ * response_format, temperature, top_p, parallel_tool_calls, stream.
+ * Stateless: previous_response_id, store: true, conversation and
+ * background: true get a 400 saying so.
+ */
+int llorch_responses_to_chat(const cJSON *body, const llorch_openai_limits *lim, cJSON **out,
+                             llorch_openai_error *err);
+
+/* One of the two above by dialect (LLORCH_DIALECT_OPENAI: a copy of body).
+ * lim (NULL = LLORCH_OPENAI_LIMITS_DEFAULT) bounds what is counted in the
+ * dialect's own fields (stop_sequences, input items), so the error names them. */
+int llorch_openai_dialect_to_chat(llorch_openai_dialect d, const cJSON *body,
+                                  const llorch_openai_limits *lim, cJSON **out,
+                                  llorch_openai_error *err);
+/* The id prefix of the dialect's responses: "msg_", "resp_", "chatcmpl-". */
+const char *llorch_openai_dialect_id_prefix(llorch_openai_dialect d);
+
+/* An SSE event out: name (never NULL) and its JSON data. */
+typedef void (*llorch_openai_event_fn)(void *user, const char *event, const char *data,
+                                       size_t len);
+
+typedef enum llorch_openai_block_kind {
+  LLORCH_BLOCK_TEXT = 0,
+  LLORCH_BLOCK_REASONING = 1,
+  LLORCH_BLOCK_TOOL = 2,
+} llorch_openai_block_kind;
+
+/* One content block (Anthropic) / output item (Responses). */
+typedef struct llorch_openai_block {
+  llorch_openai_block_kind kind;
+  llorch_jbuf text;        /* the text, the reasoning, or the call's arguments JSON */
+  char id[64];             /* tool: the call id; Responses: also every item's id below */
+  char item_id[80];        /* Responses: "msg_..", "rs_..", "fc_.." */
+  char *name;              /* tool: the function's name */
+  int call_index;          /* tool: the deltas' tool_index */
+} llorch_openai_block;
+
+/*
+ * The output of one response in a dialect: the deltas grouped into blocks
+ * (a new one whenever the kind or the call changes) and, when streaming,
+ * the dialect's SSE events written as they happen. Anthropic:
+ * message_start, content_block_start/delta/stop (text_delta,
+ * thinking_delta, input_json_delta), message_delta (stop_reason end_turn,
+ * max_tokens, stop_sequence, tool_use), message_stop. Responses:
+ * response.created, response.in_progress, response.output_item.added,
+ * response.content_part.added, response.output_text.delta,
+ * response.reasoning_text.delta, response.function_call_arguments.delta,
+ * the matching .done events, response.output_item.done, then
+ * response.completed (response.incomplete when cut by max_output_tokens).
+ */
+typedef struct llorch_openai_dout {
+  llorch_openai_dialect dialect;
+  char id[64];             /* the response's id */
+  char model[128];
+  int64_t created;         /* unix seconds */
+  llorch_openai_event_fn send; /* NULL: not streaming, only collected */
+  void *user;
+  llorch_openai_block *blocks; /* (n_blocks) */
+  int n_blocks;
+  bool open;               /* streaming: the last block has been started and not stopped */
+  bool started;            /* the opening events went out */
+  int64_t seq;             /* Responses: sequence_number */
+  uint32_t prompt_tokens;
+  int err;                 /* LLORCH_ENOMEM once something could not be kept */
+} llorch_openai_dout;
+
+/* A zeroed dout is valid (and free does nothing with it). */
+void llorch_openai_dout_init(llorch_openai_dout *o, llorch_openai_dialect dialect, const char *id,
+                             const char *model, int64_t created, llorch_openai_event_fn send,
+                             void *user);
+void llorch_openai_dout_free(llorch_openai_dout *o);
+/* Drops the blocks (an attempt that is retried); what was sent stays sent. */
+void llorch_openai_dout_reset(llorch_openai_dout *o);
+/* Streaming: the opening events (once). */
+void llorch_openai_dout_start(llorch_openai_dout *o, uint32_t prompt_tokens);
+/* One delta (empty ones are ignored). */
+void llorch_openai_dout_add(llorch_openai_dout *o, const llorch_openai_delta *d);
+/*
+ * The end. finish is the chat finish_reason ("stop", "length",
+ * "tool_calls", ...), stop_sequence the stop string that ended the output
+ * (NULL if none). Streaming: closes the open block and sends the final
+ * events; then (streaming or not) body, if not NULL, gets the whole answer
+ * object.
+ */
+void llorch_openai_dout_finish(llorch_openai_dout *o, const char *finish, const char *stop_sequence,
+                               uint32_t prompt_tokens, uint32_t completion_tokens,
+                               llorch_jbuf *body);
+/* Streaming: an error after the stream started, as the dialect's error event. */
+void llorch_openai_dout_fail(llorch_openai_dout *o, const char *code, const char *message);
+
 /* Response bytes a stream may have waiting for a slow client before it is
  * given up (the worker cancels the job, the orchestrator the relay). */
 #define LLORCH_OPENAI_MAX_QUEUED_BYTES (8u << 20)

@@ -44,6 +44,12 @@ int llorch_auth_check(const char *authorization, const char *const *tokens, size
   const char *tok;
   size_t len;
   if (llorch_auth_parse_bearer(authorization, &tok, &len) < 0) return LLORCH_EAUTH;
+  return llorch_auth_check_token(tok, len, tokens, n);
+}
+
+int llorch_auth_check_token(const char *tok, size_t len, const char *const *tokens, size_t n) {
+  if (n == 0) return 0;
+  if (tok == NULL) return LLORCH_EAUTH;
   bool ok = false;
   for (size_t i = 0; i < n; i++) {
     size_t tl = 0;

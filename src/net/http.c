@@ -105,6 +105,7 @@ struct llorch_http_request {
   void *data;
   llorch_http_close_fn on_close;
   uint64_t start_ns;      /* uv_hrtime at dispatch */
+  llorch_http_error_format error_format; /* envelope of llorch_http_respond_error */
 };
 
 struct http_conn {
@@ -555,7 +556,9 @@ int llorch_http_respond_json(llorch_http_request *req, int status, const char *j
 
 int llorch_http_respond_error(llorch_http_request *req, int status, const char *type,
                               const char *message, const char *param, const char *code) {
-  char *body = llorch_json_error_envelope(message, type, param, code);
+  char *body = req->error_format == LLORCH_HTTP_ERRORS_ANTHROPIC
+                   ? llorch_json_error_envelope_anthropic(message, status)
+                   : llorch_json_error_envelope(message, type, param, code);
   if (body == NULL) {
     static const char oom[] =
         "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,"
@@ -567,10 +570,34 @@ int llorch_http_respond_error(llorch_http_request *req, int status, const char *
   return rc;
 }
 
+int llorch_http_request_api_key(const llorch_http_request *req, const char **token, size_t *len) {
+  if (llorch_auth_parse_bearer(llorch_http_request_header(req, "Authorization"), token, len) == 0)
+    return 0;
+  const char *k = llorch_http_request_header(req, "x-api-key");
+  if (k == NULL) return LLORCH_EAUTH;
+  while (*k == ' ' || *k == '\t') k++;
+  size_t n = strlen(k);
+  while (n > 0 && (k[n - 1] == ' ' || k[n - 1] == '\t')) n--;
+  if (n == 0) return LLORCH_EAUTH;
+  *token = k;
+  *len = n;
+  return 0;
+}
+
+void llorch_http_request_set_error_format(llorch_http_request *req, llorch_http_error_format f) {
+  req->error_format = f;
+}
+
+llorch_http_error_format llorch_http_request_error_format(const llorch_http_request *req) {
+  return req->error_format;
+}
+
 int llorch_http_require_bearer(llorch_http_request *req, const char *const *tokens,
                                size_t n) {
-  if (llorch_auth_check(llorch_http_request_header(req, "Authorization"), tokens, n) == 0)
-    return 0;
+  const char *tok = NULL;
+  size_t len = 0;
+  if (llorch_http_request_api_key(req, &tok, &len) < 0) tok = NULL;
+  if (llorch_auth_check_token(tok, len, tokens, n) == 0) return 0;
   llorch_http_response_header(req, "WWW-Authenticate", "Bearer");
   LOG_INFO("http", req->id, "401 for %s %s from %s: missing or wrong bearer token",
            req->method, llorch_http_request_path(req), req->peer);

@@ -3,6 +3,7 @@
  * and a small JSON text builder.
  */
 #include "llorch/json.h"
+#include "llorch/utf8.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -524,25 +525,6 @@ void llorch_jbuf_raw(llorch_jbuf *b, const char *s, size_t n) {
 
 void llorch_jbuf_cstr(llorch_jbuf *b, const char *s) { llorch_jbuf_raw(b, s, strlen(s)); }
 
-/* Length of a valid UTF-8 sequence at s (of at most n bytes), or 0 if invalid. */
-static size_t utf8_seq_len(const unsigned char *s, size_t n) {
-  unsigned c = s[0];
-  size_t len;
-  unsigned min;
-  if (c < 0x80) return 1;
-  if ((c & 0xE0) == 0xC0) { len = 2; min = 0x80; c &= 0x1F; }
-  else if ((c & 0xF0) == 0xE0) { len = 3; min = 0x800; c &= 0x0F; }
-  else if ((c & 0xF8) == 0xF0) { len = 4; min = 0x10000; c &= 0x07; }
-  else return 0;
-  if (len > n) return 0;
-  for (size_t i = 1; i < len; i++) {
-    if ((s[i] & 0xC0) != 0x80) return 0;
-    c = (c << 6) | (s[i] & 0x3F);
-  }
-  if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
-  return len;
-}
-
 void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n) {
   /* Worst case: every byte becomes \u00XX (6) or U+FFFD (3). */
   if (!jbuf_reserve(b, n * 6 + 2)) return;
@@ -570,12 +552,15 @@ void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n) {
       *o++ = (char)c;
       i++;
     } else {
-      size_t len = utf8_seq_len(p + i, n - i);
+      size_t bad;
+      bool incomplete;
+      size_t len = llorch_utf8_next(p + i, n - i, &bad, &incomplete);
       if (len == 0) {
-        /* Invalid UTF-8 would make the whole document invalid: replace it. */
+        /* Invalid UTF-8 would make the whole document invalid: one U+FFFD
+         * per maximal subpart (utf8.h). */
         memcpy(o, "\xEF\xBF\xBD", 3);
         o += 3;
-        i++;
+        i += bad;
       } else {
         memcpy(o, p + i, len);
         o += len;
@@ -642,6 +627,34 @@ char *llorch_json_error_envelope(const char *message, const char *type,
   llorch_jbuf_cstr(&b, ",");
   llorch_jbuf_key(&b, "code");
   llorch_jbuf_str(&b, code);
+  llorch_jbuf_cstr(&b, "}}");
+  if (b.err) {
+    llorch_jbuf_free(&b);
+    return NULL;
+  }
+  return b.data;
+}
+
+const char *llorch_json_anthropic_error_type(int status) {
+  switch (status) {
+  case 400: return "invalid_request_error";
+  case 401: return "authentication_error";
+  case 403: return "permission_error";
+  case 404: return "not_found_error";
+  case 413: return "request_too_large";
+  case 429: return "rate_limit_error";
+  case 503: return "overloaded_error";
+  default: return "api_error";
+  }
+}
+
+char *llorch_json_error_envelope_anthropic(const char *message, int status) {
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"type\":\"error\",\"error\":{\"type\":");
+  llorch_jbuf_str(&b, llorch_json_anthropic_error_type(status));
+  llorch_jbuf_cstr(&b, ",\"message\":");
+  llorch_jbuf_str(&b, message ? message : "");
   llorch_jbuf_cstr(&b, "}}");
   if (b.err) {
     llorch_jbuf_free(&b);

@@ -10,6 +10,7 @@
 
 #include "llorch/config.h"
 #include "llorch/openai.h"
+#include "openai-impl.h"
 
 /* ---- errors ---- */
 
@@ -41,19 +42,6 @@ void llorch_openai_respond_error(llorch_http_request *req, const llorch_openai_e
 static int req_fail_field(llorch_openai_error *err, const llorch_errmsg *em) {
   return llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value",
                             llorch_json_errparam(), "%s", em->text);
-}
-
-/* A client's string for an error message: at most 40 bytes (cut on a UTF-8
- * boundary, "..." added), control characters as '?', so the message stays
- * one printable line. */
-static const char *req_show(char *buf, size_t cap, const char *s) {
-  size_t n = strlen(s), k = n < 40 ? n : 40;
-  while (k < n && k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
-  if (k + 4 > cap) k = cap - 4;
-  for (size_t i = 0; i < k; i++) buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-  if (k < n) memcpy(buf + k, "...", 3), k += 3;
-  buf[k] = 0;
-  return buf;
 }
 
 #define REQ_BAD(param, ...) \
@@ -149,7 +137,7 @@ static int req_tool_calls(const cJSON *calls, const char *where, const llorch_op
       snprintf(tp, sizeof tp, "%s.type", cw);
       char shown[48];
       return REQ_BAD(tp, "'%s' must be \"function\", got \"%s\"", tp,
-                     req_show(shown, sizeof shown, type));
+                     openai_show(shown, sizeof shown, type));
     }
     char fw[192];
     snprintf(fw, sizeof fw, "%s.function", cw);
@@ -161,7 +149,7 @@ static int req_tool_calls(const cJSON *calls, const char *where, const llorch_op
     if (cJSON_IsString(args)) {
       if (!req_is_json_object(args->valuestring))
         return REQ_BAD(ap, "'%s' must be a JSON object encoded as a string, got \"%s\"", ap,
-                       req_show(desc, sizeof desc, args->valuestring));
+                       openai_show(desc, sizeof desc, args->valuestring));
     } else if (args && !cJSON_IsObject(args) && !cJSON_IsNull(args)) {
       return REQ_BAD(ap, "'%s' must be a JSON object encoded as a string, got %s", ap,
                      llorch_json_describe(args, desc, sizeof desc));
@@ -220,7 +208,7 @@ static int req_messages(const cJSON *messages, const llorch_openai_limits *lim,
         return REQ_BAD(p,
                        "'%s' is \"%s\", but no earlier assistant message has a tool call "
                        "with that id (the latest one with tool_calls answers to it)",
-                       p, req_show(shown, sizeof shown, id));
+                       p, openai_show(shown, sizeof shown, id));
       }
     }
   }
@@ -254,7 +242,7 @@ static int req_tools(const cJSON *body, const llorch_openai_limits *lim, llorch_
       snprintf(p, sizeof p, "%s.type", w);
       char shown[48];
       return REQ_BAD(p, "'%s' must be \"function\" (the only tool type supported), got \"%s\"",
-                     p, req_show(shown, sizeof shown, type));
+                     p, openai_show(shown, sizeof shown, type));
     }
     if (llorch_json_get_object(t, w, "function", true, &fn, &em) < 0 ||
         llorch_json_get_string(fn, fw, "name", true, &name, &em) < 0 ||
@@ -273,7 +261,7 @@ static int req_tools(const cJSON *body, const llorch_openai_limits *lim, llorch_
       snprintf(p, sizeof p, "%s.name", fw);
       char shown[48];
       return REQ_BAD(p, "'%s' must be 1..64 characters of [A-Za-z0-9_.-], got \"%s\"", p,
-                     req_show(shown, sizeof shown, name));
+                     openai_show(shown, sizeof shown, name));
     }
     int k = 0;
     for (const cJSON *u = tools->child; u != t; u = u->next, k++) {
@@ -334,7 +322,7 @@ static int req_tools(const cJSON *body, const llorch_openai_limits *lim, llorch_
       if (!found)
         return REQ_BAD("tool_choice.function.name",
                        "'tool_choice.function.name' is \"%s\", which is not in 'tools'",
-                       req_show(desc, sizeof desc, r->tool_choice_name));
+                       openai_show(desc, sizeof desc, r->tool_choice_name));
     }
   }
   r->parallel_tool_calls = true;
@@ -534,7 +522,7 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
   if (rf && llorch_reasoning_format_parse(rf, &r->reasoning_format) < 0)
     return REQ_BAD("reasoning_format",
                    "'reasoning_format' must be \"reasoning_content\" or \"none\", got \"%s\"",
-                   req_show(shown, sizeof shown, rf));
+                   openai_show(shown, sizeof shown, rf));
 
   /* job id (native) */
   if (api == LLORCH_OPENAI_NATIVE) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "llorch/textstream.h"
+#include "llorch/utf8.h"
 
 struct llorch_textstream {
   const llorch_tokenizer *tok;
@@ -74,41 +75,15 @@ size_t llorch_textstream_pending(const llorch_textstream *ts) { return ts->pend_
 
 /* ---- UTF-8 ---- */
 
-/* Length of a valid UTF-8 sequence at s (strict: no overlongs, surrogates or
- * code points past U+10FFFF), 0 if invalid, or -(bytes so far) if s is a
- * valid but incomplete beginning. */
-static int utf8_valid_len(const uint8_t *s, size_t avail) {
-  uint8_t c = s[0];
-  int n;
-  uint8_t lo = 0x80, hi = 0xbf;
-  if (c < 0x80) return 1;
-  if (c >= 0xc2 && c <= 0xdf) n = 2;
-  else if (c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    if (c == 0xe0) lo = 0xa0;
-    if (c == 0xed) hi = 0x9f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    if (c == 0xf0) lo = 0x90;
-    if (c == 0xf4) hi = 0x8f;
-  } else {
-    return 0;
-  }
-  for (int i = 1; i < n; i++) {
-    if ((size_t)i >= avail) return -i;
-    uint8_t b = s[i];
-    if (i == 1 ? (b < lo || b > hi) : (b & 0xc0) != 0x80) return 0;
-  }
-  return n;
-}
-
 /* Bytes at the end of s[0..len) that begin a UTF-8 sequence still missing bytes. */
 static size_t utf8_incomplete_tail(const char *s, size_t len) {
   for (size_t back = 1; back <= 3 && back <= len; back++) {
     uint8_t c = (uint8_t)s[len - back];
     if ((c & 0xc0) == 0x80) continue; /* continuation: keep looking for the lead */
-    int v = utf8_valid_len((const uint8_t *)s + len - back, back);
-    return v < 0 ? back : 0;
+    size_t bad;
+    bool incomplete;
+    llorch_utf8_next((const unsigned char *)s + len - back, back, &bad, &incomplete);
+    return incomplete && bad == back ? back : 0;
   }
   return 0;
 }
@@ -118,15 +93,18 @@ static int stream_release(llorch_textstream *ts, const char *s, size_t len, llor
   if (buf_reserve(&ts->outb, &ts->out_cap, 3 * len + 1) != 0) return LLORCH_ENOMEM;
   size_t o = 0;
   for (size_t i = 0; i < len;) {
-    int v = utf8_valid_len((const uint8_t *)s + i, len - i);
+    size_t bad;
+    bool incomplete;
+    size_t v = llorch_utf8_next((const unsigned char *)s + i, len - i, &bad, &incomplete);
     if (v > 0) {
-      memcpy(ts->outb + o, s + i, (size_t)v);
-      o += (size_t)v;
-      i += (size_t)v;
+      memcpy(ts->outb + o, s + i, v);
+      o += v;
+      i += v;
     } else {
+      /* one U+FFFD per maximal subpart (an incomplete sequence is one too) */
       memcpy(ts->outb + o, "\xef\xbf\xbd", 3);
       o += 3;
-      i += v < 0 ? (size_t)-v : 1; /* an incomplete sequence counts as one bad character */
+      i += bad;
     }
   }
   ts->outb[o] = 0;

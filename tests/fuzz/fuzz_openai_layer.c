@@ -4,7 +4,11 @@
  * arbitrary bytes as a request body for each API. The parser returns 0 or a
  * 400/404 naming a field in one printable line; an accepted request is
  * turned into the worker's execute body (which must parse back and pass the
- * native validation again) and into the chat template context.
+ * native validation again) and into the chat template context. The same
+ * bytes as an Anthropic Messages and a Responses body go through their
+ * translations (src/openai/anthropic.c, responses.c): 0 with a chat body,
+ * or a 400 naming a field in one printable line; a translated body is
+ * validated as chat like any other.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -40,6 +44,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     cJSON_Delete(nb);
     free(native);
+  }
+  for (int d = LLORCH_DIALECT_ANTHROPIC; d <= LLORCH_DIALECT_RESPONSES; d++) {
+    cJSON *chat = NULL;
+    llorch_openai_error err = {0};
+    if (llorch_openai_dialect_to_chat((llorch_openai_dialect)d, body, &lim, &chat, &err) < 0) {
+      if (chat || err.status < 400 || !err.message[0] || strchr(err.message, '\n')) abort();
+      continue;
+    }
+    llorch_openai_request r;
+    if (llorch_openai_request_parse(chat, LLORCH_OPENAI_CHAT, &lim, &r, &err) < 0 &&
+        (err.status < 400 || !err.message[0] || strchr(err.message, '\n')))
+      abort();
+    cJSON_Delete(chat);
   }
   cJSON_Delete(body);
   return 0;

@@ -169,8 +169,8 @@ int llorch_service_authorize(const llorch_service *svc, const llorch_http_reques
     if ((access & (1u << i)) && svc->creds[i].open) return 0;
   const char *tok;
   size_t len;
-  if (llorch_auth_parse_bearer(llorch_http_request_header(req, "Authorization"), &tok, &len) < 0) {
-    *why = "missing bearer token (Authorization: Bearer <token>)";
+  if (llorch_http_request_api_key(req, &tok, &len) < 0) {
+    *why = "missing bearer token (Authorization: Bearer <token>, or x-api-key: <token>)";
     return 401;
   }
   bool allowed = false, other = false;
@@ -199,6 +199,10 @@ int llorch_service_authorize(const llorch_service *svc, const llorch_http_reques
  */
 static int service_on_headers(llorch_http_request *req, void *user, const char **why) {
   llorch_service *svc = user;
+  /* Anthropic's clients read errors in Anthropic's envelope, 401s included:
+   * set before anything can be refused. */
+  if (strcmp(llorch_http_request_path(req), "/v1/messages") == 0)
+    llorch_http_request_set_error_format(req, LLORCH_HTTP_ERRORS_ANTHROPIC);
   bool path_known;
   char allow[128];
   const service_route *r = service_find_route(svc, llorch_http_request_method(req),

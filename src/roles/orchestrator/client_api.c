@@ -1,6 +1,8 @@
 /*
  * The client API: OpenAI POST /v1/chat/completions, POST /v1/completions and
- * GET /v1/models.
+ * GET /v1/models; Anthropic POST /v1/messages and OpenAI POST /v1/responses,
+ * which the OpenAI layer translates onto chat (its llorch_openai_dout writes
+ * the answers in their shapes).
  *
  * A request's life: API key -> queue-full check (429 before any parsing, so
  * a refused request costs nothing) -> validation (400/404 with the worker's
@@ -37,6 +39,8 @@ static void req_free(orch_req *r) {
   free(r->model_name);
   llorch_openai_message_free(&r->msg);
   free(r->prefix);
+  llorch_openai_dout_free(&r->dout);
+  free(r->stop_sequence);
   llorch_jbuf_free(&r->text);
   llorch_openai_logprobs_free(&r->lp);
   free(r);
@@ -100,10 +104,20 @@ static void sse_send_buf(orch_req *r, llorch_jbuf *b) {
   llorch_http_sse_send(r->http, NULL, b->data, b->len);
 }
 
+/* A dialect's named event (llorch_openai_dout). */
+static void dout_send(void *user, const char *event, const char *data, size_t len) {
+  orch_req *r = user;
+  if (r->http) llorch_http_sse_send(r->http, event, data, len);
+}
+
 static void stream_start(orch_req *r) {
   if (r->sse_started || !r->http) return;
   if (llorch_http_sse_start(r->http) < 0) return;
   r->sse_started = true;
+  if (r->dialect != LLORCH_DIALECT_OPENAI) {
+    llorch_openai_dout_start(&r->dout, (uint32_t)r->prompt_tokens);
+    return;
+  }
   if (!r->chat) return;
   llorch_jbuf b;
   llorch_jbuf_init(&b);
@@ -118,6 +132,14 @@ static void stream_start(orch_req *r) {
 /* One parsed delta: a chunk (streaming; lp rides on the first of a token)
  * or into the assembled message. */
 static void relay_delta(orch_req *r, const llorch_openai_delta *d, const llorch_openai_logprobs *lp) {
+  if (r->dialect != LLORCH_DIALECT_OPENAI) {
+    if (r->stream) {
+      stream_start(r);
+      r->sent_tokens = true;
+    }
+    llorch_openai_dout_add(&r->dout, d);
+    return;
+  }
   if (!r->stream) {
     llorch_openai_message_add(&r->msg, d);
     return;
@@ -203,7 +225,15 @@ static void answer_success(orch_req *r) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   llorch_openai_meta m = req_meta(r);
-  if (r->stream) {
+  if (r->dialect != LLORCH_DIALECT_OPENAI) {
+    if (r->stream) stream_start(r);
+    llorch_openai_dout_finish(&r->dout, r->finish_reason, r->stop_sequence, (uint32_t)r->prompt_tokens,
+                              (uint32_t)r->completion_tokens, r->stream ? NULL : &b);
+    if (r->http && r->stream) llorch_http_sse_end(r->http);
+    else if (r->http && (llorch_jbuf_error(&b) || r->dout.err))
+      respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
+    else if (r->http) llorch_http_respond_json(r->http, 200, b.data);
+  } else if (r->stream) {
     stream_start(r);
     if (r->chat) llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, r->finish_reason);
     else llorch_openai_write_completion_chunk(&b, &m, "", 0, NULL, r->finish_reason);
@@ -242,7 +272,10 @@ static void answer_success(orch_req *r) {
  */
 static void answer_error(orch_req *r, int status, const char *type, const char *code, const char *msg) {
   if (r->http) {
-    if (r->sse_started) {
+    if (r->sse_started && r->dialect != LLORCH_DIALECT_OPENAI) {
+      llorch_openai_dout_fail(&r->dout, code, msg);
+      llorch_http_sse_end(r->http);
+    } else if (r->sse_started) {
       char *env = llorch_json_error_envelope(msg, type, NULL, code);
       if (env) llorch_http_sse_send(r->http, NULL, env, strlen(env));
       free(env);
@@ -352,6 +385,9 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     snprintf(r->finish_reason, sizeof r->finish_reason, "%s", cJSON_IsString(fr) ? fr->valuestring : "stop");
     if (cJSON_IsNumber(pt)) r->prompt_tokens = pt->valueint;
     if (cJSON_IsNumber(ct)) r->completion_tokens = ct->valueint;
+    const cJSON *ss = cJSON_GetObjectItemCaseSensitive(d, "stop_sequence");
+    free(r->stop_sequence);
+    r->stop_sequence = cJSON_IsString(ss) ? strdup(ss->valuestring) : NULL;
     /* The worker's parser releases what it held back (a call's end) here. */
     if (r->chat && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(d, "deltas")))
       relay_deltas(r, d, NULL, NULL);
@@ -377,6 +413,7 @@ static void req_reset_attempt(orch_req *r) {
   r->finish_reason[0] = '\0';
   r->completion_tokens = 0;
   llorch_openai_message_reset(&r->msg);
+  llorch_openai_dout_reset(&r->dout);
   llorch_jbuf_reset(&r->text);
   llorch_openai_logprobs_reset(&r->lp);
 }
@@ -411,6 +448,22 @@ static bool try_retry(orch_req *r, bool broken, const char *why) {
   return true;
 }
 
+/* A worker's OpenAI error body answered again through respond_error, which
+ * writes the request's own envelope. */
+static void relay_error_body(orch_req *r, int status, const char *body, size_t len) {
+  cJSON *j = cJSON_ParseWithLength(body, len);
+  const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+  const cJSON *msg = cJSON_GetObjectItemCaseSensitive(e, "message");
+  const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
+  const cJSON *param = cJSON_GetObjectItemCaseSensitive(e, "param");
+  const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+  respond_error(r->http, status, cJSON_IsString(type) ? type->valuestring : "invalid_request_error",
+                cJSON_IsString(msg) ? msg->valuestring : "the request was refused",
+                cJSON_IsString(param) ? param->valuestring : NULL,
+                cJSON_IsString(code) ? code->valuestring : NULL);
+  cJSON_Delete(j);
+}
+
 static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
   orch_req *r = user;
   r->call = NULL;
@@ -440,8 +493,11 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
     size_t len = 0;
     const char *body = llorch_http_call_body(call, &len);
     if (status >= 400 && status < 500 && status != 401 && status != 408 && status != 429) {
-      /* The request itself is wrong (the worker validates more than we do): pass it on. */
-      if (r->http) llorch_http_respond(r->http, status, "application/json", body, len);
+      /* The request itself is wrong (the worker validates more than we do): pass it on
+       * (in the client's API's envelope when that is not OpenAI's). */
+      if (r->http && llorch_http_request_error_format(r->http) != LLORCH_HTTP_ERRORS_OPENAI)
+        relay_error_body(r, status, body, len);
+      else if (r->http) llorch_http_respond(r->http, status, "application/json", body, len);
       r->http = NULL;
       r->finished = true;
       req_end(r, "failed");
@@ -645,8 +701,16 @@ static void parse_body(orch_parse *p) {
                        param[0] ? param : NULL, "%s", em.text);
     return;
   }
-  llorch_openai_request oreq;
   llorch_openai_limits lim = llorch_openai_limits_from_config(cfg);
+  if (r->dialect != LLORCH_DIALECT_OPENAI) {
+    /* Anthropic Messages / Responses: the same request as chat completions */
+    cJSON *as_chat = NULL;
+    p->rc = llorch_openai_dialect_to_chat(r->dialect, body, &lim, &as_chat, &p->err);
+    cJSON_Delete(body);
+    body = as_chat;
+    if (p->rc < 0) goto out;
+  }
+  llorch_openai_request oreq;
   p->rc = llorch_openai_request_parse(body, r->chat ? LLORCH_OPENAI_CHAT : LLORCH_OPENAI_COMPLETION,
                                       &lim, &oreq, &p->err);
   if (p->rc < 0) goto out;
@@ -724,8 +788,15 @@ static void parse_finish(orch_parse *p) {
   o->held_bytes += r->held_bytes;
   char cid[LLORCH_REQID_MAX + 1];
   llorch_reqid_generate(cid);
-  snprintf(r->id, sizeof r->id, "%s-%.32s", r->chat ? "chatcmpl" : "cmpl", cid);
+  snprintf(r->id, sizeof r->id, "%s%.32s",
+           r->dialect != LLORCH_DIALECT_OPENAI ? llorch_openai_dialect_id_prefix(r->dialect)
+           : r->chat                           ? "chatcmpl-"
+                                               : "cmpl-",
+           cid);
   r->created = (int64_t)time(NULL);
+  if (r->dialect != LLORCH_DIALECT_OPENAI)
+    llorch_openai_dout_init(&r->dout, r->dialect, r->id, r->model_name, r->created,
+                            r->stream ? dout_send : NULL, r);
   r->sr.model = mi;
   r->sr.priority = request_priority(o, req, mi);
   r->t_admit_ns = orch_now_ns();
@@ -763,7 +834,7 @@ static void parse_after(uv_work_t *w, int status) {
   parse_finish(p);
 }
 
-static void on_generate(llorch_http_request *req, orch *o, bool chat) {
+static void on_generate(llorch_http_request *req, orch *o, bool chat, llorch_openai_dialect dialect) {
   if (o->stopping) {
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
     return;
@@ -813,6 +884,7 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   r->o = o;
   r->sr.user = r;
   r->chat = chat;
+  r->dialect = dialect;
   r->http = req;
   llorch_openai_message_init(&r->msg);
   llorch_jbuf_init(&r->text);
@@ -833,8 +905,18 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat) {
   parse_finish(p);
 }
 
-void orch_on_chat(llorch_http_request *req, void *user) { on_generate(req, user, true); }
-void orch_on_completions(llorch_http_request *req, void *user) { on_generate(req, user, false); }
+void orch_on_chat(llorch_http_request *req, void *user) {
+  on_generate(req, user, true, LLORCH_DIALECT_OPENAI);
+}
+void orch_on_completions(llorch_http_request *req, void *user) {
+  on_generate(req, user, false, LLORCH_DIALECT_OPENAI);
+}
+void orch_on_messages(llorch_http_request *req, void *user) {
+  on_generate(req, user, true, LLORCH_DIALECT_ANTHROPIC);
+}
+void orch_on_responses(llorch_http_request *req, void *user) {
+  on_generate(req, user, true, LLORCH_DIALECT_RESPONSES);
+}
 
 void orch_on_models(llorch_http_request *req, void *user) {
   orch *o = user;

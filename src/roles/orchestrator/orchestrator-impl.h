@@ -38,6 +38,7 @@ typedef struct orch_req {
   llorch_http_request *http;    /* NULL once the client went away */
   char rid[LLORCH_REQID_MAX + 1];
   bool chat;                    /* /v1/chat/completions, else /v1/completions */
+  llorch_openai_dialect dialect; /* chat answered as Anthropic Messages / Responses */
   bool stream;
   bool include_usage;
   int logprobs;                 /* completions: top-n; chat: 1 when requested */
@@ -65,6 +66,7 @@ typedef struct orch_req {
   bool slow_client;             /* stopped reading: its job was cancelled on the worker */
   /* results */
   llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
+  llorch_openai_dout dout;      /* dialect: the answer so far, and its stream's events */
   llorch_jbuf text;             /* non-streaming completions: generated text */
   llorch_openai_logprobs lp;    /* non-streaming: logprobs */
   size_t stream_offset;         /* streamed completions: text_offset of the next token */
@@ -72,6 +74,7 @@ typedef struct orch_req {
   int cached_tokens;            /* of those, served from the worker's prefix cache */
   int completion_tokens;
   char finish_reason[24];
+  char *stop_sequence;          /* the stop string that ended the output (worker's end event) */
   char err_code[48];
   char err_msg[512];
   uint64_t t_admit_ns;
@@ -143,6 +146,8 @@ int orch_req_build_exec_body(orch_req *r, const cJSON *body, const llorch_config
                              llorch_errmsg *em);
 void orch_on_chat(llorch_http_request *req, void *user);
 void orch_on_completions(llorch_http_request *req, void *user);
+void orch_on_messages(llorch_http_request *req, void *user);  /* Anthropic Messages */
+void orch_on_responses(llorch_http_request *req, void *user); /* OpenAI Responses */
 void orch_on_models(llorch_http_request *req, void *user);
 /* sched_ops.assign / .fail */
 void orch_req_assign(void *ud, sched_req *r, sched_worker *w);

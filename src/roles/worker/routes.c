@@ -123,7 +123,8 @@ fail:
   routes_stream_discard(st);
 }
 
-static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api) {
+static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api,
+                            llorch_openai_dialect dialect) {
   if (w->state != WORKER_STATE_READY) {
     routes_not_ready(w, req);
     return;
@@ -157,6 +158,19 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
                               NULL, prc == LLORCH_ELIMIT ? "request_too_large" : "invalid_json");
     return;
   }
+  llorch_openai_error err = {0};
+  if (dialect != LLORCH_DIALECT_OPENAI) {
+    /* Anthropic Messages / Responses: the same request as chat completions */
+    cJSON *chat = NULL;
+    llorch_openai_limits lim = llorch_openai_limits_from_config(w->cfg);
+    int trc = llorch_openai_dialect_to_chat(dialect, json, &lim, &chat, &err);
+    cJSON_Delete(json);
+    if (trc < 0) {
+      routes_fail(w, req, &err);
+      return;
+    }
+    json = chat;
+  }
   worker_stream *st = calloc(1, sizeof *st);
   if (!st) {
     cJSON_Delete(json);
@@ -175,11 +189,13 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
   llorch_jbuf_init(&st->deltas);
   llorch_openai_message_init(&st->msg);
   llorch_openai_logprobs_init(&st->lp, api != LLORCH_OPENAI_COMPLETION);
-  snprintf(st->resp_id, sizeof st->resp_id, "%s-%llu%04x",
-           api == LLORCH_OPENAI_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)++w->next_id,
-           (unsigned)(uv_hrtime() & 0xffff));
+  st->dialect = dialect;
+  snprintf(st->resp_id, sizeof st->resp_id, "%s%llu%04x",
+           dialect != LLORCH_DIALECT_OPENAI ? llorch_openai_dialect_id_prefix(dialect)
+           : api == LLORCH_OPENAI_CHAT      ? "chatcmpl-"
+                                            : "cmpl-",
+           (unsigned long long)++w->next_id, (unsigned)(uv_hrtime() & 0xffff));
 
-  llorch_openai_error err = {0};
   worker_job *job = NULL;
   int rc = worker_request_build(w, api, json, st, &job, &err);
   cJSON_Delete(json);
@@ -392,11 +408,15 @@ void worker_route(llorch_http_request *req, void *user) {
   if (strcmp(path, "/metrics") == 0) {
     if (routes_method(req, "GET")) routes_metrics(w, req);
   } else if (strcmp(path, "/v1/chat/completions") == 0) {
-    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT);
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT, LLORCH_DIALECT_OPENAI);
   } else if (strcmp(path, "/v1/completions") == 0) {
-    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_COMPLETION);
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_COMPLETION, LLORCH_DIALECT_OPENAI);
   } else if (strcmp(path, "/v2/execute") == 0) {
-    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_NATIVE);
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_NATIVE, LLORCH_DIALECT_OPENAI);
+  } else if (strcmp(path, "/v1/messages") == 0) {
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT, LLORCH_DIALECT_ANTHROPIC);
+  } else if (strcmp(path, "/v1/responses") == 0) {
+    if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT, LLORCH_DIALECT_RESPONSES);
   } else if (strcmp(path, "/v1/models") == 0) {
     if (routes_method(req, "GET")) routes_models(w, req);
   } else if (strcmp(path, "/v2/info") == 0) {

@@ -63,6 +63,7 @@ worker_job *worker_job_new(const char *id, const int32_t *prompt, uint32_t n_pro
   if (n_prompt) memcpy(j->prompt, prompt, n_prompt * sizeof *prompt);
   j->n_prompt = n_prompt;
   j->slot = -1;
+  j->stop_hit = -1;
   llorch_sampler_params_default(&j->sp);
   return j;
 }
@@ -751,6 +752,7 @@ static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample
   if (j->text && !eog) {
     rc = llorch_textstream_feed(j->text, tok, &out);
     if (rc == 0 && out.len) llorch_jbuf_raw(&text, out.text, out.len);
+    if (rc == 0 && out.stop >= 0) j->stop_hit = out.stop;
   }
   bool stopped = j->text && llorch_textstream_stopped(j->text);
   /* a grammar whose output is complete with nothing allowed after it */

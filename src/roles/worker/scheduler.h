@@ -103,6 +103,8 @@ typedef struct worker_job {
   uint64_t admit_seq;            /* admission order: the newest is preempted first */
   bool started;                  /* STARTED was sent (not again after a preemption) */
   uint32_t n_preempted;
+  int stop_hit;                  /* index into stop of the string that ended the job, -1 none
+                                    (written before the END event, read after it) */
   uint32_t n_gen;                /* tokens generated */
   int32_t next_token;            /* sampled token to feed next step */
   llorch_sampler *sampler;

@@ -95,7 +95,9 @@ static void stream_chat_chunk(worker_stream *st, const llorch_openai_delta *d) {
 
 void worker_stream_on_delta(void *user, const llorch_openai_delta *d) {
   worker_stream *st = user;
-  if (st->api == LLORCH_OPENAI_NATIVE) {
+  if (st->dialect != LLORCH_DIALECT_OPENAI) {
+    llorch_openai_dout_add(&st->dout, d);
+  } else if (st->api == LLORCH_OPENAI_NATIVE) {
     if (st->deltas.len) llorch_jbuf_raw(&st->deltas, ",", 1);
     llorch_openai_write_delta(&st->deltas, d, false);
   } else if (st->stream) {
@@ -173,6 +175,11 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
     llorch_jbuf_int(&b, e->completion_tokens);
     llorch_jbuf_cstr(&b, ",\"cached_tokens\":");
     llorch_jbuf_int(&b, e->cached_tokens);
+    if (st->job->stop_hit >= 0 && st->job->stop_hit < st->job->n_stop) {
+      /* which stop string ended it (Anthropic's stop_sequence) */
+      llorch_jbuf_cstr(&b, ",\"stop_sequence\":");
+      llorch_jbuf_str(&b, st->job->stop[st->job->stop_hit]);
+    }
     llorch_jbuf_cstr(&b, ",\"timings\":{\"queue_ms\":");
     llorch_jbuf_num(&b, e->queue_ms);
     llorch_jbuf_cstr(&b, ",\"ttft_ms\":");
@@ -213,6 +220,35 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
     llorch_http_sse_end(st->req);
     st->req = NULL;
   }
+}
+
+/* ---- events: Anthropic Messages and Responses ---- */
+
+static void stream_dialect_send(void *user, const char *event, const char *data, size_t len) {
+  worker_stream *st = user;
+  if (st->req) llorch_http_sse_send(st->req, event, data, len);
+}
+
+/* The answer in the request's API (openai.h llorch_openai_dout): the final
+ * events, or the whole object. */
+static void stream_dialect_end(worker_stream *st, const worker_event *e) {
+  const worker_job *j = st->job;
+  const char *stop_seq = j->stop_hit >= 0 && j->stop_hit < j->n_stop ? j->stop[j->stop_hit] : NULL;
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_openai_dout_finish(&st->dout, stream_finish_reason(st, e->finish), stop_seq,
+                            e->prompt_tokens, e->completion_tokens, st->stream ? NULL : &b);
+  if (st->req && st->stream) {
+    llorch_http_sse_end(st->req);
+  } else if (st->req) {
+    if (llorch_jbuf_error(&b) == 0 && st->dout.err == 0)
+      llorch_http_respond_json(st->req, 200, b.data);
+    else
+      llorch_http_respond_error(st->req, 500, "server_error", "out of memory", NULL,
+                                "internal_error");
+  }
+  st->req = NULL;
+  llorch_jbuf_free(&b);
 }
 
 /* ---- events: OpenAI ---- */
@@ -256,7 +292,8 @@ static void stream_openai_token(worker_stream *st, const worker_event *e) {
     stream_parse(st, e, false);
     /* A token whose text is held back (a marker may be starting) still
      * shows its logprobs. */
-    if (e->has_logprob && !st->cur_lp_sent) stream_chat_chunk(st, NULL);
+    if (e->has_logprob && !st->cur_lp_sent && st->dialect == LLORCH_DIALECT_OPENAI)
+      stream_chat_chunk(st, NULL);
   } else if (e->text_len || e->has_logprob) {
     llorch_openai_logprobs lp;
     llorch_openai_logprobs_init(&lp, false);
@@ -279,7 +316,12 @@ static void stream_openai_event(worker_stream *st, const worker_event *e) {
   m.cached_tokens = e->cached_tokens; /* in the usage chunk of the end */
   switch (e->kind) {
   case WORKER_EV_STARTED:
-    if (st->stream) {
+    if (st->dialect != LLORCH_DIALECT_OPENAI) {
+      llorch_openai_dout_init(&st->dout, st->dialect, st->resp_id, st->model_echo, st->created,
+                              st->stream ? stream_dialect_send : NULL, st);
+      if (st->stream) stream_start_sse(st);
+      llorch_openai_dout_start(&st->dout, st->job->n_prompt);
+    } else if (st->stream) {
       stream_start_sse(st);
       if (st->api == LLORCH_OPENAI_CHAT) {
         llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
@@ -298,6 +340,10 @@ static void stream_openai_event(worker_stream *st, const worker_event *e) {
   case WORKER_EV_END: {
     if (st->out) stream_parse(st, NULL, true);
     st->cur = NULL;
+    if (st->dialect != LLORCH_DIALECT_OPENAI) {
+      stream_dialect_end(st, e);
+      break;
+    }
     if (!st->stream) {
       stream_openai_respond(st, e);
       break;
@@ -337,6 +383,11 @@ static void stream_openai_event(worker_stream *st, const worker_event *e) {
       st->req = NULL;
       break;
     }
+    if (st->req && st->dialect != LLORCH_DIALECT_OPENAI) {
+      llorch_openai_dout_fail(&st->dout, e->code, e->message);
+      llorch_http_sse_end(st->req);
+      st->req = NULL;
+    }
     if (st->req) {
       char *env = llorch_json_error_envelope(e->message, "server_error", NULL, e->code);
       if (env) llorch_http_sse_send(st->req, NULL, env, strlen(env));
@@ -372,6 +423,7 @@ void worker_stream_destroy(worker_stream *st) {
   llorch_openai_output_free(st->out);
   cJSON_Delete(st->tools);
   llorch_openai_message_free(&st->msg);
+  llorch_openai_dout_free(&st->dout);
   llorch_jbuf_free(&st->text);
   llorch_openai_logprobs_free(&st->lp);
   llorch_jbuf_free(&st->deltas);

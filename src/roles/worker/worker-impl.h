@@ -135,6 +135,7 @@ struct worker_stream {
   worker *w;
   size_t held_bytes;              /* counted in w->held_bytes until the stream is freed */
   llorch_openai_api api;
+  llorch_openai_dialect dialect;  /* chat answered as Anthropic Messages / Responses */
   llorch_http_request *req;       /* NULL once the client went away */
   worker_job *job;
   bool stream;                    /* SSE (always for native) */
@@ -153,6 +154,7 @@ struct worker_stream {
   llorch_openai_output *out;      /* chat: generated text -> content, reasoning, tool calls */
   cJSON *tools;                   /* chat: the request's tools (the parser reads them) */
   llorch_openai_message msg;      /* non-streaming chat: the answer so far */
+  llorch_openai_dout dout;        /* dialect: the answer so far, and its stream's events */
   llorch_jbuf text;               /* non-streaming completions: the text so far */
   llorch_openai_logprobs lp;      /* non-streaming: logprobs so far */
   size_t text_offset;             /* completions logprobs text_offset */

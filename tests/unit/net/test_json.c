@@ -188,6 +188,12 @@ static void test_builder_escapes(void **state) {
   assert_non_null(v);
   cJSON_Delete(v);
   llorch_jbuf_free(&b);
+  /* one U+FFFD per maximal subpart: E2 82 (a cut euro sign) is one, the
+   * ED A0 of a surrogate two, a lone continuation one, a cut tail one */
+  llorch_jbuf_init(&b);
+  llorch_jbuf_strn(&b, "\xe2\x82" "A\xed\xa0\x80" "B\x80" "C\xf0\x9f\xa6", 12);
+  assert_string_equal(b.data, "\"\xef\xbf\xbd" "A\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "B\xef\xbf\xbd" "C\xef\xbf\xbd\"");
+  llorch_jbuf_free(&b);
 }
 
 static void test_error_envelope(void **state) {

@@ -93,6 +93,19 @@ static void test_utf8_held_across_pieces(void **state) {
   assert_int_equal(llorch_textstream_feed_text(ts, "\xe2z", 2, &o), 0);
   assert_int_equal(o.len, 4);
   assert_memory_equal(o.text, "\xef\xbf\xbdz", 4);
+  /* One U+FFFD per maximal subpart (Unicode 3.9, as Python, Node and
+   * browsers): a token ending in the first two bytes of a three-byte
+   * character (E2 82 of U+20AC), then a token that does not finish it, is
+   * one replacement, not two; a bad second byte ends the subpart before it
+   * (E0 80: two), and lone continuations are one each. */
+  assert_int_equal(llorch_textstream_feed_text(ts, "a\xe2\x82", 3, &o), 0);
+  assert_int_equal(o.len, 1);
+  assert_int_equal(llorch_textstream_feed_text(ts, "b", 1, &o), 0);
+  assert_int_equal(o.len, 4);
+  assert_memory_equal(o.text, "\xef\xbf\xbd" "b", 4);
+  assert_int_equal(llorch_textstream_feed_text(ts, "\xf0\x9f\xa6z\xe0\x80\x80\xbfy", 9, &o), 0);
+  assert_int_equal(o.len, 3 + 1 + 4 * 3 + 1);
+  assert_memory_equal(o.text, "\xef\xbf\xbdz\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdy", 17);
   llorch_textstream_free(ts);
 }
 
