@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "config-impl.h"
+#include "llorch/file.h"
 
 /* ---- roles ---- */
 
@@ -369,36 +370,11 @@ fail_parser:
 }
 
 int llorch_config_load_file(llorch_config *cfg, const char *path, llorch_errmsg *em) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return llorch_errmsg_set(em, errno == ENOENT ? LLORCH_ENOENT : LLORCH_EIO,
-                             "%s: cannot open config file: %s", path, strerror(errno));
   char *text = NULL;
-  size_t len = 0, cap = 0;
-  int err = 0;
-  for (;;) {
-    if (len == cap) {
-      if (cap >= ((size_t)16 << 20)) {
-        err = llorch_errmsg_set(em, LLORCH_ELIMIT, "%s: config file larger than 16 MiB", path);
-        goto done;
-      }
-      cap = cap ? cap * 2 : 4096;
-      char *grown = realloc(text, cap);
-      if (!grown) {
-        err = llorch_errmsg_set(em, LLORCH_ENOMEM, "%s: out of memory", path);
-        goto done;
-      }
-      text = grown;
-    }
-    size_t got = fread(text + len, 1, cap - len, f);
-    len += got;
-    if (got == 0) break;
-  }
-  if (ferror(f)) {
-    err = llorch_errmsg_set(em, LLORCH_EIO, "%s: cannot read config file: %s", path, strerror(errno));
-    goto done;
-  }
-  err = llorch_config_load_string(cfg, path, text ? text : "", len, em);
+  size_t len = 0;
+  int err = llorch_file_read(path, "config file", (size_t)16 << 20, &text, &len, em);
+  if (err < 0) return err;
+  err = llorch_config_load_string(cfg, path, text, len, em);
   if (!err) {
     char *copy = strdup(path);
     if (!copy) {
@@ -410,7 +386,6 @@ int llorch_config_load_file(llorch_config *cfg, const char *path, llorch_errmsg 
   }
 done:
   free(text);
-  fclose(f);
   return err;
 }
 

@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "llorch/chat.h"
+#include "llorch/file.h"
 
 /* ChatML as Qwen2 writes it, without a default system prompt. */
 const char llorch_chat_chatml_template[] =
@@ -78,44 +79,17 @@ static const char *chat_token_text(const llorch_tokenizer *t, int32_t id, char *
   return buf;
 }
 
+/* A .jinja file: at most 2 MiB, no NUL (the template is C text). */
 static int chat_read_file(const char *path, char **out, llorch_errmsg *em) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return llorch_errmsg_set(em, LLORCH_EIO, "chat template file %s: %s", path, strerror(errno));
-  size_t cap = 4096, n = 0;
-  char *buf = malloc(cap);
-  while (buf) {
-    if (n + 1 >= cap) {
-      if (cap >= (2u << 20)) {
-        free(buf);
-        fclose(f);
-        return llorch_errmsg_set(em, LLORCH_ELIMIT, "chat template file %s is over 2 MiB", path);
-      }
-      char *nb = realloc(buf, cap * 2);
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-    size_t k = fread(buf + n, 1, cap - n - 1, f);
-    n += k;
-    if (k == 0) break;
-  }
-  bool bad = ferror(f);
-  fclose(f);
-  if (!buf) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory reading %s", path);
-  if (bad) {
-    free(buf);
-    return llorch_errmsg_set(em, LLORCH_EIO, "chat template file %s: read error", path);
-  }
-  buf[n] = 0;
-  if (strlen(buf) != n) {
-    free(buf);
+  size_t n = 0;
+  int rc = llorch_file_read(path, "chat template file", 2u << 20, out, &n, em);
+  if (rc == LLORCH_ENOENT) rc = LLORCH_EIO; /* ENOTFOUND means "the model has no template" here */
+  if (rc < 0) return rc;
+  if (strlen(*out) != n) {
+    free(*out);
+    *out = NULL;
     return llorch_errmsg_set(em, LLORCH_EFORMAT, "chat template file %s contains a NUL byte", path);
   }
-  *out = buf;
   return 0;
 }
 

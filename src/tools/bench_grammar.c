@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "llorch/backend.h"
+#include "llorch/file.h"
 #include "llorch/grammar.h"
 #include "llorch/model.h"
 #include "llorch/sampler.h"
@@ -135,22 +136,11 @@ int bench_grammar_run(const bench_grammar_opts *o, llorch_model *m, llorch_errms
   }
 
   /* the schema */
-  FILE *f = fopen(o->schema_path, "rb");
-  if (!f) {
-    fprintf(stderr, "llorch bench: --json-schema %s: cannot open\n", o->schema_path);
-    return 1;
-  }
-  fseek(f, 0, SEEK_END);
-  long sz = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  text = malloc((size_t)(sz > 0 ? sz : 0) + 1);
-  size_t got = text ? fread(text, 1, (size_t)(sz > 0 ? sz : 0), f) : 0;
-  fclose(f);
-  if (!text || (long)got != sz) {
-    fprintf(stderr, "llorch bench: --json-schema %s: read failed\n", o->schema_path);
+  llorch_errmsg rem = {{0}};
+  if (llorch_file_read(o->schema_path, "--json-schema", 64u << 20, &text, NULL, &rem) < 0) {
+    fprintf(stderr, "llorch bench: %s\n", rem.text);
     goto done;
   }
-  text[got] = 0;
   schema = cJSON_Parse(text);
   if (!schema) {
     fprintf(stderr, "llorch bench: --json-schema %s: not valid JSON\n", o->schema_path);

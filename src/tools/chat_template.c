@@ -19,6 +19,7 @@
 #include <cjson/cJSON.h>
 
 #include "llorch/chat.h"
+#include "llorch/file.h"
 #include "llorch/commands.h"
 #include "llorch/gguf.h"
 #include "llorch/jinja.h"
@@ -34,39 +35,6 @@
   "  --bos-token T     the template's bos_token (default: the model's, or empty)\n"                    \
   "  --eos-token T     the template's eos_token (default: the model's, or empty)\n"                    \
   "  --now TIME        strftime_now's clock, UTC (default: the current time)\n"
-
-static int ct_read(const char *path, char **out, size_t *len) {
-  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-  if (!f) return -errno;
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  while (buf) {
-    if (n + 1 >= cap) {
-      char *nb = cap < (256u << 20) ? realloc(buf, cap * 2) : NULL;
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-    size_t k = fread(buf + n, 1, cap - n - 1, f);
-    n += k;
-    if (k == 0) break;
-  }
-  int err = ferror(f) ? EIO : 0;
-  if (f != stdin) fclose(f);
-  if (!buf) return -ENOMEM;
-  if (err) {
-    free(buf);
-    return -err;
-  }
-  buf[n] = 0;
-  *out = buf;
-  *len = n;
-  return 0;
-}
 
 static int ct_parse_now(const char *s, time_t *out) {
   struct tm tmv = {0};
@@ -165,9 +133,9 @@ int llorch_cmd_chat_template(int argc, char **argv) {
   llorch_tokenizer *tok = NULL;
   llorch_jinja_output out = {0};
   llorch_errmsg em = {{0}};
-  int rc = ct_read(req_path, &req_text, &req_len);
+  int rc = llorch_file_read(req_path, "request file", 256u << 20, &req_text, &req_len, &em);
   if (rc < 0) {
-    fprintf(stderr, "llorch chat-template: %s: %s\n", req_path, strerror(-rc));
+    fprintf(stderr, "llorch chat-template: %s\n", em.text);
     goto done;
   }
   req = cJSON_ParseWithLength(req_text, req_len);
@@ -181,8 +149,8 @@ int llorch_cmd_chat_template(int argc, char **argv) {
     goto done;
   }
   if (tmpl_path) {
-    if ((rc = ct_read(tmpl_path, &tmpl_text, &tmpl_len)) < 0) {
-      fprintf(stderr, "llorch chat-template: %s: %s\n", tmpl_path, strerror(-rc));
+    if ((rc = llorch_file_read(tmpl_path, "template file", 256u << 20, &tmpl_text, &tmpl_len, &em)) < 0) {
+      fprintf(stderr, "llorch chat-template: %s\n", em.text);
       goto done;
     }
     if (strlen(tmpl_text) != tmpl_len) {

@@ -23,6 +23,7 @@
 
 #include "llorch/commands.h"
 #include "llorch/error.h"
+#include "llorch/file.h"
 #include "llorch/gguf.h"
 #include "llorch/jinja.h"
 #include "llorch/quant.h"
@@ -531,22 +532,15 @@ static int synth_set_chat_template(llorch_gguf_writer *w, const char *path) {
     int rc = llorch_gguf_writer_remove_kv(w, "tokenizer.chat_template");
     return rc == LLORCH_ENOTFOUND ? 0 : rc;
   }
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    fprintf(stderr, "synth: --chat-template %s: %s\n", path, strerror(errno));
-    return LLORCH_EIO;
-  }
-  char *text = malloc((1u << 20) + 1);
-  size_t n = text ? fread(text, 1, 1u << 20, f) : 0;
-  bool too_big = text && n == (1u << 20) && fgetc(f) != EOF;
-  fclose(f);
-  if (!text) return LLORCH_ENOMEM;
-  text[n] = 0;
-  int rc = 0;
+  char *text = NULL;
+  size_t n = 0;
   llorch_jinja *t = NULL;
   llorch_errmsg em = {{0}};
-  if (too_big || strlen(text) != n) {
-    fprintf(stderr, "synth: --chat-template %s: %s\n", path, too_big ? "over 1 MiB" : "contains a NUL byte");
+  int rc = llorch_file_read(path, "--chat-template", 1u << 20, &text, &n, &em);
+  if (rc < 0) {
+    fprintf(stderr, "synth: %s\n", em.text);
+  } else if (strlen(text) != n) {
+    fprintf(stderr, "synth: --chat-template %s: contains a NUL byte\n", path);
     rc = LLORCH_EINVAL;
   } else if ((rc = llorch_jinja_compile(&t, text, n, &em)) != 0) {
     fprintf(stderr, "synth: --chat-template %s: %s\n", path, em.text);

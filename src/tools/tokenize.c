@@ -14,6 +14,7 @@
 
 #include "llorch/commands.h"
 #include "llorch/error.h"
+#include "llorch/file.h"
 #include "llorch/tokenizer.h"
 
 #define TOKENIZE_USAGE                                                                            \
@@ -24,40 +25,6 @@
   "  --special      parse special-token text (e.g. <|im_start|>) into its token\n"                \
   "  --bos          add the BOS token first (if the vocabulary has one)\n"                         \
   "  --verbose      one line per token: the id and its text\n"
-
-/* Reads a whole file (or stdin) into a malloc'ed buffer. */
-static int tokenize_read_file(const char *path, char **out, size_t *len) {
-  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-  if (!f) return -errno;
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  for (;;) {
-    if (!buf) break;
-    if (n == cap) {
-      char *nb = realloc(buf, cap * 2);
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-    size_t k = fread(buf + n, 1, cap - n, f);
-    n += k;
-    if (k == 0) break;
-  }
-  int err = ferror(f) ? EIO : 0;
-  if (f != stdin) fclose(f);
-  if (!buf) return -ENOMEM;
-  if (err) {
-    free(buf);
-    return -err;
-  }
-  *out = buf;
-  *len = n;
-  return 0;
-}
 
 /* Writes a piece with C-style escapes for control bytes, quotes and backslashes. */
 static void tokenize_print_escaped(const char *s, size_t n) {
@@ -121,10 +88,9 @@ int llorch_cmd_tokenize(int argc, char **argv) {
     len = strlen(text);
   } else {
     const char *path = file ? file : "-";
-    int rc = tokenize_read_file(path, &buf, &len);
-    if (rc != 0) {
-      fprintf(stderr, "llorch tokenize: cannot read %s: %s\n", strcmp(path, "-") == 0 ? "stdin" : path,
-              strerror(-rc));
+    llorch_errmsg rem = {{0}};
+    if (llorch_file_read(path, "text file", (size_t)1 << 30, &buf, &len, &rem) != 0) {
+      fprintf(stderr, "llorch tokenize: %s\n", rem.text);
       return 1;
     }
     text = buf;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "llorch/file.h"
 #include "llorch/log.h"
 #include "llorch/roles.h"
 #include "llorch/service.h"
@@ -367,16 +368,13 @@ static int worker_script_load(worker *w, const char *path) {
               path);
     return LLORCH_EINVAL;
   }
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    LOG_ERROR("worker", NULL, "worker.test_script: cannot open %s", path);
-    return LLORCH_ENOENT;
+  char *text = NULL;
+  llorch_errmsg em = {{0}};
+  int rc = llorch_file_read(path, "worker.test_script", 1u << 20, &text, NULL, &em);
+  if (rc < 0) {
+    LOG_ERROR("worker", NULL, "%s", em.text);
+    return rc;
   }
-  char *text = malloc(1 << 20);
-  size_t n = text ? fread(text, 1, (1 << 20) - 1, f) : 0;
-  fclose(f);
-  if (!text) return LLORCH_ENOMEM;
-  text[n] = 0;
   w->script = cJSON_Parse(text);
   free(text);
   bool ok = cJSON_IsArray(w->script);
