@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llorch/hash.h"
+
 typedef struct sampler_cand {
   float logit; /* penalized logit */
   int32_t id;  /* token id */
@@ -80,12 +82,7 @@ int llorch_sampler_params_validate(const llorch_sampler_params *p, llorch_errmsg
 
 /* ---- PRNG: xoshiro256** seeded through splitmix64 ---- */
 
-static uint64_t sampler_splitmix64(uint64_t *x) {
-  uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+static uint64_t sampler_splitmix64(uint64_t *x) { return llorch_mix64(*x += 0x9e3779b97f4a7c15ULL); }
 
 static uint64_t sampler_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 

@@ -25,6 +25,7 @@
 #include "llorch/error.h"
 #include "llorch/file.h"
 #include "llorch/gguf.h"
+#include "llorch/hash.h"
 #include "llorch/jinja.h"
 #include "llorch/quant.h"
 #include "llorch/tokenizer.h"
@@ -235,16 +236,10 @@ static int synth_parse_args(int argc, char **argv, synth_params *p) {
 
 /* ---- random numbers ---- */
 
-static uint64_t synth_mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 static uint64_t synth_name_seed(uint64_t seed, const char *name) {
   uint64_t h = 1469598103934665603ull;
   for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
-  return synth_mix(seed ^ synth_mix(h));
+  return llorch_mix64(seed ^ llorch_mix64(h));
 }
 
 /*
@@ -254,7 +249,7 @@ static uint64_t synth_name_seed(uint64_t seed, const char *name) {
  * 1/3, rescaled). Bounded at +-3.46, which random weights do not mind.
  */
 static inline float synth_normal(uint64_t tseed, uint64_t i) {
-  uint64_t r = synth_mix(tseed + (i + 1) * 0x9e3779b97f4a7c15ull);
+  uint64_t r = llorch_mix64(tseed + (i + 1) * 0x9e3779b97f4a7c15ull);
   uint32_t s = (uint32_t)(r & 0xffff) + (uint32_t)((r >> 16) & 0xffff) +
                (uint32_t)((r >> 32) & 0xffff) + (uint32_t)(r >> 48);
   return ((float)s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;

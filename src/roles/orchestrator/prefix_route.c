@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "llorch/error.h"
+#include "llorch/hash.h"
 
 typedef struct pr_entry {
   uint64_t key;     /* mix(chunk chain hash, worker hash); 0 = empty */
@@ -19,24 +20,10 @@ struct prefix_route {
   int64_t ttl_ms;
 };
 
-/* splitmix64's finalizer */
-static uint64_t pr_mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return x;
-}
-
-static uint64_t pr_worker_hash(const char *id) {
-  uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-  for (const unsigned char *p = (const unsigned char *)id; *p; p++) h = (h ^ *p) * 0x100000001b3ull;
-  return pr_mix(h);
-}
+static uint64_t pr_worker_hash(const char *id) { return llorch_mix64(llorch_fnv1a(id)); }
 
 static uint64_t pr_key(uint64_t chunk, uint64_t worker) {
-  uint64_t k = pr_mix(chunk ^ (worker * 0x9e3779b97f4a7c15ull));
+  uint64_t k = llorch_mix64(chunk ^ (worker * 0x9e3779b97f4a7c15ull));
   return k ? k : 1;
 }
 
@@ -68,7 +55,7 @@ uint32_t prefix_route_hash(const char *text, size_t len, uint64_t *out, uint32_t
   for (size_t off = 0; n < max && off + PREFIX_ROUTE_CHUNK <= len; off += PREFIX_ROUTE_CHUNK) {
     uint64_t c = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < PREFIX_ROUTE_CHUNK; i++) c = (c ^ (unsigned char)text[off + i]) * 0x100000001b3ull;
-    h = pr_mix(h ^ c) + n;
+    h = llorch_mix64(h ^ c) + n;
     out[n++] = h;
   }
   return n;

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llorch/hash.h"
+
 typedef struct kv_block {
   uint64_t hash;         /* chain hash, valid when committed */
   uint64_t parent;       /* chain hash of the block before, 0 for the first */
@@ -35,19 +37,9 @@ struct worker_kv {
   uint64_t evictions;
 };
 
-/* splitmix64's finalizer: every input bit reaches every output bit. */
-static uint64_t kv_mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return x;
-}
-
 static uint64_t kv_chain_hash(uint64_t parent, const int32_t *tokens, uint32_t n) {
-  uint64_t h = kv_mix(parent ^ 0x9e3779b97f4a7c15ull);
-  for (uint32_t i = 0; i < n; i++) h = kv_mix(h ^ (uint32_t)tokens[i]) + i;
+  uint64_t h = llorch_mix64(parent ^ 0x9e3779b97f4a7c15ull);
+  for (uint32_t i = 0; i < n; i++) h = llorch_mix64(h ^ (uint32_t)tokens[i]) + i;
   /* 0 means "no parent": never a real hash */
   return h ? h : 1;
 }
