@@ -71,7 +71,7 @@ typedef struct gbuild {
 
 #define GBNF_MAX_DEPTH 256
 
-static int gvec_push(gvec *v, uint32_t x) {
+int gvec_push(gvec *v, uint32_t x) {
   if (v->n == v->cap) {
     uint32_t cap = v->cap ? v->cap * 2 : 16;
     uint32_t *nv = realloc(v->v, (size_t)cap * sizeof *nv);

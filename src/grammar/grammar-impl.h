@@ -60,6 +60,9 @@ typedef struct gvec {
   uint32_t n, cap;
 } gvec;
 
+/* Appends x (capacity doubles from 16); LLORCH_ENOMEM on failure. */
+int gvec_push(gvec *v, uint32_t x);
+
 struct llorch_grammar {
   int refs;
   llorch_grammar_limits lim;

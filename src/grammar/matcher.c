@@ -27,18 +27,6 @@ void llorch_grammar_limits_default(llorch_grammar_limits *lim) {
   lim->max_states = 16384;
 }
 
-static int gvec_push(gvec *v, uint32_t x) {
-  if (v->n == v->cap) {
-    uint32_t cap = v->cap ? v->cap * 2 : 64;
-    uint32_t *nv = realloc(v->v, (size_t)cap * sizeof *nv);
-    if (!nv) return LLORCH_ENOMEM;
-    v->v = nv;
-    v->cap = cap;
-  }
-  v->v[v->n++] = x;
-  return 0;
-}
-
 /* ---- interned stacks ---- */
 
 static uint32_t mx_node_hash(uint32_t pos, int32_t parent) {
