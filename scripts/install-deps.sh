@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Installs everything llorch needs to build and test on Debian 12.
-# Idempotent: packages already present are not reinstalled. With --with-npm it
-# also installs the npm packages of the end-to-end tests (tests/e2e/node_modules,
-# tests/e2e/dashboard/node_modules).
+# Installs what llorch needs to build on Debian 12; with --with-npm also what
+# its tests need (Debian packages, and the npm packages of tests/e2e,
+# tests/e2e/dashboard and tests/reference). Idempotent: packages already
+# present are not reinstalled.
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config git curl ca-certificates
-      libuv1-dev libcjson-dev libyaml-dev node-llhttp libpcre2-dev libcmocka-dev
-      clang libclang-rt-14-dev iproute2 python3 python3-yaml nodejs npm mmdebstrap
-      chromium fonts-liberation)  # chromium: the dashboard's browser test (tests/e2e/dashboard)
+      libuv1-dev libcjson-dev libyaml-dev node-llhttp libpcre2-dev libcmocka-dev)
+if [ "${1:-}" = "--with-npm" ]; then
+  # clang: the fuzz stage; iproute2: network-namespace tests; mmdebstrap: the
+  # container image test; chromium: the dashboard's browser test.
+  pkgs+=(clang libclang-rt-14-dev iproute2 python3 python3-yaml nodejs npm mmdebstrap
+         chromium fonts-liberation)
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
