@@ -78,6 +78,7 @@ const char *llorch_reasoning_format_name(llorch_reasoning_format f);
 #define LLORCH_OPENAI_MAX_STOP 16 /* request.max_stop may not exceed it */
 #define LLORCH_OPENAI_MAX_TOP_LOGPROBS 20
 #define LLORCH_OPENAI_MAX_TOOLS 128
+#define LLORCH_OPENAI_MAX_LOGIT_BIAS 1024 /* entries of logit_bias (OpenAI allows 300) */
 
 /* Bounds on a request's lists, so that validating and rendering stay cheap
  * (the operator's request.* options where the roles have them). */
@@ -125,6 +126,7 @@ typedef struct llorch_openai_request {
   const cJSON *chat_template_kwargs;   /* object or NULL: extra template variables */
   const cJSON *response_format;        /* passed through untouched (constrained decoding) */
   const cJSON *grammar;                /* GBNF text (llama-server's field), passed through the same way */
+  const cJSON *logit_bias;             /* {"<id>": bias}, checked: decimal ids, biases in [-100, 100] */
   llorch_reasoning_format reasoning_format;
 } llorch_openai_request;
 
@@ -144,7 +146,7 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
  * The worker's /v2/execute body for a validated client request, as a
  * malloc'ed JSON object text: messages or prompt, sampling, limits, stop,
  * logprobs, tools, tool_choice, parallel_tool_calls, chat_template_kwargs,
- * response_format, grammar and reasoning_format (the request's, else
+ * response_format, grammar, logit_bias and reasoning_format (the request's, else
  * default_reasoning unless that is UNSET), plus job_id when not NULL.
  * NULL when out of memory.
  */

@@ -42,6 +42,13 @@
 /* Most alternatives a result can carry (OpenAI's top_logprobs limit). */
 #define LLORCH_SAMPLER_MAX_LOGPROBS 20
 
+/* One entry of OpenAI's logit_bias: added to the token's logit before
+ * anything else (-100 all but bans it, +100 all but forces it). */
+typedef struct llorch_logit_bias {
+  int32_t id;
+  float bias;
+} llorch_logit_bias;
+
 typedef struct llorch_sampler_params {
   float temperature;        /* >= 0; 0 = greedy */
   int32_t top_k;            /* >= 0; 0 = off */
@@ -54,6 +61,9 @@ typedef struct llorch_sampler_params {
   float presence_penalty;   /* [-2, 2]; 0 = off */
   uint64_t seed;            /* PRNG seed; the same seed gives the same draws */
   int32_t n_logprobs;       /* 0..LLORCH_SAMPLER_MAX_LOGPROBS alternatives to report */
+  const llorch_logit_bias *logit_bias; /* (n_logit_bias) ids < n_vocab, bias in [-100, 100];
+                                          copied by llorch_sampler_init */
+  uint32_t n_logit_bias;
 } llorch_sampler_params;
 
 /* Greedy with nothing else on: temperature 0, top_k 0, top_p 1, min_p 0,

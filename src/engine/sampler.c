@@ -27,6 +27,7 @@ struct llorch_sampler {
   float *work;          /* (n_vocab) logits after penalties */
   sampler_cand *cand;   /* (n_vocab) candidates still in the running */
   uint32_t *counts;     /* (n_vocab) occurrences in the penalty window; kept all-zero between calls */
+  llorch_logit_bias *bias; /* (p.n_logit_bias) the sampler's own copy */
 };
 
 /* ---- parameters ---- */
@@ -119,9 +120,25 @@ int llorch_sampler_init(llorch_sampler **out, const llorch_sampler_params *p, ui
   if (n_vocab == 0)
     return llorch_errmsg_set(em, LLORCH_EINVAL, "n_vocab = 0: expected a vocabulary of >= 1 token");
 
+  for (uint32_t i = 0; i < p->n_logit_bias; i++) {
+    const llorch_logit_bias *b = &p->logit_bias[i];
+    if (b->id < 0 || (uint32_t)b->id >= n_vocab)
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "logit_bias token %d: expected a token id in [0, %u)",
+                               (int)b->id, n_vocab);
+    if (!(b->bias >= -100.0f && b->bias <= 100.0f))
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "logit_bias of token %d = %g: expected a number in [-100, 100]",
+                               (int)b->id, (double)b->bias);
+  }
+
   llorch_sampler *s = calloc(1, sizeof *s);
   if (!s) goto fail_alloc;
   s->p = *p;
+  if (p->n_logit_bias) {
+    s->bias = malloc(p->n_logit_bias * sizeof *s->bias);
+    if (!s->bias) goto fail_bias;
+    memcpy(s->bias, p->logit_bias, p->n_logit_bias * sizeof *s->bias);
+  }
+  s->p.logit_bias = s->bias;
   s->n_vocab = n_vocab;
   s->work = malloc((size_t)n_vocab * sizeof *s->work);
   if (!s->work) goto fail_work;
@@ -138,6 +155,8 @@ fail_counts:
 fail_cand:
   free(s->work);
 fail_work:
+  free(s->bias);
+fail_bias:
   free(s);
 fail_alloc:
   return llorch_errmsg_set(em, LLORCH_ENOMEM, "sampler for %u tokens: out of memory", n_vocab);
@@ -148,6 +167,7 @@ void llorch_sampler_free(llorch_sampler *s) {
   free(s->counts);
   free(s->cand);
   free(s->work);
+  free(s->bias);
   free(s);
 }
 
@@ -320,6 +340,7 @@ int llorch_sampler_sample_masked(llorch_sampler *s, const float *logits, const u
   float lse = (float)((double)max + log(z));
 
   memcpy(s->work, logits, (size_t)nv * sizeof *s->work);
+  for (uint32_t i = 0; i < p->n_logit_bias; i++) s->work[p->logit_bias[i].id] += p->logit_bias[i].bias;
   sampler_apply_penalties(s, history, n_history);
   if (mask) {
     /* a grammar's mask: disallowed tokens leave the running before any

@@ -380,6 +380,29 @@ static int req_sampling(const cJSON *body, llorch_openai_request *r, llorch_open
                              &r->repetition_penalty, &em) < 0)
     return req_fail_field(err, &em);
   if (r->top_p <= 0.0) return REQ_BAD("top_p", "'top_p' must be a number in (0, 1], got 0");
+  /* logit_bias: {"<token id>": bias in [-100, 100]}; the worker checks the
+   * ids against its vocabulary */
+  const cJSON *lb = cJSON_GetObjectItemCaseSensitive(body, "logit_bias");
+  if (lb && !cJSON_IsNull(lb)) {
+    char desc[64];
+    if (!cJSON_IsObject(lb))
+      return REQ_BAD("logit_bias", "'logit_bias' must be an object of token ids to biases, got %s",
+                     llorch_json_describe(lb, desc, sizeof desc));
+    int n = 0;
+    for (const cJSON *e = lb->child; e; e = e->next) {
+      if (++n > LLORCH_OPENAI_MAX_LOGIT_BIAS)
+        return REQ_BAD("logit_bias", "'logit_bias' has more than %d entries", LLORCH_OPENAI_MAX_LOGIT_BIAS);
+      char *end = NULL;
+      long id = strtol(e->string, &end, 10);
+      if (!e->string[0] || *end || id < 0 || id > INT32_MAX || (e->string[0] == '0' && e->string[1]))
+        return REQ_BAD("logit_bias", "'logit_bias' key \"%s\" is not a token id (a decimal integer >= 0)",
+                       openai_show(desc, sizeof desc, e->string));
+      if (!cJSON_IsNumber(e) || !(e->valuedouble >= -100.0 && e->valuedouble <= 100.0))
+        return REQ_BAD("logit_bias", "'logit_bias' of token %ld must be a number in [-100, 100], got %s", id,
+                       llorch_json_describe(e, desc, sizeof desc));
+    }
+    if (n) r->logit_bias = lb;
+  }
   const cJSON *s = cJSON_GetObjectItemCaseSensitive(body, "seed");
   if (s && !cJSON_IsNull(s)) {
     if (llorch_json_get_int(body, NULL, "seed", false, INT64_MIN, INT64_MAX, &r->seed, &em) < 0)
@@ -577,6 +600,7 @@ char *llorch_openai_request_native_body(const llorch_openai_request *r, const ch
   }
   req_copy(ex, r->response_format, "response_format");
   req_copy(ex, r->grammar, "grammar");
+  req_copy(ex, r->logit_bias, "logit_bias");
   llorch_reasoning_format rf = r->reasoning_format ? r->reasoning_format : default_reasoning;
   if (rf != LLORCH_REASONING_UNSET)
     cJSON_AddStringToObject(ex, "reasoning_format", llorch_reasoning_format_name(rf));

@@ -84,6 +84,31 @@ oom:
   return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
 }
 
+/* ---- logit_bias ---- */
+
+/* The request's logit_bias (format checked by the OpenAI layer) as the job's
+ * array, each id checked against this model's vocabulary. */
+static int request_logit_bias(const worker *w, const llorch_openai_request *r, worker_job *j,
+                              llorch_openai_error *err) {
+  if (!r->logit_bias) return 0;
+  int n = cJSON_GetArraySize(r->logit_bias);
+  j->logit_bias = calloc((size_t)n, sizeof *j->logit_bias);
+  if (!j->logit_bias) return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+  uint32_t n_vocab = w->model->hp.n_vocab;
+  int i = 0;
+  for (const cJSON *e = r->logit_bias->child; e; e = e->next, i++) {
+    long id = strtol(e->string, NULL, 10);
+    if (id >= (long)n_vocab)
+      return llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", "logit_bias",
+                                "'logit_bias' names token %ld, but this model's vocabulary has %u tokens", id,
+                                n_vocab);
+    j->logit_bias[i] = (llorch_logit_bias){.id = (int32_t)id, .bias = (float)e->valuedouble};
+  }
+  j->sp.logit_bias = j->logit_bias;
+  j->sp.n_logit_bias = (uint32_t)n;
+  return 0;
+}
+
 /* ---- structured output ---- */
 
 /*
@@ -250,6 +275,7 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   }
   j->want_logprobs = r.logprobs;
   sp->n_logprobs = r.top_logprobs;
+  if ((rc = request_logit_bias(w, &r, j, err)) < 0) goto fail;
   llorch_errmsg vem = {{0}};
   if (llorch_sampler_params_validate(sp, &vem) < 0) {
     rc = llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", NULL, "%s",

@@ -84,6 +84,7 @@ void worker_job_free(worker_job *j) {
   free(j->script);
   free(j->blocks);
   free(j->hashes);
+  free(j->logit_bias);
   for (int k = 0; k < j->n_stop; k++) free(j->stop[k]);
   llorch_sampler_free(j->sampler);
   free(j->history);

@@ -71,6 +71,7 @@ typedef struct worker_job {
   uint32_t n_prompt;
   uint32_t max_tokens;           /* 0: all that fits; clamped at submit */
   llorch_sampler_params sp;      /* sampling (sp.n_logprobs: alternatives per token) */
+  llorch_logit_bias *logit_bias; /* what sp.logit_bias points to, owned by the job */
   bool want_logprobs;            /* report the chosen token's logprob (+ sp.n_logprobs top) */
   char *stop[WORKER_MAX_STOP];   /* stop strings, owned by the job */
   int n_stop;

@@ -130,6 +130,20 @@ test('chat logprobs: one entry per token, top alternatives, greedy picks the bes
   assert.equal(content.map((e) => Buffer.from(e.bytes).toString('latin1')).join('').length > 0, true);
 });
 
+test('logit_bias: +100 forces a token at temperature 1; an id past the vocabulary is a 400', async () => {
+  const r = await client.completions.create({
+    model: MODEL, prompt: 'abc', max_tokens: 5, temperature: 1, seed: 3, logprobs: 1, logit_bias: { 300: 100 },
+  });
+  const toks = r.choices[0].logprobs.tokens;
+  assert.equal(toks.length, 5);
+  assert.ok(toks.every((t) => t === toks[0]), JSON.stringify(toks));
+  const free = await client.completions.create({ model: MODEL, prompt: 'abc', max_tokens: 5, temperature: 1, seed: 3, logprobs: 1 });
+  assert.notDeepEqual(free.choices[0].logprobs.tokens, toks, 'the bias changed the output');
+  await assert.rejects(
+    client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], logit_bias: { 999999: 5 } }),
+    (e) => e.status === 400 && e.error?.param === 'logit_bias' && /vocabulary has/.test(e.message));
+});
+
 test('completions logprobs (integer)', async () => {
   const r = await client.completions.create({ model: MODEL, prompt: 'abc', max_tokens: 4, logprobs: 2, ...greedy });
   const lp = r.choices[0].logprobs;

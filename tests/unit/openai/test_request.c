@@ -54,6 +54,16 @@ static void test_errors(void **state) {
   expect_400("{\"messages\":[{\"role\":\"user\"}]}", "messages[0].content", "required");
   expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}", "top_logprobs",
              "needs 'logprobs'");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logit_bias\":[1]}", "logit_bias",
+             "must be an object");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logit_bias\":{\"-1\":5}}",
+             "logit_bias", "not a token id");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logit_bias\":{\"07\":5}}",
+             "logit_bias", "not a token id");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logit_bias\":{\"7\":101}}",
+             "logit_bias", "[-100, 100]");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logit_bias\":{\"7\":\"1\"}}",
+             "logit_bias", "[-100, 100]");
 }
 
 static void test_native_body_and_context(void **state) {

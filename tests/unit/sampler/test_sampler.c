@@ -561,6 +561,39 @@ static void test_large_vocab_sets(void **state) {
 
 /* A grammar mask removes tokens before every step: greedy picks the best
  * allowed one, sampling never draws a masked one, and all-masked is an error. */
+static void test_logit_bias(void **state) {
+  (void)state;
+  float l[6] = {0.5f, 2.0f, -1.0f, 2.5f, 2.4f, 1.0f};
+  /* -100 takes the greedy pick out; the bias array is the sampler's own copy */
+  llorch_logit_bias ban[1] = {{3, -100.0f}};
+  llorch_sampler_params p = greedy();
+  p.logit_bias = ban;
+  p.n_logit_bias = 1;
+  llorch_sampler *s = make(&p, 6);
+  ban[0].id = 0; /* changing the caller's array later changes nothing */
+  assert_int_equal(draw(s, l, NULL, 0), 4);
+  llorch_sampler_free(s);
+  /* +100 forces a token at temperature 1.5, every draw */
+  llorch_logit_bias force[2] = {{2, 100.0f}, {5, -3.0f}};
+  p = random_t(1.5f, 7);
+  p.logit_bias = force;
+  p.n_logit_bias = 2;
+  s = make(&p, 6);
+  for (int i = 0; i < 100; i++) assert_int_equal(draw(s, l, NULL, 0), 2);
+  llorch_sampler_free(s);
+  /* an id past the vocabulary or a bias out of range: EINVAL naming it */
+  llorch_errmsg em = {{0}};
+  llorch_logit_bias bad[1] = {{6, 1.0f}};
+  p = greedy();
+  p.logit_bias = bad;
+  p.n_logit_bias = 1;
+  assert_int_equal(llorch_sampler_init(&s, &p, 6, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "logit_bias token 6"));
+  bad[0] = (llorch_logit_bias){1, 101.0f};
+  assert_int_equal(llorch_sampler_init(&s, &p, 6, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "[-100, 100]"));
+}
+
 static void test_mask(void **state) {
   (void)state;
   float logits[40];
@@ -608,6 +641,7 @@ int main(void) {
       cmocka_unit_test(test_top_p),              cmocka_unit_test(test_min_p),
       cmocka_unit_test(test_distribution),       cmocka_unit_test(test_determinism),
       cmocka_unit_test(test_large_vocab_sets), cmocka_unit_test(test_mask),
+      cmocka_unit_test(test_logit_bias),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
