@@ -65,6 +65,17 @@ typedef struct llorch_errmsg {
 int llorch_errmsg_set(llorch_errmsg *em, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/*
+ * Text from outside in a message that must stay one printable line: the
+ * one implementation of "make it printable".
+ *   llorch_str_oneline   control bytes (< 0x20, 0x7f) of s become '?', in place.
+ *   llorch_str_show      at most max bytes of s[0..n) into buf (cap > 4),
+ *                        cut on a UTF-8 boundary, control bytes as '?', and
+ *                        "..." when cut; returns buf.
+ */
+void llorch_str_oneline(char *s);
+const char *llorch_str_show(char *buf, size_t cap, const char *s, size_t n, size_t max);
+
 /* Programming errors only: never for anything that comes from outside. */
 #define LLORCH_ASSERT(x)                                                      \
   do {                                                                        \

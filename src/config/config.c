@@ -105,8 +105,7 @@ static int yaml_fail(yaml_ctx *y, const yaml_node_t *at, int err, const char *fm
   va_end(ap);
   /* Keys and values from the file are quoted in msg; a scalar can hold line
    * breaks (folded plain scalars, escapes), and an error is one line. */
-  for (char *c = msg; *c; c++)
-    if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+  llorch_str_oneline(msg);
   return llorch_errmsg_set(y->em, err, "%s:%zu:%zu: %s", y->name, at->start_mark.line + 1,
                            at->start_mark.column + 1, msg);
 }

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 const char *llorch_strerror(int err) {
   switch (err) {
@@ -38,4 +39,20 @@ void llorch_assert_fail(const char *file, int line, const char *expr) {
   fprintf(stderr, "%s:%d: LLORCH_ASSERT(%s) failed\n", file, line, expr);
   fflush(stderr);
   abort();
+}
+
+void llorch_str_oneline(char *s) {
+  for (; s && *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
+const char *llorch_str_show(char *buf, size_t cap, const char *s, size_t n, size_t max) {
+  size_t k = n < max ? n : max;
+  if (k + 4 > cap) k = cap - 4;
+  /* not inside a UTF-8 sequence: back off continuation bytes */
+  while (k < n && k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+  for (size_t i = 0; i < k; i++) buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  if (k < n) memcpy(buf + k, "...", 3), k += 3;
+  buf[k] = '\0';
+  return buf;
 }

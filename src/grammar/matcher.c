@@ -288,9 +288,7 @@ void grammar_matcher_free(llorch_grammar *g) {
 /* ---- grammar objects ---- */
 
 void grammar_errmsg_oneline(llorch_errmsg *em) {
-  if (!em) return;
-  for (char *c = em->text; *c; c++)
-    if ((unsigned char)*c < 0x20 || *c == 0x7F) *c = '?';
+  if (em) llorch_str_oneline(em->text);
 }
 
 static int grammar_new(llorch_grammar **out, const llorch_grammar_limits *lim, llorch_errmsg *em) {

@@ -19,15 +19,7 @@ int openai_oom(llorch_openai_error *err) {
 }
 
 /* at most 40 bytes, cut on a UTF-8 boundary, so the message stays one printable line */
-const char *openai_show(char *buf, size_t cap, const char *s) {
-  size_t n = strlen(s), k = n < 40 ? n : 40;
-  while (k < n && k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
-  if (k + 4 > cap) k = cap - 4;
-  for (size_t i = 0; i < k; i++) buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-  if (k < n) memcpy(buf + k, "...", 3), k += 3;
-  buf[k] = 0;
-  return buf;
-}
+const char *openai_show(char *buf, size_t cap, const char *s) { return llorch_str_show(buf, cap, s, strlen(s), 40); }
 
 int openai_copy_field(cJSON *dst, const cJSON *src, const char *key, const char *as,
                       llorch_openai_error *err) {

@@ -182,10 +182,7 @@ static int special_cmp_len_desc(const void *pa, const void *pb, void *ctx) {
 /* A file's string for an error message: at most cap-1 bytes, control bytes
  * shown as '?', so the message stays one printable line. */
 static const char *vocab_printable(char *dst, size_t cap, const char *s, size_t n) {
-  size_t k = n < cap - 1 ? n : cap - 1;
-  for (size_t i = 0; i < k; i++) dst[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-  dst[k] = 0;
-  return dst;
+  return llorch_str_show(dst, cap, s, n, cap - 4);
 }
 
 static void lower_ascii(char *s) {

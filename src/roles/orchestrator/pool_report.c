@@ -15,14 +15,7 @@
 
 /* A peer's value for an error line: printable ASCII only (so the line stays
  * one line), at most 64 characters. */
-static const char *show(const char *v, char *buf, size_t n) {
-  size_t k = 0;
-  for (const unsigned char *p = (const unsigned char *)v; *p && k + 4 < n && k < 64; p++)
-    buf[k++] = (*p >= 0x20 && *p < 0x7f) ? (char)*p : '?';
-  if (*v && k >= 64) buf[k++] = '.', buf[k++] = '.', buf[k++] = '.';
-  buf[k] = '\0';
-  return buf;
-}
+static const char *show(const char *v, char *buf, size_t n) { return llorch_str_show(buf, n, v, strlen(v), 64); }
 
 /* A string copied into buf[size]; NULL/absent leaves "" when not required. */
 static int get_str(const cJSON *obj, const char *where, const char *key, bool required, char *buf,
