@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "netbuf.h"
+#include "llorch/buf.h"
 
 /* The failing field of the last getter error on this thread (llorch_json_errparam). */
 static _Thread_local char json_errparam[256];
@@ -506,8 +506,8 @@ void llorch_jbuf_reset(llorch_jbuf *b) {
 
 static bool jbuf_reserve(llorch_jbuf *b, size_t extra) {
   if (b->err) return false;
-  net_buf nb = {b->data, b->len, b->cap};
-  if (net_buf_reserve(&nb, extra) < 0) {
+  llorch_buf nb = {b->data, b->len, b->cap};
+  if (llorch_buf_reserve(&nb, extra) < 0) {
     b->err = LLORCH_ENOMEM;
     return false;
   }
