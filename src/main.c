@@ -39,40 +39,22 @@ static const struct {
 
 /* ---- roles ---- */
 
-/*
- * A role whose module is not linked into this build runs the common runtime
- * alone (health + metrics), so every role starts, listens and shuts down
- * cleanly while its real implementation is being written. A role module
- * opts in when its entry point exists, with one line in its CMakeLists.txt:
- *   target_compile_definitions(llorch_all INTERFACE LLORCH_HAVE_ROLE_WORKER=1)
- * (a CMake switch rather than weak symbols: a weak reference does not pull an
- * object out of a static library, so the real role would never be linked;
- * and rather than if(TARGET ...): a role's module exists, for its unit
- * tests, before its entry point does).
- */
 static const struct {
   llorch_role role;
   int (*run)(const llorch_config *cfg);
 } roles[] = {
-#ifdef LLORCH_HAVE_ROLE_ORCHESTRATOR
     {LLORCH_ROLE_ORCHESTRATOR, llorch_orchestrator_main},
-#endif
-#ifdef LLORCH_HAVE_ROLE_POOL
     {LLORCH_ROLE_POOL, llorch_pool_main},
-#endif
-#ifdef LLORCH_HAVE_ROLE_WORKER
     {LLORCH_ROLE_WORKER, llorch_worker_main},
-#endif
-#ifdef LLORCH_HAVE_ROLE_ALL
     {LLORCH_ROLE_ALL, llorch_all_main},
-#endif
-    {LLORCH_ROLE_NONE, NULL},
 };
 
 static int main_run_role(const llorch_config *cfg) {
-  for (size_t i = 0; roles[i].run; i++)
+  for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
     if (roles[i].role == cfg->role) return roles[i].run(cfg);
-  return llorch_basic_main(cfg);
+  /* the config parser accepts only the four roles above */
+  fprintf(stderr, "llorch: no role to run (--role=orchestrator|pool|worker|all)\n");
+  return 2;
 }
 
 /* ---- command line ---- */

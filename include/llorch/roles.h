@@ -5,10 +5,7 @@
  * clean shutdown (SIGTERM/SIGINT), 1 after a failure at run time. cfg stays
  * valid until the function returns.
  *
- * Each is defined by its role's module (src/roles/<role>/). main() calls it
- * only when the module says it is there, with one line in its CMakeLists.txt:
- *   target_compile_definitions(llorch_all INTERFACE LLORCH_HAVE_ROLE_WORKER=1)
- * (ORCHESTRATOR, POOL, WORKER, ALL); otherwise main() runs llorch_basic_main().
+ * Each is defined by its role's module (src/roles/<role>/).
  */
 #ifndef LLORCH_ROLES_H
 #define LLORCH_ROLES_H
@@ -21,13 +18,8 @@ int llorch_worker_main(const llorch_config *cfg);
 int llorch_pool_main(const llorch_config *cfg);
 /* src/roles/orchestrator: admission, placement, relay (issue 5). */
 int llorch_orchestrator_main(const llorch_config *cfg);
-/* The orchestrator and a local pool manager in one process on one loop
- * (issue 5); whichever module defines it sets LLORCH_HAVE_ROLE_ALL. */
+/* src/roles/all: the orchestrator and a local pool manager in one process
+ * on one loop (issue 5). */
 int llorch_all_main(const llorch_config *cfg);
-
-/* src/roles/common: the runtime alone, serving GET /health/live and
- * GET /metrics on cfg->listen until SIGTERM/SIGINT. Any role whose module is
- * not linked runs this. */
-int llorch_basic_main(const llorch_config *cfg);
 
 #endif /* LLORCH_ROLES_H */

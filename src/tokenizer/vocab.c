@@ -189,33 +189,31 @@ static void lower_ascii(char *s) {
   for (; *s; s++) *s = (char)tolower((unsigned char)*s);
 }
 
-int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_errmsg *em) {
+/* The kv arrays of the vocabulary, checked against each other. */
+typedef struct vocab_arrays {
+  const llorch_gguf_kv *tokens, *scores, *types, *merges; /* scores, types, merges: NULL when absent */
+  int32_t n;                                              /* entries of tokens */
+} vocab_arrays;
+
+/* Which algorithm (gpt2 BPE or llama SentencePiece) and, for BPE, which
+ * pre-tokenizer; the SentencePiece defaults llama.cpp assumes. */
+static int vocab_load_kind(llorch_tokenizer *t, const llorch_gguf *g, llorch_errmsg *em) {
   int rc;
-  llorch_gguf_str model, pre, tmpl;
-  const llorch_gguf_kv *kv_tokens, *kv_scores = NULL, *kv_types = NULL, *kv_merges = NULL;
-  *out = NULL;
-
-  llorch_tokenizer *t = calloc(1, sizeof(*t));
-  if (!t) return LLORCH_ENOMEM;
-  t->bos = t->eos = t->eot = t->eom = t->unk = t->pad = -1;
-
-  /* -- which algorithm -- */
+  llorch_gguf_str model, pre;
   rc = llorch_gguf_get_str(g, "tokenizer.ggml.model", &model, em);
   if (rc == LLORCH_ENOTFOUND) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.model is missing: the file has no tokenizer");
-    goto fail;
+    return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.model is missing: the file has no tokenizer");
   }
-  if (rc != 0) goto fail;
+  if (rc != 0) return rc;
   if (str_eq(model.ptr, model.len, "gpt2")) {
     t->kind = LLORCH_TOKENIZER_BPE;
   } else if (str_eq(model.ptr, model.len, "llama")) {
     t->kind = LLORCH_TOKENIZER_SPM;
   } else {
     char shown[65];
-    rc = llorch_errmsg_set(em, LLORCH_EUNSUPPORTED,
-                           "tokenizer.ggml.model '%s' is not supported (expected gpt2 or llama)",
-                           vocab_printable(shown, sizeof(shown), model.ptr, model.len));
-    goto fail;
+    return llorch_errmsg_set(em, LLORCH_EUNSUPPORTED,
+                             "tokenizer.ggml.model '%s' is not supported (expected gpt2 or llama)",
+                             vocab_printable(shown, sizeof(shown), model.ptr, model.len));
   }
 
   if (t->kind == LLORCH_TOKENIZER_BPE) {
@@ -224,7 +222,7 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
       pre.ptr = "default";
       pre.len = 7;
     } else if (rc != 0) {
-      goto fail;
+      return rc;
     }
     size_t i, n_names = sizeof(pre_names) / sizeof(pre_names[0]);
     for (i = 0; i < n_names; i++)
@@ -232,9 +230,8 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
     if (i == n_names) {
       char list[512], shown[65];
       pre_names_list(list, sizeof(list));
-      rc = llorch_errmsg_set(em, LLORCH_EUNSUPPORTED, "tokenizer.ggml.pre '%s' is not supported (supported: %s)",
-                             vocab_printable(shown, sizeof(shown), pre.ptr, pre.len), list);
-      goto fail;
+      return llorch_errmsg_set(em, LLORCH_EUNSUPPORTED, "tokenizer.ggml.pre '%s' is not supported (supported: %s)",
+                               vocab_printable(shown, sizeof(shown), pre.ptr, pre.len), list);
     }
     t->pre = pre_names[i].pre;
     t->add_bos = pre_names[i].add_bos;
@@ -249,55 +246,62 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
     t->eos = 2;
     t->unk = 0;
   }
+  return 0;
+}
 
-  /* -- the vocabulary -- */
-  rc = llorch_gguf_get_arr(g, "tokenizer.ggml.tokens", LLORCH_GGUF_STRING, &kv_tokens, em);
+/* Finds tokens, scores, token types and merges and checks their sizes. */
+static int vocab_load_arrays(const llorch_tokenizer *t, const llorch_gguf *g, vocab_arrays *va, llorch_errmsg *em) {
+  int rc;
+  memset(va, 0, sizeof *va);
+  rc = llorch_gguf_get_arr(g, "tokenizer.ggml.tokens", LLORCH_GGUF_STRING, &va->tokens, em);
   if (rc == LLORCH_ENOTFOUND) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens is missing");
-    goto fail;
+    return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens is missing");
   }
-  if (rc != 0) goto fail;
-  if (kv_tokens->arr_n == 0 || kv_tokens->arr_n > (uint64_t)INT32_MAX / 2) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens has %llu entries (expected 1..%d)",
-                           (unsigned long long)kv_tokens->arr_n, INT32_MAX / 2);
-    goto fail;
+  if (rc != 0) return rc;
+  if (va->tokens->arr_n == 0 || va->tokens->arr_n > (uint64_t)INT32_MAX / 2) {
+    return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens has %llu entries (expected 1..%d)",
+                             (unsigned long long)va->tokens->arr_n, INT32_MAX / 2);
   }
-  int32_t n = (int32_t)kv_tokens->arr_n;
-  t->n_vocab = n;
+  int32_t n = va->n = (int32_t)va->tokens->arr_n;
 
-  rc = llorch_gguf_get_arr(g, "tokenizer.ggml.scores", LLORCH_GGUF_FLOAT32, &kv_scores, em);
+  rc = llorch_gguf_get_arr(g, "tokenizer.ggml.scores", LLORCH_GGUF_FLOAT32, &va->scores, em);
   if (rc == LLORCH_EFORMAT) /* llama.cpp also takes int32 scores */
-    rc = llorch_gguf_get_arr(g, "tokenizer.ggml.scores", LLORCH_GGUF_INT32, &kv_scores, em);
-  if (rc == LLORCH_ENOTFOUND) kv_scores = NULL;
-  else if (rc != 0) goto fail;
-  if (kv_scores && kv_scores->arr_n != (uint64_t)n) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.scores has %llu entries, tokens has %d",
-                           (unsigned long long)kv_scores->arr_n, n);
-    goto fail;
+    rc = llorch_gguf_get_arr(g, "tokenizer.ggml.scores", LLORCH_GGUF_INT32, &va->scores, em);
+  if (rc == LLORCH_ENOTFOUND) va->scores = NULL;
+  else if (rc != 0) return rc;
+  if (va->scores && va->scores->arr_n != (uint64_t)n) {
+    return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.scores has %llu entries, tokens has %d",
+                             (unsigned long long)va->scores->arr_n, n);
   }
-  rc = llorch_gguf_get_arr(g, "tokenizer.ggml.token_type", LLORCH_GGUF_INT32, &kv_types, em);
-  if (rc == LLORCH_ENOTFOUND) kv_types = NULL;
-  else if (rc != 0) goto fail;
-  if (kv_types && kv_types->arr_n != (uint64_t)n) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT,
-                           "tokenizer.ggml.token_type has %llu entries, tokens has %d",
-                           (unsigned long long)kv_types->arr_n, n);
-    goto fail;
+  rc = llorch_gguf_get_arr(g, "tokenizer.ggml.token_type", LLORCH_GGUF_INT32, &va->types, em);
+  if (rc == LLORCH_ENOTFOUND) va->types = NULL;
+  else if (rc != 0) return rc;
+  if (va->types && va->types->arr_n != (uint64_t)n) {
+    return llorch_errmsg_set(em, LLORCH_EFORMAT,
+                             "tokenizer.ggml.token_type has %llu entries, tokens has %d",
+                             (unsigned long long)va->types->arr_n, n);
   }
   if (t->kind == LLORCH_TOKENIZER_BPE) {
-    rc = llorch_gguf_get_arr(g, "tokenizer.ggml.merges", LLORCH_GGUF_STRING, &kv_merges, em);
+    rc = llorch_gguf_get_arr(g, "tokenizer.ggml.merges", LLORCH_GGUF_STRING, &va->merges, em);
     if (rc == LLORCH_ENOTFOUND) {
-      rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.merges is missing (needed by a gpt2 tokenizer)");
-      goto fail;
+      return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.merges is missing (needed by a gpt2 tokenizer)");
     }
-    if (rc != 0) goto fail;
-    if (kv_merges->arr_n > (uint64_t)INT32_MAX / 2) {
-      rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.merges has too many entries (%llu)",
-                             (unsigned long long)kv_merges->arr_n);
-      goto fail;
+    if (rc != 0) return rc;
+    if (va->merges->arr_n > (uint64_t)INT32_MAX / 2) {
+      return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.merges has too many entries (%llu)",
+                               (unsigned long long)va->merges->arr_n);
     }
   }
+  return 0;
+}
 
+/* Every string in one arena (token texts NUL-terminated, then the merges'
+ * pairs); the tokens with their scores and attributes, and the text -> id map.
+ * *arena_end: where the merges go. */
+static int vocab_load_tokens(llorch_tokenizer *t, const vocab_arrays *va, char **arena_end, llorch_errmsg *em) {
+  int32_t n = va->n;
+  const llorch_gguf_kv *kv_tokens = va->tokens, *kv_scores = va->scores, *kv_types = va->types,
+                       *kv_merges = va->merges;
   /* one arena for every string: token texts (NUL-terminated), then merges */
   uint64_t arena_bytes = 0, cursor = 0;
   char empty_name[32];
@@ -311,16 +315,14 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
       arena_bytes += llorch_gguf_arr_str(kv_merges, i, &cursor).len;
   }
   if (arena_bytes > UINT32_MAX) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer strings take %llu bytes (too large)",
-                           (unsigned long long)arena_bytes);
-    goto fail;
+    return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer strings take %llu bytes (too large)",
+                             (unsigned long long)arena_bytes);
   }
   t->arena = malloc(arena_bytes ? arena_bytes : 1);
   t->tokens = calloc((size_t)n, sizeof(*t->tokens));
   t->eog = calloc((size_t)n, 1);
   if (!t->arena || !t->tokens || !t->eog || tok_map_init(&t->token_map, (uint32_t)n) != 0) {
-    rc = LLORCH_ENOMEM;
-    goto fail;
+    return LLORCH_ENOMEM;
   }
 
   char *ap = t->arena;
@@ -354,64 +356,69 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
     case LLORCH_TOKEN_BYTE: tk->attr = TOK_ATTR_BYTE; break;
     case LLORCH_TOKEN_UNDEFINED: tk->attr = TOK_ATTR_UNDEFINED; break;
     default:
-      rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.token_type[%d] = %lld (expected 0..6)", i,
-                             (long long)ty);
-      goto fail;
+      return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.token_type[%d] = %lld (expected 0..6)", i,
+                               (long long)ty);
     }
     if (ty == LLORCH_TOKEN_BYTE) {
       /* byte tokens are "<0xXX>": token_to_byte reads the two hex digits */
       if (tk->len != 6 || memcmp(tk->text, "<0x", 3) != 0 || !isxdigit((unsigned char)tk->text[3]) ||
           !isxdigit((unsigned char)tk->text[4]) || tk->text[5] != '>') {
-        rc = llorch_errmsg_set(em, LLORCH_EFORMAT,
-                               "tokenizer.ggml.tokens[%d] is a BYTE token but is not of the form <0xXX>", i);
-        goto fail;
+        return llorch_errmsg_set(em, LLORCH_EFORMAT,
+                                 "tokenizer.ggml.tokens[%d] is a BYTE token but is not of the form <0xXX>", i);
       }
     }
     int32_t prev;
     if (tok_map_put(&t->token_map, tk->text, tk->len, tk->len, i, &prev) == LLORCH_EEXIST) {
       char shown[41];
-      rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens: duplicate token '%s' at ids %d and %d",
-                             vocab_printable(shown, sizeof(shown), tk->text, tk->len), prev, i);
-      goto fail;
+      return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.tokens: duplicate token '%s' at ids %d and %d",
+                               vocab_printable(shown, sizeof(shown), tk->text, tk->len), prev, i);
     }
   }
+  *arena_end = ap;
+  return 0;
+}
 
-  if (kv_merges) {
-    t->n_merges = (uint32_t)kv_merges->arr_n;
-    if (tok_map_init(&t->merge_map, t->n_merges) != 0) {
-      rc = LLORCH_ENOMEM;
-      goto fail;
-    }
-    cursor = 0;
-    for (uint32_t i = 0; i < t->n_merges; i++) {
-      llorch_gguf_str s = llorch_gguf_arr_str(kv_merges, i, &cursor);
-      /* "left right": llama.cpp splits at the first space after the first byte */
-      const char *sp = s.len > 1 ? memchr(s.ptr + 1, ' ', s.len - 1) : NULL;
-      if (!sp) {
-        char shown[41];
-        rc = llorch_errmsg_set(em, LLORCH_EFORMAT,
+/* The BPE merges ("left right") as a pair -> rank map. */
+static int vocab_load_merges(llorch_tokenizer *t, const llorch_gguf_kv *kv_merges, char *ap, llorch_errmsg *em) {
+  int rc;
+  uint64_t cursor;
+  t->n_merges = (uint32_t)kv_merges->arr_n;
+  if (tok_map_init(&t->merge_map, t->n_merges) != 0) {
+    return LLORCH_ENOMEM;
+  }
+  cursor = 0;
+  for (uint32_t i = 0; i < t->n_merges; i++) {
+    llorch_gguf_str s = llorch_gguf_arr_str(kv_merges, i, &cursor);
+    /* "left right": llama.cpp splits at the first space after the first byte */
+    const char *sp = s.len > 1 ? memchr(s.ptr + 1, ' ', s.len - 1) : NULL;
+    if (!sp) {
+      char shown[41];
+      return llorch_errmsg_set(em, LLORCH_EFORMAT,
                                "tokenizer.ggml.merges[%u] = '%s' is not two tokens separated by a space", i,
                                vocab_printable(shown, sizeof(shown), s.ptr, s.len));
-        goto fail;
-      }
-      uint32_t alen = (uint32_t)(sp - s.ptr), blen = (uint32_t)(s.len - alen - 1);
-      memcpy(ap, s.ptr, alen);
-      memcpy(ap + alen, sp + 1, blen);
-      /* a repeated pair keeps its first (lowest) rank, as llama.cpp's emplace does */
-      rc = tok_map_put(&t->merge_map, ap, alen + blen, alen, (int32_t)i, NULL);
-      if (rc == LLORCH_ENOMEM) goto fail;
-      ap += alen + blen;
     }
+    uint32_t alen = (uint32_t)(sp - s.ptr), blen = (uint32_t)(s.len - alen - 1);
+    memcpy(ap, s.ptr, alen);
+    memcpy(ap + alen, sp + 1, blen);
+    /* a repeated pair keeps its first (lowest) rank, as llama.cpp's emplace does */
+    rc = tok_map_put(&t->merge_map, ap, alen + blen, alen, (int32_t)i, NULL);
+    if (rc == LLORCH_ENOMEM) return rc;
+    ap += alen + blen;
   }
+  return 0;
+}
 
-  /* -- special ids and flags -- */
+/* Special ids (BOS, EOS, EOT, EOM, UNK, PAD) and the add_* flags. */
+static int vocab_load_specials(llorch_tokenizer *t, const llorch_gguf *g, llorch_errmsg *em) {
+  int rc;
+  int32_t n = t->n_vocab;
   if ((rc = vocab_read_special(g, "tokenizer.ggml.bos_token_id", n, &t->bos, em)) != 0 ||
       (rc = vocab_read_special(g, "tokenizer.ggml.eos_token_id", n, &t->eos, em)) != 0 ||
       (rc = vocab_read_special(g, "tokenizer.ggml.eot_token_id", n, &t->eot, em)) != 0 ||
       (rc = vocab_read_special(g, "tokenizer.ggml.eom_token_id", n, &t->eom, em)) != 0 ||
       (rc = vocab_read_special(g, "tokenizer.ggml.unknown_token_id", n, &t->unk, em)) != 0 ||
       (rc = vocab_read_special(g, "tokenizer.ggml.padding_token_id", n, &t->pad, em)) != 0)
-    goto fail;
+    return rc;
   /* defaults that fall outside a small vocabulary are dropped, as llama.cpp does */
   if (t->bos >= n) t->bos = -1;
   if (t->eos >= n) t->eos = -1;
@@ -419,17 +426,18 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
   if ((rc = vocab_read_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos, em)) != 0 ||
       (rc = vocab_read_bool(g, "tokenizer.ggml.add_eos_token", &t->add_eos, em)) != 0 ||
       (rc = vocab_read_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, em)) != 0)
-    goto fail;
+    return rc;
   if (t->add_bos && t->bos < 0) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.add_bos_token is true, but there is no BOS token");
-    goto fail;
+    return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.add_bos_token is true, but there is no BOS token");
   }
   if (t->add_eos && t->eos < 0) {
-    rc = llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.add_eos_token is true, but there is no EOS token");
-    goto fail;
+    return llorch_errmsg_set(em, LLORCH_EFORMAT, "tokenizer.ggml.add_eos_token is true, but there is no EOS token");
   }
+  return 0;
+}
 
-  /* -- end of generation: by id from metadata, and by text as llama.cpp does -- */
+/* End of generation: by id from metadata, and by text as llama.cpp does. */
+static void vocab_mark_eog(llorch_tokenizer *t) {
   if (t->eot < 0) {
     for (size_t k = 0; k < N_OF(eot_texts) && t->eot < 0; k++) t->eot = vocab_find_str(t, eot_texts[k]);
   }
@@ -462,22 +470,25 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
       t->tokens[s_end].attr = TOK_ATTR_NORMAL;
     }
   }
+}
 
-  /* -- special tokens, longest first (the order the partition tries them) -- */
+/* The special tokens, longest first (the order the partition tries them). */
+static int vocab_sort_special(llorch_tokenizer *t) {
+  int32_t n = t->n_vocab;
   for (int32_t i = 0; i < n; i++)
     if (t->tokens[i].attr & (TOK_ATTR_CONTROL | TOK_ATTR_USER_DEFINED | TOK_ATTR_UNKNOWN)) t->n_special++;
   t->special = malloc((t->n_special ? t->n_special : 1) * sizeof(*t->special));
-  if (!t->special) {
-    rc = LLORCH_ENOMEM;
-    goto fail;
-  }
+  if (!t->special) return LLORCH_ENOMEM;
   t->n_special = 0;
   for (int32_t i = 0; i < n; i++)
     if (t->tokens[i].attr & (TOK_ATTR_CONTROL | TOK_ATTR_USER_DEFINED | TOK_ATTR_UNKNOWN))
       t->special[t->n_special++] = i;
   qsort_r(t->special, t->n_special, sizeof(*t->special), special_cmp_len_desc, t->tokens);
+  return 0;
+}
 
-  /* llama.cpp strips whitespace after Phi-3's special tokens (chosen by model name) */
+/* llama.cpp strips whitespace after Phi-3's special tokens (chosen by model name). */
+static void vocab_phi3_rstrip(llorch_tokenizer *t, const llorch_gguf *g) {
   llorch_gguf_str name;
   if (llorch_gguf_get_str(g, "general.name", &name, NULL) == 0) {
     char lname[128];
@@ -494,6 +505,28 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
       }
     }
   }
+}
+
+int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_errmsg *em) {
+  int rc;
+  llorch_gguf_str tmpl;
+  vocab_arrays va;
+  char *merges_at = NULL;
+  *out = NULL;
+
+  llorch_tokenizer *t = calloc(1, sizeof(*t));
+  if (!t) return LLORCH_ENOMEM;
+  t->bos = t->eos = t->eot = t->eom = t->unk = t->pad = -1;
+
+  if ((rc = vocab_load_kind(t, g, em)) != 0) goto fail;
+  if ((rc = vocab_load_arrays(t, g, &va, em)) != 0) goto fail;
+  t->n_vocab = va.n;
+  if ((rc = vocab_load_tokens(t, &va, &merges_at, em)) != 0) goto fail;
+  if (va.merges && (rc = vocab_load_merges(t, va.merges, merges_at, em)) != 0) goto fail;
+  if ((rc = vocab_load_specials(t, g, em)) != 0) goto fail;
+  vocab_mark_eog(t);
+  if ((rc = vocab_sort_special(t)) != 0) goto fail;
+  vocab_phi3_rstrip(t, g);
 
   rc = llorch_gguf_get_str(g, "tokenizer.chat_template", &tmpl, em);
   if (rc == 0) {
