@@ -281,6 +281,33 @@ void orch_cluster_json(orch *o, llorch_jbuf *b) {
     if (i) llorch_jbuf_cstr(b, ",");
     json_worker(b, s->workers[i], now);
   }
+  llorch_jbuf_cstr(b, "],\"fetches\":[");
+  for (int i = 0; i < s->n_fetches; i++) {
+    const sched_fetch *f = s->fetches[i];
+    if (i) llorch_jbuf_cstr(b, ",");
+    llorch_jbuf_cstr(b, "{\"file\":");
+    llorch_jbuf_str(b, f->file);
+    llorch_jbuf_cstr(b, ",\"pool\":");
+    llorch_jbuf_str(b, f->target);
+    llorch_jbuf_cstr(b, ",\"source\":");
+    llorch_jbuf_str(b, f->source);
+    llorch_jbuf_cstr(b, ",\"attempt\":");
+    llorch_jbuf_int(b, f->attempts);
+    llorch_jbuf_cstr(b, ",\"state\":");
+    llorch_jbuf_str(b, f->given_up ? "given_up" : f->state);
+    llorch_jbuf_cstr(b, ",\"bytes_done\":");
+    llorch_jbuf_int(b, (int64_t)f->bytes_done);
+    llorch_jbuf_cstr(b, ",\"bytes_total\":");
+    llorch_jbuf_int(b, (int64_t)f->size);
+    llorch_jbuf_cstr(b, ",\"rate_bytes_per_s\":");
+    llorch_jbuf_int(b, (int64_t)f->rate);
+    llorch_jbuf_cstr(b, ",\"eta_s\":");
+    if (f->eta_s >= 0 && !f->ended) llorch_jbuf_int(b, f->eta_s);
+    else llorch_jbuf_cstr(b, "null");
+    llorch_jbuf_cstr(b, ",\"error\":");
+    llorch_jbuf_str(b, f->error[0] ? f->error : NULL);
+    llorch_jbuf_cstr(b, "}");
+  }
   llorch_jbuf_cstr(b, "],\"pending_starts\":[");
   for (int i = 0; i < s->n_starts; i++) {
     const sched_pending_start *ps = s->starts[i];
@@ -516,7 +543,7 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
   int rc;
   sched_limits lim;
   sched_limits_from_config(&lim, cfg);
-  sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail};
+  sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail, orch_pool_fetch};
   if ((rc = sched_init(&o->s, &lim, &ops)) < 0) {
     llorch_errmsg_set(em, rc, "out of memory for the scheduler");
     goto fail_sched;

@@ -6,11 +6,13 @@
  * Documents go through orch_pool_report_parse and then the scheduler, which
  * decides; this file only moves bytes.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "llorch/log.h"
+#include "llorch/sha256.h"
 #include "events.h"
 #include "orchestrator-impl.h"
 
@@ -437,6 +439,143 @@ void orch_pool_start(void *ud, const sched_start *st) {
     LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
     sched_start_failed(&o->s, st->start_id, em.text[0] ? em.text : llorch_strerror(rc), orch_now_ms(o));
     free(pc);
+  }
+}
+
+/* ---- client side: copies of model files between pools ---- */
+
+typedef struct fetch_call {
+  orch *o;
+  uint64_t fetch_id;
+  char file[SCHED_FILE_MAX];
+  char target[SCHED_NAME_MAX], target_url[SCHED_URL_MAX];
+  char source[SCHED_NAME_MAX], source_url[SCHED_URL_MAX];
+  uint64_t size;
+} fetch_call;
+
+static void fetch_fail(fetch_call *fc, const char *reason) {
+  LOG_WARN("pools", NULL, "copy of %s to %s from %s: %s", fc->file, fc->target, fc->source, reason);
+  sched_fetch_failed(&fc->o->s, fc->fetch_id, reason, orch_now_ms(fc->o));
+  orch_dispatch_soon(fc->o);
+  free(fc);
+}
+
+static void fetch_post_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  fetch_call *fc = user;
+  char reason[600];
+  if (err) {
+    snprintf(reason, sizeof reason, "%s asked to copy: %s", fc->target, errmsg ? errmsg : llorch_strerror(err));
+    fetch_fail(fc, reason);
+    return;
+  }
+  int status = llorch_http_call_status(call);
+  if (status != 202 && status != 200) {
+    char text[360];
+    pool_error_text(call, text, sizeof text);
+    snprintf(reason, sizeof reason, "%s refused the copy: %s", fc->target, text);
+    fetch_fail(fc, reason);
+    return;
+  }
+  sched_fetch_answered(&fc->o->s, fc->fetch_id, orch_now_ms(fc->o));
+  free(fc);
+}
+
+static void fetch_sha_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  fetch_call *fc = user;
+  orch *o = fc->o;
+  char reason[600];
+  if (err) {
+    snprintf(reason, sizeof reason, "the digest from %s: %s", fc->source, errmsg ? errmsg : llorch_strerror(err));
+    fetch_fail(fc, reason);
+    return;
+  }
+  int status = llorch_http_call_status(call);
+  size_t len = 0;
+  const char *body = llorch_http_call_body(call, &len);
+  cJSON *doc = status == 200 ? cJSON_ParseWithLength(body, len) : NULL;
+  const cJSON *sha = cJSON_GetObjectItemCaseSensitive(doc, "sha256");
+  const cJSON *size = cJSON_GetObjectItemCaseSensitive(doc, "size");
+  if (!cJSON_IsString(sha) || !llorch_sha256_hex_valid(sha->valuestring) || !cJSON_IsNumber(size)) {
+    char text[360];
+    if (status == 200) snprintf(text, sizeof text, "an answer without sha256 and size");
+    else pool_error_text(call, text, sizeof text);
+    snprintf(reason, sizeof reason, "the digest from %s: %s", fc->source, text);
+    cJSON_Delete(doc);
+    fetch_fail(fc, reason);
+    return;
+  }
+  /* The source's own size is the one its digest covers. */
+  fc->size = (uint64_t)size->valuedouble;
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  char id[32];
+  snprintf(id, sizeof id, "f%" PRIu64, fc->fetch_id);
+  llorch_jbuf_cstr(&b, "{\"file\":");
+  llorch_jbuf_str(&b, fc->file);
+  llorch_jbuf_cstr(&b, ",\"source_url\":");
+  llorch_jbuf_str(&b, fc->source_url);
+  llorch_jbuf_cstr(&b, ",\"sha256\":");
+  llorch_jbuf_str(&b, sha->valuestring);
+  llorch_jbuf_cstr(&b, ",\"size\":");
+  llorch_jbuf_int(&b, (int64_t)fc->size);
+  llorch_jbuf_cstr(&b, ",\"id\":");
+  llorch_jbuf_str(&b, id);
+  llorch_jbuf_cstr(&b, "}");
+  cJSON_Delete(doc);
+  char url[SCHED_URL_MAX + 32], auth[300];
+  snprintf(url, sizeof url, "%s/v2/files/fetch", fc->target_url);
+  const char *hdr[8];
+  pool_headers(o, hdr, auth, sizeof auth);
+  llorch_http_call_opts opts = {0};
+  opts.method = "POST";
+  opts.url = url;
+  opts.headers = hdr;
+  opts.body = b.data;
+  opts.body_len = b.len;
+  opts.connect_timeout_ms = 2000;
+  opts.read_timeout_ms = 10000;
+  opts.on_done = fetch_post_on_done;
+  opts.user = fc;
+  llorch_errmsg em = {{0}};
+  int rc = llorch_jbuf_error(&b) ? LLORCH_ENOMEM : llorch_http_call_start(o->client, &opts, NULL, &em);
+  llorch_jbuf_free(&b);
+  if (rc < 0) fetch_fail(fc, em.text[0] ? em.text : llorch_strerror(rc));
+}
+
+void orch_pool_fetch(void *ud, const sched_fetch_order *fo) {
+  orch *o = ud;
+  fetch_call *fc = calloc(1, sizeof *fc);
+  if (!fc) {
+    sched_fetch_failed(&o->s, fo->fetch_id, "out of memory", orch_now_ms(o));
+    return;
+  }
+  fc->o = o;
+  fc->fetch_id = fo->fetch_id;
+  fc->size = fo->size;
+  snprintf(fc->file, sizeof fc->file, "%s", fo->file);
+  snprintf(fc->target, sizeof fc->target, "%s", fo->target->name);
+  snprintf(fc->target_url, sizeof fc->target_url, "%s", fo->target->url);
+  snprintf(fc->source, sizeof fc->source, "%s", fo->source->name);
+  /* The source pool's advertise URL from its own report: the target reaches
+   * it with the same cluster token the orchestrator uses. */
+  snprintf(fc->source_url, sizeof fc->source_url, "%s", fo->source->url);
+  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32], auth[300];
+  snprintf(url, sizeof url, "%s/v2/files/%s/sha256", fc->source_url, fc->file);
+  const char *hdr[8];
+  pool_headers(o, hdr, auth, sizeof auth);
+  llorch_http_call_opts opts = {0};
+  opts.method = "GET";
+  opts.url = url;
+  opts.headers = hdr;
+  opts.connect_timeout_ms = 2000;
+  /* The source hashes a file it has not hashed before: minutes for a big one. */
+  opts.read_timeout_ms = 30 * 60 * 1000;
+  opts.on_done = fetch_sha_on_done;
+  opts.user = fc;
+  llorch_errmsg em = {{0}};
+  if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+    sched_fetch_failed(&o->s, fo->fetch_id, em.text, orch_now_ms(o));
+    free(fc);
   }
 }
 
