@@ -681,7 +681,7 @@ static void fetch_on_done(llorch_http_call *call, int err, const char *errmsg, v
 }
 
 static void fetch_verify_after(uv_work_t *wk, int status) {
-  pool_fetch *f = wk->data;
+  pool_fetch *f = (pool_fetch *)((char *)wk->data - offsetof(pool_fetch, job));
   f->hashing = false;
   if (f->state != POOL_FETCH_VERIFYING) { /* cancelled meanwhile */
     fetch_settle(f);
@@ -727,7 +727,7 @@ static void fetch_verify(pool_fetch *f) {
   memset(&f->job, 0, sizeof f->job);
   snprintf(f->job.path, sizeof f->job.path, "%s", f->tmp);
   f->job.sync_first = true;
-  f->job.work.data = f;
+  f->job.work.data = &f->job; /* files_hash_run reads the job; the callback finds f around it */
   int rc = uv_queue_work(f->p->loop, &f->job.work, files_hash_run, fetch_verify_after);
   if (rc < 0) {
     f->state = POOL_FETCH_RUNNING;
