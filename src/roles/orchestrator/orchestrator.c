@@ -543,7 +543,8 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
   int rc;
   sched_limits lim;
   sched_limits_from_config(&lim, cfg);
-  sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail, orch_pool_fetch};
+  sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail, orch_pool_fetch,
+                   orch_pool_fetch_cancel};
   if ((rc = sched_init(&o->s, &lim, &ops)) < 0) {
     llorch_errmsg_set(em, rc, "out of memory for the scheduler");
     goto fail_sched;

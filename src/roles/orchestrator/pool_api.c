@@ -542,6 +542,40 @@ static void fetch_sha_on_done(llorch_http_call *call, int err, const char *errms
   if (rc < 0) fetch_fail(fc, em.text[0] ? em.text : llorch_strerror(rc));
 }
 
+static void fetch_cancel_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  char *what = user;
+  if (err)
+    LOG_WARN("pools", NULL, "%s: %s", what, errmsg ? errmsg : llorch_strerror(err));
+  else if (llorch_http_call_status(call) != 200 && llorch_http_call_status(call) != 404)
+    LOG_WARN("pools", NULL, "%s answered %d", what, llorch_http_call_status(call));
+  free(what);
+}
+
+void orch_pool_fetch_cancel(void *ud, const sched_pool *target, const char *file) {
+  orch *o = ud;
+  char *what = malloc(SCHED_NAME_MAX + SCHED_FILE_MAX + 64);
+  if (!what) return;
+  snprintf(what, SCHED_NAME_MAX + SCHED_FILE_MAX + 64, "cancel the copy of %s on %s", file, target->name);
+  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32], auth[300];
+  snprintf(url, sizeof url, "%s/v2/files/fetch/%s", target->url, file);
+  const char *hdr[8];
+  pool_headers(o, hdr, auth, sizeof auth);
+  llorch_http_call_opts opts = {0};
+  opts.method = "DELETE";
+  opts.url = url;
+  opts.headers = hdr;
+  opts.connect_timeout_ms = 2000;
+  opts.read_timeout_ms = 10000;
+  opts.on_done = fetch_cancel_on_done;
+  opts.user = what;
+  llorch_errmsg em = {{0}};
+  LOG_INFO("pools", NULL, "%s (given up on)", what);
+  if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+    LOG_WARN("pools", NULL, "%s: %s", what, em.text);
+    free(what);
+  }
+}
+
 void orch_pool_fetch(void *ud, const sched_fetch_order *fo) {
   orch *o = ud;
   fetch_call *fc = calloc(1, sizeof *fc);

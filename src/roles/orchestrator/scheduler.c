@@ -624,7 +624,7 @@ static void fetch_remove_at(sched *s, int i) {
 }
 
 /* An attempt ended (reported by the target, or refused before it began). */
-static void fetch_attempt_ended(sched_fetch *f, const char *state, const char *error, int64_t now) {
+static void fetch_attempt_ended(sched *s, sched_fetch *f, const char *state, const char *error, int64_t now) {
   copy_str(f->state, sizeof f->state, state);
   reason_set(f->error, sizeof f->error, "%s", error && *error ? error : state);
   f->ended = true;
@@ -633,9 +633,14 @@ static void fetch_attempt_ended(sched_fetch *f, const char *state, const char *e
   f->eta_s = -1;
   /* 0.5 s, 1 s, 2 s between attempts: a source that died is noticed as down meanwhile */
   f->next_try_ms = now + (500LL << (f->attempts > 3 ? 3 : f->attempts - 1));
-  if (f->attempts >= SCHED_FETCH_ATTEMPTS) f->given_up = true;
   LOG_WARN("sched", NULL, "copy of %s to %s from %s (attempt %d of %d) %s: %s", f->file, f->target, f->source,
            f->attempts, SCHED_FETCH_ATTEMPTS, state, f->error);
+  if (f->attempts < SCHED_FETCH_ATTEMPTS) return;
+  f->given_up = true;
+  /* An interrupted copy keeps its part on the target for a resume; none
+   * will come now, so the part goes (a failed one is already deleted). */
+  const sched_pool *t = sched_pool_find(s, f->target);
+  if (strcmp(state, "interrupted") == 0 && t && t->up && s->ops.fetch_cancel) s->ops.fetch_cancel(s->ops.ud, t, f->file);
 }
 
 void sched_fetch_answered(sched *s, uint64_t id, int64_t now) {
@@ -646,7 +651,7 @@ void sched_fetch_answered(sched *s, uint64_t id, int64_t now) {
 
 void sched_fetch_failed(sched *s, uint64_t id, const char *reason, int64_t now) {
   sched_fetch *f = sched_fetch_find(s, id);
-  if (f && !f->ended) fetch_attempt_ended(f, "failed", reason, now);
+  if (f && !f->ended) fetch_attempt_ended(s, f, "failed", reason, now);
 }
 
 /* The target's report of its copies: the current attempt's state (older
@@ -664,7 +669,7 @@ static void fetches_apply(sched *s, const sched_pool *p, const sched_pool_report
     f->eta_s = r->eta_s;
     if (strcmp(r->state, "interrupted") == 0 || strcmp(r->state, "failed") == 0 ||
         strcmp(r->state, "cancelled") == 0)
-      fetch_attempt_ended(f, r->state, r->error, now);
+      fetch_attempt_ended(s, f, r->state, r->error, now);
     else
       copy_str(f->state, sizeof f->state, r->state);
   }
@@ -690,7 +695,7 @@ static void fetches_tick(sched *s, int64_t now) {
       fetch_remove_at(s, i);
       continue;
     }
-    if (!t->up && !f->ended) fetch_attempt_ended(f, "interrupted", "the target pool is down", now);
+    if (!t->up && !f->ended) fetch_attempt_ended(s, f, "interrupted", "the target pool is down", now);
     i++;
   }
 }

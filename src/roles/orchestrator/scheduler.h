@@ -273,6 +273,9 @@ typedef struct sched_ops {
   /* Ask o->target to copy o->file from o->source; later sched_fetch_answered/_failed
    * (not from inside). NULL: files are never copied between pools. */
   void (*fetch)(void *ud, const sched_fetch_order *o);
+  /* Ask target to drop what is left of a copy of file (a part kept for a
+   * resume that will not come: the copy was given up on). May be NULL. */
+  void (*fetch_cancel)(void *ud, const struct sched_pool *target, const char *file);
 } sched_ops;
 
 typedef struct sched_limits {

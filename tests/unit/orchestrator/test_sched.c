@@ -113,7 +113,7 @@ static fx *fx_new(int max_total, int retry_max) {
   lim.queue_timeout_ms = 10000;
   lim.heartbeat_miss_limit = 3;
   lim.retry_max = retry_max;
-  sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail, NULL};
+  sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail, NULL, NULL};
   sched_init(&f->s, &lim, &ops);
   f->now = 1000000;
   return f;
@@ -385,7 +385,7 @@ static void test_route_prefix(void **state) {
     fx *f = calloc(1, sizeof *f);
     sched_limits lim = {.max_total = 100, .queue_timeout_ms = 10000, .heartbeat_miss_limit = 3,
                         .retry_max = 1, .prefix_routing = on == 1, .prefix_ttl_ms = 60000};
-    sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail, NULL};
+    sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail, NULL, NULL};
     assert_int_equal(sched_init(&f->s, &lim, &ops), 0);
     f->now = 1000000;
     int m = add_model(f, "m", "m.gguf", 4, 60000, NULL);
@@ -550,9 +550,17 @@ static void on_fetch(void *ud, const sched_fetch_order *o) {
   snprintf(a->text, sizeof a->text, "%s %llu", o->file, (unsigned long long)o->size);
 }
 
+static void on_fetch_cancel(void *ud, const sched_pool *target, const char *file) {
+  action *a = rec_add(ud);
+  a->kind = 'C';
+  snprintf(a->pool, sizeof a->pool, "%s", target->name);
+  snprintf(a->text, sizeof a->text, "%s", file);
+}
+
 static fx *fx_new_fetching(void) {
   fx *f = fx_new(100, 1);
   f->s.ops.fetch = on_fetch;
+  f->s.ops.fetch_cancel = on_fetch_cancel;
   return f;
 }
 
@@ -667,9 +675,10 @@ static void test_fetch_pinned_retry_and_place(void **state) {
   fx_free(f);
 }
 
-/* Refused copies (disk space) are asked for at most SCHED_FETCH_ATTEMPTS
- * times; then the reason names the last error, requests time out with it,
- * and the copy is forgotten after SCHED_FETCH_FORGET_MS. */
+/* Failed copies (refused for disk space, then one interrupted) are asked
+ * for at most SCHED_FETCH_ATTEMPTS times; then the reason names the last
+ * error, the interrupted part is cancelled on the target, requests time out
+ * with the reason, and the copy is forgotten after SCHED_FETCH_FORGET_MS. */
 static void test_fetch_gives_up(void **state) {
   (void)state;
   fx *f = fx_new_fetching();
@@ -685,19 +694,24 @@ static void test_fetch_gives_up(void **state) {
   assert_int_equal(submit(f, r), 0);
   for (int i = 0; i < 10; i++) {
     const action *a = last_kind(&f->rec, 'F');
-    if (a && f->s.n_fetches && !f->s.fetches[0]->ended)
+    bool last = count_kind(&f->rec, 'F') == SCHED_FETCH_ATTEMPTS;
+    if (a && f->s.n_fetches && !f->s.fetches[0]->ended && !last)
       sched_fetch_failed(&f->s, a->start_id, "pool-b refused the copy: 507 not enough disk space", f->now);
     f->now += 5000;
-    /* pools stay up */
+    /* pools stay up; the last attempt is reported interrupted (its part kept) */
     report_init(&rep, &pa, ++f->seq);
     apply(f, &rep, false);
     report_init(&rep, &pb, ++f->seq);
+    if (a && last && !f->s.fetches[0]->ended)
+      report_add_fetch(&rep, "m.gguf", a->start_id, "interrupted", MiB, 2 * MiB, 0, -1, "lost pool-a");
     apply(f, &rep, false);
   }
   assert_int_equal(count_kind(&f->rec, 'F'), SCHED_FETCH_ATTEMPTS);
-  assert_string_equal(f->s.models[m].pending,
-                      "copying m.gguf to pool-b failed 4 times (last from pool-a: pool-b refused the copy: 507 not "
-                      "enough disk space)");
+  assert_string_equal(f->s.models[m].pending, "copying m.gguf to pool-b failed 4 times (last from pool-a: lost pool-a)");
+  /* the kept part is dropped on the target: no resume will come */
+  assert_int_equal(count_kind(&f->rec, 'C'), 1);
+  assert_string_equal(last_kind(&f->rec, 'C')->pool, "pool-b");
+  assert_string_equal(last_kind(&f->rec, 'C')->text, "m.gguf");
   /* the queue timeout (10 s here) answers with that reason */
   sched_tick(&f->s, f->now);
   const action *fa = last_kind(&f->rec, 'f');

@@ -554,7 +554,7 @@ static void test_books_agree(void **state) {
     sched s;
     sched_limits lim = {.max_total = 10, .queue_timeout_ms = 10000, .heartbeat_miss_limit = 3,
                         .retry_max = 1};
-    sched_ops ops = {&started_need, books_op_assign, books_op_start, books_op_stop, books_op_fail, NULL};
+    sched_ops ops = {&started_need, books_op_assign, books_op_start, books_op_stop, books_op_fail, NULL, NULL};
     assert_int_equal(sched_init(&s, &lim, &ops), 0);
     for (int i = 0; i < 3; i++) {
       llorch_model_entry e;
