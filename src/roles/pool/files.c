@@ -370,8 +370,7 @@ static void files_send_pump(files_send *s) {
   s->reading = true;
 }
 
-/* Parses "bytes=N-" into *start. Returns 0, or LLORCH_EINVAL with em. */
-static int files_parse_range(const char *v, uint64_t *start, llorch_errmsg *em) {
+int pool_range_parse(const char *v, uint64_t *start, llorch_errmsg *em) {
   char shown[80];
   llorch_str_show(shown, sizeof shown, v, strlen(v), 64);
   if (strncmp(v, "bytes=", 6) != 0 || !isdigit((unsigned char)v[6]))
@@ -398,7 +397,7 @@ static void files_on_content(pool *p, llorch_http_request *req, const char *file
   }
   uint64_t size = (uint64_t)st.st_size, start = 0;
   const char *range = llorch_http_request_header(req, "Range");
-  if (range && files_parse_range(range, &start, &em) < 0) {
+  if (range && pool_range_parse(range, &start, &em) < 0) {
     llorch_http_respond_error(req, 400, "invalid_request_error", em.text, "Range", "INVALID_RANGE");
     return;
   }

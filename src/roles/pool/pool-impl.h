@@ -242,6 +242,13 @@ typedef struct pool_fetch {
   double rate;                /* bytes/s over the last window */
 } pool_fetch;
 
+/*
+ * Parses a Range header of a file request: only "bytes=N-" (one open range:
+ * what a resumed copy asks for). Returns 0 with *start, or LLORCH_EINVAL with
+ * em naming the header and showing the value.
+ */
+int pool_range_parse(const char *value, uint64_t *start, llorch_errmsg *em);
+
 /* Writes one copy / the list (the state document's "fetches"). */
 void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f, int64_t now_ms);
 void pool_fetches_write(llorch_jbuf *b, const pool_fetch *list, int64_t now_ms);
