@@ -332,6 +332,31 @@ static void pool_headers(orch *o, const char **hdr, char *auth, size_t n) {
   hdr[k] = NULL;
 }
 
+/*
+ * One call to a pool with the cluster token: a JSON body when body is not
+ * NULL (else no body and no Content-Type). Returns 0 (on_done follows) or a
+ * negative code with em (on_done never runs).
+ */
+static int pool_request(orch *o, const char *method, const char *url, const llorch_jbuf *body,
+                     unsigned read_timeout_ms, void (*on_done)(llorch_http_call *, int, const char *, void *),
+                     void *user, llorch_errmsg *em) {
+  if (body && llorch_jbuf_error(body)) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
+  char auth[300];
+  const char *hdr[8];
+  pool_headers(o, hdr, auth, sizeof auth);
+  llorch_http_call_opts opts = {0};
+  opts.method = method;
+  opts.url = url;
+  opts.headers = body ? hdr : hdr + 2;
+  opts.body = body ? body->data : NULL;
+  opts.body_len = body ? body->len : 0;
+  opts.connect_timeout_ms = 2000;
+  opts.read_timeout_ms = read_timeout_ms;
+  opts.on_done = on_done;
+  opts.user = user;
+  return llorch_http_call_start(o->client, &opts, NULL, em);
+}
+
 /* The pool's error message from its envelope, else the raw body. */
 static void pool_error_text(llorch_http_call *call, char *out, size_t n) {
   size_t len = 0;
@@ -416,24 +441,12 @@ void orch_pool_start(void *ud, const sched_start *st) {
     llorch_jbuf_str(&b, cat->items[i].chat_template);
   }
   llorch_jbuf_cstr(&b, "}");
-  char url[SCHED_URL_MAX + 16], auth[300];
+  char url[SCHED_URL_MAX + 16];
   snprintf(url, sizeof url, "%s/v2/workers", st->pool->url);
-  const char *hdr[8];
-  pool_headers(o, hdr, auth, sizeof auth);
-  llorch_http_call_opts opts = {0};
-  opts.method = "POST";
-  opts.url = url;
-  opts.headers = hdr;
-  opts.body = b.data;
-  opts.body_len = b.len;
-  opts.connect_timeout_ms = 2000;
-  opts.read_timeout_ms = 10000;
-  opts.on_done = start_on_done;
-  opts.user = pc;
   llorch_errmsg em = {{0}};
   LOG_INFO("pools", NULL, "%s (ctx %d x %d slots, needs ~%.1f MiB)", pc->what, st->ctx, st->slots,
            (double)st->need_bytes / (1024.0 * 1024.0));
-  int rc = llorch_jbuf_error(&b) ? LLORCH_ENOMEM : llorch_http_call_start(o->client, &opts, NULL, &em);
+  int rc = pool_request(o, "POST", url, &b, 10000, start_on_done, pc, &em);
   llorch_jbuf_free(&b);
   if (rc < 0) {
     LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
@@ -522,22 +535,10 @@ static void fetch_sha_on_done(llorch_http_call *call, int err, const char *errms
   llorch_jbuf_str(&b, id);
   llorch_jbuf_cstr(&b, "}");
   cJSON_Delete(doc);
-  char url[SCHED_URL_MAX + 32], auth[300];
+  char url[SCHED_URL_MAX + 32];
   snprintf(url, sizeof url, "%s/v2/files/fetch", fc->target_url);
-  const char *hdr[8];
-  pool_headers(o, hdr, auth, sizeof auth);
-  llorch_http_call_opts opts = {0};
-  opts.method = "POST";
-  opts.url = url;
-  opts.headers = hdr;
-  opts.body = b.data;
-  opts.body_len = b.len;
-  opts.connect_timeout_ms = 2000;
-  opts.read_timeout_ms = 10000;
-  opts.on_done = fetch_post_on_done;
-  opts.user = fc;
   llorch_errmsg em = {{0}};
-  int rc = llorch_jbuf_error(&b) ? LLORCH_ENOMEM : llorch_http_call_start(o->client, &opts, NULL, &em);
+  int rc = pool_request(o, "POST", url, &b, 10000, fetch_post_on_done, fc, &em);
   llorch_jbuf_free(&b);
   if (rc < 0) fetch_fail(fc, em.text[0] ? em.text : llorch_strerror(rc));
 }
@@ -556,21 +557,11 @@ void orch_pool_fetch_cancel(void *ud, const sched_pool *target, const char *file
   char *what = malloc(SCHED_NAME_MAX + SCHED_FILE_MAX + 64);
   if (!what) return;
   snprintf(what, SCHED_NAME_MAX + SCHED_FILE_MAX + 64, "cancel the copy of %s on %s", file, target->name);
-  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32], auth[300];
+  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32];
   snprintf(url, sizeof url, "%s/v2/files/fetch/%s", target->url, file);
-  const char *hdr[8];
-  pool_headers(o, hdr, auth, sizeof auth);
-  llorch_http_call_opts opts = {0};
-  opts.method = "DELETE";
-  opts.url = url;
-  opts.headers = hdr;
-  opts.connect_timeout_ms = 2000;
-  opts.read_timeout_ms = 10000;
-  opts.on_done = fetch_cancel_on_done;
-  opts.user = what;
   llorch_errmsg em = {{0}};
   LOG_INFO("pools", NULL, "%s (given up on)", what);
-  if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+  if (pool_request(o, "DELETE", url, NULL, 10000, fetch_cancel_on_done, what, &em) < 0) {
     LOG_WARN("pools", NULL, "%s: %s", what, em.text);
     free(what);
   }
@@ -593,21 +584,11 @@ void orch_pool_fetch(void *ud, const sched_fetch_order *fo) {
   /* The source pool's advertise URL from its own report: the target reaches
    * it with the same cluster token the orchestrator uses. */
   snprintf(fc->source_url, sizeof fc->source_url, "%s", fo->source->url);
-  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32], auth[300];
+  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32];
   snprintf(url, sizeof url, "%s/v2/files/%s/sha256", fc->source_url, fc->file);
-  const char *hdr[8];
-  pool_headers(o, hdr, auth, sizeof auth);
-  llorch_http_call_opts opts = {0};
-  opts.method = "GET";
-  opts.url = url;
-  opts.headers = hdr;
-  opts.connect_timeout_ms = 2000;
-  /* The source hashes a file it has not hashed before: minutes for a big one. */
-  opts.read_timeout_ms = 30 * 60 * 1000;
-  opts.on_done = fetch_sha_on_done;
-  opts.user = fc;
   llorch_errmsg em = {{0}};
-  if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+  /* The source hashes a file it has not hashed before: minutes for a big one. */
+  if (pool_request(o, "GET", url, NULL, 30 * 60 * 1000, fetch_sha_on_done, fc, &em) < 0) {
     sched_fetch_failed(&o->s, fo->fetch_id, em.text, orch_now_ms(o));
     free(fc);
   }
@@ -631,20 +612,10 @@ void orch_pool_stop(void *ud, sched_worker *w, const char *why) {
   pc->o = o;
   snprintf(pc->what, sizeof pc->what, "stop %s/%s (%s)", w->pool->name, w->id, why);
   LOG_INFO("pools", NULL, "%s", pc->what);
-  char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16], auth[300];
+  char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16];
   snprintf(url, sizeof url, "%s/v2/workers/%s", w->pool->url, w->id);
-  const char *hdr[8];
-  pool_headers(o, hdr, auth, sizeof auth);
-  llorch_http_call_opts opts = {0};
-  opts.method = "DELETE";
-  opts.url = url;
-  opts.headers = hdr + 2; /* no body, no Content-Type */
-  opts.connect_timeout_ms = 2000;
-  opts.read_timeout_ms = 10000;
-  opts.on_done = stop_on_done;
-  opts.user = pc;
   llorch_errmsg em = {{0}};
-  if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+  if (pool_request(o, "DELETE", url, NULL, 10000, stop_on_done, pc, &em) < 0) {
     LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
     free(pc);
   }
@@ -710,20 +681,10 @@ static void pool_fetch_tokens(orch *o, sched_pool *p) {
     tc->o = o;
     snprintf(tc->pool, sizeof tc->pool, "%s", p->name);
     snprintf(tc->id, sizeof tc->id, "%s", w->id);
-    char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16], auth[300];
+    char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16];
     snprintf(url, sizeof url, "%s/v2/workers/%s", p->url, w->id);
-    const char *hdr[8];
-    pool_headers(o, hdr, auth, sizeof auth);
-    llorch_http_call_opts opts = {0};
-    opts.method = "GET";
-    opts.url = url;
-    opts.headers = hdr + 2; /* no body, no Content-Type */
-    opts.connect_timeout_ms = 2000;
-    opts.read_timeout_ms = 10000;
-    opts.on_done = token_on_done;
-    opts.user = tc;
     llorch_errmsg em = {{0}};
-    if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+    if (pool_request(o, "GET", url, NULL, 10000, token_on_done, tc, &em) < 0) {
       LOG_WARN("pools", NULL, "cannot ask %s for worker %s's token: %s", p->name, w->id, em.text);
       free(tc);
       continue;
