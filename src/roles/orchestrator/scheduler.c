@@ -848,7 +848,7 @@ static bool place_model(sched *s, int model, int64_t now, bool may_evict) {
       snprintf(m->pending, sizeof m->pending, "no pool is up");
     else if (!any_file)
       reason_set(m->pending, sizeof m->pending, "no up pool has the file %s", m->file);
-    else if (model_fetch(s, model, now, false) != 0)
+    else if (model_fetch(s, model, now, m->n_pins == 0) != 0)
       return false; /* a copy is under way or was given up on: m->pending says which */
     else if (m->n_pins > 0)
       reason_set(m->pending, sizeof m->pending, "pinned to %s%s, which is down or lacks the file",

@@ -606,7 +606,13 @@ static void fetch_on_headers(llorch_http_call *call, int status, void *user) {
 static void fetch_on_data(llorch_http_call *call, const char *data, size_t len, void *user) {
   (void)call;
   pool_fetch *f = user;
-  if (!fetch_active(f) || llorch_http_call_status(call) / 100 != 2) return;
+  if (!fetch_active(f)) return;
+  if (llorch_http_call_status(call) / 100 != 2) { /* an error envelope: keep its start for the error */
+    size_t take = sizeof f->answer - 1 - f->answer_len < len ? sizeof f->answer - 1 - f->answer_len : len;
+    memcpy(f->answer + f->answer_len, data, take);
+    f->answer_len += take;
+    return;
+  }
   if (f->done + len > f->size) {
     fetch_end(f, POOL_FETCH_FAILED, "%s sent more than the %" PRIu64 " bytes the file should have", f->source,
               f->size);
@@ -663,10 +669,8 @@ static void fetch_on_done(llorch_http_call *call, int err, const char *errmsg, v
   }
   int status = llorch_http_call_status(call);
   if (status != 200 && status != 206) {
-    size_t len = 0;
-    const char *body = llorch_http_call_body(call, &len);
     char shown[200];
-    llorch_str_show(shown, sizeof shown, body, len, 160);
+    llorch_str_show(shown, sizeof shown, f->answer, f->answer_len, 160);
     fetch_end(f, POOL_FETCH_INTERRUPTED, "%s answered %d: %s", f->source, status, shown);
     return;
   }
@@ -924,6 +928,7 @@ static void files_on_fetch(llorch_http_request *req, void *user) {
   f->done = f->written = f->resumed_from = have;
   f->state = POOL_FETCH_RUNNING;
   f->error[0] = '\0';
+  f->answer_len = 0;
   f->settled = f->body_complete = f->throttled = false;
   f->pending_len = 0;
   f->rate = 0;

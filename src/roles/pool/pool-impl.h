@@ -224,6 +224,8 @@ typedef struct pool_fetch {
   uint64_t resumed_from;      /* bytes the part had when this attempt started */
   pool_fetch_state state;
   char error[400];
+  char answer[240];           /* the start of a non-2xx answer from the source, for the error */
+  size_t answer_len;
   int fd;                     /* the part, -1 when closed */
   llorch_http_call *call;     /* the GET to the source; NULL when none */
   /* two buffers: one being written, one filling from the network */

@@ -160,6 +160,22 @@ test('pool file routes: digest, ranges, and every wrong input named', async () =
   assert.equal(r.status, 400);
   r = await raw(p.url, 'DELETE', '/v2/files/fetch/nope.gguf');
   assert.equal(r.status, 404);
+  // A source without the file: the copy is interrupted with the source's own
+  // error, reported in the state document, and cancelling it leaves no part.
+  r = await raw(p.url, 'POST', '/v2/files/fetch', { body: { ...good, file: 'missing.gguf', source_url: p.url, id: 'f1' } });
+  assert.equal(r.status, 202);
+  assert.equal(r.json.fetch.state, 'running');
+  const st = await waitFor('the copy interrupted', async () => {
+    const s2 = (await raw(p.url, 'GET', '/v2/state')).json;
+    const f = s2.fetches.find((x) => x.file === 'missing.gguf');
+    return f && f.state !== 'running' ? f : null;
+  });
+  assert.equal(st.state, 'interrupted');
+  assert.equal(st.id, 'f1');
+  assert.match(st.error, /answered 404: .*no model file 'missing.gguf' on this pool/);
+  r = await raw(p.url, 'DELETE', '/v2/files/fetch/missing.gguf');
+  assert.equal(r.status, 200);
+  assert.equal(r.json.fetch.state, 'cancelled');
   r = await raw(p.url, 'DELETE', '/v2/files/fetch/..%2F..%2Fetc');
   assert.equal(r.status, 400);
   assert.deepEqual(partsIn(dir), []);
