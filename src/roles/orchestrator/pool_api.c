@@ -482,14 +482,17 @@ static void fetch_post_on_done(llorch_http_call *call, int err, const char *errm
     return;
   }
   int status = llorch_http_call_status(call);
-  if (status != 202 && status != 200) {
-    char text[360];
-    pool_error_text(call, text, sizeof text);
+  char text[360];
+  if (status != 202 && status != 200) pool_error_text(call, text, sizeof text);
+  /* Already copying: asked by this orchestrator before it restarted. */
+  bool running = status == 409 && strstr(text, "FETCH_RUNNING") != NULL;
+  if (status != 202 && status != 200 && !running) {
     snprintf(reason, sizeof reason, "%s refused the copy: %s", fc->target, text);
     fetch_fail(fc, reason);
     return;
   }
-  sched_fetch_answered(&fc->o->s, fc->fetch_id, orch_now_ms(fc->o));
+  if (running) LOG_INFO("pools", NULL, "%s is copying %s already: following that copy", fc->target, fc->file);
+  sched_fetch_answered(&fc->o->s, fc->fetch_id, running, orch_now_ms(fc->o));
   free(fc);
 }
 

@@ -643,10 +643,12 @@ static void fetch_attempt_ended(sched *s, sched_fetch *f, const char *state, con
   if (strcmp(state, "interrupted") == 0 && t && t->up && s->ops.fetch_cancel) s->ops.fetch_cancel(s->ops.ud, t, f->file);
 }
 
-void sched_fetch_answered(sched *s, uint64_t id, int64_t now) {
+void sched_fetch_answered(sched *s, uint64_t id, bool already_running, int64_t now) {
   (void)now;
   sched_fetch *f = sched_fetch_find(s, id);
-  if (f && !f->ended && strcmp(f->state, "asking") == 0) copy_str(f->state, sizeof f->state, "running");
+  if (!f || f->ended || strcmp(f->state, "asking") != 0) return;
+  copy_str(f->state, sizeof f->state, "running");
+  f->adopted = already_running;
 }
 
 void sched_fetch_failed(sched *s, uint64_t id, const char *reason, int64_t now) {
@@ -663,7 +665,7 @@ static void fetches_apply(sched *s, const sched_pool *p, const sched_pool_report
     char id[32];
     if (!f) continue;
     snprintf(id, sizeof id, "f%" PRIu64, f->id);
-    if (strcmp(id, r->id) != 0 || f->ended) continue;
+    if ((!f->adopted && strcmp(id, r->id) != 0) || f->ended) continue;
     f->bytes_done = r->bytes_done;
     f->rate = r->rate;
     f->eta_s = r->eta_s;
@@ -814,6 +816,7 @@ static int model_fetch(sched *s, int model, int64_t now, bool need_fit) {
   copy_str(f->source, sizeof f->source, source->name);
   copy_str(f->state, sizeof f->state, "asking");
   f->ended = false;
+  f->adopted = false;
   f->size = pm->file_bytes;
   f->bytes_done = 0;
   f->rate = 0;

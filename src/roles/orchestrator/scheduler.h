@@ -211,6 +211,8 @@ typedef struct sched_fetch {
   char state[16];              /* "asking" until the target answered, then as the pool reports */
   bool ended;                  /* the attempt failed (interrupted, failed, cancelled, refused) */
   bool given_up;               /* SCHED_FETCH_ATTEMPTS ended */
+  bool adopted;                /* the target was already copying (an earlier orchestrator
+                                * asked): its reports are followed whatever their id */
   uint64_t bytes_done, rate;
   int64_t eta_s;
   char error[SCHED_REASON_MAX]; /* the last attempt's error */
@@ -407,8 +409,9 @@ void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t
 
 /* ---- copies ---- */
 
-/* The target accepted the copy (202). */
-void sched_fetch_answered(sched *s, uint64_t fetch_id, int64_t now_ms);
+/* The target accepted the copy (202), or (already_running: 409 FETCH_RUNNING,
+ * asked by an orchestrator before a restart) is copying the file already. */
+void sched_fetch_answered(sched *s, uint64_t fetch_id, bool already_running, int64_t now_ms);
 /* The copy could not be asked for (the source's digest, the target's refusal:
  * 507 disk space, ...): reason goes into the model's pending reason. */
 void sched_fetch_failed(sched *s, uint64_t fetch_id, const char *reason, int64_t now_ms);

@@ -613,7 +613,7 @@ static void test_fetch_pinned_retry_and_place(void **state) {
   /* Further passes do not ask again while it runs. */
   sched_dispatch(&f->s, f->now);
   assert_int_equal(count_kind(&f->rec, 'F'), 1);
-  sched_fetch_answered(&f->s, id1, f->now);
+  sched_fetch_answered(&f->s, id1, false, f->now);
 
   /* progress from the target's report */
   f->now += 500;
@@ -750,6 +750,34 @@ static void test_fetch_where_it_fits(void **state) {
   assert_non_null(a);
   assert_string_equal(a->pool, "pool-big");
   assert_string_equal(a->model, "pool-a");
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
+/* After an orchestrator restart the target may already be copying (409
+ * FETCH_RUNNING to the new ask): that copy is followed whatever its id. */
+static void test_fetch_adopted(void **state) {
+  (void)state;
+  fx *f = fx_new_fetching();
+  int m = add_model(f, "m", "m.gguf", 1, 60000, "pool-b");
+  sched_pool_report rep;
+  pool_spec pa = {"pool-a", NULL, 1, {40 * GiB}, {"m.gguf"}, GiB, 16};
+  pool_spec pb = {"pool-b", NULL, 1, {40 * GiB}, {NULL}, GiB, 16};
+  report_init(&rep, &pa, ++f->seq);
+  report_file_bytes(&rep, 100 * MiB);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *r = req_new(m, 0);
+  assert_int_equal(submit(f, r), 0);
+  const action *a = last_kind(&f->rec, 'F');
+  sched_fetch_answered(&f->s, a->start_id, true, f->now);
+  report_init(&rep, &pb, ++f->seq);
+  report_add_fetch(&rep, "m.gguf", 977, "running", 80 * MiB, 100 * MiB, 10 * MiB, 2, NULL);
+  apply(f, &rep, false);
+  assert_non_null(strstr(f->s.models[m].pending, "80.0 MiB of 100.0 MiB (80%)"));
+  assert_int_equal(count_kind(&f->rec, 'F'), 1);
   sched_request_cancel(&f->s, r, f->now);
   free(r);
   fx_free(f);
@@ -1630,6 +1658,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_fetch_pinned_retry_and_place),
       cmocka_unit_test(test_fetch_gives_up),
       cmocka_unit_test(test_fetch_where_it_fits),
+      cmocka_unit_test(test_fetch_adopted),
       cmocka_unit_test(test_fetch_off),
       cmocka_unit_test(test_evict_idle_lru),
       cmocka_unit_test(test_evict_expired_first_and_queued_protected),
