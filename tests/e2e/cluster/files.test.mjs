@@ -188,7 +188,8 @@ test('a model pinned to a pool without its file: copied (a corrupted first copy 
   const orch = await startOrch([{ name: 'm', file: 'share.gguf', ctx: 256, slots: 2, pins: ['pool-b1'] }]);
   // pool-a1 flips one byte of the first file body it sends (test hook).
   const a = await startPool('pool-a1', orch, dirA, {}, { LLORCH_TEST_HOOKS: '1', LLORCH_TEST_CORRUPT_SENDS: '1' });
-  const b = await startPool('pool-b1', orch, dirB);
+  // Bounded so each copy runs for about a second and its progress is seen.
+  const b = await startPool('pool-b1', orch, dirB, { fetch_bandwidth: '8MiB' });
 
   const reasons = new Set();
   let done = false;
