@@ -463,12 +463,10 @@ static void files_on_get(llorch_http_request *req, void *user) {
   size_t n = strlen(path);
   bool want_sha = n > 7 && strcmp(path + n - 7, "/sha256") == 0;
   if (want_sha) n -= 7;
-  if (n >= sizeof name) n = sizeof name - 1; /* the name check reports the length */
+  /* A longer name is cut here, still past POOL_FILE_MAX: the check says "too long". */
+  if (n >= sizeof name) n = sizeof name - 1;
   memcpy(name, path, n);
   name[n] = '\0';
-  if (n >= POOL_FILE_MAX) {
-    /* pool_file_name_check says "too long" for this */
-  }
   llorch_errmsg em = {{0}};
   if (pool_file_name_check("file", name, &em) < 0) {
     llorch_http_respond_error(req, 400, "invalid_request_error", em.text, "file", "INVALID_REQUEST");
