@@ -126,25 +126,66 @@ typedef struct llorch_jbuf {
   char *data;  /* NUL-terminated text; NULL until something is appended */
   size_t len;  /* bytes, without the NUL */
   size_t cap;  /* bytes allocated */
-  int err;     /* LLORCH_ENOMEM once an append failed (later appends do nothing) */
+  int err;     /* LLORCH_ENOMEM once an append failed, LLORCH_EINVAL on unbalanced
+                * _obj/_arr/_end or nesting past LLORCH_JBUF_MAX_DEPTH (later appends do nothing) */
+  /* Structured writing (below): containers opened with _obj/_arr. */
+  int depth;          /* 0: plain appends, no automatic commas */
+  uint64_t nonempty;  /* bit d: the container at depth d holds an item already */
+  uint64_t is_array;  /* bit d: the container at depth d is an array */
+  bool after_key;     /* the next value completes a "key": pair (no comma before it) */
 } llorch_jbuf;
+
+#define LLORCH_JBUF_MAX_DEPTH 63
 
 void llorch_jbuf_init(llorch_jbuf *b);
 void llorch_jbuf_free(llorch_jbuf *b);
 /* Empties b, keeping its memory. */
 void llorch_jbuf_reset(llorch_jbuf *b);
-/* Appends raw text (punctuation, pre-built JSON). */
+
+/*
+ * Two ways to write. Plain: the caller writes punctuation itself with _raw/_cstr
+ * between values (the hot per-token paths do this). Structured: open a
+ * container with _obj/_arr, write keys and values, close it with _end; commas
+ * between items come by themselves:
+ *
+ *   llorch_jbuf_obj(b);
+ *   llorch_jbuf_kstr(b, "name", p->name);
+ *   llorch_jbuf_karr(b, "devices");
+ *   for (...) llorch_jbuf_str(b, dev[i]);
+ *   llorch_jbuf_end(b);   -- the array
+ *   llorch_jbuf_end(b);   -- the object
+ *
+ * Inside a structured container every value must come from a value call
+ * (_str, _int, _num, _bool, _null, _value, _obj, _arr), not _raw/_cstr.
+ */
+
+/* Appends raw text (punctuation, pre-built JSON), never a comma. */
 void llorch_jbuf_raw(llorch_jbuf *b, const char *s, size_t n);
 void llorch_jbuf_cstr(llorch_jbuf *b, const char *s);
-/* Appends s as a quoted, escaped JSON string (invalid UTF-8 becomes U+FFFD). NULL -> null. */
+/* Values. A quoted, escaped JSON string (invalid UTF-8 becomes U+FFFD); NULL -> null. */
 void llorch_jbuf_str(llorch_jbuf *b, const char *s);
 void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n);
 void llorch_jbuf_int(llorch_jbuf *b, int64_t v);
 /* A finite double (shortest round-trip form); NaN/inf become null. */
 void llorch_jbuf_num(llorch_jbuf *b, double v);
 void llorch_jbuf_bool(llorch_jbuf *b, bool v);
-/* Appends a "key": prefix (escaped key and a colon). */
+void llorch_jbuf_null(llorch_jbuf *b);
+/* A pre-built JSON value (n bytes of valid JSON text) as one item. */
+void llorch_jbuf_value(llorch_jbuf *b, const char *json, size_t n);
+/* Opens an object / an array as a value; _end closes the innermost one. */
+void llorch_jbuf_obj(llorch_jbuf *b);
+void llorch_jbuf_arr(llorch_jbuf *b);
+void llorch_jbuf_end(llorch_jbuf *b);
+/* Appends a "key": prefix (escaped key and a colon; a comma first when the
+ * structured object holding it has an item already). */
 void llorch_jbuf_key(llorch_jbuf *b, const char *key);
+/* A key and its value in one call. */
+void llorch_jbuf_kstr(llorch_jbuf *b, const char *key, const char *s);
+void llorch_jbuf_kint(llorch_jbuf *b, const char *key, int64_t v);
+void llorch_jbuf_knum(llorch_jbuf *b, const char *key, double v);
+void llorch_jbuf_kbool(llorch_jbuf *b, const char *key, bool v);
+void llorch_jbuf_kobj(llorch_jbuf *b, const char *key);
+void llorch_jbuf_karr(llorch_jbuf *b, const char *key);
 /* 0 or LLORCH_ENOMEM. */
 int llorch_jbuf_error(const llorch_jbuf *b);
 

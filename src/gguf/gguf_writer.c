@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "llorch/buf.h"
 #include "llorch/gguf.h"
 #include "llorch/quant.h"
 
@@ -48,27 +49,16 @@ struct llorch_gguf_writer {
 
 /* ---- byte buffer ---- */
 
+/* Serialized bytes (binary: the buffer's trailing NUL is never written out);
+ * the first failed append sticks, so a run of puts is checked once. */
 typedef struct wbuf {
-  uint8_t *p;
-  size_t len, cap;
+  llorch_buf bytes;
   bool oom;
 } wbuf;
 
 static void wbuf_put(wbuf *b, const void *src, size_t n) {
   if (b->oom || n == 0) return;
-  if (b->cap - b->len < n) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap - b->len < n) cap *= 2;
-    uint8_t *p = realloc(b->p, cap);
-    if (p == NULL) {
-      b->oom = true;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, src, n);
-  b->len += n;
+  if (llorch_buf_append(&b->bytes, src, n) != 0) b->oom = true;
 }
 
 static void wbuf_u32(wbuf *b, uint32_t v) { wbuf_put(b, &v, 4); }
@@ -129,14 +119,14 @@ int llorch_gguf_writer_remove_kv(llorch_gguf_writer *w, const char *key) {
 /* Takes ownership of b's bytes; setting an existing key replaces its value. */
 static int writer_put_kv(llorch_gguf_writer *w, const char *key, wbuf *b) {
   if (b->oom) {
-    free(b->p);
+    llorch_buf_free(&b->bytes);
     return LLORCH_ENOMEM;
   }
   writer_kv *kv = writer_find_kv(w, key);
   if (kv != NULL) {
     free(kv->val);
-    kv->val = b->p;
-    kv->val_len = b->len;
+    kv->val = (uint8_t *)b->bytes.data;
+    kv->val_len = b->bytes.len;
     return 0;
   }
   if (w->n_kv == w->cap_kv) {
@@ -148,10 +138,10 @@ static int writer_put_kv(llorch_gguf_writer *w, const char *key, wbuf *b) {
   }
   char *k = strdup(key);
   if (k == NULL) goto fail;
-  w->kvs[w->n_kv++] = (writer_kv){k, b->p, b->len};
+  w->kvs[w->n_kv++] = (writer_kv){k, (uint8_t *)b->bytes.data, b->bytes.len};
   return 0;
 fail:
-  free(b->p);
+  llorch_buf_free(&b->bytes);
   return LLORCH_ENOMEM;
 }
 
@@ -228,7 +218,7 @@ int llorch_gguf_writer_set_arr_str(llorch_gguf_writer *w, const char *key,
   wbuf_u64(&b, n);
   for (uint64_t i = 0; i < n; i++) {
     if (strs[i] == NULL) {
-      free(b.p);
+      llorch_buf_free(&b.bytes);
       return LLORCH_EINVAL;
     }
     wbuf_str(&b, strs[i], strlen(strs[i]));
@@ -270,7 +260,7 @@ int llorch_gguf_writer_copy_kv(llorch_gguf_writer *w, const llorch_gguf_kv *kv) 
   case LLORCH_GGUF_INT64: wbuf_put(&b, &kv->v.i64, 8); break;
   case LLORCH_GGUF_FLOAT64: wbuf_put(&b, &kv->v.f64, 8); break;
   default:
-    free(b.p);
+    llorch_buf_free(&b.bytes);
     return LLORCH_EINVAL;
   }
   return writer_put_kv(w, kv->key, &b);
@@ -434,27 +424,27 @@ int llorch_gguf_writer_write_file(llorch_gguf_writer *w, const char *path, llorc
     off += t->nbytes + writer_pad(t->nbytes, w->alignment);
   }
   if (h.oom) {
-    free(h.p);
+    llorch_buf_free(&h.bytes);
     return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory building the GGUF header");
   }
 
   char tmp[4096];
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp) {
-    free(h.p);
+    llorch_buf_free(&h.bytes);
     return llorch_errmsg_set(em, LLORCH_EINVAL, "output path too long");
   }
   FILE *f = fopen(tmp, "wb");
   if (f == NULL) {
     rc = llorch_errmsg_set(em, errno == ENOENT ? LLORCH_ENOENT : LLORCH_EIO, "cannot create '%s': %s",
                            tmp, strerror(errno));
-    free(h.p);
+    llorch_buf_free(&h.bytes);
     return rc;
   }
   setvbuf(f, NULL, _IOFBF, 1 << 20);
   uint8_t *chunk = NULL;
   size_t chunk_cap = 0;
-  if ((rc = writer_fwrite(f, h.p, h.len, tmp, em)) != 0) goto fail;
-  if ((rc = writer_zeros(f, writer_pad(h.len, w->alignment), tmp, em)) != 0) goto fail;
+  if ((rc = writer_fwrite(f, h.bytes.data, h.bytes.len, tmp, em)) != 0) goto fail;
+  if ((rc = writer_zeros(f, writer_pad(h.bytes.len, w->alignment), tmp, em)) != 0) goto fail;
   for (size_t i = 0; i < w->n_tensors; i++) {
     const writer_tensor *t = &w->tensors[i];
     if ((rc = writer_emit_tensor(t, f, &chunk, &chunk_cap, tmp, em)) != 0) goto fail;
@@ -477,13 +467,13 @@ int llorch_gguf_writer_write_file(llorch_gguf_writer *w, const char *path, llorc
     goto fail;
   }
   free(chunk);
-  free(h.p);
+  llorch_buf_free(&h.bytes);
   return 0;
 
 fail:
   if (f != NULL) fclose(f);
   unlink(tmp);
   free(chunk);
-  free(h.p);
+  llorch_buf_free(&h.bytes);
   return rc;
 }

@@ -45,7 +45,7 @@
 #include "llorch/metrics.h"
 #include "llorch/reqid.h"
 #include "llorch/sse.h"
-#include "netbuf.h"
+#include "llorch/buf.h"
 
 /* Lingering close: how long to drain a client's unread bytes before closing. */
 #define HTTP_LINGER_MS 2000
@@ -80,15 +80,15 @@ struct llorch_http_request {
   llorch_http_server *srv;
   http_conn *conn;        /* NULL once the client has gone away */
   http_req_state state;
-  net_buf url;            /* request target as received */
-  net_buf hdr;            /* header names and values, each NUL-terminated */
+  llorch_buf url;            /* request target as received */
+  llorch_buf hdr;            /* header names and values, each NUL-terminated */
   size_t *hoff;           /* (n_headers, 2) offsets into hdr: name, value */
   size_t n_headers;
   size_t cap_headers;     /* pairs allocated in hoff */
   size_t cur_name;        /* offset of the header being parsed */
   size_t cur_value;
   bool in_field;
-  net_buf body;           /* de-chunked body */
+  llorch_buf body;           /* de-chunked body */
   char *path;             /* into url (split at '?') */
   char *query;            /* into url, "" when none */
   char method[24];
@@ -101,7 +101,7 @@ struct llorch_http_request {
   bool in_close_cb;       /* on_close is running: finishing must not free */
   http_body_mode body_mode;
   int status;
-  net_buf resp_headers;   /* extra "Name: value\r\n" lines */
+  llorch_buf resp_headers;   /* extra "Name: value\r\n" lines */
   void *data;
   llorch_http_close_fn on_close;
   uint64_t start_ns;      /* uv_hrtime at dispatch */
@@ -116,7 +116,7 @@ struct http_conn {
   http_conn *prev, *next;  /* srv->conns list */
   llhttp_t parser;
   llorch_http_request *req; /* being parsed or with the handler */
-  net_buf pending;          /* received, not yet parsed */
+  llorch_buf pending;          /* received, not yet parsed */
   size_t pending_pos;       /* parsed bytes at the front of pending */
   size_t header_bytes;      /* of the message being parsed */
   uint64_t body_deadline;   /* uv_now() by which the body must be complete; 0 = none */
@@ -241,10 +241,10 @@ static llorch_http_request *req_new(http_conn *c) {
 }
 
 static void req_free(llorch_http_request *req) {
-  net_buf_free(&req->url);
-  net_buf_free(&req->hdr);
-  net_buf_free(&req->body);
-  net_buf_free(&req->resp_headers);
+  llorch_buf_free(&req->url);
+  llorch_buf_free(&req->hdr);
+  llorch_buf_free(&req->body);
+  llorch_buf_free(&req->resp_headers);
   free(req->hoff);
   free(req);
 }
@@ -291,7 +291,7 @@ void llorch_http_request_set_data(llorch_http_request *req, void *data,
   req->on_close = on_close;
 }
 
-void llorch_http_request_release_body(llorch_http_request *req) { net_buf_free(&req->body); }
+void llorch_http_request_release_body(llorch_http_request *req) { llorch_buf_free(&req->body); }
 
 void *llorch_http_request_data(const llorch_http_request *req) { return req->data; }
 bool llorch_http_request_closed(const llorch_http_request *req) { return req->detached; }
@@ -438,38 +438,38 @@ static int resp_write_head(llorch_http_request *req, int status, const char *con
   llorch_http_server *srv = req->srv;
   if (srv->shutting_down || c->close_after) req->keep_alive = false;
   req->status = status;
-  net_buf h = {0};
+  llorch_buf h = {0};
   char line[256];
   snprintf(line, sizeof line, "HTTP/1.%d %d %s\r\n", req->http10 ? 0 : 1, status,
            llorch_http_status_text(status));
-  int rc = net_buf_append_str(&h, line);
+  int rc = llorch_buf_append_str(&h, line);
   if (content_type != NULL) {
     snprintf(line, sizeof line, "Content-Type: %s\r\n", content_type);
-    rc |= net_buf_append_str(&h, line);
+    rc |= llorch_buf_append_str(&h, line);
   }
   if (content_length >= 0) {
     if (status_has_body(status)) {
       snprintf(line, sizeof line, "Content-Length: %lld\r\n", content_length);
-      rc |= net_buf_append_str(&h, line);
+      rc |= llorch_buf_append_str(&h, line);
     }
   } else if (req->body_mode == HTTP_BODY_CHUNKED) {
-    rc |= net_buf_append_str(&h, "Transfer-Encoding: chunked\r\n");
+    rc |= llorch_buf_append_str(&h, "Transfer-Encoding: chunked\r\n");
   }
   snprintf(line, sizeof line, "X-Request-Id: %s\r\n", req->id);
-  rc |= net_buf_append_str(&h, line);
+  rc |= llorch_buf_append_str(&h, line);
   if (!req->keep_alive)
-    rc |= net_buf_append_str(&h, "Connection: close\r\n");
+    rc |= llorch_buf_append_str(&h, "Connection: close\r\n");
   else if (req->http10)
-    rc |= net_buf_append_str(&h, "Connection: keep-alive\r\n");
-  if (req->resp_headers.len) rc |= net_buf_append(&h, req->resp_headers.data, req->resp_headers.len);
-  rc |= net_buf_append(&h, "\r\n", 2);
+    rc |= llorch_buf_append_str(&h, "Connection: keep-alive\r\n");
+  if (req->resp_headers.len) rc |= llorch_buf_append(&h, req->resp_headers.data, req->resp_headers.len);
+  rc |= llorch_buf_append(&h, "\r\n", 2);
   if (rc != 0) {
-    net_buf_free(&h);
+    llorch_buf_free(&h);
     return LLORCH_ENOMEM;
   }
   if (req->head || !status_has_body(status)) body_len = 0;
   rc = conn_write3(c, h.data, h.len, body, body_len, NULL, 0);
-  net_buf_free(&h);
+  llorch_buf_free(&h);
   return rc;
 }
 
@@ -531,10 +531,10 @@ int llorch_http_response_header(llorch_http_request *req, const char *name,
   if (name == NULL || value == NULL || name[0] == '\0' || strpbrk(name, "\r\n:") != NULL ||
       strpbrk(value, "\r\n") != NULL)
     return LLORCH_EINVAL;
-  int rc = net_buf_append_str(&req->resp_headers, name);
-  rc |= net_buf_append(&req->resp_headers, ": ", 2);
-  rc |= net_buf_append_str(&req->resp_headers, value);
-  rc |= net_buf_append(&req->resp_headers, "\r\n", 2);
+  int rc = llorch_buf_append_str(&req->resp_headers, name);
+  rc |= llorch_buf_append(&req->resp_headers, ": ", 2);
+  rc |= llorch_buf_append_str(&req->resp_headers, value);
+  rc |= llorch_buf_append(&req->resp_headers, "\r\n", 2);
   return rc ? LLORCH_ENOMEM : 0;
 }
 
@@ -672,11 +672,11 @@ int llorch_http_sse_comment(llorch_http_request *req, const char *text) {
   int rc = req_check(req, HTTP_REQ_STREAMING, false);
   if (rc < 0) return rc;
   if (strpbrk(text, "\r\n") != NULL) return LLORCH_EINVAL;
-  net_buf b = {0};
-  rc = net_buf_append(&b, ": ", 2) | net_buf_append_str(&b, text) | net_buf_append(&b, "\n\n", 2);
+  llorch_buf b = {0};
+  rc = llorch_buf_append(&b, ": ", 2) | llorch_buf_append_str(&b, text) | llorch_buf_append(&b, "\n\n", 2);
   if (rc == 0) rc = llorch_http_response_write(req, b.data, b.len);
   else rc = LLORCH_ENOMEM;
-  net_buf_free(&b);
+  llorch_buf_free(&b);
   return rc;
 }
 
@@ -762,7 +762,7 @@ static int on_message_begin(llhttp_t *p) {
 static int on_url(llhttp_t *p, const char *at, size_t len) {
   http_conn *c = parser_conn(p);
   if (header_limit(c, len) < 0) return -1;
-  return net_buf_append(&c->req->url, at, len) ? -1 : 0;
+  return llorch_buf_append(&c->req->url, at, len) ? -1 : 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
@@ -773,7 +773,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     req->in_field = true;
     req->cur_name = req->hdr.len;
   }
-  return net_buf_append(&req->hdr, at, len) ? -1 : 0;
+  return llorch_buf_append(&req->hdr, at, len) ? -1 : 0;
 }
 
 static int on_header_field_complete(llhttp_t *p) {
@@ -786,7 +786,7 @@ static int on_header_field_complete(llhttp_t *p) {
     c->err_msg = "too many request headers";
     return -1;
   }
-  if (net_buf_append(&req->hdr, "", 1)) return -1;
+  if (llorch_buf_append(&req->hdr, "", 1)) return -1;
   req->cur_value = req->hdr.len;
   return 0;
 }
@@ -794,7 +794,7 @@ static int on_header_field_complete(llhttp_t *p) {
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   http_conn *c = parser_conn(p);
   if (header_limit(c, len) < 0) return -1;
-  return net_buf_append(&c->req->hdr, at, len) ? -1 : 0;
+  return llorch_buf_append(&c->req->hdr, at, len) ? -1 : 0;
 }
 
 static int on_header_value_complete(llhttp_t *p) {
@@ -805,7 +805,7 @@ static int on_header_value_complete(llhttp_t *p) {
   while (req->hdr.len > req->cur_value &&
          (req->hdr.data[req->hdr.len - 1] == ' ' || req->hdr.data[req->hdr.len - 1] == '\t'))
     req->hdr.len--;
-  if (net_buf_append(&req->hdr, "", 1)) return -1;
+  if (llorch_buf_append(&req->hdr, "", 1)) return -1;
   if (req->n_headers == req->cap_headers) {
     size_t cap = req->cap_headers ? req->cap_headers * 2 : 16;
     size_t *h = realloc(req->hoff, cap * 2 * sizeof *h);
@@ -833,7 +833,7 @@ static int on_headers_complete(llhttp_t *p) {
     return -1;
   }
   /* Split the target into path and query. */
-  if (req->url.data == NULL && net_buf_append(&req->url, "", 0)) return -1;
+  if (req->url.data == NULL && llorch_buf_append(&req->url, "", 0)) return -1;
   req->path = req->url.data;
   char *q = strchr(req->url.data, '?');
   if (q != NULL) {
@@ -881,7 +881,7 @@ static int on_headers_complete(llhttp_t *p) {
   }
   if (chunked || (has_length && p->content_length > 0)) {
     /* The declared length is within max_body_bytes: one allocation, no regrowth copies. */
-    if (has_length && net_buf_reserve(&req->body, (size_t)p->content_length) < 0) {
+    if (has_length && llorch_buf_reserve(&req->body, (size_t)p->content_length) < 0) {
       c->err_status = 500;
       c->err_msg = "out of memory";
       return -1;
@@ -907,7 +907,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
     c->err_msg = "request body too large";
     return -1;
   }
-  return net_buf_append(&req->body, at, len) ? -1 : 0;
+  return llorch_buf_append(&req->body, at, len) ? -1 : 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
@@ -1014,7 +1014,7 @@ static void conn_process(http_conn *c) {
   }
   /* Drop parsed bytes from the front once they are the larger part. */
   if (c->pending_pos > 0 && (c->pending_pos >= c->pending.len || c->pending_pos > 4096)) {
-    net_buf_consume(&c->pending, c->pending_pos);
+    llorch_buf_consume(&c->pending, c->pending_pos);
     c->pending_pos = 0;
   }
   c->in_process = false;
@@ -1040,7 +1040,7 @@ static void conn_on_handle_closed(uv_handle_t *h) {
   srv->n_conns--;
   srv->stats.connections_open--;
   if (srv->m_conns) llorch_metric_add(srv->m_conns, NULL, -1);
-  net_buf_free(&c->pending);
+  llorch_buf_free(&c->pending);
   free(c);
   srv_check_drained(srv);
   srv_free_if_done(srv);
@@ -1168,7 +1168,7 @@ static void conn_on_timer(uv_timer_t *t) {
 static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   http_conn *c = h->data;
   size_t want = suggested < 65536 ? suggested : 65536;
-  if (net_buf_reserve(&c->pending, want) < 0) {
+  if (llorch_buf_reserve(&c->pending, want) < 0) {
     *buf = uv_buf_init(NULL, 0);
     return;
   }
@@ -1554,7 +1554,7 @@ int llorch_http_parse_buffer(const llorch_http_config *cfg, const void *data, si
   llhttp_init(&c.parser, HTTP_REQUEST, &http_settings);
   c.parser.data = &c;
   int result;
-  if (net_buf_append(&c.pending, data, len) < 0) {
+  if (llorch_buf_append(&c.pending, data, len) < 0) {
     result = -500;
     goto done;
   }
@@ -1563,6 +1563,6 @@ int llorch_http_parse_buffer(const llorch_http_config *cfg, const void *data, si
   result = c.fake_status ? -c.fake_status : c.fake_count;
 done:
   if (c.req != NULL) req_free(c.req);
-  net_buf_free(&c.pending);
+  llorch_buf_free(&c.pending);
   return result;
 }

@@ -41,7 +41,7 @@
 #include "llorch/http.h"
 #include "llorch/log.h"
 #include "http_client-impl.h"
-#include "netbuf.h"
+#include "llorch/buf.h"
 
 #define CLIENT_READ_CHUNK 65536
 
@@ -63,7 +63,7 @@ struct client_conn {
   client_conn *prev, *next;   /* client->conns (all) */
   llorch_http_call *call;     /* NULL when pooled or abandoned */
   llhttp_t parser;
-  net_buf wbuf;               /* the request being written; untouched while writing */
+  llorch_buf wbuf;               /* the request being written; untouched while writing */
   char rbuf[CLIENT_READ_CHUNK];
   char key[300];              /* "host:port" */
   conn_timer_mode timer_mode;
@@ -86,7 +86,7 @@ struct llorch_http_call {
   char *host;
   int port;
   char target[300];               /* "host:port" for messages and pool keys */
-  net_buf request;                /* serialized request */
+  llorch_buf request;                /* serialized request */
   uv_getaddrinfo_t gai;
   struct addrinfo *addrs;
   struct addrinfo *next_addr;
@@ -94,13 +94,13 @@ struct llorch_http_call {
   unsigned connect_timeout_ms;
   unsigned read_timeout_ms;
   int status;
-  net_buf hdr;                    /* response header names/values, NUL-separated */
+  llorch_buf hdr;                    /* response header names/values, NUL-separated */
   size_t *hoff;                   /* (n_headers, 2) name/value offsets into hdr */
   size_t n_headers, cap_headers;
   size_t cur_name, cur_value;
   bool in_field;
   size_t header_bytes;
-  net_buf body;                   /* buffered body */
+  llorch_buf body;                   /* buffered body */
   llorch_sse_parser *sse;
   bool streaming_sse;
   bool head;
@@ -167,9 +167,9 @@ unsigned long llorch_http_client_connects(const llorch_http_client *c) { return 
 static void call_free(llorch_http_call *call) {
   if (call->addrs) uv_freeaddrinfo(call->addrs);
   llorch_sse_parser_free(call->sse);
-  net_buf_free(&call->request);
-  net_buf_free(&call->hdr);
-  net_buf_free(&call->body);
+  llorch_buf_free(&call->request);
+  llorch_buf_free(&call->hdr);
+  llorch_buf_free(&call->body);
   free(call->hoff);
   free(call->method);
   free(call->host);
@@ -240,7 +240,7 @@ static void conn_on_handle_closed(uv_handle_t *h) {
   else cl->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   cl->n_conns--;
-  net_buf_free(&c->wbuf);
+  llorch_buf_free(&c->wbuf);
   free(c);
   if (cl->freeing && cl->n_conns == 0) free(cl);
 }
@@ -336,7 +336,7 @@ static int on_resp_header_field(llhttp_t *p, const char *at, size_t len) {
     call->in_field = true;
     call->cur_name = call->hdr.len;
   }
-  return net_buf_append(&call->hdr, at, len) ? -1 : 0;
+  return llorch_buf_append(&call->hdr, at, len) ? -1 : 0;
 }
 
 static int on_resp_header_field_complete(llhttp_t *p) {
@@ -344,7 +344,7 @@ static int on_resp_header_field_complete(llhttp_t *p) {
   if (call == NULL) return -1;
   if (!call->in_field) call->cur_name = call->hdr.len;
   call->in_field = false;
-  if (net_buf_append(&call->hdr, "", 1)) return -1;
+  if (llorch_buf_append(&call->hdr, "", 1)) return -1;
   call->cur_value = call->hdr.len;
   return 0;
 }
@@ -352,7 +352,7 @@ static int on_resp_header_field_complete(llhttp_t *p) {
 static int on_resp_header_value(llhttp_t *p, const char *at, size_t len) {
   llorch_http_call *call = parser_call(p);
   if (call == NULL || resp_header_limit(call, len) < 0) return -1;
-  return net_buf_append(&call->hdr, at, len) ? -1 : 0;
+  return llorch_buf_append(&call->hdr, at, len) ? -1 : 0;
 }
 
 static int on_resp_header_value_complete(llhttp_t *p) {
@@ -361,7 +361,7 @@ static int on_resp_header_value_complete(llhttp_t *p) {
   while (call->hdr.len > call->cur_value &&
          (call->hdr.data[call->hdr.len - 1] == ' ' || call->hdr.data[call->hdr.len - 1] == '\t'))
     call->hdr.len--;
-  if (net_buf_append(&call->hdr, "", 1)) return -1;
+  if (llorch_buf_append(&call->hdr, "", 1)) return -1;
   if (call->n_headers == call->cap_headers) {
     size_t cap = call->cap_headers ? call->cap_headers * 2 : 16;
     size_t *h = realloc(call->hoff, cap * 2 * sizeof *h);
@@ -390,7 +390,7 @@ static int on_resp_headers_complete(llhttp_t *p) {
   if (status < 200) {
     /* 100 Continue and friends: drop what we kept and wait for the real response. */
     call->n_headers = 0;
-    net_buf_reset(&call->hdr);
+    llorch_buf_reset(&call->hdr);
     call->header_bytes = 0;
     return 0;
   }
@@ -434,7 +434,7 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len) {
              call->target, call->client->cfg.max_body_bytes);
     return -1;
   }
-  return net_buf_append(&call->body, at, len) ? -1 : 0;
+  return llorch_buf_append(&call->body, at, len) ? -1 : 0;
 }
 
 static int on_resp_message_complete(llhttp_t *p) {
@@ -601,8 +601,8 @@ static void call_send(llorch_http_call *call) {
   client_conn *c = call->conn;
   /* Only pooled or freshly connected connections get here, never one still writing. */
   LLORCH_ASSERT(!c->writing);
-  net_buf_reset(&c->wbuf);
-  if (net_buf_append(&c->wbuf, call->request.data, call->request.len) < 0) {
+  llorch_buf_reset(&c->wbuf);
+  if (llorch_buf_append(&c->wbuf, call->request.data, call->request.len) < 0) {
     call_fail(call, LLORCH_ENOMEM, "out of memory sending to %s", call->target);
     return;
   }
@@ -854,15 +854,15 @@ int llorch_http_call_start(llorch_http_client *cl, const llorch_http_call_opts *
   call->read_timeout_ms = opts->read_timeout_ms ? opts->read_timeout_ms : cl->cfg.read_timeout_ms;
 
   /* Serialize the request once; a retry sends the same bytes. */
-  net_buf *r = &call->request;
+  llorch_buf *r = &call->request;
   int bad = 0;
-  bad |= net_buf_append_str(r, method);
-  bad |= net_buf_append(r, " ", 1);
-  bad |= net_buf_append_str(r, *path == '\0' ? "/" : (*path == '?' ? "/" : ""));
-  bad |= net_buf_append(r, path, strcspn(path, "#"));
-  bad |= net_buf_append_str(r, " HTTP/1.1\r\nHost: ");
-  bad |= net_buf_append_str(r, call->target);
-  bad |= net_buf_append_str(r, "\r\nUser-Agent: llorch/" LLORCH_VERSION "\r\n");
+  bad |= llorch_buf_append_str(r, method);
+  bad |= llorch_buf_append(r, " ", 1);
+  bad |= llorch_buf_append_str(r, *path == '\0' ? "/" : (*path == '?' ? "/" : ""));
+  bad |= llorch_buf_append(r, path, strcspn(path, "#"));
+  bad |= llorch_buf_append_str(r, " HTTP/1.1\r\nHost: ");
+  bad |= llorch_buf_append_str(r, call->target);
+  bad |= llorch_buf_append_str(r, "\r\nUser-Agent: llorch/" LLORCH_VERSION "\r\n");
   bool has_accept = false;
   for (size_t i = 0; opts->headers != NULL && opts->headers[i] != NULL; i += 2) {
     const char *name = opts->headers[i], *value = opts->headers[i + 1];
@@ -871,20 +871,20 @@ int llorch_http_call_start(llorch_http_client *cl, const llorch_http_call_opts *
       goto fail;
     }
     if (strcasecmp(name, "Accept") == 0) has_accept = true;
-    bad |= net_buf_append_str(r, name);
-    bad |= net_buf_append(r, ": ", 2);
-    bad |= net_buf_append_str(r, value);
-    bad |= net_buf_append(r, "\r\n", 2);
+    bad |= llorch_buf_append_str(r, name);
+    bad |= llorch_buf_append(r, ": ", 2);
+    bad |= llorch_buf_append_str(r, value);
+    bad |= llorch_buf_append(r, "\r\n", 2);
   }
   if (!has_accept && opts->on_sse != NULL)
-    bad |= net_buf_append_str(r, "Accept: text/event-stream\r\n");
+    bad |= llorch_buf_append_str(r, "Accept: text/event-stream\r\n");
   if (opts->body != NULL) {
     char cl_line[64];
     snprintf(cl_line, sizeof cl_line, "Content-Length: %zu\r\n", opts->body_len);
-    bad |= net_buf_append_str(r, cl_line);
+    bad |= llorch_buf_append_str(r, cl_line);
   }
-  bad |= net_buf_append(r, "\r\n", 2);
-  if (opts->body != NULL) bad |= net_buf_append(r, opts->body, opts->body_len);
+  bad |= llorch_buf_append(r, "\r\n", 2);
+  if (opts->body != NULL) bad |= llorch_buf_append(r, opts->body, opts->body_len);
   if (bad) {
     rc = llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
     goto fail;
@@ -982,8 +982,8 @@ int llorch_http_client_parse_response(const void *data, size_t len, bool sse, bo
 done:
   if (call != NULL) {
     llorch_sse_parser_free(call->sse);
-    net_buf_free(&call->hdr);
-    net_buf_free(&call->body);
+    llorch_buf_free(&call->hdr);
+    llorch_buf_free(&call->body);
     free(call->hoff);
     free(call);
   }

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "netbuf.h"
+#include "llorch/buf.h"
 
 /* The failing field of the last getter error on this thread (llorch_json_errparam). */
 static _Thread_local char json_errparam[256];
@@ -501,13 +501,16 @@ void llorch_jbuf_free(llorch_jbuf *b) {
 void llorch_jbuf_reset(llorch_jbuf *b) {
   b->len = 0;
   b->err = 0;
+  b->depth = 0;
+  b->nonempty = b->is_array = 0;
+  b->after_key = false;
   if (b->data) b->data[0] = '\0';
 }
 
 static bool jbuf_reserve(llorch_jbuf *b, size_t extra) {
   if (b->err) return false;
-  net_buf nb = {b->data, b->len, b->cap};
-  if (net_buf_reserve(&nb, extra) < 0) {
+  llorch_buf nb = {b->data, b->len, b->cap};
+  if (llorch_buf_reserve(&nb, extra) < 0) {
     b->err = LLORCH_ENOMEM;
     return false;
   }
@@ -525,7 +528,7 @@ void llorch_jbuf_raw(llorch_jbuf *b, const char *s, size_t n) {
 
 void llorch_jbuf_cstr(llorch_jbuf *b, const char *s) { llorch_jbuf_raw(b, s, strlen(s)); }
 
-void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n) {
+static void jbuf_put_strn(llorch_jbuf *b, const char *s, size_t n) {
   /* Worst case: every byte becomes \u00XX (6) or U+FFFD (3). */
   if (!jbuf_reserve(b, n * 6 + 2)) return;
   char *o = b->data + b->len;
@@ -573,18 +576,39 @@ void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n) {
   b->len = (size_t)(o - b->data);
 }
 
+/* Before a value or key in a structured container: the comma between items.
+ * A value right after its key takes none. */
+static void jbuf_sep(llorch_jbuf *b) {
+  if (b->depth == 0) return;
+  if (b->after_key) {
+    b->after_key = false;
+    return;
+  }
+  uint64_t bit = (uint64_t)1 << b->depth;
+  if (b->nonempty & bit) llorch_jbuf_raw(b, ",", 1);
+  b->nonempty |= bit;
+}
+
+void llorch_jbuf_strn(llorch_jbuf *b, const char *s, size_t n) {
+  jbuf_sep(b);
+  jbuf_put_strn(b, s, n);
+}
+
 void llorch_jbuf_str(llorch_jbuf *b, const char *s) {
+  jbuf_sep(b);
   if (s == NULL) llorch_jbuf_raw(b, "null", 4);
-  else llorch_jbuf_strn(b, s, strlen(s));
+  else jbuf_put_strn(b, s, strlen(s));
 }
 
 void llorch_jbuf_int(llorch_jbuf *b, int64_t v) {
   char tmp[32];
   int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
+  jbuf_sep(b);
   llorch_jbuf_raw(b, tmp, (size_t)n);
 }
 
 void llorch_jbuf_num(llorch_jbuf *b, double v) {
+  jbuf_sep(b);
   if (!isfinite(v)) {
     llorch_jbuf_raw(b, "null", 4);
     return;
@@ -600,13 +624,85 @@ void llorch_jbuf_num(llorch_jbuf *b, double v) {
 }
 
 void llorch_jbuf_bool(llorch_jbuf *b, bool v) {
+  jbuf_sep(b);
   if (v) llorch_jbuf_raw(b, "true", 4);
   else llorch_jbuf_raw(b, "false", 5);
 }
 
+void llorch_jbuf_null(llorch_jbuf *b) {
+  jbuf_sep(b);
+  llorch_jbuf_raw(b, "null", 4);
+}
+
+void llorch_jbuf_value(llorch_jbuf *b, const char *json, size_t n) {
+  jbuf_sep(b);
+  llorch_jbuf_raw(b, json, n);
+}
+
+static void jbuf_open(llorch_jbuf *b, bool array) {
+  jbuf_sep(b);
+  if (b->err) return;
+  if (b->depth >= LLORCH_JBUF_MAX_DEPTH) {
+    b->err = LLORCH_EINVAL; /* a programming error: the writer's callers nest a fixed depth */
+    return;
+  }
+  llorch_jbuf_raw(b, array ? "[" : "{", 1);
+  b->depth++;
+  uint64_t bit = (uint64_t)1 << b->depth;
+  b->nonempty &= ~bit;
+  if (array) b->is_array |= bit;
+  else b->is_array &= ~bit;
+}
+
+void llorch_jbuf_obj(llorch_jbuf *b) { jbuf_open(b, false); }
+void llorch_jbuf_arr(llorch_jbuf *b) { jbuf_open(b, true); }
+
+void llorch_jbuf_end(llorch_jbuf *b) {
+  if (b->err) return;
+  if (b->depth == 0 || b->after_key) {
+    b->err = LLORCH_EINVAL; /* unbalanced, or a key without its value */
+    return;
+  }
+  bool array = (b->is_array >> b->depth) & 1;
+  b->depth--;
+  llorch_jbuf_raw(b, array ? "]" : "}", 1);
+}
+
 void llorch_jbuf_key(llorch_jbuf *b, const char *key) {
-  llorch_jbuf_str(b, key);
+  jbuf_sep(b);
+  jbuf_put_strn(b, key, strlen(key));
   llorch_jbuf_raw(b, ":", 1);
+  if (b->depth > 0) b->after_key = true;
+}
+
+void llorch_jbuf_kstr(llorch_jbuf *b, const char *key, const char *s) {
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_str(b, s);
+}
+
+void llorch_jbuf_kint(llorch_jbuf *b, const char *key, int64_t v) {
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_int(b, v);
+}
+
+void llorch_jbuf_knum(llorch_jbuf *b, const char *key, double v) {
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_num(b, v);
+}
+
+void llorch_jbuf_kbool(llorch_jbuf *b, const char *key, bool v) {
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_bool(b, v);
+}
+
+void llorch_jbuf_kobj(llorch_jbuf *b, const char *key) {
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_obj(b);
+}
+
+void llorch_jbuf_karr(llorch_jbuf *b, const char *key) {
+  llorch_jbuf_key(b, key);
+  llorch_jbuf_arr(b);
 }
 
 int llorch_jbuf_error(const llorch_jbuf *b) { return b->err; }

@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "llorch/error.h"
-#include "netbuf.h"
+#include "llorch/buf.h"
 
 #define METRIC_MAX_LABELS 8
 
@@ -279,10 +279,10 @@ double llorch_metric_value(llorch_metric *f, const char *const *label_values) {
 
 /* ---- rendering ---- */
 
-static int put_double(net_buf *b, double v) {
+static int put_double(llorch_buf *b, double v) {
   char tmp[40];
-  if (isnan(v)) return net_buf_append_str(b, "NaN");
-  if (isinf(v)) return net_buf_append_str(b, v > 0 ? "+Inf" : "-Inf");
+  if (isnan(v)) return llorch_buf_append_str(b, "NaN");
+  if (isinf(v)) return llorch_buf_append_str(b, v > 0 ? "+Inf" : "-Inf");
   if (v == floor(v) && fabs(v) < 1e15) {
     snprintf(tmp, sizeof tmp, "%.0f", v);
   } else {
@@ -291,100 +291,100 @@ static int put_double(net_buf *b, double v) {
       if (strtod(tmp, NULL) == v) break;
     }
   }
-  return net_buf_append_str(b, tmp);
+  return llorch_buf_append_str(b, tmp);
 }
 
 /* Escapes \ and newline (HELP) and also " (label values). */
-static int put_escaped(net_buf *b, const char *s, bool quote) {
+static int put_escaped(llorch_buf *b, const char *s, bool quote) {
   int rc = 0;
   for (; *s; s++) {
-    if (*s == '\\') rc |= net_buf_append(b, "\\\\", 2);
-    else if (*s == '\n') rc |= net_buf_append(b, "\\n", 2);
-    else if (quote && *s == '"') rc |= net_buf_append(b, "\\\"", 2);
-    else rc |= net_buf_append(b, s, 1);
+    if (*s == '\\') rc |= llorch_buf_append(b, "\\\\", 2);
+    else if (*s == '\n') rc |= llorch_buf_append(b, "\\n", 2);
+    else if (quote && *s == '"') rc |= llorch_buf_append(b, "\\\"", 2);
+    else rc |= llorch_buf_append(b, s, 1);
   }
   return rc;
 }
 
 /* name{l1="v1",...[,le="x"]} */
-static int put_series_name(net_buf *b, const llorch_metric *f, const metric_series *s,
+static int put_series_name(llorch_buf *b, const llorch_metric *f, const metric_series *s,
                            const char *suffix, const char *le) {
-  int rc = net_buf_append_str(b, f->name);
-  rc |= net_buf_append_str(b, suffix);
+  int rc = llorch_buf_append_str(b, f->name);
+  rc |= llorch_buf_append_str(b, suffix);
   if (f->n_labels == 0 && le == NULL) return rc;
-  rc |= net_buf_append(b, "{", 1);
+  rc |= llorch_buf_append(b, "{", 1);
   for (size_t i = 0; i < f->n_labels; i++) {
-    if (i) rc |= net_buf_append(b, ",", 1);
-    rc |= net_buf_append_str(b, f->label_names[i]);
-    rc |= net_buf_append(b, "=\"", 2);
+    if (i) rc |= llorch_buf_append(b, ",", 1);
+    rc |= llorch_buf_append_str(b, f->label_names[i]);
+    rc |= llorch_buf_append(b, "=\"", 2);
     rc |= put_escaped(b, s->values[i], true);
-    rc |= net_buf_append(b, "\"", 1);
+    rc |= llorch_buf_append(b, "\"", 1);
   }
   if (le != NULL) {
-    if (f->n_labels) rc |= net_buf_append(b, ",", 1);
-    rc |= net_buf_append(b, "le=\"", 4);
-    rc |= net_buf_append_str(b, le);
-    rc |= net_buf_append(b, "\"", 1);
+    if (f->n_labels) rc |= llorch_buf_append(b, ",", 1);
+    rc |= llorch_buf_append(b, "le=\"", 4);
+    rc |= llorch_buf_append_str(b, le);
+    rc |= llorch_buf_append(b, "\"", 1);
   }
-  rc |= net_buf_append(b, "}", 1);
+  rc |= llorch_buf_append(b, "}", 1);
   return rc;
 }
 
-static int render_family(net_buf *b, const llorch_metric *f) {
+static int render_family(llorch_buf *b, const llorch_metric *f) {
   static const char *const type_names[] = {"counter", "gauge", "histogram"};
-  int rc = net_buf_append_str(b, "# HELP ");
-  rc |= net_buf_append_str(b, f->name);
-  rc |= net_buf_append(b, " ", 1);
+  int rc = llorch_buf_append_str(b, "# HELP ");
+  rc |= llorch_buf_append_str(b, f->name);
+  rc |= llorch_buf_append(b, " ", 1);
   rc |= put_escaped(b, f->help, false);
-  rc |= net_buf_append_str(b, "\n# TYPE ");
-  rc |= net_buf_append_str(b, f->name);
-  rc |= net_buf_append(b, " ", 1);
-  rc |= net_buf_append_str(b, type_names[f->type]);
-  rc |= net_buf_append(b, "\n", 1);
+  rc |= llorch_buf_append_str(b, "\n# TYPE ");
+  rc |= llorch_buf_append_str(b, f->name);
+  rc |= llorch_buf_append(b, " ", 1);
+  rc |= llorch_buf_append_str(b, type_names[f->type]);
+  rc |= llorch_buf_append(b, "\n", 1);
   for (const metric_series *s = f->series; s != NULL; s = s->next) {
     if (f->type != METRIC_HISTOGRAM) {
       rc |= put_series_name(b, f, s, "", NULL);
-      rc |= net_buf_append(b, " ", 1);
+      rc |= llorch_buf_append(b, " ", 1);
       rc |= put_double(b, s->value);
-      rc |= net_buf_append(b, "\n", 1);
+      rc |= llorch_buf_append(b, "\n", 1);
       continue;
     }
     uint64_t cum = 0;
     for (size_t i = 0; i < f->n_buckets; i++) {
-      net_buf le = {0};
+      llorch_buf le = {0};
       cum += s->bucket_counts[i];
       rc |= put_double(&le, f->buckets[i]);
       rc |= put_series_name(b, f, s, "_bucket", le.data ? le.data : "0");
-      net_buf_free(&le);
-      rc |= net_buf_append(b, " ", 1);
+      llorch_buf_free(&le);
+      rc |= llorch_buf_append(b, " ", 1);
       rc |= put_double(b, (double)cum);
-      rc |= net_buf_append(b, "\n", 1);
+      rc |= llorch_buf_append(b, "\n", 1);
     }
     rc |= put_series_name(b, f, s, "_bucket", "+Inf");
-    rc |= net_buf_append(b, " ", 1);
+    rc |= llorch_buf_append(b, " ", 1);
     rc |= put_double(b, (double)s->count);
-    rc |= net_buf_append(b, "\n", 1);
+    rc |= llorch_buf_append(b, "\n", 1);
     rc |= put_series_name(b, f, s, "_sum", NULL);
-    rc |= net_buf_append(b, " ", 1);
+    rc |= llorch_buf_append(b, " ", 1);
     rc |= put_double(b, s->sum);
-    rc |= net_buf_append(b, "\n", 1);
+    rc |= llorch_buf_append(b, "\n", 1);
     rc |= put_series_name(b, f, s, "_count", NULL);
-    rc |= net_buf_append(b, " ", 1);
+    rc |= llorch_buf_append(b, " ", 1);
     rc |= put_double(b, (double)s->count);
-    rc |= net_buf_append(b, "\n", 1);
+    rc |= llorch_buf_append(b, "\n", 1);
   }
   return rc;
 }
 
 char *llorch_metrics_render(llorch_metrics *m, size_t *len) {
-  net_buf b = {0};
-  int rc = net_buf_append(&b, "", 0);
+  llorch_buf b = {0};
+  int rc = llorch_buf_append(&b, "", 0);
   pthread_mutex_lock(&m->mu);
   for (const llorch_metric *f = m->families; f != NULL && rc == 0; f = f->next)
     rc |= render_family(&b, f);
   pthread_mutex_unlock(&m->mu);
   if (rc != 0) {
-    net_buf_free(&b);
+    llorch_buf_free(&b);
     return NULL;
   }
   if (len != NULL) *len = b.len;

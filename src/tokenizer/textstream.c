@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llorch/buf.h"
 #include "llorch/textstream.h"
 #include "llorch/utf8.h"
 
@@ -14,23 +15,10 @@ struct llorch_textstream {
   char **stops;     /* (n_stops) copies */
   size_t *stop_len; /* (n_stops) bytes */
   size_t n_stops;
-  char *pend;       /* bytes fed but not released */
-  size_t pend_len, pend_cap;
-  char *outb;       /* what the last call released (sanitised) */
-  size_t out_cap;
+  llorch_buf pend; /* bytes fed but not released */
+  llorch_buf outb; /* what the last call released (sanitised) */
   bool stopped;
 };
-
-static int buf_reserve(char **buf, size_t *cap, size_t need) {
-  if (need <= *cap) return 0;
-  size_t c = *cap ? *cap : 64;
-  while (c < need) c *= 2;
-  char *b = realloc(*buf, c);
-  if (!b) return LLORCH_ENOMEM;
-  *buf = b;
-  *cap = c;
-  return 0;
-}
 
 int llorch_textstream_init(llorch_textstream **out, const llorch_tokenizer *t, unsigned detok_flags,
                            const char *const *stops, size_t n_stops, llorch_errmsg *em) {
@@ -65,13 +53,13 @@ void llorch_textstream_free(llorch_textstream *ts) {
   for (size_t i = 0; i < ts->n_stops; i++) free(ts->stops[i]);
   free(ts->stops);
   free(ts->stop_len);
-  free(ts->pend);
-  free(ts->outb);
+  llorch_buf_free(&ts->pend);
+  llorch_buf_free(&ts->outb);
   free(ts);
 }
 
 bool llorch_textstream_stopped(const llorch_textstream *ts) { return ts->stopped; }
-size_t llorch_textstream_pending(const llorch_textstream *ts) { return ts->pend_len; }
+size_t llorch_textstream_pending(const llorch_textstream *ts) { return ts->pend.len; }
 
 /* ---- UTF-8 ---- */
 
@@ -90,25 +78,29 @@ static size_t utf8_incomplete_tail(const char *s, size_t len) {
 
 /* Copies s[0..len) into the output buffer, invalid sequences as U+FFFD. */
 static int stream_release(llorch_textstream *ts, const char *s, size_t len, llorch_textstream_out *out) {
-  if (buf_reserve(&ts->outb, &ts->out_cap, 3 * len + 1) != 0) return LLORCH_ENOMEM;
+  /* at most 3 bytes out per byte in (U+FFFD for a lone invalid byte) */
+  llorch_buf_reset(&ts->outb);
+  if (llorch_buf_reserve(&ts->outb, 3 * len) != 0) return LLORCH_ENOMEM;
+  char *dst = ts->outb.data;
   size_t o = 0;
   for (size_t i = 0; i < len;) {
     size_t bad;
     bool incomplete;
     size_t v = llorch_utf8_next((const unsigned char *)s + i, len - i, &bad, &incomplete);
     if (v > 0) {
-      memcpy(ts->outb + o, s + i, v);
+      memcpy(dst + o, s + i, v);
       o += v;
       i += v;
     } else {
       /* one U+FFFD per maximal subpart (an incomplete sequence is one too) */
-      memcpy(ts->outb + o, "\xef\xbf\xbd", 3);
+      memcpy(dst + o, "\xef\xbf\xbd", 3);
       o += 3;
       i += bad;
     }
   }
-  ts->outb[o] = 0;
-  out->text = ts->outb;
+  dst[o] = 0;
+  ts->outb.len = o;
+  out->text = dst;
   out->len = o;
   return 0;
 }
@@ -119,46 +111,45 @@ int llorch_textstream_feed_text(llorch_textstream *ts, const char *bytes, size_t
   out->text = "";
   out->len = 0;
   out->stop = -1;
-  if (ts->stopped || ts->pend_len + len == 0) return 0;
-  if (buf_reserve(&ts->pend, &ts->pend_cap, ts->pend_len + len) != 0) return LLORCH_ENOMEM;
-  if (len) memcpy(ts->pend + ts->pend_len, bytes, len);
-  ts->pend_len += len;
+  if (ts->stopped || ts->pend.len + len == 0) return 0;
+  if (llorch_buf_append(&ts->pend, bytes, len) != 0) return LLORCH_ENOMEM;
+  const char *pend = ts->pend.data;
+  size_t pend_len = ts->pend.len;
 
   /* the earliest stop string wholly present ends the stream */
   size_t best_at = SIZE_MAX;
   int best = -1;
   for (size_t i = 0; i < ts->n_stops; i++) {
-    const char *m = memmem(ts->pend, ts->pend_len, ts->stops[i], ts->stop_len[i]);
-    if (m && (size_t)(m - ts->pend) < best_at) {
-      best_at = (size_t)(m - ts->pend);
+    const char *m = memmem(pend, pend_len, ts->stops[i], ts->stop_len[i]);
+    if (m && (size_t)(m - pend) < best_at) {
+      best_at = (size_t)(m - pend);
       best = (int)i;
     }
   }
   if (best >= 0) {
-    int rc = stream_release(ts, ts->pend, best_at, out);
+    int rc = stream_release(ts, pend, best_at, out);
     if (rc != 0) return rc;
     out->stop = best;
     ts->stopped = true;
-    ts->pend_len = 0;
+    llorch_buf_reset(&ts->pend);
     return 0;
   }
 
   /* hold back the longest tail that a stop string could still start with */
-  size_t hold = utf8_incomplete_tail(ts->pend, ts->pend_len);
+  size_t hold = utf8_incomplete_tail(pend, pend_len);
   for (size_t i = 0; i < ts->n_stops; i++) {
-    size_t k = ts->stop_len[i] - 1 < ts->pend_len ? ts->stop_len[i] - 1 : ts->pend_len;
+    size_t k = ts->stop_len[i] - 1 < pend_len ? ts->stop_len[i] - 1 : pend_len;
     for (; k > hold; k--) {
-      if (memcmp(ts->pend + ts->pend_len - k, ts->stops[i], k) == 0) {
+      if (memcmp(pend + pend_len - k, ts->stops[i], k) == 0) {
         hold = k;
         break;
       }
     }
   }
-  size_t rel = ts->pend_len - hold;
-  int rc = stream_release(ts, ts->pend, rel, out);
+  size_t rel = pend_len - hold;
+  int rc = stream_release(ts, pend, rel, out);
   if (rc != 0) return rc;
-  if (hold) memmove(ts->pend, ts->pend + rel, hold);
-  ts->pend_len = hold;
+  llorch_buf_consume(&ts->pend, rel);
   return 0;
 }
 
@@ -183,8 +174,8 @@ int llorch_textstream_flush(llorch_textstream *ts, llorch_textstream_out *out) {
   out->text = "";
   out->len = 0;
   out->stop = -1;
-  if (ts->stopped || ts->pend_len == 0) return 0;
-  int rc = stream_release(ts, ts->pend, ts->pend_len, out);
-  ts->pend_len = 0;
+  if (ts->stopped || ts->pend.len == 0) return 0;
+  int rc = stream_release(ts, ts->pend.data, ts->pend.len, out);
+  llorch_buf_reset(&ts->pend);
   return rc;
 }

@@ -144,254 +144,180 @@ static void on_tick(uv_timer_t *t) {
 
 /* ---- GET /v2/cluster ---- */
 
-static void json_device(llorch_jbuf *b, const sched *s, const sched_pool *p, const sched_device *d) {
-  (void)s;
-  (void)p;
-  llorch_jbuf_cstr(b, "{\"id\":");
-  llorch_jbuf_str(b, d->id);
-  llorch_jbuf_cstr(b, ",\"kind\":");
-  llorch_jbuf_str(b, d->kind == SCHED_DEV_CUDA ? "cuda" : "cpu");
-  llorch_jbuf_cstr(b, ",\"index\":");
-  llorch_jbuf_int(b, d->index);
-  llorch_jbuf_cstr(b, ",\"name\":");
-  llorch_jbuf_str(b, d->name);
-  llorch_jbuf_cstr(b, ",\"uuid\":");
-  llorch_jbuf_str(b, d->uuid);
-  llorch_jbuf_cstr(b, ",\"memory_total\":");
-  llorch_jbuf_int(b, (int64_t)d->memory_total);
-  llorch_jbuf_cstr(b, ",\"memory_used\":");
-  llorch_jbuf_int(b, (int64_t)d->memory_used);
-  llorch_jbuf_cstr(b, ",\"memory_free\":");
-  llorch_jbuf_int(b, (int64_t)d->memory_free);
-  llorch_jbuf_cstr(b, ",\"utilization\":");
-  if (d->utilization >= 0) llorch_jbuf_int(b, d->utilization);
-  else llorch_jbuf_cstr(b, "null");
-  llorch_jbuf_cstr(b, ",\"temperature\":");
-  if (d->temperature >= 0) llorch_jbuf_int(b, d->temperature);
-  else llorch_jbuf_cstr(b, "null");
-  llorch_jbuf_cstr(b, "}");
+/* An integer that is unknown when negative (NVML gave nothing, no exit code). */
+static void json_kint_or_null(llorch_jbuf *b, const char *key, int64_t v) {
+  llorch_jbuf_key(b, key);
+  if (v >= 0) llorch_jbuf_int(b, v);
+  else llorch_jbuf_null(b);
+}
+
+static void json_device(llorch_jbuf *b, const sched_device *d) {
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "id", d->id);
+  llorch_jbuf_kstr(b, "kind", d->kind == SCHED_DEV_CUDA ? "cuda" : "cpu");
+  llorch_jbuf_kint(b, "index", d->index);
+  llorch_jbuf_kstr(b, "name", d->name);
+  llorch_jbuf_kstr(b, "uuid", d->uuid);
+  llorch_jbuf_kint(b, "memory_total", (int64_t)d->memory_total);
+  llorch_jbuf_kint(b, "memory_used", (int64_t)d->memory_used);
+  llorch_jbuf_kint(b, "memory_free", (int64_t)d->memory_free);
+  json_kint_or_null(b, "utilization", d->utilization);
+  json_kint_or_null(b, "temperature", d->temperature);
+  llorch_jbuf_end(b);
 }
 
 static void json_worker(llorch_jbuf *b, const sched_worker *w, int64_t now) {
-  llorch_jbuf_cstr(b, "{\"pool\":");
-  llorch_jbuf_str(b, w->pool->name);
-  llorch_jbuf_cstr(b, ",\"id\":");
-  llorch_jbuf_str(b, w->id);
-  llorch_jbuf_cstr(b, ",\"model\":");
-  llorch_jbuf_str(b, w->model_name);
-  llorch_jbuf_cstr(b, ",\"file\":");
-  llorch_jbuf_str(b, w->file);
-  llorch_jbuf_cstr(b, ",\"devices\":[");
-  for (int i = 0; i < w->n_devices; i++) {
-    if (i) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_str(b, w->devices[i]);
-  }
-  llorch_jbuf_cstr(b, "],\"state\":");
-  llorch_jbuf_str(b, sched_worker_state_name(w->state));
-  llorch_jbuf_cstr(b, ",\"routable\":");
-  llorch_jbuf_bool(b, sched_worker_routable(w));
-  llorch_jbuf_cstr(b, ",\"broken\":");
-  llorch_jbuf_bool(b, w->broken);
-  llorch_jbuf_cstr(b, ",\"stopping\":");
-  llorch_jbuf_bool(b, w->stop_sent);
-  llorch_jbuf_cstr(b, ",\"adopted\":");
-  llorch_jbuf_bool(b, w->adopted);
-  llorch_jbuf_cstr(b, ",\"draining\":");
-  llorch_jbuf_bool(b, w->draining);
-  llorch_jbuf_cstr(b, ",\"url\":");
-  llorch_jbuf_str(b, w->url[0] ? w->url : NULL);
-  llorch_jbuf_cstr(b, ",\"pid\":");
-  llorch_jbuf_int(b, w->pid);
-  llorch_jbuf_cstr(b, ",\"ctx\":");
-  llorch_jbuf_int(b, w->ctx);
-  llorch_jbuf_cstr(b, ",\"slots\":");
-  llorch_jbuf_int(b, w->slots);
-  llorch_jbuf_cstr(b, ",\"busy\":");
-  llorch_jbuf_int(b, w->busy);
-  llorch_jbuf_cstr(b, ",\"memory_bytes\":");
-  llorch_jbuf_int(b, (int64_t)w->memory_bytes);
-  llorch_jbuf_cstr(b, ",\"idle_ms\":");
-  llorch_jbuf_int(b, w->busy ? 0 : now - w->last_used_ms);
-  llorch_jbuf_cstr(b, ",\"exit\":");
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "pool", w->pool->name);
+  llorch_jbuf_kstr(b, "id", w->id);
+  llorch_jbuf_kstr(b, "model", w->model_name);
+  llorch_jbuf_kstr(b, "file", w->file);
+  llorch_jbuf_karr(b, "devices");
+  for (int i = 0; i < w->n_devices; i++) llorch_jbuf_str(b, w->devices[i]);
+  llorch_jbuf_end(b);
+  llorch_jbuf_kstr(b, "state", sched_worker_state_name(w->state));
+  llorch_jbuf_kbool(b, "routable", sched_worker_routable(w));
+  llorch_jbuf_kbool(b, "broken", w->broken);
+  llorch_jbuf_kbool(b, "stopping", w->stop_sent);
+  llorch_jbuf_kbool(b, "adopted", w->adopted);
+  llorch_jbuf_kbool(b, "draining", w->draining);
+  llorch_jbuf_kstr(b, "url", w->url[0] ? w->url : NULL);
+  llorch_jbuf_kint(b, "pid", w->pid);
+  llorch_jbuf_kint(b, "ctx", w->ctx);
+  llorch_jbuf_kint(b, "slots", w->slots);
+  llorch_jbuf_kint(b, "busy", w->busy);
+  llorch_jbuf_kint(b, "memory_bytes", (int64_t)w->memory_bytes);
+  llorch_jbuf_kint(b, "idle_ms", w->busy ? 0 : now - w->last_used_ms);
+  llorch_jbuf_key(b, "exit");
   if (w->state == SCHED_WORKER_FAILED || w->state == SCHED_WORKER_EXITED) {
-    llorch_jbuf_cstr(b, "{\"code\":");
-    if (w->exit_code >= 0) llorch_jbuf_int(b, w->exit_code);
-    else llorch_jbuf_cstr(b, "null");
-    llorch_jbuf_cstr(b, ",\"signal\":");
-    llorch_jbuf_str(b, w->exit_signal[0] ? w->exit_signal : NULL);
-    llorch_jbuf_cstr(b, ",\"reason\":");
-    llorch_jbuf_str(b, w->exit_reason);
-    llorch_jbuf_cstr(b, "}");
+    llorch_jbuf_obj(b);
+    json_kint_or_null(b, "code", w->exit_code);
+    llorch_jbuf_kstr(b, "signal", w->exit_signal[0] ? w->exit_signal : NULL);
+    llorch_jbuf_kstr(b, "reason", w->exit_reason);
+    llorch_jbuf_end(b);
   } else {
-    llorch_jbuf_cstr(b, "null");
+    llorch_jbuf_null(b);
   }
-  llorch_jbuf_cstr(b, "}");
+  llorch_jbuf_end(b);
+}
+
+static void json_pool(llorch_jbuf *b, const sched_pool *p, int64_t now) {
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "name", p->name);
+  llorch_jbuf_kstr(b, "url", p->url);
+  llorch_jbuf_kbool(b, "up", p->up);
+  llorch_jbuf_kstr(b, "boot_id", p->boot_id);
+  llorch_jbuf_kint(b, "heartbeat_interval_ms", p->interval_ms);
+  llorch_jbuf_kint(b, "last_heartbeat_ms_ago", now - p->last_seen_ms);
+  llorch_jbuf_karr(b, "devices");
+  for (int d = 0; d < p->n_devices; d++) json_device(b, &p->devices[d]);
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "models");
+  for (int k = 0; k < p->n_models; k++) {
+    const sched_pool_model *pm = &p->models[k];
+    llorch_jbuf_obj(b);
+    llorch_jbuf_kstr(b, "name", pm->name);
+    llorch_jbuf_kstr(b, "file", pm->file);
+    llorch_jbuf_kstr(b, "arch", pm->arch);
+    llorch_jbuf_kstr(b, "quant", pm->quant);
+    llorch_jbuf_kint(b, "params", (int64_t)pm->params);
+    llorch_jbuf_kint(b, "ctx", pm->ctx);
+    llorch_jbuf_kint(b, "file_bytes", (int64_t)pm->file_bytes);
+    llorch_jbuf_end(b);
+  }
+  llorch_jbuf_end(b);
+  llorch_jbuf_end(b);
+}
+
+static void json_model(llorch_jbuf *b, const sched *s, int i) {
+  const sched_model *m = &s->models[i];
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "name", m->name);
+  llorch_jbuf_kstr(b, "file", m->file);
+  llorch_jbuf_kstr(b, "state", sched_model_state(s, i));
+  llorch_jbuf_kint(b, "replicas", sched_model_replicas(s, i));
+  llorch_jbuf_kint(b, "min_replicas", m->min_replicas);
+  llorch_jbuf_kint(b, "max_replicas", m->max_replicas);
+  llorch_jbuf_kint(b, "ctx", m->ctx);
+  llorch_jbuf_kint(b, "slots", m->slots);
+  llorch_jbuf_kint(b, "keep_alive_ms", m->keep_alive_ms);
+  llorch_jbuf_kstr(b, "priority", m->priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive");
+  llorch_jbuf_karr(b, "pins");
+  for (int k = 0; k < m->n_pins; k++) llorch_jbuf_str(b, m->pins[k]);
+  llorch_jbuf_end(b);
+  llorch_jbuf_kint(b, "queued", m->queued);
+  llorch_jbuf_kint(b, "running", m->running);
+  llorch_jbuf_kbool(b, "unloaded", m->unloaded);
+  llorch_jbuf_kstr(b, "pending_reason", m->pending[0] ? m->pending : NULL);
+  llorch_jbuf_end(b);
+}
+
+/* A copy of a model file between pools (scheduler.h, sched_fetch). */
+static void json_fetch(llorch_jbuf *b, const sched_fetch *f) {
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "file", f->file);
+  llorch_jbuf_kstr(b, "pool", f->target);
+  llorch_jbuf_kstr(b, "source", f->source);
+  llorch_jbuf_kint(b, "attempt", f->attempts);
+  llorch_jbuf_kstr(b, "state", f->given_up ? "given_up" : f->state);
+  llorch_jbuf_kint(b, "bytes_done", (int64_t)f->bytes_done);
+  llorch_jbuf_kint(b, "bytes_total", (int64_t)f->size);
+  llorch_jbuf_kint(b, "rate_bytes_per_s", (int64_t)f->rate);
+  llorch_jbuf_key(b, "eta_s");
+  if (f->eta_s >= 0 && !f->ended) llorch_jbuf_int(b, f->eta_s);
+  else llorch_jbuf_null(b);
+  llorch_jbuf_kstr(b, "error", f->error[0] ? f->error : NULL);
+  llorch_jbuf_end(b);
 }
 
 void orch_cluster_json(orch *o, llorch_jbuf *b) {
   sched *s = &o->s;
   int64_t now = orch_now_ms(o);
-  llorch_jbuf_cstr(b, "{\"orchestrator_id\":");
-  llorch_jbuf_str(b, o->id);
-  llorch_jbuf_cstr(b, ",\"pools\":[");
-  for (int i = 0; i < s->n_pools; i++) {
-    const sched_pool *p = s->pools[i];
-    if (i) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_cstr(b, "{\"name\":");
-    llorch_jbuf_str(b, p->name);
-    llorch_jbuf_cstr(b, ",\"url\":");
-    llorch_jbuf_str(b, p->url);
-    llorch_jbuf_cstr(b, ",\"up\":");
-    llorch_jbuf_bool(b, p->up);
-    llorch_jbuf_cstr(b, ",\"boot_id\":");
-    llorch_jbuf_str(b, p->boot_id);
-    llorch_jbuf_cstr(b, ",\"heartbeat_interval_ms\":");
-    llorch_jbuf_int(b, p->interval_ms);
-    llorch_jbuf_cstr(b, ",\"last_heartbeat_ms_ago\":");
-    llorch_jbuf_int(b, now - p->last_seen_ms);
-    llorch_jbuf_cstr(b, ",\"devices\":[");
-    for (int d = 0; d < p->n_devices; d++) {
-      if (d) llorch_jbuf_cstr(b, ",");
-      json_device(b, s, p, &p->devices[d]);
-    }
-    llorch_jbuf_cstr(b, "],\"models\":[");
-    for (int k = 0; k < p->n_models; k++) {
-      const sched_pool_model *pm = &p->models[k];
-      if (k) llorch_jbuf_cstr(b, ",");
-      llorch_jbuf_cstr(b, "{\"name\":");
-      llorch_jbuf_str(b, pm->name);
-      llorch_jbuf_cstr(b, ",\"file\":");
-      llorch_jbuf_str(b, pm->file);
-      llorch_jbuf_cstr(b, ",\"arch\":");
-      llorch_jbuf_str(b, pm->arch);
-      llorch_jbuf_cstr(b, ",\"quant\":");
-      llorch_jbuf_str(b, pm->quant);
-      llorch_jbuf_cstr(b, ",\"params\":");
-      llorch_jbuf_int(b, (int64_t)pm->params);
-      llorch_jbuf_cstr(b, ",\"ctx\":");
-      llorch_jbuf_int(b, pm->ctx);
-      llorch_jbuf_cstr(b, ",\"file_bytes\":");
-      llorch_jbuf_int(b, (int64_t)pm->file_bytes);
-      llorch_jbuf_cstr(b, "}");
-    }
-    llorch_jbuf_cstr(b, "]}");
-  }
-  llorch_jbuf_cstr(b, "],\"workers\":[");
-  for (int i = 0; i < s->n_workers; i++) {
-    if (i) llorch_jbuf_cstr(b, ",");
-    json_worker(b, s->workers[i], now);
-  }
-  llorch_jbuf_cstr(b, "],\"fetches\":[");
-  for (int i = 0; i < s->n_fetches; i++) {
-    const sched_fetch *f = s->fetches[i];
-    if (i) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_cstr(b, "{\"file\":");
-    llorch_jbuf_str(b, f->file);
-    llorch_jbuf_cstr(b, ",\"pool\":");
-    llorch_jbuf_str(b, f->target);
-    llorch_jbuf_cstr(b, ",\"source\":");
-    llorch_jbuf_str(b, f->source);
-    llorch_jbuf_cstr(b, ",\"attempt\":");
-    llorch_jbuf_int(b, f->attempts);
-    llorch_jbuf_cstr(b, ",\"state\":");
-    llorch_jbuf_str(b, f->given_up ? "given_up" : f->state);
-    llorch_jbuf_cstr(b, ",\"bytes_done\":");
-    llorch_jbuf_int(b, (int64_t)f->bytes_done);
-    llorch_jbuf_cstr(b, ",\"bytes_total\":");
-    llorch_jbuf_int(b, (int64_t)f->size);
-    llorch_jbuf_cstr(b, ",\"rate_bytes_per_s\":");
-    llorch_jbuf_int(b, (int64_t)f->rate);
-    llorch_jbuf_cstr(b, ",\"eta_s\":");
-    if (f->eta_s >= 0 && !f->ended) llorch_jbuf_int(b, f->eta_s);
-    else llorch_jbuf_cstr(b, "null");
-    llorch_jbuf_cstr(b, ",\"error\":");
-    llorch_jbuf_str(b, f->error[0] ? f->error : NULL);
-    llorch_jbuf_cstr(b, "}");
-  }
-  llorch_jbuf_cstr(b, "],\"pending_starts\":[");
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "orchestrator_id", o->id);
+  llorch_jbuf_karr(b, "pools");
+  for (int i = 0; i < s->n_pools; i++) json_pool(b, s->pools[i], now);
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "workers");
+  for (int i = 0; i < s->n_workers; i++) json_worker(b, s->workers[i], now);
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "fetches");
+  for (int i = 0; i < s->n_fetches; i++) json_fetch(b, s->fetches[i]);
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "pending_starts");
   for (int i = 0; i < s->n_starts; i++) {
     const sched_pending_start *ps = s->starts[i];
-    if (i) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_cstr(b, "{\"model\":");
-    llorch_jbuf_str(b, s->models[ps->model].name);
-    llorch_jbuf_cstr(b, ",\"pool\":");
-    llorch_jbuf_str(b, ps->pool->name);
-    llorch_jbuf_cstr(b, ",\"device\":");
-    llorch_jbuf_str(b, ps->device);
-    llorch_jbuf_cstr(b, ",\"need_bytes\":");
-    llorch_jbuf_int(b, (int64_t)ps->need_bytes);
-    llorch_jbuf_cstr(b, ",\"worker_id\":");
-    llorch_jbuf_str(b, ps->answered ? ps->worker_id : NULL);
-    llorch_jbuf_cstr(b, ",\"age_ms\":");
-    llorch_jbuf_int(b, now - ps->asked_ms);
-    llorch_jbuf_cstr(b, "}");
+    llorch_jbuf_obj(b);
+    llorch_jbuf_kstr(b, "model", s->models[ps->model].name);
+    llorch_jbuf_kstr(b, "pool", ps->pool->name);
+    llorch_jbuf_kstr(b, "device", ps->device);
+    llorch_jbuf_kint(b, "need_bytes", (int64_t)ps->need_bytes);
+    llorch_jbuf_kstr(b, "worker_id", ps->answered ? ps->worker_id : NULL);
+    llorch_jbuf_kint(b, "age_ms", now - ps->asked_ms);
+    llorch_jbuf_end(b);
   }
-  llorch_jbuf_cstr(b, "],\"models\":[");
-  for (int i = 0; i < s->n_models; i++) {
-    const sched_model *m = &s->models[i];
-    if (i) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_cstr(b, "{\"name\":");
-    llorch_jbuf_str(b, m->name);
-    llorch_jbuf_cstr(b, ",\"file\":");
-    llorch_jbuf_str(b, m->file);
-    llorch_jbuf_cstr(b, ",\"state\":");
-    llorch_jbuf_str(b, sched_model_state(s, i));
-    llorch_jbuf_cstr(b, ",\"replicas\":");
-    llorch_jbuf_int(b, sched_model_replicas(s, i));
-    llorch_jbuf_cstr(b, ",\"min_replicas\":");
-    llorch_jbuf_int(b, m->min_replicas);
-    llorch_jbuf_cstr(b, ",\"max_replicas\":");
-    llorch_jbuf_int(b, m->max_replicas);
-    llorch_jbuf_cstr(b, ",\"ctx\":");
-    llorch_jbuf_int(b, m->ctx);
-    llorch_jbuf_cstr(b, ",\"slots\":");
-    llorch_jbuf_int(b, m->slots);
-    llorch_jbuf_cstr(b, ",\"keep_alive_ms\":");
-    llorch_jbuf_int(b, m->keep_alive_ms);
-    llorch_jbuf_cstr(b, ",\"priority\":");
-    llorch_jbuf_str(b, m->priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive");
-    llorch_jbuf_cstr(b, ",\"pins\":[");
-    for (int k = 0; k < m->n_pins; k++) {
-      if (k) llorch_jbuf_cstr(b, ",");
-      llorch_jbuf_str(b, m->pins[k]);
-    }
-    llorch_jbuf_cstr(b, "],\"queued\":");
-    llorch_jbuf_int(b, m->queued);
-    llorch_jbuf_cstr(b, ",\"running\":");
-    llorch_jbuf_int(b, m->running);
-    llorch_jbuf_cstr(b, ",\"unloaded\":");
-    llorch_jbuf_bool(b, m->unloaded);
-    llorch_jbuf_cstr(b, ",\"pending_reason\":");
-    llorch_jbuf_str(b, m->pending[0] ? m->pending : NULL);
-    llorch_jbuf_cstr(b, "}");
-  }
-  llorch_jbuf_cstr(b, "],\"queue\":{\"interactive\":");
-  llorch_jbuf_int(b, s->queued[LLORCH_PRIORITY_INTERACTIVE]);
-  llorch_jbuf_cstr(b, ",\"batch\":");
-  llorch_jbuf_int(b, s->queued[LLORCH_PRIORITY_BATCH]);
-  llorch_jbuf_cstr(b, ",\"total\":");
-  llorch_jbuf_int(b, s->total_queued);
-  llorch_jbuf_cstr(b, ",\"max_total\":");
-  llorch_jbuf_int(b, s->lim.max_total);
-  llorch_jbuf_cstr(b, ",\"timeout_ms\":");
-  llorch_jbuf_int(b, s->lim.queue_timeout_ms);
-  llorch_jbuf_cstr(b, "},\"stats\":{\"admitted\":");
-  llorch_jbuf_int(b, (int64_t)s->stats.admitted);
-  llorch_jbuf_cstr(b, ",\"rejected\":");
-  llorch_jbuf_int(b, (int64_t)s->stats.rejected);
-  llorch_jbuf_cstr(b, ",\"timed_out\":");
-  llorch_jbuf_int(b, (int64_t)s->stats.timed_out);
-  llorch_jbuf_cstr(b, ",\"retries\":");
-  llorch_jbuf_int(b, (int64_t)s->stats.retries);
-  llorch_jbuf_cstr(b, ",\"evictions\":");
-  llorch_jbuf_int(b, (int64_t)s->stats.evictions);
-  llorch_jbuf_cstr(b, ",\"starts\":");
-  llorch_jbuf_int(b, (int64_t)s->stats.starts);
-  llorch_jbuf_cstr(b, ",\"start_failures\":");
-  llorch_jbuf_int(b, (int64_t)s->stats.start_failures);
-  llorch_jbuf_cstr(b, ",\"active_requests\":");
-  llorch_jbuf_int(b, o->n_active);
-  llorch_jbuf_cstr(b, "}}");
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "models");
+  for (int i = 0; i < s->n_models; i++) json_model(b, s, i);
+  llorch_jbuf_end(b);
+  llorch_jbuf_kobj(b, "queue");
+  llorch_jbuf_kint(b, "interactive", s->queued[LLORCH_PRIORITY_INTERACTIVE]);
+  llorch_jbuf_kint(b, "batch", s->queued[LLORCH_PRIORITY_BATCH]);
+  llorch_jbuf_kint(b, "total", s->total_queued);
+  llorch_jbuf_kint(b, "max_total", s->lim.max_total);
+  llorch_jbuf_kint(b, "timeout_ms", s->lim.queue_timeout_ms);
+  llorch_jbuf_end(b);
+  llorch_jbuf_kobj(b, "stats");
+  llorch_jbuf_kint(b, "admitted", (int64_t)s->stats.admitted);
+  llorch_jbuf_kint(b, "rejected", (int64_t)s->stats.rejected);
+  llorch_jbuf_kint(b, "timed_out", (int64_t)s->stats.timed_out);
+  llorch_jbuf_kint(b, "retries", (int64_t)s->stats.retries);
+  llorch_jbuf_kint(b, "evictions", (int64_t)s->stats.evictions);
+  llorch_jbuf_kint(b, "starts", (int64_t)s->stats.starts);
+  llorch_jbuf_kint(b, "start_failures", (int64_t)s->stats.start_failures);
+  llorch_jbuf_kint(b, "active_requests", o->n_active);
+  llorch_jbuf_end(b);
+  llorch_jbuf_end(b);
 }
 
 static void on_cluster(llorch_http_request *req, void *user) {

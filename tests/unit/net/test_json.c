@@ -196,6 +196,69 @@ static void test_builder_escapes(void **state) {
   llorch_jbuf_free(&b);
 }
 
+/* Structured writing: commas come by themselves, nesting closes in order,
+ * plain appends around it are untouched, misuse is a sticky error. */
+static void test_builder_structured(void **state) {
+  (void)state;
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_obj(&b);
+  llorch_jbuf_kstr(&b, "name", "p\"1");
+  llorch_jbuf_kint(&b, "n", 3);
+  llorch_jbuf_karr(&b, "empty");
+  llorch_jbuf_end(&b);
+  llorch_jbuf_karr(&b, "xs");
+  llorch_jbuf_str(&b, "a");
+  llorch_jbuf_null(&b);
+  llorch_jbuf_obj(&b);
+  llorch_jbuf_kbool(&b, "ok", true);
+  llorch_jbuf_knum(&b, "f", 0.5);
+  llorch_jbuf_end(&b);
+  llorch_jbuf_value(&b, "[1,2]", 5);
+  llorch_jbuf_end(&b);
+  llorch_jbuf_kobj(&b, "o");
+  llorch_jbuf_end(&b);
+  llorch_jbuf_key(&b, "last");
+  llorch_jbuf_str(&b, NULL);
+  llorch_jbuf_end(&b);
+  assert_int_equal(llorch_jbuf_error(&b), 0);
+  assert_int_equal(b.depth, 0);
+  assert_string_equal(b.data, "{\"name\":\"p\\\"1\",\"n\":3,\"empty\":[],\"xs\":[\"a\",null,"
+                              "{\"ok\":true,\"f\":0.5},[1,2]],\"o\":{},\"last\":null}");
+  cJSON *parsed = cJSON_Parse(b.data);
+  assert_non_null(parsed);
+  cJSON_Delete(parsed);
+
+  /* plain text around a structured value: no commas are invented outside it */
+  llorch_jbuf_reset(&b);
+  llorch_jbuf_cstr(&b, "data: [");
+  llorch_jbuf_int(&b, 1);
+  llorch_jbuf_cstr(&b, ",");
+  llorch_jbuf_obj(&b);
+  llorch_jbuf_kint(&b, "a", 1);
+  llorch_jbuf_kint(&b, "b", 2);
+  llorch_jbuf_end(&b);
+  llorch_jbuf_cstr(&b, "]");
+  assert_string_equal(b.data, "data: [1,{\"a\":1,\"b\":2}]");
+
+  /* an _end too many, and a key without its value, are errors that stick */
+  llorch_jbuf_reset(&b);
+  llorch_jbuf_arr(&b);
+  llorch_jbuf_end(&b);
+  llorch_jbuf_end(&b);
+  assert_int_equal(llorch_jbuf_error(&b), LLORCH_EINVAL);
+  llorch_jbuf_reset(&b);
+  llorch_jbuf_obj(&b);
+  llorch_jbuf_key(&b, "k");
+  llorch_jbuf_end(&b);
+  assert_int_equal(llorch_jbuf_error(&b), LLORCH_EINVAL);
+  /* nesting past the bound */
+  llorch_jbuf_reset(&b);
+  for (int i = 0; i < LLORCH_JBUF_MAX_DEPTH + 1; i++) llorch_jbuf_arr(&b);
+  assert_int_equal(llorch_jbuf_error(&b), LLORCH_EINVAL);
+  llorch_jbuf_free(&b);
+}
+
 static void test_error_envelope(void **state) {
   char *s = llorch_json_error_envelope("bad \"x\"", "invalid_request_error", "x", NULL);
   assert_string_equal(s, "{\"error\":{\"message\":\"bad \\\"x\\\"\",\"type\":\"invalid_request_error\","
@@ -248,6 +311,7 @@ int main(void) {
       cmocka_unit_test(test_nested_enum_and_arrays),
       cmocka_unit_test(test_long_string_is_cut),
       cmocka_unit_test(test_builder_escapes),
+      cmocka_unit_test(test_builder_structured),
       cmocka_unit_test(test_error_envelope),
       cmocka_unit_test(test_parse_refuses_hidden_strings),
   };
