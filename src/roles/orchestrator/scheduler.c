@@ -735,6 +735,9 @@ static void fetch_reason(const sched_fetch *f, char *out, size_t n, int64_t now)
     reason_set(out, n, "copying %s to %s: attempt %d of %d from %s %s (%s); trying again in %" PRId64 " ms",
                f->file, f->target, f->attempts, SCHED_FETCH_ATTEMPTS, f->source, f->state, f->error,
                f->next_try_ms > now ? f->next_try_ms - now : 0);
+  } else if (strcmp(f->state, "done") == 0) {
+    /* A file the pool's scan cannot read (a bad GGUF header) is never listed. */
+    reason_set(out, n, "copied %s to %s from %s; waiting for the pool to list it", f->file, f->target, f->source);
   } else if (strcmp(f->state, "verifying") == 0) {
     reason_set(out, n, "copying %s to %s from %s: verifying its sha256", f->file, f->target, f->source);
   } else {
