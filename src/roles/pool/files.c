@@ -781,7 +781,7 @@ static void fetch_respond(llorch_http_request *req, int status, const pool_fetch
   llorch_jbuf b;
   llorch_jbuf_init(&b);
   llorch_jbuf_cstr(&b, "{\"fetch\":");
-  pool_fetch_write(&b, f, pool_now_ms());
+  pool_fetch_write(&b, f);
   llorch_jbuf_cstr(&b, "}");
   if (llorch_jbuf_error(&b))
     llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
@@ -1028,8 +1028,7 @@ static void files_on_fetch_cancel(llorch_http_request *req, void *user) {
 
 /* ---- the report ---- */
 
-void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f, int64_t now_ms) {
-  (void)now_ms;
+void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f) {
   llorch_jbuf_cstr(b, "{\"file\":");
   llorch_jbuf_str(b, f->file);
   llorch_jbuf_cstr(b, ",\"id\":");
@@ -1054,11 +1053,11 @@ void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f, int64_t now_ms) {
   llorch_jbuf_cstr(b, "}");
 }
 
-void pool_fetches_write(llorch_jbuf *b, const pool_fetch *list, int64_t now_ms) {
+void pool_fetches_write(llorch_jbuf *b, const pool_fetch *list) {
   llorch_jbuf_cstr(b, "[");
   for (const pool_fetch *f = list; f; f = f->next) {
     if (f != list) llorch_jbuf_cstr(b, ",");
-    pool_fetch_write(b, f, now_ms);
+    pool_fetch_write(b, f);
   }
   llorch_jbuf_cstr(b, "]");
 }

@@ -252,8 +252,8 @@ typedef struct pool_fetch {
 int pool_range_parse(const char *value, uint64_t *start, llorch_errmsg *em);
 
 /* Writes one copy / the list (the state document's "fetches"). */
-void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f, int64_t now_ms);
-void pool_fetches_write(llorch_jbuf *b, const pool_fetch *list, int64_t now_ms);
+void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f);
+void pool_fetches_write(llorch_jbuf *b, const pool_fetch *list);
 
 /* ---- devices and the state document ---- */
 
@@ -288,7 +288,6 @@ typedef struct pool_state_view {
   int n_models;
   const pool_worker *workers;        /* list */
   const pool_fetch *fetches;         /* list; NULL = none */
-  int64_t now_ms;                    /* for the fetches' figures */
 } pool_state_view;
 
 /*

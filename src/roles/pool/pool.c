@@ -98,7 +98,6 @@ void pool_state_build(pool *p, llorch_jbuf *b, uint64_t seq) {
       .n_models = p->n_models,
       .workers = p->workers,
       .fetches = p->fetches,
-      .now_ms = pool_now_ms(),
   };
   pool_state_write(b, &v);
   /* Workers whose end this document carries: once it is acknowledged they
@@ -401,7 +400,7 @@ static void on_state(llorch_http_request *req, void *user) {
                        .heartbeat_interval_ms = p->cfg->pool.heartbeat_interval_ms, .devices = devs,
                        .n_devices = nd < LLORCH_MAX_DEVICES ? nd : LLORCH_MAX_DEVICES,
                        .models = p->models, .n_models = p->n_models, .workers = p->workers,
-                       .fetches = p->fetches, .now_ms = pool_now_ms()};
+                       .fetches = p->fetches};
   pool_state_write(&b, &v);
   /* Without an orchestrator the operator reading this is the only one the
    * ends can be reported to: once shown, they are forgotten. */

@@ -304,6 +304,6 @@ void pool_state_write(llorch_jbuf *b, const pool_state_view *v) {
     pool_worker_write(b, w, false);
   }
   llorch_jbuf_cstr(b, "],\"fetches\":");
-  pool_fetches_write(b, v->fetches, v->now_ms);
+  pool_fetches_write(b, v->fetches);
   llorch_jbuf_cstr(b, "}");
 }

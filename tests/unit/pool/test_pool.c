@@ -150,7 +150,7 @@ static void test_fetch_report(void **state) {
   llorch_jbuf_cstr(&b, "{\"protocol\":1,\"pool\":\"pool-a\",\"url\":\"http://127.0.0.1:1\",\"boot_id\":\"b\","
                        "\"seq\":1,\"heartbeat_interval_ms\":500,\"devices\":[],\"models\":[],\"workers\":[],"
                        "\"fetches\":");
-  pool_fetches_write(&b, &f, 0);
+  pool_fetches_write(&b, &f);
   llorch_jbuf_cstr(&b, "}");
   assert_false(llorch_jbuf_error(&b));
   cJSON *doc = cJSON_Parse(b.data);
