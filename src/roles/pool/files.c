@@ -813,7 +813,7 @@ static void files_on_fetch(llorch_http_request *req, void *user) {
   cJSON *doc = NULL;
   llorch_errmsg em = {{0}};
   if (llorch_json_parse(text, len, true, &doc, &em) < 0) {
-    fetch_bad(req, NULL, "%s", em.text);
+    fetch_bad(req, llorch_json_errparam(), "%s", em.text); /* a NUL, bad UTF-8 ... names its field */
     return;
   }
   const char *file = NULL, *url = NULL, *sha = NULL, *id = "";
