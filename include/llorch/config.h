@@ -152,6 +152,7 @@ typedef struct llorch_config {
     int64_t stop_grace_ms;     /* SIGTERM to SIGKILL when stopping a worker */
     uint64_t cpu_memory;       /* bytes the CPU device offers; 0 = from RAM */
     int worker_port_base;      /* first port for spawned workers; 0 = any free port */
+    uint64_t fetch_bandwidth;  /* bytes/s a copy from another pool may take; 0 = unlimited */
   } pool;
 
   /* orchestrator */

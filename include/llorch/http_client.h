@@ -28,6 +28,7 @@
 #ifndef LLORCH_HTTP_CLIENT_H
 #define LLORCH_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <uv.h>
@@ -103,6 +104,16 @@ int llorch_http_call_start(llorch_http_client *c, const llorch_http_call_opts *o
  * on_done has run the call is freed, so drop the pointer in on_done.
  */
 void llorch_http_call_cancel(llorch_http_call *call);
+
+/*
+ * Stops (paused true) or restarts reading the call's response, so a consumer
+ * that cannot keep up (a disk write in flight, a bandwidth bound) pushes back
+ * on the sender through TCP instead of buffering. The rest of a read already
+ * taken from the socket is still delivered to on_data. While paused the read
+ * timeout does not run. Safe from inside on_data; no effect before the call
+ * has a connection or after on_done.
+ */
+void llorch_http_call_pause(llorch_http_call *call, bool paused);
 
 /* The response status (0 before headers). */
 int llorch_http_call_status(const llorch_http_call *call);

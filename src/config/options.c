@@ -320,6 +320,9 @@ const config_option config_options[] = {
     {.name = "pool.worker_port_base", .flag = "worker-port-base", .type = CONFIG_TYPE_INT,
      .roles = POOL, .offset = OFF(pool.worker_port_base), .def = "0", .min = 0, .max = 65535,
      .meta = "PORT", .help = "first port for spawned workers; 0 = any free port"},
+    {.name = "pool.fetch_bandwidth", .flag = "fetch-bandwidth", .type = CONFIG_TYPE_BYTES, .roles = POOL,
+     .offset = OFF(pool.fetch_bandwidth), .def = "0", .min = 0, .max = INT64_MAX, .meta = "BYTES",
+     .help = "bytes per second a model file copied from another pool may take; 0 = unlimited"},
 
     /* ---- orchestrator ---- */
     {.name = "orchestrator.api_keys", .flag = "api-key", .type = CONFIG_TYPE_STRLIST, .roles = ORCH,

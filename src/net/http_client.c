@@ -619,6 +619,19 @@ static void call_send(llorch_http_call *call) {
     c->reading = true;
 }
 
+void llorch_http_call_pause(llorch_http_call *call, bool paused) {
+  client_conn *c = call ? call->conn : NULL;
+  if (c == NULL || call->done || c->closing || !c->connected) return;
+  if (paused && c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+    conn_set_timer(c, CONN_TIMER_NONE, 0);
+  } else if (!paused && !c->reading) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) == 0) c->reading = true;
+    conn_set_timer(c, CONN_TIMER_READ, call->read_timeout_ms);
+  }
+}
+
 static void conn_on_timer(uv_timer_t *t) {
   client_conn *c = t->data;
   llorch_http_call *call = c->call;

@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   sched s;
   sched_limits lim = {.max_total = 4, .queue_timeout_ms = 1000, .heartbeat_miss_limit = 3, .retry_max = 1};
-  sched_ops ops = {NULL, on_assign, on_start, on_stop, on_fail};
+  sched_ops ops = {NULL, on_assign, on_start, on_stop, on_fail, NULL, NULL};
   sched_init(&s, &lim, &ops);
   char *pins[] = {"p/gpu0"};
   llorch_model_entry e = {.name = "tiny", .file = "tiny.gguf", .slots = 2, .max_replicas = 2,

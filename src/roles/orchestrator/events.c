@@ -413,11 +413,23 @@ static void diff_workers(orch *o) {
   }
 }
 
+/* The part of a pending reason that says what happens: a model file copy's
+ * progress ("copying f to p from q: 12.0 MiB of 40.0 MiB (30%), ...") changes
+ * with every report, and one timeline entry per report would push everything
+ * else out of the ring during a long copy; its start, retries and end are
+ * entries of their own. */
+static size_t pending_key_len(const char *reason) {
+  const char *colon = strstr(reason, ": ");
+  if (strncmp(reason, "copying ", 8) == 0 && colon && strstr(colon, "%)")) return (size_t)(colon - reason);
+  return strlen(reason) + 1;
+}
+
 static void diff_models(orch *o) {
   orch_events *ev = o->events;
   for (int i = 0; i < o->s.n_models; i++) {
     const sched_model *m = &o->s.models[i];
-    if (strcmp(ev->pending[i], m->pending) == 0) continue;
+    size_t kl = pending_key_len(m->pending);
+    if (kl == pending_key_len(ev->pending[i]) && memcmp(ev->pending[i], m->pending, kl) == 0) continue;
     copy_str(ev->pending[i], sizeof ev->pending[i], m->pending);
     if (m->pending[0]) orch_event(o, "pending", NULL, NULL, m->name, "%s: %s", m->name, m->pending);
   }

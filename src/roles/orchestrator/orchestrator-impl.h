@@ -163,6 +163,11 @@ void orch_on_pools(llorch_http_request *req, void *user);
 /* sched_ops.start / .stop */
 void orch_pool_start(void *ud, const sched_start *st);
 void orch_pool_stop(void *ud, sched_worker *w, const char *why);
+/* sched_ops.fetch: the source's digest (GET {source}/v2/files/{file}/sha256),
+ * then POST {target}/v2/files/fetch; the outcome goes to sched_fetch_answered/_failed. */
+void orch_pool_fetch(void *ud, const sched_fetch_order *fo);
+/* sched_ops.fetch_cancel: DELETE {target}/v2/files/fetch/{file}. */
+void orch_pool_fetch_cancel(void *ud, const sched_pool *target, const char *file);
 
 /* ---- pool_report.c ---- */
 /*

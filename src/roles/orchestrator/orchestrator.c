@@ -252,6 +252,24 @@ static void json_model(llorch_jbuf *b, const sched *s, int i) {
   llorch_jbuf_end(b);
 }
 
+/* A copy of a model file between pools (scheduler.h, sched_fetch). */
+static void json_fetch(llorch_jbuf *b, const sched_fetch *f) {
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "file", f->file);
+  llorch_jbuf_kstr(b, "pool", f->target);
+  llorch_jbuf_kstr(b, "source", f->source);
+  llorch_jbuf_kint(b, "attempt", f->attempts);
+  llorch_jbuf_kstr(b, "state", f->given_up ? "given_up" : f->state);
+  llorch_jbuf_kint(b, "bytes_done", (int64_t)f->bytes_done);
+  llorch_jbuf_kint(b, "bytes_total", (int64_t)f->size);
+  llorch_jbuf_kint(b, "rate_bytes_per_s", (int64_t)f->rate);
+  llorch_jbuf_key(b, "eta_s");
+  if (f->eta_s >= 0 && !f->ended) llorch_jbuf_int(b, f->eta_s);
+  else llorch_jbuf_null(b);
+  llorch_jbuf_kstr(b, "error", f->error[0] ? f->error : NULL);
+  llorch_jbuf_end(b);
+}
+
 void orch_cluster_json(orch *o, llorch_jbuf *b) {
   sched *s = &o->s;
   int64_t now = orch_now_ms(o);
@@ -262,6 +280,9 @@ void orch_cluster_json(orch *o, llorch_jbuf *b) {
   llorch_jbuf_end(b);
   llorch_jbuf_karr(b, "workers");
   for (int i = 0; i < s->n_workers; i++) json_worker(b, s->workers[i], now);
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "fetches");
+  for (int i = 0; i < s->n_fetches; i++) json_fetch(b, s->fetches[i]);
   llorch_jbuf_end(b);
   llorch_jbuf_karr(b, "pending_starts");
   for (int i = 0; i < s->n_starts; i++) {
@@ -448,7 +469,8 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
   int rc;
   sched_limits lim;
   sched_limits_from_config(&lim, cfg);
-  sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail};
+  sched_ops ops = {o, orch_req_assign, orch_pool_start, orch_pool_stop, orch_req_fail, orch_pool_fetch,
+                   orch_pool_fetch_cancel};
   if ((rc = sched_init(&o->s, &lim, &ops)) < 0) {
     llorch_errmsg_set(em, rc, "out of memory for the scheduler");
     goto fail_sched;

@@ -6,11 +6,13 @@
  * Documents go through orch_pool_report_parse and then the scheduler, which
  * decides; this file only moves bytes.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "llorch/log.h"
+#include "llorch/sha256.h"
 #include "events.h"
 #include "orchestrator-impl.h"
 
@@ -330,6 +332,31 @@ static void pool_headers(orch *o, const char **hdr, char *auth, size_t n) {
   hdr[k] = NULL;
 }
 
+/*
+ * One call to a pool with the cluster token: a JSON body when body is not
+ * NULL (else no body and no Content-Type). Returns 0 (on_done follows) or a
+ * negative code with em (on_done never runs).
+ */
+static int pool_request(orch *o, const char *method, const char *url, const llorch_jbuf *body,
+                     unsigned read_timeout_ms, void (*on_done)(llorch_http_call *, int, const char *, void *),
+                     void *user, llorch_errmsg *em) {
+  if (body && llorch_jbuf_error(body)) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
+  char auth[300];
+  const char *hdr[8];
+  pool_headers(o, hdr, auth, sizeof auth);
+  llorch_http_call_opts opts = {0};
+  opts.method = method;
+  opts.url = url;
+  opts.headers = body ? hdr : hdr + 2;
+  opts.body = body ? body->data : NULL;
+  opts.body_len = body ? body->len : 0;
+  opts.connect_timeout_ms = 2000;
+  opts.read_timeout_ms = read_timeout_ms;
+  opts.on_done = on_done;
+  opts.user = user;
+  return llorch_http_call_start(o->client, &opts, NULL, em);
+}
+
 /* The pool's error message from its envelope, else the raw body. */
 static void pool_error_text(llorch_http_call *call, char *out, size_t n) {
   size_t len = 0;
@@ -414,29 +441,159 @@ void orch_pool_start(void *ud, const sched_start *st) {
     llorch_jbuf_str(&b, cat->items[i].chat_template);
   }
   llorch_jbuf_cstr(&b, "}");
-  char url[SCHED_URL_MAX + 16], auth[300];
+  char url[SCHED_URL_MAX + 16];
   snprintf(url, sizeof url, "%s/v2/workers", st->pool->url);
-  const char *hdr[8];
-  pool_headers(o, hdr, auth, sizeof auth);
-  llorch_http_call_opts opts = {0};
-  opts.method = "POST";
-  opts.url = url;
-  opts.headers = hdr;
-  opts.body = b.data;
-  opts.body_len = b.len;
-  opts.connect_timeout_ms = 2000;
-  opts.read_timeout_ms = 10000;
-  opts.on_done = start_on_done;
-  opts.user = pc;
   llorch_errmsg em = {{0}};
   LOG_INFO("pools", NULL, "%s (ctx %d x %d slots, needs ~%.1f MiB)", pc->what, st->ctx, st->slots,
            (double)st->need_bytes / (1024.0 * 1024.0));
-  int rc = llorch_jbuf_error(&b) ? LLORCH_ENOMEM : llorch_http_call_start(o->client, &opts, NULL, &em);
+  int rc = pool_request(o, "POST", url, &b, 10000, start_on_done, pc, &em);
   llorch_jbuf_free(&b);
   if (rc < 0) {
     LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
     sched_start_failed(&o->s, st->start_id, em.text[0] ? em.text : llorch_strerror(rc), orch_now_ms(o));
     free(pc);
+  }
+}
+
+/* ---- client side: copies of model files between pools ---- */
+
+typedef struct fetch_call {
+  orch *o;
+  uint64_t fetch_id;
+  char file[SCHED_FILE_MAX];
+  char target[SCHED_NAME_MAX], target_url[SCHED_URL_MAX];
+  char source[SCHED_NAME_MAX], source_url[SCHED_URL_MAX];
+  uint64_t size;
+} fetch_call;
+
+static void fetch_fail(fetch_call *fc, const char *reason) {
+  LOG_WARN("pools", NULL, "copy of %s to %s from %s: %s", fc->file, fc->target, fc->source, reason);
+  sched_fetch_failed(&fc->o->s, fc->fetch_id, reason, orch_now_ms(fc->o));
+  orch_dispatch_soon(fc->o);
+  free(fc);
+}
+
+static void fetch_post_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  fetch_call *fc = user;
+  char reason[600];
+  if (err) {
+    snprintf(reason, sizeof reason, "%s asked to copy: %s", fc->target, errmsg ? errmsg : llorch_strerror(err));
+    fetch_fail(fc, reason);
+    return;
+  }
+  int status = llorch_http_call_status(call);
+  char text[360];
+  if (status != 202 && status != 200) pool_error_text(call, text, sizeof text);
+  /* Already copying: asked by this orchestrator before it restarted. */
+  bool running = status == 409 && strstr(text, "FETCH_RUNNING") != NULL;
+  if (status != 202 && status != 200 && !running) {
+    snprintf(reason, sizeof reason, "%s refused the copy: %s", fc->target, text);
+    fetch_fail(fc, reason);
+    return;
+  }
+  if (running) LOG_INFO("pools", NULL, "%s is copying %s already: following that copy", fc->target, fc->file);
+  sched_fetch_answered(&fc->o->s, fc->fetch_id, running, orch_now_ms(fc->o));
+  free(fc);
+}
+
+static void fetch_sha_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  fetch_call *fc = user;
+  orch *o = fc->o;
+  char reason[600];
+  if (err) {
+    snprintf(reason, sizeof reason, "the digest from %s: %s", fc->source, errmsg ? errmsg : llorch_strerror(err));
+    fetch_fail(fc, reason);
+    return;
+  }
+  int status = llorch_http_call_status(call);
+  size_t len = 0;
+  const char *body = llorch_http_call_body(call, &len);
+  cJSON *doc = status == 200 ? cJSON_ParseWithLength(body, len) : NULL;
+  const cJSON *sha = cJSON_GetObjectItemCaseSensitive(doc, "sha256");
+  const cJSON *size = cJSON_GetObjectItemCaseSensitive(doc, "size");
+  if (!cJSON_IsString(sha) || !llorch_sha256_hex_valid(sha->valuestring) || !cJSON_IsNumber(size)) {
+    char text[360];
+    if (status == 200) snprintf(text, sizeof text, "an answer without sha256 and size");
+    else pool_error_text(call, text, sizeof text);
+    snprintf(reason, sizeof reason, "the digest from %s: %s", fc->source, text);
+    cJSON_Delete(doc);
+    fetch_fail(fc, reason);
+    return;
+  }
+  /* The source's own size is the one its digest covers. */
+  fc->size = (uint64_t)size->valuedouble;
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  char id[32];
+  snprintf(id, sizeof id, "f%" PRIu64, fc->fetch_id);
+  llorch_jbuf_cstr(&b, "{\"file\":");
+  llorch_jbuf_str(&b, fc->file);
+  llorch_jbuf_cstr(&b, ",\"source_url\":");
+  llorch_jbuf_str(&b, fc->source_url);
+  llorch_jbuf_cstr(&b, ",\"sha256\":");
+  llorch_jbuf_str(&b, sha->valuestring);
+  llorch_jbuf_cstr(&b, ",\"size\":");
+  llorch_jbuf_int(&b, (int64_t)fc->size);
+  llorch_jbuf_cstr(&b, ",\"id\":");
+  llorch_jbuf_str(&b, id);
+  llorch_jbuf_cstr(&b, "}");
+  cJSON_Delete(doc);
+  char url[SCHED_URL_MAX + 32];
+  snprintf(url, sizeof url, "%s/v2/files/fetch", fc->target_url);
+  llorch_errmsg em = {{0}};
+  int rc = pool_request(o, "POST", url, &b, 10000, fetch_post_on_done, fc, &em);
+  llorch_jbuf_free(&b);
+  if (rc < 0) fetch_fail(fc, em.text[0] ? em.text : llorch_strerror(rc));
+}
+
+static void fetch_cancel_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  char *what = user;
+  if (err)
+    LOG_WARN("pools", NULL, "%s: %s", what, errmsg ? errmsg : llorch_strerror(err));
+  else if (llorch_http_call_status(call) != 200 && llorch_http_call_status(call) != 404)
+    LOG_WARN("pools", NULL, "%s answered %d", what, llorch_http_call_status(call));
+  free(what);
+}
+
+void orch_pool_fetch_cancel(void *ud, const sched_pool *target, const char *file) {
+  orch *o = ud;
+  char *what = malloc(SCHED_NAME_MAX + SCHED_FILE_MAX + 64);
+  if (!what) return;
+  snprintf(what, SCHED_NAME_MAX + SCHED_FILE_MAX + 64, "cancel the copy of %s on %s", file, target->name);
+  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32];
+  snprintf(url, sizeof url, "%s/v2/files/fetch/%s", target->url, file);
+  llorch_errmsg em = {{0}};
+  LOG_INFO("pools", NULL, "%s (given up on)", what);
+  if (pool_request(o, "DELETE", url, NULL, 10000, fetch_cancel_on_done, what, &em) < 0) {
+    LOG_WARN("pools", NULL, "%s: %s", what, em.text);
+    free(what);
+  }
+}
+
+void orch_pool_fetch(void *ud, const sched_fetch_order *fo) {
+  orch *o = ud;
+  fetch_call *fc = calloc(1, sizeof *fc);
+  if (!fc) {
+    sched_fetch_failed(&o->s, fo->fetch_id, "out of memory", orch_now_ms(o));
+    return;
+  }
+  fc->o = o;
+  fc->fetch_id = fo->fetch_id;
+  fc->size = fo->size;
+  snprintf(fc->file, sizeof fc->file, "%s", fo->file);
+  snprintf(fc->target, sizeof fc->target, "%s", fo->target->name);
+  snprintf(fc->target_url, sizeof fc->target_url, "%s", fo->target->url);
+  snprintf(fc->source, sizeof fc->source, "%s", fo->source->name);
+  /* The source pool's advertise URL from its own report: the target reaches
+   * it with the same cluster token the orchestrator uses. */
+  snprintf(fc->source_url, sizeof fc->source_url, "%s", fo->source->url);
+  char url[SCHED_URL_MAX + SCHED_FILE_MAX + 32];
+  snprintf(url, sizeof url, "%s/v2/files/%s/sha256", fc->source_url, fc->file);
+  llorch_errmsg em = {{0}};
+  /* The source hashes a file it has not hashed before: minutes for a big one. */
+  if (pool_request(o, "GET", url, NULL, 30 * 60 * 1000, fetch_sha_on_done, fc, &em) < 0) {
+    sched_fetch_failed(&o->s, fo->fetch_id, em.text, orch_now_ms(o));
+    free(fc);
   }
 }
 
@@ -458,20 +615,10 @@ void orch_pool_stop(void *ud, sched_worker *w, const char *why) {
   pc->o = o;
   snprintf(pc->what, sizeof pc->what, "stop %s/%s (%s)", w->pool->name, w->id, why);
   LOG_INFO("pools", NULL, "%s", pc->what);
-  char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16], auth[300];
+  char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16];
   snprintf(url, sizeof url, "%s/v2/workers/%s", w->pool->url, w->id);
-  const char *hdr[8];
-  pool_headers(o, hdr, auth, sizeof auth);
-  llorch_http_call_opts opts = {0};
-  opts.method = "DELETE";
-  opts.url = url;
-  opts.headers = hdr + 2; /* no body, no Content-Type */
-  opts.connect_timeout_ms = 2000;
-  opts.read_timeout_ms = 10000;
-  opts.on_done = stop_on_done;
-  opts.user = pc;
   llorch_errmsg em = {{0}};
-  if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+  if (pool_request(o, "DELETE", url, NULL, 10000, stop_on_done, pc, &em) < 0) {
     LOG_WARN("pools", NULL, "%s: %s", pc->what, em.text);
     free(pc);
   }
@@ -537,20 +684,10 @@ static void pool_fetch_tokens(orch *o, sched_pool *p) {
     tc->o = o;
     snprintf(tc->pool, sizeof tc->pool, "%s", p->name);
     snprintf(tc->id, sizeof tc->id, "%s", w->id);
-    char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16], auth[300];
+    char url[SCHED_URL_MAX + SCHED_NAME_MAX + 16];
     snprintf(url, sizeof url, "%s/v2/workers/%s", p->url, w->id);
-    const char *hdr[8];
-    pool_headers(o, hdr, auth, sizeof auth);
-    llorch_http_call_opts opts = {0};
-    opts.method = "GET";
-    opts.url = url;
-    opts.headers = hdr + 2; /* no body, no Content-Type */
-    opts.connect_timeout_ms = 2000;
-    opts.read_timeout_ms = 10000;
-    opts.on_done = token_on_done;
-    opts.user = tc;
     llorch_errmsg em = {{0}};
-    if (llorch_http_call_start(o->client, &opts, NULL, &em) < 0) {
+    if (pool_request(o, "GET", url, NULL, 10000, token_on_done, tc, &em) < 0) {
       LOG_WARN("pools", NULL, "cannot ask %s for worker %s's token: %s", p->name, w->id, em.text);
       free(tc);
       continue;

@@ -208,6 +208,28 @@ int orch_worker_report_parse(const cJSON *w, const char *where, sched_worker_rep
   return 0;
 }
 
+/* One entry of "fetches": a copy the pool is making (files.c on the pool). */
+static int parse_fetch(const cJSON *f, const char *where, sched_fetch_report *out, llorch_errmsg *em) {
+  int rc;
+  static const char *const states[] = {"running", "verifying", "interrupted", "failed", "done", "cancelled", NULL};
+  if ((rc = get_str(f, where, "file", true, out->file, sizeof out->file, em)) < 0) return rc;
+  if ((rc = get_str(f, where, "id", true, out->id, sizeof out->id, em)) < 0) return rc;
+  int idx = 0;
+  if ((rc = llorch_json_get_enum(f, where, "state", true, states, &idx, em)) < 0) return rc;
+  snprintf(out->state, sizeof out->state, "%s", states[idx]);
+  if ((rc = get_u64(f, where, "bytes_done", true, &out->bytes_done, em)) < 0) return rc;
+  if ((rc = get_u64(f, where, "bytes_total", true, &out->bytes_total, em)) < 0) return rc;
+  if ((rc = get_u64(f, where, "rate_bytes_per_s", false, &out->rate, em)) < 0) return rc;
+  int64_t eta = -1;
+  if ((rc = llorch_json_get_int(f, where, "eta_s", false, 0, INT64_MAX, &eta, em)) < 0) return rc;
+  out->eta_s = eta;
+  const char *err = NULL;
+  if ((rc = llorch_json_get_string(f, where, "error", false, &err, em)) < 0) return rc;
+  /* the pool's own sentence, cut to fit and made printable for the pending reason */
+  if (err) llorch_str_show(out->error, sizeof out->error, err, strlen(err), sizeof out->error - 4);
+  return 0;
+}
+
 int orch_pool_report_parse(const cJSON *doc, sched_pool_report *out, llorch_errmsg *em) {
   int rc;
   memset(out, 0, sizeof *out);
@@ -283,6 +305,28 @@ int orch_pool_report_parse(const cJSON *doc, sched_pool_report *out, llorch_errm
     snprintf(where, sizeof where, "workers[%d]", i);
     if ((rc = orch_worker_report_parse(item, where, &out->workers[i], em)) < 0) goto fail;
     out->n_workers = ++i;
+  }
+
+  /* "fetches" is optional: pools before model file copies do not send it. */
+  arr = NULL;
+  if ((rc = llorch_json_get_array(doc, "", "fetches", false, 0, &arr, em)) < 0) goto fail;
+  int nf = arr ? cJSON_GetArraySize(arr) : 0;
+  if (nf > 64) {
+    rc = llorch_errmsg_set(em, LLORCH_EINVAL, "'fetches' has %d items, at most 64", nf);
+    goto fail;
+  }
+  if (nf > 0) {
+    out->fetches = calloc((size_t)nf, sizeof *out->fetches);
+    if (!out->fetches) {
+      rc = LLORCH_ENOMEM;
+      goto fail;
+    }
+    i = 0;
+    cJSON_ArrayForEach(item, arr) {
+      snprintf(where, sizeof where, "fetches[%d]", i);
+      if ((rc = parse_fetch(item, where, &out->fetches[i], em)) < 0) goto fail;
+      out->n_fetches = ++i;
+    }
   }
   return 0;
 

@@ -171,6 +171,8 @@ void sched_free(sched *s) {
   free(s->whash);
   for (int i = 0; i < s->n_starts; i++) free(s->starts[i]);
   free(s->starts);
+  for (int i = 0; i < s->n_fetches; i++) free(s->fetches[i]);
+  free(s->fetches);
   prefix_route_free(s->prefix);
   memset(s, 0, sizeof *s);
 }
@@ -601,6 +603,237 @@ static void start_worker(sched *s, int model, const placement *c, int64_t now) {
   s->ops.start(s->ops.ud, &st);
 }
 
+/* ---- model file copies between pools ---- */
+
+sched_fetch *sched_fetch_find(const sched *s, uint64_t id) {
+  for (int i = 0; i < s->n_fetches; i++)
+    if (s->fetches[i]->id == id) return s->fetches[i];
+  return NULL;
+}
+
+static sched_fetch *fetch_find_for(const sched *s, const char *file, const char *target) {
+  for (int i = 0; i < s->n_fetches; i++)
+    if (strcmp(s->fetches[i]->file, file) == 0 && strcmp(s->fetches[i]->target, target) == 0)
+      return s->fetches[i];
+  return NULL;
+}
+
+static void fetch_remove_at(sched *s, int i) {
+  free(s->fetches[i]);
+  s->fetches[i] = s->fetches[--s->n_fetches];
+}
+
+/* An attempt ended (reported by the target, or refused before it began). */
+static void fetch_attempt_ended(sched *s, sched_fetch *f, const char *state, const char *error, int64_t now) {
+  copy_str(f->state, sizeof f->state, state);
+  reason_set(f->error, sizeof f->error, "%s", error && *error ? error : state);
+  f->ended = true;
+  f->ended_ms = now;
+  f->rate = 0;
+  f->eta_s = -1;
+  /* 0.5 s, 1 s, 2 s between attempts: a source that died is noticed as down meanwhile */
+  f->next_try_ms = now + (500LL << (f->attempts > 3 ? 3 : f->attempts - 1));
+  LOG_WARN("sched", NULL, "copy of %s to %s from %s (attempt %d of %d) %s: %s", f->file, f->target, f->source,
+           f->attempts, SCHED_FETCH_ATTEMPTS, state, f->error);
+  if (f->attempts < SCHED_FETCH_ATTEMPTS) return;
+  f->given_up = true;
+  /* An interrupted copy keeps its part on the target for a resume; none
+   * will come now, so the part goes (a failed one is already deleted). */
+  const sched_pool *t = sched_pool_find(s, f->target);
+  if (strcmp(state, "interrupted") == 0 && t && t->up && s->ops.fetch_cancel) s->ops.fetch_cancel(s->ops.ud, t, f->file);
+}
+
+void sched_fetch_answered(sched *s, uint64_t id, bool already_running, int64_t now) {
+  (void)now;
+  sched_fetch *f = sched_fetch_find(s, id);
+  if (!f || f->ended || strcmp(f->state, "asking") != 0) return;
+  copy_str(f->state, sizeof f->state, "running");
+  f->adopted = already_running;
+}
+
+void sched_fetch_failed(sched *s, uint64_t id, const char *reason, int64_t now) {
+  sched_fetch *f = sched_fetch_find(s, id);
+  if (f && !f->ended) fetch_attempt_ended(s, f, "failed", reason, now);
+}
+
+/* The target's report of its copies: the current attempt's state (older
+ * attempts' entries, by id, are ignored). */
+static void fetches_apply(sched *s, const sched_pool *p, const sched_pool_report *rep, int64_t now) {
+  for (int i = 0; i < rep->n_fetches; i++) {
+    const sched_fetch_report *r = &rep->fetches[i];
+    sched_fetch *f = fetch_find_for(s, r->file, p->name);
+    char id[32];
+    if (!f) continue;
+    snprintf(id, sizeof id, "f%" PRIu64, f->id);
+    if ((!f->adopted && strcmp(id, r->id) != 0) || f->ended) continue;
+    f->bytes_done = r->bytes_done;
+    f->rate = r->rate;
+    f->eta_s = r->eta_s;
+    if (strcmp(r->state, "interrupted") == 0 || strcmp(r->state, "failed") == 0 ||
+        strcmp(r->state, "cancelled") == 0)
+      fetch_attempt_ended(s, f, r->state, r->error, now);
+    else
+      copy_str(f->state, sizeof f->state, r->state);
+  }
+  /* A copy whose file the target now lists is finished. */
+  for (int i = 0; i < s->n_fetches;) {
+    sched_fetch *f = s->fetches[i];
+    if (strcmp(f->target, p->name) == 0 && pool_model_by_file(p, f->file)) {
+      LOG_INFO("sched", NULL, "%s now holds %s (copied from %s)", p->name, f->file, f->source);
+      fetch_remove_at(s, i);
+    } else {
+      i++;
+    }
+  }
+}
+
+/* Copies whose target is gone, and copies given up on long enough ago (so a
+ * later request tries again), are forgotten. */
+static void fetches_tick(sched *s, int64_t now) {
+  for (int i = 0; i < s->n_fetches;) {
+    sched_fetch *f = s->fetches[i];
+    sched_pool *t = sched_pool_find(s, f->target);
+    if (!t || (f->given_up && now - f->ended_ms > SCHED_FETCH_FORGET_MS)) {
+      fetch_remove_at(s, i);
+      continue;
+    }
+    if (!t->up && !f->ended) fetch_attempt_ended(s, f, "interrupted", "the target pool is down", now);
+    i++;
+  }
+}
+
+/* A pool holding file to copy from: up, not the target, and preferably not
+ * avoid (the source of an attempt that failed). */
+static const sched_pool *fetch_pick_source(const sched *s, const char *file, const char *target,
+                                           const char *avoid, const sched_pool_model **pm_out) {
+  const sched_pool *fallback = NULL;
+  const sched_pool_model *fallback_pm = NULL;
+  for (int i = 0; i < s->n_pools; i++) {
+    const sched_pool *p = s->pools[i];
+    if (!p->up || strcmp(p->name, target) == 0) continue;
+    const sched_pool_model *pm = pool_model_by_file(p, file);
+    if (!pm) continue;
+    if (avoid && strcmp(p->name, avoid) == 0) {
+      fallback = p;
+      fallback_pm = pm;
+      continue;
+    }
+    *pm_out = pm;
+    return p;
+  }
+  *pm_out = fallback_pm;
+  return fallback;
+}
+
+/* The pending reason while a copy is the model's way forward. */
+static void fetch_reason(const sched_fetch *f, char *out, size_t n, int64_t now) {
+  char done[32], total[32], rate[32];
+  if (f->given_up) {
+    reason_set(out, n, "copying %s to %s failed %d times (last from %s: %s)", f->file, f->target, f->attempts,
+               f->source, f->error);
+  } else if (f->ended) {
+    reason_set(out, n, "copying %s to %s: attempt %d of %d from %s %s (%s); trying again in %" PRId64 " ms",
+               f->file, f->target, f->attempts, SCHED_FETCH_ATTEMPTS, f->source, f->state, f->error,
+               f->next_try_ms > now ? f->next_try_ms - now : 0);
+  } else if (strcmp(f->state, "done") == 0) {
+    /* A file the pool's scan cannot read (a bad GGUF header) is never listed. */
+    reason_set(out, n, "copied %s to %s from %s; waiting for the pool to list it", f->file, f->target, f->source);
+  } else if (strcmp(f->state, "verifying") == 0) {
+    reason_set(out, n, "copying %s to %s from %s: verifying its sha256", f->file, f->target, f->source);
+  } else {
+    sched_format_bytes(done, sizeof done, f->bytes_done);
+    sched_format_bytes(total, sizeof total, f->size);
+    sched_format_bytes(rate, sizeof rate, f->rate);
+    int pct = f->size ? (int)(f->bytes_done * 100 / f->size) : 0;
+    if (f->eta_s >= 0)
+      reason_set(out, n, "copying %s to %s from %s: %s of %s (%d%%), %s/s, ETA %" PRId64 " s%s", f->file,
+                 f->target, f->source, done, total, pct, rate, f->eta_s,
+                 f->attempts > 1 ? " (retry)" : "");
+    else
+      reason_set(out, n, "copying %s to %s from %s: %s of %s (%d%%)%s", f->file, f->target, f->source, done,
+                 total, pct, f->attempts > 1 ? " (retry)" : "");
+  }
+}
+
+/*
+ * A pool that should get model m's file: up, lacking the file, allowed by
+ * m's pins on some device. With need_fit, also one of its devices must have
+ * room for m by the estimate a holder of the file reported for that device
+ * kind (the copy would be pointless otherwise).
+ */
+static sched_pool *fetch_pick_target(sched *s, const sched_model *m, bool need_fit) {
+  for (int i = 0; i < s->n_pools; i++) {
+    sched_pool *p = s->pools[i];
+    if (!p->up || pool_model_by_file(p, m->file)) continue;
+    /* one already copying here is the target */
+    if (fetch_find_for(s, m->file, p->name)) return p;
+  }
+  for (int i = 0; i < s->n_pools; i++) {
+    sched_pool *p = s->pools[i];
+    if (!p->up || pool_model_by_file(p, m->file)) continue;
+    for (int d = 0; d < p->n_devices; d++) {
+      const sched_device *dev = &p->devices[d];
+      if (!model_pinned_to(m, p, dev->id)) continue;
+      if (!need_fit) return p;
+      const sched_pool_model *pm = NULL;
+      if (!fetch_pick_source(s, m->file, p->name, NULL, &pm) || !pm->est[dev->kind].valid) continue;
+      int ctx;
+      if (model_need(m, pm, dev->kind, &ctx) <= device_free(s, p, dev)) return p;
+    }
+  }
+  return NULL;
+}
+
+/*
+ * Moves model m's file towards a pool that may run it: starts a copy, asks
+ * again after a failed attempt, or reports progress. Returns 1 when a copy
+ * is under way (the model's requests keep waiting for it; m->pending shows
+ * its progress), -1 when it was given up on (m->pending says why), 0 when
+ * no copy applies.
+ */
+static int model_fetch(sched *s, int model, int64_t now, bool need_fit) {
+  sched_model *m = &s->models[model];
+  if (!s->ops.fetch) return 0;
+  sched_pool *target = fetch_pick_target(s, m, need_fit);
+  if (!target) return 0;
+  sched_fetch *f = fetch_find_for(s, m->file, target->name);
+  if (f && (!f->ended || f->given_up || now < f->next_try_ms)) {
+    fetch_reason(f, m->pending, sizeof m->pending, now);
+    return f->given_up ? -1 : 1;
+  }
+  const sched_pool_model *pm = NULL;
+  const sched_pool *source = fetch_pick_source(s, m->file, target->name, f ? f->source : NULL, &pm);
+  if (!source) return 0;
+  if (!f) {
+    sched_fetch **nf = realloc(s->fetches, (size_t)(s->n_fetches + 1) * sizeof *nf);
+    if (!nf) return 0;
+    s->fetches = nf;
+    f = calloc(1, sizeof *f);
+    if (!f) return 0;
+    s->fetches[s->n_fetches++] = f;
+    copy_str(f->file, sizeof f->file, m->file);
+    copy_str(f->target, sizeof f->target, target->name);
+  }
+  f->id = ++s->next_fetch_id;
+  f->attempts++;
+  copy_str(f->source, sizeof f->source, source->name);
+  copy_str(f->state, sizeof f->state, "asking");
+  f->ended = false;
+  f->adopted = false;
+  f->size = pm->file_bytes;
+  f->bytes_done = 0;
+  f->rate = 0;
+  f->eta_s = -1;
+  f->asked_ms = now;
+  s->stats.decisions++;
+  LOG_INFO("sched", NULL, "copying %s (%" PRIu64 " bytes) to %s from %s for model %s (attempt %d of %d)", f->file,
+           f->size, target->name, source->name, m->name, f->attempts, SCHED_FETCH_ATTEMPTS);
+  fetch_reason(f, m->pending, sizeof m->pending, now);
+  sched_fetch_order o = {f->id, f->file, target, source, f->size};
+  s->ops.fetch(s->ops.ud, &o);
+  return 1;
+}
+
 /*
  * Tries to add a worker of model: a device where it fits, else evictions,
  * else a reason in m->pending. Returns true when a start or an eviction is
@@ -621,6 +854,8 @@ static bool place_model(sched *s, int model, int64_t now, bool may_evict) {
       snprintf(m->pending, sizeof m->pending, "no pool is up");
     else if (!any_file)
       reason_set(m->pending, sizeof m->pending, "no up pool has the file %s", m->file);
+    else if (model_fetch(s, model, now, m->n_pins == 0) != 0)
+      return false; /* a copy is under way or was given up on: m->pending says which */
     else if (m->n_pins > 0)
       reason_set(m->pending, sizeof m->pending, "pinned to %s%s, which is down or lacks the file",
                m->pins[0], m->n_pins > 1 ? " (and others)" : "");
@@ -658,6 +893,8 @@ static bool place_model(sched *s, int model, int64_t now, bool may_evict) {
       return true;
     }
   }
+  /* No holder of the file can take the model: copy it where it fits. */
+  if (model_fetch(s, model, now, true) > 0) return false;
   char need[32], fr[32];
   sched_format_bytes(need, sizeof need, b.largest.need);
   sched_format_bytes(fr, sizeof fr, b.largest.free);
@@ -870,9 +1107,11 @@ sched_pool *sched_pool_find(const sched *s, const char *name) {
 void sched_pool_report_free(sched_pool_report *r) {
   free(r->models);
   free(r->workers);
+  free(r->fetches);
   r->models = NULL;
   r->workers = NULL;
-  r->n_models = r->n_workers = 0;
+  r->fetches = NULL;
+  r->n_models = r->n_workers = r->n_fetches = 0;
 }
 
 /* A worker is gone from its pool (pool restarted, or no longer listed). */
@@ -1069,6 +1308,7 @@ int sched_pool_apply(sched *s, const sched_pool_report *rep, bool is_register, i
     if (w->pool != p) continue;
     if (w->listed_gen != gen) worker_gone(w, "no longer listed by its pool");
   }
+  fetches_apply(s, p, rep, now);
   sched_dispatch(s, now);
   return 0;
 }
@@ -1169,6 +1409,7 @@ static void pools_forget(sched *s, int64_t now) {
 
 void sched_tick(sched *s, int64_t now) {
   pools_forget(s, now);
+  fetches_tick(s, now);
   for (int i = 0; i < s->n_pools; i++) {
     sched_pool *p = s->pools[i];
     if (!p->up) continue;

@@ -177,6 +177,57 @@ typedef struct sched_pending_start {
                                 * the reservation holds until a full state document */
 } sched_pending_start;
 
+/* ---- model file copies between pools ----
+ *
+ * When placement wants a pool that lacks a model's file (the model is pinned
+ * to it, or no pool holding the file can take the model), the scheduler
+ * asks that pool to copy the file from a pool that holds it (ops.fetch),
+ * follows the copy through the target's state documents ("fetches"), and
+ * after a failed verification or a lost source asks again from another
+ * source (or the same), at most SCHED_FETCH_ATTEMPTS times. The model's
+ * requests wait meanwhile; the pending reason shows the copy's progress. */
+
+#define SCHED_FETCH_ATTEMPTS 4
+#define SCHED_FETCH_FORGET_MS 60000  /* a copy given up on is retried after this */
+
+/* A pool's report of one copy (its state document's "fetches"). */
+typedef struct sched_fetch_report {
+  char file[SCHED_FILE_MAX];
+  char id[64];
+  char state[16];              /* running, verifying, interrupted, failed, done, cancelled */
+  uint64_t bytes_done, bytes_total;
+  uint64_t rate;               /* bytes/s */
+  int64_t eta_s;               /* -1 unknown */
+  char error[SCHED_REASON_MAX];
+} sched_fetch_report;
+
+typedef struct sched_fetch {
+  uint64_t id;                 /* this attempt's id ("f<id>" on the wire) */
+  char file[SCHED_FILE_MAX];
+  char target[SCHED_NAME_MAX]; /* the pool that copies */
+  char source[SCHED_NAME_MAX]; /* the pool it copies from */
+  uint64_t size;               /* bytes, from the source's report */
+  int attempts;
+  char state[16];              /* "asking" until the target answered, then as the pool reports */
+  bool ended;                  /* the attempt failed (interrupted, failed, cancelled, refused) */
+  bool given_up;               /* SCHED_FETCH_ATTEMPTS ended */
+  bool adopted;                /* the target was already copying (an earlier orchestrator
+                                * asked): its reports are followed whatever their id */
+  uint64_t bytes_done, rate;
+  int64_t eta_s;
+  char error[SCHED_REASON_MAX]; /* the last attempt's error */
+  int64_t asked_ms, ended_ms, next_try_ms;
+} sched_fetch;
+
+/* What ops.fetch is asked to carry out. */
+typedef struct sched_fetch_order {
+  uint64_t fetch_id;           /* pass back to sched_fetch_answered / _failed */
+  const char *file;
+  const struct sched_pool *target;
+  const struct sched_pool *source;
+  uint64_t size;
+} sched_fetch_order;
+
 /* ---- requests (caller-owned) ---- */
 
 typedef enum sched_req_state {
@@ -221,6 +272,12 @@ typedef struct sched_ops {
   void (*stop)(void *ud, sched_worker *w, const char *why);
   /* r is DONE without a worker: answer status (503, ...) with code and message. */
   void (*fail)(void *ud, sched_req *r, int status, const char *code, const char *msg);
+  /* Ask o->target to copy o->file from o->source; later sched_fetch_answered/_failed
+   * (not from inside). NULL: files are never copied between pools. */
+  void (*fetch)(void *ud, const sched_fetch_order *o);
+  /* Ask target to drop what is left of a copy of file (a part kept for a
+   * resume that will not come: the copy was given up on). May be NULL. */
+  void (*fetch_cancel)(void *ud, const struct sched_pool *target, const char *file);
 } sched_ops;
 
 typedef struct sched_limits {
@@ -266,6 +323,9 @@ typedef struct sched {
   int rate_count;
   sched_stats stats;
   bool in_dispatch;
+  sched_fetch **fetches;       /* (n_fetches) copies under way or recently ended */
+  int n_fetches;
+  uint64_t next_fetch_id;
   struct prefix_route *prefix; /* NULL: prefix routing off */
   uint32_t rr;                 /* rotates the scan start: equally loaded workers take turns */
 } sched;
@@ -318,6 +378,8 @@ typedef struct sched_pool_report {
   int n_models;
   sched_worker_report *workers; /* (n_workers) */
   int n_workers;
+  sched_fetch_report *fetches; /* (n_fetches) */
+  int n_fetches;
 } sched_pool_report;
 
 void sched_pool_report_free(sched_pool_report *r);
@@ -344,6 +406,17 @@ void sched_start_done(sched *s, uint64_t start_id, const char *worker_id, const 
                       int64_t now_ms);
 /* The pool refused (507, 404, unreachable): reason goes into the pending reason. */
 void sched_start_failed(sched *s, uint64_t start_id, const char *reason, int64_t now_ms);
+
+/* ---- copies ---- */
+
+/* The target accepted the copy (202), or (already_running: 409 FETCH_RUNNING,
+ * asked by an orchestrator before a restart) is copying the file already. */
+void sched_fetch_answered(sched *s, uint64_t fetch_id, bool already_running, int64_t now_ms);
+/* The copy could not be asked for (the source's digest, the target's refusal:
+ * 507 disk space, ...): reason goes into the model's pending reason. */
+void sched_fetch_failed(sched *s, uint64_t fetch_id, const char *reason, int64_t now_ms);
+/* The copy with id, or NULL. */
+sched_fetch *sched_fetch_find(const sched *s, uint64_t fetch_id);
 
 /* ---- requests ---- */
 

@@ -8,6 +8,7 @@
  *   state.c    the state document, device free memory, preflight arithmetic,
  *              exit descriptions (pure: no I/O, unit-tested)
  *   workers.c  spawning, stderr capture, ready/failed callback, stop, reaping
+ *   files.c    model files between pools: digests, sending, copying (fetch)
  *   pool.c     the role: routes, registration and heartbeats, main
  */
 #ifndef LLORCH_POOL_IMPL_H
@@ -181,6 +182,79 @@ const char *pool_signal_name(int sig, char *buf, size_t size);
 void pool_worker_tail_feed(pool_worker *w, const char *data, size_t len);
 void pool_worker_tail_flush(pool_worker *w);
 
+/* ---- model files between pools (files.c) ---- */
+
+/* A SHA-256 of a whole file, computed on the libuv threadpool. */
+typedef struct pool_hash_job {
+  uv_work_t work;
+  char path[4400];
+  int err;                    /* 0 or -errno */
+  uint64_t bytes;             /* bytes hashed */
+  char hex[65];               /* the digest, lower-case hex */
+  bool sync_first;            /* fsync before hashing (a fresh copy) */
+} pool_hash_job;
+
+typedef enum pool_fetch_state {
+  POOL_FETCH_RUNNING = 0,     /* bytes are moving */
+  POOL_FETCH_VERIFYING = 1,   /* every byte is in; hashing the part */
+  POOL_FETCH_INTERRUPTED = 2, /* the source went away: the part is kept for a resume */
+  POOL_FETCH_FAILED = 3,      /* verification, disk or protocol failure: the part is deleted */
+  POOL_FETCH_DONE = 4,        /* verified and renamed into place */
+  POOL_FETCH_CANCELLED = 5,   /* DELETE /v2/files/fetch/{file} or shutdown: the part is deleted */
+} pool_fetch_state;
+
+/* "running", "verifying", ... as the state document writes them. */
+const char *pool_fetch_state_name(pool_fetch_state s);
+
+struct llorch_pool;
+
+/* One copy of a model file from another pool (POST /v2/files/fetch). */
+typedef struct pool_fetch {
+  struct llorch_pool *p;
+  struct pool_fetch *next;
+  char file[POOL_FILE_MAX];
+  char id[64];                /* the orchestrator's name for this attempt, echoed in reports */
+  char sha256[65];            /* what the copy must hash to */
+  char source[256];           /* the source pool's URL */
+  char tmp[4400];             /* "<dir>/.llorch-fetch-<file>.part" */
+  char final[4400];           /* "<dir>/<file>" */
+  uint64_t size;              /* bytes the file has */
+  uint64_t done;              /* bytes received (in the part or waiting to be written) */
+  uint64_t written;           /* bytes in the part */
+  uint64_t resumed_from;      /* bytes the part had when this attempt started */
+  pool_fetch_state state;
+  char error[400];
+  char answer[240];           /* the start of a non-2xx answer from the source, for the error */
+  size_t answer_len;
+  int fd;                     /* the part, -1 when closed */
+  llorch_http_call *call;     /* the GET to the source; NULL when none */
+  /* two buffers: one being written, one filling from the network */
+  char *pending, *inflight;
+  size_t pending_len, pending_cap, inflight_len, inflight_cap;
+  uv_fs_t wfs;
+  bool writing;               /* wfs in flight */
+  bool hashing;               /* job in flight */
+  bool body_complete;         /* the response ended with every byte */
+  bool throttled;             /* paused by pool.fetch_bandwidth until the throttle timer */
+  bool settled;               /* the end was carried out (fd closed, part deleted or kept) */
+  uv_timer_t throttle;
+  pool_hash_job job;
+  int64_t started_ms, finished_ms, window_start_ms;
+  uint64_t window_bytes;      /* bytes in the current rate window */
+  double rate;                /* bytes/s over the last window */
+} pool_fetch;
+
+/*
+ * Parses a Range header of a file request: only "bytes=N-" (one open range:
+ * what a resumed copy asks for). Returns 0 with *start, or LLORCH_EINVAL with
+ * em naming the header and showing the value.
+ */
+int pool_range_parse(const char *value, uint64_t *start, llorch_errmsg *em);
+
+/* Writes one copy / the list (the state document's "fetches"). */
+void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f);
+void pool_fetches_write(llorch_jbuf *b, const pool_fetch *list);
+
 /* ---- devices and the state document ---- */
 
 /*
@@ -213,6 +287,7 @@ typedef struct pool_state_view {
   const pool_model *models;          /* (n_models) */
   int n_models;
   const pool_worker *workers;        /* list */
+  const pool_fetch *fetches;         /* list; NULL = none */
 } pool_state_view;
 
 /*
@@ -262,6 +337,10 @@ typedef struct llorch_pool {
   int inflight;                 /* calls to the orchestrator not yet done */
   bool stopping;
 
+  struct files_sha *shas;       /* digest cache of model files (files.c) */
+  pool_fetch *fetches;          /* copies from other pools, newest first */
+  int corrupt_sends;            /* test hook: bodies still to corrupt (files.c) */
+
   llorch_metric *m_workers;     /* gauge by state */
   llorch_metric *m_spawns;      /* counter by outcome */
 } pool;
@@ -294,5 +373,20 @@ void pool_worker_stop(pool_worker *w, const char *why);
 /* Headers-time credential check of /v2/workers/{id}[/ready] (llorch_service_route_custom). */
 int pool_authorize_workers(llorch_http_request *req, void *user, const char **why);
 pool_worker *pool_worker_find(pool *p, const char *id);
+
+/* ---- files.c ---- */
+
+/* GET /v2/files/{file}[/sha256], POST /v2/files/fetch, DELETE /v2/files/fetch/{file}. */
+int pool_files_attach(pool *p);
+/* Cancels running copies and deletes every part (the pool is stopping). */
+void pool_files_shutdown(pool *p);
+/* True when no copy has I/O in flight. */
+bool pool_files_idle(const pool *p);
+/* Closes the copies' handles (their memory goes in the close callbacks). */
+void pool_files_close(pool *p);
+/* Frees the digest cache. */
+void pool_files_free(pool *p);
+/* Sends the state document soon (a copy changed state). */
+void pool_fetch_report_soon(pool *p);
 
 #endif /* LLORCH_POOL_IMPL_H */

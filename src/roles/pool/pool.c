@@ -97,6 +97,7 @@ void pool_state_build(pool *p, llorch_jbuf *b, uint64_t seq) {
       .models = p->models,
       .n_models = p->n_models,
       .workers = p->workers,
+      .fetches = p->fetches,
   };
   pool_state_write(b, &v);
   /* Workers whose end this document carries: once it is acknowledged they
@@ -128,6 +129,7 @@ void pool_ack_seq(pool *p, uint64_t seq) {
 
 static bool pool_can_finish(const pool *p) {
   if (!p->stopping || !p->heartbeat_closed || p->inflight > 0 || p->finished) return false;
+  if (!pool_files_idle(p)) return false;
   for (const pool_worker *w = p->workers; w; w = w->next)
     if (!w->reaped) return false;
   return true;
@@ -137,6 +139,7 @@ static void pool_on_finish(uv_timer_t *t) {
   pool *p = t->data;
   if (!pool_can_finish(p)) return;
   p->finished = true;
+  pool_files_close(p);
   llorch_http_client_free(p->client);
   p->client = NULL;
   uv_close((uv_handle_t *)&p->finish, NULL);
@@ -319,6 +322,11 @@ static void pool_schedule(pool *p, int64_t delay_ms) {
   uv_timer_start(&p->heartbeat, pool_on_tick, (uint64_t)(delay_ms < 0 ? 0 : delay_ms), 0);
 }
 
+void pool_fetch_report_soon(pool *p) {
+  if (!p->orchestrator_url[0] || p->sending) return;
+  pool_schedule(p, 0);
+}
+
 static void on_event_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
   pool_send *ps = user;
   pool *p = ps->p;
@@ -391,7 +399,8 @@ static void on_state(llorch_http_request *req, void *user) {
   pool_state_view v = {.pool = p->cfg->pool.name, .url = p->url, .boot_id = p->boot_id, .seq = p->seq,
                        .heartbeat_interval_ms = p->cfg->pool.heartbeat_interval_ms, .devices = devs,
                        .n_devices = nd < LLORCH_MAX_DEVICES ? nd : LLORCH_MAX_DEVICES,
-                       .models = p->models, .n_models = p->n_models, .workers = p->workers};
+                       .models = p->models, .n_models = p->n_models, .workers = p->workers,
+                       .fetches = p->fetches};
   pool_state_write(&b, &v);
   /* Without an orchestrator the operator reading this is the only one the
    * ends can be reported to: once shown, they are forgotten. */
@@ -434,6 +443,7 @@ static void pool_on_shutdown(llorch_service *svc, void *user) {
       n++;
     }
   if (n) LOG_INFO("pool", NULL, "stopping %d worker%s before exiting", n, n == 1 ? "" : "s");
+  pool_files_shutdown(p);
   /* The loop keeps running while worker handles are open; the HTTP client
    * goes last (pool_maybe_finish), so exits can still be reported. */
   uv_close((uv_handle_t *)&p->heartbeat, pool_on_heartbeat_closed);
@@ -525,6 +535,7 @@ int llorch_pool_attach(llorch_pool **out, llorch_service *svc, const llorch_pool
       llorch_service_route(svc, "POST", "/v2/workers", LLORCH_ACCESS_CLUSTER, pool_on_workers, p) < 0 ||
       llorch_service_route_custom(svc, NULL, "/v2/workers/*", pool_authorize_workers, pool_on_workers, p) < 0 ||
       llorch_service_route(svc, "GET", "/v2/state", LLORCH_ACCESS_CLUSTER, on_state, p) < 0 ||
+      pool_files_attach(p) < 0 ||
       llorch_service_on_stop(svc, pool_on_stop, p) < 0 ||
       llorch_service_on_shutdown(svc, pool_on_shutdown, p) < 0 ||
       /* The cluster token guards /v2/... and /metrics (only /health/ stays
@@ -583,6 +594,7 @@ void llorch_pool_free(llorch_pool *p) {
     free(w);
   }
   free(p->models);
+  pool_files_free(p);
   llorch_gpu_inventory_close(p->inv);
   free(p);
 }

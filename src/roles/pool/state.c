@@ -303,5 +303,7 @@ void pool_state_write(llorch_jbuf *b, const pool_state_view *v) {
     if (n++) llorch_jbuf_cstr(b, ",");
     pool_worker_write(b, w, false);
   }
-  llorch_jbuf_cstr(b, "]}");
+  llorch_jbuf_cstr(b, "],\"fetches\":");
+  pool_fetches_write(b, v->fetches);
+  llorch_jbuf_cstr(b, "}");
 }

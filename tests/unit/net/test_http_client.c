@@ -267,6 +267,65 @@ static void test_chunked_streamed(void **state) {
   assert_string_equal(r.body, ""); /* streamed, not buffered */
 }
 
+/* llorch_http_call_pause: nothing is delivered while paused (past the read
+ * already taken), the read timeout (2 s here) does not fire during a longer
+ * pause, and reading resumes where it stopped. */
+typedef struct pause_state {
+  result r;
+  int phase;            /* 0 streaming, 1 paused, 2 resumed */
+  int ticks;
+  size_t at_pause, after_wait;
+  uv_timer_t t;
+} pause_state;
+
+static void pause_on_tick(uv_timer_t *t) {
+  pause_state *ps = t->data;
+  if (++ps->ticks == 1) {
+    ps->at_pause = ps->r.streamed; /* what the pausing read still carried is in */
+    return;
+  }
+  ps->after_wait = ps->r.streamed;
+  ps->phase = 2;
+  uv_timer_stop(t);
+  llorch_http_call_pause(ps->r.call, false);
+}
+
+static void pause_on_data(llorch_http_call *call, const char *data, size_t len, void *user) {
+  pause_state *ps = user;
+  ps->r.streamed += len;
+  if (ps->phase == 0) {
+    ps->phase = 1;
+    llorch_http_call_pause(call, true);
+    uv_timer_start(&ps->t, pause_on_tick, 100, 2100);
+  } else if (ps->phase == 2 && ps->r.streamed > ps->after_wait + 64) {
+    llorch_http_call_cancel(call);
+  }
+}
+
+static void pause_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
+  pause_state *ps = user;
+  on_done(call, err, errmsg, &ps->r);
+}
+
+static void test_pause_and_resume(void **state) {
+  pause_state ps;
+  memset(&ps, 0, sizeof ps);
+  uv_timer_init(&E.loop, &ps.t);
+  ps.t.data = &ps;
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/sse-forever", E.port);
+  llorch_http_call_opts o = {.url = url, .on_data = pause_on_data, .on_done = pause_on_done, .user = &ps};
+  assert_int_equal(llorch_http_call_start(E.cl, &o, &ps.r.call, NULL), 0);
+  run_until(&ps.r.done);
+  assert_int_equal(ps.r.err, LLORCH_ECANCELED); /* not a read timeout while paused */
+  assert_int_equal(ps.phase, 2);
+  assert_true(ps.at_pause > 0);
+  assert_int_equal(ps.after_wait, ps.at_pause); /* nothing arrived in 2 s of pause */
+  assert_true(ps.r.streamed > ps.after_wait);   /* and it flowed again after */
+  uv_close((uv_handle_t *)&ps.t, NULL);
+  uv_run(&E.loop, UV_RUN_NOWAIT);
+}
+
 static void test_sse_events(void **state) {
   result r = {0};
   start(&r, NULL, "/sse3", NULL, true);
@@ -749,6 +808,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_connection_close_not_pooled, setup, teardown),
       cmocka_unit_test_setup_teardown(test_call_from_on_done, setup, teardown),
       cmocka_unit_test_setup_teardown(test_chunked_streamed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pause_and_resume, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sse_events, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_inside_callback, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused, setup, teardown),

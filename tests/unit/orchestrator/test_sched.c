@@ -113,7 +113,7 @@ static fx *fx_new(int max_total, int retry_max) {
   lim.queue_timeout_ms = 10000;
   lim.heartbeat_miss_limit = 3;
   lim.retry_max = retry_max;
-  sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail};
+  sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail, NULL, NULL};
   sched_init(&f->s, &lim, &ops);
   f->now = 1000000;
   return f;
@@ -385,7 +385,7 @@ static void test_route_prefix(void **state) {
     fx *f = calloc(1, sizeof *f);
     sched_limits lim = {.max_total = 100, .queue_timeout_ms = 10000, .heartbeat_miss_limit = 3,
                         .retry_max = 1, .prefix_routing = on == 1, .prefix_ttl_ms = 60000};
-    sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail};
+    sched_ops ops = {&f->rec, on_assign, on_start, on_stop, on_fail, NULL, NULL};
     assert_int_equal(sched_init(&f->s, &lim, &ops), 0);
     f->now = 1000000;
     int m = add_model(f, "m", "m.gguf", 4, 60000, NULL);
@@ -536,6 +536,271 @@ static void test_pinned(void **state) {
   sched_request_cancel(&f->s, r2, f->now);
   free(r);
   free(r2);
+  fx_free(f);
+}
+
+/* ---- model file copies between pools ---- */
+
+static void on_fetch(void *ud, const sched_fetch_order *o) {
+  action *a = rec_add(ud);
+  a->kind = 'F';
+  snprintf(a->pool, sizeof a->pool, "%s", o->target->name);
+  snprintf(a->model, sizeof a->model, "%s", o->source->name); /* the source, in this field */
+  a->start_id = o->fetch_id;
+  snprintf(a->text, sizeof a->text, "%s %llu", o->file, (unsigned long long)o->size);
+}
+
+static void on_fetch_cancel(void *ud, const sched_pool *target, const char *file) {
+  action *a = rec_add(ud);
+  a->kind = 'C';
+  snprintf(a->pool, sizeof a->pool, "%s", target->name);
+  snprintf(a->text, sizeof a->text, "%s", file);
+}
+
+static fx *fx_new_fetching(void) {
+  fx *f = fx_new(100, 1);
+  f->s.ops.fetch = on_fetch;
+  f->s.ops.fetch_cancel = on_fetch_cancel;
+  return f;
+}
+
+/* pool's report with one copy in it */
+static void report_add_fetch(sched_pool_report *r, const char *file, uint64_t id, const char *state,
+                             uint64_t done, uint64_t total, uint64_t rate, int64_t eta, const char *error) {
+  r->fetches = realloc(r->fetches, (size_t)(r->n_fetches + 1) * sizeof *r->fetches);
+  sched_fetch_report *x = &r->fetches[r->n_fetches++];
+  memset(x, 0, sizeof *x);
+  snprintf(x->file, sizeof x->file, "%s", file);
+  snprintf(x->id, sizeof x->id, "f%llu", (unsigned long long)id);
+  snprintf(x->state, sizeof x->state, "%s", state);
+  x->bytes_done = done;
+  x->bytes_total = total;
+  x->rate = rate;
+  x->eta_s = eta;
+  snprintf(x->error, sizeof x->error, "%s", error ? error : "");
+}
+
+static void report_file_bytes(sched_pool_report *r, uint64_t bytes) {
+  for (int i = 0; i < r->n_models; i++) r->models[i].file_bytes = bytes;
+}
+
+/* Pinned to a pool without the file: copied there from a holder, progress in
+ * the pending reason, a failed verification retried (the same source when it
+ * is the only one), a lost source replaced by another, stale reports of older
+ * attempts ignored, and the start placed once the file is reported. */
+static void test_fetch_pinned_retry_and_place(void **state) {
+  (void)state;
+  fx *f = fx_new_fetching();
+  int m = add_model(f, "m", "m.gguf", 1, 60000, "pool-b");
+  sched_pool_report rep;
+  pool_spec pa = {"pool-a", NULL, 1, {40 * GiB}, {"m.gguf"}, GiB, 16};
+  pool_spec pb = {"pool-b", NULL, 1, {40 * GiB}, {NULL}, GiB, 16};
+  report_init(&rep, &pa, ++f->seq);
+  report_file_bytes(&rep, 100 * MiB);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *r = req_new(m, 0);
+  assert_int_equal(submit(f, r), 0);
+  assert_int_equal(count_kind(&f->rec, 's'), 0);
+  const action *a = last_kind(&f->rec, 'F');
+  assert_non_null(a);
+  assert_string_equal(a->pool, "pool-b");
+  assert_string_equal(a->model, "pool-a");
+  assert_string_equal(a->text, "m.gguf 104857600");
+  uint64_t id1 = a->start_id;
+  assert_true(strncmp(f->s.models[m].pending, "copying m.gguf to pool-b from pool-a", 36) == 0);
+  /* Further passes do not ask again while it runs. */
+  sched_dispatch(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'F'), 1);
+  sched_fetch_answered(&f->s, id1, false, f->now);
+
+  /* progress from the target's report */
+  f->now += 500;
+  report_init(&rep, &pb, ++f->seq);
+  report_add_fetch(&rep, "m.gguf", id1, "running", 50 * MiB, 100 * MiB, 10 * MiB, 5, NULL);
+  apply(f, &rep, false);
+  assert_string_equal(f->s.models[m].pending,
+                      "copying m.gguf to pool-b from pool-a: 50.0 MiB of 100.0 MiB (50%), 10.0 MiB/s, ETA 5 s");
+  assert_int_equal(f->s.n_fetches, 1);
+  assert_int_equal(f->s.fetches[0]->bytes_done, 50 * MiB);
+
+  /* verification failed: asked again after a pause, from the only source */
+  f->now += 500;
+  report_init(&rep, &pb, ++f->seq);
+  report_add_fetch(&rep, "m.gguf", id1, "failed", 100 * MiB, 100 * MiB, 0, -1, "verification failed: x");
+  apply(f, &rep, false);
+  assert_int_equal(count_kind(&f->rec, 'F'), 1);
+  assert_non_null(strstr(f->s.models[m].pending, "attempt 1 of 4 from pool-a failed (verification failed: x)"));
+  f->now += 1000;
+  sched_dispatch(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'F'), 2);
+  a = last_kind(&f->rec, 'F');
+  assert_string_equal(a->model, "pool-a");
+  uint64_t id2 = a->start_id;
+  assert_true(id2 != id1);
+
+  /* a late report of the first attempt changes nothing */
+  report_init(&rep, &pb, ++f->seq);
+  report_add_fetch(&rep, "m.gguf", id1, "failed", 0, 100 * MiB, 0, -1, "old");
+  apply(f, &rep, false);
+  assert_false(f->s.fetches[0]->ended);
+
+  /* a second holder appears; the source is lost: the retry goes there */
+  pool_spec pc = {"pool-c", NULL, 1, {40 * GiB}, {"m.gguf"}, GiB, 16};
+  report_init(&rep, &pc, ++f->seq);
+  report_file_bytes(&rep, 100 * MiB);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  report_add_fetch(&rep, "m.gguf", id2, "interrupted", 30 * MiB, 100 * MiB, 0, -1, "lost pool-a");
+  apply(f, &rep, false);
+  f->now += 2000;
+  sched_dispatch(&f->s, f->now);
+  assert_int_equal(count_kind(&f->rec, 'F'), 3);
+  a = last_kind(&f->rec, 'F');
+  assert_string_equal(a->model, "pool-c");
+  assert_int_equal(f->s.fetches[0]->attempts, 3);
+
+  /* the file is reported: the copy is forgotten and a worker placed there */
+  pool_spec pb2 = {"pool-b", NULL, 1, {40 * GiB}, {"m.gguf"}, GiB, 16};
+  report_init(&rep, &pb2, ++f->seq);
+  apply(f, &rep, false);
+  assert_int_equal(f->s.n_fetches, 0);
+  a = last_kind(&f->rec, 's');
+  assert_non_null(a);
+  assert_string_equal(a->pool, "pool-b");
+  assert_int_equal(count_kind(&f->rec, 'f'), 0);
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
+/* Failed copies (refused for disk space, then one interrupted) are asked
+ * for at most SCHED_FETCH_ATTEMPTS times; then the reason names the last
+ * error, the interrupted part is cancelled on the target, requests time out
+ * with the reason, and the copy is forgotten after SCHED_FETCH_FORGET_MS. */
+static void test_fetch_gives_up(void **state) {
+  (void)state;
+  fx *f = fx_new_fetching();
+  int m = add_model(f, "m", "m.gguf", 1, 60000, "pool-b");
+  sched_pool_report rep;
+  pool_spec pa = {"pool-a", NULL, 1, {40 * GiB}, {"m.gguf"}, GiB, 16};
+  pool_spec pb = {"pool-b", NULL, 1, {40 * GiB}, {NULL}, GiB, 16};
+  report_init(&rep, &pa, ++f->seq);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *r = req_new(m, 0);
+  assert_int_equal(submit(f, r), 0);
+  for (int i = 0; i < 10; i++) {
+    const action *a = last_kind(&f->rec, 'F');
+    bool last = count_kind(&f->rec, 'F') == SCHED_FETCH_ATTEMPTS;
+    if (a && f->s.n_fetches && !f->s.fetches[0]->ended && !last)
+      sched_fetch_failed(&f->s, a->start_id, "pool-b refused the copy: 507 not enough disk space", f->now);
+    f->now += 5000;
+    /* pools stay up; the last attempt is reported interrupted (its part kept) */
+    report_init(&rep, &pa, ++f->seq);
+    apply(f, &rep, false);
+    report_init(&rep, &pb, ++f->seq);
+    if (a && last && !f->s.fetches[0]->ended)
+      report_add_fetch(&rep, "m.gguf", a->start_id, "interrupted", MiB, 2 * MiB, 0, -1, "lost pool-a");
+    apply(f, &rep, false);
+  }
+  assert_int_equal(count_kind(&f->rec, 'F'), SCHED_FETCH_ATTEMPTS);
+  assert_string_equal(f->s.models[m].pending, "copying m.gguf to pool-b failed 4 times (last from pool-a: lost pool-a)");
+  /* the kept part is dropped on the target: no resume will come */
+  assert_int_equal(count_kind(&f->rec, 'C'), 1);
+  assert_string_equal(last_kind(&f->rec, 'C')->pool, "pool-b");
+  assert_string_equal(last_kind(&f->rec, 'C')->text, "m.gguf");
+  /* the queue timeout (10 s here) answers with that reason */
+  sched_tick(&f->s, f->now);
+  const action *fa = last_kind(&f->rec, 'f');
+  assert_non_null(fa);
+  assert_non_null(strstr(fa->text, "failed 4 times"));
+  f->now += SCHED_FETCH_FORGET_MS + 1;
+  report_init(&rep, &pa, ++f->seq);
+  apply(f, &rep, false);
+  report_init(&rep, &pb, ++f->seq);
+  apply(f, &rep, false);
+  sched_tick(&f->s, f->now);
+  assert_int_equal(f->s.n_fetches, 0);
+  free(r);
+  fx_free(f);
+}
+
+/* Unpinned, and the only holder has no room: the file goes to a pool where
+ * the model fits by the holder's estimate, not to one where it would not. */
+static void test_fetch_where_it_fits(void **state) {
+  (void)state;
+  fx *f = fx_new_fetching();
+  int m = add_model(f, "m", "m.gguf", 1, 60000, NULL);
+  sched_pool_report rep;
+  pool_spec pa = {"pool-a", NULL, 1, {1 * GiB}, {"m.gguf"}, 4 * GiB, 16};
+  pool_spec ps = {"pool-small", NULL, 1, {2 * GiB}, {NULL}, GiB, 16};
+  pool_spec pb = {"pool-big", NULL, 1, {40 * GiB}, {NULL}, GiB, 16};
+  report_init(&rep, &pa, ++f->seq);
+  apply(f, &rep, true);
+  report_init(&rep, &ps, ++f->seq);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *r = req_new(m, 0);
+  assert_int_equal(submit(f, r), 0);
+  const action *a = last_kind(&f->rec, 'F');
+  assert_non_null(a);
+  assert_string_equal(a->pool, "pool-big");
+  assert_string_equal(a->model, "pool-a");
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
+/* After an orchestrator restart the target may already be copying (409
+ * FETCH_RUNNING to the new ask): that copy is followed whatever its id. */
+static void test_fetch_adopted(void **state) {
+  (void)state;
+  fx *f = fx_new_fetching();
+  int m = add_model(f, "m", "m.gguf", 1, 60000, "pool-b");
+  sched_pool_report rep;
+  pool_spec pa = {"pool-a", NULL, 1, {40 * GiB}, {"m.gguf"}, GiB, 16};
+  pool_spec pb = {"pool-b", NULL, 1, {40 * GiB}, {NULL}, GiB, 16};
+  report_init(&rep, &pa, ++f->seq);
+  report_file_bytes(&rep, 100 * MiB);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *r = req_new(m, 0);
+  assert_int_equal(submit(f, r), 0);
+  const action *a = last_kind(&f->rec, 'F');
+  sched_fetch_answered(&f->s, a->start_id, true, f->now);
+  report_init(&rep, &pb, ++f->seq);
+  report_add_fetch(&rep, "m.gguf", 977, "running", 80 * MiB, 100 * MiB, 10 * MiB, 2, NULL);
+  apply(f, &rep, false);
+  assert_non_null(strstr(f->s.models[m].pending, "80.0 MiB of 100.0 MiB (80%)"));
+  assert_int_equal(count_kind(&f->rec, 'F'), 1);
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
+  fx_free(f);
+}
+
+/* Without the fetch op (a scheduler that never copies) the old reason stays. */
+static void test_fetch_off(void **state) {
+  (void)state;
+  fx *f = fx_new(100, 1);
+  int m = add_model(f, "m", "m.gguf", 1, 60000, "pool-b");
+  sched_pool_report rep;
+  pool_spec pa = {"pool-a", NULL, 1, {40 * GiB}, {"m.gguf"}, GiB, 16};
+  pool_spec pb = {"pool-b", NULL, 1, {40 * GiB}, {NULL}, GiB, 16};
+  report_init(&rep, &pa, ++f->seq);
+  apply(f, &rep, true);
+  report_init(&rep, &pb, ++f->seq);
+  apply(f, &rep, true);
+  sched_req *r = req_new(m, 0);
+  assert_int_equal(submit(f, r), 0);
+  assert_int_equal(f->s.n_fetches, 0);
+  assert_string_equal(f->s.models[m].pending, "pinned to pool-b, which is down or lacks the file");
+  sched_request_cancel(&f->s, r, f->now);
+  free(r);
   fx_free(f);
 }
 
@@ -1390,6 +1655,11 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_prefix_route_memory),
       cmocka_unit_test(test_start_most_free_and_pending_reason),
       cmocka_unit_test(test_pinned),
+      cmocka_unit_test(test_fetch_pinned_retry_and_place),
+      cmocka_unit_test(test_fetch_gives_up),
+      cmocka_unit_test(test_fetch_where_it_fits),
+      cmocka_unit_test(test_fetch_adopted),
+      cmocka_unit_test(test_fetch_off),
       cmocka_unit_test(test_evict_idle_lru),
       cmocka_unit_test(test_evict_expired_first_and_queued_protected),
       cmocka_unit_test(test_evict_equal_size),

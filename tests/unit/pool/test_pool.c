@@ -107,6 +107,83 @@ static void test_file_names(void **state) {
   assert_non_null(strstr(em.text, "too long"));
 }
 
+/* ---- model files between pools (files.c) ---- */
+
+static void test_range_parse(void **state) {
+  (void)state;
+  llorch_errmsg em = {{0}};
+  uint64_t at = 7;
+  assert_int_equal(pool_range_parse("bytes=0-", &at, &em), 0);
+  assert_int_equal(at, 0);
+  assert_int_equal(pool_range_parse("bytes=123456789012-", &at, &em), 0);
+  assert_int_equal(at, 123456789012ull);
+  const char *bad[] = {"bytes=", "bytes=-5", "bytes=0-10", "bytes=1-,5-", "items=0-", "bytes=abc-", "bytes= 1-",
+                       "bytes=99999999999999999999999-", "bytes=1", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    assert_int_equal(pool_range_parse(bad[i], &at, &em), LLORCH_EINVAL);
+    assert_non_null(strstr(em.text, "'Range' must be bytes=N-"));
+  }
+  /* the value is shown printable */
+  assert_int_equal(pool_range_parse("bytes=\n1-", &at, &em), LLORCH_EINVAL);
+  assert_null(strchr(em.text, '\n'));
+}
+
+/* A copy as the state document writes it, and as the orchestrator parses it. */
+static void test_fetch_report(void **state) {
+  (void)state;
+  pool_fetch f;
+  memset(&f, 0, sizeof f);
+  snprintf(f.file, sizeof f.file, "m.gguf");
+  snprintf(f.id, sizeof f.id, "f3");
+  snprintf(f.source, sizeof f.source, "http://127.0.0.1:9001");
+  f.state = POOL_FETCH_RUNNING;
+  f.size = 1000;
+  f.done = 250;
+  f.rate = 50;
+  pool_fetch g = f;
+  g.state = POOL_FETCH_FAILED;
+  snprintf(g.file, sizeof g.file, "n.gguf");
+  snprintf(g.error, sizeof g.error, "verification failed: \"x\"");
+  f.next = &g;
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_jbuf_cstr(&b, "{\"protocol\":1,\"pool\":\"pool-a\",\"url\":\"http://127.0.0.1:1\",\"boot_id\":\"b\","
+                       "\"seq\":1,\"heartbeat_interval_ms\":500,\"devices\":[],\"models\":[],\"workers\":[],"
+                       "\"fetches\":");
+  pool_fetches_write(&b, &f);
+  llorch_jbuf_cstr(&b, "}");
+  assert_false(llorch_jbuf_error(&b));
+  cJSON *doc = cJSON_Parse(b.data);
+  assert_non_null(doc);
+  const cJSON *x = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "fetches"), 0);
+  assert_string_equal(cJSON_GetObjectItem(x, "state")->valuestring, "running");
+  assert_int_equal(cJSON_GetObjectItem(x, "eta_s")->valueint, 15); /* 750 bytes at 50/s */
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(x, "error")));
+  const cJSON *y = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "fetches"), 1);
+  assert_string_equal(cJSON_GetObjectItem(y, "state")->valuestring, "failed");
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(y, "eta_s")));
+#ifdef POOL_TEST_WITH_ORCHESTRATOR
+  sched_pool_report rep;
+  llorch_errmsg em = {{0}};
+  assert_int_equal(orch_pool_report_parse(doc, &rep, &em), 0);
+  assert_int_equal(rep.n_fetches, 2);
+  assert_string_equal(rep.fetches[0].id, "f3");
+  assert_string_equal(rep.fetches[0].state, "running");
+  assert_int_equal(rep.fetches[0].bytes_done, 250);
+  assert_int_equal(rep.fetches[0].eta_s, 15);
+  assert_int_equal(rep.fetches[1].eta_s, -1);
+  assert_string_equal(rep.fetches[1].error, "verification failed: \"x\"");
+  sched_pool_report_free(&rep);
+  /* a wrong state is named */
+  cJSON_ReplaceItemInObject(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "fetches"), 1), "state",
+                            cJSON_CreateString("bogus"));
+  assert_int_equal(orch_pool_report_parse(doc, &rep, &em), LLORCH_EINVAL);
+  assert_non_null(strstr(em.text, "fetches[1].state"));
+#endif
+  cJSON_Delete(doc);
+  llorch_jbuf_free(&b);
+}
+
 /* ---- the scan ---- */
 
 static void test_scan(void **state) {
@@ -554,7 +631,7 @@ static void test_books_agree(void **state) {
     sched s;
     sched_limits lim = {.max_total = 10, .queue_timeout_ms = 10000, .heartbeat_miss_limit = 3,
                         .retry_max = 1};
-    sched_ops ops = {&started_need, books_op_assign, books_op_start, books_op_stop, books_op_fail};
+    sched_ops ops = {&started_need, books_op_assign, books_op_start, books_op_stop, books_op_fail, NULL, NULL};
     assert_int_equal(sched_init(&s, &lim, &ops), 0);
     for (int i = 0; i < 3; i++) {
       llorch_model_entry e;
@@ -681,6 +758,8 @@ static void test_ack_and_reap(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_file_names),
+      cmocka_unit_test(test_range_parse),
+      cmocka_unit_test(test_fetch_report),
       cmocka_unit_test(test_scan),
       cmocka_unit_test(test_read_errors),
       cmocka_unit_test(test_device_free),
