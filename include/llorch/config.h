@@ -113,6 +113,7 @@ typedef struct llorch_config {
     int max_content_parts;     /* content parts over all messages (-> 400) */
     int max_stop;              /* stop strings (-> 400) */
     int max_tools;             /* tool definitions (-> 400) */
+    int max_n;                 /* choices (n) per chat/completions request (-> 400) */
     int max_json_values;       /* JSON values in one body, checked before parsing (-> 400/413) */
   } request;
   int64_t shutdown_grace_ms;   /* SIGTERM: in-flight work gets this long */

@@ -31,6 +31,17 @@
 
 typedef struct llorch_orchestrator orch;
 
+/* One choice of a request's answer (n > 1: the worker's events say which). */
+typedef struct orch_choice {
+  llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
+  llorch_jbuf text;             /* non-streaming completions: generated text */
+  llorch_openai_logprobs lp;    /* non-streaming: logprobs */
+  size_t stream_offset;         /* streamed completions: text_offset of the next token */
+  int completion_tokens;
+  char finish_reason[24];
+  bool ended;                   /* its end event arrived */
+} orch_choice;
+
 /* One client request (chat or completion) from admission to its last byte. */
 typedef struct orch_req {
   sched_req sr;                 /* scheduler links; sr.user == this */
@@ -64,16 +75,15 @@ typedef struct orch_req {
   bool sent_tokens;             /* a content chunk went to the client: no retry now */
   bool finished;                /* the response is complete */
   bool slow_client;             /* stopped reading: its job was cancelled on the worker */
-  /* results */
-  llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
+  /* results: n choices, all from one worker's /v2/execute (it runs them as
+   * siblings of one prompt), so n > 1 is one queued request */
+  int n;
+  orch_choice *ch;              /* (n), allocated by the parse */
+  int n_ended;                  /* choices whose end event arrived */
   llorch_openai_dout dout;      /* dialect: the answer so far, and its stream's events */
-  llorch_jbuf text;             /* non-streaming completions: generated text */
-  llorch_openai_logprobs lp;    /* non-streaming: logprobs */
-  size_t stream_offset;         /* streamed completions: text_offset of the next token */
-  int prompt_tokens;
+  int prompt_tokens;            /* counted once, whatever n */
   int cached_tokens;            /* of those, served from the worker's prefix cache */
-  int completion_tokens;
-  char finish_reason[24];
+  int completion_tokens;        /* all choices together */
   char *stop_sequence;          /* the stop string that ended the output (worker's end event) */
   char err_code[48];
   char err_msg[512];
