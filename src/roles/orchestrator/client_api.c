@@ -11,6 +11,12 @@
  * events (started, token, end, error) are relayed as OpenAI chunks as they
  * arrive, or collected into one JSON answer.
  *
+ * n > 1 is one request here (one queue entry, one worker, one /v2/execute
+ * carrying n): the worker runs the choices as siblings of one prompt and
+ * names each event's choice; the scheduler counts it as one slot of that
+ * worker, which queues the other choices itself (a full worker answers 503
+ * overloaded and the request is retried elsewhere, as for any request).
+ *
  * Faults: a worker that fails before the client has seen a token (connection
  * refused or reset, 5xx, a stream that ends without `end`) sends the request
  * back to the head of the queue (sched_request_retry, at most retry_max
