@@ -179,6 +179,11 @@ typedef struct llorch_config {
     int heartbeat_miss_limit;  /* missed heartbeats before a pool is down */
     int retry_max;             /* retries of a request whose worker died before its first token */
     bool prefix_routing;       /* prefer the replica likely to hold a request's prefix */
+    struct {
+      int64_t window_ms;       /* a resumable stream's client may be away this long */
+      uint64_t max_stream_bytes; /* events kept per resumable stream */
+      uint64_t max_bytes;      /* events kept over all resumable streams */
+    } resume;
     llorch_model_list models;  /* the catalog */
   } orchestrator;
 } llorch_config;

@@ -385,6 +385,18 @@ const config_option config_options[] = {
     {.name = "orchestrator.retry_max", .type = CONFIG_TYPE_INT, .roles = ORCH,
      .offset = OFF(orchestrator.retry_max), .def = "2", .min = 0, .max = 10,
      .help = "retries of a request whose worker died before its first token"},
+    {.name = "orchestrator.resume.window", .type = CONFIG_TYPE_DURATION, .roles = ORCH,
+     .offset = OFF(orchestrator.resume.window_ms), .def = "60s", .min = 100, .max = HOUR,
+     .help = "a resumable stream (X-Llorch-Resumable: true) keeps generating this long after its "
+             "client went away (and is kept this long after its end) for GET /v2/streams/{id}"},
+    {.name = "orchestrator.resume.max_stream_bytes", .type = CONFIG_TYPE_BYTES, .roles = ORCH,
+     .offset = OFF(orchestrator.resume.max_stream_bytes), .def = "4MiB", .min = 1024,
+     .max = INT64_MAX,
+     .help = "events kept per resumable stream; past it with the client away, its generation "
+             "stops (the reconnect gets an error event)"},
+    {.name = "orchestrator.resume.max_bytes", .type = CONFIG_TYPE_BYTES, .roles = ORCH,
+     .offset = OFF(orchestrator.resume.max_bytes), .def = "256MiB", .min = 1024, .max = INT64_MAX,
+     .help = "events kept over all resumable streams (ended streams are dropped first)"},
     {.name = "orchestrator.models", .type = CONFIG_TYPE_MODELS, .roles = ORCH,
      .offset = OFF(orchestrator.models),
      .help = "model catalog: list of {name, file, ctx, slots, pins, min_replicas, max_replicas, "

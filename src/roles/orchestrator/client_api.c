@@ -39,6 +39,7 @@
 
 static void req_free(orch_req *r) {
   if (!r) return;
+  if (r->resume) orch_resume_release(r->resume); /* the record stays for the window */
   r->o->n_active--;
   r->o->held_bytes -= r->held_bytes;
   free(r->exec_body);
@@ -110,20 +111,37 @@ static void req_prefix_hashes(orch_req *r, const cJSON *body) {
 
 /* ---- OpenAI output (the shared writers of openai.h) ---- */
 
+/* Nobody will read the answer: the client went away (and, resumable, did
+ * not come back in time). */
+static bool req_gone(const orch_req *r) { return !r->http && !r->resume; }
+
+/* Every SSE event of an answer goes out here: to the client, or (resumable)
+ * through its record, which numbers and keeps it. */
+static void req_sse(orch_req *r, const char *event, const char *data, size_t len) {
+  if (r->resume) orch_resume_event(r->resume, event, data, len);
+  else if (r->http) llorch_http_sse_send(r->http, event, data, len);
+}
+
+/* The end of a streamed answer. */
+static void req_sse_end(orch_req *r) {
+  if (r->resume) orch_resume_end(r->resume);
+  else if (r->http) llorch_http_sse_end(r->http);
+}
+
 static void sse_send_buf(orch_req *r, llorch_jbuf *b) {
-  if (!r->http || llorch_jbuf_error(b)) return;
-  llorch_http_sse_send(r->http, NULL, b->data, b->len);
+  if (llorch_jbuf_error(b)) return;
+  req_sse(r, NULL, b->data, b->len);
 }
 
 /* A dialect's named event (llorch_openai_dout). */
 static void dout_send(void *user, const char *event, const char *data, size_t len) {
-  orch_req *r = user;
-  if (r->http) llorch_http_sse_send(r->http, event, data, len);
+  req_sse(user, event, data, len);
 }
 
 static void stream_start(orch_req *r) {
-  if (r->sse_started || !r->http) return;
-  if (llorch_http_sse_start(r->http) < 0) return;
+  if (r->sse_started || req_gone(r)) return;
+  /* a resumable answer's record started the response at admission */
+  if (!r->resume && llorch_http_sse_start(r->http) < 0) return;
   r->sse_started = true;
   if (r->dialect != LLORCH_DIALECT_OPENAI) {
     llorch_openai_dout_start(&r->dout, (uint32_t)r->prompt_tokens);
@@ -247,7 +265,7 @@ static void answer_success(orch_req *r) {
     llorch_openai_dout_finish(&r->dout, r->ch[0].finish_reason, r->stop_sequence,
                               (uint32_t)r->prompt_tokens, (uint32_t)r->completion_tokens,
                               r->stream ? NULL : &b);
-    if (r->http && r->stream) llorch_http_sse_end(r->http);
+    if (r->stream) req_sse_end(r);
     else if (r->http && (llorch_jbuf_error(&b) || r->dout.err))
       respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
     else if (r->http) llorch_http_respond_json(r->http, 200, b.data);
@@ -268,10 +286,8 @@ static void answer_success(orch_req *r) {
                                       (uint32_t)r->completion_tokens);
       sse_send_buf(r, &b);
     }
-    if (r->http) {
-      llorch_http_sse_send(r->http, NULL, "[DONE]", 6);
-      llorch_http_sse_end(r->http);
-    }
+    req_sse(r, NULL, "[DONE]", 6);
+    req_sse_end(r);
   } else if (r->http) {
     llorch_openai_choice ch[LLORCH_OPENAI_MAX_N];
     bool oom = false;
@@ -301,7 +317,14 @@ static void answer_success(orch_req *r) {
  * envelope; after, an error chunk and [DONE] (a clean end, never a hang).
  */
 static void answer_error(orch_req *r, int status, const char *type, const char *code, const char *msg) {
-  if (r->http) {
+  if (r->resume) {
+    /* a resumable answer is an SSE stream from its admission on */
+    char *env = llorch_json_error_envelope(msg, type, NULL, code);
+    if (env) req_sse(r, NULL, env, strlen(env));
+    free(env);
+    req_sse(r, NULL, "[DONE]", 6);
+    req_sse_end(r);
+  } else if (r->http) {
     if (r->sse_started && r->dialect != LLORCH_DIALECT_OPENAI) {
       llorch_openai_dout_fail(&r->dout, code, msg);
       llorch_http_sse_end(r->http);
@@ -373,7 +396,7 @@ static void exec_on_headers(llorch_http_call *call, int status, void *user) {
 static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void *user) {
   (void)call;
   orch_req *r = user;
-  if (!r->http) return; /* client gone: the call is being cancelled */
+  if (req_gone(r)) return; /* client gone: the call is being cancelled */
   cJSON *d = cJSON_ParseWithLength(ev->data, ev->data_len);
   if (!d) {
     LOG_WARN("orch", r->rid, "worker %s sent an event that is not JSON (%s)", r->worker_name, ev->event);
@@ -520,7 +543,7 @@ static void relay_error_body(orch_req *r, int status, const char *body, size_t l
 static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
   orch_req *r = user;
   r->call = NULL;
-  if (!r->http) {
+  if (req_gone(r)) {
     /* Client gone (on_close cancelled this call) or shutdown. */
     req_end(r, "cancelled");
     return;
@@ -548,6 +571,16 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
     if (status >= 400 && status < 500 && status != 401 && status != 408 && status != 429) {
       /* The request itself is wrong (the worker validates more than we do): pass it on
        * (in the client's API's envelope when that is not OpenAI's). */
+      if (r->resume) {
+        /* already streaming: the worker's error as an error event */
+        cJSON *j = cJSON_ParseWithLength(body, len);
+        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"), "message");
+        answer_error(r, status, "invalid_request_error", "invalid_value",
+                     cJSON_IsString(msg) ? msg->valuestring : "the worker refused the request");
+        cJSON_Delete(j);
+        req_end(r, "failed");
+        return;
+      }
       if (r->http && llorch_http_request_error_format(r->http) != LLORCH_HTTP_ERRORS_OPENAI)
         relay_error_body(r, status, body, len);
       else if (r->http) llorch_http_respond(r->http, status, "application/json", body, len);
@@ -629,7 +662,7 @@ void orch_run_deferred(orch *o) {
     list = r->next_deferred;
     r->next_deferred = NULL;
     r->in_deferred = false;
-    if (!r->http) {
+    if (req_gone(r)) {
       req_end(r, "cancelled");
       continue;
     }
@@ -646,7 +679,9 @@ void orch_req_fail(void *ud, sched_req *sr, int status, const char *code, const 
   orch *o = ud;
   orch_req *r = sr->user;
   LOG_WARN("orch", r->rid, "%s", msg);
-  if (r->http) {
+  if (r->resume) {
+    answer_error(r, status, "server_error", code, msg);
+  } else if (r->http) {
     llorch_http_response_header(r->http, "Retry-After", "5");
     respond_error(r->http, status, "server_error", msg, NULL, code);
   }
@@ -658,9 +693,8 @@ void orch_req_fail(void *ud, sched_req *sr, int status, const char *code, const 
 
 /* ---- client disconnect ---- */
 
-static void req_on_close(llorch_http_request *http, void *data) {
-  (void)http;
-  orch_req *r = data;
+/* Nobody reads the answer any more: the worker's job is cancelled. */
+static void req_client_gone(orch_req *r) {
   r->http = NULL;
   if (r->finished) return;
   if (r->call) {
@@ -674,6 +708,16 @@ static void req_on_close(llorch_http_request *http, void *data) {
   req_end(r, "cancelled");
 }
 
+static void req_on_close(llorch_http_request *http, void *data) {
+  (void)http;
+  req_client_gone(data);
+}
+
+void orch_req_abandon(orch_req *r) {
+  r->resume = NULL; /* the record keeps what it has; nothing more goes to it */
+  req_client_gone(r);
+}
+
 void orch_req_abort_all(orch *o) {
   /* Queued requests: answered 503 now; running ones finish within the grace period. */
   for (int p = 0; p < SCHED_N_PRIO; p++) {
@@ -682,7 +726,9 @@ void orch_req_abort_all(orch *o) {
       sched_req *sr = q->next;
       orch_req *r = sr->user;
       sched_request_cancel(&o->s, sr, orch_now_ms(o));
-      if (r->http) {
+      if (r->resume) {
+        answer_error(r, 503, "server_error", "shutting_down", "the orchestrator is shutting down");
+      } else if (r->http) {
         llorch_http_response_header(r->http, "Retry-After", "5");
         respond_error(r->http, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
       }
@@ -833,6 +879,26 @@ static void parse_finish(orch_parse *p) {
   }
   if (p->warning[0]) llorch_http_response_header(req, "X-Llorch-Warning", p->warning);
   free(p);
+  /* X-Llorch-Resumable: true (resume.c): streamed chat/completions only */
+  bool resumable = false;
+  const char *rh = llorch_http_request_header(req, "X-Llorch-Resumable");
+  if (rh) {
+    char msg[300];
+    resumable = strcmp(rh, "true") == 0;
+    if (!resumable && strcmp(rh, "false") != 0) {
+      snprintf(msg, sizeof msg, "header X-Llorch-Resumable must be 'true' or 'false', got '%.60s'", rh);
+      respond_error(req, 400, "invalid_request_error", msg, "X-Llorch-Resumable", "invalid_value");
+      req_free(r);
+      return;
+    }
+    if (resumable && (!r->stream || r->dialect != LLORCH_DIALECT_OPENAI)) {
+      snprintf(msg, sizeof msg, "X-Llorch-Resumable: true needs a streamed request (\"stream\": true) "
+                                "to /v1/chat/completions or /v1/completions");
+      respond_error(req, 400, "invalid_request_error", msg, "X-Llorch-Resumable", "unsupported_value");
+      req_free(r);
+      return;
+    }
+  }
   if (o->stopping) { /* the shutdown began while the body was being parsed */
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
     req_free(r);
@@ -876,7 +942,14 @@ static void parse_finish(orch_parse *p) {
     return;
   }
   orch_count(o, "admitted");
-  llorch_http_request_set_data(req, r, req_on_close);
+  if (resumable) {
+    /* the record owns the client from here: a disconnect detaches it, it
+     * does not cancel the request */
+    r->resume = orch_resume_open(o, r, req);
+    if (r->resume) r->http = NULL;
+    else LOG_WARN("orch", r->rid, "cannot make the stream resumable (out of memory); serving it as a plain one");
+  }
+  if (!r->resume) llorch_http_request_set_data(req, r, req_on_close);
   LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
   sched_dispatch(&o->s, now);

@@ -30,6 +30,7 @@
 #define ORCH_JOB_ID_MAX 72
 
 typedef struct llorch_orchestrator orch;
+typedef struct orch_resume orch_resume;
 
 /* One choice of a request's answer (n > 1: the worker's events say which). */
 typedef struct orch_choice {
@@ -46,7 +47,8 @@ typedef struct orch_choice {
 typedef struct orch_req {
   sched_req sr;                 /* scheduler links; sr.user == this */
   orch *o;
-  llorch_http_request *http;    /* NULL once the client went away */
+  llorch_http_request *http;    /* NULL once the client went away (and for a resumable one) */
+  orch_resume *resume;          /* X-Llorch-Resumable: the record that owns the client, or NULL */
   char rid[LLORCH_REQID_MAX + 1];
   bool chat;                    /* /v1/chat/completions, else /v1/completions */
   llorch_openai_dialect dialect; /* chat answered as Anthropic Messages / Responses */
@@ -125,6 +127,8 @@ struct llorch_orchestrator {
   llorch_metric *m_starts;      /* counter {outcome} */
   uint64_t last_evictions, last_retries, last_starts, last_start_failures;
   struct orch_events *events;   /* timeline and /v2/cluster/events (events.c) */
+  orch_resume *resumes;         /* resumable streams, newest first (resume.c) */
+  uint64_t resume_bytes;        /* events they keep */
 };
 
 /* ---- orchestrator.c ---- */
@@ -166,6 +170,30 @@ void orch_req_fail(void *ud, sched_req *r, int status, const char *code, const c
 void orch_run_deferred(orch *o);
 /* Shutdown: ends every request still queued or running. */
 void orch_req_abort_all(orch *o);
+
+/* A resumable request's client is gone for good (its window passed, or its
+ * buffer filled while nobody read): cancelled as a disconnect cancels an
+ * ordinary one. May free r. */
+void orch_req_abandon(orch_req *r);
+
+/* ---- resume.c: resumable streams ---- */
+/* The record of resumable request r (id r->id) with req as its client:
+ * starts req's SSE answer with X-Llorch-Stream-Id. NULL when out of memory
+ * or req is gone (nothing started). */
+orch_resume *orch_resume_open(orch *o, orch_req *r, llorch_http_request *req);
+/* One event of the answer: numbered, sent to the attached client, kept. */
+void orch_resume_event(orch_resume *s, const char *event, const char *data, size_t len);
+/* The answer's last event is in: the client's response ends; kept for the window. */
+void orch_resume_end(orch_resume *s);
+/* Its request is freed (the record stays for the window). */
+void orch_resume_release(orch_resume *s);
+/* Expiry (window passed) and full buffers: cancels generations, frees records. */
+void orch_resume_tick(orch *o, int64_t now_ms);
+/* Shutdown: ends attached clients' responses; then frees everything. */
+void orch_resume_stop(orch *o);
+void orch_resume_free_all(orch *o);
+/* GET /v2/streams/{id} (Last-Event-ID) */
+void orch_on_stream(llorch_http_request *req, void *user);
 
 /* ---- pool_api.c ---- */
 /* POST /v2/pools/{register, POOL/heartbeat, POOL/events} */
