@@ -2,6 +2,7 @@
  * Internals of the orchestrator role, shared by its files:
  *   orchestrator.c  entry point, routes, tick timer, metrics, /v2/cluster, load/unload
  *   client_api.c    OpenAI endpoints: validate, admit, execute on a worker, relay
+ *   resume.c        resumable streams: numbered, kept events; GET /v2/streams/{id}
  *   pool_api.c      the pool protocol: register/heartbeat/events, start/stop calls
  *   pool_report.c   parsing a pool state document (pure, unit-tested)
  *   scheduler.c     decisions (pure, unit-tested)

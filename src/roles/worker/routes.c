@@ -176,6 +176,19 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
     routes_not_ready(w, req);
     return;
   }
+  /* Resumable streams live at the orchestrator (it keeps the events): a
+   * client asking a worker for one is told so rather than silently served
+   * a stream that a disconnect cancels. */
+  const char *resumable = llorch_http_request_header(req, "X-Llorch-Resumable");
+  if (resumable && strcmp(resumable, "false") != 0) {
+    llorch_openai_error err = {.status = 400, .type = "invalid_request_error", .code = "unsupported_value"};
+    snprintf(err.param, sizeof err.param, "X-Llorch-Resumable");
+    snprintf(err.message, sizeof err.message,
+             "X-Llorch-Resumable: resumable streams are served by the orchestrator (and --role=all), "
+             "not by a worker");
+    routes_fail(w, req, &err);
+    return;
+  }
   size_t len;
   const char *body = llorch_http_request_body(req, &len);
   /*

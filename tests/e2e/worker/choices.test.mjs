@@ -152,3 +152,14 @@ test('native n=3: the siblings take the prompt from the prefix cache, and genera
       `choice ${i}: ${shared.ends[i].cached_tokens} of ${p} prompt tokens cached`);
   }
 });
+
+test('a worker refuses X-Llorch-Resumable: true (resumable streams are the orchestrator\'s)', async () => {
+  const r = await fetch(`${on.url}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json', 'x-llorch-resumable': 'true' },
+    body: JSON.stringify({ prompt: 'x', max_tokens: 1, stream: true }),
+  });
+  assert.equal(r.status, 400);
+  const e = (await r.json()).error;
+  assert.equal(e.param, 'X-Llorch-Resumable');
+  assert.match(e.message, /orchestrator/);
+});
