@@ -145,6 +145,36 @@ test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterr
   assert.equal(textOf(whole), refText);
 });
 
+test('a resumable chat stream with n=2 resumes every choice', async () => {
+  const body = { model: 'slow', messages: [{ role: 'user', content: 'Tell me a story.' }], max_tokens: 60,
+    temperature: 0, stream: true, n: 2 };
+  const chat = (b, headers, signal) => fetch(`${all.url}/v1/chat/completions`, {
+    method: 'POST', signal,
+    headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json', ...headers },
+    body: JSON.stringify(b),
+  });
+  const perChoice = (events) => {
+    const t = ['', ''];
+    for (const e of events) {
+      if (e.data === '[DONE]') continue;
+      for (const c of JSON.parse(e.data).choices ?? []) t[c.index] += c.delta?.content ?? '';
+    }
+    return t;
+  };
+  const ref = perChoice(await readEvents(await chat(body, {})));
+  assert.equal(ref[0], ref[1]);
+  const ac = new AbortController();
+  const first = await chat(body, { 'X-Llorch-Resumable': 'true' }, ac.signal);
+  const id = first.headers.get('x-llorch-stream-id');
+  assert.match(id, /^chatcmpl-/);
+  const head = await readEvents(first, (ev, evs) => evs.length >= 8);
+  ac.abort();
+  const rest = await readEvents(await resume(id, head.at(-1).id));
+  assert.equal(rest.at(-1).data, '[DONE]');
+  const got = perChoice([...head, ...rest]);
+  assert.deepEqual(got, ref);
+});
+
 test('nobody back within orchestrator.resume.window: the generation is cancelled and the id forgotten', async () => {
   const before = await outcomes();
   const ac = new AbortController();
