@@ -11,6 +11,7 @@ import path from 'node:path';
 import { mkdirSync } from 'node:fs';
 import OpenAI from 'openai';
 import { ADMIN_KEY, API_KEY, freePort, startRole, synthModel, tempDir, waitFor } from './lib.mjs';
+import { collectChoices } from '../worker/helpers.mjs';
 
 let tmp, all, client;
 
@@ -75,17 +76,7 @@ test('chat n=3 through the orchestrator, streamed: chunks name their choice, usa
     model: 'tiny', messages: MESSAGES, max_tokens: 12, temperature: 0, n: 3, stream: true,
     stream_options: { include_usage: true },
   });
-  const text = ['', '', ''], finish = [null, null, null], roles = [0, 0, 0];
-  let usage = null;
-  for await (const chunk of stream) {
-    if (chunk.usage) usage = chunk.usage;
-    for (const c of chunk.choices) {
-      assert.ok(c.index >= 0 && c.index < 3, `index ${c.index}`);
-      if (c.delta.role) roles[c.index]++;
-      text[c.index] += c.delta.content ?? '';
-      if (c.finish_reason) finish[c.index] = c.finish_reason;
-    }
-  }
+  const { text, finish, roles, usage } = await collectChoices(stream, 3);
   assert.deepEqual(roles, [1, 1, 1]);
   assert.deepEqual(text, Array(3).fill(ref.choices[0].message.content));
   assert.deepEqual(finish, Array(3).fill(ref.choices[0].finish_reason));

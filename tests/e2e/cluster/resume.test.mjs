@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { ADMIN_KEY, API_KEY, freePort, sleep, startRole, tempDir, waitFor } from './lib.mjs';
-import { synthSlowModel } from '../worker/helpers.mjs';
+import { readSSE, synthSlowModel } from '../worker/helpers.mjs';
 
 let tmp, all, models;
 
@@ -53,42 +53,7 @@ async function outcomes(p = all) {
   return { completed: get('completed'), cancelled: get('cancelled') };
 }
 
-// Reads SSE events ({id, event, data}) from a fetch response; stop(ev) true ends the read early.
-async function readEvents(res, stop = () => false) {
-  const events = [];
-  const reader = res.body.getReader();
-  const dec = new TextDecoder();
-  let buf = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return events;
-    buf += dec.decode(value, { stream: true });
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const ev = { id: null, event: null, data: [] };
-      for (const line of block.split('\n')) {
-        if (line.startsWith(':')) continue;
-        const k = line.indexOf(':');
-        const name = k < 0 ? line : line.slice(0, k);
-        const val = k < 0 ? '' : line.slice(k + 1).replace(/^ /, '');
-        if (name === 'id') ev.id = Number(val);
-        else if (name === 'event') ev.event = val;
-        else if (name === 'data') ev.data.push(val);
-      }
-      if (!ev.data.length) continue;
-      ev.data = ev.data.join('\n');
-      events.push(ev);
-      if (stop(ev, events)) {
-        await reader.cancel().catch(() => {});
-        return events;
-      }
-    }
-  }
-}
-
-const textOf = (events) => events.filter((e) => e.data !== '[DONE]').map((e) => JSON.parse(e.data))
+const textOf = (events) => events.filter((e) => e.data !== '[DONE]').map((e) => e.data)
   .filter((d) => d.choices?.length).map((d) => d.choices[0].text ?? '').join('');
 
 function post(body, headers = {}, signal, p = all) {
@@ -108,7 +73,7 @@ function resume(id, lastEventId, p = all) {
 const BODY = { model: 'slow', prompt: 'Once upon a time', max_tokens: 120, temperature: 0, ignore_eos: true, stream: true };
 
 test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterrupted greedy run', async () => {
-  const ref = await readEvents(await post(BODY));
+  const ref = await readSSE(await post(BODY));
   assert.equal(ref.at(-1).data, '[DONE]');
   const refText = textOf(ref);
   assert.ok(refText.length > 0);
@@ -120,7 +85,7 @@ test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterr
   const id = first.headers.get('x-llorch-stream-id');
   assert.match(id, /^cmpl-/);
   // drop the connection after a few text events
-  const head = await readEvents(first, (ev, evs) => evs.filter((e) => textOf([e]).length).length >= 5);
+  const head = await readSSE(first, (ev, evs) => evs.filter((e) => textOf([e]).length).length >= 5);
   ac.abort();
   assert.deepEqual(head.map((e) => e.id), head.map((_, i) => i + 1), 'events are numbered from 1');
   const lastId = head.at(-1).id;
@@ -129,7 +94,7 @@ test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterr
   const again = await resume(id, lastId);
   assert.equal(again.status, 200);
   assert.equal(again.headers.get('x-llorch-stream-id'), id);
-  const rest = await readEvents(again);
+  const rest = await readSSE(again);
   assert.equal(rest.at(-1).data, '[DONE]');
   assert.deepEqual(rest.map((e) => e.id), rest.map((_, i) => lastId + 1 + i), 'the events after Last-Event-ID, in order');
   assert.equal(textOf(head) + textOf(rest), refText);
@@ -141,7 +106,7 @@ test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterr
   assert.equal((await outcomes()).cancelled, before.cancelled);
 
   // an ended stream stays fetchable for the window: all of it again, from the start
-  const whole = await readEvents(await resume(id));
+  const whole = await readSSE(await resume(id));
   assert.equal(textOf(whole), refText);
 });
 
@@ -157,19 +122,19 @@ test('a resumable chat stream with n=2 resumes every choice', async () => {
     const t = ['', ''];
     for (const e of events) {
       if (e.data === '[DONE]') continue;
-      for (const c of JSON.parse(e.data).choices ?? []) t[c.index] += c.delta?.content ?? '';
+      for (const c of e.data.choices ?? []) t[c.index] += c.delta?.content ?? '';
     }
     return t;
   };
-  const ref = perChoice(await readEvents(await chat(body, {})));
+  const ref = perChoice(await readSSE(await chat(body, {})));
   assert.equal(ref[0], ref[1]);
   const ac = new AbortController();
   const first = await chat(body, { 'X-Llorch-Resumable': 'true' }, ac.signal);
   const id = first.headers.get('x-llorch-stream-id');
   assert.match(id, /^chatcmpl-/);
-  const head = await readEvents(first, (ev, evs) => evs.length >= 8);
+  const head = await readSSE(first, (ev, evs) => evs.length >= 8);
   ac.abort();
-  const rest = await readEvents(await resume(id, head.at(-1).id));
+  const rest = await readSSE(await resume(id, head.at(-1).id));
   assert.equal(rest.at(-1).data, '[DONE]');
   const got = perChoice([...head, ...rest]);
   assert.deepEqual(got, ref);
@@ -180,7 +145,7 @@ test('nobody back within orchestrator.resume.window: the generation is cancelled
   const ac = new AbortController();
   const res = await post({ ...BODY, max_tokens: 900 }, { 'X-Llorch-Resumable': 'true' }, ac.signal);
   const id = res.headers.get('x-llorch-stream-id');
-  await readEvents(res, (ev, evs) => evs.length >= 3);
+  await readSSE(res, (ev, evs) => evs.length >= 3);
   ac.abort();
   // the window is 4 s; 900 tokens take far longer on this model
   await waitFor('generation cancelled', async () => (await outcomes()).cancelled === before.cancelled + 1, 10000);
@@ -198,13 +163,13 @@ test('a full buffer with the client away stops the generation; the reconnect get
     const ac = new AbortController();
     const res = await post({ ...BODY, max_tokens: 900 }, { 'X-Llorch-Resumable': 'true' }, ac.signal, small);
     const id = res.headers.get('x-llorch-stream-id');
-    const head = await readEvents(res, (ev, evs) => evs.length >= 2);
+    const head = await readSSE(res, (ev, evs) => evs.length >= 2);
     ac.abort();
     await waitFor('generation stopped', async () => (await outcomes(small)).cancelled === before.cancelled + 1, 20000);
-    const rest = await readEvents(await resume(id, head.at(-1).id, small));
+    const rest = await readSSE(await resume(id, head.at(-1).id, small));
     assert.ok(rest.length >= 2, `events after the reconnect: ${JSON.stringify(rest)}`);
     assert.equal(rest.at(-1).data, '[DONE]');
-    const err = JSON.parse(rest.at(-2).data).error;
+    const err = rest.at(-2).data.error;
     assert.equal(err.code, 'resume_buffer_full');
     // what was kept came first, numbered on from Last-Event-ID
     assert.ok(rest.length > 4, `kept events before the error: ${rest.length}`);
@@ -219,7 +184,7 @@ test('without the header a disconnect cancels as before, and there is no stream 
   const ac = new AbortController();
   const res = await post({ ...BODY, max_tokens: 900 }, {}, ac.signal);
   assert.equal(res.headers.get('x-llorch-stream-id'), null);
-  await readEvents(res, (ev, evs) => evs.length >= 3);
+  await readSSE(res, (ev, evs) => evs.length >= 3);
   ac.abort();
   await waitFor('generation cancelled', async () => (await outcomes()).cancelled === before.cancelled + 1, 5000);
   assert.equal((await resume('cmpl-00000000000000000000000000000000')).status, 404);
@@ -235,7 +200,7 @@ test('bad resumable requests are 400s naming the header', async () => {
   // Last-Event-ID must be a number within the stream
   const done = await post({ ...BODY, max_tokens: 3 }, { 'X-Llorch-Resumable': 'true' });
   const id = done.headers.get('x-llorch-stream-id');
-  const evs = await readEvents(done);
+  const evs = await readSSE(done);
   r = await resume(id, 'abc');
   assert.equal(r.status, 400);
   assert.equal((await r.json()).error.param, 'Last-Event-ID');

@@ -11,7 +11,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
 
-import { tempDir, synthModel, startWorker, execute } from './helpers.mjs';
+import { tempDir, synthModel, startWorker, execute, collectChoices } from './helpers.mjs';
 
 let tmp, on, off, client;
 
@@ -56,20 +56,7 @@ test('chat n=3, streamed: every chunk names its choice, each choice is whole', a
     model: 'tiny', messages: MESSAGES, max_tokens: 12, temperature: 0, n: 3, stream: true,
     stream_options: { include_usage: true },
   });
-  const text = ['', '', ''], finish = [null, null, null], roles = [0, 0, 0];
-  let usage = null;
-  for await (const chunk of stream) {
-    if (chunk.usage) usage = chunk.usage;
-    for (const c of chunk.choices) {
-      assert.ok(c.index >= 0 && c.index < 3, `index ${c.index}`);
-      if (c.delta.role) roles[c.index]++;
-      text[c.index] += c.delta.content ?? '';
-      if (c.finish_reason) {
-        assert.equal(finish[c.index], null, `choice ${c.index} finished twice`);
-        finish[c.index] = c.finish_reason;
-      }
-    }
-  }
+  const { text, finish, roles, usage } = await collectChoices(stream, 3);
   assert.deepEqual(roles, [1, 1, 1]);
   for (let i = 0; i < 3; i++) {
     assert.equal(text[i], ref.choices[0].message.content, `choice ${i}`);
