@@ -11,7 +11,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
 
-import { tempDir, synthModel, startWorker, execute, collectChoices } from './helpers.mjs';
+import { tempDir, synthModel, startWorker, execute, collectChoices, info, waitInfo } from './helpers.mjs';
 
 let tmp, on, off, client;
 
@@ -138,6 +138,37 @@ test('native n=3: the siblings take the prompt from the prefix cache, and genera
     assert.ok(shared.ends[i].cached_tokens >= p - 16 && shared.ends[i].cached_tokens < p,
       `choice ${i}: ${shared.ends[i].cached_tokens} of ${p} prompt tokens cached`);
   }
+});
+
+test('n=3: a client that goes away cancels every choice; cancelling the job id cancels them all', async () => {
+  const before = (await info(on)).requests;
+  const ac = new AbortController();
+  const r = await fetch(`${on.url}/v1/completions`, {
+    method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: 'x', max_tokens: 400, ignore_eos: true, stream: true, n: 3 }),
+  });
+  const reader = r.body.getReader();
+  await reader.read();
+  ac.abort();
+  const after = await waitInfo(on, (i) => i.requests.running === 0 && i.slots.busy === 0 && i.slots.queued === 0);
+  assert.equal(after.requests.running, 0, 'choices still running after the client left');
+  assert.equal(after.slots.busy, 0);
+  assert.equal(after.requests.cancelled, before.cancelled + 1, 'one request, cancelled once');
+
+  // the native job id names every choice
+  const events = [];
+  const run = execute(on, { job_id: 'n3-cancel', prompt: 'x', max_tokens: 400, ignore_eos: true, n: 3 }, {
+    onEvent: (ev) => { events.push(ev); return false; },
+  });
+  await waitInfo(on, () => events.some((e) => e.event === 'token'));
+  const c = await (await fetch(`${on.url}/v2/jobs/n3-cancel/cancel`, { method: 'POST', body: '{}' })).json();
+  assert.equal(c.state, 'cancelled');
+  const done = await run;
+  const ends = done.events.filter((e) => e.event === 'end');
+  assert.deepEqual(ends.map((e) => e.data.choice).sort(), [0, 1, 2]);
+  for (const e of ends) assert.equal(e.data.finish_reason, 'cancelled');
+  const tokens = done.events.filter((e) => e.event === 'token').length;
+  assert.equal(c.tokens_sent, tokens, 'tokens_sent counts every choice\'s token events');
 });
 
 test('a worker refuses X-Llorch-Resumable: true (resumable streams are the orchestrator\'s)', async () => {
