@@ -38,8 +38,8 @@ before(async () => {
   models = path.join(tmp.dir, 'models');
   mkdirSync(models, { recursive: true });
   synthSlowModel(models);
-  // a short window (the expiry test), a buffer that holds a 120-token stream
-  all = await startAll('all', { window: '4s', max_stream_bytes: '256KiB' });
+  // a short window (the expiry test), a buffer that holds a 300-token stream
+  all = await startAll('all', { window: '1s', max_stream_bytes: '256KiB' });
 });
 
 after(async () => {
@@ -70,7 +70,7 @@ function resume(id, lastEventId, p = all) {
   return fetch(`${p.url}/v2/streams/${id}`, { headers });
 }
 
-const BODY = { model: 'slow', prompt: 'Once upon a time', max_tokens: 120, temperature: 0, ignore_eos: true, stream: true };
+const BODY = { model: 'slow', prompt: 'Once upon a time', max_tokens: 300, temperature: 0, ignore_eos: true, stream: true };
 
 test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterrupted greedy run', async () => {
   const ref = await readSSE(await post(BODY));
@@ -89,7 +89,7 @@ test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterr
   ac.abort();
   assert.deepEqual(head.map((e) => e.id), head.map((_, i) => i + 1), 'events are numbered from 1');
   const lastId = head.at(-1).id;
-  await sleep(300); // the generation goes on meanwhile
+  await sleep(150); // the generation goes on meanwhile
 
   const again = await resume(id, lastId);
   assert.equal(again.status, 200);
@@ -98,16 +98,15 @@ test('a dropped resumable stream, resumed with Last-Event-ID, equals an uninterr
   assert.equal(rest.at(-1).data, '[DONE]');
   assert.deepEqual(rest.map((e) => e.id), rest.map((_, i) => lastId + 1 + i), 'the events after Last-Event-ID, in order');
   assert.equal(textOf(head) + textOf(rest), refText);
+  // an ended stream stays fetchable for the window (1 s here): all of it again, from the start
+  const whole = await readSSE(await resume(id));
+  assert.equal(textOf(whole), refText);
   // it was resumed while still generating (the record attached the new client)
   await waitFor('the resume logged', async () => all.logs.some((l) => l.includes(`resumable stream ${id}: resumed after event ${lastId}`)), 3000)
     .catch(() => assert.fail('the stream had already ended when the client came back'));
   // the same generation, completed, not cancelled and restarted
   await waitFor('outcome counted', async () => (await outcomes()).completed === before.completed + 1);
   assert.equal((await outcomes()).cancelled, before.cancelled);
-
-  // an ended stream stays fetchable for the window: all of it again, from the start
-  const whole = await readSSE(await resume(id));
-  assert.equal(textOf(whole), refText);
 });
 
 test('a resumable chat stream with n=2 resumes every choice', async () => {
@@ -143,11 +142,11 @@ test('a resumable chat stream with n=2 resumes every choice', async () => {
 test('nobody back within orchestrator.resume.window: the generation is cancelled and the id forgotten', async () => {
   const before = await outcomes();
   const ac = new AbortController();
-  const res = await post({ ...BODY, max_tokens: 900 }, { 'X-Llorch-Resumable': 'true' }, ac.signal);
+  const res = await post({ ...BODY, max_tokens: 1000 }, { 'X-Llorch-Resumable': 'true' }, ac.signal);
   const id = res.headers.get('x-llorch-stream-id');
   await readSSE(res, (ev, evs) => evs.length >= 3);
   ac.abort();
-  // the window is 4 s; 900 tokens take far longer on this model
+  // the window is 1 s; 1000 tokens take longer on this model
   await waitFor('generation cancelled', async () => (await outcomes()).cancelled === before.cancelled + 1, 10000);
   await waitFor('stream forgotten', async () => (await resume(id)).status === 404, 5000);
   const r = await resume(id);
@@ -161,7 +160,7 @@ test('a full buffer with the client away stops the generation; the reconnect get
   try {
     const before = await outcomes(small);
     const ac = new AbortController();
-    const res = await post({ ...BODY, max_tokens: 900 }, { 'X-Llorch-Resumable': 'true' }, ac.signal, small);
+    const res = await post({ ...BODY, max_tokens: 1000 }, { 'X-Llorch-Resumable': 'true' }, ac.signal, small);
     const id = res.headers.get('x-llorch-stream-id');
     const head = await readSSE(res, (ev, evs) => evs.length >= 2);
     ac.abort();
@@ -182,7 +181,7 @@ test('a full buffer with the client away stops the generation; the reconnect get
 test('without the header a disconnect cancels as before, and there is no stream to resume', async () => {
   const before = await outcomes();
   const ac = new AbortController();
-  const res = await post({ ...BODY, max_tokens: 900 }, {}, ac.signal);
+  const res = await post({ ...BODY, max_tokens: 1000 }, {}, ac.signal);
   assert.equal(res.headers.get('x-llorch-stream-id'), null);
   await readSSE(res, (ev, evs) => evs.length >= 3);
   ac.abort();
