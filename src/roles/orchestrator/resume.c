@@ -10,6 +10,11 @@
  * is attached) the generation is cancelled on the worker, as a disconnect
  * without the header cancels it at once.
  *
+ * A stream belongs to the credential that opened it: only a request with the
+ * same client key (Authorization bearer or x-api-key; its SHA-256 is kept,
+ * not the key) can resume it; any other gets the 404 of an unknown id, so
+ * one client cannot read another's answer even when both hold valid keys.
+ *
  * The record outlives its request (req_free only unlinks it): an ended
  * stream stays fetchable for the window. Ended records go first when the
  * total bound needs room. Everything runs on the loop thread.
@@ -19,7 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llorch/auth.h"
+#include "llorch/http.h"
 #include "llorch/log.h"
+#include "llorch/sha256.h"
 #include "llorch/sse.h"
 #include "orchestrator-impl.h"
 
@@ -31,6 +39,7 @@ typedef struct resume_ev {
 struct orch_resume {
   orch *o;
   char id[48];                 /* the response's id: GET /v2/streams/{id} */
+  uint8_t owner[LLORCH_SHA256_BYTES]; /* SHA-256 of the opening request's client key (all 0: none) */
   orch_req *r;                 /* the request while it lives, else NULL */
   llorch_http_request *http;   /* the attached client, or NULL */
   resume_ev *ev;               /* (n_ev) kept events, oldest first */
@@ -86,12 +95,25 @@ static void resume_on_close(llorch_http_request *http, void *data) {
   resume_detach(data, "the client went away");
 }
 
+/* SHA-256 of the request's client key, or all zero bytes when it sent none. */
+static void resume_owner_of(const llorch_http_request *req, uint8_t out[LLORCH_SHA256_BYTES]) {
+  const char *key = NULL;
+  size_t len = 0;
+  memset(out, 0, LLORCH_SHA256_BYTES);
+  if (llorch_http_request_api_key(req, &key, &len) < 0) return;
+  llorch_sha256 c;
+  llorch_sha256_init(&c);
+  llorch_sha256_update(&c, key, len);
+  llorch_sha256_final(&c, out);
+}
+
 orch_resume *orch_resume_open(orch *o, orch_req *r, llorch_http_request *req) {
   orch_resume *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   s->o = o;
   s->r = r;
   snprintf(s->id, sizeof s->id, "%s", r->id);
+  resume_owner_of(req, s->owner);
   s->first_seq = s->next_seq = 1;
   llorch_http_response_header(req, "X-Llorch-Stream-Id", s->id);
   if (llorch_http_sse_start(req) < 0) {
@@ -245,6 +267,12 @@ void orch_on_stream(llorch_http_request *req, void *user) {
   orch *o = user;
   const char *id = llorch_http_request_path(req) + strlen("/v2/streams/");
   orch_resume *s = strchr(id, '/') ? NULL : resume_find(o, id);
+  if (s) {
+    uint8_t who[LLORCH_SHA256_BYTES];
+    resume_owner_of(req, who);
+    if (!llorch_auth_token_equal((const char *)who, sizeof who, (const char *)s->owner, sizeof s->owner))
+      s = NULL; /* another client's stream: as unknown as a wrong id */
+  }
   if (!s) {
     char msg[300];
     snprintf(msg, sizeof msg,

@@ -13,6 +13,7 @@ import { ADMIN_KEY, API_KEY, freePort, sleep, startRole, tempDir, waitFor } from
 import { readSSE, synthSlowModel } from '../worker/helpers.mjs';
 
 let tmp, all, models;
+const OTHER_KEY = 'another-client-of-this-cluster';
 
 // --role=all with the slow model and the given resume options.
 async function startAll(name, resume) {
@@ -23,7 +24,7 @@ async function startAll(name, resume) {
     shutdown_grace: '3s',
     pool: { model_dirs: [models], heartbeat_interval: '300ms', cpu_memory: '2GiB' },
     orchestrator: {
-      api_keys: [API_KEY],
+      api_keys: [API_KEY, OTHER_KEY],
       admin_keys: [ADMIN_KEY],
       resume,
       models: [{ name: 'slow', file: 'slow.gguf', ctx: 1024, slots: 2, keep_alive: -1 }],
@@ -64,8 +65,8 @@ function post(body, headers = {}, signal, p = all) {
   });
 }
 
-function resume(id, lastEventId, p = all) {
-  const headers = { Authorization: `Bearer ${API_KEY}` };
+function resume(id, lastEventId, p = all, key = API_KEY) {
+  const headers = { Authorization: `Bearer ${key}` };
   if (lastEventId !== undefined) headers['Last-Event-ID'] = String(lastEventId);
   return fetch(`${p.url}/v2/streams/${id}`, { headers });
 }
@@ -205,4 +206,19 @@ test('bad resumable requests are 400s naming the header', async () => {
   assert.equal((await r.json()).error.param, 'Last-Event-ID');
   r = await resume(id, evs.at(-1).id + 5);
   assert.equal(r.status, 400);
+});
+
+test('a stream is resumable only with the client key that opened it', async () => {
+  const done = await post({ ...BODY, max_tokens: 3 }, { 'X-Llorch-Resumable': 'true' });
+  const id = done.headers.get('x-llorch-stream-id');
+  const evs = await readSSE(done);
+  assert.equal(evs.at(-1).data, '[DONE]');
+  // another valid client key: as unknown as a wrong id
+  const r = await resume(id, undefined, all, OTHER_KEY);
+  assert.equal(r.status, 404);
+  assert.equal((await r.json()).error.code, 'stream_not_found');
+  // the same key, sent as x-api-key this time: the stream
+  const mine = await fetch(`${all.url}/v2/streams/${id}`, { headers: { 'x-api-key': API_KEY } });
+  assert.equal(mine.status, 200);
+  assert.equal(textOf(await readSSE(mine)), textOf(evs));
 });
