@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ctest "reference": llorch against llama.cpp (node-llama-cpp 3.22.1's prebuilt
 # CPU binaries), token for token. Usage: run-reference.sh LLORCH_BIN [options
-# of reference-test.mjs]. Exits 77 (ctest SKIP) when node/npm are missing.
+# of reference-test.mjs], or run-reference.sh LLORCH_BIN --prompt-logprobs
+# [options of prompt-logprobs-test.mjs]. Exits 77 (ctest SKIP) when node/npm are missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: run-reference.sh LLORCH_BIN [options]}
@@ -18,5 +19,10 @@ export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
 if [ ! -d "$here/node_modules/node-llama-cpp" ] || [ ! -d "$here/node_modules/@node-llama-cpp/linux-x64" ]; then
   echo "installing node-llama-cpp 3.22.1 (prebuilt CPU binaries) into $here/node_modules" >&2
   (cd "$here" && npm install --omit=optional --ignore-scripts --no-audit --no-fund >&2)
+fi
+# --prompt-logprobs: echo's prompt logprobs against llama.cpp's logits instead
+if [ "${1:-}" = "--prompt-logprobs" ]; then
+  shift
+  exec node "$here/prompt-logprobs-test.mjs" --llorch "$bin" "$@"
 fi
 exec node "$here/reference-test.mjs" --llorch "$bin" "$@"

@@ -75,7 +75,7 @@ static llorch_tokenizer *synth_load(uint32_t hint, uint32_t *n_vocab, double *se
   assert_int_equal(llorch_gguf_writer_init(&w, 32), 0);
   struct timespec a, b;
   clock_gettime(CLOCK_MONOTONIC, &a);
-  int rc = llorch_tokenizer_synth_vocab(w, hint, n_vocab, &em);
+  int rc = llorch_tokenizer_synth_vocab(w, hint, false, n_vocab, &em);
   clock_gettime(CLOCK_MONOTONIC, &b);
   if (rc != 0) fail_msg("synth_vocab: %s", em.text);
   if (seconds) *seconds = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
@@ -161,7 +161,7 @@ static void test_synth_vocab(void **state) {
 
   llorch_gguf_writer *w;
   assert_int_equal(llorch_gguf_writer_init(&w, 32), 0);
-  assert_int_equal(llorch_tokenizer_synth_vocab(w, 100, &n2, &em), LLORCH_EINVAL);
+  assert_int_equal(llorch_tokenizer_synth_vocab(w, 100, false, &n2, &em), LLORCH_EINVAL);
   llorch_gguf_writer_free(w);
 }
 
