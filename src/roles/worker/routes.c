@@ -123,14 +123,11 @@ fail:
   routes_stream_discard(st);
 }
 
-static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api,
-                            llorch_openai_dialect dialect) {
-  if (w->state != WORKER_STATE_READY) {
-    routes_not_ready(w, req);
-    return;
-  }
-  size_t len;
-  const char *body = llorch_http_request_body(req, &len);
+/*
+ * The bytes budget and the JSON parse every request body goes through.
+ * NULL when the request was answered (429, 413, 400).
+ */
+static cJSON *routes_parse_body(worker *w, llorch_http_request *req, const char *body, size_t len) {
   /*
    * Bytes budget over everything the worker holds for requests (their
    * bodies' worth: prompt text, then tokens), whatever their number: a few
@@ -147,7 +144,7 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
     w->n_rejected++;
     llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
     llorch_openai_respond_error(req, &err);
-    return;
+    return NULL;
   }
   cJSON *json = NULL;
   llorch_errmsg em = {{0}};
@@ -156,8 +153,32 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
   if (prc < 0) {
     llorch_http_respond_error(req, prc == LLORCH_ELIMIT ? 413 : 400, "invalid_request_error", em.text,
                               NULL, prc == LLORCH_ELIMIT ? "request_too_large" : "invalid_json");
+    return NULL;
+  }
+  return json;
+}
+
+static void routes_embeddings(worker *w, llorch_http_request *req) {
+  if (w->state != WORKER_STATE_READY) {
+    routes_not_ready(w, req);
     return;
   }
+  size_t len;
+  const char *body = llorch_http_request_body(req, &len);
+  cJSON *json = routes_parse_body(w, req, body, len);
+  if (json) worker_embed_route(w, req, json, len);
+}
+
+static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api,
+                            llorch_openai_dialect dialect) {
+  if (w->state != WORKER_STATE_READY) {
+    routes_not_ready(w, req);
+    return;
+  }
+  size_t len;
+  const char *body = llorch_http_request_body(req, &len);
+  cJSON *json = routes_parse_body(w, req, body, len);
+  if (!json) return;
   llorch_openai_error err = {0};
   if (dialect != LLORCH_DIALECT_OPENAI) {
     /* Anthropic Messages / Responses: the same request as chat completions */
@@ -417,6 +438,8 @@ void worker_route(llorch_http_request *req, void *user) {
     if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT, LLORCH_DIALECT_ANTHROPIC);
   } else if (strcmp(path, "/v1/responses") == 0) {
     if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT, LLORCH_DIALECT_RESPONSES);
+  } else if (strcmp(path, "/v1/embeddings") == 0) {
+    if (routes_method(req, "POST")) routes_embeddings(w, req);
   } else if (strcmp(path, "/v1/models") == 0) {
     if (routes_method(req, "GET")) routes_models(w, req);
   } else if (strcmp(path, "/v2/info") == 0) {

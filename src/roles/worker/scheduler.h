@@ -89,6 +89,15 @@ typedef struct worker_job {
    * the logits with it and feeds it the sampled token; the job ends (stop)
    * when the grammar's output is complete and nothing may follow. */
   llorch_grammar_state *grammar;
+  /* Embeddings: pooling LLORCH_POOLING_MEAN/CLS/LAST (llorch/model.h) makes
+   * this an embedding job: its prompt is computed (never taken from the
+   * prefix cache, which holds no hidden states) and the final hidden states
+   * are pooled into embd; nothing is generated. The END event (finish stop)
+   * means embd holds the pooled vector (n_embd floats, not normalised).
+   * 0 for generation. Needs a backend with forward_hidden (submit says
+   * LLORCH_EUNSUPPORTED otherwise). */
+  int pooling;
+  float *embd;                   /* (n_embd) allocated by submit, owned by the job */
 
   /* ---- inference-thread state ---- */
   int32_t slot;                  /* backend sequence, -1 while queued */
