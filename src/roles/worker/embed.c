@@ -3,7 +3,10 @@
  * inputs are tokenized on the libuv thread pool (like prompts), and each
  * input becomes one embedding job in the scheduler (scheduler.h: pooling),
  * batched with whatever else runs: a long list of inputs neither blocks the
- * loop nor stalls running streams. When every job has ended the pooled
+ * loop nor stalls running streams. At most as many jobs of one request as
+ * there are slots are in the scheduler at a time (the next is submitted when
+ * one ends), so a request of 2048 inputs counts once against the queue bound
+ * and requests that arrive later are not queued behind all of its inputs. When every job has ended the pooled
  * vectors are truncated to `dimensions`, L2-normalised and written by the
  * OpenAI layer.
  *
@@ -38,7 +41,7 @@ struct worker_embed {
   llorch_errmsg tok_em;
   uv_work_t work;
   worker_job **jobs;              /* (n) */
-  int n_submitted, n_final;       /* jobs in the scheduler, final events taken */
+  int n_submitted, n_final;       /* jobs submitted (in order), final events taken */
   uint32_t prompt_tokens;
   bool answered;                  /* an error went out: the rest is only waited for */
 };
@@ -79,6 +82,34 @@ static void embed_on_gone(llorch_http_request *req, void *data) {
 static void embed_on_gone_early(llorch_http_request *req, void *data) {
   (void)req;
   ((worker_embed *)data)->req = NULL;
+}
+
+/* Submits the next job. 0, or a negative code with err (nothing submitted). */
+static int embed_submit_next(worker_embed *e, llorch_openai_error *err) {
+  worker *w = e->w;
+  llorch_errmsg em = {{0}};
+  int rc = worker_sched_submit(w->sched, e->jobs[e->n_submitted], &em);
+  if (rc == 0) {
+    e->n_submitted++;
+    return 0;
+  }
+  if (rc == LLORCH_EBUSY) {
+    *err = (llorch_openai_error){.status = 503, .type = "server_error", .code = "overloaded",
+                                 .retry_after_s = 1};
+    w->n_rejected++;
+    llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
+  } else if (rc == LLORCH_ESTATE) {
+    *err = (llorch_openai_error){.status = 503, .type = "server_error", .code = "not_ready",
+                                 .retry_after_s = 1};
+  } else if (rc == LLORCH_EUNSUPPORTED) {
+    *err = (llorch_openai_error){.status = 501, .type = "invalid_request_error", .code = "unsupported"};
+  } else if (rc == LLORCH_ENOMEM) {
+    *err = (llorch_openai_error){.status = 500, .type = "server_error", .code = "internal_error"};
+  } else {
+    *err = (llorch_openai_error){.status = 400, .type = "invalid_request_error", .code = "invalid_value"};
+  }
+  snprintf(err->message, sizeof err->message, "%s", em.text);
+  return rc;
 }
 
 /* ---- tokenization (thread pool: touches only e) ---- */
@@ -156,37 +187,18 @@ static void embed_tokenize_done(uv_work_t *work, int status) {
     worker_job *j = worker_job_new(id, e->toks[i].ids, (uint32_t)e->toks[i].n);
     if (!j) {
       llorch_openai_fail(&err, 500, "server_error", "internal_error", NULL, "out of memory");
-      goto fail_submitted;
+      goto fail;
     }
     llorch_tokens_free(&e->toks[i]);
     snprintf(j->request_id, sizeof j->request_id, "%s", e->request_id);
     j->pooling = e->pooling;
+    j->queue_exempt = i > 0;
     j->owner = e;
     e->jobs[i] = j;
-    llorch_errmsg em = {{0}};
-    int rc = worker_sched_submit(w->sched, j, &em);
-    if (rc < 0) {
-      if (rc == LLORCH_EBUSY) {
-        err = (llorch_openai_error){.status = 503, .type = "server_error", .code = "overloaded",
-                                    .retry_after_s = 1};
-        w->n_rejected++;
-        llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
-      } else if (rc == LLORCH_ESTATE) {
-        err = (llorch_openai_error){.status = 503, .type = "server_error", .code = "not_ready",
-                                    .retry_after_s = 1};
-      } else if (rc == LLORCH_EUNSUPPORTED) {
-        err = (llorch_openai_error){.status = 501, .type = "invalid_request_error",
-                                    .code = "unsupported"};
-      } else {
-        err = (llorch_openai_error){.status = rc == LLORCH_ENOMEM ? 500 : 400,
-                                    .type = rc == LLORCH_ENOMEM ? "server_error" : "invalid_request_error",
-                                    .code = rc == LLORCH_ENOMEM ? "internal_error" : "invalid_value"};
-      }
-      snprintf(err.message, sizeof err.message, "%s", em.text);
-      goto fail_submitted;
-    }
-    e->n_submitted++;
   }
+  const int first = e->n < (int)w->n_slots ? e->n : (int)w->n_slots;
+  for (int i = 0; i < first; i++)
+    if (embed_submit_next(e, &err) < 0) goto fail_submitted;
   llorch_http_request_set_data(e->req, e, embed_on_gone);
   LOG_DEBUG("worker", e->request_id, "embeddings: %d inputs queued (pooling %s)", e->n,
             llorch_pooling_name(e->pooling));
@@ -312,6 +324,13 @@ void worker_embed_event(worker *w, const worker_event *ev) {
   case WORKER_EV_TOKEN: return; /* embedding jobs generate nothing */
   case WORKER_EV_END:
     e->prompt_tokens += ev->prompt_tokens;
+    if (ev->finish != WORKER_FINISH_CANCELLED && e->req && !e->answered && e->n_submitted < e->n) {
+      llorch_openai_error err;
+      if (embed_submit_next(e, &err) < 0) {
+        embed_fail(e, &err);
+        embed_cancel(e);
+      }
+    }
     if (ev->finish == WORKER_FINISH_CANCELLED && !e->answered) {
       llorch_openai_error err;
       llorch_openai_fail(&err, 503, "server_error", "cancelled", NULL, "the embedding job was cancelled");

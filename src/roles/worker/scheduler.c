@@ -389,7 +389,7 @@ int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   /* Free slots take jobs at the next step, so only jobs beyond them count
    * against the queue bound. */
   uint32_t free_slots = s->cfg.n_slots - s->n_busy;
-  if (s->n_queued >= free_slots + s->cfg.queue_max) {
+  if (!j->queue_exempt && s->n_queued >= free_slots + s->cfg.queue_max) {
     uv_mutex_unlock(&s->mu);
     return llorch_errmsg_set(em, LLORCH_EBUSY,
                              "all %u slots are busy and %u requests are waiting (queue_max %u)",
@@ -622,7 +622,7 @@ static bool sched_admit_locked(worker_sched *s) {
     if (j->cancel_requested) e = sched_end_event(j, WORKER_FINISH_CANCELLED);
     else if (s->draining || s->aborting)
       e = sched_error_event(j, "shutting_down", true, "the worker is shutting down");
-    else if (s->cfg.queue_timeout_s > 0 && !j->started &&
+    else if (s->cfg.queue_timeout_s > 0 && !j->started && !j->queue_exempt &&
              (double)(now - j->t_submit_ns) / 1e9 > s->cfg.queue_timeout_s) {
       char msg[128];
       snprintf(msg, sizeof msg, "waited %.1f s for a free slot (queue_timeout %.1f s)",

@@ -98,6 +98,10 @@ typedef struct worker_job {
    * LLORCH_EUNSUPPORTED otherwise). */
   int pooling;
   float *embd;                   /* (n_embd) allocated by submit, owned by the job */
+  /* Another job of the same request already passed the queue bound (an
+   * embeddings request submits its inputs a few at a time): this one is not
+   * refused by queue_max and does not time out while queued. */
+  bool queue_exempt;
 
   /* ---- inference-thread state ---- */
   int32_t slot;                  /* backend sequence, -1 while queued */
@@ -236,7 +240,7 @@ void worker_sched_free(worker_sched *s);
  * Queues a job. Clamps max_tokens to what fits. Errors (job not taken, em set):
  *   LLORCH_ERANGE  prompt does not fit the context (em has both numbers)
  *   LLORCH_EINVAL  empty prompt, sampling parameters out of range, empty stop string
- *   LLORCH_EBUSY   queue full
+ *   LLORCH_EBUSY   queue full (never for a queue_exempt job)
  *   LLORCH_ESTATE  shutting down
  */
 int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em);
