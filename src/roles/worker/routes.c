@@ -124,10 +124,18 @@ fail:
 }
 
 /*
- * The bytes budget and the JSON parse every request body goes through.
- * NULL when the request was answered (429, 413, 400).
+ * What every request body goes through: the worker must be ready, the bytes
+ * budget, the JSON parse. NULL when the request was answered (503, 429,
+ * 413, 400); *len gets the body's size.
  */
-static cJSON *routes_parse_body(worker *w, llorch_http_request *req, const char *body, size_t len) {
+static cJSON *routes_parse_body(worker *w, llorch_http_request *req, size_t *len_out) {
+  if (w->state != WORKER_STATE_READY) {
+    routes_not_ready(w, req);
+    return NULL;
+  }
+  size_t len;
+  const char *body = llorch_http_request_body(req, &len);
+  *len_out = len;
   /*
    * Bytes budget over everything the worker holds for requests (their
    * bodies' worth: prompt text, then tokens), whatever their number: a few
@@ -159,25 +167,15 @@ static cJSON *routes_parse_body(worker *w, llorch_http_request *req, const char 
 }
 
 static void routes_embeddings(worker *w, llorch_http_request *req) {
-  if (w->state != WORKER_STATE_READY) {
-    routes_not_ready(w, req);
-    return;
-  }
-  size_t len;
-  const char *body = llorch_http_request_body(req, &len);
-  cJSON *json = routes_parse_body(w, req, body, len);
+  size_t len = 0;
+  cJSON *json = routes_parse_body(w, req, &len);
   if (json) worker_embed_route(w, req, json, len);
 }
 
 static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api,
                             llorch_openai_dialect dialect) {
-  if (w->state != WORKER_STATE_READY) {
-    routes_not_ready(w, req);
-    return;
-  }
-  size_t len;
-  const char *body = llorch_http_request_body(req, &len);
-  cJSON *json = routes_parse_body(w, req, body, len);
+  size_t len = 0;
+  cJSON *json = routes_parse_body(w, req, &len);
   if (!json) return;
   llorch_openai_error err = {0};
   if (dialect != LLORCH_DIALECT_OPENAI) {
