@@ -58,6 +58,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       abort();
     cJSON_Delete(chat);
   }
+  /* embeddings: what the orchestrator forwards, the worker accepts, with
+   * the same inputs; every input is a string or a list of ids */
+  llorch_openai_embed_request er;
+  llorch_openai_error eerr = {0};
+  if (llorch_openai_embed_parse(body, &er, &eerr) < 0) {
+    if (eerr.status != 400 || !eerr.message[0] || strchr(eerr.message, '\n')) abort();
+  } else {
+    char *fwd = llorch_openai_embed_body(&er);
+    cJSON *fb = fwd ? cJSON_Parse(fwd) : NULL;
+    llorch_openai_embed_request er2;
+    if (!fb || llorch_openai_embed_parse(fb, &er2, &eerr) < 0 || er2.n_inputs != er.n_inputs ||
+        er2.ids != er.ids || er2.dimensions != er.dimensions || er2.encoding != er.encoding)
+      abort();
+    for (int i = 0; i < er.n_inputs; i++) {
+      const char *text;
+      const cJSON *ids;
+      llorch_openai_embed_input(&er, i, &text, &ids);
+      if (!text == !ids || (text && !text[0]) || (ids && cJSON_GetArraySize(ids) < 1)) abort();
+    }
+    cJSON_Delete(fb);
+    free(fwd);
+  }
   cJSON_Delete(body);
   return 0;
 }

@@ -77,13 +77,20 @@ async function startWorker(bin, file, threads) {
     const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(logs);
     if (m && !url) url = `http://127.0.0.1:${m[1]}`;
   });
-  const deadline = Date.now() + 30000;
+  const deadline = Date.now() + 60000;
+  let last = "no answer yet";
   for (;;) {
     if (exited) throw new Error(`worker exited (${JSON.stringify(exited)}):\n${logs}`);
-    if (Date.now() > deadline) throw new Error(`worker not ready in 30 s:\n${logs}`);
+    if (Date.now() > deadline) throw new Error(`worker not ready in 60 s (last: ${last}):\n${logs}`);
     if (url) {
-      const r = await fetch(`${url}/health/ready`).catch(() => null);
-      if (r && r.status === 200) break;
+      // each probe on a new connection, bounded in time
+      const r = await fetch(`${url}/health/ready`, { headers: { Connection: "close" }, signal: AbortSignal.timeout(2000) })
+        .catch((e) => { last = String(e && e.cause ? e.cause : e); return null; });
+      if (r) {
+        last = `HTTP ${r.status}`;
+        await r.arrayBuffer();
+        if (r.status === 200) break;
+      }
     }
     await sleep(25);
   }

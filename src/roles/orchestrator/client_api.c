@@ -534,7 +534,10 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
     /* An HTTP error from the worker before any stream. */
     size_t len = 0;
     const char *body = llorch_http_call_body(call, &len);
-    if (status >= 400 && status < 500 && status != 401 && status != 408 && status != 429) {
+    /* 501 from /v1/embeddings: that worker's device cannot embed (CUDA);
+     * the client is told so, the worker is not broken */
+    if ((status >= 400 && status < 500 && status != 401 && status != 408 && status != 429) ||
+        (r->embed && status == 501)) {
       /* The request itself is wrong (the worker validates more than we do): pass it on
        * (in the client's API's envelope when that is not OpenAI's). */
       if (r->http && llorch_http_request_error_format(r->http) != LLORCH_HTTP_ERRORS_OPENAI)
@@ -546,7 +549,7 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
       return;
     }
     bool overloaded = (status == 503 || status == 429) && strstr(body, "overloaded");
-    snprintf(why, sizeof why, "HTTP %d from /v2/execute: %.300s", status, body);
+    snprintf(why, sizeof why, "HTTP %d from %s: %.300s", status, r->embed ? "/v1/embeddings" : "/v2/execute", body);
     if (try_retry(r, !overloaded, why)) return;
   }
   LOG_WARN("orch", r->rid, "request failed on %s: %s", r->worker_name, why);
