@@ -83,8 +83,8 @@ async function startWorker(bin, file, threads) {
     if (exited) throw new Error(`worker exited (${JSON.stringify(exited)}):\n${logs}`);
     if (Date.now() > deadline) throw new Error(`worker not ready in 60 s (last: ${last}):\n${logs}`);
     if (url) {
-      // each probe on a new connection, bounded in time
-      const r = await fetch(`${url}/health/ready`, { headers: { Connection: "close" }, signal: AbortSignal.timeout(2000) })
+      // each probe bounded in time, its body read (so its connection is free again)
+      const r = await fetch(`${url}/health/ready`, { signal: AbortSignal.timeout(2000) })
         .catch((e) => { last = String(e && e.cause ? e.cause : e); return null; });
       if (r) {
         last = `HTTP ${r.status}`;
