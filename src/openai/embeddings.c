@@ -179,10 +179,11 @@ uint32_t llorch_openai_embed_finish_vector(float *v, uint32_t n, uint32_t dims, 
 /* ---- the answer ---- */
 
 /* A float32 in its shortest text that reads back as the same float32 (a
- * double's shortest form would print float noise: 0.1f as 0.10000000149). */
+ * double's shortest form would print float noise: 0.1f as 0.10000000149),
+ * as one array item. */
 static void embed_write_float(llorch_jbuf *b, float v) {
   if (!isfinite(v)) {
-    llorch_jbuf_raw(b, "null", 4);
+    llorch_jbuf_null(b);
     return;
   }
   char tmp[32];
@@ -191,15 +192,19 @@ static void embed_write_float(llorch_jbuf *b, float v) {
     n = snprintf(tmp, sizeof tmp, "%.*g", prec, (double)v);
     if (strtof(tmp, NULL) == v) break;
   }
-  llorch_jbuf_raw(b, tmp, (size_t)n);
+  llorch_jbuf_value(b, tmp, (size_t)n);
 }
 
-/* base64 (RFC 4648, padded) of v's little-endian float32 bytes. */
+/* base64 (RFC 4648, padded) of v's little-endian float32 bytes, as a string
+ * value. */
 static void embed_write_base64(llorch_jbuf *b, const float *v, uint32_t n) {
   static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   const size_t nb = (size_t)n * 4;
-  llorch_jbuf_raw(b, "\"", 1);
-  char out[4 * 64];
+  char *out = malloc((nb + 2) / 3 * 4 + 1);
+  if (!out) {
+    b->err = LLORCH_ENOMEM; /* the answer is refused as a whole */
+    return;
+  }
   size_t o = 0;
   uint8_t in[3];
   for (size_t i = 0; i < nb; i += 3) {
@@ -215,41 +220,36 @@ static void embed_write_base64(llorch_jbuf *b, const float *v, uint32_t n) {
     out[o++] = tab[((in[0] & 3) << 4) | (in[1] >> 4)];
     out[o++] = k > 1 ? tab[((in[1] & 15) << 2) | (in[2] >> 6)] : '=';
     out[o++] = k > 2 ? tab[in[2] & 63] : '=';
-    if (o == sizeof out) {
-      llorch_jbuf_raw(b, out, o);
-      o = 0;
-    }
   }
-  llorch_jbuf_raw(b, out, o);
-  llorch_jbuf_raw(b, "\"", 1);
+  llorch_jbuf_strn(b, out, o);
+  free(out);
 }
 
 void llorch_openai_write_embeddings(llorch_jbuf *b, const char *model, const float *const *vecs,
                                     int n, uint32_t dim, llorch_openai_embed_encoding enc,
                                     uint32_t prompt_tokens) {
-  llorch_jbuf_cstr(b, "{\"object\":\"list\",\"data\":[");
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "object", "list");
+  llorch_jbuf_karr(b, "data");
   for (int i = 0; i < n; i++) {
-    if (i) llorch_jbuf_raw(b, ",", 1);
-    llorch_jbuf_cstr(b, "{\"object\":\"embedding\",\"index\":");
-    llorch_jbuf_int(b, i);
-    llorch_jbuf_cstr(b, ",\"embedding\":");
+    llorch_jbuf_obj(b);
+    llorch_jbuf_kstr(b, "object", "embedding");
+    llorch_jbuf_kint(b, "index", i);
+    llorch_jbuf_key(b, "embedding");
     if (enc == LLORCH_EMBED_BASE64) {
       embed_write_base64(b, vecs[i], dim);
     } else {
-      llorch_jbuf_raw(b, "[", 1);
-      for (uint32_t d = 0; d < dim; d++) {
-        if (d) llorch_jbuf_raw(b, ",", 1);
-        embed_write_float(b, vecs[i][d]);
-      }
-      llorch_jbuf_raw(b, "]", 1);
+      llorch_jbuf_arr(b);
+      for (uint32_t d = 0; d < dim; d++) embed_write_float(b, vecs[i][d]);
+      llorch_jbuf_end(b);
     }
-    llorch_jbuf_raw(b, "}", 1);
+    llorch_jbuf_end(b);
   }
-  llorch_jbuf_cstr(b, "],\"model\":");
-  llorch_jbuf_str(b, model);
-  llorch_jbuf_cstr(b, ",\"usage\":{\"prompt_tokens\":");
-  llorch_jbuf_int(b, prompt_tokens);
-  llorch_jbuf_cstr(b, ",\"total_tokens\":");
-  llorch_jbuf_int(b, prompt_tokens);
-  llorch_jbuf_cstr(b, "}}");
+  llorch_jbuf_end(b);
+  llorch_jbuf_kstr(b, "model", model);
+  llorch_jbuf_kobj(b, "usage");
+  llorch_jbuf_kint(b, "prompt_tokens", prompt_tokens);
+  llorch_jbuf_kint(b, "total_tokens", prompt_tokens);
+  llorch_jbuf_end(b);
+  llorch_jbuf_end(b);
 }
