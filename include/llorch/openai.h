@@ -221,14 +221,25 @@ char *llorch_openai_embed_body(const llorch_openai_embed_request *r);
 uint32_t llorch_openai_embed_finish_vector(float *v, uint32_t n, uint32_t dims, bool normalize);
 
 /*
- * {"object":"list","data":[{"object":"embedding","index":i,"embedding":..}],
- * "model":..,"usage":{"prompt_tokens","total_tokens"}}: vecs[i] has dim
+ * {"object":"list","model":..,"usage":{"prompt_tokens","total_tokens"},
+ * "data":[{"object":"embedding","index":i,"embedding":..}]}: vecs[i] has dim
  * floats, written as numbers (the float32's shortest form) or as base64 of
- * their little-endian bytes.
+ * their little-endian bytes. data comes last (see below).
  */
 void llorch_openai_write_embeddings(llorch_jbuf *b, const char *model, const float *const *vecs,
                                     int n, uint32_t dim, llorch_openai_embed_encoding enc,
                                     uint32_t prompt_tokens);
+
+/*
+ * The orchestrator's copy of a worker's answer with "model" as the client
+ * named it: body must be what llorch_openai_write_embeddings wrote; its
+ * head (object, model, usage) is written again into out with model, the
+ * rest (data, megabytes for large requests) copied as it is, without
+ * parsing it. *prompt_tokens gets usage.prompt_tokens. 0, LLORCH_EFORMAT
+ * when the head is not as written (nothing useful in out), LLORCH_ENOMEM.
+ */
+int llorch_openai_embeddings_rename(const char *body, size_t len, const char *model,
+                                    llorch_jbuf *out, uint32_t *prompt_tokens);
 
 /* ---- response metadata and deltas ---- */
 

@@ -228,8 +228,14 @@ static void embed_write_base64(llorch_jbuf *b, const float *v, uint32_t n) {
 void llorch_openai_write_embeddings(llorch_jbuf *b, const char *model, const float *const *vecs,
                                     int n, uint32_t dim, llorch_openai_embed_encoding enc,
                                     uint32_t prompt_tokens) {
+  /* data last: llorch_openai_embeddings_rename rewrites the head only */
   llorch_jbuf_obj(b);
   llorch_jbuf_kstr(b, "object", "list");
+  llorch_jbuf_kstr(b, "model", model);
+  llorch_jbuf_kobj(b, "usage");
+  llorch_jbuf_kint(b, "prompt_tokens", prompt_tokens);
+  llorch_jbuf_kint(b, "total_tokens", prompt_tokens);
+  llorch_jbuf_end(b);
   llorch_jbuf_karr(b, "data");
   for (int i = 0; i < n; i++) {
     llorch_jbuf_obj(b);
@@ -246,10 +252,44 @@ void llorch_openai_write_embeddings(llorch_jbuf *b, const char *model, const flo
     llorch_jbuf_end(b);
   }
   llorch_jbuf_end(b);
-  llorch_jbuf_kstr(b, "model", model);
-  llorch_jbuf_kobj(b, "usage");
-  llorch_jbuf_kint(b, "prompt_tokens", prompt_tokens);
-  llorch_jbuf_kint(b, "total_tokens", prompt_tokens);
   llorch_jbuf_end(b);
-  llorch_jbuf_end(b);
+}
+
+/* Skips the literal lit at *p; false when the text differs. */
+static bool embed_skip(const char **p, const char *end, const char *lit) {
+  size_t n = strlen(lit);
+  if ((size_t)(end - *p) < n || memcmp(*p, lit, n) != 0) return false;
+  *p += n;
+  return true;
+}
+
+/* Reads decimal digits at *p (at most 10) into *v. */
+static bool embed_skip_uint(const char **p, const char *end, uint32_t *v) {
+  uint64_t x = 0;
+  const char *s = *p;
+  while (*p < end && **p >= '0' && **p <= '9' && *p - s < 10) x = x * 10 + (uint64_t)(*(*p)++ - '0');
+  if (*p == s || x > UINT32_MAX) return false;
+  *v = (uint32_t)x;
+  return true;
+}
+
+int llorch_openai_embeddings_rename(const char *body, size_t len, const char *model,
+                                    llorch_jbuf *out, uint32_t *prompt_tokens) {
+  const char *p = body, *end = body + len;
+  if (!embed_skip(&p, end, "{\"object\":\"list\",\"model\":\"")) return LLORCH_EFORMAT;
+  while (p < end && *p != '"') p += *p == '\\' ? 2 : 1; /* the old name, escapes and all */
+  if (p >= end) return LLORCH_EFORMAT;
+  p++;
+  const char *rest = p; /* from ,"usage" on: kept as it is */
+  uint32_t pt = 0, tt = 0;
+  if (!embed_skip(&p, end, ",\"usage\":{\"prompt_tokens\":") || !embed_skip_uint(&p, end, &pt) ||
+      !embed_skip(&p, end, ",\"total_tokens\":") || !embed_skip_uint(&p, end, &tt) ||
+      !embed_skip(&p, end, "},\"data\":[") || len < 2 || body[len - 1] != '}' || body[len - 2] != ']')
+    return LLORCH_EFORMAT;
+  /* the head again with the new name, then the rest as it is */
+  llorch_jbuf_cstr(out, "{\"object\":\"list\",\"model\":");
+  llorch_jbuf_str(out, model);
+  llorch_jbuf_raw(out, rest, (size_t)(end - rest));
+  *prompt_tokens = pt;
+  return llorch_jbuf_error(out);
 }

@@ -466,27 +466,24 @@ static void relay_error_body(orch_req *r, int status, const char *body, size_t l
 
 /*
  * The worker's embeddings answer to the client, with "model" as the client
- * named it (the worker knows its model by its own name). 0, or
- * LLORCH_EFORMAT when the worker's body is not an embeddings list.
+ * named it (the worker knows its model by its own name). The vectors are
+ * copied, not parsed: a large answer costs the loop a memcpy. 0, or
+ * LLORCH_EFORMAT when the worker's body is not an embeddings answer.
  */
 static int embed_answer(orch_req *r, const char *body, size_t len) {
-  cJSON *j = cJSON_ParseWithLength(body, len);
-  const cJSON *usage = cJSON_GetObjectItemCaseSensitive(j, "usage");
-  const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
-  if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "data")) || !cJSON_IsNumber(pt)) {
-    cJSON_Delete(j);
-    return LLORCH_EFORMAT;
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  uint32_t pt = 0;
+  int rc = llorch_openai_embeddings_rename(body, len, r->model_name, &b, &pt);
+  if (rc == LLORCH_EFORMAT) {
+    llorch_jbuf_free(&b);
+    return rc;
   }
-  r->prompt_tokens = pt->valueint;
-  cJSON *name = cJSON_CreateString(r->model_name);
-  char *text = NULL;
-  if (name && cJSON_ReplaceItemInObjectCaseSensitive(j, "model", name)) text = llorch_json_print(j);
-  else cJSON_Delete(name);
-  cJSON_Delete(j);
-  if (!text) respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
-  else llorch_http_respond_json(r->http, 200, text);
-  free(text);
-  llorch_metric_inc(r->o->m_tokens, (const char *[]){"prompt"}, (uint64_t)r->prompt_tokens);
+  r->prompt_tokens = (int)pt;
+  if (rc < 0) respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
+  else llorch_http_respond(r->http, 200, "application/json", b.data, b.len);
+  llorch_jbuf_free(&b);
+  llorch_metric_inc(r->o->m_tokens, (const char *[]){"prompt"}, pt);
   r->http = NULL;
   r->finished = true;
   return 0;

@@ -238,6 +238,40 @@ static void test_write(void **state) {
   llorch_jbuf_free(&out);
 }
 
+/* The orchestrator's rename: the head rewritten, the vectors copied. */
+static void test_rename(void **state) {
+  (void)state;
+  float a[2] = {0.5f, -0.25f};
+  const float *vecs[1] = {a};
+  llorch_jbuf w, out;
+  llorch_jbuf_init(&w);
+  llorch_jbuf_init(&out);
+  llorch_openai_write_embeddings(&w, "worker \"own\" \\ name", vecs, 1, 2, LLORCH_EMBED_FLOAT, 12);
+  uint32_t pt = 0;
+  assert_int_equal(llorch_openai_embeddings_rename(w.data, w.len, "client-name", &out, &pt), 0);
+  assert_int_equal(pt, 12);
+  cJSON *x = cJSON_Parse(w.data), *y = cJSON_Parse(out.data);
+  assert_non_null(y);
+  assert_string_equal(cJSON_GetObjectItem(y, "model")->valuestring, "client-name");
+  cJSON_ReplaceItemInObject(x, "model", cJSON_CreateString("client-name"));
+  assert_true(cJSON_Compare(x, y, true)); /* nothing else changed */
+  cJSON_Delete(x);
+  cJSON_Delete(y);
+  /* bodies that are not such an answer */
+  const char *bad[] = {
+      "{}", "{\"error\":{\"message\":\"x\"}}", "{\"object\":\"list\",\"model\":\"m",
+      "{\"object\":\"list\",\"model\":\"m\",\"usage\":{\"prompt_tokens\":x,\"total_tokens\":1},\"data\":[]}",
+      "{\"object\":\"list\",\"model\":\"m\",\"usage\":{\"prompt_tokens\":1,\"total_tokens\":1},\"data\":[",
+      "{\"object\":\"list\",\"data\":[],\"model\":\"m\",\"usage\":{\"prompt_tokens\":1,\"total_tokens\":1}}",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    llorch_jbuf_reset(&out);
+    assert_int_equal(llorch_openai_embeddings_rename(bad[i], strlen(bad[i]), "c", &out, &pt), LLORCH_EFORMAT);
+  }
+  llorch_jbuf_free(&w);
+  llorch_jbuf_free(&out);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_input_shapes),
@@ -245,6 +279,7 @@ int main(void) {
       cmocka_unit_test(test_forwarded_body),
       cmocka_unit_test(test_finish_vector),
       cmocka_unit_test(test_write),
+      cmocka_unit_test(test_rename),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
