@@ -23,6 +23,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static const llorch_openai_limits lim = {64, 64, 4, 8};
   cJSON *body = NULL;
   llorch_errmsg em = {{0}};
+  /* the orchestrator's rename of a worker's embeddings answer: any bytes */
+  llorch_jbuf ren;
+  llorch_jbuf_init(&ren);
+  uint32_t pt = 0;
+  int rrc = llorch_openai_embeddings_rename((const char *)data, size, "m", &ren, &pt);
+  if (rrc != 0 && rrc != LLORCH_EFORMAT && rrc != LLORCH_ENOMEM) abort();
+  llorch_jbuf_free(&ren);
   if (llorch_json_parse((const char *)data, size, true, &body, &em) < 0) return 0;
   for (int api = 0; api < 3; api++) {
     llorch_openai_request r;

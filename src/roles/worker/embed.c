@@ -39,7 +39,8 @@ struct worker_embed {
   llorch_tokens *toks;            /* (n) the inputs' tokens (thread pool) */
   int tok_rc, tok_bad;            /* first failure and its input */
   llorch_errmsg tok_em;
-  uv_work_t work;
+  uv_work_t work;                 /* tokenization, then writing the answer */
+  llorch_jbuf out;                /* the answer (thread pool) */
   worker_job **jobs;              /* (n) */
   int n_submitted, n_final;       /* jobs submitted (in order), final events taken */
   uint32_t prompt_tokens;
@@ -55,6 +56,7 @@ static void embed_free(worker_embed *e) {
   for (int i = 0; e->jobs && i < e->n; i++) worker_job_free(e->jobs[i]);
   free(e->jobs);
   cJSON_Delete(e->body);
+  llorch_jbuf_free(&e->out);
   free(e);
 }
 
@@ -229,6 +231,7 @@ void worker_embed_route(worker *w, llorch_http_request *req, cJSON *json, size_t
   }
   e->w = w;
   e->req = req;
+  llorch_jbuf_init(&e->out);
   e->body = json;
   e->held_bytes = len;
   w->held_bytes += len;
@@ -291,28 +294,43 @@ fail:
 
 /* ---- events ---- */
 
-static void embed_answer(worker_embed *e) {
-  worker *w = e->w;
-  const uint32_t n_embd = w->model->hp.n_embd;
+/* The answer is written on the thread pool: 2048 inputs of a wide model are
+ * millions of numbers to format, seconds the loop (and every stream on it)
+ * must not wait. Touches only e. */
+static void embed_write_work(uv_work_t *work) {
+  worker_embed *e = work->data;
+  const uint32_t n_embd = e->w->model->hp.n_embd;
   const float **vecs = malloc((size_t)e->n * sizeof *vecs);
-  llorch_jbuf b;
-  llorch_jbuf_init(&b);
-  if (vecs) {
-    for (int i = 0; i < e->n; i++) {
-      llorch_openai_embed_finish_vector(e->jobs[i]->embd, n_embd, e->dims, true);
-      vecs[i] = e->jobs[i]->embd;
-    }
-    llorch_openai_write_embeddings(&b, e->model_echo, vecs, e->n, e->dims, e->r.encoding,
-                                   e->prompt_tokens);
+  if (!vecs) {
+    e->out.err = LLORCH_ENOMEM;
+    return;
   }
-  if (!vecs || llorch_jbuf_error(&b) < 0)
-    llorch_http_respond_error(e->req, 500, "server_error", "out of memory", NULL, "internal_error");
-  else llorch_http_respond_json(e->req, 200, b.data);
-  llorch_jbuf_free(&b);
+  for (int i = 0; i < e->n; i++) {
+    llorch_openai_embed_finish_vector(e->jobs[i]->embd, n_embd, e->dims, true);
+    vecs[i] = e->jobs[i]->embd;
+  }
+  llorch_openai_write_embeddings(&e->out, e->model_echo, vecs, e->n, e->dims, e->r.encoding,
+                                 e->prompt_tokens);
   free(vecs);
-  w->n_completed++;
-  llorch_metric_inc(w->m.requests, (const char *[]){"completed"}, 1);
-  llorch_metric_inc(w->m.prompt_tokens, NULL, e->prompt_tokens);
+}
+
+static void embed_write_done(uv_work_t *work, int status) {
+  worker_embed *e = work->data;
+  worker *w = e->w;
+  if (!e->req) {
+    w->n_cancelled++;
+  } else if (status < 0 || llorch_jbuf_error(&e->out) < 0) {
+    llorch_http_respond_error(e->req, 500, "server_error",
+                              status < 0 ? "the worker is shutting down" : "out of memory", NULL,
+                              "internal_error");
+    w->n_failed++;
+  } else {
+    llorch_http_respond(e->req, 200, "application/json", e->out.data, e->out.len);
+    w->n_completed++;
+    llorch_metric_inc(w->m.requests, (const char *[]){"completed"}, 1);
+    llorch_metric_inc(w->m.prompt_tokens, NULL, e->prompt_tokens);
+  }
+  embed_free(e);
 }
 
 void worker_embed_event(worker *w, const worker_event *ev) {
@@ -351,7 +369,13 @@ void worker_embed_event(worker *w, const worker_event *ev) {
     break;
   }
   if (++e->n_final < e->n_submitted) return;
-  if (!e->answered && e->req) embed_answer(e);
-  else if (!e->req) w->n_cancelled++;
+  if (!e->answered && e->req) {
+    e->work.data = e;
+    if (uv_queue_work(w->loop, &e->work, embed_write_work, embed_write_done) == 0) return;
+    llorch_http_respond_error(e->req, 500, "server_error", "cannot queue the answer", NULL,
+                              "internal_error");
+  } else if (!e->req) {
+    w->n_cancelled++;
+  }
   embed_free(e);
 }
