@@ -113,6 +113,7 @@ typedef struct llorch_config {
     int max_content_parts;     /* content parts over all messages (-> 400) */
     int max_stop;              /* stop strings (-> 400) */
     int max_tools;             /* tool definitions (-> 400) */
+    int max_n;                 /* choices (n) per chat/completions request (-> 400) */
     int max_json_values;       /* JSON values in one body, checked before parsing (-> 400/413) */
   } request;
   int64_t shutdown_grace_ms;   /* SIGTERM: in-flight work gets this long */
@@ -178,6 +179,11 @@ typedef struct llorch_config {
     int heartbeat_miss_limit;  /* missed heartbeats before a pool is down */
     int retry_max;             /* retries of a request whose worker died before its first token */
     bool prefix_routing;       /* prefer the replica likely to hold a request's prefix */
+    struct {
+      int64_t window_ms;       /* a resumable stream's client may be away this long */
+      uint64_t max_stream_bytes; /* events kept per resumable stream */
+      uint64_t max_bytes;      /* events kept over all resumable streams */
+    } resume;
     llorch_model_list models;  /* the catalog */
   } orchestrator;
 } llorch_config;

@@ -79,6 +79,7 @@ const char *llorch_reasoning_format_name(llorch_reasoning_format f);
 #define LLORCH_OPENAI_MAX_TOP_LOGPROBS 20
 #define LLORCH_OPENAI_MAX_TOOLS 128
 #define LLORCH_OPENAI_MAX_LOGIT_BIAS 1024 /* entries of logit_bias (OpenAI allows 300) */
+#define LLORCH_OPENAI_MAX_N 128   /* request.max_n may not exceed it */
 
 /* Bounds on a request's lists, so that validating and rendering stay cheap
  * (the operator's request.* options where the roles have them). */
@@ -87,10 +88,11 @@ typedef struct llorch_openai_limits {
   int max_content_parts;   /* content parts over all messages */
   int max_stop;            /* stop strings, <= LLORCH_OPENAI_MAX_STOP */
   int max_tools;           /* tools, <= LLORCH_OPENAI_MAX_TOOLS; also tool_calls per message */
+  int max_n;               /* choices per request (n), <= LLORCH_OPENAI_MAX_N */
 } llorch_openai_limits;
 
 /* The defaults used when no limits are given. */
-#define LLORCH_OPENAI_LIMITS_DEFAULT {100000, 100000, 4, LLORCH_OPENAI_MAX_TOOLS}
+#define LLORCH_OPENAI_LIMITS_DEFAULT {100000, 100000, 4, LLORCH_OPENAI_MAX_TOOLS, 8}
 
 struct llorch_config;
 /* The operator's request.* options as limits (both roles read them so). */
@@ -104,6 +106,7 @@ typedef struct llorch_openai_request {
   llorch_openai_api api;
   const char *model;                   /* NULL when absent (allowed on a worker) */
   bool stream, include_usage;
+  int n;                               /* choices (1..lim->max_n): siblings of one prompt */
   bool chat;                           /* a messages request (chat, or native with messages) */
   const cJSON *messages;               /* chat: the array as sent */
   const char *prompt;                  /* completion/native: the prompt */
@@ -133,8 +136,7 @@ typedef struct llorch_openai_request {
 /*
  * Validates body (a JSON object) for api into out, within lim (NULL =
  * LLORCH_OPENAI_LIMITS_DEFAULT). Every wrong field gets a 400 naming it
- * (param) with the value and what was expected; an unsupported one (n != 1)
- * a 400 "unsupported_value". Returns 0 or LLORCH_EINVAL with err. The model
+ * (param) with the value and what was expected (n past lim->max_n too). Returns 0 or LLORCH_EINVAL with err. The model
  * name is not checked against anything here. Touches nothing but its
  * arguments: callable from any thread.
  */
@@ -147,7 +149,7 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
  * malloc'ed JSON object text: messages or prompt, sampling, limits, stop,
  * logprobs, tools, tool_choice, parallel_tool_calls, chat_template_kwargs,
  * response_format, grammar, logit_bias and reasoning_format (the request's, else
- * default_reasoning unless that is UNSET), plus job_id when not NULL.
+ * default_reasoning unless that is UNSET), n when > 1, plus job_id when not NULL.
  * NULL when out of memory.
  */
 char *llorch_openai_request_native_body(const llorch_openai_request *r, const char *job_id,
@@ -249,6 +251,7 @@ typedef struct llorch_openai_meta {
   const char *model;       /* as the client named it */
   bool chat;               /* chat.completion(.chunk), else text_completion */
   uint32_t cached_tokens;  /* prompt tokens served from the prefix cache (usage.prompt_tokens_details) */
+  int index;               /* chunks: the choice they belong to (n > 1), from 0 */
 } llorch_openai_meta;
 
 /*
@@ -356,6 +359,21 @@ void llorch_openai_write_usage_chunk(llorch_jbuf *b, const llorch_openai_meta *m
  * prompt_tokens_details:{cached_tokens}} (with the key). */
 void llorch_openai_write_usage(llorch_jbuf *b, uint32_t prompt_tokens, uint32_t completion_tokens,
                                uint32_t cached_tokens);
+/* One choice of a non-streaming answer: chat's message, or completions' text. */
+typedef struct llorch_openai_choice {
+  const llorch_openai_message *msg; /* chat */
+  const char *text;                 /* completions */
+  size_t len;
+  const llorch_openai_logprobs *lp; /* NULL = null */
+  const char *finish;
+} llorch_openai_choice;
+
+/* The whole non-streaming answer with n choices (index 0..n-1, m->chat
+ * says which kind); usage counts the prompt once and every choice's
+ * completion tokens (completion_tokens is their sum), as OpenAI does. */
+void llorch_openai_write_response(llorch_jbuf *b, const llorch_openai_meta *m,
+                                  const llorch_openai_choice *choices, int n,
+                                  uint32_t prompt_tokens, uint32_t completion_tokens);
 /* The whole non-streaming chat answer: message (content null when empty and
  * there are tool calls; reasoning_content when any; tool_calls when any). */
 void llorch_openai_write_chat_response(llorch_jbuf *b, const llorch_openai_meta *m,

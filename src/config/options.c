@@ -207,6 +207,9 @@ const config_option config_options[] = {
     {.name = "request.max_stop", .type = CONFIG_TYPE_INT, .roles = ORCH | WORKER,
      .offset = OFF(request.max_stop), .def = "4", .min = 1, .max = 16,
      .help = "stop strings in one request (400 past it)"},
+    {.name = "request.max_n", .type = CONFIG_TYPE_INT, .roles = ORCH | WORKER,
+     .offset = OFF(request.max_n), .def = "8", .min = 1, .max = 128,
+     .help = "choices (n) in one chat or completions request (400 past it)"},
     {.name = "request.max_tools", .type = CONFIG_TYPE_INT, .roles = ORCH | WORKER,
      .offset = OFF(request.max_tools), .def = "128", .min = 0, .max = 100000,
      .help = "tool definitions in one request (400 past it)"},
@@ -382,6 +385,18 @@ const config_option config_options[] = {
     {.name = "orchestrator.retry_max", .type = CONFIG_TYPE_INT, .roles = ORCH,
      .offset = OFF(orchestrator.retry_max), .def = "2", .min = 0, .max = 10,
      .help = "retries of a request whose worker died before its first token"},
+    {.name = "orchestrator.resume.window", .type = CONFIG_TYPE_DURATION, .roles = ORCH,
+     .offset = OFF(orchestrator.resume.window_ms), .def = "60s", .min = 100, .max = HOUR,
+     .help = "a resumable stream (X-Llorch-Resumable: true) keeps generating this long after its "
+             "client went away (and is kept this long after its end) for GET /v2/streams/{id}"},
+    {.name = "orchestrator.resume.max_stream_bytes", .type = CONFIG_TYPE_BYTES, .roles = ORCH,
+     .offset = OFF(orchestrator.resume.max_stream_bytes), .def = "4MiB", .min = 1024,
+     .max = INT64_MAX,
+     .help = "events kept per resumable stream; past it with the client away, its generation "
+             "stops (the reconnect gets an error event)"},
+    {.name = "orchestrator.resume.max_bytes", .type = CONFIG_TYPE_BYTES, .roles = ORCH,
+     .offset = OFF(orchestrator.resume.max_bytes), .def = "256MiB", .min = 1024, .max = INT64_MAX,
+     .help = "events kept over all resumable streams (ended streams are dropped first)"},
     {.name = "orchestrator.models", .type = CONFIG_TYPE_MODELS, .roles = ORCH,
      .offset = OFF(orchestrator.models),
      .help = "model catalog: list of {name, file, ctx, slots, pins, min_replicas, max_replicas, "

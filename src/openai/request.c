@@ -455,6 +455,7 @@ llorch_openai_limits llorch_openai_limits_from_config(const llorch_config *cfg) 
   lim.max_content_parts = cfg->request.max_content_parts;
   lim.max_stop = cfg->request.max_stop;
   lim.max_tools = cfg->request.max_tools;
+  lim.max_n = cfg->request.max_n;
   return lim;
 }
 
@@ -475,14 +476,18 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
     if ((unsigned char)*c < 0x20 || *c == 0x7f)
       return REQ_BAD("model", "'model' must not contain control characters");
 
-  /* n: one choice only. Any integer is read so that the error says what was asked. */
+  /* n: choices of one prompt (siblings), bounded by the operator's request.max_n.
+   * Any integer is read so that the error says what was asked. */
   int64_t n = 1;
+  int max_n = lim->max_n < LLORCH_OPENAI_MAX_N ? lim->max_n : LLORCH_OPENAI_MAX_N;
+  if (max_n < 1) max_n = 1;
   if (llorch_json_get_int(body, NULL, "n", false, INT64_MIN, INT64_MAX, &n, &em) < 0)
     return req_fail_field(err, &em);
-  if (n != 1)
-    return llorch_openai_fail(err, 400, "invalid_request_error", "unsupported_value", "n",
-                              "'n' = %lld is not supported: this server returns one choice (n = 1)",
-                              (long long)n);
+  if (n < 1) return REQ_BAD("n", "'n' = %lld is not valid: expected at least 1 choice", (long long)n);
+  if (n > max_n)
+    return REQ_BAD("n", "'n' = %lld is more than this server allows (request.max_n = %d)", (long long)n,
+                   max_n);
+  r->n = (int)n;
 
   /* stream (native is always streamed) */
   if (api != LLORCH_OPENAI_NATIVE) {
@@ -605,6 +610,7 @@ char *llorch_openai_request_native_body(const llorch_openai_request *r, const ch
   if (rf != LLORCH_REASONING_UNSET)
     cJSON_AddStringToObject(ex, "reasoning_format", llorch_reasoning_format_name(rf));
   if (r->max_tokens) cJSON_AddNumberToObject(ex, "max_tokens", r->max_tokens);
+  if (r->n > 1) cJSON_AddNumberToObject(ex, "n", r->n);
   if (r->ignore_eos) cJSON_AddTrueToObject(ex, "ignore_eos");
   if (r->n_stop) {
     cJSON *st = cJSON_AddArrayToObject(ex, "stop");

@@ -296,7 +296,9 @@ void llorch_openai_write_chat_chunk(llorch_jbuf *b, const llorch_openai_meta *m,
                                     const llorch_openai_delta *d, bool role,
                                     const llorch_openai_logprobs *lp, const char *finish) {
   resp_head(b, m, true);
-  llorch_jbuf_cstr(b, "\"choices\":[{\"index\":0,\"delta\":");
+  llorch_jbuf_cstr(b, "\"choices\":[{\"index\":");
+  llorch_jbuf_int(b, m->index);
+  llorch_jbuf_cstr(b, ",\"delta\":");
   llorch_openai_write_delta(b, d, role);
   llorch_jbuf_cstr(b, ",\"logprobs\":");
   llorch_openai_write_logprobs(b, lp);
@@ -309,7 +311,9 @@ void llorch_openai_write_completion_chunk(llorch_jbuf *b, const llorch_openai_me
                                           const char *text, size_t len,
                                           const llorch_openai_logprobs *lp, const char *finish) {
   resp_head(b, m, true);
-  llorch_jbuf_cstr(b, "\"choices\":[{\"index\":0,\"text\":");
+  llorch_jbuf_cstr(b, "\"choices\":[{\"index\":");
+  llorch_jbuf_int(b, m->index);
+  llorch_jbuf_cstr(b, ",\"text\":");
   llorch_jbuf_strn(b, text ? text : "", text ? len : 0);
   llorch_jbuf_cstr(b, ",\"logprobs\":");
   llorch_openai_write_logprobs(b, lp);
@@ -326,12 +330,9 @@ void llorch_openai_write_usage_chunk(llorch_jbuf *b, const llorch_openai_meta *m
   llorch_jbuf_raw(b, "}", 1);
 }
 
-void llorch_openai_write_chat_response(llorch_jbuf *b, const llorch_openai_meta *m,
-                                       const llorch_openai_message *msg,
-                                       const llorch_openai_logprobs *lp, const char *finish,
-                                       uint32_t prompt_tokens, uint32_t completion_tokens) {
-  resp_head(b, m, false);
-  llorch_jbuf_cstr(b, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+/* One chat choice's message object ({"role":"assistant",...}). */
+static void resp_message(llorch_jbuf *b, const llorch_openai_message *msg) {
+  llorch_jbuf_cstr(b, "{\"role\":\"assistant\",\"content\":");
   if (msg->n_calls && !msg->content.len) llorch_jbuf_cstr(b, "null");
   else llorch_jbuf_strn(b, msg->content.data ? msg->content.data : "", msg->content.len);
   if (msg->reasoning.len) {
@@ -353,27 +354,48 @@ void llorch_openai_write_chat_response(llorch_jbuf *b, const llorch_openai_meta 
     }
     llorch_jbuf_raw(b, "]", 1);
   }
-  llorch_jbuf_cstr(b, "},\"logprobs\":");
-  llorch_openai_write_logprobs(b, lp);
-  llorch_jbuf_cstr(b, ",\"finish_reason\":");
-  llorch_jbuf_str(b, finish);
-  llorch_jbuf_cstr(b, "}],");
+  llorch_jbuf_raw(b, "}", 1);
+}
+
+void llorch_openai_write_response(llorch_jbuf *b, const llorch_openai_meta *m,
+                                  const llorch_openai_choice *choices, int n,
+                                  uint32_t prompt_tokens, uint32_t completion_tokens) {
+  resp_head(b, m, false);
+  llorch_jbuf_cstr(b, "\"choices\":[");
+  for (int i = 0; i < n; i++) {
+    const llorch_openai_choice *c = &choices[i];
+    llorch_jbuf_cstr(b, i ? ",{\"index\":" : "{\"index\":");
+    llorch_jbuf_int(b, i);
+    if (m->chat && c->msg) {
+      llorch_jbuf_cstr(b, ",\"message\":");
+      resp_message(b, c->msg);
+    } else {
+      llorch_jbuf_cstr(b, ",\"text\":");
+      llorch_jbuf_strn(b, c->text ? c->text : "", c->text ? c->len : 0);
+    }
+    llorch_jbuf_cstr(b, ",\"logprobs\":");
+    llorch_openai_write_logprobs(b, c->lp);
+    llorch_jbuf_cstr(b, ",\"finish_reason\":");
+    llorch_jbuf_str(b, c->finish);
+    llorch_jbuf_raw(b, "}", 1);
+  }
+  llorch_jbuf_cstr(b, "],");
   llorch_openai_write_usage(b, prompt_tokens, completion_tokens, m->cached_tokens);
   llorch_jbuf_raw(b, "}", 1);
+}
+
+void llorch_openai_write_chat_response(llorch_jbuf *b, const llorch_openai_meta *m,
+                                       const llorch_openai_message *msg,
+                                       const llorch_openai_logprobs *lp, const char *finish,
+                                       uint32_t prompt_tokens, uint32_t completion_tokens) {
+  const llorch_openai_choice c = {.msg = msg, .lp = lp, .finish = finish};
+  llorch_openai_write_response(b, m, &c, 1, prompt_tokens, completion_tokens);
 }
 
 void llorch_openai_write_completion_response(llorch_jbuf *b, const llorch_openai_meta *m,
                                              const char *text, size_t len,
                                              const llorch_openai_logprobs *lp, const char *finish,
                                              uint32_t prompt_tokens, uint32_t completion_tokens) {
-  resp_head(b, m, false);
-  llorch_jbuf_cstr(b, "\"choices\":[{\"index\":0,\"text\":");
-  llorch_jbuf_strn(b, text ? text : "", text ? len : 0);
-  llorch_jbuf_cstr(b, ",\"logprobs\":");
-  llorch_openai_write_logprobs(b, lp);
-  llorch_jbuf_cstr(b, ",\"finish_reason\":");
-  llorch_jbuf_str(b, finish);
-  llorch_jbuf_cstr(b, "}],");
-  llorch_openai_write_usage(b, prompt_tokens, completion_tokens, m->cached_tokens);
-  llorch_jbuf_raw(b, "}", 1);
+  const llorch_openai_choice c = {.text = text, .len = len, .lp = lp, .finish = finish};
+  llorch_openai_write_response(b, m, &c, 1, prompt_tokens, completion_tokens);
 }

@@ -20,7 +20,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const llorch_openai_limits lim = {64, 64, 4, 8};
+  static const llorch_openai_limits lim = {64, 64, 4, 8, 8};
   cJSON *body = NULL;
   llorch_errmsg em = {{0}};
   /* the orchestrator's rename of a worker's embeddings answer: any bytes */

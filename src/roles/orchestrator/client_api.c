@@ -11,6 +11,12 @@
  * events (started, token, end, error) are relayed as OpenAI chunks as they
  * arrive, or collected into one JSON answer.
  *
+ * n > 1 is one request here (one queue entry, one worker, one /v2/execute
+ * carrying n): the worker runs the choices as siblings of one prompt and
+ * names each event's choice; the scheduler counts it as one slot of that
+ * worker, which queues the other choices itself (a full worker answers 503
+ * overloaded and the request is retried elsewhere, as for any request).
+ *
  * Faults: a worker that fails before the client has seen a token (connection
  * refused or reset, 5xx, a stream that ends without `end`) sends the request
  * back to the head of the queue (sched_request_retry, at most retry_max
@@ -33,16 +39,20 @@
 
 static void req_free(orch_req *r) {
   if (!r) return;
+  if (r->resume) orch_resume_release(r->resume); /* the record stays for the window */
   r->o->n_active--;
   r->o->held_bytes -= r->held_bytes;
   free(r->exec_body);
   free(r->model_name);
-  llorch_openai_message_free(&r->msg);
+  for (int i = 0; r->ch && i < r->n; i++) {
+    llorch_openai_message_free(&r->ch[i].msg);
+    llorch_jbuf_free(&r->ch[i].text);
+    llorch_openai_logprobs_free(&r->ch[i].lp);
+  }
+  free(r->ch);
   free(r->prefix);
   llorch_openai_dout_free(&r->dout);
   free(r->stop_sequence);
-  llorch_jbuf_free(&r->text);
-  llorch_openai_logprobs_free(&r->lp);
   free(r);
 }
 
@@ -51,9 +61,11 @@ static void respond_error(llorch_http_request *http, int status, const char *typ
   llorch_http_respond_error(http, status, type, msg, param && param[0] ? param : NULL, code);
 }
 
-static llorch_openai_meta req_meta(const orch_req *r) {
+/* The answer's metadata; chunks of choice `index`. */
+static llorch_openai_meta req_meta(const orch_req *r, int index) {
   return (llorch_openai_meta){.id = r->id, .created = r->created, .model = r->model_name,
-                              .chat = r->chat, .cached_tokens = (uint32_t)r->cached_tokens};
+                              .chat = r->chat, .cached_tokens = (uint32_t)r->cached_tokens,
+                              .index = index};
 }
 
 /*
@@ -99,39 +111,60 @@ static void req_prefix_hashes(orch_req *r, const cJSON *body) {
 
 /* ---- OpenAI output (the shared writers of openai.h) ---- */
 
+/* Nobody will read the answer: the client went away (and, resumable, did
+ * not come back in time). */
+static bool req_gone(const orch_req *r) { return !r->http && !r->resume; }
+
+/* Every SSE event of an answer goes out here: to the client, or (resumable)
+ * through its record, which numbers and keeps it. */
+static void req_sse(orch_req *r, const char *event, const char *data, size_t len) {
+  if (r->resume) orch_resume_event(r->resume, event, data, len);
+  else if (r->http) llorch_http_sse_send(r->http, event, data, len);
+}
+
+/* The end of a streamed answer. */
+static void req_sse_end(orch_req *r) {
+  if (r->resume) orch_resume_end(r->resume);
+  else if (r->http) llorch_http_sse_end(r->http);
+}
+
 static void sse_send_buf(orch_req *r, llorch_jbuf *b) {
-  if (!r->http || llorch_jbuf_error(b)) return;
-  llorch_http_sse_send(r->http, NULL, b->data, b->len);
+  if (llorch_jbuf_error(b)) return;
+  req_sse(r, NULL, b->data, b->len);
 }
 
 /* A dialect's named event (llorch_openai_dout). */
 static void dout_send(void *user, const char *event, const char *data, size_t len) {
-  orch_req *r = user;
-  if (r->http) llorch_http_sse_send(r->http, event, data, len);
+  req_sse(user, event, data, len);
 }
 
 static void stream_start(orch_req *r) {
-  if (r->sse_started || !r->http) return;
-  if (llorch_http_sse_start(r->http) < 0) return;
+  if (r->sse_started || req_gone(r)) return;
+  /* a resumable answer's record started the response at admission */
+  if (!r->resume && llorch_http_sse_start(r->http) < 0) return;
   r->sse_started = true;
   if (r->dialect != LLORCH_DIALECT_OPENAI) {
     llorch_openai_dout_start(&r->dout, (uint32_t)r->prompt_tokens);
     return;
   }
   if (!r->chat) return;
-  llorch_jbuf b;
-  llorch_jbuf_init(&b);
-  llorch_openai_meta m = req_meta(r);
-  llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
-  d.content = "";
-  llorch_openai_write_chat_chunk(&b, &m, &d, true, NULL, NULL);
-  sse_send_buf(r, &b);
-  llorch_jbuf_free(&b);
+  /* every choice's first chunk carries the role */
+  for (int i = 0; i < r->n; i++) {
+    llorch_jbuf b;
+    llorch_jbuf_init(&b);
+    llorch_openai_meta m = req_meta(r, i);
+    llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
+    d.content = "";
+    llorch_openai_write_chat_chunk(&b, &m, &d, true, NULL, NULL);
+    sse_send_buf(r, &b);
+    llorch_jbuf_free(&b);
+  }
 }
 
 /* One parsed delta: a chunk (streaming; lp rides on the first of a token)
  * or into the assembled message. */
-static void relay_delta(orch_req *r, const llorch_openai_delta *d, const llorch_openai_logprobs *lp) {
+static void relay_delta(orch_req *r, int ci, const llorch_openai_delta *d,
+                        const llorch_openai_logprobs *lp) {
   if (r->dialect != LLORCH_DIALECT_OPENAI) {
     if (r->stream) {
       stream_start(r);
@@ -141,13 +174,13 @@ static void relay_delta(orch_req *r, const llorch_openai_delta *d, const llorch_
     return;
   }
   if (!r->stream) {
-    llorch_openai_message_add(&r->msg, d);
+    llorch_openai_message_add(&r->ch[ci].msg, d);
     return;
   }
   stream_start(r);
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  llorch_openai_meta m = req_meta(r);
+  llorch_openai_meta m = req_meta(r, ci);
   llorch_openai_write_chat_chunk(&b, &m, d, false, lp, NULL);
   sse_send_buf(r, &b);
   llorch_jbuf_free(&b);
@@ -160,7 +193,7 @@ static void relay_delta(orch_req *r, const llorch_openai_delta *d, const llorch_
  * sends none (older, or a completions request) has its text taken as
  * content. lps: the event's logprobs entries, or NULL.
  */
-static void relay_deltas(orch_req *r, const cJSON *ev, const char *text, const cJSON *lps) {
+static void relay_deltas(orch_req *r, int ci, const cJSON *ev, const char *text, const cJSON *lps) {
   const cJSON *deltas = cJSON_GetObjectItemCaseSensitive(ev, "deltas");
   llorch_openai_logprobs lp;
   llorch_openai_logprobs_init(&lp, true);
@@ -170,94 +203,107 @@ static void relay_deltas(orch_req *r, const cJSON *ev, const char *text, const c
     for (const cJSON *o = deltas->child; o; o = o->next) {
       llorch_openai_delta d;
       if (llorch_openai_delta_from_json(o, &d) < 0) continue;
-      relay_delta(r, &d, lp_sent ? NULL : &lp);
+      relay_delta(r, ci, &d, lp_sent ? NULL : &lp);
       lp_sent = true;
     }
   } else if (text && text[0]) {
     llorch_openai_delta d = LLORCH_OPENAI_DELTA_INIT;
     d.content = text;
     d.content_len = strlen(text);
-    relay_delta(r, &d, lp_sent ? NULL : &lp);
+    relay_delta(r, ci, &d, lp_sent ? NULL : &lp);
     lp_sent = true;
   }
   /* Held-back text: the token's logprobs still go out (empty delta). */
-  if (!lp_sent && r->stream) relay_delta(r, &(llorch_openai_delta)LLORCH_OPENAI_DELTA_INIT, &lp);
+  if (!lp_sent && r->stream) relay_delta(r, ci, &(llorch_openai_delta)LLORCH_OPENAI_DELTA_INIT, &lp);
   llorch_openai_logprobs_free(&lp);
 }
 
 /* One worker token event -> chunks (streaming) or the accumulators. */
-static void relay_token(orch_req *r, const cJSON *ev) {
+static void relay_token(orch_req *r, int ci, const cJSON *ev) {
+  orch_choice *c = &r->ch[ci];
   const cJSON *text = cJSON_GetObjectItemCaseSensitive(ev, "text");
   const cJSON *ids = cJSON_GetObjectItemCaseSensitive(ev, "token_ids");
   const cJSON *lps = cJSON_GetObjectItemCaseSensitive(ev, "logprobs");
   const char *t = cJSON_IsString(text) ? text->valuestring : "";
   int n_ids = cJSON_IsArray(ids) ? cJSON_GetArraySize(ids) : 1;
+  c->completion_tokens += n_ids > 0 ? n_ids : 1;
   r->completion_tokens += n_ids > 0 ? n_ids : 1;
   bool has_lp = r->logprobs && cJSON_IsArray(lps) && cJSON_GetArraySize(lps) > 0;
   if (r->chat) {
-    if (!r->stream && has_lp) llorch_openai_logprobs_add_json(&r->lp, lps, 0);
-    relay_deltas(r, ev, t, r->stream && has_lp ? lps : NULL);
+    if (!r->stream && has_lp) llorch_openai_logprobs_add_json(&c->lp, lps, 0);
+    relay_deltas(r, ci, ev, t, r->stream && has_lp ? lps : NULL);
     return;
   }
-  size_t offset = r->text.len;
+  size_t offset = c->text.len;
   if (!r->stream) {
-    llorch_jbuf_cstr(&r->text, t);
-    if (has_lp) llorch_openai_logprobs_add_json(&r->lp, lps, offset);
+    llorch_jbuf_cstr(&c->text, t);
+    if (has_lp) llorch_openai_logprobs_add_json(&c->lp, lps, offset);
     return;
   }
   if (!t[0] && !has_lp) return; /* held-back text: nothing to show yet */
   stream_start(r);
   llorch_openai_logprobs lp;
   llorch_openai_logprobs_init(&lp, false);
-  if (has_lp) llorch_openai_logprobs_add_json(&lp, lps, r->stream_offset);
+  if (has_lp) llorch_openai_logprobs_add_json(&lp, lps, c->stream_offset);
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  llorch_openai_meta m = req_meta(r);
+  llorch_openai_meta m = req_meta(r, ci);
   llorch_openai_write_completion_chunk(&b, &m, t, strlen(t), has_lp ? &lp : NULL, NULL);
   sse_send_buf(r, &b);
   llorch_jbuf_free(&b);
   llorch_openai_logprobs_free(&lp);
-  r->stream_offset += strlen(t);
+  c->stream_offset += strlen(t);
   r->sent_tokens = true;
 }
 
 static void answer_success(orch_req *r) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  llorch_openai_meta m = req_meta(r);
   if (r->dialect != LLORCH_DIALECT_OPENAI) {
+    /* the dialects have no n: one choice */
     if (r->stream) stream_start(r);
-    llorch_openai_dout_finish(&r->dout, r->finish_reason, r->stop_sequence, (uint32_t)r->prompt_tokens,
-                              (uint32_t)r->completion_tokens, r->stream ? NULL : &b);
-    if (r->http && r->stream) llorch_http_sse_end(r->http);
+    llorch_openai_dout_finish(&r->dout, r->ch[0].finish_reason, r->stop_sequence,
+                              (uint32_t)r->prompt_tokens, (uint32_t)r->completion_tokens,
+                              r->stream ? NULL : &b);
+    if (r->stream) req_sse_end(r);
     else if (r->http && (llorch_jbuf_error(&b) || r->dout.err))
       respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
     else if (r->http) llorch_http_respond_json(r->http, 200, b.data);
   } else if (r->stream) {
     stream_start(r);
-    if (r->chat) llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, r->finish_reason);
-    else llorch_openai_write_completion_chunk(&b, &m, "", 0, NULL, r->finish_reason);
-    sse_send_buf(r, &b);
+    for (int i = 0; i < r->n; i++) {
+      llorch_openai_meta m = req_meta(r, i);
+      llorch_jbuf_reset(&b);
+      if (r->chat) llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, r->ch[i].finish_reason);
+      else llorch_openai_write_completion_chunk(&b, &m, "", 0, NULL, r->ch[i].finish_reason);
+      sse_send_buf(r, &b);
+    }
     if (r->include_usage) {
+      /* the prompt once, every choice's completion tokens */
+      llorch_openai_meta m = req_meta(r, 0);
       llorch_jbuf_reset(&b);
       llorch_openai_write_usage_chunk(&b, &m, (uint32_t)r->prompt_tokens,
                                       (uint32_t)r->completion_tokens);
       sse_send_buf(r, &b);
     }
-    if (r->http) {
-      llorch_http_sse_send(r->http, NULL, "[DONE]", 6);
-      llorch_http_sse_end(r->http);
-    }
+    req_sse(r, NULL, "[DONE]", 6);
+    req_sse_end(r);
   } else if (r->http) {
-    const llorch_openai_logprobs *lp = r->logprobs ? &r->lp : NULL;
-    if (r->chat)
-      llorch_openai_write_chat_response(&b, &m, &r->msg, lp, r->finish_reason,
-                                        (uint32_t)r->prompt_tokens, (uint32_t)r->completion_tokens);
-    else
-      llorch_openai_write_completion_response(&b, &m, r->text.data, r->text.len, lp,
-                                              r->finish_reason, (uint32_t)r->prompt_tokens,
-                                              (uint32_t)r->completion_tokens);
-    if (llorch_jbuf_error(&b) || r->msg.err)
+    llorch_openai_choice ch[LLORCH_OPENAI_MAX_N];
+    bool oom = false;
+    for (int i = 0; i < r->n; i++) {
+      const orch_choice *c = &r->ch[i];
+      ch[i] = (llorch_openai_choice){.msg = &c->msg,
+                                     .text = c->text.data,
+                                     .len = c->text.len,
+                                     .lp = r->logprobs ? &c->lp : NULL,
+                                     .finish = c->finish_reason};
+      if (c->msg.err || llorch_jbuf_error(&c->text)) oom = true;
+    }
+    llorch_openai_meta m = req_meta(r, 0);
+    llorch_openai_write_response(&b, &m, ch, r->n, (uint32_t)r->prompt_tokens,
+                                 (uint32_t)r->completion_tokens);
+    if (llorch_jbuf_error(&b) || oom)
       respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
     else llorch_http_respond_json(r->http, 200, b.data);
   }
@@ -271,7 +317,14 @@ static void answer_success(orch_req *r) {
  * envelope; after, an error chunk and [DONE] (a clean end, never a hang).
  */
 static void answer_error(orch_req *r, int status, const char *type, const char *code, const char *msg) {
-  if (r->http) {
+  if (r->resume) {
+    /* a resumable answer is an SSE stream from its admission on */
+    char *env = llorch_json_error_envelope(msg, type, NULL, code);
+    if (env) req_sse(r, NULL, env, strlen(env));
+    free(env);
+    req_sse(r, NULL, "[DONE]", 6);
+    req_sse_end(r);
+  } else if (r->http) {
     if (r->sse_started && r->dialect != LLORCH_DIALECT_OPENAI) {
       llorch_openai_dout_fail(&r->dout, code, msg);
       llorch_http_sse_end(r->http);
@@ -343,10 +396,19 @@ static void exec_on_headers(llorch_http_call *call, int status, void *user) {
 static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void *user) {
   (void)call;
   orch_req *r = user;
-  if (!r->http) return; /* client gone: the call is being cancelled */
+  if (req_gone(r)) return; /* client gone: the call is being cancelled */
   cJSON *d = cJSON_ParseWithLength(ev->data, ev->data_len);
   if (!d) {
     LOG_WARN("orch", r->rid, "worker %s sent an event that is not JSON (%s)", r->worker_name, ev->event);
+    cJSON_Delete(d);
+    return;
+  }
+  /* n > 1: which choice (the worker names it; absent = 0) */
+  const cJSON *choice = cJSON_GetObjectItemCaseSensitive(d, "choice");
+  int ci = cJSON_IsNumber(choice) ? (int)choice->valuedouble : 0;
+  if (ci < 0 || ci >= r->n) {
+    LOG_WARN("orch", r->rid, "worker %s sent an event for choice %d of %d: ignored", r->worker_name,
+             ci, r->n);
     cJSON_Delete(d);
     return;
   }
@@ -364,7 +426,7 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     }
     r->t_last_ns = t;
     r->got_token = true;
-    relay_token(r, d);
+    relay_token(r, ci, d);
     /* A client that stops reading would make us buffer its tokens without
      * bound: past the limit its job is cancelled on the worker, whose final
      * event still ends the response properly (the worker applies the same
@@ -381,17 +443,24 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(d, "prompt_tokens");
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(d, "completion_tokens");
     const cJSON *cached = cJSON_GetObjectItemCaseSensitive(d, "cached_tokens");
-    if (cJSON_IsNumber(cached)) r->cached_tokens = cached->valueint;
-    snprintf(r->finish_reason, sizeof r->finish_reason, "%s", cJSON_IsString(fr) ? fr->valuestring : "stop");
-    if (cJSON_IsNumber(pt)) r->prompt_tokens = pt->valueint;
-    if (cJSON_IsNumber(ct)) r->completion_tokens = ct->valueint;
+    orch_choice *c = &r->ch[ci];
+    /* the prompt (and its cache hits) counted once: the first choice's */
+    if (cJSON_IsNumber(cached) && ci == 0) r->cached_tokens = cached->valueint;
+    snprintf(c->finish_reason, sizeof c->finish_reason, "%s", cJSON_IsString(fr) ? fr->valuestring : "stop");
+    if (cJSON_IsNumber(pt) && ci == 0) r->prompt_tokens = pt->valueint;
+    if (cJSON_IsNumber(ct)) {
+      r->completion_tokens += ct->valueint - c->completion_tokens;
+      c->completion_tokens = ct->valueint;
+    }
     const cJSON *ss = cJSON_GetObjectItemCaseSensitive(d, "stop_sequence");
     free(r->stop_sequence);
     r->stop_sequence = cJSON_IsString(ss) ? strdup(ss->valuestring) : NULL;
     /* The worker's parser releases what it held back (a call's end) here. */
     if (r->chat && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(d, "deltas")))
-      relay_deltas(r, d, NULL, NULL);
-    r->got_end = true;
+      relay_deltas(r, ci, d, NULL, NULL);
+    if (!c->ended) r->n_ended++;
+    c->ended = true;
+    r->got_end = r->n_ended == r->n; /* the stream is complete after every choice's end */
   } else if (strcmp(ev->event, "error") == 0) {
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(d, "code");
     const cJSON *msg = cJSON_GetObjectItemCaseSensitive(d, "message");
@@ -410,12 +479,19 @@ static void req_reset_attempt(orch_req *r) {
   r->got_end = false;
   r->retriable_error = false;
   r->err_code[0] = r->err_msg[0] = '\0';
-  r->finish_reason[0] = '\0';
   r->completion_tokens = 0;
-  llorch_openai_message_reset(&r->msg);
+  r->n_ended = 0;
+  for (int i = 0; i < r->n; i++) {
+    orch_choice *c = &r->ch[i];
+    c->finish_reason[0] = '\0';
+    c->completion_tokens = 0;
+    c->ended = false;
+    c->stream_offset = 0;
+    llorch_openai_message_reset(&c->msg);
+    llorch_jbuf_reset(&c->text);
+    llorch_openai_logprobs_reset(&c->lp);
+  }
   llorch_openai_dout_reset(&r->dout);
-  llorch_jbuf_reset(&r->text);
-  llorch_openai_logprobs_reset(&r->lp);
 }
 
 /* The request is over: scheduler slot back, counters, memory. */
@@ -492,7 +568,7 @@ static int embed_answer(orch_req *r, const char *body, size_t len) {
 static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
   orch_req *r = user;
   r->call = NULL;
-  if (!r->http) {
+  if (req_gone(r)) {
     /* Client gone (on_close cancelled this call) or shutdown. */
     req_end(r, "cancelled");
     return;
@@ -537,6 +613,16 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
         (r->embed && status == 501)) {
       /* The request itself is wrong (the worker validates more than we do): pass it on
        * (in the client's API's envelope when that is not OpenAI's). */
+      if (r->resume) {
+        /* already streaming: the worker's error as an error event */
+        cJSON *j = cJSON_ParseWithLength(body, len);
+        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"), "message");
+        answer_error(r, status, "invalid_request_error", "invalid_value",
+                     cJSON_IsString(msg) ? msg->valuestring : "the worker refused the request");
+        cJSON_Delete(j);
+        req_end(r, "failed");
+        return;
+      }
       if (r->http && llorch_http_request_error_format(r->http) != LLORCH_HTTP_ERRORS_OPENAI)
         relay_error_body(r, status, body, len);
       else if (r->http) llorch_http_respond(r->http, status, "application/json", body, len);
@@ -621,7 +707,7 @@ void orch_run_deferred(orch *o) {
     list = r->next_deferred;
     r->next_deferred = NULL;
     r->in_deferred = false;
-    if (!r->http) {
+    if (req_gone(r)) {
       req_end(r, "cancelled");
       continue;
     }
@@ -638,7 +724,9 @@ void orch_req_fail(void *ud, sched_req *sr, int status, const char *code, const 
   orch *o = ud;
   orch_req *r = sr->user;
   LOG_WARN("orch", r->rid, "%s", msg);
-  if (r->http) {
+  if (r->resume) {
+    answer_error(r, status, "server_error", code, msg);
+  } else if (r->http) {
     llorch_http_response_header(r->http, "Retry-After", "5");
     respond_error(r->http, status, "server_error", msg, NULL, code);
   }
@@ -650,9 +738,8 @@ void orch_req_fail(void *ud, sched_req *sr, int status, const char *code, const 
 
 /* ---- client disconnect ---- */
 
-static void req_on_close(llorch_http_request *http, void *data) {
-  (void)http;
-  orch_req *r = data;
+/* Nobody reads the answer any more: the worker's job is cancelled. */
+static void req_client_gone(orch_req *r) {
   r->http = NULL;
   if (r->finished) return;
   if (r->call) {
@@ -667,6 +754,16 @@ static void req_on_close(llorch_http_request *http, void *data) {
   req_end(r, "cancelled");
 }
 
+static void req_on_close(llorch_http_request *http, void *data) {
+  (void)http;
+  req_client_gone(data);
+}
+
+void orch_req_abandon(orch_req *r) {
+  r->resume = NULL; /* the record keeps what it has; nothing more goes to it */
+  req_client_gone(r);
+}
+
 void orch_req_abort_all(orch *o) {
   /* Queued requests: answered 503 now; running ones finish within the grace period. */
   for (int p = 0; p < SCHED_N_PRIO; p++) {
@@ -675,7 +772,9 @@ void orch_req_abort_all(orch *o) {
       sched_req *sr = q->next;
       orch_req *r = sr->user;
       sched_request_cancel(&o->s, sr, orch_now_ms(o));
-      if (r->http) {
+      if (r->resume) {
+        answer_error(r, 503, "server_error", "shutting_down", "the orchestrator is shutting down");
+      } else if (r->http) {
         llorch_http_response_header(r->http, "Retry-After", "5");
         respond_error(r->http, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
       }
@@ -801,6 +900,15 @@ static void parse_body(orch_parse *p) {
   }
   r->stream = oreq.stream;
   r->include_usage = oreq.include_usage;
+  /* n > 1 goes to one worker as one /v2/execute (exec_body carries n) */
+  r->ch = calloc((size_t)oreq.n, sizeof *r->ch);
+  if (!r->ch) goto nomem;
+  r->n = oreq.n;
+  for (int i = 0; i < r->n; i++) {
+    llorch_openai_message_init(&r->ch[i].msg);
+    llorch_jbuf_init(&r->ch[i].text);
+    llorch_openai_logprobs_init(&r->ch[i].lp, r->chat);
+  }
   r->logprobs = oreq.logprobs;
   r->top_logprobs = oreq.top_logprobs;
   r->model_name = strdup(oreq.model);
@@ -839,6 +947,26 @@ static void parse_finish(orch_parse *p) {
   }
   if (p->warning[0]) llorch_http_response_header(req, "X-Llorch-Warning", p->warning);
   free(p);
+  /* X-Llorch-Resumable: true (resume.c): streamed chat/completions only */
+  bool resumable = false;
+  const char *rh = llorch_http_request_header(req, "X-Llorch-Resumable");
+  if (rh) {
+    char msg[300];
+    resumable = strcmp(rh, "true") == 0;
+    if (!resumable && strcmp(rh, "false") != 0) {
+      snprintf(msg, sizeof msg, "header X-Llorch-Resumable must be 'true' or 'false', got '%.60s'", rh);
+      respond_error(req, 400, "invalid_request_error", msg, "X-Llorch-Resumable", "invalid_value");
+      req_free(r);
+      return;
+    }
+    if (resumable && (!r->stream || r->dialect != LLORCH_DIALECT_OPENAI)) {
+      snprintf(msg, sizeof msg, "X-Llorch-Resumable: true needs a streamed request (\"stream\": true) "
+                                "to /v1/chat/completions or /v1/completions");
+      respond_error(req, 400, "invalid_request_error", msg, "X-Llorch-Resumable", "unsupported_value");
+      req_free(r);
+      return;
+    }
+  }
   if (o->stopping) { /* the shutdown began while the body was being parsed */
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
     req_free(r);
@@ -882,7 +1010,14 @@ static void parse_finish(orch_parse *p) {
     return;
   }
   orch_count(o, "admitted");
-  llorch_http_request_set_data(req, r, req_on_close);
+  if (resumable) {
+    /* the record owns the client from here: a disconnect detaches it, it
+     * does not cancel the request */
+    r->resume = orch_resume_open(o, r, req);
+    if (r->resume) r->http = NULL;
+    else LOG_WARN("orch", r->rid, "cannot make the stream resumable (out of memory); serving it as a plain one");
+  }
+  if (!r->resume) llorch_http_request_set_data(req, r, req_on_close);
   LOG_DEBUG("orch", r->rid, "admitted for model %s (%s, %d queued)", r->model_name,
             r->sr.priority == LLORCH_PRIORITY_BATCH ? "batch" : "interactive", o->s.total_queued);
   sched_dispatch(&o->s, now);
@@ -956,9 +1091,6 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat, llorch_ope
   r->embed = embed;
   r->dialect = dialect;
   r->http = req;
-  llorch_openai_message_init(&r->msg);
-  llorch_jbuf_init(&r->text);
-  llorch_openai_logprobs_init(&r->lp, chat);
   snprintf(r->rid, sizeof r->rid, "%s", llorch_http_request_id(req));
   p->r = r;
   p->text = text;

@@ -2,6 +2,7 @@
  * Internals of the orchestrator role, shared by its files:
  *   orchestrator.c  entry point, routes, tick timer, metrics, /v2/cluster, load/unload
  *   client_api.c    OpenAI endpoints: validate, admit, execute on a worker, relay
+ *   resume.c        resumable streams: numbered, kept events; GET /v2/streams/{id}
  *   pool_api.c      the pool protocol: register/heartbeat/events, start/stop calls
  *   pool_report.c   parsing a pool state document (pure, unit-tested)
  *   scheduler.c     decisions (pure, unit-tested)
@@ -30,12 +31,25 @@
 #define ORCH_JOB_ID_MAX 72
 
 typedef struct llorch_orchestrator orch;
+typedef struct orch_resume orch_resume;
+
+/* One choice of a request's answer (n > 1: the worker's events say which). */
+typedef struct orch_choice {
+  llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
+  llorch_jbuf text;             /* non-streaming completions: generated text */
+  llorch_openai_logprobs lp;    /* non-streaming: logprobs */
+  size_t stream_offset;         /* streamed completions: text_offset of the next token */
+  int completion_tokens;
+  char finish_reason[24];
+  bool ended;                   /* its end event arrived */
+} orch_choice;
 
 /* One client request (chat or completion) from admission to its last byte. */
 typedef struct orch_req {
   sched_req sr;                 /* scheduler links; sr.user == this */
   orch *o;
-  llorch_http_request *http;    /* NULL once the client went away */
+  llorch_http_request *http;    /* NULL once the client went away (and for a resumable one) */
+  orch_resume *resume;          /* X-Llorch-Resumable: the record that owns the client, or NULL */
   char rid[LLORCH_REQID_MAX + 1];
   bool chat;                    /* /v1/chat/completions, else /v1/completions */
   bool embed;                   /* /v1/embeddings: exec_body goes to the worker's /v1/embeddings */
@@ -65,16 +79,15 @@ typedef struct orch_req {
   bool sent_tokens;             /* a content chunk went to the client: no retry now */
   bool finished;                /* the response is complete */
   bool slow_client;             /* stopped reading: its job was cancelled on the worker */
-  /* results */
-  llorch_openai_message msg;    /* non-streaming chat: content, reasoning, tool calls */
+  /* results: n choices, all from one worker's /v2/execute (it runs them as
+   * siblings of one prompt), so n > 1 is one queued request */
+  int n;
+  orch_choice *ch;              /* (n), allocated by the parse */
+  int n_ended;                  /* choices whose end event arrived */
   llorch_openai_dout dout;      /* dialect: the answer so far, and its stream's events */
-  llorch_jbuf text;             /* non-streaming completions: generated text */
-  llorch_openai_logprobs lp;    /* non-streaming: logprobs */
-  size_t stream_offset;         /* streamed completions: text_offset of the next token */
-  int prompt_tokens;
+  int prompt_tokens;            /* counted once, whatever n */
   int cached_tokens;            /* of those, served from the worker's prefix cache */
-  int completion_tokens;
-  char finish_reason[24];
+  int completion_tokens;        /* all choices together */
   char *stop_sequence;          /* the stop string that ended the output (worker's end event) */
   char err_code[48];
   char err_msg[512];
@@ -116,6 +129,8 @@ struct llorch_orchestrator {
   llorch_metric *m_starts;      /* counter {outcome} */
   uint64_t last_evictions, last_retries, last_starts, last_start_failures;
   struct orch_events *events;   /* timeline and /v2/cluster/events (events.c) */
+  orch_resume *resumes;         /* resumable streams, newest first (resume.c) */
+  uint64_t resume_bytes;        /* events they keep */
 };
 
 /* ---- orchestrator.c ---- */
@@ -158,6 +173,30 @@ void orch_req_fail(void *ud, sched_req *r, int status, const char *code, const c
 void orch_run_deferred(orch *o);
 /* Shutdown: ends every request still queued or running. */
 void orch_req_abort_all(orch *o);
+
+/* A resumable request's client is gone for good (its window passed, or its
+ * buffer filled while nobody read): cancelled as a disconnect cancels an
+ * ordinary one. May free r. */
+void orch_req_abandon(orch_req *r);
+
+/* ---- resume.c: resumable streams ---- */
+/* The record of resumable request r (id r->id) with req as its client:
+ * starts req's SSE answer with X-Llorch-Stream-Id. NULL when out of memory
+ * or req is gone (nothing started). */
+orch_resume *orch_resume_open(orch *o, orch_req *r, llorch_http_request *req);
+/* One event of the answer: numbered, sent to the attached client, kept. */
+void orch_resume_event(orch_resume *s, const char *event, const char *data, size_t len);
+/* The answer's last event is in: the client's response ends; kept for the window. */
+void orch_resume_end(orch_resume *s);
+/* Its request is freed (the record stays for the window). */
+void orch_resume_release(orch_resume *s);
+/* Expiry (window passed) and full buffers: cancels generations, frees records. */
+void orch_resume_tick(orch *o, int64_t now_ms);
+/* Shutdown: ends attached clients' responses; then frees everything. */
+void orch_resume_stop(orch *o);
+void orch_resume_free_all(orch *o);
+/* GET /v2/streams/{id} (Last-Event-ID) */
+void orch_on_stream(llorch_http_request *req, void *user);
 
 /* ---- pool_api.c ---- */
 /* POST /v2/pools/{register, POOL/heartbeat, POOL/events} */

@@ -140,6 +140,7 @@ static void on_tick(uv_timer_t *t) {
   sched_tick(&o->s, orch_now_ms(o));
   metrics_update(o);
   orch_events_tick(o, orch_now_ms(o));
+  orch_resume_tick(o, orch_now_ms(o));
 }
 
 /* ---- GET /v2/cluster ---- */
@@ -400,6 +401,7 @@ static void orch_on_stop(llorch_service *svc, void *user) {
   uv_timer_stop(&o->tick);
   orch_req_abort_all(o);
   orch_events_stop(o);
+  orch_resume_stop(o);
 }
 
 static void orch_on_shutdown(llorch_service *svc, void *user) {
@@ -407,6 +409,7 @@ static void orch_on_shutdown(llorch_service *svc, void *user) {
   orch *o = user;
   uv_close((uv_handle_t *)&o->tick, NULL);
   uv_close((uv_handle_t *)&o->kick, NULL);
+  orch_resume_free_all(o);
   if (o->client) {
     llorch_http_client_free(o->client);
     o->client = NULL;
@@ -505,6 +508,7 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
       llorch_service_route(svc, "POST", "/v1/responses", client, orch_on_responses, o) < 0 ||
       llorch_service_route(svc, "POST", "/v1/embeddings", client, orch_on_embeddings, o) < 0 ||
       llorch_service_route(svc, "GET", "/v1/models", client, orch_on_models, o) < 0 ||
+      llorch_service_route(svc, "GET", "/v2/streams/*", client, orch_on_stream, o) < 0 ||
       llorch_service_route(svc, "POST", "/v2/pools/*", LLORCH_ACCESS_CLUSTER, orch_on_pools, o) < 0 ||
       llorch_service_route(svc, "GET", "/v2/cluster", LLORCH_ACCESS_ADMIN, on_cluster, o) < 0 ||
       llorch_service_route(svc, "POST", "/v2/models/*", LLORCH_ACCESS_ADMIN, on_model_op, o) < 0 ||

@@ -58,6 +58,11 @@ static bool request_ends_with(const char *text, size_t n, const char *marker) {
   return n >= k && memcmp(text + n - k, marker, k) == 0;
 }
 
+/* The rendered chat prompt of st's request (a sibling reads its lead's). */
+static const llorch_jinja_output *request_chat_prompt(const worker_stream *st) {
+  return st->lead ? &st->lead->chat_prompt : &st->chat_prompt;
+}
+
 /* The generated-text parser of a chat stream: tools (unless tool_choice
  * none), the reasoning split, where the prompt left off. */
 static int request_output_setup(worker *w, const llorch_openai_request *r, worker_stream *st,
@@ -74,9 +79,10 @@ static int request_output_setup(worker *w, const llorch_openai_request *r, worke
   o.reasoning = rf != LLORCH_REASONING_NONE;
   /* Qwen3 and DeepSeek-R1 open <think> in the generation prompt: the output
    * starts inside the thinking. */
-  const char *p = st->chat_prompt.text ? st->chat_prompt.text : "";
-  o.start_in_reasoning = request_ends_with(p, st->chat_prompt.len, "<think>");
-  o.start_in_recipient = request_ends_with(p, st->chat_prompt.len, ">>>");
+  const llorch_jinja_output *cp = request_chat_prompt(st);
+  const char *p = cp->text ? cp->text : "";
+  o.start_in_reasoning = request_ends_with(p, cp->len, "<think>");
+  o.start_in_recipient = request_ends_with(p, cp->len, ">>>");
   st->out = llorch_openai_output_new(&o, worker_stream_on_delta, st);
   if (!st->out) goto oom;
   return 0;
@@ -141,8 +147,8 @@ static int request_tool_grammar(worker *w, const llorch_openai_request *r, const
   default:
     return 0;
   }
-  const char *p = st->chat_prompt.text ? st->chat_prompt.text : "";
-  if (request_ends_with(p, st->chat_prompt.len, "<think>")) return 0;
+  const llorch_jinja_output *cp = request_chat_prompt(st);
+  if (request_ends_with(cp->text ? cp->text : "", cp->len, "<think>")) return 0;
   const char *name = r->tool_choice_name;
   return llorch_grammar_for_tools(r->tools, name ? &name : NULL, name ? 1 : 0, prefix, suffix, NULL,
                                   out, em);
@@ -194,9 +200,11 @@ static const char *request_script_reply(const worker *w, const char *prompt) {
 
 /* ---- build ---- */
 
-int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, worker_stream *st,
+/* worker_request_build, or with lead != st a sibling's (see worker-impl.h). */
+static int request_build(worker *w, llorch_openai_api api, const cJSON *body, worker_stream *st,
                          worker_job **out, llorch_openai_error *err) {
   *out = NULL;
+  const worker_stream *lead = st->lead && st->lead != st ? st->lead : NULL;
   llorch_openai_request r;
   worker_job *j = NULL;
   llorch_jbuf text;
@@ -215,13 +223,16 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   st->stream = r.stream;
   st->include_usage = r.include_usage;
   st->chat = r.chat;
+  if (!lead) st->n_choices = r.n;
 
   unsigned flags = LLORCH_TOKENIZE_ADD_SPECIAL;
-  if (r.chat) {
+  /* A sibling has no prompt of its own: the lead's tokens are copied into
+   * its job once they exist (worker_request_finish). */
+  if (!lead && r.chat) {
     /* tokenized by llorch_chat_tokenize: special tokens only where the
      * template wrote them */
     if ((rc = request_render_chat(w, &r, &st->chat_prompt, err)) < 0) goto fail;
-  } else {
+  } else if (!lead) {
     llorch_jbuf_cstr(&text, r.prompt);
   }
   if (llorch_jbuf_error(&text) < 0) {
@@ -232,7 +243,8 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   st->prompt_param = r.chat ? "messages" : "prompt";
 
   char idbuf[72];
-  const char *job_id = r.job_id;
+  /* The choices of one request share its job id: cancelling it cancels them all. */
+  const char *job_id = lead ? lead->job->id : r.job_id;
   if (!job_id) {
     /* Random: a job id is what /v2/jobs/{id}/cancel takes. */
     char rnd[LLORCH_REQID_MAX + 1];
@@ -267,7 +279,8 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   sp->frequency_penalty = (float)r.frequency_penalty;
   sp->repetition_penalty = (float)r.repetition_penalty;
   if (r.has_seed) {
-    sp->seed = (uint64_t)r.seed;
+    /* n > 1 with a seed: reproducible, and the choices still differ */
+    sp->seed = (uint64_t)r.seed + (uint64_t)st->choice;
   } else {
     /* Unseeded requests still differ from each other. */
     static uint64_t counter;
@@ -293,8 +306,8 @@ int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
      * the parser has to see their text. */
     if (st->tools) j->detok_flags = LLORCH_DETOK_RENDER_SPECIAL;
   }
-  st->script_reply =
-      request_script_reply(w, r.chat ? st->chat_prompt.text : st->prompt_text.data);
+  st->script_reply = lead ? lead->script_reply
+                          : request_script_reply(w, r.chat ? st->chat_prompt.text : st->prompt_text.data);
   *out = j;
   return 0;
 
@@ -302,6 +315,23 @@ fail:
   worker_job_free(j);
   llorch_jbuf_free(&text);
   return rc < 0 ? rc : LLORCH_EINVAL;
+}
+
+int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, worker_stream *st,
+                         worker_job **out, llorch_openai_error *err) {
+  return request_build(w, api, body, st, out, err);
+}
+
+int worker_request_build_sibling(worker *w, const cJSON *body, worker_stream *lead, int choice,
+                                 worker_stream *st, llorch_openai_error *err) {
+  st->lead = lead;
+  st->choice = choice;
+  worker_job *j = NULL;
+  int rc = request_build(w, lead->api, body, st, &j, err);
+  if (rc < 0) return rc;
+  j->owner = st;
+  st->job = j;
+  return 0;
 }
 
 void worker_request_tokenize(const worker *w, worker_stream *st) {
@@ -335,6 +365,19 @@ int worker_request_finish(worker *w, worker_stream *st, llorch_openai_error *err
     st->job->n_script = (uint32_t)st->script_toks.n;
     st->script_toks.ids = NULL;
     st->script_toks.n = 0;
+  }
+  /* n > 1: the other choices compute from the same tokens */
+  for (int i = 1; st->sibs && i < st->n_choices; i++) {
+    worker_job *sj = st->sibs[i]->job;
+    if (worker_job_set_prompt(sj, st->job->prompt, st->job->n_prompt) < 0)
+      return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+    if (st->job->script) {
+      sj->script = malloc(st->job->n_script * sizeof *sj->script);
+      if (!sj->script)
+        return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+      memcpy(sj->script, st->job->script, st->job->n_script * sizeof *sj->script);
+      sj->n_script = st->job->n_script;
+    }
   }
   llorch_tokens_free(&st->toks);
   llorch_jbuf_free(&st->prompt_text);

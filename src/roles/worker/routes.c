@@ -91,7 +91,12 @@ static void routes_tokenize_done(uv_work_t *work, int status) {
     snprintf(err.message, sizeof err.message, "job '%s' is already queued or running", job->id);
     goto fail;
   }
-  int rc = w->sched ? worker_sched_submit(w->sched, job, &em)
+  /* n > 1: every choice at once, the first one leading (its prompt blocks
+   * are computed once and reused by the others from the prefix cache) */
+  worker_job *jobs[LLORCH_OPENAI_MAX_N];
+  int n_jobs = st->sibs ? st->n_choices : 1;
+  for (int i = 0; i < n_jobs; i++) jobs[i] = st->sibs ? st->sibs[i]->job : job;
+  int rc = w->sched ? worker_sched_submit_group(w->sched, jobs, n_jobs, &em)
                     : llorch_errmsg_set(&em, LLORCH_ESTATE, "the worker is not ready");
   if (rc < 0) {
     if (rc == LLORCH_EBUSY) {
@@ -114,6 +119,7 @@ static void routes_tokenize_done(uv_work_t *work, int status) {
   }
   LOG_DEBUG("worker", st->request_id, "job %s queued: %u prompt tokens, max_tokens %u", job->id,
             job->n_prompt, job->max_tokens);
+  st->n_open = n_jobs;
   worker_stream_attach(w, st);
   worker_metrics_refresh(w);
   return;
@@ -121,6 +127,47 @@ static void routes_tokenize_done(uv_work_t *work, int status) {
 fail:
   routes_fail(w, req, &err);
   routes_stream_discard(st);
+}
+
+/* A stream with what every choice's starts with (no request, no job). */
+static worker_stream *routes_stream_new(worker *w, llorch_openai_api api,
+                                        llorch_openai_dialect dialect) {
+  worker_stream *st = calloc(1, sizeof *st);
+  if (!st) return NULL;
+  st->w = w;
+  st->api = api;
+  st->dialect = dialect;
+  llorch_jbuf_init(&st->text);
+  llorch_jbuf_init(&st->prompt_text);
+  llorch_jbuf_init(&st->deltas);
+  llorch_openai_message_init(&st->msg);
+  llorch_openai_logprobs_init(&st->lp, api != LLORCH_OPENAI_COMPLETION);
+  return st;
+}
+
+/*
+ * n > 1: a stream per further choice, each with its own job, output parser
+ * and answer, built from the same body (the same checks); they write to
+ * the lead's request and are freed with it (worker_stream_destroy).
+ */
+static int routes_build_siblings(worker *w, const cJSON *body, worker_stream *lead,
+                                 llorch_openai_error *err) {
+  lead->sibs = calloc((size_t)lead->n_choices, sizeof *lead->sibs);
+  if (!lead->sibs)
+    return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+  lead->sibs[0] = lead;
+  for (int i = 1; i < lead->n_choices; i++) {
+    worker_stream *sib = routes_stream_new(w, lead->api, lead->dialect);
+    if (!sib)
+      return llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+    lead->sibs[i] = sib;
+    sib->created = lead->created;
+    snprintf(sib->resp_id, sizeof sib->resp_id, "%s", lead->resp_id);
+    snprintf(sib->request_id, sizeof sib->request_id, "%s", lead->request_id);
+    int rc = worker_request_build_sibling(w, body, lead, i, sib, err);
+    if (rc < 0) return rc;
+  }
+  return 0;
 }
 
 /*
@@ -174,6 +221,19 @@ static void routes_embeddings(worker *w, llorch_http_request *req) {
 
 static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api,
                             llorch_openai_dialect dialect) {
+  /* Resumable streams live at the orchestrator (it keeps the events): a
+   * client asking a worker for one is told so rather than silently served
+   * a stream that a disconnect cancels. */
+  const char *resumable = llorch_http_request_header(req, "X-Llorch-Resumable");
+  if (resumable && strcmp(resumable, "false") != 0) {
+    llorch_openai_error err = {.status = 400, .type = "invalid_request_error", .code = "unsupported_value"};
+    snprintf(err.param, sizeof err.param, "X-Llorch-Resumable");
+    snprintf(err.message, sizeof err.message,
+             "X-Llorch-Resumable: resumable streams are served by the orchestrator (and --role=all), "
+             "not by a worker");
+    routes_fail(w, req, &err);
+    return;
+  }
   size_t len = 0;
   cJSON *json = routes_parse_body(w, req, &len);
   if (!json) return;
@@ -190,25 +250,18 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
     }
     json = chat;
   }
-  worker_stream *st = calloc(1, sizeof *st);
+  worker_stream *st = routes_stream_new(w, api, dialect);
   if (!st) {
     cJSON_Delete(json);
     llorch_http_respond_error(req, 500, "server_error", "out of memory", NULL, "internal_error");
     return;
   }
-  st->w = w;
+  st->lead = st;
   st->held_bytes = len;
   w->held_bytes += len;
-  st->api = api;
   st->req = req;
   st->created = (int64_t)time(NULL);
   snprintf(st->request_id, sizeof st->request_id, "%s", llorch_http_request_id(req));
-  llorch_jbuf_init(&st->text);
-  llorch_jbuf_init(&st->prompt_text);
-  llorch_jbuf_init(&st->deltas);
-  llorch_openai_message_init(&st->msg);
-  llorch_openai_logprobs_init(&st->lp, api != LLORCH_OPENAI_COMPLETION);
-  st->dialect = dialect;
   snprintf(st->resp_id, sizeof st->resp_id, "%s%llu%04x",
            dialect != LLORCH_DIALECT_OPENAI ? llorch_openai_dialect_id_prefix(dialect)
            : api == LLORCH_OPENAI_CHAT      ? "chatcmpl-"
@@ -217,6 +270,11 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
 
   worker_job *job = NULL;
   int rc = worker_request_build(w, api, json, st, &job, &err);
+  if (rc == 0) {
+    job->owner = st;
+    st->job = job;
+    if (st->n_choices > 1) rc = routes_build_siblings(w, json, st, &err);
+  }
   cJSON_Delete(json);
   /* The job holds what it needs (prompt text, then tokens): not the raw body too. */
   llorch_http_request_release_body(req);
@@ -225,8 +283,6 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
     routes_stream_discard(st);
     return;
   }
-  job->owner = st;
-  st->job = job;
   llorch_http_request_set_data(req, st, routes_on_gone_early);
   st->work.data = st;
   if (uv_queue_work(w->loop, &st->work, routes_tokenize_work, routes_tokenize_done) != 0) {
@@ -244,11 +300,10 @@ static void routes_cancel(worker *w, llorch_http_request *req, const char *id) {
   int64_t sent = -1;
   worker_stream *st = routes_find_stream(w, id);
   if (st) {
-    worker_sched_cancel(w->sched, st->job);
     /* Token events the inference thread queued before it saw the cancel
-     * are dropped too: the client gets exactly `tokens_sent` of them. */
-    st->cancelled = true;
-    sent = st->n_tokens;
+     * are dropped too: the client gets exactly `tokens_sent` of them (all
+     * choices together). */
+    sent = worker_stream_cancel(w, st);
     state = "cancelled";
   } else if (routes_was_finished(w, id)) {
     state = "finished";

@@ -336,7 +336,9 @@ void worker_sched_free(worker_sched *s) {
 
 /* ---- loop side ---- */
 
-int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
+/* A job's own preparation before it is queued (limits, block table,
+ * sampler, history, text stream). Touches no shared state. */
+static int sched_prepare(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   if (j->state != WORKER_JOB_NEW)
     return llorch_errmsg_set(em, LLORCH_ESTATE, "job %s was submitted already", j->id);
   if (!j->n_prompt) return llorch_errmsg_set(em, LLORCH_EINVAL, "the prompt is empty (0 tokens)");
@@ -363,24 +365,37 @@ int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   uint32_t room = s->cfg.n_ctx - j->n_prompt;
   if (!j->max_tokens || j->max_tokens > room) j->max_tokens = room;
   j->n_target = j->n_prompt;
-  if (s->kv) {
+  if (s->kv && !j->blocks) {
     j->blocks = malloc(s->bps * sizeof *j->blocks);
     j->hashes = malloc(s->bps * sizeof *j->hashes);
     if (!j->blocks || !j->hashes)
       return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for the block table");
   }
-
+  llorch_sampler_free(j->sampler);
+  j->sampler = NULL;
   int rc = llorch_sampler_init(&j->sampler, &j->sp, s->n_vocab, em);
   if (rc < 0) return rc;
+  free(j->history);
   j->history = malloc(((size_t)j->n_prompt + j->max_tokens) * sizeof *j->history);
   if (!j->history) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for the history");
   memcpy(j->history, j->prompt, j->n_prompt * sizeof *j->history);
   if (s->tok) {
+    llorch_textstream_free(j->text);
+    j->text = NULL;
     rc = llorch_textstream_init(&j->text, s->tok, j->detok_flags, (const char *const *)j->stop,
                                 (size_t)j->n_stop, em);
     if (rc < 0) return rc;
   }
+  return 0;
+}
 
+int worker_sched_submit_group(worker_sched *s, worker_job *const *jobs, int n, llorch_errmsg *em) {
+  if (n < 1) return llorch_errmsg_set(em, LLORCH_EINVAL, "no job to submit");
+  for (int i = 0; i < n; i++) {
+    int rc = sched_prepare(s, jobs[i], em);
+    if (rc < 0) return rc;
+    jobs[i]->leader = i ? jobs[0] : NULL;
+  }
   uv_mutex_lock(&s->mu);
   if (s->draining || s->stopping) {
     uv_mutex_unlock(&s->mu);
@@ -389,22 +404,35 @@ int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   /* Free slots take jobs at the next step, so only jobs beyond them count
    * against the queue bound. */
   uint32_t free_slots = s->cfg.n_slots - s->n_busy;
-  if (!j->queue_exempt && s->n_queued >= free_slots + s->cfg.queue_max) {
+  if (!jobs[0]->queue_exempt && s->n_queued + (uint32_t)n - 1 >= free_slots + s->cfg.queue_max) {
     uv_mutex_unlock(&s->mu);
+    if (n > 1)
+      return llorch_errmsg_set(em, LLORCH_EBUSY,
+                               "%d choices do not fit: %u of %u slots are busy and %u requests are "
+                               "waiting (queue_max %u)",
+                               n, s->n_busy, s->cfg.n_slots, s->n_queued, s->cfg.queue_max);
     return llorch_errmsg_set(em, LLORCH_EBUSY,
                              "all %u slots are busy and %u requests are waiting (queue_max %u)",
                              s->cfg.n_slots, s->n_queued, s->cfg.queue_max);
   }
-  j->t_submit_ns = uv_hrtime();
-  j->state = WORKER_JOB_QUEUED;
-  j->next = NULL;
-  if (s->queue_tail) s->queue_tail->next = j;
-  else s->queue_head = j;
-  s->queue_tail = j;
-  s->n_queued++;
+  uint64_t now = uv_hrtime();
+  for (int i = 0; i < n; i++) {
+    worker_job *j = jobs[i];
+    j->t_submit_ns = now;
+    j->state = WORKER_JOB_QUEUED;
+    j->next = NULL;
+    if (s->queue_tail) s->queue_tail->next = j;
+    else s->queue_head = j;
+    s->queue_tail = j;
+    s->n_queued++;
+  }
   uv_cond_signal(&s->cv);
   uv_mutex_unlock(&s->mu);
   return 0;
+}
+
+int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em) {
+  return worker_sched_submit_group(s, &j, 1, em);
 }
 
 void worker_sched_cancel(worker_sched *s, worker_job *j) {
@@ -642,6 +670,12 @@ static bool sched_admit_locked(worker_sched *s) {
        k++) {
     if (s->slots[k]) continue;
     worker_job *j = s->queue_head;
+    /* A sibling of n > 1 waits until its leader's prompt is computed and
+     * committed, then reuses those blocks (FIFO: the queue waits with it;
+     * for a prompt's prefill, once per request). */
+    if (s->kv && s->cfg.prefix_cache && j->leader && !j->started &&
+        (j->leader->state == WORKER_JOB_QUEUED || j->leader->state == WORKER_JOB_PREFILL))
+      break;
     worker_event *e = NULL;
     if (!j->started && !(e = sched_event_new(WORKER_EV_STARTED, j))) break;
     if (s->kv) {

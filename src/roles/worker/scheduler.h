@@ -89,6 +89,13 @@ typedef struct worker_job {
    * the logits with it and feeds it the sampled token; the job ends (stop)
    * when the grammar's output is complete and nothing may follow. */
   llorch_grammar_state *grammar;
+  /* n > 1: the first choice of the same prompt (set by worker_sched_submit_group
+   * on the other choices, else NULL). With the prefix cache on, a sibling is
+   * not admitted while its leader is queued or still computing the prompt:
+   * it is admitted right after, when the prompt's full blocks are committed,
+   * and takes them from the cache instead of computing the prompt again.
+   * The caller keeps the leader alive until every sibling's final event. */
+  struct worker_job *leader;
   /* Embeddings: pooling LLORCH_POOLING_MEAN/CLS/LAST (llorch/model.h) makes
    * this an embedding job: its prompt is computed (never taken from the
    * prefix cache, which holds no hidden states) and the final hidden states
@@ -244,6 +251,9 @@ void worker_sched_free(worker_sched *s);
  *   LLORCH_ESTATE  shutting down
  */
 int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em);
+/* The same for the n choices of one request, all or none (the queue bound
+ * counts all of them); jobs[1..n) get jobs[0] as their leader. */
+int worker_sched_submit_group(worker_sched *s, worker_job *const *jobs, int n, llorch_errmsg *em);
 /* Asks to cancel (idempotent); the final END(cancelled) comes as an event. */
 void worker_sched_cancel(worker_sched *s, worker_job *j);
 /* Takes every queued event (a list, oldest first, caller frees each). */

@@ -58,19 +58,39 @@ static llorch_openai_meta stream_meta(const worker_stream *st) {
   return (llorch_openai_meta){.id = st->resp_id,
                               .created = st->created,
                               .model = st->model_echo,
-                              .chat = st->api == LLORCH_OPENAI_CHAT};
+                              .chat = st->api == LLORCH_OPENAI_CHAT,
+                              .index = st->choice};
 }
 
-/* Sends one "data: <json>" SSE event (OpenAI streams have no event names). */
+/* Sends one "data: <json>" SSE event (OpenAI streams have no event names);
+ * every choice writes to its lead's request. */
 static void stream_send_data(worker_stream *st, const llorch_jbuf *b) {
-  if (!st->req || llorch_jbuf_error(b) < 0) return;
-  llorch_http_sse_send(st->req, NULL, b->data, b->len);
+  llorch_http_request *req = st->lead->req;
+  if (!req || llorch_jbuf_error(b) < 0) return;
+  llorch_http_sse_send(req, NULL, b->data, b->len);
 }
 
 static void stream_start_sse(worker_stream *st) {
-  if (st->headers_sent || !st->req) return;
-  llorch_http_sse_start(st->req);
-  st->headers_sent = true;
+  worker_stream *L = st->lead;
+  if (L->headers_sent || !L->req) return;
+  llorch_http_sse_start(L->req);
+  L->headers_sent = true;
+}
+
+/* This choice's final event is the request's last (n_open is counted down
+ * before the event is handled). */
+static bool stream_last(const worker_stream *st) { return st->lead->n_open == 0; }
+
+int64_t worker_stream_cancel(worker *w, worker_stream *lead) {
+  int n = lead->sibs ? lead->n_choices : 1;
+  int64_t sent = 0;
+  lead->cancelled = true;
+  for (int i = 0; i < n; i++) {
+    worker_stream *c = lead->sibs ? lead->sibs[i] : lead;
+    worker_sched_cancel(w->sched, c->job);
+    sent += c->n_tokens;
+  }
+  return sent;
 }
 
 /* ---- deltas from the output parser ---- */
@@ -131,9 +151,14 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
   if (st->out && e->kind == WORKER_EV_TOKEN) stream_parse(st, e, false);
   if (st->out && e->kind == WORKER_EV_END) stream_parse(st, NULL, true);
   st->cur = NULL; /* e is freed after dispatch */
+  worker_stream *L = st->lead;
   llorch_jbuf_raw(&b, "{", 1);
   llorch_jbuf_key(&b, "job_id");
   llorch_jbuf_str(&b, st->job->id);
+  if (L->n_choices > 1) { /* n > 1: which choice the event belongs to */
+    llorch_jbuf_cstr(&b, ",\"choice\":");
+    llorch_jbuf_int(&b, st->choice);
+  }
   switch (e->kind) {
   case WORKER_EV_STARTED:
     name = "started";
@@ -213,12 +238,15 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
     llorch_jbuf_raw(&b, "]", 1);
   }
   llorch_jbuf_raw(&b, "}", 1);
-  if (st->req && llorch_jbuf_error(&b) == 0 && llorch_jbuf_error(&st->deltas) == 0)
-    llorch_http_sse_send(st->req, name, b.data, b.len);
+  if (L->req && llorch_jbuf_error(&b) == 0 && llorch_jbuf_error(&st->deltas) == 0)
+    llorch_http_sse_send(L->req, name, b.data, b.len);
   llorch_jbuf_free(&b);
-  if ((e->kind == WORKER_EV_END || e->kind == WORKER_EV_ERROR) && st->req) {
-    llorch_http_sse_end(st->req);
-    st->req = NULL;
+  /* The stream ends after the last choice's end, or at the first error
+   * (the other choices are cancelled then). */
+  if (((e->kind == WORKER_EV_END && stream_last(st)) || e->kind == WORKER_EV_ERROR) && L->req) {
+    llorch_http_sse_end(L->req);
+    L->req = NULL;
+    if (e->kind == WORKER_EV_ERROR && !stream_last(st)) worker_stream_cancel(w, L);
   }
 }
 
@@ -230,7 +258,7 @@ static void stream_dialect_send(void *user, const char *event, const char *data,
 }
 
 /* The answer in the request's API (openai.h llorch_openai_dout): the final
- * events, or the whole object. */
+ * events, or the whole object. The dialects have no n: st is its own lead. */
 static void stream_dialect_end(worker_stream *st, const worker_event *e) {
   const worker_job *j = st->job;
   const char *stop_seq = j->stop_hit >= 0 && j->stop_hit < j->n_stop ? j->stop[j->stop_hit] : NULL;
@@ -253,28 +281,35 @@ static void stream_dialect_end(worker_stream *st, const worker_event *e) {
 
 /* ---- events: OpenAI ---- */
 
-/* The complete non-streaming answer. */
-static void stream_openai_respond(worker_stream *st, const worker_event *e) {
+/* The complete non-streaming answer, every choice in it (L is the lead;
+ * called when the last choice ended). */
+static void stream_openai_respond(worker_stream *L) {
+  llorch_openai_choice ch[LLORCH_OPENAI_MAX_N];
+  int n = L->sibs ? L->n_choices : 1;
+  bool oom = false;
+  for (int i = 0; i < n; i++) {
+    const worker_stream *c = L->sibs ? L->sibs[i] : L;
+    ch[i] = (llorch_openai_choice){.msg = &c->msg,
+                                   .text = c->text.data,
+                                   .len = c->text.len,
+                                   .lp = c->job->want_logprobs ? &c->lp : NULL,
+                                   .finish = c->end_finish};
+    if (c->msg.err || llorch_jbuf_error(&c->text) < 0) oom = true;
+  }
   llorch_jbuf b;
   llorch_jbuf_init(&b);
-  llorch_openai_meta m = stream_meta(st);
-  m.cached_tokens = e->cached_tokens;
-  const llorch_openai_logprobs *lp = st->job->want_logprobs ? &st->lp : NULL;
-  const char *finish = stream_finish_reason(st, e->finish);
-  if (st->api == LLORCH_OPENAI_CHAT)
-    llorch_openai_write_chat_response(&b, &m, &st->msg, lp, finish, e->prompt_tokens,
-                                      e->completion_tokens);
-  else
-    llorch_openai_write_completion_response(&b, &m, st->text.data, st->text.len, lp, finish,
-                                            e->prompt_tokens, e->completion_tokens);
-  if (st->req) {
-    if (llorch_jbuf_error(&b) == 0 && st->msg.err == 0) {
-      llorch_http_respond_json(st->req, 200, b.data);
+  llorch_openai_meta m = stream_meta(L);
+  m.cached_tokens = L->end_cached_tokens;
+  /* usage: the prompt once, every choice's completion tokens */
+  llorch_openai_write_response(&b, &m, ch, n, L->end_prompt_tokens, L->completion_sum);
+  if (L->req) {
+    if (llorch_jbuf_error(&b) == 0 && !oom) {
+      llorch_http_respond_json(L->req, 200, b.data);
     } else {
-      llorch_http_respond_error(st->req, 500, "server_error", "out of memory", NULL,
+      llorch_http_respond_error(L->req, 500, "server_error", "out of memory", NULL,
                                 "internal_error");
     }
-    st->req = NULL;
+    L->req = NULL;
   }
   llorch_jbuf_free(&b);
 }
@@ -312,8 +347,9 @@ static void stream_openai_token(worker_stream *st, const worker_event *e) {
 }
 
 static void stream_openai_event(worker_stream *st, const worker_event *e) {
+  worker_stream *L = st->lead;
   llorch_openai_meta m = stream_meta(st);
-  m.cached_tokens = e->cached_tokens; /* in the usage chunk of the end */
+  m.cached_tokens = L->end_cached_tokens; /* in the usage chunk of the end */
   switch (e->kind) {
   case WORKER_EV_STARTED:
     if (st->dialect != LLORCH_DIALECT_OPENAI) {
@@ -340,38 +376,43 @@ static void stream_openai_event(worker_stream *st, const worker_event *e) {
   case WORKER_EV_END: {
     if (st->out) stream_parse(st, NULL, true);
     st->cur = NULL;
+    st->end_finish = stream_finish_reason(st, e->finish);
     if (st->dialect != LLORCH_DIALECT_OPENAI) {
       stream_dialect_end(st, e);
       break;
     }
     if (!st->stream) {
-      stream_openai_respond(st, e);
+      if (stream_last(st)) stream_openai_respond(L);
       break;
     }
+    /* streaming: each choice's finish chunk; after the last, the usage
+     * (the prompt once, every choice's completion tokens) and [DONE] */
     stream_start_sse(st);
     llorch_jbuf b;
     llorch_jbuf_init(&b);
-    const char *finish = stream_finish_reason(st, e->finish);
     if (st->api == LLORCH_OPENAI_CHAT)
-      llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, finish);
+      llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, st->end_finish);
     else
-      llorch_openai_write_completion_chunk(&b, &m, "", 0, NULL, finish);
+      llorch_openai_write_completion_chunk(&b, &m, "", 0, NULL, st->end_finish);
     stream_send_data(st, &b);
-    if (st->include_usage) {
+    if (st->include_usage && stream_last(st)) {
       llorch_jbuf_reset(&b);
-      llorch_openai_write_usage_chunk(&b, &m, e->prompt_tokens, e->completion_tokens);
+      m.index = 0;
+      llorch_openai_write_usage_chunk(&b, &m, L->end_prompt_tokens, L->completion_sum);
       stream_send_data(st, &b);
     }
     llorch_jbuf_free(&b);
-    if (st->req) {
-      llorch_http_sse_send(st->req, NULL, "[DONE]", 6);
-      llorch_http_sse_end(st->req);
-      st->req = NULL;
+    if (L->req && stream_last(st)) {
+      llorch_http_sse_send(L->req, NULL, "[DONE]", 6);
+      llorch_http_sse_end(L->req);
+      L->req = NULL;
     }
     break;
   }
   case WORKER_EV_ERROR:
-    if (!st->headers_sent) {
+    /* One choice failed: the request fails (the other choices are cancelled). */
+    if (L->req && !stream_last(st)) worker_stream_cancel(st->w, L);
+    if (!L->headers_sent) {
       /* Nothing was sent yet: a proper status. Queue timeouts and shutdown
        * are "try again" (503); engine failures are 500. */
       llorch_openai_error err = {.status = e->retriable ? 503 : 500,
@@ -379,22 +420,22 @@ static void stream_openai_event(worker_stream *st, const worker_event *e) {
                                  .code = e->code,
                                  .retry_after_s = e->retriable ? 1 : 0};
       snprintf(err.message, sizeof err.message, "%s", e->message);
-      llorch_openai_respond_error(st->req, &err);
-      st->req = NULL;
+      if (L->req) llorch_openai_respond_error(L->req, &err);
+      L->req = NULL;
       break;
     }
-    if (st->req && st->dialect != LLORCH_DIALECT_OPENAI) {
+    if (L->req && st->dialect != LLORCH_DIALECT_OPENAI) {
       llorch_openai_dout_fail(&st->dout, e->code, e->message);
-      llorch_http_sse_end(st->req);
-      st->req = NULL;
+      llorch_http_sse_end(L->req);
+      L->req = NULL;
     }
-    if (st->req) {
+    if (L->req) {
       char *env = llorch_json_error_envelope(e->message, "server_error", NULL, e->code);
-      if (env) llorch_http_sse_send(st->req, NULL, env, strlen(env));
+      if (env) llorch_http_sse_send(L->req, NULL, env, strlen(env));
       free(env);
-      llorch_http_sse_send(st->req, NULL, "[DONE]", 6);
-      llorch_http_sse_end(st->req);
-      st->req = NULL;
+      llorch_http_sse_send(L->req, NULL, "[DONE]", 6);
+      llorch_http_sse_end(L->req);
+      L->req = NULL;
     }
     break;
   }
@@ -406,7 +447,7 @@ static void stream_on_client_gone(llorch_http_request *req, void *data) {
   worker_stream *st = data;
   st->req = NULL;
   LOG_INFO("worker", st->request_id, "client went away: cancelling job %s", st->job->id);
-  worker_sched_cancel(st->w->sched, st->job);
+  worker_stream_cancel(st->w, st);
 }
 
 void worker_stream_attach(worker *w, worker_stream *st) {
@@ -419,6 +460,10 @@ void worker_stream_attach(worker *w, worker_stream *st) {
 }
 
 void worker_stream_destroy(worker_stream *st) {
+  /* the lead frees the other choices (their jobs may name its job as leader) */
+  for (int i = 1; st->sibs && i < st->n_choices; i++)
+    if (st->sibs[i]) worker_stream_destroy(st->sibs[i]);
+  free(st->sibs);
   worker_job_free(st->job);
   llorch_openai_output_free(st->out);
   cJSON_Delete(st->tools);
@@ -460,21 +505,27 @@ static void stream_observe(worker *w, worker_stream *st, const worker_event *e) 
     llorch_metric_inc(w->m.generated_tokens, NULL, 1);
     break;
   case WORKER_EV_END: {
-    const char *outcome = e->finish == WORKER_FINISH_CANCELLED ? "cancelled" : "completed";
-    if (e->finish == WORKER_FINISH_CANCELLED) w->n_cancelled++;
-    else w->n_completed++;
-    llorch_metric_inc(w->m.requests, (const char *[]){outcome}, 1);
-    llorch_metric_inc(w->m.prompt_tokens, NULL, e->prompt_tokens);
+    /* the request's outcome and prompt are counted once, on its first choice */
+    if (st == st->lead) {
+      const char *outcome = e->finish == WORKER_FINISH_CANCELLED ? "cancelled" : "completed";
+      if (e->finish == WORKER_FINISH_CANCELLED) w->n_cancelled++;
+      else w->n_completed++;
+      llorch_metric_inc(w->m.requests, (const char *[]){outcome}, 1);
+      llorch_metric_inc(w->m.prompt_tokens, NULL, e->prompt_tokens);
+    }
     LOG_INFO("worker", st->request_id,
-             "job %s %s: %u prompt + %u generated tokens, ttft %.1f ms, total %.1f ms",
-             st->job->id, stream_finish_name(e->finish), e->prompt_tokens, e->completion_tokens,
-             e->ttft_ms, e->total_ms);
+             "job %s (choice %d) %s: %u prompt (%u cached) + %u generated tokens, ttft %.1f ms, total %.1f ms",
+             st->job->id, st->choice, stream_finish_name(e->finish), e->prompt_tokens,
+             e->cached_tokens, e->completion_tokens, e->ttft_ms, e->total_ms);
     break;
   }
   case WORKER_EV_ERROR:
-    w->n_failed++;
-    llorch_metric_inc(w->m.requests, (const char *[]){"failed"}, 1);
-    LOG_WARN("worker", st->request_id, "job %s failed: %s: %s", st->job->id, e->code, e->message);
+    if (st == st->lead) {
+      w->n_failed++;
+      llorch_metric_inc(w->m.requests, (const char *[]){"failed"}, 1);
+    }
+    LOG_WARN("worker", st->request_id, "job %s (choice %d) failed: %s: %s", st->job->id, st->choice,
+             e->code, e->message);
     break;
   }
 }
@@ -489,25 +540,36 @@ void worker_events_dispatch(worker *w) {
       continue;
     }
     worker_stream *st = e->job->owner;
-    if (e->kind == WORKER_EV_TOKEN && st->cancelled) {
+    worker_stream *L = st->lead;
+    if (e->kind == WORKER_EV_TOKEN && L->cancelled) {
       worker_event_free(e);
       continue;
     }
     stream_observe(w, st, e);
     if (e->kind == WORKER_EV_STARTED) st->started = true;
+    bool final = e->kind == WORKER_EV_END || e->kind == WORKER_EV_ERROR;
+    if (final) {
+      /* counted down first: the handlers see whether this is the last choice */
+      L->n_open--;
+      if (e->kind == WORKER_EV_END) {
+        st->end_prompt_tokens = e->prompt_tokens;
+        st->end_cached_tokens = e->cached_tokens;
+        st->end_completion_tokens = e->completion_tokens;
+        L->completion_sum += e->completion_tokens;
+      }
+    }
     if (st->api == LLORCH_OPENAI_NATIVE) stream_native_event(st, e);
     else stream_openai_event(st, e);
     /* A client that stops reading would make us buffer its tokens without
      * bound: past the limit its job is cancelled (the final event still
      * ends the response properly). */
-    if (st->req && !st->cancelled && e->kind == WORKER_EV_TOKEN &&
-        llorch_http_request_queued_bytes(st->req) > LLORCH_OPENAI_MAX_QUEUED_BYTES) {
+    if (L->req && !L->cancelled && e->kind == WORKER_EV_TOKEN &&
+        llorch_http_request_queued_bytes(L->req) > LLORCH_OPENAI_MAX_QUEUED_BYTES) {
       LOG_WARN("worker", st->request_id, "client is not reading (%zu bytes queued): cancelling job %s",
-               llorch_http_request_queued_bytes(st->req), st->job->id);
-      st->cancelled = true;
-      worker_sched_cancel(w->sched, st->job);
+               llorch_http_request_queued_bytes(L->req), st->job->id);
+      worker_stream_cancel(w, L);
     }
-    if (e->kind == WORKER_EV_END || e->kind == WORKER_EV_ERROR) stream_free(w, st);
+    if (final && L->n_open == 0) stream_free(w, L);
     worker_event_free(e);
   }
   worker_metrics_refresh(w);

@@ -174,6 +174,19 @@ struct worker_stream {
   llorch_tokens toks;             /* result of the work */
   int tok_rc;
   llorch_errmsg tok_em;
+  /* ---- n > 1: one stream (job, parser, answer) per choice. The first,
+   * the lead, holds the client's request (req, headers_sent) and is the
+   * one linked in w->streams; the others (req always NULL) write through
+   * it and are freed with it once every choice has ended. ---- */
+  int choice;                     /* this stream's choice index */
+  int n_choices;                  /* lead: the request's n */
+  worker_stream *lead;            /* the lead (itself for the lead) */
+  worker_stream **sibs;           /* lead, n > 1: (n_choices) every choice, [0] = the lead */
+  int n_open;                     /* lead: choices whose final event has not been taken */
+  uint32_t completion_sum;        /* lead: completion tokens of the choices that ended */
+  uint32_t end_prompt_tokens, end_cached_tokens; /* this choice's END figures */
+  uint32_t end_completion_tokens;
+  const char *end_finish;         /* this choice's finish_reason (static), NULL before END */
   worker_stream *prev, *next;
 };
 
@@ -186,6 +199,12 @@ struct worker_stream {
  */
 int worker_request_build(worker *w, llorch_openai_api api, const cJSON *body, worker_stream *st,
                          worker_job **out, llorch_openai_error *err);
+/* n > 1: the stream of choice `choice` of lead's request (body as for
+ * lead): the same checks and job settings, without rendering the prompt
+ * again (the tokens are copied from the lead's after tokenization by
+ * worker_request_finish); a seed becomes seed + choice. */
+int worker_request_build_sibling(worker *w, const cJSON *body, worker_stream *lead, int choice,
+                                 worker_stream *st, llorch_openai_error *err);
 /* Tokenizes st->prompt_text into st->toks (threadpool: touches nothing else). */
 void worker_request_tokenize(const worker *w, worker_stream *st);
 /* Back on the loop: checks the tokens against the context and moves them
@@ -202,7 +221,10 @@ void worker_stream_on_delta(void *user, const llorch_openai_delta *d);
 void worker_stream_destroy(worker_stream *st);
 /* Takes and dispatches every scheduler event (the events async callback). */
 void worker_events_dispatch(worker *w);
-/* Registers the client-gone callback and links st into w->streams. */
+/* Cancels every choice of lead's request (idempotent); their final events
+ * still come. Returns the token events sent so far, all choices together. */
+int64_t worker_stream_cancel(worker *w, worker_stream *lead);
+/* Registers the client-gone callback and links st (a lead) into w->streams. */
 void worker_stream_attach(worker *w, worker_stream *st);
 
 /* ---- embed.c ---- */

@@ -133,7 +133,7 @@ test('orchestrator: bad tool input is refused before queueing, as the worker ref
     [{ tools: TOOLS, tool_choice: 'always' }, 'tool_choice'],
     [{ messages: [{ role: 'user', content: 'hi' }, { role: 'tool', tool_call_id: 'nope', content: '1' }] },
       'messages[1].tool_call_id'],
-    [{ n: 2 }, 'n'],
+    [{ n: 9 }, 'n'], // past request.max_n (8)
   ];
   for (const [extra, param] of cases) {
     const r = await fetch(`${all.url}/v1/chat/completions`, {

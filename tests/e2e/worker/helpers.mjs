@@ -94,8 +94,9 @@ export async function startWorker({ model, args = [], waitReady = true, timeoutM
   return w;
 }
 
-// Reads a text/event-stream response into [{event, data}] (data parsed as
-// JSON where it is JSON). onEvent(ev) may return true to stop reading.
+// Reads a text/event-stream response into [{event, data, id}] (data parsed as
+// JSON where it is JSON; id a number, null without an id: field).
+// onEvent(ev, events so far) may return true to stop reading.
 export async function readSSE(response, onEvent) {
   const events = [];
   const reader = response.body.getReader();
@@ -109,19 +110,20 @@ export async function readSSE(response, onEvent) {
     while ((i = buf.indexOf('\n\n')) >= 0) {
       const block = buf.slice(0, i);
       buf = buf.slice(i + 2);
-      let event = 'message';
+      let event = 'message', id = null;
       const data = [];
       for (const line of block.split('\n')) {
         if (line.startsWith(':')) continue;
         if (line.startsWith('event: ')) event = line.slice(7);
         else if (line.startsWith('data: ')) data.push(line.slice(6));
+        else if (line.startsWith('id: ')) id = Number(line.slice(4));
       }
       if (!data.length) continue;
       let parsed = data.join('\n');
       try { parsed = JSON.parse(parsed); } catch { /* [DONE] */ }
-      const ev = { event, data: parsed };
+      const ev = { event, data: parsed, id };
       events.push(ev);
-      if (onEvent && onEvent(ev)) {
+      if (onEvent && onEvent(ev, events)) {
         await reader.cancel();
         return events;
       }
@@ -158,3 +160,24 @@ export async function waitInfo(w, pred, { token, timeoutMs = 5000 } = {}) {
 }
 
 export { sleep };
+
+// An openai-client chat stream with n choices, by choice: text, finish
+// reasons, role chunks, and the usage chunk. Throws on an index out of
+// range or a choice that finishes twice.
+export async function collectChoices(stream, n) {
+  const text = Array(n).fill(''), finish = Array(n).fill(null), roles = Array(n).fill(0);
+  let usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (!(c.index >= 0 && c.index < n)) throw new Error(`chunk for choice ${c.index} of ${n}`);
+      if (c.delta.role) roles[c.index]++;
+      text[c.index] += c.delta.content ?? '';
+      if (c.finish_reason) {
+        if (finish[c.index] !== null) throw new Error(`choice ${c.index} finished twice`);
+        finish[c.index] = c.finish_reason;
+      }
+    }
+  }
+  return { text, finish, roles, usage };
+}

@@ -170,7 +170,7 @@ test('bad request: 400 naming the parameter', async () => {
     (e) => e.status === 400 && e.param === 'messages[0].role',
   );
   await assert.rejects(
-    client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }], n: 2 }),
+    client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }], n: 9 }), // past request.max_n (8)
     (e) => e.status === 400 && e.param === 'n',
   );
   await assert.rejects(

@@ -156,7 +156,7 @@ class TestConfigFiles(unittest.TestCase):
             ("unknown.yaml", "pool:\n  gpu: [0]\n",
              "2:3: 'pool.gpu': unknown key, expected one of: name, gpus, orchestrator, "
              "cluster_token, model_dirs, advertise_url, heartbeat_interval, stop_grace, "
-             "cpu_memory, worker_port_base"),
+             "cpu_memory, worker_port_base, fetch_bandwidth"),
             ("range.yaml", "orchestrator:\n  models:\n    - name: a\n      file: a.gguf\n"
                            "    - name: b\n      file: b.gguf\n      slots: 0\n",
              "7:14: 'orchestrator.models[1].slots': expected an integer in 1..256, got \"0\""),

@@ -35,7 +35,13 @@ static void expect_400(const char *json, const char *param, const char *needle) 
 
 static void test_errors(void **state) {
   (void)state;
-  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", "n", "'n' = 3");
+  /* n: past the limit (default 8), below 1, not an integer */
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":9}", "n",
+             "'n' = 9 is more than this server allows (request.max_n = 8)");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":0}", "n", "at least 1");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":-3}", "n", "'n' = -3");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2.5}", "n", "n");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":\"3\"}", "n", "n");
   expect_400("{\"messages\":[]}", "messages", "at least 1");
   expect_400("{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", "messages[0].role", "robot");
   expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"code\"}]}",
@@ -116,6 +122,48 @@ static void test_native_body_and_context(void **state) {
   cJSON_Delete(body);
 }
 
+/* n: accepted within the limits (the operator's, clamped to the hard one),
+ * carried into the worker's body only when > 1, read back by the worker. */
+static void test_n(void **state) {
+  (void)state;
+  llorch_openai_limits lim = LLORCH_OPENAI_LIMITS_DEFAULT;
+  llorch_openai_request r;
+  llorch_openai_error err = {0};
+  cJSON *body = cJSON_Parse("{\"model\":\"m\",\"prompt\":\"p\",\"n\":3,\"temperature\":0}");
+  assert_int_equal(llorch_openai_request_parse(body, LLORCH_OPENAI_COMPLETION, &lim, &r, &err), 0);
+  assert_int_equal(r.n, 3);
+  char *native = llorch_openai_request_native_body(&r, "j", LLORCH_REASONING_UNSET);
+  assert_non_null(strstr(native, "\"n\":3"));
+  cJSON *nb = cJSON_Parse(native);
+  llorch_openai_request r2;
+  assert_int_equal(llorch_openai_request_parse(nb, LLORCH_OPENAI_NATIVE, &lim, &r2, &err), 0);
+  assert_int_equal(r2.n, 3);
+  cJSON_Delete(nb);
+  free(native);
+  /* the operator's bound */
+  lim.max_n = 2;
+  assert_int_equal(llorch_openai_request_parse(body, LLORCH_OPENAI_COMPLETION, &lim, &r, &err),
+                   LLORCH_EINVAL);
+  assert_string_equal(err.param, "n");
+  assert_non_null(strstr(err.message, "request.max_n = 2"));
+  cJSON_Delete(body);
+  /* absent: 1, and not in the worker's body */
+  body = cJSON_Parse("{\"model\":\"m\",\"prompt\":\"p\"}");
+  assert_int_equal(llorch_openai_request_parse(body, LLORCH_OPENAI_COMPLETION, &lim, &r, &err), 0);
+  assert_int_equal(r.n, 1);
+  native = llorch_openai_request_native_body(&r, NULL, LLORCH_REASONING_UNSET);
+  assert_null(strstr(native, "\"n\""));
+  free(native);
+  cJSON_Delete(body);
+  /* a configured bound past the hard one is clamped to it */
+  lim.max_n = 100000;
+  body = cJSON_Parse("{\"model\":\"m\",\"prompt\":\"p\",\"n\":129}");
+  assert_int_equal(llorch_openai_request_parse(body, LLORCH_OPENAI_COMPLETION, &lim, &r, &err),
+                   LLORCH_EINVAL);
+  assert_non_null(strstr(err.message, "request.max_n = 128"));
+  cJSON_Delete(body);
+}
+
 static void test_writers(void **state) {
   (void)state;
   llorch_openai_meta m = {.id = "chatcmpl-1", .created = 5, .model = "m", .chat = true, .cached_tokens = 2};
@@ -146,6 +194,28 @@ static void test_writers(void **state) {
       "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}}]},\"logprobs\":null,"
       "\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,"
       "\"total_tokens\":7,\"prompt_tokens_details\":{\"cached_tokens\":2}}}");
+  /* n choices: index 0..n-1, usage once with the completion tokens summed */
+  llorch_jbuf_reset(&b);
+  llorch_openai_meta cm = {.id = "cmpl-1", .created = 5, .model = "m", .chat = false};
+  const llorch_openai_choice ch[2] = {{.text = "ab", .len = 2, .finish = "stop"},
+                                      {.text = "c", .len = 1, .finish = "length"}};
+  llorch_openai_write_response(&b, &cm, ch, 2, 3, 5);
+  assert_string_equal(
+      b.data,
+      "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":5,\"model\":\"m\","
+      "\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"text\":\"ab\",\"logprobs\":null,"
+      "\"finish_reason\":\"stop\"},{\"index\":1,\"text\":\"c\",\"logprobs\":null,\"finish_reason\":"
+      "\"length\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5,\"total_tokens\":8,"
+      "\"prompt_tokens_details\":{\"cached_tokens\":0}}}");
+  /* a chunk carries its choice's index */
+  llorch_jbuf_reset(&b);
+  cm.index = 2;
+  llorch_openai_write_completion_chunk(&b, &cm, "x", 1, NULL, NULL);
+  assert_non_null(strstr(b.data, "\"choices\":[{\"index\":2,\"text\":\"x\""));
+  llorch_jbuf_reset(&b);
+  m.index = 1;
+  llorch_openai_write_chat_chunk(&b, &m, NULL, false, NULL, "stop");
+  assert_non_null(strstr(b.data, "\"choices\":[{\"index\":1,\"delta\":{}"));
   /* a delta written and read back is the same delta */
   llorch_jbuf_reset(&b);
   d = (llorch_openai_delta)LLORCH_OPENAI_DELTA_INIT;
@@ -169,6 +239,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_native_body_and_context),
+      cmocka_unit_test(test_n),
       cmocka_unit_test(test_writers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

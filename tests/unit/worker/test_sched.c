@@ -939,6 +939,66 @@ static void test_prefix_cache_equal(void **state) {
   assert_int_equal(on[10].cached_tokens, 20);
 }
 
+/*
+ * n > 1: the choices of one prompt submitted as a group. With the prefix
+ * cache, the siblings wait for the leader's prefill and take its blocks
+ * (cached_tokens), and generate exactly what the leader generates (same
+ * greedy parameters); without it, everyone computes the prompt. The queue
+ * bound counts the whole group: all or none.
+ */
+static void test_group_shares_prompt(void **state) {
+  (void)state;
+  enum { N = 3 };
+  for (int pass = 0; pass < 2; pass++) {
+    pfixture *f = pfixture_new(4, 128, 128, pass == 1, 0);
+    result r[N];
+    memset(r, 0, sizeof r);
+    worker_job *jobs[N];
+    for (int i = 0; i < N; i++) {
+      jobs[i] = prefix_job(0, 37, 0, 6); /* 37 tokens: 4 whole blocks of 8 and 5 more */
+      jobs[i]->owner = (void *)(intptr_t)i;
+    }
+    llorch_errmsg em = {{0}};
+    assert_int_equal(worker_sched_submit_group(f->s, jobs, N, &em), 0);
+    assert_null(jobs[0]->leader);
+    assert_ptr_equal(jobs[1]->leader, jobs[0]);
+    assert_ptr_equal(jobs[2]->leader, jobs[0]);
+    prun(f, r, 0, N);
+    assert_int_equal(f->ctx.violations, 0);
+    for (int i = 0; i < N; i++) {
+      assert_true(r[i].ended);
+      assert_int_equal(r[i].n_tokens, 6);
+      assert_memory_equal(r[i].tokens, r[0].tokens, 6 * sizeof(int32_t));
+    }
+    assert_int_equal(r[0].cached_tokens, 0);
+    for (int i = 1; i < N; i++) {
+      /* with the cache: the leader's exact prompt blocks (32 positions);
+       * without: nothing */
+      if (pass) assert_int_equal(r[i].cached_tokens, 32);
+      else assert_int_equal(r[i].cached_tokens, 0);
+    }
+    for (int i = 0; i < N; i++) worker_job_free(jobs[i]);
+    worker_sched_free(f->s);
+    free(f);
+  }
+  /* all or none: 2 slots and queue_max 1 take 3 jobs, not a group of 4 */
+  fixture *f = fixture_new(2, 64, 16, 16, 1, 0);
+  worker_job *g[4];
+  int32_t prompt[3] = {1, 2, 3};
+  for (int i = 0; i < 4; i++) {
+    g[i] = worker_job_new("g", prompt, 3);
+    assert_non_null(g[i]);
+  }
+  llorch_errmsg em = {{0}};
+  assert_int_equal(worker_sched_submit_group(f->s, g, 4, &em), LLORCH_EBUSY);
+  assert_non_null(strstr(em.text, "4 choices do not fit"));
+  worker_sched_stats st;
+  worker_sched_stats_get(f->s, &st);
+  assert_int_equal(st.queued, 0);
+  for (int i = 0; i < 4; i++) worker_job_free(g[i]);
+  fixture_free(f);
+}
+
 /* A pool too small for everyone: jobs are preempted and resumed, and every
  * job's tokens equal its tokens alone. */
 static void test_preemption(void **state) {
@@ -1058,6 +1118,7 @@ int main(void) {
       cmocka_unit_test(test_stop_string_across_tokens),
       cmocka_unit_test(test_ignore_eos_runs_to_length),
       cmocka_unit_test(test_prefix_cache_equal),
+      cmocka_unit_test(test_group_shares_prompt),
       cmocka_unit_test(test_preemption),
       cmocka_unit_test(test_short_requests_share_memory),
       cmocka_unit_test(test_step_budget),
