@@ -45,7 +45,7 @@ void pool_workers_measure(pool_worker *workers) {
   }
 }
 
-static bool worker_uses(const pool_worker *w, const char *dev) {
+static bool pool_worker_uses(const pool_worker *w, const char *dev) {
   for (int i = 0; i < w->n_devices; i++)
     if (strcmp(w->devices[i], dev) == 0) return true;
   return false;
@@ -133,7 +133,7 @@ int pool_worker_url(const char *reported, const char *public_host, char *out, si
 uint64_t pool_device_free(const llorch_device_info *d, const pool_worker *workers) {
   uint64_t held = 0;
   for (const pool_worker *w = workers; w; w = w->next) {
-    if (!pool_worker_alive(w) || !worker_uses(w, d->id)) continue;
+    if (!pool_worker_alive(w) || !pool_worker_uses(w, d->id)) continue;
     if (d->kind == LLORCH_DEVICE_CPU) held += pool_worker_device_bytes(w);
     else if (w->state == POOL_WORKER_STARTING) held += pool_worker_device_bytes(w);
   }
