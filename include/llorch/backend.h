@@ -54,6 +54,10 @@ typedef struct llorch_batch {
   const int32_t *pos;    /* (n_tokens) position within its sequence */
   const int32_t *seq;    /* (n_tokens) sequence slot in [0, n_seq) */
   const int8_t *logits;  /* (n_tokens) nonzero: return logits for this entry */
+  /* NULL, or (n_tokens) nonzero: return this entry's final hidden state (the
+   * last layer's output after output_norm, n_embd floats: what embeddings
+   * pool). Only forward_hidden reads it; forward ignores it. */
+  const int8_t *hidden;
 } llorch_batch;
 
 typedef struct llorch_backend_params {
@@ -115,6 +119,17 @@ typedef struct llorch_backend_ops {
    * src into block dst in every layer (copy-on-write of a shared block that
    * a sequence continues in the middle). LLORCH_EINVAL for bad ids. */
   int (*kv_copy_block)(void *ctx, int32_t dst, int32_t src, uint32_t n_pos, llorch_errmsg *em);
+  /*
+   * Backends that can return hidden states (NULL otherwise: no embeddings on
+   * that device): forward, plus for the entries with b->hidden[i] != 0 their
+   * final hidden state after output_norm into hidden_out, in entry order,
+   * n_embd floats each (caller-owned). An entry may ask for both. Logits are
+   * computed only for the entries that ask for logits, so a batch that mixes
+   * embedding prompts with generation gives the generation the logits that
+   * forward gives.
+   */
+  int (*forward_hidden)(void *ctx, const llorch_batch *b, float *logits, float *hidden_out,
+                        llorch_errmsg *em);
 } llorch_backend_ops;
 
 typedef struct llorch_backend {

@@ -43,6 +43,20 @@ typedef enum llorch_rope_type {
   LLORCH_ROPE_NEOX = 1, /* rotate (x[i], x[i + n_rot/2]) */
 } llorch_rope_type;
 
+/* How an embedding pools the hidden states of a prompt: <arch>.pooling_type
+ * with llama.cpp's values. */
+typedef enum llorch_pooling {
+  LLORCH_POOLING_UNSET = -1, /* the file does not say */
+  LLORCH_POOLING_NONE = 0,   /* one vector per token (not an OpenAI embedding) */
+  LLORCH_POOLING_MEAN = 1,
+  LLORCH_POOLING_CLS = 2,    /* the first token's */
+  LLORCH_POOLING_LAST = 3,   /* the last token's (Qwen3-Embedding) */
+  LLORCH_POOLING_RANK = 4,   /* a reranker's score (not supported) */
+} llorch_pooling;
+
+/* "none", "mean", "cls", "last", "rank", "unset"; else "unknown". */
+const char *llorch_pooling_name(int pooling);
+
 typedef struct llorch_hparams {
   llorch_arch arch;
   uint32_t n_vocab;
@@ -61,6 +75,8 @@ typedef struct llorch_hparams {
   bool has_qkv_bias;      /* qwen2 */
   bool has_qk_norm;       /* qwen3 */
   bool tied_embeddings;   /* output.weight absent: logits use token_embd */
+  int32_t pooling;        /* llorch_pooling from <arch>.pooling_type; UNSET when absent (any
+                             other value is kept as read, and embeddings refuse it) */
 } llorch_hparams;
 
 typedef struct llorch_layer {

@@ -173,6 +173,80 @@ char *llorch_openai_request_native_body(const llorch_openai_request *r, const ch
  */
 cJSON *llorch_openai_chat_context(const llorch_openai_request *r);
 
+/* ---- embeddings (POST /v1/embeddings) ---- */
+
+#define LLORCH_OPENAI_MAX_EMBED_INPUTS 2048     /* items of a list input (OpenAI's limit) */
+#define LLORCH_OPENAI_MAX_EMBED_TOKENS 1048576  /* token ids of one id-list input */
+#define LLORCH_OPENAI_MAX_EMBED_DIMENSIONS 65536
+
+typedef enum llorch_openai_embed_encoding {
+  LLORCH_EMBED_FLOAT = 0,  /* arrays of numbers */
+  LLORCH_EMBED_BASE64 = 1, /* base64 of the little-endian float32 values, as OpenAI */
+} llorch_openai_embed_encoding;
+
+/* A validated embeddings request; pointers point into the parsed body. */
+typedef struct llorch_openai_embed_request {
+  const char *model;                   /* NULL when absent (allowed on a worker) */
+  const cJSON *input;                  /* the input as sent: a string, or an array */
+  int n_inputs;                        /* inputs: 1 for a string or one list of ids */
+  bool ids;                            /* the inputs are token ids (one list, or lists) */
+  llorch_openai_embed_encoding encoding;
+  uint32_t dimensions;                 /* 0: the model's; else truncate to this many and renormalise */
+} llorch_openai_embed_request;
+
+/*
+ * Validates an embeddings body: input (a non-empty string, a list of 1 to
+ * LLORCH_OPENAI_MAX_EMBED_INPUTS non-empty strings, a non-empty list of
+ * token ids, or a list of such lists; ids integers in [0, 2^31), at most
+ * LLORCH_OPENAI_MAX_EMBED_TOKENS per input), encoding_format "float" or
+ * "base64", dimensions (an integer in [1, LLORCH_OPENAI_MAX_EMBED_DIMENSIONS];
+ * the worker checks it against the model's width), model (a string), user
+ * (a string, ignored). Unknown fields are ignored, as for chat. Each wrong
+ * field gets a 400 naming it ("input[3]", "input[1][7]") with the value and
+ * what was expected. 0 or LLORCH_EINVAL with err. Callable from any thread.
+ */
+int llorch_openai_embed_parse(const cJSON *body, llorch_openai_embed_request *out,
+                              llorch_openai_error *err);
+
+/* Input i (< r->n_inputs): its text (*ids NULL) or its array of ids (*text NULL). */
+void llorch_openai_embed_input(const llorch_openai_embed_request *r, int i, const char **text,
+                               const cJSON **ids);
+
+/*
+ * The body the orchestrator forwards to a worker's /v1/embeddings: the
+ * validated fields without model (the worker serves one model and may know
+ * it by another name). malloc'ed JSON text, NULL when out of memory.
+ */
+char *llorch_openai_embed_body(const llorch_openai_embed_request *r);
+
+/*
+ * Turns a pooled hidden state (n floats) into the vector an embedding
+ * answer carries: the first dims values (dims <= n; 0 = all), L2-normalised
+ * when normalize (a zero vector stays zero). In place; returns the length.
+ */
+uint32_t llorch_openai_embed_finish_vector(float *v, uint32_t n, uint32_t dims, bool normalize);
+
+/*
+ * {"object":"list","model":..,"usage":{"prompt_tokens","total_tokens"},
+ * "data":[{"object":"embedding","index":i,"embedding":..}]}: vecs[i] has dim
+ * floats, written as numbers (the float32's shortest form) or as base64 of
+ * their little-endian bytes. data comes last (see below).
+ */
+void llorch_openai_write_embeddings(llorch_jbuf *b, const char *model, const float *const *vecs,
+                                    int n, uint32_t dim, llorch_openai_embed_encoding enc,
+                                    uint32_t prompt_tokens);
+
+/*
+ * The orchestrator's copy of a worker's answer with "model" as the client
+ * named it: body must be what llorch_openai_write_embeddings wrote; its
+ * head (object, model, usage) is written again into out with model, the
+ * rest (data, megabytes for large requests) copied as it is, without
+ * parsing it. *prompt_tokens gets usage.prompt_tokens. 0, LLORCH_EFORMAT
+ * when the head is not as written (nothing useful in out), LLORCH_ENOMEM.
+ */
+int llorch_openai_embeddings_rename(const char *body, size_t len, const char *model,
+                                    llorch_jbuf *out, uint32_t *prompt_tokens);
+
 /* ---- response metadata and deltas ---- */
 
 typedef struct llorch_openai_meta {

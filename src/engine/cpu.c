@@ -451,8 +451,9 @@ static int cpu_gather_plan(cpu_ctx *c, const llorch_batch *b, int *n_seqs, llorc
   return 0;
 }
 
-static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_errmsg *em) {
-  cpu_ctx *c = ctx;
+/* hidden_out NULL: b->hidden is ignored (the plain forward). */
+static int cpu_forward_impl(cpu_ctx *c, const llorch_batch *b, float *logits, float *hidden_out,
+                            llorch_errmsg *em) {
   int rc = cpu_check_batch(c, b, em);
   if (rc) return rc;
   const llorch_hparams *hp = &c->hp;
@@ -463,10 +464,13 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
   /* per-sequence counts pick each entry's reduction order (see top) */
   memset(c->seq_count, 0, sizeof(int32_t) * c->n_seq);
   memset(c->seq_outs, 0, sizeof(int32_t) * c->n_seq);
-  int n_out = 0;
+  const int8_t *hid = hidden_out ? b->hidden : NULL;
+  int n_out = 0, n_logits = 0;
   for (int i = 0; i < T; i++) {
     c->seq_count[b->seq[i]]++;
-    if (b->logits && b->logits[i]) {
+    const bool wants_logits = b->logits && b->logits[i];
+    n_logits += wants_logits;
+    if (wants_logits || (hid && hid[i])) {
       c->seq_outs[b->seq[i]]++;
       c->out_idx[n_out++] = i;
     }
@@ -576,8 +580,41 @@ static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_e
   if (n_out == 0) return 0;
   for (int r = 0; r < n_out; r++)
     cpu_rmsnorm(c->xn + (size_t)r * E, c->x + (size_t)r * E, c->m->output_norm->data, E, hp->rms_eps);
-  cpu_matmul(c, c->m->output, c->xn, E, n_out, true, logits, hp->n_vocab);
+  if (n_logits < n_out) {
+    /* Hidden states out, then the rows that want logits moved together
+     * (in order, so a row only moves down) with their reduction orders: the
+     * output matmul runs over exactly those rows, as in a batch without
+     * the hidden-only entries. */
+    int nh = 0, nl = 0;
+    for (int r = 0; r < n_out; r++) {
+      const int i = c->out_idx[r];
+      if (hid && hid[i])
+        memcpy(hidden_out + (size_t)nh++ * E, c->xn + (size_t)r * E, (size_t)E * sizeof(float));
+      if (!(b->logits && b->logits[i])) continue;
+      if (nl != r) {
+        memmove(c->xn + (size_t)nl * E, c->xn + (size_t)r * E, (size_t)E * sizeof(float));
+        c->order_out[nl] = c->order_out[r];
+        c->order_out_rp[nl] = c->order_out_rp[r];
+      }
+      nl++;
+    }
+  } else if (hid) {
+    int nh = 0;
+    for (int r = 0; r < n_out; r++)
+      if (hid[c->out_idx[r]])
+        memcpy(hidden_out + (size_t)nh++ * E, c->xn + (size_t)r * E, (size_t)E * sizeof(float));
+  }
+  if (n_logits) cpu_matmul(c, c->m->output, c->xn, E, n_logits, true, logits, hp->n_vocab);
   return 0;
+}
+
+static int cpu_forward(void *ctx, const llorch_batch *b, float *logits, llorch_errmsg *em) {
+  return cpu_forward_impl(ctx, b, logits, NULL, em);
+}
+
+static int cpu_forward_hidden(void *ctx, const llorch_batch *b, float *logits, float *hidden_out,
+                              llorch_errmsg *em) {
+  return cpu_forward_impl(ctx, b, logits, hidden_out, em);
 }
 
 /* ---- lifecycle ---- */
@@ -820,4 +857,5 @@ const llorch_backend_ops llorch_backend_cpu_ops = {
     .verify_residency = NULL,
     .seq_set_blocks = cpu_seq_set_blocks,
     .kv_copy_block = cpu_kv_copy_block,
+    .forward_hidden = cpu_forward_hidden,
 };

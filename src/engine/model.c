@@ -45,6 +45,18 @@ static bool model_type_supported(llorch_ggml_type t) {
 
 /* ---- hyper-parameters ---- */
 
+const char *llorch_pooling_name(int pooling) {
+  switch (pooling) {
+  case LLORCH_POOLING_UNSET: return "unset";
+  case LLORCH_POOLING_NONE: return "none";
+  case LLORCH_POOLING_MEAN: return "mean";
+  case LLORCH_POOLING_CLS: return "cls";
+  case LLORCH_POOLING_LAST: return "last";
+  case LLORCH_POOLING_RANK: return "rank";
+  default: return "unknown";
+  }
+}
+
 /* Reads "<arch>.<suffix>" as u32; absent -> *out = dflt (or an error when
  * required). */
 static int model_get_u32(const llorch_gguf *g, const char *arch, const char *suffix, bool required,
@@ -156,6 +168,11 @@ int llorch_hparams_read(const llorch_gguf *g, llorch_hparams *out, llorch_errmsg
   float factor = 0;
   if ((rc = model_get_f32(g, a, "rope.scaling.factor", false, 0.0f, &factor, em))) return rc;
   if (scaled && factor > 0.0f) hp.rope_freq_scale = 1.0f / factor;
+
+  uint32_t pooling = 0;
+  if ((rc = model_get_u32(g, a, "pooling_type", false, (uint32_t)LLORCH_POOLING_UNSET, &pooling, em)))
+    return rc;
+  hp.pooling = pooling > 1000u ? LLORCH_POOLING_UNSET : (int32_t)pooling;
 
   /* vocabulary: the token list when present, else the embedding's rows */
   const llorch_gguf_kv *toks = llorch_gguf_find_kv(g, "tokenizer.ggml.tokens");

@@ -409,7 +409,7 @@ static int run_generate(const run_opts *o, llorch_backend *be, const llorch_toke
       pos[i] = (int32_t)(done_n + i);
       want[i] = done_n + i == st->n_prompt - 1;
     }
-    llorch_batch b = {(int32_t)n, history->ids + done_n, pos, seq, want};
+    llorch_batch b = {(int32_t)n, history->ids + done_n, pos, seq, want, NULL};
     rc = be->ops->forward(be->ctx, &b, logits, em);
     if (rc < 0) goto done;
     done_n += n;
@@ -456,7 +456,7 @@ static int run_generate(const run_opts *o, llorch_backend *be, const llorch_toke
     if (st->n_gen >= (uint32_t)o->max_tokens) break;
 
     int32_t p = (int32_t)history->n - 1;
-    llorch_batch b = {1, &r.token, &p, seq, want};
+    llorch_batch b = {1, &r.token, &p, seq, want, NULL};
     rc = be->ops->forward(be->ctx, &b, logits, em);
     if (rc < 0) goto done;
   }

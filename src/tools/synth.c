@@ -49,6 +49,7 @@ typedef struct synth_params {
   const char *chat_template; /* --chat-template FILE.jinja: embedded as tokenizer.chat_template */
   llorch_ggml_type type;
   uint64_t seed;
+  int pooling;          /* --pooling: <arch>.pooling_type to write; -1 none written */
   const char *out;
 } synth_params;
 
@@ -77,7 +78,8 @@ static void synth_usage(FILE *f) {
           "                     --heads N --kv-heads N) [--head-dim N] [--vocab N] [--ctx N]\n"
           "                     [--rope-base X] [--tie-embeddings] [--vocab-from FILE.gguf] [--fim]\n"
           "                     [--type f32|f16|bf16|q8_0|q4_0|q4_k|q6_k] [--seed N]\n"
-          "                     [--chat-template FILE.jinja|none] -o OUT.gguf\n"
+          "                     [--chat-template FILE.jinja|none] [--pooling none|mean|cls|last]\n"
+          "                     -o OUT.gguf\n"
           "presets: qwen2.5-0.5b, llama3.2-1b, qwen3-0.6b, llama3-8b\n");
 }
 
@@ -97,6 +99,7 @@ static int synth_parse_args(int argc, char **argv, synth_params *p) {
   memset(p, 0, sizeof *p);
   p->type = LLORCH_TYPE_F16;
   p->seed = 42;
+  p->pooling = -1;
   bool tie_flag = false;
   float rope_base = 0;
   synth_params given = {0}; /* explicit flags override the preset */
@@ -137,6 +140,17 @@ static int synth_parse_args(int argc, char **argv, synth_params *p) {
     else if (strcmp(a, "--ctx") == 0) rc = synth_parse_u32(a, v, 1, 1u << 24, &given.n_ctx);
     else if (strcmp(a, "--vocab-from") == 0) p->vocab_from = v;
     else if (strcmp(a, "--chat-template") == 0) p->chat_template = v;
+    else if (strcmp(a, "--pooling") == 0) {
+      /* an embedding model's pooling, as llama.cpp's converter writes it */
+      static const char *const names[] = {"none", "mean", "cls", "last"};
+      p->pooling = -1;
+      for (int k = 0; k < 4; k++)
+        if (strcmp(v, names[k]) == 0) p->pooling = k;
+      if (p->pooling < 0) {
+        fprintf(stderr, "synth: --pooling '%s': expected none, mean, cls or last\n", v);
+        return LLORCH_EINVAL;
+      }
+    }
     else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) p->out = v;
     else if (strcmp(a, "--rope-base") == 0) {
       char *end;
@@ -522,6 +536,7 @@ static int synth_set_hparams(llorch_gguf_writer *w, const synth_params *p, uint3
   rc |= llorch_gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), p->rms_eps);
   rc |= llorch_gguf_writer_set_f32(w, KEY("rope.freq_base"), p->rope_base);
   rc |= llorch_gguf_writer_set_u32(w, KEY("rope.dimension_count"), p->head_dim);
+  if (p->pooling >= 0) rc |= llorch_gguf_writer_set_u32(w, KEY("pooling_type"), (uint32_t)p->pooling);
 #undef KEY
   return rc != 0 ? LLORCH_ENOMEM : 0;
 }

@@ -23,6 +23,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static const llorch_openai_limits lim = {64, 64, 4, 8, 8};
   cJSON *body = NULL;
   llorch_errmsg em = {{0}};
+  /* the orchestrator's rename of a worker's embeddings answer: any bytes */
+  llorch_jbuf ren;
+  llorch_jbuf_init(&ren);
+  uint32_t pt = 0;
+  int rrc = llorch_openai_embeddings_rename((const char *)data, size, "m", &ren, &pt);
+  if (rrc != 0 && rrc != LLORCH_EFORMAT && rrc != LLORCH_ENOMEM) abort();
+  llorch_jbuf_free(&ren);
   if (llorch_json_parse((const char *)data, size, true, &body, &em) < 0) return 0;
   for (int api = 0; api < 3; api++) {
     llorch_openai_request r;
@@ -57,6 +64,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (err.status < 400 || !err.message[0] || strchr(err.message, '\n')))
       abort();
     cJSON_Delete(chat);
+  }
+  /* embeddings: what the orchestrator forwards, the worker accepts, with
+   * the same inputs; every input is a string or a list of ids */
+  llorch_openai_embed_request er;
+  llorch_openai_error eerr = {0};
+  if (llorch_openai_embed_parse(body, &er, &eerr) < 0) {
+    if (eerr.status != 400 || !eerr.message[0] || strchr(eerr.message, '\n')) abort();
+  } else {
+    char *fwd = llorch_openai_embed_body(&er);
+    cJSON *fb = fwd ? cJSON_Parse(fwd) : NULL;
+    llorch_openai_embed_request er2;
+    if (!fb || llorch_openai_embed_parse(fb, &er2, &eerr) < 0 || er2.n_inputs != er.n_inputs ||
+        er2.ids != er.ids || er2.dimensions != er.dimensions || er2.encoding != er.encoding)
+      abort();
+    for (int i = 0; i < er.n_inputs; i++) {
+      const char *text;
+      const cJSON *ids;
+      llorch_openai_embed_input(&er, i, &text, &ids);
+      if (!text == !ids || (text && !text[0]) || (ids && cJSON_GetArraySize(ids) < 1)) abort();
+    }
+    cJSON_Delete(fb);
+    free(fwd);
   }
   cJSON_Delete(body);
   return 0;

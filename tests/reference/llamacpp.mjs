@@ -12,6 +12,12 @@
  *     greedy decoding of N tokens from the prompt ids (EOS does not stop it);
  *     the top-2 raw logits show near-ties where a different implementation
  *     may pick the other.
+ *   node llamacpp.mjs embed    MODEL TEXT [TEXT...] -> JSON {inputs: [{tokens, vector}]}
+ *     llama.cpp's embedding of each text through node-llama-cpp's embedding
+ *     context (llama_get_embeddings_seq with the pooling the file's
+ *     <arch>.pooling_type says; without one, the last token's hidden state).
+ *     Tokens as node-llama-cpp feeds them (plain text, BOS/EOS as the vocab
+ *     says); vectors as llama.cpp returns them (not normalised).
  *   node llamacpp.mjs bench    MODEL [--threads N] [--pp 512] [--tg 128] [--reps 1]
  *     llama-bench style: pp = one prompt of N tokens in batches of 512
  *     (n_batch = n_ubatch = 512), tg = N single-token decode steps from an
@@ -29,7 +35,7 @@ const { getLlama, LlamaLogLevel } = await import("node-llama-cpp");
 
 function usage(msg) {
   if (msg) console.error(`llamacpp.mjs: ${msg}`);
-  console.error("usage: llamacpp.mjs info|tokenize|greedy|bench MODEL ...");
+  console.error("usage: llamacpp.mjs info|tokenize|greedy|embed|bench MODEL ...");
   process.exit(2);
 }
 
@@ -52,8 +58,12 @@ export async function openLlama() {
   });
 }
 
+/* Contexts default to flash attention off (node-llama-cpp's default, "auto",
+ * turns it on for CPU, whose F16 attention sums differently); the greedy
+ * contexts say so themselves, the embedding context cannot. */
 export async function openModel(llama, path, vocabOnly = false) {
-  return llama.loadModel({ modelPath: path, gpuLayers: 0, vocabOnly, useMmap: true });
+  return llama.loadModel({ modelPath: path, gpuLayers: 0, vocabOnly, useMmap: true,
+    defaultContextFlashAttention: false });
 }
 
 /*
@@ -100,6 +110,14 @@ export function greedyChild(script, file, prompt, n, threads) {
     const f = l.split(" ");
     return { token: Number(f[1]), top: [[Number(f[2]), Number(f[3])], [Number(f[4]), Number(f[5])]] };
   });
+}
+
+/* embedTexts through `node SCRIPT embed` in a child process (a mirror). */
+export function embedChild(script, file, texts, threads) {
+  const r = spawnSync(process.execPath, [...mirrorNodeArgs, script, "embed", file, ...texts,
+    "--threads", String(threads)], { encoding: "utf8", maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`llama.cpp (AVX2 variant): exit ${r.status}: ${(r.stderr || "").trim().split("\n").slice(-3).join(" | ")}`);
+  return JSON.parse(r.stdout);
 }
 
 /* ---- commands ---- */
@@ -171,6 +189,32 @@ async function cmdGreedy(path, n, prompt, threads) {
   const model = await openModel(llama, path);
   const steps = await greedySteps(model, prompt, n, threads);
   steps.forEach((s, i) => console.log(`${i} ${s.token} ${s.top[0][0]} ${s.top[0][1]} ${s.top[1][0]} ${s.top[1][1]}`));
+  await model.dispose();
+  await llama.dispose();
+}
+
+/*
+ * llama.cpp's embeddings of texts on an open model: node-llama-cpp's
+ * embedding context (a context with embeddings on; pooling from the model
+ * file). Returns {inputs: [{tokens, vector}]} (tokens: the text's count
+ * before BOS/EOS).
+ */
+export async function embedTexts(model, texts, threads) {
+  const ctx = await model.createEmbeddingContext({ contextSize: 512, batchSize: 512, threads });
+  const inputs = [];
+  for (const text of texts) {
+    const tokens = model.tokenize(text, false);
+    const e = await ctx.getEmbeddingFor(text);
+    inputs.push({ tokens: tokens.length, vector: [...e.vector] });
+  }
+  await ctx.dispose();
+  return { inputs };
+}
+
+async function cmdEmbed(path, texts, threads) {
+  const llama = await openLlama();
+  const model = await openModel(llama, path);
+  console.log(JSON.stringify(await embedTexts(model, texts, threads)));
   await model.dispose();
   await llama.dispose();
 }
@@ -255,6 +299,9 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
       const n = parseIntArg("N", rest[0]);
       const ids = rest.slice(1).flatMap((s) => s.trim().split(/\s+/)).map((s) => parseIntArg("token id", s));
       await cmdGreedy(path, n, ids, threads);
+    } else if (cmd === "embed") {
+      if (rest.length < 1) usage("embed: expected MODEL TEXT [TEXT...]");
+      await cmdEmbed(path, rest, threads);
     } else if (cmd === "bench") {
       const opt = (name, def) => {
         const i = rest.indexOf(name);

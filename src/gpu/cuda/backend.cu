@@ -694,4 +694,6 @@ extern "C" const llorch_backend_ops llorch_backend_cuda_ops = {
     /* not paged: one region of n_ctx positions per slot (the worker then
      * schedules by slots and has no prefix cache) */
     NULL, NULL,
+    /* no hidden-state output: the worker answers embeddings with 501 on CUDA */
+    NULL,
 };

@@ -572,6 +572,31 @@ static void relay_error_body(orch_req *r, int status, const char *body, size_t l
   cJSON_Delete(j);
 }
 
+/*
+ * The worker's embeddings answer to the client, with "model" as the client
+ * named it (the worker knows its model by its own name). The vectors are
+ * copied, not parsed: a large answer costs the loop a memcpy. 0, or
+ * LLORCH_EFORMAT when the worker's body is not an embeddings answer.
+ */
+static int embed_answer(orch_req *r, const char *body, size_t len) {
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  uint32_t pt = 0;
+  int rc = llorch_openai_embeddings_rename(body, len, r->model_name, &b, &pt);
+  if (rc == LLORCH_EFORMAT) {
+    llorch_jbuf_free(&b);
+    return rc;
+  }
+  r->prompt_tokens = (int)pt;
+  if (rc < 0) respond_error(r->http, 500, "server_error", "out of memory", NULL, "internal_error");
+  else llorch_http_respond(r->http, 200, "application/json", b.data, b.len);
+  llorch_jbuf_free(&b);
+  llorch_metric_inc(r->o->m_tokens, (const char *[]){"prompt"}, pt);
+  r->http = NULL;
+  r->finished = true;
+  return 0;
+}
+
 static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, void *user) {
   orch_req *r = user;
   r->call = NULL;
@@ -582,6 +607,20 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
   }
   char why[600];
   int status = r->exec_status;
+  if (r->embed && err == 0 && status == 200) {
+    size_t len = 0;
+    const char *body = llorch_http_call_body(call, &len);
+    if (embed_answer(r, body, len) == 0) {
+      req_end(r, "completed");
+      return;
+    }
+    snprintf(why, sizeof why, "the worker's embeddings answer is not what it should be");
+    if (try_retry(r, true, why)) return;
+    LOG_WARN("orch", r->rid, "request failed on %s: %s", r->worker_name, why);
+    answer_worker_failed(r, "worker_failed");
+    req_end(r, "failed");
+    return;
+  }
   if (err == 0 && status == 200 && r->got_end && !r->err_code[0]) {
     answer_success(r);
     req_end(r, "completed");
@@ -600,7 +639,10 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
     /* An HTTP error from the worker before any stream. */
     size_t len = 0;
     const char *body = llorch_http_call_body(call, &len);
-    if (status >= 400 && status < 500 && status != 401 && status != 408 && status != 429) {
+    /* 501 from /v1/embeddings: that worker's device cannot embed (CUDA);
+     * the client is told so, the worker is not broken */
+    if ((status >= 400 && status < 500 && status != 401 && status != 408 && status != 429) ||
+        (r->embed && status == 501)) {
       /* The request itself is wrong (the worker validates more than we do): pass it on
        * (in the client's API's envelope when that is not OpenAI's). */
       if (r->resume) {
@@ -622,7 +664,7 @@ static void exec_on_done(llorch_http_call *call, int err, const char *errmsg, vo
       return;
     }
     bool overloaded = (status == 503 || status == 429) && strstr(body, "overloaded");
-    snprintf(why, sizeof why, "HTTP %d from /v2/execute: %.300s", status, body);
+    snprintf(why, sizeof why, "HTTP %d from %s: %.300s", status, r->embed ? "/v1/embeddings" : "/v2/execute", body);
     if (try_retry(r, !overloaded, why)) return;
   }
   LOG_WARN("orch", r->rid, "request failed on %s: %s", r->worker_name, why);
@@ -635,10 +677,12 @@ static int exec_start(orch_req *r) {
   size_t blen = strlen(r->exec_body) + ORCH_JOB_ID_MAX + 32;
   char *body = malloc(blen);
   if (!body) return LLORCH_ENOMEM;
-  /* exec_body is an object with at least messages/prompt: splice job_id in. */
-  snprintf(body, blen, "{\"job_id\":\"%s\",%s", r->job_id, r->exec_body + 1);
-  char url[SCHED_URL_MAX + 16];
-  snprintf(url, sizeof url, "%s/v2/execute", r->worker_url);
+  /* exec_body is an object with at least messages/prompt: splice job_id in
+   * (embeddings: the worker's /v1/embeddings body as it is). */
+  if (r->embed) snprintf(body, blen, "%s", r->exec_body);
+  else snprintf(body, blen, "{\"job_id\":\"%s\",%s", r->job_id, r->exec_body + 1);
+  char url[SCHED_URL_MAX + 24];
+  snprintf(url, sizeof url, "%s%s", r->worker_url, r->embed ? "/v1/embeddings" : "/v2/execute");
   char auth[160];
   snprintf(auth, sizeof auth, "Bearer %s", r->worker_token);
   const char *hdr[] = {"Content-Type", "application/json", "X-Request-Id", r->rid,
@@ -651,10 +695,11 @@ static int exec_start(orch_req *r) {
   opts.body = body;
   opts.body_len = strlen(body);
   opts.connect_timeout_ms = 2000;
-  /* Tokens may be far apart on a slow model, but a silent worker is a dead one. */
-  opts.read_timeout_ms = 120000;
+  /* Tokens may be far apart on a slow model, but a silent worker is a dead one.
+   * An embeddings answer comes only once every input was computed. */
+  opts.read_timeout_ms = r->embed ? 600000 : 120000;
   opts.on_headers = exec_on_headers;
-  opts.on_sse = exec_on_sse;
+  opts.on_sse = r->embed ? NULL : exec_on_sse;
   opts.on_done = exec_on_done;
   opts.user = r;
   llorch_errmsg em = {{0}};
@@ -730,7 +775,8 @@ static void req_client_gone(orch_req *r) {
   r->http = NULL;
   if (r->finished) return;
   if (r->call) {
-    worker_cancel_job(r);
+    /* an embeddings call has no job id: closing it cancels its jobs */
+    if (!r->embed) worker_cancel_job(r);
     /* Runs exec_on_done (ECANCELED) before returning; it ends r. */
     llorch_http_call_cancel(r->call);
     return;
@@ -816,6 +862,24 @@ static llorch_reasoning_format catalog_reasoning(const llorch_config *cfg, const
  * body (exec_start splices the job_id in). Touches nothing but p and p->r:
  * it runs on the thread pool for large bodies.
  */
+/* parse_body of an embeddings request: the OpenAI layer's checks, model
+ * required, and the worker's /v1/embeddings body (the model left out). */
+static void parse_embed_body(orch_parse *p, const cJSON *body) {
+  orch_req *r = p->r;
+  llorch_openai_embed_request er;
+  p->rc = llorch_openai_embed_parse(body, &er, &p->err);
+  if (p->rc < 0) return;
+  if (!er.model) {
+    p->rc = llorch_openai_fail(&p->err, 400, "invalid_request_error", "missing_field", "model",
+                               "'model' is required");
+    return;
+  }
+  r->model_name = strdup(er.model);
+  r->exec_body = r->model_name ? llorch_openai_embed_body(&er) : NULL;
+  if (!r->exec_body)
+    p->rc = llorch_openai_fail(&p->err, 500, "server_error", "internal_error", NULL, "out of memory");
+}
+
 static void parse_body(orch_parse *p) {
   orch_req *r = p->r;
   const llorch_config *cfg = r->o->cfg;
@@ -831,6 +895,10 @@ static void parse_body(orch_parse *p) {
                        big ? "request_too_large" : param[0] ? "invalid_value" : "invalid_json",
                        param[0] ? param : NULL, "%s", em.text);
     return;
+  }
+  if (r->embed) {
+    parse_embed_body(p, body);
+    goto out;
   }
   llorch_openai_limits lim = llorch_openai_limits_from_config(cfg);
   if (r->dialect != LLORCH_DIALECT_OPENAI) {
@@ -1001,7 +1069,8 @@ static void parse_after(uv_work_t *w, int status) {
   parse_finish(p);
 }
 
-static void on_generate(llorch_http_request *req, orch *o, bool chat, llorch_openai_dialect dialect) {
+static void on_generate(llorch_http_request *req, orch *o, bool chat, llorch_openai_dialect dialect,
+                        bool embed) {
   if (o->stopping) {
     respond_error(req, 503, "server_error", "the orchestrator is shutting down", NULL, "shutting_down");
     return;
@@ -1051,6 +1120,7 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat, llorch_ope
   r->o = o;
   r->sr.user = r;
   r->chat = chat;
+  r->embed = embed;
   r->dialect = dialect;
   r->http = req;
   snprintf(r->rid, sizeof r->rid, "%s", llorch_http_request_id(req));
@@ -1070,16 +1140,20 @@ static void on_generate(llorch_http_request *req, orch *o, bool chat, llorch_ope
 }
 
 void orch_on_chat(llorch_http_request *req, void *user) {
-  on_generate(req, user, true, LLORCH_DIALECT_OPENAI);
+  on_generate(req, user, true, LLORCH_DIALECT_OPENAI, false);
 }
 void orch_on_completions(llorch_http_request *req, void *user) {
-  on_generate(req, user, false, LLORCH_DIALECT_OPENAI);
+  on_generate(req, user, false, LLORCH_DIALECT_OPENAI, false);
 }
 void orch_on_messages(llorch_http_request *req, void *user) {
-  on_generate(req, user, true, LLORCH_DIALECT_ANTHROPIC);
+  on_generate(req, user, true, LLORCH_DIALECT_ANTHROPIC, false);
 }
 void orch_on_responses(llorch_http_request *req, void *user) {
-  on_generate(req, user, true, LLORCH_DIALECT_RESPONSES);
+  on_generate(req, user, true, LLORCH_DIALECT_RESPONSES, false);
+}
+
+void orch_on_embeddings(llorch_http_request *req, void *user) {
+  on_generate(req, user, false, LLORCH_DIALECT_OPENAI, true);
 }
 
 void orch_on_models(llorch_http_request *req, void *user) {

@@ -52,6 +52,7 @@ typedef struct orch_req {
   orch_resume *resume;          /* X-Llorch-Resumable: the record that owns the client, or NULL */
   char rid[LLORCH_REQID_MAX + 1];
   bool chat;                    /* /v1/chat/completions, else /v1/completions */
+  bool embed;                   /* /v1/embeddings: exec_body goes to the worker's /v1/embeddings */
   llorch_openai_dialect dialect; /* chat answered as Anthropic Messages / Responses */
   bool stream;
   bool include_usage;
@@ -163,6 +164,7 @@ void orch_on_chat(llorch_http_request *req, void *user);
 void orch_on_completions(llorch_http_request *req, void *user);
 void orch_on_messages(llorch_http_request *req, void *user);  /* Anthropic Messages */
 void orch_on_responses(llorch_http_request *req, void *user); /* OpenAI Responses */
+void orch_on_embeddings(llorch_http_request *req, void *user); /* POST /v1/embeddings */
 void orch_on_models(llorch_http_request *req, void *user);
 /* sched_ops.assign / .fail */
 void orch_req_assign(void *ud, sched_req *r, sched_worker *w);

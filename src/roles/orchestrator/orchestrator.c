@@ -506,6 +506,7 @@ int llorch_orchestrator_attach(llorch_orchestrator **out, llorch_service *svc,
       llorch_service_route(svc, "POST", "/v1/completions", client, orch_on_completions, o) < 0 ||
       llorch_service_route(svc, "POST", "/v1/messages", client, orch_on_messages, o) < 0 ||
       llorch_service_route(svc, "POST", "/v1/responses", client, orch_on_responses, o) < 0 ||
+      llorch_service_route(svc, "POST", "/v1/embeddings", client, orch_on_embeddings, o) < 0 ||
       llorch_service_route(svc, "GET", "/v1/models", client, orch_on_models, o) < 0 ||
       llorch_service_route(svc, "GET", "/v2/streams/*", client, orch_on_stream, o) < 0 ||
       llorch_service_route(svc, "POST", "/v2/pools/*", LLORCH_ACCESS_CLUSTER, orch_on_pools, o) < 0 ||

@@ -1029,37 +1029,27 @@ static void files_on_fetch_cancel(llorch_http_request *req, void *user) {
 /* ---- the report ---- */
 
 void pool_fetch_write(llorch_jbuf *b, const pool_fetch *f) {
-  llorch_jbuf_cstr(b, "{\"file\":");
-  llorch_jbuf_str(b, f->file);
-  llorch_jbuf_cstr(b, ",\"id\":");
-  llorch_jbuf_str(b, f->id);
-  llorch_jbuf_cstr(b, ",\"source\":");
-  llorch_jbuf_str(b, f->source);
-  llorch_jbuf_cstr(b, ",\"state\":");
-  llorch_jbuf_str(b, pool_fetch_state_name(f->state));
-  llorch_jbuf_cstr(b, ",\"bytes_done\":");
-  llorch_jbuf_int(b, (int64_t)f->done);
-  llorch_jbuf_cstr(b, ",\"bytes_total\":");
-  llorch_jbuf_int(b, (int64_t)f->size);
-  llorch_jbuf_cstr(b, ",\"rate_bytes_per_s\":");
-  llorch_jbuf_int(b, (int64_t)f->rate);
-  llorch_jbuf_cstr(b, ",\"eta_s\":");
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "file", f->file);
+  llorch_jbuf_kstr(b, "id", f->id);
+  llorch_jbuf_kstr(b, "source", f->source);
+  llorch_jbuf_kstr(b, "state", pool_fetch_state_name(f->state));
+  llorch_jbuf_kint(b, "bytes_done", (int64_t)f->done);
+  llorch_jbuf_kint(b, "bytes_total", (int64_t)f->size);
+  llorch_jbuf_kint(b, "rate_bytes_per_s", (int64_t)f->rate);
+  llorch_jbuf_key(b, "eta_s");
   if (f->state == POOL_FETCH_RUNNING && f->rate >= 1.0)
     llorch_jbuf_int(b, (int64_t)((double)(f->size - f->done) / f->rate + 0.5));
   else
-    llorch_jbuf_cstr(b, "null");
-  llorch_jbuf_cstr(b, ",\"error\":");
-  llorch_jbuf_str(b, f->error[0] ? f->error : NULL);
-  llorch_jbuf_cstr(b, "}");
+    llorch_jbuf_null(b);
+  llorch_jbuf_kstr(b, "error", f->error[0] ? f->error : NULL);
+  llorch_jbuf_end(b);
 }
 
 void pool_fetches_write(llorch_jbuf *b, const pool_fetch *list) {
-  llorch_jbuf_cstr(b, "[");
-  for (const pool_fetch *f = list; f; f = f->next) {
-    if (f != list) llorch_jbuf_cstr(b, ",");
-    pool_fetch_write(b, f);
-  }
-  llorch_jbuf_cstr(b, "]");
+  llorch_jbuf_arr(b);
+  for (const pool_fetch *f = list; f; f = f->next) pool_fetch_write(b, f);
+  llorch_jbuf_end(b);
 }
 
 /* ---- lifecycle ---- */

@@ -45,7 +45,7 @@ void pool_workers_measure(pool_worker *workers) {
   }
 }
 
-static bool worker_uses(const pool_worker *w, const char *dev) {
+static bool pool_worker_uses(const pool_worker *w, const char *dev) {
   for (int i = 0; i < w->n_devices; i++)
     if (strcmp(w->devices[i], dev) == 0) return true;
   return false;
@@ -133,7 +133,7 @@ int pool_worker_url(const char *reported, const char *public_host, char *out, si
 uint64_t pool_device_free(const llorch_device_info *d, const pool_worker *workers) {
   uint64_t held = 0;
   for (const pool_worker *w = workers; w; w = w->next) {
-    if (!pool_worker_alive(w) || !worker_uses(w, d->id)) continue;
+    if (!pool_worker_alive(w) || !pool_worker_uses(w, d->id)) continue;
     if (d->kind == LLORCH_DEVICE_CPU) held += pool_worker_device_bytes(w);
     else if (w->state == POOL_WORKER_STARTING) held += pool_worker_device_bytes(w);
   }
@@ -155,155 +155,118 @@ int pool_preflight_check(const char *model, int ctx, int slots, const char *devi
 
 /* ---- the state document ---- */
 
-static void key_u64(llorch_jbuf *b, const char *key, uint64_t v) {
-  llorch_jbuf_cstr(b, ",");
+static void key_u64(llorch_jbuf *b, const char *key, uint64_t v) { llorch_jbuf_kint(b, key, (int64_t)v); }
+
+/* An integer that is unknown when negative (NVML gave nothing). */
+static void key_int_or_null(llorch_jbuf *b, const char *key, int v) {
   llorch_jbuf_key(b, key);
-  llorch_jbuf_int(b, (int64_t)v);
+  if (v >= 0) llorch_jbuf_int(b, v);
+  else llorch_jbuf_null(b);
 }
 
 void pool_worker_write(llorch_jbuf *b, const pool_worker *w, bool with_token) {
-  llorch_jbuf_cstr(b, "{\"id\":");
-  llorch_jbuf_str(b, w->id);
-  llorch_jbuf_cstr(b, ",\"model\":");
-  llorch_jbuf_str(b, w->model);
-  llorch_jbuf_cstr(b, ",\"file\":");
-  llorch_jbuf_str(b, w->file);
-  llorch_jbuf_cstr(b, ",\"devices\":[");
-  for (int i = 0; i < w->n_devices; i++) {
-    if (i) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_str(b, w->devices[i]);
-  }
-  llorch_jbuf_cstr(b, "],\"ctx\":");
-  llorch_jbuf_int(b, w->ctx);
-  llorch_jbuf_cstr(b, ",\"slots\":");
-  llorch_jbuf_int(b, w->slots);
-  llorch_jbuf_cstr(b, ",\"state\":");
-  llorch_jbuf_str(b, pool_worker_state_name(w->state));
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "id", w->id);
+  llorch_jbuf_kstr(b, "model", w->model);
+  llorch_jbuf_kstr(b, "file", w->file);
+  llorch_jbuf_karr(b, "devices");
+  for (int i = 0; i < w->n_devices; i++) llorch_jbuf_str(b, w->devices[i]);
+  llorch_jbuf_end(b);
+  llorch_jbuf_kint(b, "ctx", w->ctx);
+  llorch_jbuf_kint(b, "slots", w->slots);
+  llorch_jbuf_kstr(b, "state", pool_worker_state_name(w->state));
   /* url only means something to a router while the worker serves. */
   bool serving = w->url[0] && (w->state == POOL_WORKER_READY || w->state == POOL_WORKER_STOPPING);
-  llorch_jbuf_cstr(b, ",\"url\":");
-  llorch_jbuf_str(b, serving ? w->url : NULL);
+  llorch_jbuf_kstr(b, "url", serving ? w->url : NULL);
   /* The token goes only into the cluster-authenticated answers about this
    * one worker (its start, GET /v2/workers/{id}), never into the state
    * documents that are sent every heartbeat and read by operators. */
-  llorch_jbuf_cstr(b, ",\"token\":");
-  llorch_jbuf_str(b, with_token ? w->token : NULL);
-  if (w->pid > 0) {
-    llorch_jbuf_cstr(b, ",\"pid\":");
-    llorch_jbuf_int(b, w->pid);
-  }
+  llorch_jbuf_kstr(b, "token", with_token ? w->token : NULL);
+  if (w->pid > 0) llorch_jbuf_kint(b, "pid", w->pid);
   /* What the pool counts for it: the orchestrator credits an evicted worker
    * with exactly this (split over its devices), so the books agree. */
   key_u64(b, "memory_bytes", pool_worker_held_bytes(w));
   key_u64(b, "estimate_bytes", w->estimate_bytes);
   key_u64(b, "actual_bytes", w->actual_bytes);
-  llorch_jbuf_cstr(b, ",\"started_at_ms\":");
-  llorch_jbuf_int(b, w->started_at_ms);
-  llorch_jbuf_cstr(b, ",\"exit\":");
+  llorch_jbuf_kint(b, "started_at_ms", w->started_at_ms);
+  llorch_jbuf_key(b, "exit");
   if (!w->has_exit) {
-    llorch_jbuf_cstr(b, "null}");
-    return;
+    llorch_jbuf_null(b);
+  } else {
+    char sig[16];
+    llorch_jbuf_obj(b);
+    key_int_or_null(b, "code", w->exit_code >= 0 && !w->exit_signal ? w->exit_code : -1);
+    llorch_jbuf_kstr(b, "signal", w->exit_signal ? pool_signal_name(w->exit_signal, sig, sizeof sig) : NULL);
+    llorch_jbuf_kstr(b, "reason", w->reason);
+    llorch_jbuf_karr(b, "stderr_tail");
+    for (int i = 0; i < w->tail_n; i++) llorch_jbuf_str(b, w->tail[(w->tail_first + i) % POOL_STDERR_LINES]);
+    llorch_jbuf_end(b);
+    llorch_jbuf_end(b);
   }
-  char sig[16];
-  llorch_jbuf_cstr(b, "{\"code\":");
-  if (w->exit_code >= 0 && !w->exit_signal) llorch_jbuf_int(b, w->exit_code);
-  else llorch_jbuf_cstr(b, "null");
-  llorch_jbuf_cstr(b, ",\"signal\":");
-  llorch_jbuf_str(b, w->exit_signal ? pool_signal_name(w->exit_signal, sig, sizeof sig) : NULL);
-  llorch_jbuf_cstr(b, ",\"reason\":");
-  llorch_jbuf_str(b, w->reason);
-  llorch_jbuf_cstr(b, ",\"stderr_tail\":[");
-  for (int i = 0; i < w->tail_n; i++) {
-    if (i) llorch_jbuf_cstr(b, ",");
-    llorch_jbuf_str(b, w->tail[(w->tail_first + i) % POOL_STDERR_LINES]);
-  }
-  llorch_jbuf_cstr(b, "]}}");
+  llorch_jbuf_end(b);
 }
 
 static void device_write(llorch_jbuf *b, const llorch_device_info *d, const pool_worker *workers) {
   uint64_t free_bytes = pool_device_free(d, workers);
-  llorch_jbuf_cstr(b, "{\"id\":");
-  llorch_jbuf_str(b, d->id);
-  llorch_jbuf_cstr(b, ",\"kind\":");
-  llorch_jbuf_str(b, d->kind == LLORCH_DEVICE_CUDA ? "cuda" : "cpu");
-  llorch_jbuf_cstr(b, ",\"index\":");
-  llorch_jbuf_int(b, d->index);
-  llorch_jbuf_cstr(b, ",\"uuid\":");
-  llorch_jbuf_str(b, d->uuid);
-  llorch_jbuf_cstr(b, ",\"name\":");
-  llorch_jbuf_str(b, d->name);
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "id", d->id);
+  llorch_jbuf_kstr(b, "kind", d->kind == LLORCH_DEVICE_CUDA ? "cuda" : "cpu");
+  llorch_jbuf_kint(b, "index", d->index);
+  llorch_jbuf_kstr(b, "uuid", d->uuid);
+  llorch_jbuf_kstr(b, "name", d->name);
   key_u64(b, "memory_total", d->memory_total);
   key_u64(b, "memory_used", d->memory_total > free_bytes ? d->memory_total - free_bytes : 0);
   key_u64(b, "memory_free", free_bytes);
-  llorch_jbuf_cstr(b, ",\"utilization\":");
-  if (d->utilization_pct >= 0) llorch_jbuf_int(b, d->utilization_pct);
-  else llorch_jbuf_cstr(b, "null");
-  llorch_jbuf_cstr(b, ",\"temperature\":");
-  if (d->temperature_c >= 0) llorch_jbuf_int(b, d->temperature_c);
-  else llorch_jbuf_cstr(b, "null");
-  llorch_jbuf_cstr(b, "}");
+  key_int_or_null(b, "utilization", d->utilization_pct);
+  key_int_or_null(b, "temperature", d->temperature_c);
+  llorch_jbuf_end(b);
 }
 
 static void model_write(llorch_jbuf *b, const pool_model *m) {
-  llorch_jbuf_cstr(b, "{\"name\":");
-  llorch_jbuf_str(b, m->name);
-  llorch_jbuf_cstr(b, ",\"file\":");
-  llorch_jbuf_str(b, m->file);
-  llorch_jbuf_cstr(b, ",\"arch\":");
-  llorch_jbuf_str(b, m->arch);
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kstr(b, "name", m->name);
+  llorch_jbuf_kstr(b, "file", m->file);
+  llorch_jbuf_kstr(b, "arch", m->arch);
   key_u64(b, "params", m->params);
-  llorch_jbuf_cstr(b, ",\"quant\":");
-  llorch_jbuf_str(b, m->quant);
+  llorch_jbuf_kstr(b, "quant", m->quant);
   key_u64(b, "ctx", m->ctx);
   key_u64(b, "file_bytes", m->file_bytes);
   key_u64(b, "tensor_bytes", m->tensor_bytes);
-  llorch_jbuf_cstr(b, ",\"estimate\":{");
+  llorch_jbuf_kobj(b, "estimate");
   static const char *const kinds[2] = {"cpu", "cuda"};
   for (int k = 0; k < 2; k++) {
     const llorch_mem_coeffs *c = &m->est[k];
-    llorch_jbuf_cstr(b, k ? ",\"" : "\"");
-    llorch_jbuf_cstr(b, kinds[k]);
-    llorch_jbuf_cstr(b, "\":{\"fixed_bytes\":");
-    llorch_jbuf_int(b, (int64_t)c->fixed_bytes);
+    llorch_jbuf_kobj(b, kinds[k]);
+    key_u64(b, "fixed_bytes", c->fixed_bytes);
     key_u64(b, "per_token_bytes", c->per_token_bytes);
     key_u64(b, "per_slot_bytes", c->per_slot_bytes);
     key_u64(b, "per_ctx_bytes", c->per_ctx_bytes);
-    llorch_jbuf_cstr(b, "}");
+    llorch_jbuf_end(b);
   }
-  llorch_jbuf_cstr(b, "}}");
+  llorch_jbuf_end(b);
+  llorch_jbuf_end(b);
 }
 
 void pool_state_write(llorch_jbuf *b, const pool_state_view *v) {
-  llorch_jbuf_cstr(b, "{\"protocol\":1,\"pool\":");
-  llorch_jbuf_str(b, v->pool);
-  llorch_jbuf_cstr(b, ",\"url\":");
-  llorch_jbuf_str(b, v->url);
-  llorch_jbuf_cstr(b, ",\"boot_id\":");
-  llorch_jbuf_str(b, v->boot_id);
+  llorch_jbuf_obj(b);
+  llorch_jbuf_kint(b, "protocol", 1);
+  llorch_jbuf_kstr(b, "pool", v->pool);
+  llorch_jbuf_kstr(b, "url", v->url);
+  llorch_jbuf_kstr(b, "boot_id", v->boot_id);
   key_u64(b, "seq", v->seq);
-  llorch_jbuf_cstr(b, ",\"heartbeat_interval_ms\":");
-  llorch_jbuf_int(b, v->heartbeat_interval_ms);
-  llorch_jbuf_cstr(b, ",\"version\":");
-  llorch_jbuf_str(b, LLORCH_VERSION);
-  llorch_jbuf_cstr(b, ",\"devices\":[");
-  for (int i = 0; i < v->n_devices; i++) {
-    if (i) llorch_jbuf_cstr(b, ",");
-    device_write(b, &v->devices[i], v->workers);
-  }
-  llorch_jbuf_cstr(b, "],\"models\":[");
-  int n = 0;
-  for (int i = 0; i < v->n_models; i++) {
-    if (v->models[i].bad) continue;
-    if (n++) llorch_jbuf_cstr(b, ",");
-    model_write(b, &v->models[i]);
-  }
-  llorch_jbuf_cstr(b, "],\"workers\":[");
-  n = 0;
-  for (const pool_worker *w = v->workers; w; w = w->next) {
-    if (n++) llorch_jbuf_cstr(b, ",");
-    pool_worker_write(b, w, false);
-  }
-  llorch_jbuf_cstr(b, "],\"fetches\":");
+  llorch_jbuf_kint(b, "heartbeat_interval_ms", v->heartbeat_interval_ms);
+  llorch_jbuf_kstr(b, "version", LLORCH_VERSION);
+  llorch_jbuf_karr(b, "devices");
+  for (int i = 0; i < v->n_devices; i++) device_write(b, &v->devices[i], v->workers);
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "models");
+  for (int i = 0; i < v->n_models; i++)
+    if (!v->models[i].bad) model_write(b, &v->models[i]);
+  llorch_jbuf_end(b);
+  llorch_jbuf_karr(b, "workers");
+  for (const pool_worker *w = v->workers; w; w = w->next) pool_worker_write(b, w, false);
+  llorch_jbuf_end(b);
+  llorch_jbuf_key(b, "fetches");
   pool_fetches_write(b, v->fetches);
-  llorch_jbuf_cstr(b, "}");
+  llorch_jbuf_end(b);
 }

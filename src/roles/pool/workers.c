@@ -29,7 +29,7 @@ extern char **environ;
  * hold the pipe open; we do not wait for it). */
 #define WORKER_DRAIN_MS 300
 
-static void worker_finish(pool_worker *w);
+static void pool_worker_finish(pool_worker *w);
 
 /* ---- helpers ---- */
 
@@ -90,7 +90,7 @@ static void respond_invalid(llorch_http_request *req, const char *msg, const cha
 
 /* ---- stderr and exit ---- */
 
-static void worker_on_close(uv_handle_t *h) {
+static void pool_worker_on_close(uv_handle_t *h) {
   pool_worker *w = h->data;
   if (--w->open_handles > 0) return;
   w->reaped = true;
@@ -99,7 +99,7 @@ static void worker_on_close(uv_handle_t *h) {
   pool_maybe_finish(p);
 }
 
-static void worker_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+static void pool_worker_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)h;
   (void)suggested;
   /* One static buffer is enough: everything runs on the loop thread and the
@@ -108,27 +108,27 @@ static void worker_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(chunk, sizeof chunk);
 }
 
-static void worker_close_err(pool_worker *w) {
+static void pool_worker_close_err(pool_worker *w) {
   if (w->err_closed) return;
   w->err_closed = true;
   uv_read_stop((uv_stream_t *)&w->err);
-  uv_close((uv_handle_t *)&w->err, worker_on_close);
-  if (w->proc_exited) worker_finish(w);
+  uv_close((uv_handle_t *)&w->err, pool_worker_on_close);
+  if (w->proc_exited) pool_worker_finish(w);
 }
 
-static void worker_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+static void pool_worker_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   pool_worker *w = s->data;
   if (n > 0) {
     pool_worker_tail_feed(w, buf->base, (size_t)n);
     LOG_DEBUG("pool", NULL, "worker %s stderr: %.*s", w->id, (int)(n > 400 ? 400 : n), buf->base);
     return;
   }
-  if (n < 0) worker_close_err(w); /* EOF or error: the worker closed its stderr */
+  if (n < 0) pool_worker_close_err(w); /* EOF or error: the worker closed its stderr */
 }
 
-static void worker_on_drain_timeout(uv_timer_t *t) { worker_close_err(t->data); }
+static void pool_worker_on_drain_timeout(uv_timer_t *t) { pool_worker_close_err(t->data); }
 
-static void worker_on_kill_timer(uv_timer_t *t) {
+static void pool_worker_on_kill_timer(uv_timer_t *t) {
   pool_worker *w = t->data;
   if (w->proc_exited || w->kill_sent) return;
   w->kill_sent = true;
@@ -137,7 +137,7 @@ static void worker_on_kill_timer(uv_timer_t *t) {
   uv_process_kill(&w->proc, SIGKILL);
 }
 
-static void worker_on_exit(uv_process_t *proc, int64_t status, int term_signal) {
+static void pool_worker_on_exit(uv_process_t *proc, int64_t status, int term_signal) {
   pool_worker *w = proc->data;
   w->proc_exited = true;
   if (!w->has_exit || w->exit_code < 0) {
@@ -147,20 +147,20 @@ static void worker_on_exit(uv_process_t *proc, int64_t status, int term_signal) 
   char what[64];
   pool_exit_describe(term_signal ? -1 : (int)status, term_signal, what, sizeof what);
   LOG_INFO("pool", NULL, "worker %s (pid %d, %s) ended: %s", w->id, w->pid, w->model, what);
-  uv_close((uv_handle_t *)proc, worker_on_close);
+  uv_close((uv_handle_t *)proc, pool_worker_on_close);
   if (w->err_closed) {
-    worker_finish(w);
+    pool_worker_finish(w);
   } else {
-    uv_timer_start(&w->timer, worker_on_drain_timeout, WORKER_DRAIN_MS, 0);
+    uv_timer_start(&w->timer, pool_worker_on_drain_timeout, WORKER_DRAIN_MS, 0);
   }
 }
 
 /* The process is gone and its stderr read: the worker's end is known. */
-static void worker_finish(pool_worker *w) {
+static void pool_worker_finish(pool_worker *w) {
   pool *p = w->pool;
   if (!uv_is_closing((uv_handle_t *)&w->timer)) {
     uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, worker_on_close);
+    uv_close((uv_handle_t *)&w->timer, pool_worker_on_close);
   }
   pool_worker_tail_flush(w);
   char what[64];
@@ -220,7 +220,7 @@ static bool env_is(const char *entry, const char *name) {
   return strncmp(entry, name, n) == 0 && entry[n] == '=';
 }
 
-static char **worker_env(const char *cuda_visible, const pool_worker *w, worker_env_bufs *b) {
+static char **pool_worker_env(const char *cuda_visible, const pool_worker *w, worker_env_bufs *b) {
   size_t n = 0;
   while (environ[n]) n++;
   char **env = calloc(n + 5, sizeof *env);
@@ -249,7 +249,7 @@ static char **worker_env(const char *cuda_visible, const pool_worker *w, worker_
 
 /* A port for the worker: 0 (the worker picks one and reports it), or with
  * pool.worker_port_base the first port from there no live worker holds. */
-static int worker_pick_port(pool *p) {
+static int pool_worker_pick_port(pool *p) {
   int base = p->cfg->pool.worker_port_base;
   if (base <= 0) return 0;
   for (int port = base; port <= 65535; port++) {
@@ -261,7 +261,7 @@ static int worker_pick_port(pool *p) {
   return 0;
 }
 
-static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
+static int pool_worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
   /* Until the handles exist there is nothing to close: a failure before
    * them leaves the worker reaped already. */
   w->proc_exited = w->err_closed = w->reaped = true;
@@ -282,7 +282,7 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
     }
   }
   char listen[320], ctx[16], slots[16], callback[640];
-  int port = worker_pick_port(p);
+  int port = pool_worker_pick_port(p);
   w->port = port;
   bool v6 = strchr(p->worker_host, ':') != NULL;
   snprintf(listen, sizeof listen, "%s%s%s:%d", v6 ? "[" : "", p->worker_host, v6 ? "]" : "", port);
@@ -298,7 +298,7 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
   }
 
   worker_env_bufs env_bufs;
-  char **env = worker_env(gpu ? cuda_visible : NULL, w, &env_bufs);
+  char **env = pool_worker_env(gpu ? cuda_visible : NULL, w, &env_bufs);
   if (!env) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory");
 
   w->proc_exited = w->err_closed = w->reaped = false;
@@ -314,7 +314,7 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
   stdio[2].flags = (uv_stdio_flags)(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
   stdio[2].data.stream = (uv_stream_t *)&w->err;
   uv_process_options_t opt = {0};
-  opt.exit_cb = worker_on_exit;
+  opt.exit_cb = pool_worker_on_exit;
   opt.file = exe;
   opt.args = args;
   opt.env = env;
@@ -328,14 +328,14 @@ static int worker_spawn(pool *p, pool_worker *w, bool gpu, llorch_errmsg *em) {
     w->open_handles = 3;
     w->proc_exited = true;
     w->err_closed = true;
-    uv_close((uv_handle_t *)&w->proc, worker_on_close);
-    uv_close((uv_handle_t *)&w->err, worker_on_close);
-    uv_close((uv_handle_t *)&w->timer, worker_on_close);
+    uv_close((uv_handle_t *)&w->proc, pool_worker_on_close);
+    uv_close((uv_handle_t *)&w->err, pool_worker_on_close);
+    uv_close((uv_handle_t *)&w->timer, pool_worker_on_close);
     return llorch_errmsg_set(em, LLORCH_EIO, "spawning %s --role=worker: %s", exe, uv_strerror(rc));
   }
   w->open_handles = 3;
   w->pid = w->proc.pid;
-  uv_read_start((uv_stream_t *)&w->err, worker_alloc, worker_on_read);
+  uv_read_start((uv_stream_t *)&w->err, pool_worker_alloc, pool_worker_on_read);
   LOG_INFO("pool", NULL, "worker %s: pid %d, %s on %s%s%s, ctx %d x %d slots, listen %s", w->id, w->pid,
            w->file, device, gpu ? " CUDA_VISIBLE_DEVICES=" : "", gpu ? cuda_visible : "", w->ctx,
            w->slots, listen);
@@ -554,7 +554,7 @@ static void on_start(pool *p, llorch_http_request *req) {
                               "SPAWN_FAILED");
     goto done;
   }
-  if (worker_spawn(p, w, gpu, &em) < 0) {
+  if (pool_worker_spawn(p, w, gpu, &em) < 0) {
     /* The handles close asynchronously: keep the struct (reaped, not
      * listed) until they did; the list is the only owner, so add it there
      * marked as acknowledged and failed. */
@@ -589,7 +589,7 @@ void pool_worker_stop(pool_worker *w, const char *why) {
   if (w->state == POOL_WORKER_STARTING || w->state == POOL_WORKER_READY) w->state = POOL_WORKER_STOPPING;
   LOG_INFO("pool", NULL, "stopping worker %s (pid %d, %s): %s", w->id, w->pid, w->model, why);
   uv_process_kill(&w->proc, SIGTERM);
-  uv_timer_start(&w->timer, worker_on_kill_timer, (uint64_t)w->pool->cfg->pool.stop_grace_ms, 0);
+  uv_timer_start(&w->timer, pool_worker_on_kill_timer, (uint64_t)w->pool->cfg->pool.stop_grace_ms, 0);
 }
 
 static void on_delete(pool *p, llorch_http_request *req, const char *id) {

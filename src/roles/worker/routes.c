@@ -171,27 +171,19 @@ static int routes_build_siblings(worker *w, const cJSON *body, worker_stream *le
   return 0;
 }
 
-static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api,
-                            llorch_openai_dialect dialect) {
+/*
+ * What every request body goes through: the worker must be ready, the bytes
+ * budget, the JSON parse. NULL when the request was answered (503, 429,
+ * 413, 400); *len gets the body's size.
+ */
+static cJSON *routes_parse_body(worker *w, llorch_http_request *req, size_t *len_out) {
   if (w->state != WORKER_STATE_READY) {
     routes_not_ready(w, req);
-    return;
-  }
-  /* Resumable streams live at the orchestrator (it keeps the events): a
-   * client asking a worker for one is told so rather than silently served
-   * a stream that a disconnect cancels. */
-  const char *resumable = llorch_http_request_header(req, "X-Llorch-Resumable");
-  if (resumable && strcmp(resumable, "false") != 0) {
-    llorch_openai_error err = {.status = 400, .type = "invalid_request_error", .code = "unsupported_value"};
-    snprintf(err.param, sizeof err.param, "X-Llorch-Resumable");
-    snprintf(err.message, sizeof err.message,
-             "X-Llorch-Resumable: resumable streams are served by the orchestrator (and --role=all), "
-             "not by a worker");
-    routes_fail(w, req, &err);
-    return;
+    return NULL;
   }
   size_t len;
   const char *body = llorch_http_request_body(req, &len);
+  *len_out = len;
   /*
    * Bytes budget over everything the worker holds for requests (their
    * bodies' worth: prompt text, then tokens), whatever their number: a few
@@ -208,7 +200,7 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
     w->n_rejected++;
     llorch_metric_inc(w->m.requests, (const char *[]){"rejected"}, 1);
     llorch_openai_respond_error(req, &err);
-    return;
+    return NULL;
   }
   cJSON *json = NULL;
   llorch_errmsg em = {{0}};
@@ -217,8 +209,35 @@ static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_a
   if (prc < 0) {
     llorch_http_respond_error(req, prc == LLORCH_ELIMIT ? 413 : 400, "invalid_request_error", em.text,
                               NULL, prc == LLORCH_ELIMIT ? "request_too_large" : "invalid_json");
+    return NULL;
+  }
+  return json;
+}
+
+static void routes_embeddings(worker *w, llorch_http_request *req) {
+  size_t len = 0;
+  cJSON *json = routes_parse_body(w, req, &len);
+  if (json) worker_embed_route(w, req, json, len);
+}
+
+static void routes_generate(worker *w, llorch_http_request *req, llorch_openai_api api,
+                            llorch_openai_dialect dialect) {
+  /* Resumable streams live at the orchestrator (it keeps the events): a
+   * client asking a worker for one is told so rather than silently served
+   * a stream that a disconnect cancels. */
+  const char *resumable = llorch_http_request_header(req, "X-Llorch-Resumable");
+  if (resumable && strcmp(resumable, "false") != 0) {
+    llorch_openai_error err = {.status = 400, .type = "invalid_request_error", .code = "unsupported_value"};
+    snprintf(err.param, sizeof err.param, "X-Llorch-Resumable");
+    snprintf(err.message, sizeof err.message,
+             "X-Llorch-Resumable: resumable streams are served by the orchestrator (and --role=all), "
+             "not by a worker");
+    routes_fail(w, req, &err);
     return;
   }
+  size_t len = 0;
+  cJSON *json = routes_parse_body(w, req, &len);
+  if (!json) return;
   llorch_openai_error err = {0};
   if (dialect != LLORCH_DIALECT_OPENAI) {
     /* Anthropic Messages / Responses: the same request as chat completions */
@@ -473,6 +492,8 @@ void worker_route(llorch_http_request *req, void *user) {
     if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT, LLORCH_DIALECT_ANTHROPIC);
   } else if (strcmp(path, "/v1/responses") == 0) {
     if (routes_method(req, "POST")) routes_generate(w, req, LLORCH_OPENAI_CHAT, LLORCH_DIALECT_RESPONSES);
+  } else if (strcmp(path, "/v1/embeddings") == 0) {
+    if (routes_method(req, "POST")) routes_embeddings(w, req);
   } else if (strcmp(path, "/v1/models") == 0) {
     if (routes_method(req, "GET")) routes_models(w, req);
   } else if (strcmp(path, "/v2/info") == 0) {

@@ -45,6 +45,10 @@ struct worker_sched {
   worker_job **b_job;         /* (n_batch_max) job of each logits row */
   int32_t *b_ppos;            /* (n_batch_max) a row's prompt position (prompt logprobs), -1 for
                                  a row to sample from */
+  int8_t *b_hidden;           /* (n_batch_max) entries whose hidden state an embedding job pools */
+  worker_job **b_hjob;        /* (n_batch_max) job of each hidden row */
+  float *hidden;              /* (n_batch_max, n_embd) hidden rows, when the backend has them */
+  uint32_t n_embd;
   float *logits;              /* (n_slots + WORKER_PROMPT_LP_ROWS, n_vocab) */
   uint32_t *mask;             /* (ceil(n_vocab / 32)) a grammar's allowed tokens, one row at a time */
   worker_event **tok_ev, **fin_ev; /* (n_slots + WORKER_PROMPT_LP_ROWS) events of each row */
@@ -92,6 +96,7 @@ void worker_job_free(worker_job *j) {
   for (int k = 0; k < j->n_stop; k++) free(j->stop[k]);
   llorch_sampler_free(j->sampler);
   free(j->history);
+  free(j->embd);
   llorch_textstream_free(j->text);
   llorch_grammar_state_free(j->grammar);
   free(j);
@@ -265,6 +270,14 @@ int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch
   s->b_logits = malloc(nb * sizeof *s->b_logits);
   s->b_job = malloc(nb * sizeof *s->b_job);
   s->b_ppos = malloc(nb * sizeof *s->b_ppos);
+  s->n_embd = be->model->hp.n_embd;
+  if (be->ops->forward_hidden) {
+    /* embeddings: a whole batch of prompt entries may pool (mean) */
+    s->b_hidden = malloc(nb * sizeof *s->b_hidden);
+    s->b_hjob = malloc(nb * sizeof *s->b_hjob);
+    s->hidden = malloc((size_t)nb * s->n_embd * sizeof *s->hidden);
+    if (!s->b_hidden || !s->b_hjob || !s->hidden) goto fail_alloc;
+  }
   /* At most one row to sample per slot per step (prefill asks only for the
    * last prompt token, decode for its one token), plus the prompt positions
    * of echo requests, at most WORKER_PROMPT_LP_ROWS per step. */
@@ -292,6 +305,9 @@ fail_alloc:
   free(s->b_logits);
   free(s->b_job);
   free(s->b_ppos);
+  free(s->b_hidden);
+  free(s->b_hjob);
+  free(s->hidden);
   free(s->logits);
   free(s->tok_ev);
   free(s->fin_ev);
@@ -318,6 +334,9 @@ void worker_sched_free(worker_sched *s) {
   free(s->b_logits);
   free(s->b_job);
   free(s->b_ppos);
+  free(s->b_hidden);
+  free(s->b_hjob);
+  free(s->hidden);
   free(s->logits);
   free(s->tok_ev);
   free(s->fin_ev);
@@ -333,6 +352,19 @@ static int sched_prepare(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   if (j->state != WORKER_JOB_NEW)
     return llorch_errmsg_set(em, LLORCH_ESTATE, "job %s was submitted already", j->id);
   if (!j->n_prompt) return llorch_errmsg_set(em, LLORCH_EINVAL, "the prompt is empty (0 tokens)");
+  if (j->pooling) {
+    if (!s->hidden)
+      return llorch_errmsg_set(em, LLORCH_EUNSUPPORTED,
+                               "embeddings are not supported on this device (the %s backend "
+                               "returns no hidden states)", s->be->ops->name);
+    if (j->pooling != LLORCH_POOLING_MEAN && j->pooling != LLORCH_POOLING_CLS &&
+        j->pooling != LLORCH_POOLING_LAST)
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "pooling %d: expected mean, cls or last", j->pooling);
+    free(j->embd);
+    j->embd = calloc(s->n_embd, sizeof *j->embd);
+    if (!j->embd) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for the embedding");
+    j->max_tokens = 1; /* nothing is generated; the history needs no room */
+  }
   /* Generating k tokens feeds k-1 of them back, so a prompt of n tokens can
    * produce ctx - n + 1; we keep one position spare and allow ctx - n. */
   if (j->n_prompt >= s->cfg.n_ctx)
@@ -389,7 +421,7 @@ int worker_sched_submit_group(worker_sched *s, worker_job *const *jobs, int n, l
   /* Free slots take jobs at the next step, so only jobs beyond them count
    * against the queue bound. */
   uint32_t free_slots = s->cfg.n_slots - s->n_busy;
-  if (s->n_queued + (uint32_t)n - 1 >= free_slots + s->cfg.queue_max) {
+  if (!jobs[0]->queue_exempt && s->n_queued + (uint32_t)n - 1 >= free_slots + s->cfg.queue_max) {
     uv_mutex_unlock(&s->mu);
     if (n > 1)
       return llorch_errmsg_set(em, LLORCH_EBUSY,
@@ -567,6 +599,7 @@ static int sched_admit_paged(worker_sched *s, worker_job *j, uint32_t k) {
   if (!j->n_gen && reuse + 2 > target) reuse = target >= 2 ? target - 2 : 0;
   /* prompt logprobs need the logits of every prompt position: computed */
   if (j->prompt_logprobs && !j->n_gen) reuse = 0;
+  if (j->pooling) reuse = 0; /* the cache holds no hidden states to pool */
   if (reuse > target) reuse = target;
   reuse = reuse / 4 * 4; /* chunks start on multiples of 4 (see sched_build_batch) */
   const uint32_t keep = (reuse + bt - 1) / bt;
@@ -636,7 +669,7 @@ static bool sched_admit_locked(worker_sched *s) {
     if (j->cancel_requested) e = sched_end_event(j, WORKER_FINISH_CANCELLED);
     else if (s->draining || s->aborting)
       e = sched_error_event(j, "shutting_down", true, "the worker is shutting down");
-    else if (s->cfg.queue_timeout_s > 0 && !j->started &&
+    else if (s->cfg.queue_timeout_s > 0 && !j->started && !j->queue_exempt &&
              (double)(now - j->t_submit_ns) / 1e9 > s->cfg.queue_timeout_s) {
       char msg[128];
       snprintf(msg, sizeof msg, "waited %.1f s for a free slot (queue_timeout %.1f s)",
@@ -707,8 +740,8 @@ static bool sched_admit_locked(worker_sched *s) {
  * slot table (which changes only in sched_admit_locked, on this thread).
  * Returns the number of entries; *n_rows gets the logits rows asked for.
  */
-static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
-  uint32_t n = 0, rows = 0, budget = s->cfg.n_batch_max, lp_rows = 0;
+static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows, uint32_t *n_hrows) {
+  uint32_t n = 0, rows = 0, hrows = 0, budget = s->cfg.n_batch_max, lp_rows = 0;
   for (uint32_t k = 0; k < s->cfg.n_slots; k++) {
     worker_job *j = s->slots[k];
     if (!j || j->state != WORKER_JOB_DECODE) continue;
@@ -717,6 +750,7 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     s->b_seq[n] = (int32_t)k;
     s->b_logits[n] = 1;
     s->b_ppos[rows] = -1;
+    if (s->b_hidden) s->b_hidden[n] = 0;
     s->b_job[rows++] = j;
     n++;
   }
@@ -769,6 +803,8 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
       if (lp_rows >= WORKER_PROMPT_LP_ROWS) continue;
       if (chunk > WORKER_PROMPT_LP_ROWS - lp_rows) chunk = WORKER_PROMPT_LP_ROWS - lp_rows;
     }
+    /* an embedding job pools from scratch whenever it (re)starts its prompt */
+    if (j->pooling && j->n_fed == 0) memset(j->embd, 0, s->n_embd * sizeof *j->embd);
     for (uint32_t i = 0; i < chunk; i++) {
       uint32_t p = j->n_fed + i;
       s->b_token[n] = j->history[p];
@@ -782,9 +818,16 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
       } else {
         /* a job resumed after a preemption already has its next token; a
          * prompt-only job samples nothing */
-        s->b_logits[n] = (p + 1 == j->n_target && j->n_gen == 0 && !j->prompt_only);
+        s->b_logits[n] = (p + 1 == j->n_target && j->n_gen == 0 && !j->prompt_only &&
+                        !j->pooling);
       }
       if (s->b_logits[n]) s->b_job[rows++] = j;
+      if (s->b_hidden) {
+        s->b_hidden[n] = j->pooling == LLORCH_POOLING_MEAN ||
+                         (j->pooling == LLORCH_POOLING_CLS && p == 0) ||
+                         (j->pooling == LLORCH_POOLING_LAST && p + 1 == j->n_target);
+        if (s->b_hidden[n]) s->b_hjob[hrows++] = j;
+      }
       n++;
     }
     /* Exact positions: computed in a chunk of 2 or more entries (the
@@ -796,6 +839,7 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows) {
     j->n_fed += chunk;
   }
   *n_rows = rows;
+  *n_hrows = hrows;
   return n;
 }
 
@@ -893,16 +937,17 @@ int worker_sched_step(worker_sched *s) {
   bool emitted = sched_admit_locked(s);
   uv_mutex_unlock(&s->mu);
 
-  uint32_t n_rows = 0;
-  uint32_t n = sched_build_batch(s, &n_rows);
+  uint32_t n_rows = 0, n_hrows = 0;
+  uint32_t n = sched_build_batch(s, &n_rows, &n_hrows);
   if (!n) {
     if (emitted && s->notify) s->notify(s->notify_arg);
     return 0;
   }
   llorch_batch b = {.n_tokens = (int32_t)n, .token = s->b_token, .pos = s->b_pos,
-                    .seq = s->b_seq, .logits = s->b_logits};
+                    .seq = s->b_seq, .logits = s->b_logits, .hidden = s->b_hidden};
   llorch_errmsg em = {{0}};
-  int rc = s->be->ops->forward(s->be->ctx, &b, s->logits, &em);
+  int rc = n_hrows ? s->be->ops->forward_hidden(s->be->ctx, &b, s->logits, s->hidden, &em)
+                   : s->be->ops->forward(s->be->ctx, &b, s->logits, &em);
   if (s->cfg.on_step) s->cfg.on_step(s->cfg.on_step_arg, n);
 
   uint32_t n_prompt_fed = 0;
@@ -926,6 +971,15 @@ int worker_sched_step(worker_sched *s) {
     uv_mutex_unlock(&s->mu);
     if (s->notify) s->notify(s->notify_arg);
     return rc;
+  }
+
+  /* Embedding jobs pool their rows (outside the lock, like sampling). */
+  for (uint32_t r = 0; r < n_hrows; r++) {
+    worker_job *j = s->b_hjob[r];
+    const float *h = s->hidden + (size_t)r * s->n_embd;
+    if (j->pooling == LLORCH_POOLING_MEAN)
+      for (uint32_t d = 0; d < s->n_embd; d++) j->embd[d] += h[d];
+    else memcpy(j->embd, h, s->n_embd * sizeof *h);
   }
 
   /* Sample outside the lock: the loop must not wait for vocabulary scans. */
@@ -998,6 +1052,16 @@ int worker_sched_step(worker_sched *s) {
     /* plp is still the job's until the prompt is complete (the first token
      * may have been sampled in this step: its event is pushed below) */
     if (j->plp && j->n_fed >= j->n_prompt && !j->cancel_requested) sched_emit_prompt(s, j);
+    if (j->pooling && j->state == WORKER_JOB_PREFILL && j->n_fed == j->n_target &&
+        !j->cancel_requested) {
+      /* the whole prompt was computed: the embedding is done */
+      worker_event *e = sched_end_event(j, WORKER_FINISH_STOP);
+      if (!e) continue; /* out of memory: the next step tries again */
+      if (j->pooling == LLORCH_POOLING_MEAN)
+        for (uint32_t d = 0; d < s->n_embd; d++) j->embd[d] /= (float)j->n_prompt;
+      j->t_prefill_done_ns = uv_hrtime();
+      sched_job_finish(s, j, e);
+    }
   }
   for (uint32_t r = 0; r < n_rows; r++) {
     worker_job *j = s->b_job[r];

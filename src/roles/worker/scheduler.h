@@ -103,6 +103,19 @@ typedef struct worker_job {
    * and takes them from the cache instead of computing the prompt again.
    * The caller keeps the leader alive until every sibling's final event. */
   struct worker_job *leader;
+  /* Embeddings: pooling LLORCH_POOLING_MEAN/CLS/LAST (llorch/model.h) makes
+   * this an embedding job: its prompt is computed (never taken from the
+   * prefix cache, which holds no hidden states) and the final hidden states
+   * are pooled into embd; nothing is generated. The END event (finish stop)
+   * means embd holds the pooled vector (n_embd floats, not normalised).
+   * 0 for generation. Needs a backend with forward_hidden (submit says
+   * LLORCH_EUNSUPPORTED otherwise). */
+  int pooling;
+  float *embd;                   /* (n_embd) allocated by submit, owned by the job */
+  /* Another job of the same request already passed the queue bound (an
+   * embeddings request submits its inputs a few at a time): this one is not
+   * refused by queue_max and does not time out while queued. */
+  bool queue_exempt;
 
   /* ---- inference-thread state ---- */
   struct worker_token_logprob *plp; /* (n_prompt) prompt logprobs (prompt_logprobs); [0] has none;
@@ -252,7 +265,7 @@ void worker_sched_free(worker_sched *s);
  * Queues a job. Clamps max_tokens to what fits. Errors (job not taken, em set):
  *   LLORCH_ERANGE  prompt does not fit the context (em has both numbers)
  *   LLORCH_EINVAL  empty prompt, sampling parameters out of range, empty stop string
- *   LLORCH_EBUSY   queue full
+ *   LLORCH_EBUSY   queue full (never for a queue_exempt job)
  *   LLORCH_ESTATE  shutting down
  */
 int worker_sched_submit(worker_sched *s, worker_job *j, llorch_errmsg *em);

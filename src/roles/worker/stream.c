@@ -621,6 +621,11 @@ void worker_events_dispatch(worker *w) {
   if (!w->sched) return;
   for (worker_event *e = worker_sched_events_take(w->sched), *n; e; e = n) {
     n = e->next;
+    if (e->job->pooling) { /* an embedding request's job */
+      worker_embed_event(w, e);
+      worker_event_free(e);
+      continue;
+    }
     worker_stream *st = e->job->owner;
     worker_stream *L = st->lead;
     if ((e->kind == WORKER_EV_TOKEN || e->kind == WORKER_EV_PROMPT) && L->cancelled) {

@@ -231,6 +231,15 @@ int64_t worker_stream_cancel(worker *w, worker_stream *lead);
 /* Registers the client-gone callback and links st (a lead) into w->streams. */
 void worker_stream_attach(worker *w, worker_stream *st);
 
+/* ---- embed.c ---- */
+
+typedef struct worker_embed worker_embed;
+/* POST /v1/embeddings with its parsed body (taken over) of len bytes:
+ * answers it, now (an error) or once its jobs have ended. */
+void worker_embed_route(worker *w, llorch_http_request *req, cJSON *json, size_t len);
+/* One scheduler event of an embedding job (job->pooling != 0). */
+void worker_embed_event(worker *w, const worker_event *ev);
+
 /* ---- routes.c ---- */
 
 void worker_route(llorch_http_request *req, void *user);

@@ -591,6 +591,71 @@ static void test_logits_only_for_flagged(void **s) {
   llorch_model_free(m);
 }
 
+/*
+ * forward_hidden: a batch mixing one sequence that wants logits (the
+ * prompt's last entry) with another that wants hidden states only gives the
+ * first the same logits bit for bit as forward on its own, and the hidden
+ * state of an entry that asks for both is what its logits come from: the
+ * output matrix times it gives its logits.
+ */
+static void test_forward_hidden(void **s) {
+  (void)s;
+  tiny_spec sp = tiny_default("qwen2", LLORCH_TYPE_F32);
+  llorch_model *m = tiny_load(&sp);
+  const int V = (int)m->hp.n_vocab, E = (int)m->hp.n_embd;
+  llorch_backend be = open_cpu(m, 2, 2);
+  assert_non_null(be.ops->forward_hidden);
+  int32_t pos[14], sq[14], tok[14];
+  int8_t want[14] = {0}, hid[14] = {0};
+  for (int i = 0; i < 7; i++) { tok[i] = PROMPT[i]; pos[i] = i; sq[i] = 0; }
+  want[6] = 1;
+  float *alone = malloc(sizeof(float) * (size_t)V);
+  llorch_batch b = {.n_tokens = 7, .token = tok, .pos = pos, .seq = sq, .logits = want};
+  assert_int_equal(be.ops->forward(be.ctx, &b, alone, NULL), 0);
+  be.ops->seq_reset(be.ctx, 0);
+  /* sequence 1 (7 entries, hidden states of all) before sequence 0 */
+  int32_t tok2[14], pos2[14], sq2[14];
+  int8_t want2[14] = {0};
+  for (int i = 0; i < 7; i++) {
+    tok2[i] = PROMPT[6 - i]; pos2[i] = i; sq2[i] = 1; hid[i] = 1;
+    tok2[7 + i] = PROMPT[i]; pos2[7 + i] = i; sq2[7 + i] = 0;
+  }
+  want2[13] = 1;
+  hid[6] = 1;
+  float *mixed = malloc(sizeof(float) * (size_t)V);
+  float *hidden = malloc(sizeof(float) * 7 * (size_t)E);
+  llorch_batch b2 = {.n_tokens = 14, .token = tok2, .pos = pos2, .seq = sq2, .logits = want2, .hidden = hid};
+  assert_int_equal(be.ops->forward_hidden(be.ctx, &b2, mixed, hidden, NULL), 0);
+  assert_memory_equal(mixed, alone, sizeof(float) * (size_t)V);
+  /* forward ignores hidden flags: the same batch gives the same logits */
+  be.ops->seq_reset(be.ctx, 0);
+  be.ops->seq_reset(be.ctx, 1);
+  assert_int_equal(be.ops->forward(be.ctx, &b2, mixed, NULL), 0);
+  assert_memory_equal(mixed, alone, sizeof(float) * (size_t)V);
+
+  /* one entry asking for both: logits = output x hidden (f32 weights) */
+  be.ops->seq_reset(be.ctx, 0);
+  be.ops->seq_reset(be.ctx, 1);
+  int8_t both[7] = {0, 0, 0, 0, 0, 0, 1};
+  llorch_batch b3 = {.n_tokens = 7, .token = tok, .pos = pos, .seq = sq, .logits = both, .hidden = both};
+  float h[512];
+  assert_true(E <= 512);
+  assert_int_equal(be.ops->forward_hidden(be.ctx, &b3, alone, h, NULL), 0);
+  float *ref = malloc(sizeof(float) * (size_t)V);
+  ref_matvec(m->output, h, ref);
+  for (int v = 0; v < V; v++) assert_true(fabsf(ref[v] - alone[v]) <= 1e-4f * (1 + fabsf(ref[v])));
+  /* and the hidden state is after output_norm: not the raw residual, scale ~ the norm weights */
+  double ss = 0;
+  for (int d = 0; d < E; d++) ss += (double)h[d] * h[d];
+  assert_true(ss > 0 && isfinite(ss));
+  free(ref);
+  free(hidden);
+  free(mixed);
+  free(alone);
+  llorch_backend_close(&be);
+  llorch_model_free(m);
+}
+
 static void test_batch_errors(void **s) {
   (void)s;
   tiny_spec sp = tiny_default("qwen2", LLORCH_TYPE_F16);
@@ -660,6 +725,8 @@ static void test_model_metadata(void **s) {
   assert_true(m->hp.has_qk_norm);
   assert_false(m->hp.tied_embeddings);
   assert_int_equal(m->hp.rope_type, LLORCH_ROPE_NEOX);
+  assert_int_equal(m->hp.pooling, LLORCH_POOLING_UNSET); /* no <arch>.pooling_type */
+  assert_string_equal(llorch_pooling_name(LLORCH_POOLING_LAST), "last");
   assert_int_equal(m->main_type, LLORCH_TYPE_Q8_0);
   assert_true(m->n_params > 2 * (256 * 512 + 256 * 128 * 2 + 512 * 256 + 3 * 256 * 512));
   llorch_mem_estimate me;
@@ -717,6 +784,7 @@ int main(void) {
       cmocka_unit_test(test_batch_invariance),
       cmocka_unit_test(test_paged_kv),
       cmocka_unit_test(test_logits_only_for_flagged),
+      cmocka_unit_test(test_forward_hidden),
       cmocka_unit_test(test_batch_errors),
       cmocka_unit_test(test_model_errors),
       cmocka_unit_test(test_model_metadata),

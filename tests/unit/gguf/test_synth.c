@@ -178,9 +178,11 @@ static void test_qwen3_q4_k(void **state) {
   /* embd 256: q/k/v/gate/up rows are whole Q4_K blocks; heads*head_dim = 128
    * and ff = 320 are not, and fall back to Q4_0 (32-element blocks) */
   assert_int_equal(run_synth("--arch", "qwen3", "--layers", "1", "--embd", "256", "--ff", "320", "--heads", "4",
-                             "--kv-heads", "2", "--head-dim", "32", "--type", "q4_k", "-o", out, NULL), 0);
+                             "--kv-heads", "2", "--head-dim", "32", "--type", "q4_k", "--pooling", "last",
+                             "-o", out, NULL), 0);
   llorch_gguf *g = open_ok(out);
   uint32_t V = get_u32(g, "qwen3.vocab_size");
+  assert_int_equal(get_u32(g, "qwen3.pooling_type"), 3); /* llama.cpp's LLAMA_POOLING_TYPE_LAST */
   assert_int_equal(get_u32(g, "qwen3.attention.key_length"), 32);
   assert_int_equal(get_u32(g, "qwen3.attention.value_length"), 32);
   assert_int_equal(get_u32(g, "qwen3.rope.dimension_count"), 32);
@@ -334,6 +336,7 @@ static void test_usage_errors(void **state) {
   assert_int_equal(run_synth("--arch", "llama", "--layers", "x", "-o", out, NULL), 2);
   assert_int_equal(run_synth("--preset", "qwen2.5-0.5b", "--type", "q5_k", "-o", out, NULL), 2);
   assert_int_equal(run_synth("--preset", "qwen2.5-0.5b", "--bogus", "-o", out, NULL), 2);
+  assert_int_equal(run_synth("--preset", "qwen2.5-0.5b", "--pooling", "avg", "-o", out, NULL), 2);
   assert_int_equal(run_synth("--arch", "llama", "--layers", "1", "--embd", "64", "--ff", "64", "--heads", "2",
                              "--kv-heads", "2", "--vocab-from", "/nonexistent.gguf", "-o", out, NULL), 1);
   assert_int_equal(access(out, F_OK), -1);

@@ -185,7 +185,7 @@ static void cmp_step(const char *what, int step, const float *cpu, const float *
 
 static int fwd(llorch_backend *b, int n, const int32_t *tok, const int32_t *pos, const int32_t *seq,
                const int8_t *lg, float *out, const char *what) {
-  llorch_batch bt = {n, tok, pos, seq, lg};
+  llorch_batch bt = {n, tok, pos, seq, lg, NULL};
   llorch_errmsg em = {{0}};
   int rc = b->ops->forward(b->ctx, &bt, out, &em);
   CHECK(rc == 0, "%s: %s forward: %s (%s)", what, b->ops->name, llorch_strerror(rc), em.text);
@@ -340,7 +340,7 @@ static void run_model(const char *arch, llorch_ggml_type wt, const char *device,
   /* a bad batch fails that call only */
   int32_t t = 0, ps = 5, s = 0;
   int8_t l = 1;
-  llorch_batch bad = {1, &t, &ps, &s, &l};
+  llorch_batch bad = {1, &t, &ps, &s, &l, NULL};
   float *lo = malloc(sizeof(float) * m->hp.n_vocab);
   gpu.ops->seq_reset(gpu.ctx, 0);
   rc = gpu.ops->forward(gpu.ctx, &bad, lo, &em);

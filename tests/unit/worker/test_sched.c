@@ -103,6 +103,40 @@ static void fake_memory(void *vctx, llorch_backend_memory *out) { memset(out, 0,
 static const llorch_backend_ops fake_ops = {
     .name = "fake", .forward = fake_forward, .seq_reset = fake_seq_reset, .memory = fake_memory};
 
+/* Hidden states of the fake backend: FAKE_EMBD values derived from the
+ * sequence's hash at the entry's position (so they too depend on the cache
+ * being right). fake_hidden_at gives what an entry must have produced. */
+#define FAKE_EMBD 4
+static void fake_hidden_of(uint64_t h, float *out) {
+  for (int d = 0; d < FAKE_EMBD; d++) out[d] = (float)(fake_mix(h + 77u * (uint64_t)d) >> 40) / 16777216.0f - 0.5f;
+}
+
+static int fake_forward_hidden(void *vctx, const llorch_batch *b, float *logits, float *hidden,
+                               llorch_errmsg *em) {
+  fake_ctx *c = vctx;
+  int rc = fake_forward(vctx, b, logits, em);
+  if (rc < 0) return rc;
+  for (int i = 0; b->hidden && i < b->n_tokens; i++)
+    if (b->hidden[i]) {
+      fake_hidden_of(c->h[b->seq[i]][b->pos[i]], hidden);
+      hidden += FAKE_EMBD;
+    }
+  return 0;
+}
+
+static const llorch_backend_ops fake_ops_hidden = {
+    .name = "fake", .forward = fake_forward, .seq_reset = fake_seq_reset, .memory = fake_memory,
+    .forward_hidden = fake_forward_hidden};
+
+/* The hidden state the fake backend gives at each position of prompt. */
+static void fake_hidden_at(const int32_t *prompt, uint32_t n, float (*out)[FAKE_EMBD]) {
+  uint64_t prev = 0x1234;
+  for (uint32_t p = 0; p < n; p++) {
+    prev = fake_mix(prev ^ ((uint64_t)prompt[p] * 0x9E3779B97F4A7C15ull) ^ (uint64_t)p);
+    fake_hidden_of(prev, out[p]);
+  }
+}
+
 typedef struct fixture {
   llorch_model model;
   llorch_backend be;
@@ -279,6 +313,69 @@ static void test_batched_equals_alone(void **state) {
     worker_job_free(jobs[i]);
   }
   assert_true(f->notified > 0);
+  fixture_free(f);
+}
+
+/* Embedding jobs (pooling mean, cls, last) next to generation: pooled from
+ * the right positions, ended after their prompt with nothing generated,
+ * and the generation's tokens are those it gets alone. Without
+ * forward_hidden the backend refuses them. */
+static void test_embedding_jobs(void **state) {
+  (void)state;
+  enum { N = 4 };
+  const uint32_t plen[N] = {20, 13, 9, 30};
+  const int pooling[N] = {0, LLORCH_POOLING_MEAN, LLORCH_POOLING_CLS, LLORCH_POOLING_LAST};
+  result alone = {0}, r[N];
+  memset(r, 0, sizeof r);
+  llorch_errmsg em = {{0}};
+
+  fixture *f = fixture_new(1, 128, 16, 16, 8, 0);
+  worker_job *g = make_job(0, plen[0], 10);
+  assert_int_equal(worker_sched_submit(f->s, g, &em), 0);
+  run_until_done(f, &alone, 0, 1);
+  worker_job_free(g);
+  /* no hidden states on this backend */
+  worker_job *e = make_job(1, 5, 0);
+  e->pooling = LLORCH_POOLING_MEAN;
+  assert_int_equal(worker_sched_submit(f->s, e, &em), LLORCH_EUNSUPPORTED);
+  assert_non_null(strstr(em.text, "not supported on this device"));
+  worker_job_free(e);
+  fixture_free(f);
+
+  f = fixture_new(4, 128, 16, 8, 8, 0);
+  f->model.hp.n_embd = FAKE_EMBD;
+  worker_sched_free(f->s);
+  f->be.ops = &fake_ops_hidden;
+  worker_sched_config cfg = {.n_slots = 4, .n_ctx = 128, .n_batch_max = 16, .prefill_chunk = 8, .queue_max = 8};
+  assert_int_equal(worker_sched_init(&f->s, &cfg, &f->be, NULL, fixture_notify, f, &em), 0);
+  worker_job *jobs[N];
+  for (int i = 0; i < N; i++) {
+    jobs[i] = make_job(i, plen[i], i ? 0 : 10);
+    jobs[i]->pooling = pooling[i];
+    assert_int_equal(worker_sched_submit(f->s, jobs[i], &em), 0);
+  }
+  run_until_done(f, r, 0, N);
+  assert_int_equal(f->ctx.violations, 0);
+  assert_true(f->ctx.max_seqs_in_batch >= 3); /* embeddings batched with the generation */
+  assert_int_equal(r[0].n_tokens, 10);
+  assert_memory_equal(r[0].tokens, alone.tokens, 10 * sizeof(int32_t));
+  for (int i = 1; i < N; i++) {
+    assert_true(r[i].ended);
+    assert_int_equal(r[i].finish, WORKER_FINISH_STOP);
+    assert_int_equal(r[i].n_tokens, 0);
+    float want[64][FAKE_EMBD], pooled[FAKE_EMBD] = {0};
+    fake_hidden_at(jobs[i]->prompt, plen[i], want);
+    for (int d = 0; d < FAKE_EMBD; d++) {
+      if (pooling[i] == LLORCH_POOLING_MEAN) {
+        for (uint32_t p = 0; p < plen[i]; p++) pooled[d] += want[p][d];
+        pooled[d] /= (float)plen[i];
+      } else {
+        pooled[d] = want[pooling[i] == LLORCH_POOLING_CLS ? 0 : plen[i] - 1][d];
+      }
+      assert_float_equal(jobs[i]->embd[d], pooled[d], 1e-6);
+    }
+  }
+  for (int i = 0; i < N; i++) worker_job_free(jobs[i]);
   fixture_free(f);
 }
 
@@ -1089,6 +1186,7 @@ static void test_step_budget(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_batched_equals_alone),
+      cmocka_unit_test(test_embedding_jobs),
       cmocka_unit_test(test_prompt_too_long_and_clamp),
       cmocka_unit_test(test_queue_full),
       cmocka_unit_test(test_cancel_running_frees_slot),
