@@ -22,15 +22,20 @@ static int parse(const char *json, llorch_openai_api api, llorch_openai_request 
   return llorch_openai_request_parse(*body, api, NULL, r, err);
 }
 
-static void expect_400(const char *json, const char *param, const char *needle) {
+static void expect_400_api(llorch_openai_api api, const char *json, const char *param,
+                           const char *needle) {
   cJSON *body;
   llorch_openai_request r;
   llorch_openai_error err = {0};
-  assert_int_equal(parse(json, LLORCH_OPENAI_CHAT, &r, &err, &body), LLORCH_EINVAL);
+  assert_int_equal(parse(json, api, &r, &err, &body), LLORCH_EINVAL);
   assert_int_equal(err.status, 400);
   if (strcmp(err.param, param) != 0) fail_msg("%s: param %s, expected %s", json, err.param, param);
   if (!strstr(err.message, needle)) fail_msg("%s: message \"%s\" lacks \"%s\"", json, err.message, needle);
   cJSON_Delete(body);
+}
+
+static void expect_400(const char *json, const char *param, const char *needle) {
+  expect_400_api(LLORCH_OPENAI_CHAT, json, param, needle);
 }
 
 static void test_errors(void **state) {
@@ -238,14 +243,7 @@ static void test_writers(void **state) {
 /* Completions' echo and suffix: parsing, the native body, and the prompt's
  * logprobs as the completions shape writes them. */
 static void expect_400_completion(const char *json, const char *param, const char *needle) {
-  cJSON *body;
-  llorch_openai_request r;
-  llorch_openai_error err = {0};
-  assert_int_equal(parse(json, LLORCH_OPENAI_COMPLETION, &r, &err, &body), LLORCH_EINVAL);
-  assert_int_equal(err.status, 400);
-  if (strcmp(err.param, param) != 0) fail_msg("%s: param %s, expected %s", json, err.param, param);
-  if (!strstr(err.message, needle)) fail_msg("%s: message \"%s\" lacks \"%s\"", json, err.message, needle);
-  cJSON_Delete(body);
+  expect_400_api(LLORCH_OPENAI_COMPLETION, json, param, needle);
 }
 
 static void test_echo_suffix(void **state) {
