@@ -39,6 +39,7 @@
 #include "llorch/backend.h"
 #include "llorch/error.h"
 #include "llorch/grammar.h"
+#include "llorch/memory.h"
 #include "llorch/sampler.h"
 #include "llorch/textstream.h"
 #include "llorch/tokenizer.h"
@@ -169,7 +170,7 @@ typedef enum worker_event_kind {
 
 /* Prompt positions whose logprobs one engine step computes at most, all jobs
  * together: each is a logits row of n_vocab floats held for the step. */
-#define WORKER_PROMPT_LP_ROWS 16u
+#define WORKER_PROMPT_LP_ROWS LLORCH_MEM_PROMPT_LP_ROWS
 
 typedef struct worker_token_logprob {
   int32_t id;
