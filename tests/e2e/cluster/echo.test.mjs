@@ -113,6 +113,17 @@ for (const where of ['worker', 'orchestrator']) {
       echo: true });
     const ch = r.choices[0], pl = plain.choices[0];
     assert.equal(ch.text, PROMPT + pl.text);
+    // a prompt in the prefix cache: a plain request takes it from there,
+    // echo computes every position anyway (it needs their logits), with the
+    // same result as computed from nothing
+    const long = PROMPT.repeat(8);
+    const cold = await c.completions.create({ model: 'tiny', prompt: long, echo: true, logprobs: 1, max_tokens: 0 });
+    await c.completions.create({ model: 'tiny', prompt: long, max_tokens: 1 });
+    const warm = await c.completions.create({ model: 'tiny', prompt: long, max_tokens: 1 });
+    assert.ok(warm.usage.prompt_tokens_details.cached_tokens > 0, 'the long prompt was not cached');
+    const again = await c.completions.create({ model: 'tiny', prompt: long, echo: true, logprobs: 1, max_tokens: 0 });
+    assert.equal(again.usage.prompt_tokens_details?.cached_tokens ?? 0, 0);
+    assert.deepEqual(again.choices[0].logprobs, cold.choices[0].logprobs);
     const np = r.usage.prompt_tokens, ng = r.usage.completion_tokens;
     assert.equal(ng, plain.usage.completion_tokens);
     assert.equal(ch.logprobs.tokens.length, np + pl.logprobs.tokens.length);
