@@ -9,6 +9,13 @@
  * log-softmax of llama.cpp's logits at position i-1 for that token, and its
  * 3 alternatives llama.cpp's 3 best, within --eps (1e-3).
  *
+ * Then suffix (fill-in-the-middle) on the same shape with `llorch synth
+ * --fim`: llama.cpp must find the same FIM tokens (model.tokens.infill), and
+ * llorch's greedy tokens for {prompt, suffix} must equal llama.cpp's greedy
+ * decoding of [PRE] prefix [SUF] suffix [MID] (the prompt llama.cpp's server
+ * builds for /infill; no BOS on this vocabulary), up to a near-tie (top-2
+ * logits within --eps where llorch took the other).
+ *
  *   node prompt-logprobs-test.mjs --llorch BIN [--eps 1e-3] [--threads 2]
  */
 import { execFileSync, spawn } from "node:child_process";
@@ -17,7 +24,7 @@ import os from "node:os";
 import path from "node:path";
 import process from "node:process";
 
-import { openLlama, openModel } from "./llamacpp.mjs";
+import { greedySteps, openLlama, openModel } from "./llamacpp.mjs";
 
 const args = process.argv.slice(2);
 const opt = (name, def) => {
@@ -95,6 +102,21 @@ function logSoftmax(logits) {
   return (id) => logits.get(id) - lse;
 }
 
+async function llorchFim(url, prompt, suffix, n) {
+  const r = await fetch(`${url}/v2/execute`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ prompt, suffix, max_tokens: n, temperature: 0, ignore_eos: true }),
+  });
+  if (r.status !== 200) throw new Error(`/v2/execute: ${r.status} ${await r.text()}`);
+  const ids = [];
+  for (const block of (await r.text()).split("\n\n")) {
+    if (!/^event: token$/m.test(block)) continue;
+    const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+    ids.push(...JSON.parse(data).token_ids);
+  }
+  return ids;
+}
+
 async function llamaPositions(model, ids, nVocab) {
   const ctx = await model.createContext({ contextSize: 512, batchSize: 512, threads: THREADS, sequences: 1,
     flashAttention: false });
@@ -156,6 +178,37 @@ try {
     console.log(`${failed ? "" : "ok "}${ids.length} tokens, largest |llorch - llama.cpp| = ${worst.toExponential(2)}`);
   }
   await model.dispose();
+
+  // fill-in-the-middle
+  const fimFile = path.join(dir, "fim.gguf");
+  execFileSync(BIN, ["synth", "--arch", "qwen2", "--layers", "2", "--embd", "128", "--ff", "256", "--heads", "4",
+    "--kv-heads", "2", "--vocab", "512", "--ctx", "512", "--type", "f32", "--seed", "11", "--fim", "-o", fimFile],
+  { stdio: "pipe" });
+  worker.proc.removeAllListeners("exit");
+  worker.proc.kill("SIGTERM");
+  worker = await startWorker(fimFile);
+  await waitReady(worker.url);
+  const fim = await openModel(llama, fimFile);
+  const inf = fim.tokens.infill;
+  if (inf.prefix == null || inf.suffix == null || inf.middle == null) {
+    console.log("FAIL llama.cpp finds no FIM tokens in the synth --fim vocabulary");
+    failed++;
+  } else {
+    const pre = "def add(a, b):\n    ", suf = "\n    return c\n", N = 12;
+    const ids = [inf.prefix, ...fim.tokenize(pre, false), inf.suffix, ...fim.tokenize(suf, false), inf.middle];
+    const ref = await greedySteps(fim, ids, N, THREADS);
+    const got = await llorchFim(worker.url, pre, suf, N);
+    let same = 0;
+    for (; same < N && got[same] === ref[same].token; same++);
+    const tie = same < N && Math.abs(ref[same].top[0][1] - ref[same].top[1][1]) <= EPS && got[same] === ref[same].top[1][0];
+    if (same < N && !tie) {
+      console.log(`FAIL fill-in-the-middle: llorch ${got} vs llama.cpp ${ref.map((x) => x.token)} (differ at ${same})`);
+      failed++;
+    } else {
+      console.log(`ok fill-in-the-middle: ${same} of ${N} greedy tokens equal${tie ? " (then a near-tie)" : ""}`);
+    }
+  }
+  await fim.dispose();
   await llama.dispose();
 } finally {
   if (worker) {
