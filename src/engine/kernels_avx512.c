@@ -501,6 +501,14 @@ RP_Q4_K_KERNEL(1, 1)
  * NULL when memory is short: the caller then runs the AVX2 tile instead. */
 static void *rp_scratch(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
 
+/* Asks for a tile's weight rows up front: the packing gathers 16 rows at a
+ * time and would otherwise wait on each miss; meanwhile the activation sums
+ * are computed. */
+static void rp_prefetch_rows(const void *w, size_t ws, int nr) {
+  for (int r = 0; r < nr; r++)
+    for (size_t off = 0; off < ws; off += 64) _mm_prefetch((const char *)w + (size_t)r * ws + off, _MM_HINT_T0);
+}
+
 TARGET_VNNI static void tile_q4_0_rp_vnni(int n, const void *w, size_t ws, int nr, const void *x,
                                           size_t xs, int nc, float *y, size_t ldy, kern_order order) {
   const int nb = n / LLORCH_QK4_0, nstrips = (nr + RP_STRIP - 1) / RP_STRIP;
@@ -512,18 +520,19 @@ TARGET_VNNI static void tile_q4_0_rp_vnni(int n, const void *w, size_t ws, int n
     rp_fallback_q4_0(n, w, ws, nr, x, xs, nc, y, ldy, order);
     return;
   }
+  rp_prefetch_rows(w, ws, nr);
   float *pd = (float *)(buf + (size_t)nstrips * strip_bytes);
   int32_t *xoff = (int32_t *)(pd + (size_t)nstrips * strip_floats);
-  for (int s = 0; s < nstrips; s++) {
-    const int left = nr - s * RP_STRIP;
-    rp_pack_q4_0(nb, (const char *)w + (size_t)s * RP_STRIP * ws, ws, left < RP_STRIP ? left : RP_STRIP,
-                 buf + (size_t)s * strip_bytes, pd + (size_t)s * strip_floats);
-  }
   for (int c = 0; c < nc; c++) {
     const llorch_block_q8_0 *xc = (const void *)((const char *)x + (size_t)c * xs);
     for (int b = 0; b < nb; b++) {
       xoff[(size_t)c * nb + b] = -8 * rp_sum_q8(xc[b].qs);
     }
+  }
+  for (int s = 0; s < nstrips; s++) {
+    const int left = nr - s * RP_STRIP;
+    rp_pack_q4_0(nb, (const char *)w + (size_t)s * RP_STRIP * ws, ws, left < RP_STRIP ? left : RP_STRIP,
+                 buf + (size_t)s * strip_bytes, pd + (size_t)s * strip_floats);
   }
   int s = 0;
   for (; s + 3 <= nstrips; s += 3) {
@@ -562,13 +571,9 @@ TARGET_VNNI static void tile_q4_K_rp_vnni(int n, const void *w, size_t ws, int n
     rp_fallback_q4_K(n, w, ws, nr, x, xs, nc, y, ldy, order);
     return;
   }
+  rp_prefetch_rows(w, ws, nr);
   uint32_t *meta = (uint32_t *)(buf + (size_t)nstrips * strip_bytes);
   uint32_t *xpair = meta + (size_t)nstrips * strip_words;
-  for (int s = 0; s < nstrips; s++) {
-    const int left = nr - s * RP_STRIP;
-    rp_pack_q4_K(nb, (const char *)w + (size_t)s * RP_STRIP * ws, ws, left < RP_STRIP ? left : RP_STRIP,
-                 buf + (size_t)s * strip_bytes, meta + (size_t)s * strip_words);
-  }
   for (int c = 0; c < nc; c++) {
     const llorch_block_q8_K *xc = (const void *)((const char *)x + (size_t)c * xs);
     for (int b = 0; b < nb; b++)
@@ -577,6 +582,11 @@ TARGET_VNNI static void tile_q4_K_rp_vnni(int n, const void *w, size_t ws, int n
         xpair[((size_t)c * nb + b) * 4 + g] =
             (uint16_t)(bs[0] + bs[1]) | (uint32_t)(uint16_t)(bs[2] + bs[3]) << 16;
       }
+  }
+  for (int s = 0; s < nstrips; s++) {
+    const int left = nr - s * RP_STRIP;
+    rp_pack_q4_K(nb, (const char *)w + (size_t)s * RP_STRIP * ws, ws, left < RP_STRIP ? left : RP_STRIP,
+                 buf + (size_t)s * strip_bytes, meta + (size_t)s * strip_words);
   }
   const bool gemv = order == KERN_ORDER_GEMV;
 #define RP_K_CALL(S, C)                                                                          \
