@@ -335,7 +335,7 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   float *sc = scr + hd;                 /* (n_ctx_pad) scores */
   float *pr = sc + c->n_ctx_pad;        /* (n_ctx_pad) probabilities */
   const float *qv = c->q + (size_t)i * c->q_dim + (size_t)h * hd;
-  for (int d = 0; d < hd; d++) q16[d] = kern_round_f16(qv[d]);
+  c->kt->round_f16(hd, q16, qv); /* F16C where the CPU has it: the same bits */
   const int n_kv = p + 1;
   const kern_tile_fn tile_f16 = c->kt->tile[LLORCH_TYPE_F16];
   /* scores[t] = K[t] . q for t <= p: per block a tile of its rows x 1 column */
@@ -356,7 +356,8 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   const double sum = c->kt->softmax_exp(n_sm, pr, sc, max);
   const float inv = (float)(1.0 / sum);
   const int n_v = (n_kv + 4 * L - 1) / (4 * L) * (4 * L);
-  for (int t = 0; t < n_sm; t++) pr[t] = kern_round_f16(pr[t] * inv);
+  for (int t = 0; t < n_sm; t++) pr[t] = pr[t] * inv;
+  c->kt->round_f16(n_sm, pr, pr);
   for (int t = n_sm; t < n_v; t++) pr[t] = 0.0f;
   /* out[d] = V^T[d] . probs: a tile of hd rows x 1 column over n_v */
   float *out = c->xn + (size_t)i * c->q_dim + (size_t)h * hd;
