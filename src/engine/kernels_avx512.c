@@ -274,20 +274,48 @@ static inline uint32_t rp_load32(const void *p) {
   return v;
 }
 
+/* out[j] = dword j of the 16 bytes at w + r * ws + off, for rows r < nrows
+ * in lane r (zeros above): 16 plain loads and a two-stage permute, which
+ * streams where a gather per dword would wait on every row's miss. */
+TARGET_VNNI static inline void rp_transpose16x4(const char *w, size_t ws, int nrows, size_t off,
+                                                __m512i out[4]) {
+  static const uint8_t zero[16];
+  __m128i v[RP_STRIP];
+  for (int r = 0; r < RP_STRIP; r++)
+    v[r] = _mm_loadu_si128((const __m128i *)(r < nrows ? w + (size_t)r * ws + off : (const char *)zero));
+  __m512i z[4];
+  for (int i = 0; i < 4; i++) {
+    __m512i t = _mm512_castsi128_si512(v[4 * i]);
+    t = _mm512_inserti32x4(t, v[4 * i + 1], 1);
+    t = _mm512_inserti32x4(t, v[4 * i + 2], 2);
+    z[i] = _mm512_inserti32x4(t, v[4 * i + 3], 3);
+  }
+  /* stage 1: dwords 0/1 (2/3) of rows 0-7 (8-15) */
+  const __m512i i01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+  const __m512i i23 = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+  const __m512i a01 = _mm512_permutex2var_epi32(z[0], i01, z[1]), a23 = _mm512_permutex2var_epi32(z[0], i23, z[1]);
+  const __m512i b01 = _mm512_permutex2var_epi32(z[2], i01, z[3]), b23 = _mm512_permutex2var_epi32(z[2], i23, z[3]);
+  /* stage 2: rows 0-7 then 8-15 of one dword */
+  const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  out[0] = _mm512_permutex2var_epi32(a01, lo, b01);
+  out[1] = _mm512_permutex2var_epi32(a01, hi, b01);
+  out[2] = _mm512_permutex2var_epi32(a23, lo, b23);
+  out[3] = _mm512_permutex2var_epi32(a23, hi, b23);
+}
+
 /* Q4_0: quads of weights as unsigned 0..15 (the -8 comes back through the
  * activations' block sums), per strip: nb x 8 vectors, then nb x 16 scales.
  * Quad j < 4 is the low nibbles of qs dword j, j >= 4 the high nibbles of
  * dword j - 4; a gather per dword transposes 16 rows at once. */
 TARGET_VNNI static void rp_pack_q4_0(int nb, const char *w, size_t ws, int nrows, uint8_t *pw,
                                      float *pd) {
-  const __mmask16 live = (__mmask16)(nrows >= RP_STRIP ? 0xFFFF : (1u << nrows) - 1);
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32((int)ws));
   const __m512i m4 = _mm512_set1_epi8(0xF);
   for (int b = 0; b < nb; b++) {
-    const char *qs = w + (size_t)b * sizeof(llorch_block_q4_0) + offsetof(llorch_block_q4_0, qs);
+    __m512i d4[4];
+    rp_transpose16x4(w, ws, nrows, (size_t)b * sizeof(llorch_block_q4_0) + offsetof(llorch_block_q4_0, qs), d4);
     for (int j = 0; j < 4; j++) {
-      const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, qs + 4 * j, 1);
+      const __m512i v = d4[j];
       _mm512_storeu_si512(pw + ((size_t)b * 8 + j) * 64, _mm512_and_si512(v, m4));
       _mm512_storeu_si512(pw + ((size_t)b * 8 + j + 4) * 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
     }
@@ -370,18 +398,19 @@ RP_Q4_0_KERNEL(1, 1)
 
 TARGET_VNNI static void rp_pack_q4_K(int nb, const char *w, size_t ws, int nrows, uint8_t *pw,
                                      uint32_t *meta) {
-  const __mmask16 live = (__mmask16)(nrows >= RP_STRIP ? 0xFFFF : (1u << nrows) - 1);
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32((int)ws));
   const __m512i m4 = _mm512_set1_epi8(0xF);
   for (int b = 0; b < nb; b++) {
-    const char *qs = w + (size_t)b * sizeof(llorch_block_q4_K) + offsetof(llorch_block_q4_K, qs);
+    const size_t qs = (size_t)b * sizeof(llorch_block_q4_K) + offsetof(llorch_block_q4_K, qs);
     uint8_t *pb = pw + (size_t)b * 64 * 64;
     for (int g = 0; g < 4; g++)
-      for (int d = 0; d < 8; d++) {
-        const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, qs + 32 * g + 4 * d, 1);
-        _mm512_storeu_si512(pb + (size_t)(16 * g + d) * 64, _mm512_and_si512(v, m4));
-        _mm512_storeu_si512(pb + (size_t)(16 * g + 8 + d) * 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+      for (int d0 = 0; d0 < 8; d0 += 4) {
+        __m512i d4[4];
+        rp_transpose16x4(w, ws, nrows, qs + 32 * g + 4 * d0, d4);
+        for (int d = d0; d < d0 + 4; d++) {
+          const __m512i v = d4[d - d0];
+          _mm512_storeu_si512(pb + (size_t)(16 * g + d) * 64, _mm512_and_si512(v, m4));
+          _mm512_storeu_si512(pb + (size_t)(16 * g + 8 + d) * 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        }
       }
     uint32_t *mb = meta + (size_t)b * RP_K_META;
     for (int r = 0; r < RP_STRIP; r++) {
