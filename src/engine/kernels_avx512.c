@@ -36,6 +36,15 @@ TARGET static inline float hsum16(__m512 x) {
   return _mm_cvtss_f32(r);
 }
 
+/* kern_hsum8's order ((l+h), then (0+2, 1+3), then the sum), as the AVX2
+ * file's hsum8 */
+TARGET static inline float hsum8_vnni(__m256 x) {
+  __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+
 TARGET static inline __m512 load_f16x16(const uint16_t *p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
@@ -637,6 +646,57 @@ TARGET_VNNI static void tile_q4_K_rp_vnni(int n, const void *w, size_t ws, int n
   free(buf);
 }
 
+/* ---- Q8_0 with VNNI (prefill) ----
+ *
+ * The Q8_0 order (kernels.h) takes per block 8 lanes of exact 4-element
+ * integer dots, scaled by d_w * d_x with one FMA per lane. ggml's AVX2 code
+ * gets them as maddubs(|w|, sign(x, w)) then madd with ones; vpdpbusd gives
+ * the same exact sums in one step (no int16 saturation: |w| <= 127 after
+ * quantization, and the scalar twin sums exactly anyway), and |w| is taken
+ * once per row for 4 columns. 4 rows x 4 columns; the edges and decode (one
+ * column) run the AVX2 tile, which gives the same bits per element.
+ */
+static kern_tile_fn q8_0_fallback;
+
+TARGET_VNNI static void q8_0_vnni_4x4(int nb, const char *w, size_t ws, const char *x, size_t xs, float *y,
+                                      size_t ldy) {
+  __m256 acc[4][4];
+  for (int i = 0; i < 4; i++)
+    for (int c = 0; c < 4; c++) acc[i][c] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    __m256i wq[4], ax[4];
+    float dw[4];
+    for (int i = 0; i < 4; i++) {
+      const llorch_block_q8_0 *wb = (const llorch_block_q8_0 *)(w + (size_t)i * ws) + b;
+      wq[i] = _mm256_loadu_si256((const __m256i *)wb->qs);
+      ax[i] = _mm256_abs_epi8(wq[i]);
+      dw[i] = H2F32(wb->d);
+    }
+    for (int c = 0; c < 4; c++) {
+      const llorch_block_q8_0 *xb = (const llorch_block_q8_0 *)(x + (size_t)c * xs) + b;
+      const __m256i p = _mm256_loadu_si256((const __m256i *)xb->qs);
+      const float dx = H2F32(xb->d);
+      for (int i = 0; i < 4; i++) {
+        const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax[i], _mm256_sign_epi8(p, wq[i]));
+        acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * dx), _mm256_cvtepi32_ps(s), acc[i][c]);
+      }
+    }
+  }
+  for (int c = 0; c < 4; c++)
+    for (int i = 0; i < 4; i++) y[(size_t)c * ldy + i] = hsum8_vnni(acc[i][c]);
+}
+
+TARGET_VNNI static void tile_q8_0_vnni(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
+                                       int nc, float *y, size_t ldy, kern_order order) {
+  const int r4 = nr / 4 * 4, c4 = nc / 4 * 4;
+  const char *wb = w, *xb = x;
+  for (int c = 0; c < c4; c += 4) /* rows inner: 4 activation columns stay in L1 */
+    for (int r = 0; r < r4; r += 4)
+      q8_0_vnni_4x4(n / LLORCH_QK8_0, wb + (size_t)r * ws, ws, xb + (size_t)c * xs, xs, y + (size_t)c * ldy + r, ldy);
+  if (r4 < nr && c4 > 0) q8_0_fallback(n, wb + (size_t)r4 * ws, ws, nr - r4, x, xs, c4, y + r4, ldy, order);
+  if (c4 < nc) q8_0_fallback(n, w, ws, nr, xb + (size_t)c4 * xs, xs, nc - c4, y + (size_t)c4 * ldy, ldy, order);
+}
+
 /* ---- elementwise ---- */
 
 /* ggml_v_expf, AVX-512 form (kern_expf_ggml512) */
@@ -714,6 +774,8 @@ static void tables_init(void) {
     t_plain.tile_repacked[LLORCH_TYPE_Q4_0] = t_pairs.tile_repacked[LLORCH_TYPE_Q4_0] = tile_q4_0_rp_vnni;
     rp_fallback_q4_K = a->tile_repacked[LLORCH_TYPE_Q4_K];
     t_plain.tile_repacked[LLORCH_TYPE_Q4_K] = t_pairs.tile_repacked[LLORCH_TYPE_Q4_K] = tile_q4_K_rp_vnni;
+    q8_0_fallback = a->tile[LLORCH_TYPE_Q8_0];
+    t_plain.tile[LLORCH_TYPE_Q8_0] = t_pairs.tile[LLORCH_TYPE_Q8_0] = tile_q8_0_vnni;
   }
 }
 

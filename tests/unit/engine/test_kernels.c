@@ -160,6 +160,8 @@ static void test_tile_bf16(void **s) {
 static void test_tile_q8_0(void **s) {
   (void)s;
   check_type(LLORCH_TYPE_Q8_0, 256, 9, 5);
+  check_type(LLORCH_TYPE_Q8_0, 96, 12, 8); /* VNNI: whole 4 x 4 tiles only */
+  check_type(LLORCH_TYPE_Q8_0, 160, 14, 11); /* and their edges on both axes */
 }
 static void test_tile_q4_0(void **s) {
   (void)s;
