@@ -9,7 +9,10 @@
  * lanes, the same FMAs, the same reductions; the unit tests compare them bit
  * for bit. The quantized types reduce the same way in ggml's AVX2 and
  * AVX-512 variants (both run its 256-bit code), so their tiles, the F16
- * rounding and the Q8_0 quantizer are the AVX2 table's.
+ * rounding and the Q8_0 quantizer are the AVX2 table's - except that where
+ * the CPU has AVX512_VNNI, prompts (8 or more columns) through Q8_0 and
+ * repacked Q4_0/Q4_K weights take the VNNI tiles below: the same float
+ * operations per output, the exact integer sums had with vpdpbusd.
  */
 #include "kernels.h"
 
