@@ -31,21 +31,16 @@
 
 /* ---- reductions (kern_hsum16 / kern_hsum8 orders) ---- */
 
-TARGET static inline float hsum16(__m512 x) {
-  __m256 h = _mm256_add_ps(_mm512_extractf32x8_ps(x, 1), _mm512_castps512_ps256(x));
-  __m128 r = _mm_add_ps(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
+/* kern_hsum8's order ((l+h), then (0+2, 1+3), then the sum) */
+TARGET static inline float hsum8(__m256 x) {
+  __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
   r = _mm_add_ps(r, _mm_movehl_ps(r, r));
   r = _mm_add_ss(r, _mm_movehdup_ps(r));
   return _mm_cvtss_f32(r);
 }
 
-/* kern_hsum8's order ((l+h), then (0+2, 1+3), then the sum), as the AVX2
- * file's hsum8 */
-TARGET static inline float hsum8_vnni(__m256 x) {
-  __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
+TARGET static inline float hsum16(__m512 x) {
+  return hsum8(_mm256_add_ps(_mm512_extractf32x8_ps(x, 1), _mm512_castps512_ps256(x)));
 }
 
 TARGET static inline __m512 load_f16x16(const uint16_t *p) {
@@ -686,7 +681,7 @@ TARGET_VNNI static void q8_0_vnni_4x4(int nb, const char *w, size_t ws, const ch
     }
   }
   for (int c = 0; c < 4; c++)
-    for (int i = 0; i < 4; i++) y[(size_t)c * ldy + i] = hsum8_vnni(acc[i][c]);
+    for (int i = 0; i < 4; i++) y[(size_t)c * ldy + i] = hsum8(acc[i][c]);
 }
 
 TARGET_VNNI static void tile_q8_0_vnni(int n, const void *w, size_t ws, int nr, const void *x, size_t xs,
