@@ -25,6 +25,10 @@
 
 #define CPU_ROW_CHUNK 48   /* output rows per work item (multiple of the 3-row tiles) */
 #define CPU_PANEL_BYTES (160u << 10) /* prepared activations per column block (L2) */
+/* Repacked Q4_0/Q4_K weights: the AVX-512 VNNI tiles transpose each tile's
+ * rows into a panel first, which pays off over more columns and rows. */
+#define CPU_ROW_CHUNK_RP 96
+#define CPU_PANEL_BYTES_RP (512u << 10)
 
 typedef struct mm_block {
   int c0, nc;      /* columns [c0, c0 + nc) */
@@ -94,7 +98,7 @@ typedef struct mm_job {
   float *y;             /* y[col * ldy + row] */
   size_t ldy;
   mm_block *blocks;
-  int n_blocks, n_rchunks;
+  int n_blocks, n_rchunks, row_chunk;
   atomic_int next;
 } mm_job;
 
@@ -107,8 +111,8 @@ static void mm_worker(void *arg, int ith, int nth) {
     int k = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
     if (k >= total) break;
     const mm_block *b = &j->blocks[k / j->n_rchunks];
-    const int r0 = (k % j->n_rchunks) * CPU_ROW_CHUNK;
-    const int nr = j->n_out - r0 < CPU_ROW_CHUNK ? j->n_out - r0 : CPU_ROW_CHUNK;
+    const int r0 = (k % j->n_rchunks) * j->row_chunk;
+    const int nr = j->n_out - r0 < j->row_chunk ? j->n_out - r0 : j->row_chunk;
     j->tile(j->n_in, j->w + (size_t)r0 * j->w_stride, j->w_stride, nr,
             j->act + (size_t)b->c0 * j->act_stride, j->act_stride, b->nc,
             j->y + (size_t)b->c0 * j->ldy + r0, j->ldy, b->order);
@@ -163,7 +167,8 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
   if (n_cols > 1) llorch_threadpool_run(c->tp, act_worker, &aj);
   else act_worker(&aj, 0, 1);
   /* columns in runs of one order, cut into panels that stay in L2 */
-  int nb_cols = (int)(CPU_PANEL_BYTES / arow);
+  int nb_cols = (int)((repacked ? CPU_PANEL_BYTES_RP : CPU_PANEL_BYTES) / arow);
+  const int row_chunk = repacked ? CPU_ROW_CHUNK_RP : CPU_ROW_CHUNK;
   nb_cols = nb_cols < 4 ? 4 : nb_cols / 4 * 4;
   mm_block *blocks = c->mm_blocks; /* n_cols <= B panels at most */
   int nblk = 0;
@@ -186,7 +191,8 @@ static void cpu_matmul(cpu_ctx *c, const llorch_gguf_tensor *w, const float *x, 
       .ldy = ldy,
       .blocks = blocks,
       .n_blocks = nblk,
-      .n_rchunks = (n_out + CPU_ROW_CHUNK - 1) / CPU_ROW_CHUNK,
+      .n_rchunks = (n_out + row_chunk - 1) / row_chunk,
+      .row_chunk = row_chunk,
   };
   atomic_init(&job.next, 0);
   llorch_threadpool_run(c->tp, mm_worker, &job);
@@ -329,7 +335,7 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   float *sc = scr + hd;                 /* (n_ctx_pad) scores */
   float *pr = sc + c->n_ctx_pad;        /* (n_ctx_pad) probabilities */
   const float *qv = c->q + (size_t)i * c->q_dim + (size_t)h * hd;
-  for (int d = 0; d < hd; d++) q16[d] = kern_round_f16(qv[d]);
+  c->kt->round_f16(hd, q16, qv); /* F16C where the CPU has it: the same bits */
   const int n_kv = p + 1;
   const kern_tile_fn tile_f16 = c->kt->tile[LLORCH_TYPE_F16];
   /* scores[t] = K[t] . q for t <= p: per block a tile of its rows x 1 column */
@@ -350,7 +356,8 @@ static void att_one(cpu_ctx *c, const llorch_batch *b, uint32_t layer, int i, in
   const double sum = c->kt->softmax_exp(n_sm, pr, sc, max);
   const float inv = (float)(1.0 / sum);
   const int n_v = (n_kv + 4 * L - 1) / (4 * L) * (4 * L);
-  for (int t = 0; t < n_sm; t++) pr[t] = kern_round_f16(pr[t] * inv);
+  for (int t = 0; t < n_sm; t++) pr[t] = pr[t] * inv;
+  c->kt->round_f16(n_sm, pr, pr);
   for (int t = n_sm; t < n_v; t++) pr[t] = 0.0f;
   /* out[d] = V^T[d] . probs: a tile of hd rows x 1 column over n_v */
   float *out = c->xn + (size_t)i * c->q_dim + (size_t)h * hd;

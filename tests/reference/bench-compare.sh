@@ -7,12 +7,15 @@
 #                                    [--types "f16 q8_0"] [--dir DIR]
 #                                    [--pp 512] [--tg 128]
 #                                    [--llama-bench PATH] [--isa "avx512 avx2"]
+#                                    [--baseline LLORCH_BIN2]
 #
 # --llama-bench: llama.cpp's own llama-bench (built from the source in
 # node_modules/node-llama-cpp/llama/gitRelease.bundle with native flags, see
 # docs/benchmarks.md) instead of the prebuilt library through node. --isa:
 # llorch runs once per LLORCH_CPU_ISA value in each rep (default: the one it
 # picks itself), so forced lower paths are compared in the same rep.
+# --baseline: another llorch build (e.g. main's) run in each rep too, as
+# "llorch-base", so a change is measured before/after under the same load.
 #
 # Models are made once with `llorch synth --preset qwen2.5-0.5b --vocab-from
 # ggml-vocab-qwen2.gguf --type T` (494M params, like the real model) in
@@ -24,7 +27,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: bench-compare.sh LLORCH_BIN [--reps N] [--threads N] [--types \"f16 q8_0\"] [--dir DIR]}
 shift
-reps=3 threads=2 types="f16 q8_0" dir=/tmp/llorch-bench pp=512 tg=128 lbench="" isas=""
+reps=3 threads=2 types="f16 q8_0" dir=/tmp/llorch-bench pp=512 tg=128 lbench="" isas="" base=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2 ;;
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
     --tg) tg=$2 ;;
     --llama-bench) lbench=$2 ;;
     --isa) isas=$2 ;;
+    --baseline) base=$2 ;;
     *) echo "bench-compare.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift 2
@@ -76,6 +80,11 @@ print(json.dumps(o))')
     fi
     echo "$type llama.cpp $ref" >> "$results"
     echo "  llama.cpp $ref (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    if [ -n "$base" ]; then
+      mine=$("$base" bench --model "$f" --threads "$threads" --prompt-tokens "$pp" --gen-tokens "$tg" --reps 1 --json)
+      echo "$type llorch-base $mine" >> "$results"
+      echo "  llorch-base $mine (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    fi
     for isa in ${isas:-default}; do
       name=llorch
       if [ "$isa" != default ]; then name="llorch-$isa"; fi

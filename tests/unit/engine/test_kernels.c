@@ -86,13 +86,14 @@ static void check_type_with(const kern_table *simd, const kern_table *scal, llor
   }
   float *y0 = calloc((size_t)nr * nc, sizeof(float));
   float *y1 = calloc((size_t)nr * nc, sizeof(float));
-  /* orders 0, 1: plain GEMM / GEMV; 2: the repacked order, where it exists */
-  const int n_orders = scal->tile_repacked[t] ? 3 : 2;
+  /* orders 0, 1: plain GEMM / GEMV; 2, 3: the repacked tile in its GEMM /
+   * GEMV order (see kern_table.tile_repacked), where it exists */
+  const int n_orders = scal->tile_repacked[t] ? 4 : 2;
   assert_true((scal->tile_repacked[t] != NULL) == (simd->tile_repacked[t] != NULL));
   assert_int_equal(scal->lanes, simd->lanes);
   for (int o = n_orders - 1; o >= 0; o--) {
-    kern_tile_fn ts = o == 2 ? scal->tile_repacked[t] : scal->tile[t];
-    kern_tile_fn tv = o == 2 ? simd->tile_repacked[t] : simd->tile[t];
+    kern_tile_fn ts = o >= 2 ? scal->tile_repacked[t] : scal->tile[t];
+    kern_tile_fn tv = o >= 2 ? simd->tile_repacked[t] : simd->tile[t];
     ts(n, w, ws, nr, x, xs, nc, y0, (size_t)nr, (kern_order)(o & 1));
     tv(n, w, ws, nr, x, xs, nc, y1, (size_t)nr, (kern_order)(o & 1));
     for (int i = 0; i < nr * nc; i++) {
@@ -159,16 +160,26 @@ static void test_tile_bf16(void **s) {
 static void test_tile_q8_0(void **s) {
   (void)s;
   check_type(LLORCH_TYPE_Q8_0, 256, 9, 5);
+  check_type(LLORCH_TYPE_Q8_0, 96, 12, 8); /* VNNI: whole 4 x 4 tiles only */
+  check_type(LLORCH_TYPE_Q8_0, 160, 14, 11); /* and their edges on both axes */
 }
 static void test_tile_q4_0(void **s) {
   (void)s;
   check_type(LLORCH_TYPE_Q4_0, 320, 9, 5);
   check_type(LLORCH_TYPE_Q4_0, 256, 3, 19); /* repacked: 1 row x 8 columns, then the rest */
+  /* repacked with VNNI: 16-row strips (3 and 1 at a time, a partial one),
+   * 4 columns and 1 at a time; under 8 columns the AVX2 tile */
+  check_type(LLORCH_TYPE_Q4_0, 288, 72, 11);
+  check_type(LLORCH_TYPE_Q4_0, 64, 40, 8);
 }
 static void test_tile_q4_K(void **s) {
   (void)s;
   check_type(LLORCH_TYPE_Q4_K, 512, 5, 3);
   check_type(LLORCH_TYPE_Q4_K, 768, 3, 19); /* repacked GEMM: 1 row x 8 columns, then the rest */
+  /* repacked with VNNI: 16-row strips (2 and 1 at a time, a partial one),
+   * 4 columns and 1 at a time, both orders */
+  check_type(LLORCH_TYPE_Q4_K, 512, 56, 11);
+  check_type(LLORCH_TYPE_Q4_K, 256, 24, 8);
 }
 static void test_tile_q6_K(void **s) {
   (void)s;
