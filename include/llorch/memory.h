@@ -51,6 +51,10 @@
 /* Prefill tokens one step takes besides one decode token per slot: a worker
  * opens its backend for n_batch_max = slots + this (src/roles/worker). */
 #define LLORCH_MEM_PREFILL_CHUNK 128u
+/* Prompt positions whose logprobs (completions echo) one engine step
+ * computes at most: each a logits row of n_vocab floats the worker's
+ * scheduler holds besides one row per slot (src/roles/worker). */
+#define LLORCH_MEM_PROMPT_LP_ROWS 16u
 
 /* ---- the formula ---- */
 

@@ -112,6 +112,10 @@ typedef struct llorch_openai_request {
   const char *prompt;                  /* completion/native: the prompt */
   const char *job_id;                  /* native: NULL = generate one */
   uint32_t max_tokens;                 /* 0 = all that fits */
+  bool echo;                           /* prompts: the answer starts with the prompt (and, with
+                                          logprobs, the prompt tokens' logprobs) */
+  bool prompt_only;                    /* echo with max_tokens 0: nothing is generated */
+  const char *suffix;                  /* prompts: fill-in-the-middle's text after the gap, or NULL */
   bool ignore_eos;
   const char *stop[LLORCH_OPENAI_MAX_STOP];
   int n_stop;
@@ -313,6 +317,16 @@ void llorch_openai_logprobs_add(llorch_openai_logprobs *lp, const llorch_openai_
  * from JSON (the worker's native token events). */
 void llorch_openai_logprobs_add_json(llorch_openai_logprobs *lp, const cJSON *entries,
                                      size_t text_offset);
+/*
+ * echo: adds a prompt's entries (chat-shaped, as the worker's native
+ * "prompt" event carries them: the first with logprob null, which becomes
+ * null in token_logprobs and top_logprobs) to lp, entry i at the offset of
+ * the prompt text (text_len bytes) that text_bytes[0..i) cover (what each
+ * token adds to the detokenized text; special tokens such as BOS add 0),
+ * capped at text_len.
+ */
+void llorch_openai_logprobs_add_prompt(llorch_openai_logprobs *lp, const cJSON *entries,
+                                       const cJSON *text_bytes, size_t text_len);
 /* Writes the collected logprobs object (or null when lp is NULL). */
 void llorch_openai_write_logprobs(llorch_jbuf *b, const llorch_openai_logprobs *lp);
 /* One chat logprobs entry {token, logprob, bytes, top_logprobs?}. */

@@ -131,4 +131,14 @@ int llorch_sampler_sample_masked(llorch_sampler *s, const float *logits, const u
                                  const int32_t *history, size_t n_history,
                                  llorch_sample_result *out, llorch_errmsg *em);
 
+/*
+ * Scores a given token instead of sampling one: out gets token, the
+ * log-softmax of logits at it, and the n_top (0..LLORCH_SAMPLER_MAX_LOGPROBS)
+ * best alternatives, with the same numbers a sample result reports (prompt
+ * logprobs of echo). LLORCH_EINVAL with em for a token outside [0, n_vocab),
+ * NaN/+inf logits or all -inf.
+ */
+int llorch_sampler_logprob_of(const float *logits, uint32_t n_vocab, int32_t token, int32_t n_top,
+                              llorch_sample_result *out, llorch_errmsg *em);
+
 #endif /* LLORCH_SAMPLER_H */

@@ -84,6 +84,11 @@ int32_t llorch_tokenizer_bos(const llorch_tokenizer *t);
 int32_t llorch_tokenizer_eos(const llorch_tokenizer *t);
 int32_t llorch_tokenizer_eot(const llorch_tokenizer *t);
 int32_t llorch_tokenizer_pad(const llorch_tokenizer *t);
+/* Fill-in-the-middle: ids gets the prefix, suffix and middle tokens
+ * (tokenizer.ggml.fim_pre/suf/mid_token_id, else found by text as llama.cpp
+ * does: <|fim_prefix|>, <PRE>, <fim_prefix>, ...; -1 = none). True when all
+ * three exist. */
+bool llorch_tokenizer_fim(const llorch_tokenizer *t, int32_t ids[3]);
 /* tokenizer.ggml.add_bos_token / add_eos_token, or llama.cpp's default for the
  * tokenizer when the key is absent (SPM and llama-bpe: BOS yes; qwen2: no). */
 bool llorch_tokenizer_add_bos(const llorch_tokenizer *t);
@@ -184,10 +189,12 @@ int llorch_detokenize(const llorch_tokenizer *t, const int32_t *ids, size_t n, u
  * until the vocabulary reaches about n_vocab_hint (0 = 2048; at least 259),
  * then <|endoftext|>, <|im_start|>, <|im_end|> as CONTROL tokens (eos = eot =
  * <|im_end|>, no BOS, add_bos_token false, as Qwen) and a ChatML
- * tokenizer.chat_template. *n_vocab_out gets the exact vocabulary size (the
+ * tokenizer.chat_template; with fim also <|fim_prefix|>, <|fim_suffix|>,
+ * <|fim_middle|> as CONTROL tokens and tokenizer.ggml.fim_pre/suf/mid_token_id
+ * (as Qwen2.5-Coder). *n_vocab_out gets the exact vocabulary size (the
  * embedding/output row count the model needs). Returns 0 or a negative code.
  */
-int llorch_tokenizer_synth_vocab(llorch_gguf_writer *w, uint32_t n_vocab_hint,
+int llorch_tokenizer_synth_vocab(llorch_gguf_writer *w, uint32_t n_vocab_hint, bool fim,
                                  uint32_t *n_vocab_out, llorch_errmsg *em);
 
 #endif /* LLORCH_TOKENIZER_H */

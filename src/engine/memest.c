@@ -106,7 +106,8 @@ static int mem_parts_compute(const llorch_gguf *g, const llorch_mem_params *p, m
     /* per-thread attention rows over the padded context: 3 * (ctx + pad - 1) + head_dim floats */
     out->scratch.per_ctx = T * 3 * sizeof(float);
     out->scratch.fixed = chunk * row + T * (3 * (MEM_CPU_CTX_PAD - 1) + hp.head_dim) * sizeof(float) +
-                         (uint64_t)hp.n_vocab * MEM_TOKENIZER_PER_VOCAB;
+                         (uint64_t)hp.n_vocab * MEM_TOKENIZER_PER_VOCAB +
+                         (uint64_t)LLORCH_MEM_PROMPT_LP_ROWS * hp.n_vocab * sizeof(float);
     out->scratch.per_slot = row + vocab_rows + MEM_SLOT_STATE_BYTES;
     out->overhead.fixed = LLORCH_MEM_CPU_PROCESS_BYTES;
     return 0;

@@ -305,6 +305,42 @@ static int32_t sampler_top_logprobs(const float *logits, uint32_t n_vocab, int32
   return have;
 }
 
+/* Checks logits (no NaN or +inf, not all -inf) and takes their log-sum-exp. */
+static int sampler_log_sum_exp(const float *logits, uint32_t nv, float *lse, llorch_errmsg *em) {
+  float max = -INFINITY;
+  for (uint32_t i = 0; i < nv; i++) {
+    float l = logits[i];
+    if (isnan(l) || l == INFINITY)
+      return llorch_errmsg_set(em, LLORCH_EINVAL, "logit of token %u is %g: expected a number or -inf",
+                               i, (double)l);
+    if (l > max) max = l;
+  }
+  if (max == -INFINITY)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "all %u logits are -inf: nothing to sample", nv);
+  /* expf, not exp: this pass runs over the whole vocabulary every token. */
+  double z = 0.0;
+  for (uint32_t i = 0; i < nv; i++) z += expf(logits[i] - max);
+  *lse = (float)((double)max + log(z));
+  return 0;
+}
+
+int llorch_sampler_logprob_of(const float *logits, uint32_t n_vocab, int32_t token, int32_t n_top,
+                              llorch_sample_result *out, llorch_errmsg *em) {
+  if (token < 0 || (uint32_t)token >= n_vocab)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "token %d: expected an id in [0, %u)", (int)token,
+                             n_vocab);
+  if (n_top < 0 || n_top > LLORCH_SAMPLER_MAX_LOGPROBS)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "n_top %d: expected 0..%d", (int)n_top,
+                             LLORCH_SAMPLER_MAX_LOGPROBS);
+  float lse = 0.0f;
+  int rc = sampler_log_sum_exp(logits, n_vocab, &lse, em);
+  if (rc < 0) return rc;
+  out->token = token;
+  out->logprob = logits[token] - lse;
+  out->n_top = sampler_top_logprobs(logits, n_vocab, n_top, lse, out->top);
+  return 0;
+}
+
 /* ---- sampling ---- */
 
 int llorch_sampler_sample(llorch_sampler *s, const float *logits, const int32_t *history,
@@ -318,26 +354,14 @@ int llorch_sampler_sample_masked(llorch_sampler *s, const float *logits, const u
   const llorch_sampler_params *p = &s->p;
   const uint32_t nv = s->n_vocab;
 
-  /* Check the inputs and take the log-sum-exp of the original logits. */
-  float max = -INFINITY;
-  for (uint32_t i = 0; i < nv; i++) {
-    float l = logits[i];
-    if (isnan(l) || l == INFINITY)
-      return llorch_errmsg_set(em, LLORCH_EINVAL, "logit of token %u is %g: expected a number or -inf",
-                               i, (double)l);
-    if (l > max) max = l;
-  }
-  if (max == -INFINITY)
-    return llorch_errmsg_set(em, LLORCH_EINVAL, "all %u logits are -inf: nothing to sample", nv);
+  float lse = 0.0f;
+  int rc = sampler_log_sum_exp(logits, nv, &lse, em);
+  if (rc < 0) return rc;
   for (size_t i = 0; i < n_history; i++)
     if (history[i] < 0 || (uint32_t)history[i] >= nv)
       return llorch_errmsg_set(em, LLORCH_EINVAL,
                                "history[%zu] = %d: expected a token id in [0, %u)", i,
                                (int)history[i], nv);
-  /* expf, not exp: this pass runs over the whole vocabulary every token. */
-  double z = 0.0;
-  for (uint32_t i = 0; i < nv; i++) z += expf(logits[i] - max);
-  float lse = (float)((double)max + log(z));
 
   memcpy(s->work, logits, (size_t)nv * sizeof *s->work);
   for (uint32_t i = 0; i < p->n_logit_bias; i++) s->work[p->logit_bias[i].id] += p->logit_bias[i].bias;

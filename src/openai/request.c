@@ -560,9 +560,26 @@ int llorch_openai_request_parse(const cJSON *body, llorch_openai_api api,
       return REQ_BAD("job_id", "'job_id' must be 1..64 characters of [A-Za-z0-9._:-]");
   }
 
-  /* limits */
+  /* echo and suffix (prompts only: the legacy completions' fields) */
+  if (llorch_json_get_bool(body, NULL, "echo", false, &r->echo, &em) < 0 ||
+      llorch_json_get_string(body, NULL, "suffix", false, &r->suffix, &em) < 0)
+    return req_fail_field(err, &em);
+  if (r->echo && r->chat)
+    return REQ_BAD("echo", "'echo' is for a 'prompt' (completions), not for 'messages'");
+  if (r->suffix && r->chat)
+    return REQ_BAD("suffix", "'suffix' is for a 'prompt' (completions), not for 'messages'");
+  if (r->suffix && r->echo)
+    return REQ_BAD("suffix", "'suffix' (fill-in-the-middle) cannot be combined with 'echo': true");
+
+  /* limits: max_tokens 0 asks for nothing generated, which only echo makes
+   * useful (the prompt's logprobs: the loglikelihood path) */
+  const cJSON *mt = cJSON_GetObjectItemCaseSensitive(body, "max_tokens");
+  if (r->echo && cJSON_IsNumber(mt) && mt->valuedouble == 0) {
+    r->prompt_only = true;
+    mt = NULL;
+  }
   int64_t max_tokens = 0;
-  if (llorch_json_get_int(body, NULL, "max_tokens", false, 1, 1 << 30, &max_tokens, &em) < 0 ||
+  if ((mt && llorch_json_get_int(body, NULL, "max_tokens", false, 1, 1 << 30, &max_tokens, &em) < 0) ||
       (r->chat && llorch_json_get_int(body, NULL, "max_completion_tokens", false, 1, 1 << 30,
                                       &max_tokens, &em) < 0))
     return req_fail_field(err, &em);
@@ -610,6 +627,9 @@ char *llorch_openai_request_native_body(const llorch_openai_request *r, const ch
   if (rf != LLORCH_REASONING_UNSET)
     cJSON_AddStringToObject(ex, "reasoning_format", llorch_reasoning_format_name(rf));
   if (r->max_tokens) cJSON_AddNumberToObject(ex, "max_tokens", r->max_tokens);
+  if (r->echo) cJSON_AddTrueToObject(ex, "echo");
+  if (r->prompt_only) cJSON_AddNumberToObject(ex, "max_tokens", 0);
+  if (r->suffix) cJSON_AddStringToObject(ex, "suffix", r->suffix);
   if (r->n > 1) cJSON_AddNumberToObject(ex, "n", r->n);
   if (r->ignore_eos) cJSON_AddTrueToObject(ex, "ignore_eos");
   if (r->n_stop) {

@@ -3,6 +3,7 @@
  * and the message assembled from deltas for non-streaming answers. Both
  * roles write their answers here, so they cannot drift apart.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,7 +170,14 @@ void llorch_openai_logprobs_add(llorch_openai_logprobs *lp, const llorch_openai_
     if (lp->n)
       for (int k = 0; k < 4; k++) llorch_jbuf_raw(&lp->part[k], ",", 1);
     llorch_jbuf_strn(&lp->part[0], tok->text, tok->len);
-    llorch_jbuf_num(&lp->part[1], tok->logprob);
+    llorch_jbuf_num(&lp->part[1], tok->logprob); /* NAN (an echoed first token) -> null */
+    if (isnan(tok->logprob) && n_top == 0) {
+      /* the first token of an echoed prompt has nothing before it */
+      llorch_jbuf_cstr(&lp->part[2], "null");
+      llorch_jbuf_int(&lp->part[3], (int64_t)text_offset);
+      lp->n++;
+      return;
+    }
     llorch_jbuf_raw(&lp->part[2], "{", 1);
     for (int q = 0; q < n_top; q++) {
       /* The same token text twice would be a duplicate key: both are kept
@@ -192,7 +200,8 @@ static void lp_from_json(const cJSON *e, llorch_openai_lp_token *t, uint8_t *buf
   const cJSON *bytes = cJSON_GetObjectItemCaseSensitive(e, "bytes");
   t->text = cJSON_IsString(tok) ? tok->valuestring : "";
   t->len = strlen(t->text);
-  t->logprob = cJSON_IsNumber(lp) ? lp->valuedouble : 0.0;
+  /* null: an echoed prompt's first token (no logprob) */
+  t->logprob = cJSON_IsNumber(lp) ? lp->valuedouble : cJSON_IsNull(lp) ? NAN : 0.0;
   t->bytes = NULL;
   t->n_bytes = 0;
   if (cJSON_IsArray(bytes)) {
@@ -204,18 +213,33 @@ static void lp_from_json(const cJSON *e, llorch_openai_lp_token *t, uint8_t *buf
   }
 }
 
+/* One chat-shaped entry of a native event -> lp. */
+static void lp_add_entry(llorch_openai_logprobs *lp, const cJSON *e, size_t text_offset) {
+  uint8_t buf[256], tbuf[LLORCH_OPENAI_MAX_TOP_LOGPROBS][256];
+  llorch_openai_lp_token tok, top[LLORCH_OPENAI_MAX_TOP_LOGPROBS];
+  lp_from_json(e, &tok, buf, sizeof buf);
+  int n_top = 0;
+  const cJSON *tops = cJSON_GetObjectItemCaseSensitive(e, "top_logprobs");
+  for (const cJSON *t = cJSON_IsArray(tops) ? tops->child : NULL;
+       t && n_top < LLORCH_OPENAI_MAX_TOP_LOGPROBS; t = t->next, n_top++)
+    lp_from_json(t, &top[n_top], tbuf[n_top], sizeof tbuf[n_top]);
+  llorch_openai_logprobs_add(lp, &tok, top, n_top, text_offset);
+}
+
 void llorch_openai_logprobs_add_json(llorch_openai_logprobs *lp, const cJSON *entries,
                                      size_t text_offset) {
+  for (const cJSON *e = cJSON_IsArray(entries) ? entries->child : NULL; e; e = e->next)
+    lp_add_entry(lp, e, text_offset);
+}
+
+void llorch_openai_logprobs_add_prompt(llorch_openai_logprobs *lp, const cJSON *entries,
+                                       const cJSON *text_bytes, size_t text_len) {
+  size_t offset = 0;
+  const cJSON *nb = cJSON_IsArray(text_bytes) ? text_bytes->child : NULL;
   for (const cJSON *e = cJSON_IsArray(entries) ? entries->child : NULL; e; e = e->next) {
-    uint8_t buf[256], tbuf[LLORCH_OPENAI_MAX_TOP_LOGPROBS][256];
-    llorch_openai_lp_token tok, top[LLORCH_OPENAI_MAX_TOP_LOGPROBS];
-    lp_from_json(e, &tok, buf, sizeof buf);
-    int n_top = 0;
-    const cJSON *tops = cJSON_GetObjectItemCaseSensitive(e, "top_logprobs");
-    for (const cJSON *t = cJSON_IsArray(tops) ? tops->child : NULL;
-         t && n_top < LLORCH_OPENAI_MAX_TOP_LOGPROBS; t = t->next, n_top++)
-      lp_from_json(t, &top[n_top], tbuf[n_top], sizeof tbuf[n_top]);
-    llorch_openai_logprobs_add(lp, &tok, top, n_top, text_offset);
+    lp_add_entry(lp, e, offset < text_len ? offset : text_len);
+    if (cJSON_IsNumber(nb) && nb->valuedouble > 0) offset += (size_t)nb->valuedouble;
+    if (nb) nb = nb->next;
   }
 }
 

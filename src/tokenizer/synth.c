@@ -77,7 +77,7 @@ static size_t pair_slot(const pair_table *p, uint64_t key) {
   return j;
 }
 
-int llorch_tokenizer_synth_vocab(llorch_gguf_writer *w, uint32_t n_vocab_hint, uint32_t *n_vocab_out,
+int llorch_tokenizer_synth_vocab(llorch_gguf_writer *w, uint32_t n_vocab_hint, bool fim, uint32_t *n_vocab_out,
                                  llorch_errmsg *em) {
   int rc;
   void *re[TOK_MAX_REGEX];
@@ -213,10 +213,14 @@ int llorch_tokenizer_synth_vocab(llorch_gguf_writer *w, uint32_t n_vocab_hint, u
   }
 
   /* -- special tokens -- */
-  static const char *const specials[SYNTH_N_SPECIAL] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
-  int32_t special_ids[SYNTH_N_SPECIAL];
+  /* with fim, Qwen2.5-Coder's fill-in-the-middle tokens after ChatML's */
+  static const char *const specials[SYNTH_N_SPECIAL + 3] = {
+      "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>",
+      "<|fim_middle|>"};
+  int32_t special_ids[SYNTH_N_SPECIAL + 3];
   size_t n_normal = v.n;
-  for (unsigned k = 0; k < SYNTH_N_SPECIAL; k++) {
+  const unsigned n_special = SYNTH_N_SPECIAL + (fim ? 3u : 0u);
+  for (unsigned k = 0; k < n_special; k++) {
     char *s = strdup(specials[k]);
     if (!s) {
       rc = LLORCH_ENOMEM;
@@ -243,6 +247,12 @@ int llorch_tokenizer_synth_vocab(llorch_gguf_writer *w, uint32_t n_vocab_hint, u
       (rc = llorch_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", false)) != 0 ||
       (rc = llorch_gguf_writer_set_str(w, "tokenizer.chat_template", synth_chat_template)) != 0) {
     llorch_errmsg_set(em, rc, "writing the synthetic tokenizer's keys: %s", llorch_strerror(rc));
+    goto out;
+  }
+  if (fim && ((rc = llorch_gguf_writer_set_u32(w, "tokenizer.ggml.fim_pre_token_id", (uint32_t)special_ids[3])) != 0 ||
+              (rc = llorch_gguf_writer_set_u32(w, "tokenizer.ggml.fim_suf_token_id", (uint32_t)special_ids[4])) != 0 ||
+              (rc = llorch_gguf_writer_set_u32(w, "tokenizer.ggml.fim_mid_token_id", (uint32_t)special_ids[5])) != 0)) {
+    llorch_errmsg_set(em, rc, "writing the synthetic tokenizer's FIM keys: %s", llorch_strerror(rc));
     goto out;
   }
   if (n_vocab_out) *n_vocab_out = (uint32_t)v.n;

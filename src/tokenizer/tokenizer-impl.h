@@ -88,6 +88,7 @@ struct llorch_tokenizer {
   tok_map merge_map;     /* (left, right) -> rank (BPE only) */
   uint32_t n_merges;
   int32_t bos, eos, eot, eom, unk, pad; /* -1 = none */
+  int32_t fim_pre, fim_suf, fim_mid;    /* fill-in-the-middle, -1 = none */
   bool add_bos, add_eos;
   bool add_space_prefix; /* SPM: prepend ' ' to text at the start / after a special token */
   bool ignore_merges;    /* llama-bpe: a whole pre-tokenized word in the vocab is one token */

@@ -151,6 +151,7 @@ static const char *const fim_texts[] = {
     "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
     "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>",
 };
+_Static_assert(sizeof fim_texts / sizeof fim_texts[0] == 24, "8 names each for prefix, suffix, middle");
 /* gpt-oss: always rendered (llama.cpp makes them USER_DEFINED) */
 static const char *const user_defined_texts[] = {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"};
 
@@ -417,7 +418,10 @@ static int vocab_load_specials(llorch_tokenizer *t, const llorch_gguf *g, llorch
       (rc = vocab_read_special(g, "tokenizer.ggml.eot_token_id", n, &t->eot, em)) != 0 ||
       (rc = vocab_read_special(g, "tokenizer.ggml.eom_token_id", n, &t->eom, em)) != 0 ||
       (rc = vocab_read_special(g, "tokenizer.ggml.unknown_token_id", n, &t->unk, em)) != 0 ||
-      (rc = vocab_read_special(g, "tokenizer.ggml.padding_token_id", n, &t->pad, em)) != 0)
+      (rc = vocab_read_special(g, "tokenizer.ggml.padding_token_id", n, &t->pad, em)) != 0 ||
+      (rc = vocab_read_special(g, "tokenizer.ggml.fim_pre_token_id", n, &t->fim_pre, em)) != 0 ||
+      (rc = vocab_read_special(g, "tokenizer.ggml.fim_suf_token_id", n, &t->fim_suf, em)) != 0 ||
+      (rc = vocab_read_special(g, "tokenizer.ggml.fim_mid_token_id", n, &t->fim_mid, em)) != 0)
     return rc;
   /* defaults that fall outside a small vocabulary are dropped, as llama.cpp does */
   if (t->bos >= n) t->bos = -1;
@@ -443,6 +447,11 @@ static void vocab_mark_eog(llorch_tokenizer *t) {
   }
   if (t->eot >= 0) t->tokens[t->eot].attr |= TOK_ATTR_CONTROL;
   vocab_mark(t, fim_texts, N_OF(fim_texts), false);
+  /* FIM ids absent from the metadata: by text, as llama.cpp does (fim_texts
+   * holds 8 prefix, then 8 suffix, then 8 middle names) */
+  int32_t *fim[3] = {&t->fim_pre, &t->fim_suf, &t->fim_mid};
+  for (size_t k = 0; k < N_OF(fim_texts); k++)
+    if (*fim[k / 8] < 0) *fim[k / 8] = vocab_find_str(t, fim_texts[k]);
   vocab_mark(t, fim_eog_texts, N_OF(fim_eog_texts), true);
   vocab_mark(t, eog_texts, N_OF(eog_texts), true);
   for (size_t k = 0; k < N_OF(user_defined_texts); k++) {
@@ -517,6 +526,7 @@ int llorch_tokenizer_load(llorch_tokenizer **out, const llorch_gguf *g, llorch_e
   llorch_tokenizer *t = calloc(1, sizeof(*t));
   if (!t) return LLORCH_ENOMEM;
   t->bos = t->eos = t->eot = t->eom = t->unk = t->pad = -1;
+  t->fim_pre = t->fim_suf = t->fim_mid = -1;
 
   if ((rc = vocab_load_kind(t, g, em)) != 0) goto fail;
   if ((rc = vocab_load_arrays(t, g, &va, em)) != 0) goto fail;
@@ -581,6 +591,12 @@ int32_t llorch_tokenizer_bos(const llorch_tokenizer *t) { return t->bos; }
 int32_t llorch_tokenizer_eos(const llorch_tokenizer *t) { return t->eos; }
 int32_t llorch_tokenizer_eot(const llorch_tokenizer *t) { return t->eot; }
 int32_t llorch_tokenizer_pad(const llorch_tokenizer *t) { return t->pad; }
+bool llorch_tokenizer_fim(const llorch_tokenizer *t, int32_t ids[3]) {
+  ids[0] = t->fim_pre;
+  ids[1] = t->fim_suf;
+  ids[2] = t->fim_mid;
+  return t->fim_pre >= 0 && t->fim_suf >= 0 && t->fim_mid >= 0;
+}
 bool llorch_tokenizer_add_bos(const llorch_tokenizer *t) { return t->add_bos; }
 bool llorch_tokenizer_add_eos(const llorch_tokenizer *t) { return t->add_eos; }
 const char *llorch_tokenizer_chat_template(const llorch_tokenizer *t) { return t->chat_template; }

@@ -42,6 +42,7 @@ typedef struct synth_params {
   float rope_base;
   float rms_eps;
   bool tie_embeddings;  /* no output.weight */
+  bool fim;             /* --fim: fill-in-the-middle tokens in the built-in vocabulary */
   bool llama3_rope;     /* write rope_freqs.weight (Llama 3.1 scaling) */
   float rope_scale_factor; /* Llama 3.1 "factor" (8 for 8B, 32 for 3.2) */
   const char *vocab_from;
@@ -75,7 +76,7 @@ static void synth_usage(FILE *f) {
   fprintf(f,
           "usage: llorch synth (--preset NAME | --arch llama|qwen2|qwen3 --layers N --embd N --ff N\n"
           "                     --heads N --kv-heads N) [--head-dim N] [--vocab N] [--ctx N]\n"
-          "                     [--rope-base X] [--tie-embeddings] [--vocab-from FILE.gguf]\n"
+          "                     [--rope-base X] [--tie-embeddings] [--vocab-from FILE.gguf] [--fim]\n"
           "                     [--type f32|f16|bf16|q8_0|q4_0|q4_k|q6_k] [--seed N]\n"
           "                     [--chat-template FILE.jinja|none] [--pooling none|mean|cls|last]\n"
           "                     -o OUT.gguf\n"
@@ -110,6 +111,10 @@ static int synth_parse_args(int argc, char **argv, synth_params *p) {
     }
     if (strcmp(a, "--tie-embeddings") == 0) {
       tie_flag = true;
+      continue;
+    }
+    if (strcmp(a, "--fim") == 0) {
+      p->fim = true;
       continue;
     }
     if (i + 1 >= argc) {
@@ -212,6 +217,11 @@ static int synth_parse_args(int argc, char **argv, synth_params *p) {
   SYNTH_TAKE(n_head_kv); SYNTH_TAKE(head_dim); SYNTH_TAKE(n_vocab); SYNTH_TAKE(n_ctx);
 #undef SYNTH_TAKE
   if (tie_flag) p->tie_embeddings = true;
+  if (p->fim && p->vocab_from) {
+    fprintf(stderr, "synth: --fim adds tokens to the built-in vocabulary; --vocab-from %s brings its own\n",
+            p->vocab_from);
+    return LLORCH_EINVAL;
+  }
 
   if (p->arch == NULL) {
     fprintf(stderr, "synth: --arch or --preset is required\n");
@@ -577,7 +587,7 @@ int llorch_cmd_synth(int argc, char **argv) {
   if (s.p.vocab_from) {
     if ((rc = synth_vocab_from(w, s.p.vocab_from, &n_vocab)) != 0) goto fail_quiet;
   } else {
-    if ((rc = llorch_tokenizer_synth_vocab(w, s.p.preset ? 0 : s.p.n_vocab, &n_vocab, &em)) != 0) {
+    if ((rc = llorch_tokenizer_synth_vocab(w, s.p.preset ? 0 : s.p.n_vocab, s.p.fim, &n_vocab, &em)) != 0) {
       fprintf(stderr, "synth: building the tokenizer: %s\n", em.text);
       goto fail_quiet;
     }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # ctest "reference": llorch against llama.cpp (node-llama-cpp 3.22.1's prebuilt
 # CPU binaries), token for token. Usage: run-reference.sh LLORCH_BIN [options
-# of reference-test.mjs], or run-reference.sh LLORCH_BIN --embed [options of
-# embed-test.mjs] for the embeddings comparison. Exits 77 (ctest SKIP) when
-# node/npm are missing.
+# of reference-test.mjs], run-reference.sh LLORCH_BIN --embed [options of
+# embed-test.mjs] for the embeddings comparison, or run-reference.sh LLORCH_BIN
+# --prompt-logprobs [options of prompt-logprobs-test.mjs] for echo's prompt
+# logprobs. Exits 77 (ctest SKIP) when node/npm are missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: run-reference.sh LLORCH_BIN [options]}
@@ -24,6 +25,10 @@ fi
 script=reference-test.mjs
 if [ "${1:-}" = "--embed" ]; then
   script=embed-test.mjs
+  shift
+elif [ "${1:-}" = "--prompt-logprobs" ]; then
+  # echo's prompt logprobs against llama.cpp's logits
+  script=prompt-logprobs-test.mjs
   shift
 fi
 exec node "$here/$script" --llorch "$bin" "$@"

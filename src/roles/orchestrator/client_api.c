@@ -256,6 +256,36 @@ static void relay_token(orch_req *r, int ci, const cJSON *ev) {
   r->sent_tokens = true;
 }
 
+/* echo: the worker's prompt event -> the start of the text (and its
+ * logprobs), in the accumulators or as the first chunk. */
+static void relay_prompt(orch_req *r, int ci, const cJSON *ev) {
+  if (r->chat) return;
+  orch_choice *c = &r->ch[ci];
+  const cJSON *text = cJSON_GetObjectItemCaseSensitive(ev, "text");
+  const cJSON *lps = cJSON_GetObjectItemCaseSensitive(ev, "logprobs");
+  const cJSON *bytes = cJSON_GetObjectItemCaseSensitive(ev, "text_bytes");
+  const char *t = cJSON_IsString(text) ? text->valuestring : "";
+  size_t len = strlen(t);
+  if (!r->stream) {
+    llorch_jbuf_raw(&c->text, t, len);
+    if (r->logprobs) llorch_openai_logprobs_add_prompt(&c->lp, lps, bytes, len);
+    return;
+  }
+  stream_start(r);
+  llorch_openai_logprobs lp;
+  llorch_openai_logprobs_init(&lp, false);
+  if (r->logprobs) llorch_openai_logprobs_add_prompt(&lp, lps, bytes, len);
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_openai_meta m = req_meta(r, ci);
+  llorch_openai_write_completion_chunk(&b, &m, t, len, r->logprobs ? &lp : NULL, NULL);
+  sse_send_buf(r, &b);
+  llorch_jbuf_free(&b);
+  llorch_openai_logprobs_free(&lp);
+  c->stream_offset += len;
+  r->sent_tokens = true; /* the client has seen output: no retry elsewhere */
+}
+
 static void answer_success(orch_req *r) {
   llorch_jbuf b;
   llorch_jbuf_init(&b);
@@ -438,6 +468,8 @@ static void exec_on_sse(llorch_http_call *call, const llorch_sse_event *ev, void
       r->slow_client = true;
       worker_cancel_job(r);
     }
+  } else if (strcmp(ev->event, "prompt") == 0) {
+    relay_prompt(r, ci, d);
   } else if (strcmp(ev->event, "end") == 0) {
     const cJSON *fr = cJSON_GetObjectItemCaseSensitive(d, "finish_reason");
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(d, "prompt_tokens");

@@ -340,6 +340,7 @@ void worker_embed_event(worker *w, const worker_event *ev) {
     llorch_metric_observe(w->m.queue_wait, NULL, ev->queue_ms / 1000.0);
     return;
   case WORKER_EV_TOKEN: return; /* embedding jobs generate nothing */
+  case WORKER_EV_PROMPT: return; /* nor ask for prompt logprobs */
   case WORKER_EV_END:
     e->prompt_tokens += ev->prompt_tokens;
     if (ev->finish != WORKER_FINISH_CANCELLED && e->req && !e->answered && e->n_submitted < e->n) {

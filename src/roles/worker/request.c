@@ -235,6 +235,27 @@ static int request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
   } else if (!lead) {
     llorch_jbuf_cstr(&text, r.prompt);
   }
+  if (r.suffix) {
+    int32_t fim[3];
+    if (!llorch_tokenizer_fim(w->tok, fim)) {
+      rc = llorch_openai_fail(err, 400, "invalid_request_error", "invalid_value", "suffix",
+                              "'suffix' needs a model with fill-in-the-middle tokens "
+                              "(<|fim_prefix|>/<|fim_suffix|>/<|fim_middle|>, <PRE>/<SUF>/<MID>, "
+                              "<fim_prefix>/...); %s has none", w->model_name);
+      goto fail;
+    }
+    st->fim = true;
+    if (!lead) llorch_jbuf_cstr(&st->suffix_text, r.suffix);
+  }
+  if (r.echo && !lead) {
+    st->echo_len = strlen(r.prompt);
+    st->echo_text = malloc(st->echo_len + 1);
+    if (!st->echo_text) {
+      rc = llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
+      goto fail;
+    }
+    memcpy(st->echo_text, r.prompt, st->echo_len + 1);
+  }
   if (llorch_jbuf_error(&text) < 0) {
     rc = llorch_openai_fail(err, 500, "server_error", "internal_error", NULL, "out of memory");
     goto fail;
@@ -287,6 +308,10 @@ static int request_build(worker *w, llorch_openai_api api, const cJSON *body, wo
     sp->seed = uv_hrtime() ^ (++counter * 0x9E3779B97F4A7C15ull);
   }
   j->want_logprobs = r.logprobs;
+  /* echo computes the prompt's logprobs whether they are shown or not (the
+   * PROMPT event brings the prompt's text out first) */
+  j->prompt_logprobs = r.echo;
+  j->prompt_only = r.prompt_only;
   sp->n_logprobs = r.top_logprobs;
   if ((rc = request_logit_bias(w, &r, j, err)) < 0) goto fail;
   llorch_errmsg vem = {{0}};
@@ -336,9 +361,27 @@ int worker_request_build_sibling(worker *w, const cJSON *body, worker_stream *le
 
 void worker_request_tokenize(const worker *w, worker_stream *st) {
   const llorch_jbuf *t = &st->prompt_text;
-  if (st->chat_prompt.text)
+  if (st->chat_prompt.text) {
     st->tok_rc = llorch_chat_tokenize(w->tok, &st->chat_prompt, &st->toks, &st->tok_em);
-  else
+  } else if (st->fim) {
+    /* as llama.cpp's server builds /infill: [BOS] PRE prefix SUF suffix MID,
+     * prefix and suffix plain text */
+    int32_t fim[3];
+    llorch_tokenizer_fim(w->tok, fim);
+    const llorch_jbuf *sx = &st->suffix_text;
+    int32_t bos = llorch_tokenizer_bos(w->tok);
+    st->tok_rc = 0;
+    if (llorch_tokenizer_add_bos(w->tok) && bos >= 0) st->tok_rc = llorch_tokens_push(&st->toks, bos);
+    if (st->tok_rc == 0) st->tok_rc = llorch_tokens_push(&st->toks, fim[0]);
+    if (st->tok_rc == 0)
+      st->tok_rc = llorch_tokenize(w->tok, t->data ? t->data : "", t->len, LLORCH_TOKENIZE_DEFAULT,
+                                   &st->toks, &st->tok_em);
+    if (st->tok_rc == 0) st->tok_rc = llorch_tokens_push(&st->toks, fim[1]);
+    if (st->tok_rc == 0)
+      st->tok_rc = llorch_tokenize(w->tok, sx->data ? sx->data : "", sx->len,
+                                   LLORCH_TOKENIZE_DEFAULT, &st->toks, &st->tok_em);
+    if (st->tok_rc == 0) st->tok_rc = llorch_tokens_push(&st->toks, fim[2]);
+  } else
     st->tok_rc = llorch_tokenize(w->tok, t->data ? t->data : "", t->len, st->tok_flags, &st->toks,
                                  &st->tok_em);
   if (st->tok_rc == 0 && st->script_reply)
@@ -381,6 +424,7 @@ int worker_request_finish(worker *w, worker_stream *st, llorch_openai_error *err
   }
   llorch_tokens_free(&st->toks);
   llorch_jbuf_free(&st->prompt_text);
+  llorch_jbuf_free(&st->suffix_text);
   llorch_jinja_output_free(&st->chat_prompt);
   return 0;
 }

@@ -139,6 +139,7 @@ static worker_stream *routes_stream_new(worker *w, llorch_openai_api api,
   st->dialect = dialect;
   llorch_jbuf_init(&st->text);
   llorch_jbuf_init(&st->prompt_text);
+  llorch_jbuf_init(&st->suffix_text);
   llorch_jbuf_init(&st->deltas);
   llorch_openai_message_init(&st->msg);
   llorch_openai_logprobs_init(&st->lp, api != LLORCH_OPENAI_COMPLETION);

@@ -3,6 +3,7 @@
  */
 #include "scheduler.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,13 +43,15 @@ struct worker_sched {
   int32_t *b_token, *b_pos, *b_seq; /* (n_batch_max) the batch being built */
   int8_t *b_logits;
   worker_job **b_job;         /* (n_batch_max) job of each logits row */
+  int32_t *b_ppos;            /* (n_batch_max) a row's prompt position (prompt logprobs), -1 for
+                                 a row to sample from */
   int8_t *b_hidden;           /* (n_batch_max) entries whose hidden state an embedding job pools */
   worker_job **b_hjob;        /* (n_batch_max) job of each hidden row */
   float *hidden;              /* (n_batch_max, n_embd) hidden rows, when the backend has them */
   uint32_t n_embd;
-  float *logits;              /* (n_slots, n_vocab) */
+  float *logits;              /* (n_slots + WORKER_PROMPT_LP_ROWS, n_vocab) */
   uint32_t *mask;             /* (ceil(n_vocab / 32)) a grammar's allowed tokens, one row at a time */
-  worker_event **tok_ev, **fin_ev; /* (n_slots) events of each logits row */
+  worker_event **tok_ev, **fin_ev; /* (n_slots + WORKER_PROMPT_LP_ROWS) events of each row */
 };
 
 static double ns_to_ms(uint64_t ns) { return (double)ns / 1e6; }
@@ -89,6 +92,7 @@ void worker_job_free(worker_job *j) {
   free(j->blocks);
   free(j->hashes);
   free(j->logit_bias);
+  free(j->plp);
   for (int k = 0; k < j->n_stop; k++) free(j->stop[k]);
   llorch_sampler_free(j->sampler);
   free(j->history);
@@ -111,6 +115,7 @@ int worker_job_add_stop(worker_job *j, const char *s, size_t len) {
 void worker_event_free(worker_event *e) {
   if (!e) return;
   free(e->text);
+  free(e->plp);
   free(e);
 }
 
@@ -264,6 +269,7 @@ int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch
   s->b_seq = malloc(nb * sizeof *s->b_seq);
   s->b_logits = malloc(nb * sizeof *s->b_logits);
   s->b_job = malloc(nb * sizeof *s->b_job);
+  s->b_ppos = malloc(nb * sizeof *s->b_ppos);
   s->n_embd = be->model->hp.n_embd;
   if (be->ops->forward_hidden) {
     /* embeddings: a whole batch of prompt entries may pool (mean) */
@@ -272,14 +278,16 @@ int worker_sched_init(worker_sched **out, const worker_sched_config *cfg, llorch
     s->hidden = malloc((size_t)nb * s->n_embd * sizeof *s->hidden);
     if (!s->b_hidden || !s->b_hjob || !s->hidden) goto fail_alloc;
   }
-  /* At most one logits row per slot per step: prefill asks only for the last
-   * prompt token, decode for its one token. */
-  s->logits = malloc((size_t)cfg->n_slots * s->n_vocab * sizeof *s->logits);
-  s->tok_ev = calloc(cfg->n_slots, sizeof *s->tok_ev);
-  s->fin_ev = calloc(cfg->n_slots, sizeof *s->fin_ev);
+  /* At most one row to sample per slot per step (prefill asks only for the
+   * last prompt token, decode for its one token), plus the prompt positions
+   * of echo requests, at most WORKER_PROMPT_LP_ROWS per step. */
+  const size_t n_rows = (size_t)cfg->n_slots + WORKER_PROMPT_LP_ROWS;
+  s->logits = malloc(n_rows * s->n_vocab * sizeof *s->logits);
+  s->tok_ev = calloc(n_rows, sizeof *s->tok_ev);
+  s->fin_ev = calloc(n_rows, sizeof *s->fin_ev);
   s->mask = malloc(((size_t)s->n_vocab + 31) / 32 * sizeof *s->mask);
   if (!s->slots || !s->b_token || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_job ||
-      !s->logits || !s->tok_ev || !s->fin_ev || !s->mask)
+      !s->b_ppos || !s->logits || !s->tok_ev || !s->fin_ev || !s->mask)
     goto fail_alloc;
   if (uv_mutex_init(&s->mu)) goto fail_alloc;
   if (uv_cond_init(&s->cv)) goto fail_mutex;
@@ -296,6 +304,7 @@ fail_alloc:
   free(s->b_seq);
   free(s->b_logits);
   free(s->b_job);
+  free(s->b_ppos);
   free(s->b_hidden);
   free(s->b_hjob);
   free(s->hidden);
@@ -324,6 +333,7 @@ void worker_sched_free(worker_sched *s) {
   free(s->b_seq);
   free(s->b_logits);
   free(s->b_job);
+  free(s->b_ppos);
   free(s->b_hidden);
   free(s->b_hjob);
   free(s->hidden);
@@ -365,6 +375,13 @@ static int sched_prepare(worker_sched *s, worker_job *j, llorch_errmsg *em) {
   uint32_t room = s->cfg.n_ctx - j->n_prompt;
   if (!j->max_tokens || j->max_tokens > room) j->max_tokens = room;
   j->n_target = j->n_prompt;
+  if (j->prompt_only && !j->prompt_logprobs)
+    return llorch_errmsg_set(em, LLORCH_EINVAL, "a prompt-only job must ask for prompt logprobs");
+  if (j->prompt_logprobs && !j->plp) {
+    j->plp = calloc(j->n_prompt, sizeof *j->plp);
+    if (!j->plp) return llorch_errmsg_set(em, LLORCH_ENOMEM, "out of memory for prompt logprobs");
+    j->plp[0].logprob = NAN;
+  }
   if (s->kv && !j->blocks) {
     j->blocks = malloc(s->bps * sizeof *j->blocks);
     j->hashes = malloc(s->bps * sizeof *j->hashes);
@@ -580,6 +597,8 @@ static int sched_admit_paged(worker_sched *s, worker_job *j, uint32_t k) {
     }
   }
   if (!j->n_gen && reuse + 2 > target) reuse = target >= 2 ? target - 2 : 0;
+  /* prompt logprobs need the logits of every prompt position: computed */
+  if (j->prompt_logprobs && !j->n_gen) reuse = 0;
   if (j->pooling) reuse = 0; /* the cache holds no hidden states to pool */
   if (reuse > target) reuse = target;
   reuse = reuse / 4 * 4; /* chunks start on multiples of 4 (see sched_build_batch) */
@@ -722,7 +741,7 @@ static bool sched_admit_locked(worker_sched *s) {
  * Returns the number of entries; *n_rows gets the logits rows asked for.
  */
 static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows, uint32_t *n_hrows) {
-  uint32_t n = 0, rows = 0, hrows = 0, budget = s->cfg.n_batch_max;
+  uint32_t n = 0, rows = 0, hrows = 0, budget = s->cfg.n_batch_max, lp_rows = 0;
   for (uint32_t k = 0; k < s->cfg.n_slots; k++) {
     worker_job *j = s->slots[k];
     if (!j || j->state != WORKER_JOB_DECODE) continue;
@@ -730,6 +749,7 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows, uint32_t *n
     s->b_pos[n] = (int32_t)(j->n_prompt + j->n_gen - 1);
     s->b_seq[n] = (int32_t)k;
     s->b_logits[n] = 1;
+    s->b_ppos[rows] = -1;
     if (s->b_hidden) s->b_hidden[n] = 0;
     s->b_job[rows++] = j;
     n++;
@@ -776,6 +796,13 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows, uint32_t *n
       chunk = budget - n >= 4 ? (budget - n) / 4 * 4 : budget - n;
       if (left - chunk == 1 && n + chunk + 1 <= s->cfg.n_batch_max) chunk++;
     }
+    /* prompt logprobs: a logits row per position, within the step's rows
+     * (such a prompt is not cached, so its chunks need not be exact) */
+    const bool plp = j->plp && j->n_gen == 0;
+    if (plp) {
+      if (lp_rows >= WORKER_PROMPT_LP_ROWS) continue;
+      if (chunk > WORKER_PROMPT_LP_ROWS - lp_rows) chunk = WORKER_PROMPT_LP_ROWS - lp_rows;
+    }
     /* an embedding job pools from scratch whenever it (re)starts its prompt */
     if (j->pooling && j->n_fed == 0) memset(j->embd, 0, s->n_embd * sizeof *j->embd);
     for (uint32_t i = 0; i < chunk; i++) {
@@ -783,8 +810,17 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows, uint32_t *n
       s->b_token[n] = j->history[p];
       s->b_pos[n] = (int32_t)p;
       s->b_seq[n] = (int32_t)k;
-      /* a job resumed after a preemption already has its next token */
-      s->b_logits[n] = (p + 1 == j->n_target && j->n_gen == 0 && !j->pooling);
+      s->b_ppos[rows] = -1;
+      if (plp && p + 1 < j->n_target) {
+        s->b_logits[n] = 1;
+        s->b_ppos[rows] = (int32_t)p;
+        lp_rows++;
+      } else {
+        /* a job resumed after a preemption already has its next token; a
+         * prompt-only job samples nothing */
+        s->b_logits[n] = (p + 1 == j->n_target && j->n_gen == 0 && !j->prompt_only &&
+                        !j->pooling);
+      }
       if (s->b_logits[n]) s->b_job[rows++] = j;
       if (s->b_hidden) {
         s->b_hidden[n] = j->pooling == LLORCH_POOLING_MEAN ||
@@ -799,7 +835,7 @@ static uint32_t sched_build_batch(worker_sched *s, uint32_t *n_rows, uint32_t *n
      * (repacked weights); every chunk starts at a multiple of 4. Only these
      * are cached, so a reused prefix is what recomputing it would give;
      * decode steps (one token) are never exact. */
-    if (j->n_exact == j->n_fed && chunk >= 2) j->n_exact += chunk / 4 * 4;
+    if (j->n_exact == j->n_fed && chunk >= 2 && !j->prompt_logprobs) j->n_exact += chunk / 4 * 4;
     j->n_fed += chunk;
   }
   *n_rows = rows;
@@ -876,6 +912,26 @@ static void sched_emit_token(worker_sched *s, worker_job *j, const llorch_sample
   if (fin != WORKER_FINISH_NONE) *final_ev = sched_end_event(j, fin);
 }
 
+/* The prompt is computed: its logprobs go out (PROMPT, before any TOKEN);
+ * a prompt-only job ends here. Caller holds mu. */
+static void sched_emit_prompt(worker_sched *s, worker_job *j) {
+  worker_event *e = sched_event_new(WORKER_EV_PROMPT, j);
+  if (!e) {
+    e = sched_error_event(j, "internal_error", false, "out of memory for prompt logprobs");
+    if (e) sched_job_finish(s, j, e);
+    return;
+  }
+  e->plp = j->plp;
+  e->n_plp = j->n_prompt;
+  j->plp = NULL;
+  sched_event_push(s, e);
+  if (!j->prompt_only) return;
+  j->t_prefill_done_ns = uv_hrtime();
+  worker_event *end = sched_end_event(j, WORKER_FINISH_LENGTH);
+  if (end) sched_job_finish(s, j, end);
+  else j->cancel_requested = true; /* ends as cancelled at the next admit */
+}
+
 int worker_sched_step(worker_sched *s) {
   uv_mutex_lock(&s->mu);
   bool emitted = sched_admit_locked(s);
@@ -934,6 +990,24 @@ int worker_sched_step(worker_sched *s) {
     llorch_sample_result res;
     llorch_errmsg sem = {{0}};
     tok_ev[r] = fin_ev[r] = NULL;
+    if (s->b_ppos[r] >= 0) {
+      /* a prompt position: the logprob of the prompt's next token */
+      const uint32_t p = (uint32_t)s->b_ppos[r];
+      if (llorch_sampler_logprob_of(row, s->n_vocab, j->prompt[p + 1], j->sp.n_logprobs, &res,
+                                    &sem) < 0) {
+        fin_ev[r] = sched_error_event(j, "internal_error", false, sem.text);
+        continue;
+      }
+      worker_token_logprob *t = &j->plp[p + 1];
+      t->id = res.token;
+      t->logprob = res.logprob;
+      t->n_top = res.n_top;
+      for (int q = 0; q < res.n_top; q++) {
+        t->top_id[q] = res.top[q].id;
+        t->top_logprob[q] = res.top[q].logprob;
+      }
+      continue;
+    }
     const uint32_t *mask = NULL;
     if (j->grammar) {
       int allowed = llorch_grammar_state_mask(j->grammar, s->mask, &sem);
@@ -975,6 +1049,9 @@ int worker_sched_step(worker_sched *s) {
     if (s->kv) sched_commit_blocks(s, j);
     if (j->state == WORKER_JOB_PREFILL && j->n_gen && j->n_fed == j->n_target)
       j->state = WORKER_JOB_DECODE;
+    /* plp is still the job's until the prompt is complete (the first token
+     * may have been sampled in this step: its event is pushed below) */
+    if (j->plp && j->n_fed >= j->n_prompt && !j->cancel_requested) sched_emit_prompt(s, j);
     if (j->pooling && j->state == WORKER_JOB_PREFILL && j->n_fed == j->n_target &&
         !j->cancel_requested) {
       /* the whole prompt was computed: the embedding is done */
@@ -999,7 +1076,10 @@ int worker_sched_step(worker_sched *s) {
       s->stats.generated_tokens++;
       sched_event_push(s, tok_ev[r]);
     }
-    if (fin_ev[r]) sched_job_finish(s, j, fin_ev[r]);
+    /* a job whose prompt rows failed twice, or that ended with its prompt,
+     * is finished once */
+    if (fin_ev[r] && j->state == WORKER_JOB_DONE) worker_event_free(fin_ev[r]);
+    else if (fin_ev[r]) sched_job_finish(s, j, fin_ev[r]);
   }
   /* Cancelled jobs end now rather than a step later. */
   sched_admit_locked(s);

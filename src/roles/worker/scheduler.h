@@ -39,6 +39,7 @@
 #include "llorch/backend.h"
 #include "llorch/error.h"
 #include "llorch/grammar.h"
+#include "llorch/memory.h"
 #include "llorch/sampler.h"
 #include "llorch/textstream.h"
 #include "llorch/tokenizer.h"
@@ -73,6 +74,13 @@ typedef struct worker_job {
   llorch_sampler_params sp;      /* sampling (sp.n_logprobs: alternatives per token) */
   llorch_logit_bias *logit_bias; /* what sp.logit_bias points to, owned by the job */
   bool want_logprobs;            /* report the chosen token's logprob (+ sp.n_logprobs top) */
+  /* echo: report every prompt token's logprob (+ sp.n_logprobs top) in one
+   * PROMPT event once the prompt is computed. Such a prompt is computed in
+   * full (never taken from the prefix cache, and not put into it), at most
+   * WORKER_PROMPT_LP_ROWS positions per step. */
+  bool prompt_logprobs;
+  bool prompt_only;              /* with prompt_logprobs: end (length) after the prompt, nothing
+                                    sampled (echo with max_tokens 0) */
   char *stop[WORKER_MAX_STOP];   /* stop strings, owned by the job */
   int n_stop;
   bool ignore_eos;
@@ -111,6 +119,8 @@ typedef struct worker_job {
   bool queue_exempt;
 
   /* ---- inference-thread state ---- */
+  struct worker_token_logprob *plp; /* (n_prompt) prompt logprobs (prompt_logprobs); [0] has none;
+                                       moves into the PROMPT event */
   int32_t slot;                  /* backend sequence, -1 while queued */
   uint32_t n_target;             /* positions to compute before decoding: the prompt, or after a
                                     preemption the prompt and all generated tokens but the last */
@@ -155,7 +165,12 @@ typedef enum worker_event_kind {
   WORKER_EV_TOKEN = 1,
   WORKER_EV_END = 2,
   WORKER_EV_ERROR = 3,
+  WORKER_EV_PROMPT = 4,          /* prompt_logprobs: before the first TOKEN */
 } worker_event_kind;
+
+/* Prompt positions whose logprobs one engine step computes at most, all jobs
+ * together: each is a logits row of n_vocab floats held for the step. */
+#define WORKER_PROMPT_LP_ROWS LLORCH_MEM_PROMPT_LP_ROWS
 
 typedef struct worker_token_logprob {
   int32_t id;
@@ -178,6 +193,10 @@ typedef struct worker_event {
   size_t text_len;
   bool has_logprob;
   worker_token_logprob lp;
+  /* PROMPT: (n_plp = the job's n_prompt) entries, [0] without a logprob
+   * (n_top 0, logprob NAN); owned by the event */
+  worker_token_logprob *plp;
+  uint32_t n_plp;
   /* END */
   worker_finish finish;
   uint32_t prompt_tokens, completion_tokens;

@@ -54,6 +54,45 @@ static void stream_lp_add(const worker *w, llorch_openai_logprobs *lp, const wor
   llorch_openai_logprobs_add(lp, &tok, top, n_top, text_offset);
 }
 
+/*
+ * A PROMPT event as the native "prompt" event's fields after job_id: the
+ * echoed text, token_ids, text_bytes (what each token adds to the
+ * detokenized text: the completions' text_offset) and, when the job asked
+ * for logprobs, the entries (chat-shaped; the first token's logprob null).
+ */
+static void stream_prompt_fields(const worker_stream *st, const worker_event *e, llorch_jbuf *b) {
+  const worker *w = st->w;
+  const worker_stream *L = st->lead;
+  const worker_job *j = st->job;
+  llorch_jbuf_cstr(b, ",\"text\":");
+  llorch_jbuf_strn(b, L->echo_text ? L->echo_text : "", L->echo_len);
+  llorch_jbuf_cstr(b, ",\"token_ids\":[");
+  for (uint32_t i = 0; i < j->n_prompt; i++) {
+    if (i) llorch_jbuf_raw(b, ",", 1);
+    llorch_jbuf_int(b, j->prompt[i]);
+  }
+  llorch_jbuf_cstr(b, "],\"text_bytes\":[");
+  for (uint32_t i = 0; i < j->n_prompt; i++) {
+    char piece[256];
+    int n = llorch_token_piece(w->tok, j->prompt[i], 0, piece, sizeof piece);
+    if (i) llorch_jbuf_raw(b, ",", 1);
+    llorch_jbuf_int(b, n > 0 ? n : 0);
+  }
+  llorch_jbuf_raw(b, "]", 1);
+  if (!j->want_logprobs) return;
+  llorch_openai_logprobs lp;
+  llorch_openai_logprobs_init(&lp, true);
+  for (uint32_t i = 0; i < e->n_plp && i < j->n_prompt; i++) {
+    worker_event te = {.token_id = j->prompt[i], .lp = e->plp[i]};
+    stream_lp_add(w, &lp, &te, 0);
+  }
+  llorch_jbuf_cstr(b, ",\"logprobs\":[");
+  llorch_jbuf_raw(b, lp.part[0].data ? lp.part[0].data : "", lp.part[0].len);
+  llorch_jbuf_raw(b, "]", 1);
+  if (llorch_jbuf_error(&lp.part[0]) < 0) b->err = LLORCH_ENOMEM;
+  llorch_openai_logprobs_free(&lp);
+}
+
 static llorch_openai_meta stream_meta(const worker_stream *st) {
   return (llorch_openai_meta){.id = st->resp_id,
                               .created = st->created,
@@ -221,6 +260,10 @@ static void stream_native_event(worker_stream *st, const worker_event *e) {
                             : 0.0);
     llorch_jbuf_raw(&b, "}", 1);
     break;
+  case WORKER_EV_PROMPT:
+    name = "prompt";
+    stream_prompt_fields(st, e, &b);
+    break;
   case WORKER_EV_ERROR:
     name = "error";
     llorch_jbuf_cstr(&b, ",\"code\":");
@@ -346,6 +389,43 @@ static void stream_openai_token(worker_stream *st, const worker_event *e) {
   st->text_offset += e->text_len;
 }
 
+/* echo: the prompt (and its logprobs) before the generated text, in the
+ * answer or as the first chunk. */
+static void stream_openai_prompt(worker_stream *st, const worker_event *e) {
+  const worker_stream *L = st->lead;
+  const char *text = L->echo_text ? L->echo_text : "";
+  llorch_jbuf f;
+  llorch_jbuf_init(&f);
+  llorch_jbuf_raw(&f, "{\"x\":0", 6);
+  stream_prompt_fields(st, e, &f);
+  llorch_jbuf_raw(&f, "}", 1);
+  cJSON *d = llorch_jbuf_error(&f) == 0 ? cJSON_ParseWithLength(f.data, f.len) : NULL;
+  llorch_jbuf_free(&f);
+  const cJSON *entries = cJSON_GetObjectItemCaseSensitive(d, "logprobs");
+  const cJSON *bytes = cJSON_GetObjectItemCaseSensitive(d, "text_bytes");
+  if (!st->stream) {
+    llorch_jbuf_raw(&st->text, text, L->echo_len);
+    if (st->job->want_logprobs) {
+      if (!d) st->text.err = LLORCH_ENOMEM; /* the answer becomes a 500 */
+      llorch_openai_logprobs_add_prompt(&st->lp, entries, bytes, L->echo_len);
+    }
+  } else {
+    llorch_openai_logprobs lp;
+    llorch_openai_logprobs_init(&lp, false);
+    if (st->job->want_logprobs) llorch_openai_logprobs_add_prompt(&lp, entries, bytes, L->echo_len);
+    llorch_jbuf b;
+    llorch_jbuf_init(&b);
+    llorch_openai_meta m = stream_meta(st);
+    llorch_openai_write_completion_chunk(&b, &m, text, L->echo_len,
+                                         st->job->want_logprobs ? &lp : NULL, NULL);
+    stream_send_data(st, &b);
+    llorch_jbuf_free(&b);
+    llorch_openai_logprobs_free(&lp);
+  }
+  cJSON_Delete(d);
+  st->text_offset += L->echo_len;
+}
+
 static void stream_openai_event(worker_stream *st, const worker_event *e) {
   worker_stream *L = st->lead;
   llorch_openai_meta m = stream_meta(st);
@@ -372,6 +452,9 @@ static void stream_openai_event(worker_stream *st, const worker_event *e) {
     break;
   case WORKER_EV_TOKEN:
     stream_openai_token(st, e);
+    break;
+  case WORKER_EV_PROMPT:
+    stream_openai_prompt(st, e);
     break;
   case WORKER_EV_END: {
     if (st->out) stream_parse(st, NULL, true);
@@ -473,6 +556,8 @@ void worker_stream_destroy(worker_stream *st) {
   llorch_openai_logprobs_free(&st->lp);
   llorch_jbuf_free(&st->deltas);
   llorch_jbuf_free(&st->prompt_text);
+  llorch_jbuf_free(&st->suffix_text);
+  free(st->echo_text);
   llorch_jinja_output_free(&st->chat_prompt);
   llorch_tokens_free(&st->toks);
   llorch_tokens_free(&st->script_toks);
@@ -527,6 +612,8 @@ static void stream_observe(worker *w, worker_stream *st, const worker_event *e) 
     LOG_WARN("worker", st->request_id, "job %s (choice %d) failed: %s: %s", st->job->id, st->choice,
              e->code, e->message);
     break;
+  case WORKER_EV_PROMPT:
+    break;
   }
 }
 
@@ -541,7 +628,7 @@ void worker_events_dispatch(worker *w) {
     }
     worker_stream *st = e->job->owner;
     worker_stream *L = st->lead;
-    if (e->kind == WORKER_EV_TOKEN && L->cancelled) {
+    if ((e->kind == WORKER_EV_TOKEN || e->kind == WORKER_EV_PROMPT) && L->cancelled) {
       worker_event_free(e);
       continue;
     }

@@ -167,6 +167,10 @@ struct worker_stream {
   /* ---- before submit: the prompt is tokenized on the libuv threadpool
    * (a 4 MiB body takes over a second) so the loop never waits for it ---- */
   llorch_jbuf prompt_text;        /* raw prompt (completions) */
+  llorch_jbuf suffix_text;        /* fill-in-the-middle: the text after the gap */
+  bool fim;                       /* prompt_text and suffix_text go into the model's FIM tokens */
+  char *echo_text;                /* echo: the prompt as sent (lead only), else NULL */
+  size_t echo_len;
   llorch_jinja_output chat_prompt; /* rendered chat, with which bytes came from the request */
   unsigned tok_flags;             /* llorch_tokenize_flags */
   const char *prompt_param;       /* "messages" or "prompt", for errors */

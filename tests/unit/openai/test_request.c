@@ -22,15 +22,20 @@ static int parse(const char *json, llorch_openai_api api, llorch_openai_request 
   return llorch_openai_request_parse(*body, api, NULL, r, err);
 }
 
-static void expect_400(const char *json, const char *param, const char *needle) {
+static void expect_400_api(llorch_openai_api api, const char *json, const char *param,
+                           const char *needle) {
   cJSON *body;
   llorch_openai_request r;
   llorch_openai_error err = {0};
-  assert_int_equal(parse(json, LLORCH_OPENAI_CHAT, &r, &err, &body), LLORCH_EINVAL);
+  assert_int_equal(parse(json, api, &r, &err, &body), LLORCH_EINVAL);
   assert_int_equal(err.status, 400);
   if (strcmp(err.param, param) != 0) fail_msg("%s: param %s, expected %s", json, err.param, param);
   if (!strstr(err.message, needle)) fail_msg("%s: message \"%s\" lacks \"%s\"", json, err.message, needle);
   cJSON_Delete(body);
+}
+
+static void expect_400(const char *json, const char *param, const char *needle) {
+  expect_400_api(LLORCH_OPENAI_CHAT, json, param, needle);
 }
 
 static void test_errors(void **state) {
@@ -235,12 +240,91 @@ static void test_writers(void **state) {
   llorch_openai_message_free(&msg);
 }
 
+/* Completions' echo and suffix: parsing, the native body, and the prompt's
+ * logprobs as the completions shape writes them. */
+static void expect_400_completion(const char *json, const char *param, const char *needle) {
+  expect_400_api(LLORCH_OPENAI_COMPLETION, json, param, needle);
+}
+
+static void test_echo_suffix(void **state) {
+  (void)state;
+  cJSON *body;
+  llorch_openai_request r;
+  llorch_openai_error err = {0};
+  /* echo with max_tokens 0: the prompt only */
+  assert_int_equal(parse("{\"prompt\":\"ab\",\"echo\":true,\"logprobs\":2,\"max_tokens\":0}",
+                         LLORCH_OPENAI_COMPLETION, &r, &err, &body), 0);
+  assert_true(r.echo);
+  assert_true(r.prompt_only);
+  assert_int_equal(r.max_tokens, 0);
+  assert_true(r.logprobs);
+  assert_int_equal(r.top_logprobs, 2);
+  char *nb = llorch_openai_request_native_body(&r, NULL, LLORCH_REASONING_UNSET);
+  assert_non_null(nb);
+  cJSON *n = cJSON_Parse(nb);
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(n, "echo")));
+  assert_int_equal(cJSON_GetObjectItem(n, "max_tokens")->valueint, 0);
+  /* the native body parses back to the same request (the worker reads it) */
+  llorch_openai_request r2;
+  assert_int_equal(llorch_openai_request_parse(n, LLORCH_OPENAI_NATIVE, NULL, &r2, &err), 0);
+  assert_true(r2.echo && r2.prompt_only && r2.logprobs && r2.top_logprobs == 2);
+  cJSON_Delete(n);
+  free(nb);
+  cJSON_Delete(body);
+  /* suffix travels too */
+  assert_int_equal(parse("{\"prompt\":\"def f(\",\"suffix\":\"\\n  return x\"}",
+                         LLORCH_OPENAI_COMPLETION, &r, &err, &body), 0);
+  assert_string_equal(r.suffix, "\n  return x");
+  assert_false(r.echo);
+  nb = llorch_openai_request_native_body(&r, NULL, LLORCH_REASONING_UNSET);
+  n = cJSON_Parse(nb);
+  assert_string_equal(cJSON_GetObjectItem(n, "suffix")->valuestring, "\n  return x");
+  assert_null(cJSON_GetObjectItem(n, "echo"));
+  cJSON_Delete(n);
+  free(nb);
+  cJSON_Delete(body);
+  /* bad input names the field */
+  expect_400_completion("{\"prompt\":\"a\",\"max_tokens\":0}", "max_tokens", "");
+  expect_400_completion("{\"prompt\":\"a\",\"echo\":\"yes\"}", "echo", "");
+  expect_400_completion("{\"prompt\":\"a\",\"echo\":true,\"max_tokens\":-1}", "max_tokens", "");
+  expect_400_completion("{\"prompt\":\"a\",\"echo\":true,\"logprobs\":6}", "logprobs", "");
+  expect_400_completion("{\"prompt\":\"a\",\"suffix\":3}", "suffix", "");
+  expect_400_completion("{\"prompt\":\"a\",\"suffix\":\"b\",\"echo\":true}", "suffix", "echo");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", "echo", "prompt");
+  expect_400("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"suffix\":\"s\"}", "suffix", "prompt");
+
+  /* the writer: the first token's logprob and alternatives are null, the
+   * offsets follow the tokens' bytes, capped at the text */
+  cJSON *ev = cJSON_Parse(
+      "{\"text\":\"ab\",\"text_bytes\":[0,1,1],\"logprobs\":["
+      "{\"token\":\"<s>\",\"logprob\":null,\"bytes\":[60,115,62],\"top_logprobs\":[]},"
+      "{\"token\":\"a\",\"logprob\":-1.5,\"bytes\":[97],\"top_logprobs\":[{\"token\":\"a\",\"logprob\":-1.5,\"bytes\":[97]}]},"
+      "{\"token\":\"b\",\"logprob\":-0.25,\"bytes\":[98],\"top_logprobs\":[{\"token\":\"c\",\"logprob\":-0.125,\"bytes\":[99]}]}]}");
+  assert_non_null(ev);
+  llorch_openai_logprobs lp;
+  llorch_openai_logprobs_init(&lp, false);
+  llorch_openai_logprobs_add_prompt(&lp, cJSON_GetObjectItem(ev, "logprobs"),
+                                    cJSON_GetObjectItem(ev, "text_bytes"), 2);
+  llorch_openai_lp_token gen = {.text = "c", .len = 1, .logprob = -2.0};
+  llorch_openai_logprobs_add(&lp, &gen, NULL, 0, 2);
+  llorch_jbuf b;
+  llorch_jbuf_init(&b);
+  llorch_openai_write_logprobs(&b, &lp);
+  assert_string_equal(b.data,
+                      "{\"tokens\":[\"<s>\",\"a\",\"b\",\"c\"],\"token_logprobs\":[null,-1.5,-0.25,-2],"
+                      "\"top_logprobs\":[null,{\"a\":-1.5},{\"c\":-0.125},{}],\"text_offset\":[0,0,1,2]}");
+  llorch_jbuf_free(&b);
+  llorch_openai_logprobs_free(&lp);
+  cJSON_Delete(ev);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_native_body_and_context),
       cmocka_unit_test(test_n),
       cmocka_unit_test(test_writers),
+      cmocka_unit_test(test_echo_suffix),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,7 +23,7 @@ int main(int argc, char **argv) {
   if ((rc = llorch_gguf_writer_init(&w, 32)) != 0) goto fail;
   if (strcmp(argv[3], "synth") == 0) {
     uint32_t n;
-    if ((rc = llorch_tokenizer_synth_vocab(w, 0, &n, &em)) != 0) goto fail;
+    if ((rc = llorch_tokenizer_synth_vocab(w, 0, false, &n, &em)) != 0) goto fail;
     /* llama.cpp wants the hyper-parameters even for a vocab-only load */
     if ((rc = llorch_gguf_writer_set_str(w, "general.architecture", "qwen2")) != 0 ||
         (rc = llorch_gguf_writer_set_u32(w, "qwen2.context_length", 4096)) != 0 ||

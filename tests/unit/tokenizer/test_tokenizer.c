@@ -68,24 +68,28 @@ static void roundtrip(const llorch_tokenizer *t, const char *text, size_t len) {
 
 /* ---- synthetic vocabulary ---- */
 
-static llorch_tokenizer *synth_load(uint32_t hint, uint32_t *n_vocab, double *seconds) {
+static llorch_tokenizer *synth_load_fim(uint32_t hint, bool fim, uint32_t *n_vocab, double *seconds) {
   llorch_gguf_writer *w;
   llorch_errmsg em = {{0}};
   char path[512];
   assert_int_equal(llorch_gguf_writer_init(&w, 32), 0);
   struct timespec a, b;
   clock_gettime(CLOCK_MONOTONIC, &a);
-  int rc = llorch_tokenizer_synth_vocab(w, hint, n_vocab, &em);
+  int rc = llorch_tokenizer_synth_vocab(w, hint, fim, n_vocab, &em);
   clock_gettime(CLOCK_MONOTONIC, &b);
   if (rc != 0) fail_msg("synth_vocab: %s", em.text);
   if (seconds) *seconds = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
   assert_int_equal(llorch_gguf_writer_set_str(w, "general.architecture", "qwen2"), 0);
-  snprintf(path, sizeof(path), "%s/synth-%u.gguf", tmpdir, hint);
+  snprintf(path, sizeof(path), "%s/synth-%u%s.gguf", tmpdir, hint, fim ? "-fim" : "");
   if (llorch_gguf_writer_write_file(w, path, &em) != 0) fail_msg("write: %s", em.text);
   llorch_gguf_writer_free(w);
   llorch_tokenizer *t = NULL;
   if (llorch_tokenizer_load_file(&t, path, &em) != 0) fail_msg("load synth: %s", em.text);
   return t;
+}
+
+static llorch_tokenizer *synth_load(uint32_t hint, uint32_t *n_vocab, double *seconds) {
+  return synth_load_fim(hint, false, n_vocab, seconds);
 }
 
 extern const unsigned char llorch_synth_corpus[];
@@ -161,7 +165,7 @@ static void test_synth_vocab(void **state) {
 
   llorch_gguf_writer *w;
   assert_int_equal(llorch_gguf_writer_init(&w, 32), 0);
-  assert_int_equal(llorch_tokenizer_synth_vocab(w, 100, &n2, &em), LLORCH_EINVAL);
+  assert_int_equal(llorch_tokenizer_synth_vocab(w, 100, false, &n2, &em), LLORCH_EINVAL);
   llorch_gguf_writer_free(w);
 }
 
@@ -414,11 +418,59 @@ static void test_long_text(void **state) {
   llorch_tokenizer_free(t);
 }
 
+/* Fill-in-the-middle tokens: from tokenizer.ggml.fim_*_token_id (synth
+ * --fim writes them), else by text as llama.cpp finds them (CodeLlama's
+ * <PRE>/<SUF>/<MID> here), and none in a vocabulary without them. */
+static void b_fim_texts(llorch_gguf_writer *w) {
+  static const char *const toks[] = {"a", "b", "ab", "<PRE>", "<SUF>", "<MID>"};
+  static const int32_t types[] = {1, 1, 1, 3, 3, 3};
+  static const char *const merges[] = {"a b"};
+  llorch_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
+  llorch_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, 6);
+  llorch_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", LLORCH_GGUF_INT32, types, 6);
+  llorch_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, 1);
+}
+
+static void test_fim(void **state) {
+  (void)state;
+  uint32_t n = 0;
+  int32_t ids[3];
+  llorch_tokenizer *t = synth_load_fim(0, true, &n, NULL);
+  assert_true(llorch_tokenizer_fim(t, ids));
+  assert_int_equal(ids[0], llorch_tokenizer_find(t, "<|fim_prefix|>", 14));
+  assert_int_equal(ids[1], llorch_tokenizer_find(t, "<|fim_suffix|>", 14));
+  assert_int_equal(ids[2], llorch_tokenizer_find(t, "<|fim_middle|>", 14));
+  assert_true(ids[0] >= 0 && ids[1] >= 0 && ids[2] >= 0);
+  assert_true(llorch_tokenizer_is_special(t, ids[0]));
+  llorch_tokenizer_free(t);
+  t = synth_load(0, &n, NULL);
+  assert_false(llorch_tokenizer_fim(t, ids));
+  assert_int_equal(ids[0], -1);
+  llorch_tokenizer_free(t);
+  /* by text, no metadata */
+  llorch_gguf_writer *w;
+  llorch_errmsg em = {{0}};
+  char path[512];
+  snprintf(path, sizeof(path), "%s/fim-texts.gguf", tmpdir);
+  assert_int_equal(llorch_gguf_writer_init(&w, 32), 0);
+  b_fim_texts(w);
+  assert_int_equal(llorch_gguf_writer_write_file(w, path, &em), 0);
+  llorch_gguf_writer_free(w);
+  t = NULL;
+  if (llorch_tokenizer_load_file(&t, path, &em) != 0) fail_msg("load: %s", em.text);
+  assert_true(llorch_tokenizer_fim(t, ids));
+  assert_int_equal(ids[0], 3);
+  assert_int_equal(ids[1], 4);
+  assert_int_equal(ids[2], 5);
+  llorch_tokenizer_free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_synth_vocab),      cmocka_unit_test(test_qwen2_special),
       cmocka_unit_test(test_llama_bpe_bos),    cmocka_unit_test(test_spm_bos_and_space),
       cmocka_unit_test(test_bad_metadata),     cmocka_unit_test(test_long_text),
+      cmocka_unit_test(test_fim),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -5,6 +5,7 @@
  * breaks the backend contract (positions not contiguous, unknown slot, too
  * many entries).
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -188,6 +189,10 @@ typedef struct result {
   float first_top0;
   char text[1024];
   size_t text_len;
+  /* PROMPT (echo): the entries (owned), and whether a token came before it */
+  worker_token_logprob *plp;
+  uint32_t n_plp;
+  bool prompt_after_token;
 } result;
 
 /* Drains the scheduler's events into results[] (indexed by job->owner). */
@@ -223,6 +228,13 @@ static void drain_sched(worker_sched *s, result *results) {
     case WORKER_EV_ERROR:
       r->errored = true;
       r->err_code = e->code;
+      break;
+    case WORKER_EV_PROMPT:
+      free(r->plp);
+      r->plp = e->plp;
+      r->n_plp = e->n_plp;
+      e->plp = NULL;
+      r->prompt_after_token = r->n_tokens > 0;
       break;
     }
     worker_event_free(e);
@@ -560,6 +572,75 @@ static void test_logprobs_and_seeded_sampling(void **state) {
   /* same seed, same prompt: same tokens */
   assert_memory_equal(r[1].tokens, r[2].tokens, 8 * sizeof(int32_t));
   for (int i = 0; i < 3; i++) worker_job_free(j[i]);
+  fixture_free(f);
+}
+
+/* echo: the prompt's logprobs (more positions than one step computes, from
+ * the logits every prompt position gets) equal what decoding reports after
+ * the same prefix; a prompt-only job ends after its PROMPT event with
+ * nothing generated; a job that also generates gets PROMPT before its first
+ * token. The fake backend's logits depend only on the tokens so far. */
+static void test_prompt_logprobs(void **state) {
+  (void)state;
+  enum { NP = 40 };
+  result r[3];
+  memset(r, 0, sizeof r);
+  fixture *f = fixture_new(2, 128, 64, 32, 4, 0);
+  llorch_errmsg em = {{0}};
+  worker_job *a = make_job(0, NP, 1);
+  a->want_logprobs = true;
+  assert_int_equal(worker_sched_submit(f->s, a, &em), 0);
+  run_until_done(f, r, 0, 1);
+  assert_int_equal(r[0].n_tokens, 1);
+  assert_null(r[0].plp);
+  /* the prompt plus the token greedy decoding chose */
+  int32_t ids[NP + 1];
+  memcpy(ids, a->prompt, NP * sizeof *ids);
+  ids[NP] = r[0].tokens[0];
+  worker_job *b = worker_job_new("job-1", ids, NP + 1);
+  assert_non_null(b);
+  b->owner = (void *)(intptr_t)1;
+  b->prompt_logprobs = b->prompt_only = b->want_logprobs = true;
+  b->sp.n_logprobs = 3;
+  worker_job *c = make_job(2, 20, 3);
+  c->prompt_logprobs = true;
+  assert_int_equal(worker_sched_submit(f->s, b, &em), 0);
+  assert_int_equal(worker_sched_submit(f->s, c, &em), 0);
+  run_until_done(f, r, 1, 2);
+  /* b: every position, the first without a logprob */
+  assert_true(r[1].ended);
+  assert_int_equal(r[1].finish, WORKER_FINISH_LENGTH);
+  assert_int_equal(r[1].n_tokens, 0);
+  assert_int_equal(r[1].n_plp, NP + 1);
+  assert_non_null(r[1].plp);
+  assert_true(isnan(r[1].plp[0].logprob));
+  assert_int_equal(r[1].plp[0].n_top, 0);
+  for (uint32_t i = 1; i <= NP; i++) {
+    const worker_token_logprob *t = &r[1].plp[i];
+    assert_int_equal(t->id, ids[i]);
+    assert_int_equal(t->n_top, 3);
+    assert_true(t->logprob <= 0.0f);
+    assert_true(t->top_logprob[0] >= t->logprob - 1e-6f);
+    assert_true(t->top_logprob[0] >= t->top_logprob[1] && t->top_logprob[1] >= t->top_logprob[2]);
+  }
+  /* the chosen token's logprob as a prompt token: the same number */
+  assert_float_equal(r[1].plp[NP].logprob, r[0].first_logprob, 1e-6);
+  assert_int_equal(r[1].plp[NP].top_id[0], ids[NP]); /* greedy chose the best */
+  /* c: PROMPT first, then its tokens */
+  assert_true(r[2].ended);
+  assert_int_equal(r[2].n_plp, 20);
+  assert_false(r[2].prompt_after_token);
+  assert_int_equal(r[2].n_tokens, 3);
+  assert_int_equal(f->ctx.violations, 0);
+  /* a prompt-only job must ask for the prompt's logprobs */
+  worker_job *d = make_job(3, 4, 1);
+  d->prompt_only = true;
+  assert_int_equal(worker_sched_submit(f->s, d, &em), LLORCH_EINVAL);
+  worker_job_free(d);
+  for (int i = 0; i < 3; i++) free(r[i].plp);
+  worker_job_free(a);
+  worker_job_free(b);
+  worker_job_free(c);
   fixture_free(f);
 }
 
@@ -1122,6 +1203,7 @@ int main(void) {
       cmocka_unit_test(test_preemption),
       cmocka_unit_test(test_short_requests_share_memory),
       cmocka_unit_test(test_step_budget),
+      cmocka_unit_test(test_prompt_logprobs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
