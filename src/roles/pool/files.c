@@ -61,14 +61,23 @@ static void files_hash_run(uv_work_t *w) {
     close(fd);
     return;
   }
+  /* Heap, not a static __thread array: a TLS block of the executable is
+   * allocated (and zeroed, so resident) in every thread of every role. */
+  enum { SHA_READ_BYTES = 1 << 20 };
+  unsigned char *buf = malloc(SHA_READ_BYTES);
+  if (buf == NULL) {
+    j->err = -ENOMEM;
+    close(fd);
+    return;
+  }
   llorch_sha256 c;
   llorch_sha256_init(&c);
-  static __thread unsigned char buf[1 << 20];
   for (;;) {
-    ssize_t n = read(fd, buf, sizeof buf);
+    ssize_t n = read(fd, buf, SHA_READ_BYTES);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       j->err = -errno;
+      free(buf);
       close(fd);
       return;
     }
@@ -76,6 +85,7 @@ static void files_hash_run(uv_work_t *w) {
     llorch_sha256_update(&c, buf, (size_t)n);
     j->bytes += (uint64_t)n;
   }
+  free(buf);
   close(fd);
   uint8_t d[LLORCH_SHA256_BYTES];
   llorch_sha256_final(&c, d);
