@@ -60,11 +60,21 @@ static void embed_free(worker_embed *e) {
   free(e);
 }
 
+/* The request, detached from e before it is answered: a response that
+ * completes at once frees the request inside the respond call, so e must
+ * not touch it afterwards (nor embed_free clear its data). */
+static llorch_http_request *embed_take_req(worker_embed *e) {
+  llorch_http_request *req = e->req;
+  if (req) llorch_http_request_set_data(req, NULL, NULL);
+  e->req = NULL;
+  return req;
+}
+
 static void embed_fail(worker_embed *e, const llorch_openai_error *err) {
   if (e->req && !e->answered) {
     if (err->status >= 400 && err->status < 500)
       llorch_metric_inc(e->w->m.requests, (const char *[]){"invalid"}, 1);
-    llorch_openai_respond_error(e->req, err);
+    llorch_openai_respond_error(embed_take_req(e), err);
   }
   e->answered = true;
 }
@@ -320,12 +330,12 @@ static void embed_write_done(uv_work_t *work, int status) {
   if (!e->req) {
     w->n_cancelled++;
   } else if (status < 0 || llorch_jbuf_error(&e->out) < 0) {
-    llorch_http_respond_error(e->req, 500, "server_error",
+    llorch_http_respond_error(embed_take_req(e), 500, "server_error",
                               status < 0 ? "the worker is shutting down" : "out of memory", NULL,
                               "internal_error");
     w->n_failed++;
   } else {
-    llorch_http_respond(e->req, 200, "application/json", e->out.data, e->out.len);
+    llorch_http_respond(embed_take_req(e), 200, "application/json", e->out.data, e->out.len);
     w->n_completed++;
     llorch_metric_inc(w->m.requests, (const char *[]){"completed"}, 1);
     llorch_metric_inc(w->m.prompt_tokens, NULL, e->prompt_tokens);
@@ -373,10 +383,10 @@ void worker_embed_event(worker *w, const worker_event *ev) {
   if (!e->answered && e->req) {
     e->work.data = e;
     if (uv_queue_work(w->loop, &e->work, embed_write_work, embed_write_done) == 0) return;
-    llorch_http_respond_error(e->req, 500, "server_error", "cannot queue the answer", NULL,
+    llorch_http_respond_error(embed_take_req(e), 500, "server_error", "cannot queue the answer", NULL,
                               "internal_error");
-  } else if (!e->req) {
-    w->n_cancelled++;
+  } else if (!e->answered) {
+    w->n_cancelled++; /* the client went away */
   }
   embed_free(e);
 }
