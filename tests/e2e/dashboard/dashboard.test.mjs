@@ -14,7 +14,9 @@ import {
 const CHROMIUM = process.env.LLORCH_CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.LLORCH_DASHBOARD_ARTIFACTS || path.resolve('dashboard-artifacts');
 const HB_MS = 300;
-const UI_MS = 15000; // how long the page may take to show a change
+// how long the page may take to show a change (longer for sanitized builds, whose
+// workers start and stop several times slower under a loaded ctest -j)
+const UI_MS = process.env.LLORCH_E2E_SANITIZED ? 45000 : 15000;
 
 // Loud failures, not skips: scripts/install-deps.sh [--with-npm] installs both.
 const { chromium } = await import('playwright-core').catch((e) => {
